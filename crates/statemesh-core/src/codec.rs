@@ -1,0 +1,377 @@
+//! The wire codec: length-prefixed frames carrying versioned messages.
+//!
+//! # Format (protocol version 1)
+//!
+//! A frame is a 4-byte big-endian payload length `n` followed by `n` bytes of payload. `n` may
+//! not exceed the configured maximum (16 MiB by default); the length is checked before anything
+//! is allocated. The payload is one [`Message`] in the [postcard] format: enum variants and
+//! lengths are LEB128 varints, integers are varints (zig-zag for signed), byte strings and
+//! strings are a varint length and the bytes, fixed arrays are their bytes, `bool` is one byte
+//! (0 or 1), `Option` is one byte (0 or 1) then the value. Every field is listed, in order, by
+//! the Rust definitions below; the variant numbers are their declaration order. A payload with
+//! bytes left over after the message is refused.
+//!
+//! The first message on every link is a [`Hello`], carrying [`PROTOCOL_VERSION`]; a peer
+//! refuses a hello of another version or another mesh. Every decoded message is validated
+//! (bounded counts, valid peer ids, bounded names) before anything acts on it.
+//!
+//! [postcard]: https://postcard.jamesmunns.com/wire-format
+
+use serde::{Deserialize, Serialize};
+
+use crate::liveness::{GossipBeat, Tombstone};
+use crate::replica::check_name;
+use crate::value::Token;
+use crate::{Incarnation, MeshTag, PeerId};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Length of the frame header.
+pub const HEADER_LEN: usize = 4;
+
+/// The most peers a view may list: more is refused as hostile.
+pub const MAX_VIEW_ENTRIES: usize = 4096;
+
+/// The most records one leader-records message may carry.
+pub const MAX_LEADER_RECORDS: usize = 65_536;
+
+/// One message between two peers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// The first message on a link: who is speaking, for which mesh.
+    Hello(Hello),
+    /// A heartbeat: the sender's whole liveness view and digests of its state.
+    View(View),
+    /// A graceful leave: this incarnation is going away now.
+    Leave(Incarnation),
+    /// An Automerge sync message.
+    Sync(#[serde(with = "serde_bytes_compat")] Vec<u8>),
+    /// Leader records (written under a term, not stored in the document).
+    Leader(Vec<LeaderRecord>),
+}
+
+/// The first message on a link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's protocol version.
+    pub version: u16,
+    /// The mesh it belongs to.
+    pub mesh: MeshTag,
+    /// Its current incarnation.
+    pub incarnation: Incarnation,
+    /// Whether it may lead.
+    pub eligible: bool,
+}
+
+/// A heartbeat and gossiped view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    /// Beats: the sender's own (first) and those of the peers it considers live.
+    pub beats: Vec<GossipBeat>,
+    /// Recently dead incarnations.
+    pub tombs: Vec<(PeerId, Tombstone)>,
+    /// Leadership terms claimed by peers.
+    pub claims: Vec<(PeerId, u64)>,
+    /// Digest of the sender's document heads.
+    pub doc: [u8; 8],
+    /// Digest of the sender's leader records.
+    pub leader: [u8; 8],
+}
+
+/// One leader record, as gossiped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    /// The channel.
+    pub channel: String,
+    /// The key.
+    pub key: String,
+    /// The leader that wrote it.
+    pub writer: PeerId,
+    /// The term it was written under.
+    pub term: u64,
+    /// The writer's sequence number for its leader writes.
+    pub seq: u64,
+    /// The value (flat encoding), or `None` for a deletion.
+    pub value: Option<Vec<Token>>,
+}
+
+/// A frame or message that could not be decoded. The link it came from should be closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The header announces a payload larger than the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Announced payload length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The payload is not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The payload holds bytes after the message.
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+    /// A message decoded but breaks a rule (too many entries, a bad name, ...).
+    #[error("invalid message: {0}")]
+    Invalid(&'static str),
+}
+
+/// A message that could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The encoded message is larger than the frame limit.
+    #[error("message of {len} bytes exceeds the frame limit of {max} bytes")]
+    TooLarge {
+        /// Encoded length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Serialization failed.
+    #[error("could not encode message: {0}")]
+    Serialize(String),
+}
+
+/// Encodes `message` as one frame (header included).
+pub fn encode_frame(message: &Message, max_frame: usize) -> Result<Vec<u8>, EncodeError> {
+    let mut out = vec![0u8; HEADER_LEN];
+    out = postcard::to_extend(message, out).map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    let len = out.len() - HEADER_LEN;
+    if len > max_frame {
+        return Err(EncodeError::TooLarge { len, max: max_frame });
+    }
+    let header = u32::try_from(len).map_err(|_| EncodeError::TooLarge { len, max: max_frame })?;
+    out[..HEADER_LEN].copy_from_slice(&header.to_be_bytes());
+    Ok(out)
+}
+
+/// Decodes and validates one message payload (a frame without its header).
+pub fn decode_message(payload: &[u8]) -> Result<Message, DecodeError> {
+    let (message, rest) =
+        postcard::take_from_bytes::<Message>(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Trailing(rest.len()));
+    }
+    validate(&message)?;
+    Ok(message)
+}
+
+fn validate(message: &Message) -> Result<(), DecodeError> {
+    match message {
+        Message::Hello(_) | Message::Leave(_) | Message::Sync(_) => Ok(()),
+        Message::View(v) => {
+            if v.beats.is_empty() {
+                return Err(DecodeError::Invalid("a view must carry the sender's own beat"));
+            }
+            if v.beats.len() > MAX_VIEW_ENTRIES || v.tombs.len() > MAX_VIEW_ENTRIES || v.claims.len() > MAX_VIEW_ENTRIES {
+                return Err(DecodeError::Invalid("view lists too many peers"));
+            }
+            Ok(())
+        }
+        Message::Leader(records) => {
+            if records.len() > MAX_LEADER_RECORDS {
+                return Err(DecodeError::Invalid("too many leader records"));
+            }
+            for r in records {
+                if check_name(&r.channel).is_err() || check_name(&r.key).is_err() {
+                    return Err(DecodeError::Invalid("leader record with an invalid channel or key"));
+                }
+                if let Some(tokens) = &r.value {
+                    crate::Value::from_tokens(tokens).map_err(|_| DecodeError::Invalid("leader record with a malformed value"))?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Splits a byte stream into frame payloads, enforcing the size limit before allocating.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    max_frame: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder refusing payloads larger than `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        Self { buf: Vec::new(), max_frame }
+    }
+
+    /// Appends received bytes.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete payload, if one has arrived. After an error the stream is unusable and
+    /// the link must be closed.
+    pub fn next_payload(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
+        let Some(len) = self.announced()? else { return Ok(None) };
+        if self.buf.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let payload = self.buf[HEADER_LEN..HEADER_LEN + len].to_vec();
+        self.buf.drain(..HEADER_LEN + len);
+        Ok(Some(payload))
+    }
+
+    /// The next complete, validated message, if one has arrived.
+    pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
+        self.next_payload()?.map(|p| decode_message(&p)).transpose()
+    }
+
+    /// The payload length announced by the pending header, checked against the limit.
+    pub fn announced(&self) -> Result<Option<usize>, DecodeError> {
+        let Some(header) = self.buf.get(..HEADER_LEN) else { return Ok(None) };
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if len > self.max_frame {
+            return Err(DecodeError::TooLarge { len, max: self.max_frame });
+        }
+        Ok(Some(len))
+    }
+}
+
+/// Serializes `Vec<u8>` as one byte string rather than a sequence of integers.
+mod serde_bytes_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        <&'de [u8]>::deserialize(d).map(<[u8]>::to_vec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::liveness::DeathCause;
+    use crate::vv::Beat;
+
+    fn peer(n: u8) -> PeerId {
+        let mut bytes = [n; 16];
+        bytes[6] = 0x70;
+        bytes[8] = 0x80;
+        PeerId::from_uuid(Uuid::from_bytes(bytes)).expect("valid v7")
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (any::<u16>(), any::<[u8; 16]>(), any::<u8>(), any::<u64>(), any::<bool>()).prop_map(|(v, t, p, n, e)| {
+                Message::Hello(Hello {
+                    version: v,
+                    mesh: MeshTag(t),
+                    incarnation: Incarnation { peer: peer(p), number: n },
+                    eligible: e,
+                })
+            }),
+            (proptest::collection::vec((any::<u8>(), any::<u64>(), any::<u64>(), any::<bool>()), 1..5), any::<[u8; 8]>())
+                .prop_map(|(beats, doc)| Message::View(View {
+                    beats: beats
+                        .into_iter()
+                        .map(|(p, i, c, e)| GossipBeat { peer: peer(p), beat: Beat { incarnation: i, counter: c }, eligible: e })
+                        .collect(),
+                    tombs: vec![(peer(9), Tombstone { incarnation: 2, cause: DeathCause::Left })],
+                    claims: vec![(peer(1), 7)],
+                    doc,
+                    leader: [3; 8],
+                })),
+            (any::<u8>(), any::<u64>()).prop_map(|(p, n)| Message::Leave(Incarnation { peer: peer(p), number: n })),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(Message::Sync),
+            ("[a-z]{1,8}", "[a-z:0-9]{1,8}", any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(c, k, t, s, v)| {
+                Message::Leader(vec![LeaderRecord {
+                    channel: c,
+                    key: k,
+                    writer: peer(4),
+                    term: t,
+                    seq: s,
+                    value: Some(crate::Value::Int(v).to_tokens()),
+                }])
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn frames_round_trip(m in message()) {
+            let frame = encode_frame(&m, 1 << 20).expect("fits");
+            let mut d = FrameDecoder::new(1 << 20);
+            // Feed byte by byte: partial frames must wait, not fail.
+            for (i, b) in frame.iter().enumerate() {
+                d.extend(&[*b]);
+                let got = d.next_message().expect("valid");
+                if i + 1 < frame.len() {
+                    prop_assert!(got.is_none());
+                } else {
+                    prop_assert_eq!(got, Some(m.clone()));
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_message(&bytes);
+            let mut d = FrameDecoder::new(128);
+            d.extend(&bytes);
+            while let Ok(Some(_)) = d.next_payload() {}
+        }
+
+        #[test]
+        fn corrupted_frames_never_panic(m in message(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let mut frame = encode_frame(&m, 1 << 20).expect("fits");
+            for (i, b) in flips {
+                let n = frame.len();
+                frame[i % n] ^= b;
+            }
+            let mut d = FrameDecoder::new(1 << 20);
+            d.extend(&frame);
+            let _ = d.next_message();
+        }
+    }
+
+    #[test]
+    fn oversize_is_refused_before_allocating() {
+        let mut d = FrameDecoder::new(1024);
+        d.extend(&u32::MAX.to_be_bytes());
+        assert_eq!(d.next_payload(), Err(DecodeError::TooLarge { len: u32::MAX as usize, max: 1024 }));
+        let big = Message::Sync(vec![0; 2048]);
+        assert!(matches!(encode_frame(&big, 1024), Err(EncodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn trailing_bytes_and_bad_contents_are_refused() {
+        let mut frame = encode_frame(&Message::Sync(vec![1, 2]), 1024).expect("fits");
+        frame.push(0);
+        assert_eq!(decode_message(&frame[HEADER_LEN..]), Err(DecodeError::Trailing(1)));
+        let empty_view = Message::View(View { beats: vec![], tombs: vec![], claims: vec![], doc: [0; 8], leader: [0; 8] });
+        let frame = encode_frame(&empty_view, 1024).expect("fits");
+        assert!(matches!(decode_message(&frame[HEADER_LEN..]), Err(DecodeError::Invalid(_))));
+        let bad_name = Message::Leader(vec![LeaderRecord {
+            channel: "a\u{1f}b".into(),
+            key: "k".into(),
+            writer: peer(1),
+            term: 1,
+            seq: 1,
+            value: None,
+        }]);
+        let frame = encode_frame(&bad_name, 1024).expect("fits");
+        assert!(matches!(decode_message(&frame[HEADER_LEN..]), Err(DecodeError::Invalid(_))));
+    }
+
+    #[test]
+    fn non_v7_peer_ids_are_refused() {
+        let mut frame = encode_frame(&Message::Leave(Incarnation { peer: peer(1), number: 0 }), 1024).expect("fits");
+        // The UUID's version nibble sits at payload offset 1 (variant) + 6.
+        frame[HEADER_LEN + 1 + 6] = 0x40;
+        assert!(matches!(decode_message(&frame[HEADER_LEN..]), Err(DecodeError::Malformed(_))));
+    }
+}

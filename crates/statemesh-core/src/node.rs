@@ -1,0 +1,911 @@
+//! The per-peer state machine: inputs in, outputs out, no IO.
+//!
+//! Inputs are [`Node::handle_tick`], [`Node::handle_link_up`], [`Node::handle_link_down`],
+//! [`Node::handle_payload`] (bytes received from a peer) and local writes ([`Node::put`],
+//! [`Node::add`], [`Node::transact`], [`Node::leader_put`], ...). Every input takes the current
+//! local monotonic time. Outputs are drained with [`Node::poll_transmit`] (frames to send to a
+//! peer), [`Node::poll_event`] (application events) and [`Node::poll_persist`] (bytes to store);
+//! [`Node::poll_timeout`] says when the next tick is due.
+//!
+//! Local writes made between two calls to [`Node::poll_transmit`] are coalesced into one sync
+//! round per peer.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use automerge::ChangeHash;
+use autosurgeon::{Hydrate, Reconcile};
+use rand_core::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, DecodeError, Hello, LeaderRecord, Message, View};
+use crate::leader::LeaderStore;
+use crate::liveness::{
+    DeathCause, Election, Leadership, LinkDown, Liveness, LivenessChange, PeerStatus, Tombstone,
+};
+use crate::replica::{
+    ApplyError, EntryChange, EntryKind, ReadError, Replica, Scope, Tx, WriteError, heads_digest,
+};
+use crate::{Config, Incarnation, MeshTag, PeerId, Time, Value};
+
+/// Identifies one local write, for durability and replication acknowledgements.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct WriteId(pub u64);
+
+/// The result of a local write.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Written {
+    /// The write's id.
+    pub id: WriteId,
+    /// Whether it changed the document. A write equal to what is stored changes nothing; it is
+    /// then already as durable and replicated as the stored value.
+    pub changed: bool,
+}
+
+/// An application event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The leadership (leader or term) changed, as this peer sees it.
+    Leadership(Leadership),
+    /// This peer became the leader under `term`.
+    Elected {
+        /// The new term.
+        term: u64,
+    },
+    /// This peer stopped leading: it learned or must suspect that the leadership of `term` is
+    /// over. Writes under that term are refused from now on.
+    Deposed {
+        /// The term that ended.
+        term: u64,
+    },
+    /// An incarnation became live.
+    PeerUp(Incarnation),
+    /// An incarnation was judged dead.
+    PeerDown {
+        /// The dead incarnation.
+        incarnation: Incarnation,
+        /// Why.
+        cause: DeathCause,
+    },
+    /// This peer learned it had been judged dead (or woke from a freeze) and moved to a new
+    /// incarnation.
+    Refuted(Incarnation),
+    /// An entry changed (locally or by a peer), or appeared/vanished with its writer's presence.
+    Changed(EntryChange),
+    /// `peer` now holds local write `write`.
+    Replicated {
+        /// The write.
+        write: WriteId,
+        /// The peer that holds it.
+        peer: PeerId,
+    },
+    /// Local write `write` is in bytes the runtime reported as persisted.
+    Durable {
+        /// The write.
+        write: WriteId,
+    },
+}
+
+/// A frame to send to a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// The peer.
+    pub to: PeerId,
+    /// The frame, header included.
+    pub frame: Vec<u8>,
+}
+
+/// Bytes to persist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Persist {
+    /// Append these incremental-save bytes to the stored state.
+    Append {
+        /// Sequence number to report back with [`Node::persisted`].
+        seq: u64,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// Replace the stored state with this full snapshot (compaction).
+    Snapshot {
+        /// Sequence number to report back with [`Node::persisted`].
+        seq: u64,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+}
+
+/// A received frame that could not be handled. The runtime should close the link it came on;
+/// the node's state is unchanged by the offending message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiveError {
+    /// The bytes are not a valid message.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The sync message could not be applied.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// A hello arrived on a link that was already up.
+    #[error("unexpected hello on an established link")]
+    UnexpectedHello,
+    /// A frame arrived from a peer with no link up.
+    #[error("no link to peer {0}")]
+    NoLink(PeerId),
+}
+
+/// A hello that must be refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HelloError {
+    /// The peer speaks another protocol version.
+    #[error("peer speaks protocol version {theirs}, this build speaks {ours}")]
+    Version {
+        /// Their version.
+        theirs: u16,
+        /// Ours.
+        ours: u16,
+    },
+    /// The peer belongs to another mesh (or holds another secret).
+    #[error("peer belongs to another mesh")]
+    OtherMesh,
+    /// The hello carries this peer's own id.
+    #[error("connected to itself")]
+    SelfConnection,
+    /// The hello announces an incarnation already judged dead.
+    #[error("incarnation {0} was judged dead")]
+    DeadIncarnation(Incarnation),
+}
+
+/// Why this peer leads or not, for the CLI's `leader` command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// This peer.
+    pub me: Incarnation,
+    /// The current leadership.
+    pub leadership: Leadership,
+    /// The greatest term seen.
+    pub max_term: u64,
+    /// Whether this peer counts itself as a candidate (eligible and past its join grace).
+    pub me_candidate: bool,
+    /// Every known peer, this one first.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// Counters of what a node did, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames sent.
+    pub frames_out: u64,
+    /// Bytes received (frames, headers included).
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Sync messages sent.
+    pub sync_out: u64,
+    /// Sync messages received.
+    pub sync_in: u64,
+    /// Frames refused as malformed.
+    pub decode_errors: u64,
+    /// Leadership changes seen.
+    pub leadership_changes: u64,
+    /// Sync exchanges restarted after a stall.
+    pub sync_resets: u64,
+}
+
+#[derive(Debug)]
+struct Link {
+    sync: automerge::sync::State,
+    their_doc: Option<[u8; 8]>,
+    mismatch_since: Option<Time>,
+    last_sync_rx: Time,
+    leader_pushed: Option<Time>,
+}
+
+#[derive(Debug)]
+struct PendingWrite {
+    hash: ChangeHash,
+    holders: BTreeSet<PeerId>,
+}
+
+/// The most local writes tracked for replication acknowledgements at once.
+const MAX_PENDING_WRITES: usize = 4096;
+
+/// The state machine of one peer.
+#[derive(Debug)]
+pub struct Node {
+    config: Config,
+    mesh: MeshTag,
+    live: Liveness,
+    election: Election,
+    replica: Replica,
+    leader: LeaderStore,
+    links: BTreeMap<PeerId, Link>,
+    candidate_at: Time,
+    settled: bool,
+    left: bool,
+    last_tick: Time,
+    next_heartbeat: Time,
+    out: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    doc_dirty: bool,
+    leader_dirty: Vec<LeaderRecord>,
+    next_write: u64,
+    pending: BTreeMap<WriteId, PendingWrite>,
+    persisted_heads: Vec<ChangeHash>,
+    appends: usize,
+    persist_seq: u64,
+    unpersisted: Vec<WriteId>,
+    in_persist: VecDeque<(u64, Vec<WriteId>)>,
+    stats: Stats,
+}
+
+impl Node {
+    /// A node for peer `me` of mesh `mesh`, started at local time `now`. The Automerge actor id
+    /// is drawn from `rng`.
+    pub fn new(config: Config, mesh: MeshTag, me: PeerId, rng: &mut impl RngCore, now: Time) -> Self {
+        let mut actor = [0u8; 16];
+        rng.fill_bytes(&mut actor);
+        let replica = Replica::new(me, actor);
+        let persisted_heads = replica.heads();
+        Self {
+            live: Liveness::new(me, &config),
+            election: Election::default(),
+            replica,
+            leader: LeaderStore::default(),
+            links: BTreeMap::new(),
+            candidate_at: now + config.join_grace,
+            settled: false,
+            left: false,
+            last_tick: now,
+            next_heartbeat: now,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            doc_dirty: false,
+            leader_dirty: Vec::new(),
+            next_write: 0,
+            pending: BTreeMap::new(),
+            persisted_heads,
+            appends: 0,
+            persist_seq: 0,
+            unpersisted: Vec::new(),
+            in_persist: VecDeque::new(),
+            stats: Stats::default(),
+            mesh,
+            config,
+        }
+    }
+
+    /// This peer's current incarnation.
+    pub fn me(&self) -> Incarnation {
+        self.live.me()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The hello this peer sends first on every link.
+    pub fn hello(&self) -> Hello {
+        Hello {
+            version: codec::PROTOCOL_VERSION,
+            mesh: self.mesh,
+            incarnation: self.live.me(),
+            eligible: self.live.my_eligible(),
+        }
+    }
+
+    /// Checks a peer's hello before its link is brought up.
+    pub fn check_hello(&self, hello: &Hello) -> Result<(), HelloError> {
+        if hello.version != codec::PROTOCOL_VERSION {
+            return Err(HelloError::Version { theirs: hello.version, ours: codec::PROTOCOL_VERSION });
+        }
+        if hello.mesh != self.mesh {
+            return Err(HelloError::OtherMesh);
+        }
+        if hello.incarnation.peer == self.live.me().peer {
+            return Err(HelloError::SelfConnection);
+        }
+        Ok(())
+    }
+
+    /// Merges stored bytes (a snapshot or incremental saves found on disk) into the document.
+    pub fn load(&mut self, bytes: &[u8]) -> Result<usize, ApplyError> {
+        let n = self.replica.load_incremental(bytes)?;
+        self.election.observe_term(self.replica.max_stored_term());
+        // What was loaded is on disk already; the next persist compacts it all into a snapshot.
+        self.appends = self.config.compact_every;
+        Ok(n)
+    }
+
+    /// The runtime's discovery has found every peer it could initially: this peer may count
+    /// itself as a leader candidate without waiting for the rest of its join grace.
+    pub fn handle_settled(&mut self, now: Time) {
+        self.advance(now);
+        self.settled = true;
+        self.reelect(now);
+    }
+
+    /// Advances time: heartbeats, failure detection, election, sync stall recovery.
+    pub fn handle_tick(&mut self, now: Time) {
+        self.advance(now);
+        if self.left {
+            return;
+        }
+        if now >= self.next_heartbeat {
+            self.live.beat();
+            self.next_heartbeat = now + self.config.heartbeat_interval;
+            self.send_views(now);
+        }
+        let mut changes = Vec::new();
+        self.live.judge(now, &mut changes);
+        self.apply_liveness(changes, now);
+        self.reelect(now);
+        let stall = self.config.sync_stall_timeout;
+        let stalled: Vec<PeerId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| {
+                l.mismatch_since.is_some_and(|t| now.saturating_since(t) > stall)
+                    && now.saturating_since(l.last_sync_rx) > stall
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in stalled {
+            if let Some(link) = self.links.get_mut(&peer) {
+                link.sync = Replica::new_sync_state();
+                link.mismatch_since = Some(now);
+                self.stats.sync_resets += 1;
+            }
+            self.sync_with(peer);
+        }
+    }
+
+    /// The next time [`handle_tick`](Self::handle_tick) must be called.
+    pub fn poll_timeout(&self) -> Time {
+        let mut t = self.next_heartbeat;
+        if let Some(d) = self.live.next_deadline() {
+            t = t.min(d);
+        }
+        if !self.settled && self.candidate_at > self.last_tick {
+            t = t.min(self.candidate_at);
+        }
+        t
+    }
+
+    /// A link to `peer` (whose hello passed [`check_hello`](Self::check_hello)) is up.
+    pub fn handle_link_up(&mut self, now: Time, hello: &Hello) {
+        self.advance(now);
+        let peer = hello.incarnation.peer;
+        self.links.insert(
+            peer,
+            Link {
+                sync: Replica::new_sync_state(),
+                their_doc: None,
+                mismatch_since: None,
+                last_sync_rx: now,
+                leader_pushed: None,
+            },
+        );
+        let mut changes = Vec::new();
+        let beat = crate::vv::Beat { incarnation: hello.incarnation.number, counter: 0 };
+        self.live.observe_beat(peer, beat, hello.eligible, now, &mut changes);
+        self.apply_liveness(changes, now);
+        if self.left {
+            self.send(peer, &Message::Leave(self.live.me()));
+            return;
+        }
+        let view = self.view(now);
+        self.send(peer, &Message::View(view));
+        self.sync_with(peer);
+        self.push_leader(peer, now);
+        self.reelect(now);
+    }
+
+    /// The link to `peer` went down.
+    pub fn handle_link_down(&mut self, now: Time, peer: PeerId, how: LinkDown) {
+        self.advance(now);
+        if self.links.remove(&peer).is_none() {
+            return;
+        }
+        let mut changes = Vec::new();
+        self.live.link_down(peer, how, now, &mut changes);
+        self.apply_liveness(changes, now);
+        self.reelect(now);
+    }
+
+    /// Handles one frame payload (without its length header) received from `from`.
+    pub fn handle_payload(&mut self, now: Time, from: PeerId, payload: &[u8]) -> Result<(), ReceiveError> {
+        self.stats.bytes_in += (payload.len() + codec::HEADER_LEN) as u64;
+        self.stats.frames_in += 1;
+        let message = codec::decode_message(payload).inspect_err(|_| self.stats.decode_errors += 1)?;
+        self.handle_message(now, from, message)
+    }
+
+    /// Handles one decoded message received from `from`.
+    pub fn handle_message(&mut self, now: Time, from: PeerId, message: Message) -> Result<(), ReceiveError> {
+        self.advance(now);
+        if !self.links.contains_key(&from) {
+            return Err(ReceiveError::NoLink(from));
+        }
+        match message {
+            Message::Hello(_) => return Err(ReceiveError::UnexpectedHello),
+            Message::View(view) => self.on_view(now, from, view),
+            Message::Leave(inc) => {
+                let mut changes = Vec::new();
+                let tomb = Tombstone { incarnation: inc.number, cause: DeathCause::Left };
+                self.live.observe_tombstone(inc.peer, tomb, now, &mut changes);
+                self.apply_liveness(changes, now);
+                self.reelect(now);
+            }
+            Message::Sync(bytes) => self.on_sync(now, from, &bytes).inspect_err(|_| self.stats.decode_errors += 1)?,
+            Message::Leader(records) => {
+                for r in records {
+                    let change = EntryChange {
+                        kind: EntryKind::Leader,
+                        channel: r.channel.clone(),
+                        key: r.key.clone(),
+                        by: Some(r.writer),
+                    };
+                    let writer_known_dead = self.live.incarnation_of(&r.writer).is_some() && !self.live.is_live(&r.writer);
+                    if !writer_known_dead && self.leader.merge(r) {
+                        self.events.push_back(Event::Changed(change));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Announces a graceful leave to every linked peer and stops leading. The node should be
+    /// dropped once the leave frames are sent.
+    pub fn leave(&mut self, now: Time) {
+        self.advance(now);
+        self.left = true;
+        let me = self.live.me();
+        for peer in self.links.keys().copied().collect::<Vec<_>>() {
+            self.send(peer, &Message::Leave(me));
+        }
+        if let Some(term) = self.election.my_term() {
+            self.election.step_down();
+            self.events.push_back(Event::Deposed { term });
+        }
+        self.reelect(now);
+    }
+
+    /// The next frame to send. Flushes coalesced local writes first: one sync round per peer.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.doc_dirty {
+            self.doc_dirty = false;
+            for peer in self.links.keys().copied().collect::<Vec<_>>() {
+                self.sync_with(peer);
+            }
+        }
+        if !self.leader_dirty.is_empty() {
+            let records = std::mem::take(&mut self.leader_dirty);
+            for peer in self.links.keys().copied().collect::<Vec<_>>() {
+                self.send(peer, &Message::Leader(records.clone()));
+            }
+        }
+        let t = self.out.pop_front()?;
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += t.frame.len() as u64;
+        Some(t)
+    }
+
+    /// The next application event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next bytes to persist, if the document changed since the last ones.
+    pub fn poll_persist(&mut self) -> Option<Persist> {
+        let heads = self.replica.heads();
+        if heads == self.persisted_heads {
+            return None;
+        }
+        self.persist_seq += 1;
+        let seq = self.persist_seq;
+        let persist = if self.appends >= self.config.compact_every {
+            self.appends = 0;
+            Persist::Snapshot { seq, bytes: self.replica.save() }
+        } else {
+            self.appends += 1;
+            Persist::Append { seq, bytes: self.replica.save_after(&self.persisted_heads) }
+        };
+        self.persisted_heads = heads;
+        self.in_persist.push_back((seq, std::mem::take(&mut self.unpersisted)));
+        Some(persist)
+    }
+
+    /// The runtime stored (and synced to disk) the bytes of persist `seq` and all before it.
+    pub fn persisted(&mut self, seq: u64) {
+        while self.in_persist.front().is_some_and(|(s, _)| *s <= seq) {
+            if let Some((_, writes)) = self.in_persist.pop_front() {
+                self.events.extend(writes.into_iter().map(|write| Event::Durable { write }));
+            }
+        }
+    }
+
+    // ---- local writes ----
+
+    /// Writes record `key` of `channel` (typed through autosurgeon).
+    pub fn put<T: Reconcile>(&mut self, channel: &str, key: &str, value: &T, scope: Scope) -> Result<Written, WriteError> {
+        self.transact(|tx| tx.put(channel, key, value, scope)).map(|(_, w)| w)
+    }
+
+    /// Deletes record `key` of `channel`.
+    pub fn delete(&mut self, channel: &str, key: &str) -> Result<Written, WriteError> {
+        self.transact(|tx| tx.delete(channel, key)).map(|(_, w)| w)
+    }
+
+    /// Adds `by` to counter `name`.
+    pub fn add(&mut self, name: &str, by: i64, scope: Scope) -> Result<Written, WriteError> {
+        self.transact(|tx| tx.add(name, by, scope)).map(|(_, w)| w)
+    }
+
+    /// Makes several writes as one atomic change.
+    pub fn transact<R>(&mut self, f: impl FnOnce(&mut Tx<'_>) -> Result<R, WriteError>) -> Result<(R, Written), WriteError> {
+        let before = self.replica.heads();
+        let (r, hash) = self.replica.transact(f)?;
+        Ok((r, self.after_local_change(&before, hash)))
+    }
+
+    /// Writes leader record `key` of `channel` under `term`, which must be this peer's current
+    /// leadership term (the fencing token). Checks for a freeze first: a peer that was frozen
+    /// has lost its leadership and its write is refused. A value equal to the stored one is not
+    /// rewritten.
+    pub fn leader_put<T: Reconcile>(&mut self, now: Time, term: u64, channel: &str, key: &str, value: Option<&T>) -> Result<Written, WriteError> {
+        self.advance(now);
+        self.reelect(now);
+        if self.election.my_term() != Some(term) || self.left {
+            return Err(WriteError::NotLeader { term });
+        }
+        crate::replica::check_name(channel).map_err(WriteError::InvalidName)?;
+        crate::replica::check_name(key).map_err(WriteError::InvalidName)?;
+        let tokens = value.map(|v| to_value(v).map(|v| v.to_tokens())).transpose()?;
+        self.next_write += 1;
+        let id = WriteId(self.next_write);
+        let me = self.live.me().peer;
+        if let Some(old) = self.leader.get(channel, key) {
+            if old.writer == me && old.term == term && old.value == tokens {
+                return Ok(Written { id, changed: false });
+            }
+        }
+        let record = LeaderRecord { channel: channel.into(), key: key.into(), writer: me, term, seq: self.leader.next_seq(), value: tokens };
+        self.leader.merge(record.clone());
+        self.leader_dirty.push(record);
+        self.events.push_back(Event::Changed(EntryChange { kind: EntryKind::Leader, channel: channel.into(), key: key.into(), by: Some(me) }));
+        Ok(Written { id, changed: true })
+    }
+
+    // ---- reads ----
+
+    /// Reads record `key` of `channel`.
+    pub fn get<T: Hydrate>(&self, channel: &str, key: &str) -> Result<Option<T>, ReadError> {
+        self.replica.get(channel, key, |p| self.live.is_live(p))
+    }
+
+    /// The visible keys of `channel`.
+    pub fn keys(&self, channel: &str) -> Vec<String> {
+        self.replica.keys(channel, |p| self.live.is_live(p))
+    }
+
+    /// Channels holding records.
+    pub fn channels(&self) -> Vec<String> {
+        self.replica.channels()
+    }
+
+    /// The value of counter `name` (presence-scoped entries of dead writers left out).
+    pub fn counter(&self, name: &str) -> i64 {
+        self.replica.counter(name, |p| self.live.is_live(p))
+    }
+
+    /// Names of all counters.
+    pub fn counter_names(&self) -> Vec<String> {
+        self.replica.counter_names()
+    }
+
+    /// Reads leader record `key` of `channel`: present only if written by a live leader under
+    /// the newest known term.
+    pub fn leader_get<T: Hydrate>(&self, channel: &str, key: &str) -> Result<Option<(T, u64)>, ReadError> {
+        let Some(r) = self.leader.visible(channel, key, self.election.max_term(), |p| self.live.is_live(p)) else {
+            return Ok(None);
+        };
+        let Some(tokens) = &r.value else { return Ok(None) };
+        let value = Value::from_tokens(tokens).map_err(|_| ReadError::Hydrate(autosurgeon::HydrateError::unexpected("a value", "a malformed value".into())))?;
+        Ok(Some((from_value(&value)?, r.term)))
+    }
+
+    /// The visible keys of leader channel `channel`.
+    pub fn leader_keys(&self, channel: &str) -> Vec<String> {
+        self.leader.keys(channel, self.election.max_term(), |p| self.live.is_live(p))
+    }
+
+    /// Leader channels holding records.
+    pub fn leader_channels(&self) -> Vec<String> {
+        self.leader.channels()
+    }
+
+    /// The current leadership.
+    pub fn leadership(&self) -> Leadership {
+        self.election.current()
+    }
+
+    /// The term under which this peer leads, if it does.
+    pub fn my_term(&self) -> Option<u64> {
+        self.election.my_term()
+    }
+
+    /// Whether `peer`'s highest known incarnation is live.
+    pub fn is_live(&self, peer: &PeerId) -> bool {
+        self.live.is_live(peer)
+    }
+
+    /// Whether incarnation `number` of `peer` was judged dead.
+    pub fn is_dead(&self, peer: &PeerId, number: u64) -> bool {
+        self.live.is_dead(peer, number)
+    }
+
+    /// Live peers other than this one.
+    pub fn live_peers(&self) -> Vec<PeerId> {
+        self.live.live_peers().collect()
+    }
+
+    /// Peers with a link up.
+    pub fn linked_peers(&self) -> Vec<PeerId> {
+        self.links.keys().copied().collect()
+    }
+
+    /// Why this peer leads or not, at local time `now`.
+    pub fn explain(&self, now: Time) -> Explanation {
+        Explanation {
+            me: self.live.me(),
+            leadership: self.election.current(),
+            max_term: self.election.max_term(),
+            me_candidate: self.me_candidate(now),
+            peers: self.live.explain(now),
+        }
+    }
+
+    /// The document heads.
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.replica.heads()
+    }
+
+    /// The replicated document (read-only).
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// The leader record store (read-only).
+    pub fn leader_store(&self) -> &LeaderStore {
+        &self.leader
+    }
+
+    /// Counters of what this node did.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    // ---- internals ----
+
+    fn me_candidate(&self, now: Time) -> bool {
+        self.live.my_eligible() && !self.left && (self.settled || now >= self.candidate_at)
+    }
+
+    /// Moves the clock; detects that this process was frozen (no tick for longer than the
+    /// suspect timeout): its leadership is over, its silence was its own, and it rejoins.
+    fn advance(&mut self, now: Time) {
+        if now.saturating_since(self.last_tick) > self.config.suspect_timeout {
+            self.live.refresh_all(now);
+            if let Some(term) = self.election.my_term() {
+                self.election.step_down();
+                self.events.push_back(Event::Deposed { term });
+            }
+            let inc = self.live.new_incarnation(0);
+            self.events.push_back(Event::Refuted(inc));
+            self.candidate_at = now + self.config.join_grace;
+            self.settled = false;
+            self.next_heartbeat = now;
+        }
+        self.last_tick = self.last_tick.max(now);
+    }
+
+    fn after_local_change(&mut self, before: &[ChangeHash], hash: Option<ChangeHash>) -> Written {
+        self.next_write += 1;
+        let id = WriteId(self.next_write);
+        let Some(hash) = hash else { return Written { id, changed: false } };
+        self.doc_dirty = true;
+        let after = self.replica.heads();
+        for change in self.replica.changes_between(before, &after) {
+            self.events.push_back(Event::Changed(change));
+        }
+        self.unpersisted.push(id);
+        if self.pending.len() >= MAX_PENDING_WRITES {
+            self.pending.pop_first();
+        }
+        self.pending.insert(id, PendingWrite { hash, holders: BTreeSet::new() });
+        Written { id, changed: true }
+    }
+
+    fn reelect(&mut self, now: Time) {
+        let old_term = self.election.my_term();
+        let outcome = self.election.update(&self.live, self.me_candidate(now));
+        if outcome.lost {
+            if let Some(term) = old_term {
+                self.events.push_back(Event::Deposed { term });
+            }
+        }
+        if let Some(term) = outcome.new_term {
+            self.events.push_back(Event::Elected { term });
+            let before = self.replica.heads();
+            match self.replica.record_term(term) {
+                Ok(hash) => {
+                    self.after_local_change(&before, hash);
+                }
+                Err(e) => tracing::warn!(error = %e, "could not record leadership term"),
+            }
+        }
+        if let Some(l) = outcome.changed {
+            self.stats.leadership_changes += 1;
+            self.events.push_back(Event::Leadership(l));
+            // Tell everyone at once: claims and leadership news should not wait a heartbeat.
+            self.send_views(now);
+        }
+    }
+
+    fn apply_liveness(&mut self, changes: Vec<LivenessChange>, now: Time) {
+        for change in changes {
+            match change {
+                LivenessChange::Up(inc) => {
+                    self.events.push_back(Event::PeerUp(inc));
+                    self.presence_changed(inc.peer);
+                }
+                LivenessChange::Down(inc, cause) => {
+                    self.events.push_back(Event::PeerDown { incarnation: inc, cause });
+                    self.presence_changed(inc.peer);
+                    let live = &self.live;
+                    self.leader.prune(|w| !live.is_live(w));
+                }
+                LivenessChange::Refuted(inc) => {
+                    self.events.push_back(Event::Refuted(inc));
+                    self.send_views(now);
+                }
+            }
+        }
+    }
+
+    fn presence_changed(&mut self, writer: PeerId) {
+        for change in self.replica.presence_entries_of(writer) {
+            self.events.push_back(Event::Changed(change));
+        }
+    }
+
+    fn view(&self, now: Time) -> View {
+        let (beats, tombs) = self.live.gossip(now);
+        let claims = self.election.gossip(beats.iter().map(|b| b.peer));
+        View { beats, tombs, claims, doc: heads_digest(&self.replica.heads()), leader: self.leader.digest() }
+    }
+
+    fn send_views(&mut self, now: Time) {
+        if self.links.is_empty() || self.left {
+            return;
+        }
+        let view = Message::View(self.view(now));
+        for peer in self.links.keys().copied().collect::<Vec<_>>() {
+            self.send(peer, &view);
+        }
+    }
+
+    fn on_view(&mut self, now: Time, from: PeerId, view: View) {
+        let mut changes = Vec::new();
+        for b in &view.beats {
+            self.live.observe_beat(b.peer, b.beat, b.eligible, now, &mut changes);
+        }
+        for (peer, tomb) in &view.tombs {
+            self.live.observe_tombstone(*peer, *tomb, now, &mut changes);
+        }
+        for (peer, term) in &view.claims {
+            self.election.observe_claim(*peer, *term);
+        }
+        self.apply_liveness(changes, now);
+        self.reelect(now);
+        let mine = heads_digest(&self.replica.heads());
+        let leader_mismatch = view.leader != self.leader.digest();
+        let Some(link) = self.links.get_mut(&from) else { return };
+        link.their_doc = Some(view.doc);
+        if view.doc == mine {
+            link.mismatch_since = None;
+        } else {
+            link.mismatch_since.get_or_insert(now);
+            self.sync_with(from);
+        }
+        if leader_mismatch {
+            self.push_leader(from, now);
+        }
+    }
+
+    fn on_sync(&mut self, now: Time, from: PeerId, bytes: &[u8]) -> Result<(), ReceiveError> {
+        let Some(link) = self.links.get_mut(&from) else { return Err(ReceiveError::NoLink(from)) };
+        let before = self.replica.receive_sync(&mut link.sync, bytes)?;
+        link.last_sync_rx = now;
+        self.stats.sync_in += 1;
+        let after = self.replica.heads();
+        if before != after {
+            for change in self.replica.changes_between(&before, &after) {
+                self.events.push_back(Event::Changed(change));
+            }
+            self.election.observe_term(self.replica.max_stored_term());
+            self.reelect(now);
+        }
+        if let Some(link) = self.links.get_mut(&from) {
+            if link.their_doc == Some(heads_digest(&after)) {
+                link.mismatch_since = None;
+            }
+        }
+        self.sync_with(from);
+        self.check_replicated(from);
+        Ok(())
+    }
+
+    fn check_replicated(&mut self, peer: PeerId) {
+        let Some(link) = self.links.get(&peer) else { return };
+        let mut acked = Vec::new();
+        for (id, w) in &mut self.pending {
+            if !w.holders.contains(&peer) && self.replica.peer_holds(&link.sync, &w.hash) {
+                w.holders.insert(peer);
+                acked.push(*id);
+            }
+        }
+        for write in acked {
+            self.events.push_back(Event::Replicated { write, peer });
+        }
+        let live: Vec<PeerId> = self.live.live_peers().collect();
+        self.pending.retain(|_, w| !live.iter().all(|p| w.holders.contains(p)));
+    }
+
+    fn sync_with(&mut self, peer: PeerId) {
+        let Some(link) = self.links.get_mut(&peer) else { return };
+        if let Some(bytes) = self.replica.generate_sync(&mut link.sync) {
+            self.stats.sync_out += 1;
+            self.send(peer, &Message::Sync(bytes));
+        }
+    }
+
+    fn push_leader(&mut self, peer: PeerId, now: Time) {
+        let hb = self.config.heartbeat_interval;
+        let Some(link) = self.links.get_mut(&peer) else { return };
+        if link.leader_pushed.is_some_and(|t| now.saturating_since(t) < hb) || self.leader.is_empty() {
+            return;
+        }
+        link.leader_pushed = Some(now);
+        let all = self.leader.all();
+        self.send(peer, &Message::Leader(all));
+    }
+
+    fn send(&mut self, to: PeerId, message: &Message) {
+        match codec::encode_frame(message, self.config.max_frame) {
+            Ok(frame) => self.out.push_back(Transmit { to, frame }),
+            Err(e) => tracing::error!(peer = %to, error = %e, "dropping an outgoing message"),
+        }
+    }
+}
+
+/// Converts a typed value to a [`Value`] through autosurgeon.
+pub fn to_value<T: Reconcile>(value: &T) -> Result<Value, WriteError> {
+    let mut doc = automerge::Automerge::new();
+    let mut tx = doc.transaction();
+    autosurgeon::reconcile_prop(&mut tx, automerge::ROOT, "v", value)?;
+    Ok(autosurgeon::hydrate_prop::<_, Value, _, _>(&tx, automerge::ROOT, "v")?)
+}
+
+/// Converts a [`Value`] to a typed value through autosurgeon.
+pub fn from_value<T: Hydrate>(value: &Value) -> Result<T, ReadError> {
+    let mut doc = automerge::Automerge::new();
+    let mut tx = doc.transaction();
+    autosurgeon::reconcile_prop(&mut tx, automerge::ROOT, "v", value)
+        .map_err(|e| ReadError::Hydrate(autosurgeon::HydrateError::unexpected("a storable value", e.to_string())))?;
+    Ok(autosurgeon::hydrate_prop(&tx, automerge::ROOT, "v")?)
+}

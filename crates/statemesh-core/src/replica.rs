@@ -1,0 +1,542 @@
+//! The replicated state: one Automerge document per mesh, laid out so that no two peers ever
+//! create competing containers.
+//!
+//! Layout (every container below is created by the *genesis* change, which every peer builds
+//! byte for byte identically — same actor, sequence number, time and operations — so all peers
+//! share the very same objects):
+//!
+//! ```text
+//! ROOT
+//! ├── "r": map   records:  "<channel>\u{1f}<key>" -> { "v": value, "w": writer id, "p": presence? }
+//! ├── "c": map   counters: "<name>\u{1f}<writer id>\u{1f}d|p" -> Counter  (one entry per writer)
+//! └── "m": map   meta:     "schema" -> 1, "terms" -> map { "<leader id>" -> term }
+//! ```
+//!
+//! Records are flat keys of one shared map, so two peers writing different keys of one channel
+//! at once never race to create a channel container. A record is a last-writer-wins register
+//! whose fields merge when updated concurrently. Counters are per-writer entries combined on
+//! read: each writer only ever creates its own entry, so `desired += 1` from two windows at once
+//! adds up.
+
+use std::collections::BTreeSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use automerge::sync::SyncDoc;
+use automerge::transaction::{CommitOptions, Transactable, Transaction};
+use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, PatchAction, ROOT, ReadDoc, ScalarValue};
+use autosurgeon::{Hydrate, Reconcile};
+use serde::{Deserialize, Serialize};
+
+use crate::PeerId;
+
+/// Separator between the parts of a flat key. Channel names, keys and counter names may not
+/// contain it.
+pub const SEP: char = '\u{1f}';
+
+/// The longest channel name, key or counter name, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// How long an entry lives.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub enum Scope {
+    /// Stays until overwritten or deleted, whatever happens to its writer.
+    #[default]
+    Durable,
+    /// Disappears from every view as soon as its writer's incarnation is judged dead (e.g. the
+    /// `running` count of a window that crashed).
+    Presence,
+}
+
+/// What kind of entry changed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A record of a channel.
+    Record,
+    /// A counter.
+    Counter,
+    /// A leader record (written under a leadership term, not stored in the document).
+    Leader,
+}
+
+/// Which entry changed, and who wrote it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct EntryChange {
+    /// The kind of entry.
+    pub kind: EntryKind,
+    /// The channel (for counters: empty).
+    pub channel: String,
+    /// The key within the channel (for counters: the counter's name).
+    pub key: String,
+    /// The peer whose write this is, when known.
+    pub by: Option<PeerId>,
+}
+
+/// A write that could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// A channel name, key or counter name is empty, too long, or holds a control character.
+    #[error("invalid name {0:?}: names are 1 to 256 bytes without control characters")]
+    InvalidName(String),
+    /// The value could not be written into the document.
+    #[error("could not write the value: {0}")]
+    Reconcile(#[from] autosurgeon::ReconcileError),
+    /// The document refused the operation.
+    #[error(transparent)]
+    Automerge(#[from] automerge::AutomergeError),
+    /// The value could not be converted to the dynamic form leader records travel in.
+    #[error("could not convert the value: {0}")]
+    Convert(#[from] autosurgeon::HydrateError),
+    /// A leader write was made without leadership, or under a term that is no longer current.
+    #[error("not the leader under term {term}: leadership was lost or is stale")]
+    NotLeader {
+        /// The term the write was made under.
+        term: u64,
+    },
+}
+
+/// A read that could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// A channel name or key is invalid.
+    #[error("invalid name {0:?}: names are 1 to 256 bytes without control characters")]
+    InvalidName(String),
+    /// The stored value does not have the shape of the requested type.
+    #[error("stored value does not match the requested type: {0}")]
+    Hydrate(#[from] autosurgeon::HydrateError),
+}
+
+/// A sync message that could not be applied. The document is left exactly as it was.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The bytes are not an Automerge sync message.
+    #[error("malformed sync message: {0}")]
+    Decode(#[from] automerge::sync::ReadMessageError),
+    /// Automerge refused the message.
+    #[error("sync message refused: {0}")]
+    Refused(#[from] automerge::AutomergeError),
+    /// Automerge panicked on the message; the panic was contained and the message dropped.
+    #[error("sync message made the CRDT library panic; message dropped")]
+    Panicked,
+}
+
+/// Checks a channel name, key or counter name.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(name.to_owned());
+    }
+    Ok(())
+}
+
+fn record_key(channel: &str, key: &str) -> Result<String, String> {
+    check_name(channel)?;
+    check_name(key)?;
+    Ok(format!("{channel}{SEP}{key}"))
+}
+
+fn counter_key(name: &str, writer: PeerId, scope: Scope) -> String {
+    let s = match scope {
+        Scope::Durable => 'd',
+        Scope::Presence => 'p',
+    };
+    format!("{name}{SEP}{writer}{SEP}{s}")
+}
+
+/// The object ids of the three genesis containers.
+#[derive(Clone, Debug)]
+struct Layout {
+    records: ObjId,
+    counters: ObjId,
+    terms: ObjId,
+}
+
+/// Builds the genesis document: identical, byte for byte, on every peer.
+fn genesis() -> (Automerge, Layout) {
+    let mut doc = Automerge::new().with_actor(ActorId::from([0u8; 16].as_slice()));
+    let mut tx = doc.transaction();
+    let layout = (|| -> Result<Layout, automerge::AutomergeError> {
+        let records = tx.put_object(ROOT, "r", ObjType::Map)?;
+        let counters = tx.put_object(ROOT, "c", ObjType::Map)?;
+        let meta = tx.put_object(ROOT, "m", ObjType::Map)?;
+        tx.put(&meta, "schema", 1u64)?;
+        let terms = tx.put_object(&meta, "terms", ObjType::Map)?;
+        Ok(Layout { records, counters, terms })
+    })()
+    .unwrap_or_else(|e| unreachable!("genesis operations on a fresh document cannot fail: {e}"));
+    tx.commit_with(CommitOptions::default().with_time(0));
+    (doc, layout)
+}
+
+/// The replicated document of one peer.
+#[derive(Debug)]
+pub struct Replica {
+    doc: Automerge,
+    layout: Layout,
+    me: PeerId,
+}
+
+/// A handle to make several writes in one atomic change (see [`Replica::transact`]).
+pub struct Tx<'a> {
+    tx: Transaction<'a>,
+    layout: &'a Layout,
+    me: PeerId,
+}
+
+impl Tx<'_> {
+    /// Writes record `key` of `channel`.
+    pub fn put<T: Reconcile>(&mut self, channel: &str, key: &str, value: &T, scope: Scope) -> Result<(), WriteError> {
+        let flat = record_key(channel, key).map_err(WriteError::InvalidName)?;
+        let rec = match self.tx.get(&self.layout.records, flat.as_str())? {
+            Some((automerge::Value::Object(ObjType::Map), id)) => id,
+            _ => self.tx.put_object(&self.layout.records, flat.as_str(), ObjType::Map)?,
+        };
+        autosurgeon::reconcile_prop(&mut self.tx, &rec, "v", value)?;
+        let me = self.me.to_string();
+        if self.tx.get(&rec, "w")?.and_then(|(v, _)| v.into_string().ok()).as_deref() != Some(me.as_str()) {
+            self.tx.put(&rec, "w", me)?;
+        }
+        let presence = scope == Scope::Presence;
+        if self.tx.get(&rec, "p")?.and_then(|(v, _)| v.as_bool()) != Some(presence) {
+            self.tx.put(&rec, "p", presence)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes record `key` of `channel` (whoever wrote it).
+    pub fn delete(&mut self, channel: &str, key: &str) -> Result<(), WriteError> {
+        let flat = record_key(channel, key).map_err(WriteError::InvalidName)?;
+        if self.tx.get(&self.layout.records, flat.as_str())?.is_some() {
+            self.tx.delete(&self.layout.records, flat.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// Adds `by` to counter `name` (this writer's entry of the given scope).
+    pub fn add(&mut self, name: &str, by: i64, scope: Scope) -> Result<(), WriteError> {
+        check_name(name).map_err(WriteError::InvalidName)?;
+        if by == 0 {
+            return Ok(());
+        }
+        let key = counter_key(name, self.me, scope);
+        match self.tx.get(&self.layout.counters, key.as_str())? {
+            Some((automerge::Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Counter(_)) => {
+                self.tx.increment(&self.layout.counters, key.as_str(), by)?;
+            }
+            _ => self.tx.put(&self.layout.counters, key.as_str(), ScalarValue::counter(by))?,
+        }
+        Ok(())
+    }
+}
+
+impl Replica {
+    /// A replica holding only the genesis change, writing as `actor`.
+    pub fn new(me: PeerId, actor: [u8; 16]) -> Self {
+        let (doc, layout) = genesis();
+        Self { doc: doc.with_actor(ActorId::from(actor.as_slice())), layout, me }
+    }
+
+    /// The underlying document (read-only).
+    pub fn doc(&self) -> &Automerge {
+        &self.doc
+    }
+
+    /// The current heads.
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// Makes several writes as one atomic change. Returns the change's hash, or `None` when the
+    /// writes changed nothing (writing a value equal to the stored one is not a change). On an
+    /// error nothing is written.
+    pub fn transact<R>(
+        &mut self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, WriteError>,
+    ) -> Result<(R, Option<ChangeHash>), WriteError> {
+        let mut tx = Tx { tx: self.doc.transaction(), layout: &self.layout, me: self.me };
+        match f(&mut tx) {
+            Ok(r) => {
+                let (hash, _) = tx.tx.commit_with(CommitOptions::default().with_time(0));
+                Ok((r, hash))
+            }
+            Err(e) => {
+                tx.tx.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Records that this peer led under `term` (kept so a restarted mesh never reuses a term).
+    pub fn record_term(&mut self, term: u64) -> Result<Option<ChangeHash>, WriteError> {
+        let terms = self.layout.terms.clone();
+        let me = self.me.to_string();
+        self.transact(|tx| {
+            tx.tx.put(&terms, me.as_str(), term)?;
+            Ok(())
+        })
+        .map(|(_, h)| h)
+    }
+
+    /// The greatest term stored by any leader.
+    pub fn max_stored_term(&self) -> u64 {
+        self.doc
+            .map_range(&self.layout.terms, ..)
+            .filter_map(|item| {
+                let v = automerge::Value::from(item.value);
+                v.as_u64().or_else(|| v.as_i64().and_then(|i| u64::try_from(i).ok()))
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Reads record `key` of `channel`, hiding presence-scoped records whose writer is not live.
+    pub fn get<T: Hydrate>(
+        &self,
+        channel: &str,
+        key: &str,
+        is_live: impl Fn(&PeerId) -> bool,
+    ) -> Result<Option<T>, ReadError> {
+        let flat = record_key(channel, key).map_err(ReadError::InvalidName)?;
+        let Some(rec) = self.record_obj(&flat) else { return Ok(None) };
+        if !self.visible(&rec, &is_live) {
+            return Ok(None);
+        }
+        Ok(Some(autosurgeon::hydrate_prop(&self.doc, &rec, "v")?))
+    }
+
+    /// The writer of record `key` of `channel`.
+    pub fn writer(&self, channel: &str, key: &str) -> Option<PeerId> {
+        let flat = record_key(channel, key).ok()?;
+        let rec = self.record_obj(&flat)?;
+        self.writer_of(&rec)
+    }
+
+    /// The visible keys of `channel`, in order.
+    pub fn keys(&self, channel: &str, is_live: impl Fn(&PeerId) -> bool) -> Vec<String> {
+        let prefix = format!("{channel}{SEP}");
+        self.doc
+            .map_range(&self.layout.records, prefix.clone()..)
+            .take_while(|item| item.key.starts_with(&prefix))
+            .filter_map(|item| {
+                let key = item.key[prefix.len()..].to_owned();
+                let rec = self.record_obj(&item.key)?;
+                self.visible(&rec, &is_live).then_some(key)
+            })
+            .collect()
+    }
+
+    /// The names of channels holding at least one record, in order.
+    pub fn channels(&self) -> Vec<String> {
+        let set: BTreeSet<String> = self
+            .doc
+            .map_range(&self.layout.records, ..)
+            .filter_map(|item| item.key.split_once(SEP).map(|(c, _)| c.to_owned()))
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// The value of counter `name`: the sum of every writer's entry, leaving out presence-scoped
+    /// entries of writers that are not live.
+    pub fn counter(&self, name: &str, is_live: impl Fn(&PeerId) -> bool) -> i64 {
+        let prefix = format!("{name}{SEP}");
+        self.doc
+            .map_range(&self.layout.counters, prefix.clone()..)
+            .take_while(|item| item.key.starts_with(&prefix))
+            .filter(|item| {
+                let rest = &item.key[prefix.len()..];
+                match rest.split_once(SEP) {
+                    Some((_, "d")) => true,
+                    Some((writer, "p")) => writer.parse::<PeerId>().is_ok_and(|w| is_live(&w)),
+                    _ => false,
+                }
+            })
+            .filter_map(|item| match automerge::Value::from(item.value) {
+                automerge::Value::Scalar(s) => match s.as_ref() {
+                    ScalarValue::Counter(c) => Some(i64::from(c)),
+                    ScalarValue::Int(i) => Some(*i),
+                    _ => None,
+                },
+                automerge::Value::Object(_) => None,
+            })
+            .fold(0i64, i64::saturating_add)
+    }
+
+    /// The names of all counters, in order.
+    pub fn counter_names(&self) -> Vec<String> {
+        let set: BTreeSet<String> = self
+            .doc
+            .map_range(&self.layout.counters, ..)
+            .filter_map(|item| item.key.split_once(SEP).map(|(c, _)| c.to_owned()))
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// Entries whose visibility depends on `writer`'s presence.
+    pub fn presence_entries_of(&self, writer: PeerId) -> Vec<EntryChange> {
+        let w = writer.to_string();
+        let mut out = Vec::new();
+        for item in self.doc.map_range(&self.layout.records, ..) {
+            let Some(rec) = self.record_obj(&item.key) else { continue };
+            let presence = self.doc.get(&rec, "p").ok().flatten().and_then(|(v, _)| v.as_bool()) == Some(true);
+            if presence && self.writer_of(&rec) == Some(writer) {
+                if let Some((c, k)) = item.key.split_once(SEP) {
+                    out.push(EntryChange { kind: EntryKind::Record, channel: c.into(), key: k.into(), by: Some(writer) });
+                }
+            }
+        }
+        for item in self.doc.map_range(&self.layout.counters, ..) {
+            let mut parts = item.key.split(SEP);
+            if let (Some(name), Some(wr), Some("p")) = (parts.next(), parts.next(), parts.next()) {
+                if wr == w {
+                    out.push(EntryChange { kind: EntryKind::Counter, channel: String::new(), key: name.into(), by: Some(writer) });
+                }
+            }
+        }
+        out
+    }
+
+    /// Which entries differ between two sets of heads (for change notifications).
+    pub fn changes_between(&self, before: &[ChangeHash], after: &[ChangeHash]) -> Vec<EntryChange> {
+        let mut out: Vec<EntryChange> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for patch in self.doc.diff(before, after) {
+            let (obj, prop) = if patch.path.len() >= 2 {
+                (&patch.path[1].0, patch.path[1].1.to_string())
+            } else {
+                let key = match &patch.action {
+                    PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => key.clone(),
+                    PatchAction::Increment { prop, .. } | PatchAction::Conflict { prop } => prop.to_string(),
+                    _ => continue,
+                };
+                (&patch.obj, key)
+            };
+            if !seen.insert((obj.clone(), prop.clone())) {
+                continue;
+            }
+            if *obj == self.layout.records {
+                if let Some((c, k)) = prop.split_once(SEP) {
+                    let by = self.writer(c, k);
+                    out.push(EntryChange { kind: EntryKind::Record, channel: c.into(), key: k.into(), by });
+                }
+            } else if *obj == self.layout.counters {
+                let mut parts = prop.split(SEP);
+                if let (Some(name), Some(w)) = (parts.next(), parts.next()) {
+                    let by = w.parse().ok();
+                    if !out.iter().any(|e| e.kind == EntryKind::Counter && e.key == name && e.by == by) {
+                        out.push(EntryChange { kind: EntryKind::Counter, channel: String::new(), key: name.into(), by });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A new sync state for a peer.
+    pub fn new_sync_state() -> automerge::sync::State {
+        automerge::sync::State::new()
+    }
+
+    /// The next sync message for the peer behind `state`, encoded, if any.
+    pub fn generate_sync(&self, state: &mut automerge::sync::State) -> Option<Vec<u8>> {
+        self.doc.generate_sync_message(state).map(automerge::sync::Message::encode)
+    }
+
+    /// Applies an encoded sync message from the peer behind `state`.
+    ///
+    /// A message that carries changes is applied to a copy of the document under
+    /// `catch_unwind`; the copy replaces the document only if all went well, so a malformed
+    /// message (even one that makes the CRDT library panic) leaves the document exactly as it
+    /// was. Returns the heads before the message.
+    pub fn receive_sync(
+        &mut self,
+        state: &mut automerge::sync::State,
+        bytes: &[u8],
+    ) -> Result<Vec<ChangeHash>, ApplyError> {
+        let before = self.doc.get_heads();
+        let message = catch_unwind(|| automerge::sync::Message::decode(bytes)).map_err(|_| ApplyError::Panicked)??;
+        let mut doc = if message.changes.is_empty() { None } else { Some(self.doc.clone()) };
+        let mut new_state = state.clone();
+        let target = doc.as_mut().unwrap_or(&mut self.doc);
+        let result = catch_unwind(AssertUnwindSafe(|| target.receive_sync_message(&mut new_state, message)));
+        match result {
+            Ok(Ok(())) => {
+                if let Some(doc) = doc {
+                    self.doc = doc;
+                }
+                *state = new_state;
+                Ok(before)
+            }
+            Ok(Err(e)) => Err(ApplyError::Refused(e)),
+            Err(_) => Err(ApplyError::Panicked),
+        }
+    }
+
+    /// Whether the peer behind `state` is known to hold change `hash`.
+    pub fn peer_holds(&self, state: &automerge::sync::State, hash: &ChangeHash) -> bool {
+        if state.shared_heads.contains(hash) {
+            return true;
+        }
+        if state.shared_heads.is_empty() || self.doc.get_change_by_hash(hash).is_none() {
+            return false;
+        }
+        !self.doc.get_changes(&state.shared_heads).iter().any(|c| c.hash() == *hash)
+    }
+
+    /// An incremental save of the changes after `heads`.
+    pub fn save_after(&self, heads: &[ChangeHash]) -> Vec<u8> {
+        self.doc.save_after(heads)
+    }
+
+    /// A full, compacted save.
+    pub fn save(&self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// Merges saved bytes (a snapshot or incremental saves) into the document, under the same
+    /// containment as sync messages. Returns how many operations were loaded.
+    pub fn load_incremental(&mut self, bytes: &[u8]) -> Result<usize, ApplyError> {
+        let mut doc = self.doc.clone();
+        match catch_unwind(AssertUnwindSafe(|| doc.load_incremental(bytes))) {
+            Ok(Ok(n)) => {
+                self.doc = doc;
+                Ok(n)
+            }
+            Ok(Err(e)) => Err(ApplyError::Refused(e)),
+            Err(_) => Err(ApplyError::Panicked),
+        }
+    }
+
+    fn record_obj(&self, flat: &str) -> Option<ObjId> {
+        match self.doc.get(&self.layout.records, flat).ok()? {
+            Some((automerge::Value::Object(ObjType::Map), id)) => Some(id),
+            _ => None,
+        }
+    }
+
+    fn writer_of(&self, rec: &ObjId) -> Option<PeerId> {
+        let (v, _) = self.doc.get(rec, "w").ok()??;
+        v.into_string().ok()?.parse().ok()
+    }
+
+    fn visible(&self, rec: &ObjId, is_live: &impl Fn(&PeerId) -> bool) -> bool {
+        let presence = self.doc.get(rec, "p").ok().flatten().and_then(|(v, _)| v.as_bool()) == Some(true);
+        !presence || self.writer_of(rec).is_some_and(|w| is_live(&w))
+    }
+}
+
+/// A digest of a set of heads: equal digests mean (with overwhelming probability) equal
+/// documents.
+pub fn heads_digest(heads: &[ChangeHash]) -> [u8; 8] {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&ChangeHash> = heads.iter().collect();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for head in sorted {
+        h.update(head.0);
+    }
+    let d = h.finalize();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d[..8]);
+    out
+}

@@ -1,0 +1,386 @@
+//! A dynamic value: what the generic keyed API reads and writes, and how typed leader records
+//! travel between peers.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+
+use automerge::ObjId;
+use autosurgeon::reconcile::{MapReconciler, SeqReconciler};
+use autosurgeon::{Hydrate, HydrateError, ReadDoc, Reconcile, Reconciler};
+use serde::{Deserialize, Serialize};
+
+/// The deepest nesting of maps and lists a [`Value`] may have. Anything deeper is refused, so
+/// hostile input can never exhaust the stack.
+pub const MAX_VALUE_DEPTH: usize = 32;
+
+/// A dynamically typed value, shaped like JSON plus bytes and unsigned integers.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Value {
+    /// Nothing.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A signed integer.
+    Int(i64),
+    /// An unsigned integer.
+    Uint(u64),
+    /// A float.
+    F64(f64),
+    /// A string.
+    Str(String),
+    /// Bytes.
+    Bytes(Vec<u8>),
+    /// A list.
+    List(Vec<Value>),
+    /// A map with string keys.
+    Map(BTreeMap<String, Value>),
+}
+
+/// A value that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValueError {
+    /// Nested deeper than [`MAX_VALUE_DEPTH`].
+    #[error("value nested deeper than {MAX_VALUE_DEPTH} levels")]
+    TooDeep,
+    /// The token stream ended inside a map or list, or had tokens left over.
+    #[error("malformed value encoding")]
+    Malformed,
+}
+
+/// One token of a value's flat, pre-order encoding on the wire. A flat encoding decodes without
+/// recursion, so no input can overflow the stack.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Token {
+    /// [`Value::Null`].
+    Null,
+    /// [`Value::Bool`].
+    Bool(bool),
+    /// [`Value::Int`].
+    Int(i64),
+    /// [`Value::Uint`].
+    Uint(u64),
+    /// [`Value::F64`].
+    F64(f64),
+    /// [`Value::Str`], or a map key.
+    Str(String),
+    /// [`Value::Bytes`].
+    Bytes(Vec<u8>),
+    /// A list of this many values follows.
+    List(u32),
+    /// A map of this many key (a `Str` token) and value pairs follows.
+    Map(u32),
+}
+
+impl Value {
+    /// The flat pre-order encoding of this value.
+    pub fn to_tokens(&self) -> Vec<Token> {
+        enum Item<'a> {
+            Key(&'a str),
+            Value(&'a Value),
+        }
+        let mut out = Vec::new();
+        let mut stack = vec![Item::Value(self)];
+        while let Some(item) = stack.pop() {
+            let v = match item {
+                Item::Key(k) => {
+                    out.push(Token::Str(k.to_owned()));
+                    continue;
+                }
+                Item::Value(v) => v,
+            };
+            match v {
+                Self::Null => out.push(Token::Null),
+                Self::Bool(b) => out.push(Token::Bool(*b)),
+                Self::Int(i) => out.push(Token::Int(*i)),
+                Self::Uint(u) => out.push(Token::Uint(*u)),
+                Self::F64(f) => out.push(Token::F64(*f)),
+                Self::Str(s) => out.push(Token::Str(s.clone())),
+                Self::Bytes(b) => out.push(Token::Bytes(b.clone())),
+                Self::List(items) => {
+                    out.push(Token::List(u32::try_from(items.len()).unwrap_or(u32::MAX)));
+                    stack.extend(items.iter().rev().map(Item::Value));
+                }
+                Self::Map(map) => {
+                    out.push(Token::Map(u32::try_from(map.len()).unwrap_or(u32::MAX)));
+                    for (k, v) in map.iter().rev() {
+                        stack.push(Item::Value(v));
+                        stack.push(Item::Key(k));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Rebuilds a value from its flat encoding, refusing nesting deeper than
+    /// [`MAX_VALUE_DEPTH`] and any leftover or missing token.
+    pub fn from_tokens(tokens: &[Token]) -> Result<Self, ValueError> {
+        enum Frame {
+            List(Vec<Value>, usize),
+            Map(BTreeMap<String, Value>, usize, Option<String>),
+        }
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut iter = tokens.iter();
+        let mut result = None;
+        while result.is_none() {
+            let token = iter.next().ok_or(ValueError::Malformed)?;
+            // A map expecting a key takes the next token as the key.
+            if let Some(Frame::Map(_, _, key @ None)) = stack.last_mut() {
+                match token {
+                    Token::Str(s) => {
+                        *key = Some(s.clone());
+                        continue;
+                    }
+                    _ => return Err(ValueError::Malformed),
+                }
+            }
+            let mut done = match token {
+                Token::Null => Some(Self::Null),
+                Token::Bool(b) => Some(Self::Bool(*b)),
+                Token::Int(i) => Some(Self::Int(*i)),
+                Token::Uint(u) => Some(Self::Uint(*u)),
+                Token::F64(f) => Some(Self::F64(*f)),
+                Token::Str(s) => Some(Self::Str(s.clone())),
+                Token::Bytes(b) => Some(Self::Bytes(b.clone())),
+                Token::List(0) => Some(Self::List(Vec::new())),
+                Token::Map(0) => Some(Self::Map(BTreeMap::new())),
+                Token::List(n) | Token::Map(n) => {
+                    if stack.len() >= MAX_VALUE_DEPTH {
+                        return Err(ValueError::TooDeep);
+                    }
+                    // Each element takes at least one token: a count beyond what is left is a lie.
+                    let n = *n as usize;
+                    if n > iter.len() {
+                        return Err(ValueError::Malformed);
+                    }
+                    stack.push(match token {
+                        Token::List(_) => Frame::List(Vec::with_capacity(n), n),
+                        _ => Frame::Map(BTreeMap::new(), n, None),
+                    });
+                    None
+                }
+            };
+            // Fold completed values into their parents.
+            while let Some(value) = done.take() {
+                match stack.last_mut() {
+                    None => result = Some(value),
+                    Some(Frame::List(items, n)) => {
+                        items.push(value);
+                        if items.len() == *n {
+                            let Some(Frame::List(items, _)) = stack.pop() else { unreachable!() };
+                            done = Some(Self::List(items));
+                        }
+                    }
+                    Some(Frame::Map(map, n, key)) => {
+                        let k = key.take().ok_or(ValueError::Malformed)?;
+                        map.insert(k, value);
+                        if map.len() == *n {
+                            let Some(Frame::Map(map, _, _)) = stack.pop() else { unreachable!() };
+                            done = Some(Self::Map(map));
+                        }
+                    }
+                }
+            }
+        }
+        if iter.next().is_some() {
+            return Err(ValueError::Malformed);
+        }
+        result.ok_or(ValueError::Malformed)
+    }
+
+    /// Nesting depth (0 for a scalar).
+    pub fn depth(&self) -> usize {
+        match self {
+            Self::List(items) => 1 + items.iter().map(Self::depth).max().unwrap_or(0),
+            Self::Map(map) => 1 + map.values().map(Self::depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+}
+
+thread_local! {
+    static HYDRATE_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+impl Reconcile for Value {
+    type Key<'a> = autosurgeon::reconcile::NoKey;
+
+    fn reconcile<R: Reconciler>(&self, mut reconciler: R) -> Result<(), R::Error> {
+        match self {
+            Self::Null => reconciler.none(),
+            Self::Bool(b) => reconciler.boolean(*b),
+            Self::Int(i) => reconciler.i64(*i),
+            Self::Uint(u) => reconciler.u64(*u),
+            Self::F64(f) => reconciler.f64(*f),
+            Self::Str(s) => reconciler.str(s),
+            Self::Bytes(b) => reconciler.bytes(b),
+            Self::List(items) => {
+                let mut seq = reconciler.seq()?;
+                let old = seq.len()?;
+                for (i, item) in items.iter().enumerate() {
+                    if i < old {
+                        seq.set(i, item)?;
+                    } else {
+                        seq.insert(i, item)?;
+                    }
+                }
+                for i in (items.len()..old).rev() {
+                    seq.delete(i)?;
+                }
+                Ok(())
+            }
+            Self::Map(map) => {
+                let mut m = reconciler.map()?;
+                let stale: Vec<String> = m
+                    .entries()
+                    .map(|(k, _)| k.to_string())
+                    .filter(|k| !map.contains_key(k))
+                    .collect();
+                for k in stale {
+                    m.delete(&k)?;
+                }
+                for (k, v) in map {
+                    m.put(k, v)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+struct DepthGuard;
+
+impl DepthGuard {
+    fn enter() -> Result<Self, HydrateError> {
+        let depth = HYDRATE_DEPTH.with(|d| {
+            d.set(d.get() + 1);
+            d.get()
+        });
+        let guard = Self;
+        if depth > MAX_VALUE_DEPTH {
+            return Err(HydrateError::unexpected("a value nested at most 32 levels deep", "a deeper value".into()));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        HYDRATE_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+impl Hydrate for Value {
+    fn hydrate_none() -> Result<Self, HydrateError> {
+        Ok(Self::Null)
+    }
+    fn hydrate_bool(b: bool) -> Result<Self, HydrateError> {
+        Ok(Self::Bool(b))
+    }
+    fn hydrate_bytes(bytes: &[u8]) -> Result<Self, HydrateError> {
+        Ok(Self::Bytes(bytes.to_vec()))
+    }
+    fn hydrate_f64(f: f64) -> Result<Self, HydrateError> {
+        Ok(Self::F64(f))
+    }
+    fn hydrate_counter(c: i64) -> Result<Self, HydrateError> {
+        Ok(Self::Int(c))
+    }
+    fn hydrate_int(i: i64) -> Result<Self, HydrateError> {
+        Ok(Self::Int(i))
+    }
+    fn hydrate_uint(u: u64) -> Result<Self, HydrateError> {
+        Ok(Self::Uint(u))
+    }
+    fn hydrate_string(s: &str) -> Result<Self, HydrateError> {
+        Ok(Self::Str(s.to_owned()))
+    }
+    fn hydrate_timestamp(t: i64) -> Result<Self, HydrateError> {
+        Ok(Self::Int(t))
+    }
+    fn hydrate_map<D: ReadDoc>(doc: &D, obj: &ObjId) -> Result<Self, HydrateError> {
+        let _guard = DepthGuard::enter()?;
+        let mut map = BTreeMap::new();
+        for item in doc.map_range(obj, ..) {
+            let key = item.key.to_string();
+            let v = Self::hydrate(doc, obj, key.as_str().into())?;
+            map.insert(key, v);
+        }
+        Ok(Self::Map(map))
+    }
+    fn hydrate_seq<D: ReadDoc>(doc: &D, obj: &ObjId) -> Result<Self, HydrateError> {
+        let _guard = DepthGuard::enter()?;
+        let len = doc.length(obj);
+        let mut items = Vec::with_capacity(len);
+        for i in 0..len {
+            items.push(Self::hydrate(doc, obj, i.into())?);
+        }
+        Ok(Self::List(items))
+    }
+    fn hydrate_text<D: ReadDoc>(doc: &D, obj: &ObjId) -> Result<Self, HydrateError> {
+        Ok(Self::Str(doc.text(obj)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            any::<u64>().prop_map(Value::Uint),
+            (-1e9f64..1e9).prop_map(Value::F64),
+            "[a-z]{0,8}".prop_map(Value::Str),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(Value::Bytes),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::List),
+                proptest::collection::btree_map("[a-z]{1,4}", inner, 0..4).prop_map(Value::Map),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn tokens_round_trip(v in value()) {
+            prop_assert_eq!(Value::from_tokens(&v.to_tokens()), Ok(v));
+        }
+
+        #[test]
+        fn arbitrary_tokens_never_panic(tokens in proptest::collection::vec(
+            prop_oneof![
+                Just(Token::Null),
+                (0u32..4).prop_map(Token::List),
+                (0u32..4).prop_map(Token::Map),
+                "[a-b]{0,2}".prop_map(Token::Str),
+            ], 0..24)) {
+            let _ = Value::from_tokens(&tokens);
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let mut tokens = vec![Token::List(1); MAX_VALUE_DEPTH + 1];
+        tokens.push(Token::Null);
+        assert_eq!(Value::from_tokens(&tokens), Err(ValueError::TooDeep));
+        let mut ok = vec![Token::List(1); MAX_VALUE_DEPTH];
+        ok.push(Token::Null);
+        assert!(Value::from_tokens(&ok).is_ok());
+    }
+
+    #[test]
+    fn lying_counts_and_leftovers_are_refused() {
+        assert_eq!(Value::from_tokens(&[Token::List(3), Token::Null]), Err(ValueError::Malformed));
+        assert_eq!(Value::from_tokens(&[Token::Null, Token::Null]), Err(ValueError::Malformed));
+        assert_eq!(Value::from_tokens(&[Token::Map(1), Token::Null, Token::Null]), Err(ValueError::Malformed));
+        assert_eq!(Value::from_tokens(&[]), Err(ValueError::Malformed));
+    }
+}

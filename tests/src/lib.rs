@@ -1,0 +1,1 @@
+//! Shared helpers for statemesh integration tests.
