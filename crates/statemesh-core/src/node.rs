@@ -198,7 +198,6 @@ struct Link {
     sync: automerge::sync::State,
     their_doc: Option<[u8; 8]>,
     mismatch_since: Option<Time>,
-    last_sync_rx: Time,
     leader_pushed: Option<Time>,
 }
 
@@ -343,13 +342,14 @@ impl Node {
         self.apply_liveness(changes, now);
         self.reelect(now);
         let stall = self.config.sync_stall_timeout;
+        // A sync exchange that has made no progress (no new heads on either side) for the
+        // stall timeout while the documents differ is restarted from a fresh sync state: lost,
+        // duplicated or reordered messages can leave Automerge's per-peer state believing
+        // something was delivered that never was.
         let stalled: Vec<PeerId> = self
             .links
             .iter()
-            .filter(|(_, l)| {
-                l.mismatch_since.is_some_and(|t| now.saturating_since(t) > stall)
-                    && now.saturating_since(l.last_sync_rx) > stall
-            })
+            .filter(|(_, l)| l.mismatch_since.is_some_and(|t| now.saturating_since(t) > stall))
             .map(|(p, _)| *p)
             .collect();
         for peer in stalled {
@@ -384,7 +384,6 @@ impl Node {
                 sync: Replica::new_sync_state(),
                 their_doc: None,
                 mismatch_since: None,
-                last_sync_rx: now,
                 leader_pushed: None,
             },
         );
@@ -815,11 +814,14 @@ impl Node {
         let mine = heads_digest(&self.replica.heads());
         let leader_mismatch = view.leader != self.leader.digest();
         let Some(link) = self.links.get_mut(&from) else { return };
+        let progressed = link.their_doc != Some(view.doc);
         link.their_doc = Some(view.doc);
         if view.doc == mine {
             link.mismatch_since = None;
         } else {
-            link.mismatch_since.get_or_insert(now);
+            if progressed || link.mismatch_since.is_none() {
+                link.mismatch_since = Some(now);
+            }
             self.sync_with(from);
         }
         if leader_mismatch {
@@ -830,7 +832,6 @@ impl Node {
     fn on_sync(&mut self, now: Time, from: PeerId, bytes: &[u8]) -> Result<(), ReceiveError> {
         let Some(link) = self.links.get_mut(&from) else { return Err(ReceiveError::NoLink(from)) };
         let before = self.replica.receive_sync(&mut link.sync, bytes)?;
-        link.last_sync_rx = now;
         self.stats.sync_in += 1;
         let after = self.replica.heads();
         if before != after {
@@ -843,6 +844,8 @@ impl Node {
         if let Some(link) = self.links.get_mut(&from) {
             if link.their_doc == Some(heads_digest(&after)) {
                 link.mismatch_since = None;
+            } else if before != after && link.mismatch_since.is_some() {
+                link.mismatch_since = Some(now);
             }
         }
         self.sync_with(from);

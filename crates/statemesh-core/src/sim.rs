@@ -115,6 +115,7 @@ pub struct Sim {
     dead_disks: BTreeMap<Slot, Vec<Vec<u8>>>,
     ids: BTreeMap<PeerId, Slot>,
     links: BTreeMap<(PeerId, PeerId), u64>,
+    closing: BTreeSet<u64>,
     link_epoch: u64,
     side: BTreeMap<PeerId, u32>,
     queue: BinaryHeap<Reverse<(Time, u64)>>,
@@ -143,6 +144,7 @@ impl Sim {
             dead_disks: BTreeMap::new(),
             ids: BTreeMap::new(),
             links: BTreeMap::new(),
+            closing: BTreeSet::new(),
             link_epoch: 0,
             side: BTreeMap::new(),
             queue: BinaryHeap::new(),
@@ -281,6 +283,10 @@ impl Sim {
     /// Kills the process in `slot`; its peers learn of it as `signal` says. Its disk is kept for
     /// [`Sim::restart`].
     pub fn crash(&mut self, slot: Slot, signal: CrashSignal) {
+        self.crash_with(slot, signal, false);
+    }
+
+    fn crash_with(&mut self, slot: Slot, signal: CrashSignal, graceful: bool) {
         let Some(p) = self.procs.remove(&slot) else { return };
         let id = p.node.me().peer;
         self.dead_disks.insert(slot, p.disk);
@@ -292,7 +298,15 @@ impl Sim {
         let peers: Vec<PeerId> = self.links.keys().filter_map(|(x, y)| if *x == id { Some(*y) } else if *y == id { Some(*x) } else { None }).collect();
         for peer in peers {
             // Links of a silent crash stay "up" on the survivors' side until they judge it.
-            if how.is_some() {
+            if graceful {
+                // A graceful close delivers what was sent before it, then closes the link.
+                let Some(link_epoch) = self.links.remove(&key(id, peer)) else { continue };
+                self.closing.insert(link_epoch);
+                let at = self.now + self.config.max_delay + Duration::from_micros(1);
+                if let Some(how) = how {
+                    self.schedule(at, Delivery::LinkDown { at: peer, peer: id, how });
+                }
+            } else if how.is_some() {
                 self.disconnect(id, peer, None, how);
             } else {
                 self.links.remove(&key(id, peer));
@@ -308,7 +322,7 @@ impl Sim {
             p.node.leave(now);
         }
         self.drain(id);
-        self.crash(slot, if self.config.same_machine { CrashSignal::Eof } else { CrashSignal::Hint });
+        self.crash_with(slot, if self.config.same_machine { CrashSignal::Eof } else { CrashSignal::Hint }, true);
     }
 
     /// Restarts a crashed slot: a new process, a new peer id, the old disk.
@@ -546,7 +560,7 @@ impl Sim {
             match d {
                 Delivery::Frame { from, frame, link_epoch, .. } => {
                     // Frames of a link that has since closed are gone with it.
-                    if self.links.get(&key(from, to)) != Some(&link_epoch) {
+                    if self.links.get(&key(from, to)) != Some(&link_epoch) && !self.closing.contains(&link_epoch) {
                         continue;
                     }
                     let payload = frame.get(crate::codec::HEADER_LEN..).unwrap_or_default();
@@ -554,7 +568,13 @@ impl Sim {
                         self.receive_errors += 1;
                     }
                 }
-                Delivery::LinkDown { peer, how, .. } => p.node.handle_link_down(at, peer, how),
+                Delivery::LinkDown { peer, how, .. } => {
+                    // The runtime reports the end of the link it had, never of a newer one.
+                    if self.links.contains_key(&key(peer, to)) {
+                        continue;
+                    }
+                    p.node.handle_link_down(at, peer, how);
+                }
             }
             self.drain(to);
         }
