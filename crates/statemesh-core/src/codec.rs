@@ -370,8 +370,10 @@ mod tests {
     #[test]
     fn non_v7_peer_ids_are_refused() {
         let mut frame = encode_frame(&Message::Leave(Incarnation { peer: peer(1), number: 0 }), 1024).expect("fits");
-        // The UUID's version nibble sits at payload offset 1 (variant) + 6.
-        frame[HEADER_LEN + 1 + 6] = 0x40;
+        // Payload: variant (1 byte), UUID length (1 byte), then the UUID, whose version nibble
+        // is the high half of its byte 6.
+        assert_eq!(frame[HEADER_LEN + 1], 16);
+        frame[HEADER_LEN + 2 + 6] = 0x40;
         assert!(matches!(decode_message(&frame[HEADER_LEN..]), Err(DecodeError::Malformed(_))));
     }
 }

@@ -237,6 +237,7 @@ pub struct Node {
     unpersisted: Vec<WriteId>,
     in_persist: VecDeque<(u64, Vec<WriteId>)>,
     stats: Stats,
+    scratch: std::cell::RefCell<Scratch>,
 }
 
 impl Node {
@@ -270,6 +271,7 @@ impl Node {
             unpersisted: Vec::new(),
             in_persist: VecDeque::new(),
             stats: Stats::default(),
+            scratch: std::cell::RefCell::default(),
             mesh,
             config,
         }
@@ -563,7 +565,10 @@ impl Node {
         }
         crate::replica::check_name(channel).map_err(WriteError::InvalidName)?;
         crate::replica::check_name(key).map_err(WriteError::InvalidName)?;
-        let tokens = value.map(|v| to_value(v).map(|v| v.to_tokens())).transpose()?;
+        let tokens = value
+            .map(|v| crate::value::reconcile_to_value(v).map(|v| v.to_tokens()))
+            .transpose()
+            .map_err(|e| WriteError::Build(e.to_string()))?;
         self.next_write += 1;
         let id = WriteId(self.next_write);
         let me = self.live.me().peer;
@@ -614,7 +619,7 @@ impl Node {
         };
         let Some(tokens) = &r.value else { return Ok(None) };
         let value = Value::from_tokens(tokens).map_err(|_| ReadError::Hydrate(autosurgeon::HydrateError::unexpected("a value", "a malformed value".into())))?;
-        Ok(Some((from_value(&value)?, r.term)))
+        Ok(Some((self.scratch.borrow_mut().from_value(&value)?, r.term)))
     }
 
     /// The visible keys of leader channel `channel`.
@@ -896,19 +901,24 @@ impl Node {
     }
 }
 
-/// Converts a typed value to a [`Value`] through autosurgeon.
-pub fn to_value<T: Reconcile>(value: &T) -> Result<Value, WriteError> {
-    let mut doc = automerge::Automerge::new();
-    let mut tx = doc.transaction();
-    autosurgeon::reconcile_prop(&mut tx, automerge::ROOT, "v", value)?;
-    Ok(autosurgeon::hydrate_prop::<_, Value, _, _>(&tx, automerge::ROOT, "v")?)
+/// Converts between typed values and [`Value`] through autosurgeon, using a scratch document
+/// whose transactions are always rolled back (so it never grows).
+#[derive(Debug)]
+struct Scratch(automerge::Automerge);
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self(automerge::Automerge::new().with_actor(automerge::ActorId::from([0u8; 16].as_slice())))
+    }
 }
 
-/// Converts a [`Value`] to a typed value through autosurgeon.
-pub fn from_value<T: Hydrate>(value: &Value) -> Result<T, ReadError> {
-    let mut doc = automerge::Automerge::new();
-    let mut tx = doc.transaction();
-    autosurgeon::reconcile_prop(&mut tx, automerge::ROOT, "v", value)
-        .map_err(|e| ReadError::Hydrate(autosurgeon::HydrateError::unexpected("a storable value", e.to_string())))?;
-    Ok(autosurgeon::hydrate_prop(&tx, automerge::ROOT, "v")?)
+impl Scratch {
+    fn from_value<T: Hydrate>(&mut self, value: &Value) -> Result<T, ReadError> {
+        let mut tx = self.0.transaction();
+        let out = autosurgeon::reconcile_prop(&mut tx, automerge::ROOT, "v", value)
+            .map_err(|e| ReadError::Hydrate(autosurgeon::HydrateError::unexpected("a storable value", e.to_string())))
+            .and_then(|()| Ok(autosurgeon::hydrate_prop(&tx, automerge::ROOT, "v")?));
+        tx.rollback();
+        out
+    }
 }

@@ -86,7 +86,7 @@ pub enum WriteError {
     Automerge(#[from] automerge::AutomergeError),
     /// The value could not be converted to the dynamic form leader records travel in.
     #[error("could not convert the value: {0}")]
-    Convert(#[from] autosurgeon::HydrateError),
+    Build(String),
     /// A leader write was made without leadership, or under a term that is no longer current.
     #[error("not the leader under term {term}: leadership was lost or is stale")]
     NotLeader {

@@ -384,3 +384,302 @@ mod tests {
         assert_eq!(Value::from_tokens(&[]), Err(ValueError::Malformed));
     }
 }
+
+/// Builds a [`Value`] straight from any [`Reconcile`] type, without a document: the fast path
+/// for leader records, which a probe leader may rewrite hundreds of times a second.
+pub fn reconcile_to_value<T: Reconcile>(value: &T) -> Result<Value, BuildError> {
+    let mut out = Value::Null;
+    value.reconcile(Builder { slot: &mut out })?;
+    Ok(out)
+}
+
+/// A value that [`reconcile_to_value`] could not build.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Autosurgeon reported stale heads (cannot happen without a document; kept for the trait).
+    #[error(transparent)]
+    Stale(#[from] autosurgeon::reconcile::StaleHeads),
+    /// A list index out of range.
+    #[error("list index {0} out of range")]
+    Index(usize),
+    /// Nested deeper than [`MAX_VALUE_DEPTH`].
+    #[error("value nested deeper than {MAX_VALUE_DEPTH} levels")]
+    TooDeep,
+}
+
+struct Builder<'a> {
+    slot: &'a mut Value,
+}
+
+type NoEntries<'a> = std::iter::Empty<(std::borrow::Cow<'a, str>, automerge::ValueRef<'a>)>;
+
+fn build_into<R: Reconcile>(slot: &mut Value, value: R) -> Result<(), BuildError> {
+    let _guard = BuildDepth::enter()?;
+    value.reconcile(Builder { slot })
+}
+
+struct BuildDepth;
+
+impl BuildDepth {
+    fn enter() -> Result<Self, BuildError> {
+        let depth = HYDRATE_DEPTH.with(|d| {
+            d.set(d.get() + 1);
+            d.get()
+        });
+        let guard = Self;
+        if depth > MAX_VALUE_DEPTH {
+            return Err(BuildError::TooDeep);
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for BuildDepth {
+    fn drop(&mut self) {
+        HYDRATE_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+impl Reconciler for Builder<'_> {
+    type Error = BuildError;
+    type Map<'b>
+        = MapBuilder<'b>
+    where
+        Self: 'b;
+    type Seq<'b>
+        = SeqBuilder<'b>
+    where
+        Self: 'b;
+    type Text<'b>
+        = TextBuilder<'b>
+    where
+        Self: 'b;
+    type Counter<'b>
+        = CounterBuilder<'b>
+    where
+        Self: 'b;
+
+    fn none(&mut self) -> Result<(), Self::Error> {
+        *self.slot = Value::Null;
+        Ok(())
+    }
+    fn bytes<B: AsRef<[u8]>>(&mut self, value: B) -> Result<(), Self::Error> {
+        *self.slot = Value::Bytes(value.as_ref().to_vec());
+        Ok(())
+    }
+    fn timestamp(&mut self, value: i64) -> Result<(), Self::Error> {
+        *self.slot = Value::Int(value);
+        Ok(())
+    }
+    fn boolean(&mut self, value: bool) -> Result<(), Self::Error> {
+        *self.slot = Value::Bool(value);
+        Ok(())
+    }
+    fn str<S: AsRef<str>>(&mut self, value: S) -> Result<(), Self::Error> {
+        *self.slot = Value::Str(value.as_ref().to_owned());
+        Ok(())
+    }
+    fn u64(&mut self, value: u64) -> Result<(), Self::Error> {
+        *self.slot = Value::Uint(value);
+        Ok(())
+    }
+    fn i64(&mut self, value: i64) -> Result<(), Self::Error> {
+        *self.slot = Value::Int(value);
+        Ok(())
+    }
+    fn f64(&mut self, value: f64) -> Result<(), Self::Error> {
+        *self.slot = Value::F64(value);
+        Ok(())
+    }
+    fn map(&mut self) -> Result<Self::Map<'_>, Self::Error> {
+        if !matches!(self.slot, Value::Map(_)) {
+            *self.slot = Value::Map(BTreeMap::new());
+        }
+        match self.slot {
+            Value::Map(map) => Ok(MapBuilder { map }),
+            _ => unreachable!("just made a map"),
+        }
+    }
+    fn seq(&mut self) -> Result<Self::Seq<'_>, Self::Error> {
+        if !matches!(self.slot, Value::List(_)) {
+            *self.slot = Value::List(Vec::new());
+        }
+        match self.slot {
+            Value::List(items) => Ok(SeqBuilder { items }),
+            _ => unreachable!("just made a list"),
+        }
+    }
+    fn text(&mut self) -> Result<Self::Text<'_>, Self::Error> {
+        if !matches!(self.slot, Value::Str(_)) {
+            *self.slot = Value::Str(String::new());
+        }
+        match self.slot {
+            Value::Str(text) => Ok(TextBuilder { text }),
+            _ => unreachable!("just made a string"),
+        }
+    }
+    fn counter(&mut self) -> Result<Self::Counter<'_>, Self::Error> {
+        if !matches!(self.slot, Value::Int(_)) {
+            *self.slot = Value::Int(0);
+        }
+        match self.slot {
+            Value::Int(n) => Ok(CounterBuilder { n }),
+            _ => unreachable!("just made an integer"),
+        }
+    }
+    fn heads(&self) -> &[automerge::ChangeHash] {
+        &[]
+    }
+}
+
+struct MapBuilder<'a> {
+    map: &'a mut BTreeMap<String, Value>,
+}
+
+impl MapReconciler for MapBuilder<'_> {
+    type Error = BuildError;
+    type EntriesIter<'b>
+        = NoEntries<'b>
+    where
+        Self: 'b;
+
+    fn entries(&self) -> Self::EntriesIter<'_> {
+        std::iter::empty()
+    }
+    fn entry<P: AsRef<str>>(&self, _prop: P) -> Option<automerge::Value<'_>> {
+        None
+    }
+    fn put<R: Reconcile, P: AsRef<str>>(&mut self, prop: P, value: R) -> Result<(), Self::Error> {
+        let slot = self.map.entry(prop.as_ref().to_owned()).or_insert(Value::Null);
+        build_into(slot, value)
+    }
+    fn delete<P: AsRef<str>>(&mut self, prop: P) -> Result<(), Self::Error> {
+        self.map.remove(prop.as_ref());
+        Ok(())
+    }
+    fn hydrate_entry_key<'b, R: Reconcile, P: AsRef<str>>(
+        &self,
+        _prop: P,
+    ) -> Result<autosurgeon::reconcile::LoadKey<R::Key<'b>>, Self::Error> {
+        Ok(autosurgeon::reconcile::LoadKey::KeyNotFound)
+    }
+}
+
+struct SeqBuilder<'a> {
+    items: &'a mut Vec<Value>,
+}
+
+impl SeqReconciler for SeqBuilder<'_> {
+    type Error = BuildError;
+    type ItemIter<'b>
+        = std::iter::Empty<automerge::ValueRef<'b>>
+    where
+        Self: 'b;
+
+    fn items(&self) -> Self::ItemIter<'_> {
+        std::iter::empty()
+    }
+    fn get(&self, _index: usize) -> Result<Option<automerge::Value<'_>>, Self::Error> {
+        Ok(None)
+    }
+    fn hydrate_item_key<'b, R: Reconcile>(
+        &self,
+        _index: usize,
+    ) -> Result<autosurgeon::reconcile::LoadKey<R::Key<'b>>, Self::Error> {
+        Ok(autosurgeon::reconcile::LoadKey::KeyNotFound)
+    }
+    fn insert<R: Reconcile>(&mut self, index: usize, value: R) -> Result<(), Self::Error> {
+        if index > self.items.len() {
+            return Err(BuildError::Index(index));
+        }
+        let mut v = Value::Null;
+        build_into(&mut v, value)?;
+        self.items.insert(index, v);
+        Ok(())
+    }
+    fn set<R: Reconcile>(&mut self, index: usize, value: R) -> Result<(), Self::Error> {
+        let slot = self.items.get_mut(index).ok_or(BuildError::Index(index))?;
+        build_into(slot, value)
+    }
+    fn delete(&mut self, index: usize) -> Result<(), Self::Error> {
+        if index >= self.items.len() {
+            return Err(BuildError::Index(index));
+        }
+        self.items.remove(index);
+        Ok(())
+    }
+    fn len(&self) -> Result<usize, Self::Error> {
+        Ok(self.items.len())
+    }
+}
+
+struct TextBuilder<'a> {
+    text: &'a mut String,
+}
+
+impl autosurgeon::reconcile::TextReconciler for TextBuilder<'_> {
+    type Error = BuildError;
+
+    fn splice<S: AsRef<str>>(&mut self, pos: usize, delete: isize, insert: S) -> Result<(), Self::Error> {
+        let chars: Vec<char> = self.text.chars().collect();
+        let pos = pos.min(chars.len());
+        let end = (pos + delete.max(0) as usize).min(chars.len());
+        let mut out: String = chars[..pos].iter().collect();
+        out.push_str(insert.as_ref());
+        out.extend(&chars[end..]);
+        *self.text = out;
+        Ok(())
+    }
+    fn heads(&self) -> &[automerge::ChangeHash] {
+        &[]
+    }
+    fn update<S: AsRef<str>>(&mut self, new_text: S) -> Result<(), Self::Error> {
+        *self.text = new_text.as_ref().to_owned();
+        Ok(())
+    }
+}
+
+struct CounterBuilder<'a> {
+    n: &'a mut i64,
+}
+
+impl autosurgeon::reconcile::CounterReconciler for CounterBuilder<'_> {
+    type Error = BuildError;
+
+    fn increment(&mut self, by: i64) -> Result<(), Self::Error> {
+        *self.n = self.n.saturating_add(by);
+        Ok(())
+    }
+    fn set(&mut self, value: i64) -> Result<(), Self::Error> {
+        *self.n = value;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod build_tests {
+    use super::*;
+
+    #[derive(Reconcile, Hydrate, Debug, PartialEq, Clone)]
+    struct Probe {
+        status: String,
+        latency_ms: Option<f64>,
+        checked_at: i64,
+        tags: Vec<String>,
+    }
+
+    #[test]
+    fn direct_build_matches_a_document_round_trip() {
+        let p = Probe { status: "up".into(), latency_ms: Some(1.5), checked_at: 7, tags: vec!["a".into(), "b".into()] };
+        let direct = reconcile_to_value(&p).expect("builds");
+        let mut doc = automerge::AutoCommit::new();
+        autosurgeon::reconcile_prop(&mut doc, automerge::ROOT, "v", &p).expect("reconciles");
+        let via_doc: Value = autosurgeon::hydrate_prop(&doc, automerge::ROOT, "v").expect("hydrates");
+        assert_eq!(direct, via_doc);
+        let mut doc = automerge::AutoCommit::new();
+        autosurgeon::reconcile_prop(&mut doc, automerge::ROOT, "v", &direct).expect("reconciles");
+        let back: Probe = autosurgeon::hydrate_prop(&doc, automerge::ROOT, "v").expect("hydrates");
+        assert_eq!(back, p);
+    }
+}
