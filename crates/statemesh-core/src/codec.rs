@@ -142,17 +142,23 @@ pub fn encode_frame(message: &Message, max_frame: usize) -> Result<Vec<u8>, Enco
     out = postcard::to_extend(message, out).map_err(|e| EncodeError::Serialize(e.to_string()))?;
     let len = out.len() - HEADER_LEN;
     if len > max_frame {
-        return Err(EncodeError::TooLarge { len, max: max_frame });
+        return Err(EncodeError::TooLarge {
+            len,
+            max: max_frame,
+        });
     }
-    let header = u32::try_from(len).map_err(|_| EncodeError::TooLarge { len, max: max_frame })?;
+    let header = u32::try_from(len).map_err(|_| EncodeError::TooLarge {
+        len,
+        max: max_frame,
+    })?;
     out[..HEADER_LEN].copy_from_slice(&header.to_be_bytes());
     Ok(out)
 }
 
 /// Decodes and validates one message payload (a frame without its header).
 pub fn decode_message(payload: &[u8]) -> Result<Message, DecodeError> {
-    let (message, rest) =
-        postcard::take_from_bytes::<Message>(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let (message, rest) = postcard::take_from_bytes::<Message>(payload)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(DecodeError::Trailing(rest.len()));
     }
@@ -165,9 +171,14 @@ fn validate(message: &Message) -> Result<(), DecodeError> {
         Message::Hello(_) | Message::Leave(_) | Message::Sync(_) => Ok(()),
         Message::View(v) => {
             if v.beats.is_empty() {
-                return Err(DecodeError::Invalid("a view must carry the sender's own beat"));
+                return Err(DecodeError::Invalid(
+                    "a view must carry the sender's own beat",
+                ));
             }
-            if v.beats.len() > MAX_VIEW_ENTRIES || v.tombs.len() > MAX_VIEW_ENTRIES || v.claims.len() > MAX_VIEW_ENTRIES {
+            if v.beats.len() > MAX_VIEW_ENTRIES
+                || v.tombs.len() > MAX_VIEW_ENTRIES
+                || v.claims.len() > MAX_VIEW_ENTRIES
+            {
                 return Err(DecodeError::Invalid("view lists too many peers"));
             }
             Ok(())
@@ -178,10 +189,14 @@ fn validate(message: &Message) -> Result<(), DecodeError> {
             }
             for r in records {
                 if check_name(&r.channel).is_err() || check_name(&r.key).is_err() {
-                    return Err(DecodeError::Invalid("leader record with an invalid channel or key"));
+                    return Err(DecodeError::Invalid(
+                        "leader record with an invalid channel or key",
+                    ));
                 }
                 if let Some(tokens) = &r.value {
-                    crate::Value::from_tokens(tokens).map_err(|_| DecodeError::Invalid("leader record with a malformed value"))?;
+                    crate::Value::from_tokens(tokens).map_err(|_| {
+                        DecodeError::Invalid("leader record with a malformed value")
+                    })?;
                 }
             }
             Ok(())
@@ -199,7 +214,10 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder refusing payloads larger than `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
-        Self { buf: Vec::new(), max_frame }
+        Self {
+            buf: Vec::new(),
+            max_frame,
+        }
     }
 
     /// Appends received bytes.
@@ -210,7 +228,9 @@ impl FrameDecoder {
     /// The next complete payload, if one has arrived. After an error the stream is unusable and
     /// the link must be closed.
     pub fn next_payload(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
-        let Some(len) = self.announced()? else { return Ok(None) };
+        let Some(len) = self.announced()? else {
+            return Ok(None);
+        };
         if self.buf.len() < HEADER_LEN + len {
             return Ok(None);
         }
@@ -226,10 +246,15 @@ impl FrameDecoder {
 
     /// The payload length announced by the pending header, checked against the limit.
     pub fn announced(&self) -> Result<Option<usize>, DecodeError> {
-        let Some(header) = self.buf.get(..HEADER_LEN) else { return Ok(None) };
+        let Some(header) = self.buf.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
         if len > self.max_frame {
-            return Err(DecodeError::TooLarge { len, max: self.max_frame });
+            return Err(DecodeError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
         }
         Ok(Some(len))
     }
@@ -266,37 +291,76 @@ mod tests {
 
     fn message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (any::<u16>(), any::<[u8; 16]>(), any::<u8>(), any::<u64>(), any::<bool>()).prop_map(|(v, t, p, n, e)| {
-                Message::Hello(Hello {
-                    version: v,
-                    mesh: MeshTag(t),
-                    incarnation: Incarnation { peer: peer(p), number: n },
-                    eligible: e,
-                })
-            }),
-            (proptest::collection::vec((any::<u8>(), any::<u64>(), any::<u64>(), any::<bool>()), 1..5), any::<[u8; 8]>())
+            (
+                any::<u16>(),
+                any::<[u8; 16]>(),
+                any::<u8>(),
+                any::<u64>(),
+                any::<bool>()
+            )
+                .prop_map(|(v, t, p, n, e)| {
+                    Message::Hello(Hello {
+                        version: v,
+                        mesh: MeshTag(t),
+                        incarnation: Incarnation {
+                            peer: peer(p),
+                            number: n,
+                        },
+                        eligible: e,
+                    })
+                }),
+            (
+                proptest::collection::vec(
+                    (any::<u8>(), any::<u64>(), any::<u64>(), any::<bool>()),
+                    1..5
+                ),
+                any::<[u8; 8]>()
+            )
                 .prop_map(|(beats, doc)| Message::View(View {
                     beats: beats
                         .into_iter()
-                        .map(|(p, i, c, e)| GossipBeat { peer: peer(p), beat: Beat { incarnation: i, counter: c }, eligible: e })
+                        .map(|(p, i, c, e)| GossipBeat {
+                            peer: peer(p),
+                            beat: Beat {
+                                incarnation: i,
+                                counter: c
+                            },
+                            eligible: e
+                        })
                         .collect(),
-                    tombs: vec![(peer(9), Tombstone { incarnation: 2, cause: DeathCause::Left })],
+                    tombs: vec![(
+                        peer(9),
+                        Tombstone {
+                            incarnation: 2,
+                            cause: DeathCause::Left
+                        }
+                    )],
                     claims: vec![(peer(1), 7)],
                     doc,
                     leader: [3; 8],
                 })),
-            (any::<u8>(), any::<u64>()).prop_map(|(p, n)| Message::Leave(Incarnation { peer: peer(p), number: n })),
+            (any::<u8>(), any::<u64>()).prop_map(|(p, n)| Message::Leave(Incarnation {
+                peer: peer(p),
+                number: n
+            })),
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(Message::Sync),
-            ("[a-z]{1,8}", "[a-z:0-9]{1,8}", any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(c, k, t, s, v)| {
-                Message::Leader(vec![LeaderRecord {
-                    channel: c,
-                    key: k,
-                    writer: peer(4),
-                    term: t,
-                    seq: s,
-                    value: Some(crate::Value::Int(v).to_tokens()),
-                }])
-            }),
+            (
+                "[a-z]{1,8}",
+                "[a-z:0-9]{1,8}",
+                any::<u64>(),
+                any::<u64>(),
+                any::<i64>()
+            )
+                .prop_map(|(c, k, t, s, v)| {
+                    Message::Leader(vec![LeaderRecord {
+                        channel: c,
+                        key: k,
+                        writer: peer(4),
+                        term: t,
+                        seq: s,
+                        value: Some(crate::Value::Int(v).to_tokens()),
+                    }])
+                }),
         ]
     }
 
@@ -342,19 +406,40 @@ mod tests {
     fn oversize_is_refused_before_allocating() {
         let mut d = FrameDecoder::new(1024);
         d.extend(&u32::MAX.to_be_bytes());
-        assert_eq!(d.next_payload(), Err(DecodeError::TooLarge { len: u32::MAX as usize, max: 1024 }));
+        assert_eq!(
+            d.next_payload(),
+            Err(DecodeError::TooLarge {
+                len: u32::MAX as usize,
+                max: 1024
+            })
+        );
         let big = Message::Sync(vec![0; 2048]);
-        assert!(matches!(encode_frame(&big, 1024), Err(EncodeError::TooLarge { .. })));
+        assert!(matches!(
+            encode_frame(&big, 1024),
+            Err(EncodeError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn trailing_bytes_and_bad_contents_are_refused() {
         let mut frame = encode_frame(&Message::Sync(vec![1, 2]), 1024).expect("fits");
         frame.push(0);
-        assert_eq!(decode_message(&frame[HEADER_LEN..]), Err(DecodeError::Trailing(1)));
-        let empty_view = Message::View(View { beats: vec![], tombs: vec![], claims: vec![], doc: [0; 8], leader: [0; 8] });
+        assert_eq!(
+            decode_message(&frame[HEADER_LEN..]),
+            Err(DecodeError::Trailing(1))
+        );
+        let empty_view = Message::View(View {
+            beats: vec![],
+            tombs: vec![],
+            claims: vec![],
+            doc: [0; 8],
+            leader: [0; 8],
+        });
         let frame = encode_frame(&empty_view, 1024).expect("fits");
-        assert!(matches!(decode_message(&frame[HEADER_LEN..]), Err(DecodeError::Invalid(_))));
+        assert!(matches!(
+            decode_message(&frame[HEADER_LEN..]),
+            Err(DecodeError::Invalid(_))
+        ));
         let bad_name = Message::Leader(vec![LeaderRecord {
             channel: "a\u{1f}b".into(),
             key: "k".into(),
@@ -364,16 +449,29 @@ mod tests {
             value: None,
         }]);
         let frame = encode_frame(&bad_name, 1024).expect("fits");
-        assert!(matches!(decode_message(&frame[HEADER_LEN..]), Err(DecodeError::Invalid(_))));
+        assert!(matches!(
+            decode_message(&frame[HEADER_LEN..]),
+            Err(DecodeError::Invalid(_))
+        ));
     }
 
     #[test]
     fn non_v7_peer_ids_are_refused() {
-        let mut frame = encode_frame(&Message::Leave(Incarnation { peer: peer(1), number: 0 }), 1024).expect("fits");
+        let mut frame = encode_frame(
+            &Message::Leave(Incarnation {
+                peer: peer(1),
+                number: 0,
+            }),
+            1024,
+        )
+        .expect("fits");
         // Payload: variant (1 byte), UUID length (1 byte), then the UUID, whose version nibble
         // is the high half of its byte 6.
         assert_eq!(frame[HEADER_LEN + 1], 16);
         frame[HEADER_LEN + 2 + 6] = 0x40;
-        assert!(matches!(decode_message(&frame[HEADER_LEN..]), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_message(&frame[HEADER_LEN..]),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 }

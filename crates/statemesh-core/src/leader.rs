@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::codec::LeaderRecord;
 use crate::PeerId;
+use crate::codec::LeaderRecord;
 
 /// The store of leader records of one peer.
 #[derive(Clone, Debug, Default)]
@@ -52,8 +52,15 @@ impl LeaderStore {
 
     /// The current value of (channel, key) if present, not deleted, written under `term` or a
     /// newer one, and by a live writer.
-    pub fn visible(&self, channel: &str, key: &str, term: u64, is_live: impl Fn(&PeerId) -> bool) -> Option<&LeaderRecord> {
-        self.get(channel, key).filter(|r| r.value.is_some() && r.term >= term && is_live(&r.writer))
+    pub fn visible(
+        &self,
+        channel: &str,
+        key: &str,
+        term: u64,
+        is_live: impl Fn(&PeerId) -> bool,
+    ) -> Option<&LeaderRecord> {
+        self.get(channel, key)
+            .filter(|r| r.value.is_some() && r.term >= term && is_live(&r.writer))
     }
 
     /// Visible keys of `channel`, in order.

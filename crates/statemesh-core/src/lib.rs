@@ -25,7 +25,11 @@ pub use codec::{DecodeError, EncodeError, FrameDecoder, Hello, Message};
 pub use config::Config;
 pub use id::{Incarnation, InvalidPeerId, MeshTag, PeerId};
 pub use liveness::{DeathCause, Leadership, LinkDown, PeerStatus};
-pub use node::{Event, Explanation, HelloError, Node, Persist, ReceiveError, Stats, Transmit, WriteId, Written};
-pub use replica::{ApplyError, EntryChange, EntryKind, ReadError, Scope, Tx, WriteError};
+pub use node::{
+    Event, Explanation, HelloError, Node, Persist, ReceiveError, Stats, Transmit, WriteId, Written,
+};
+pub use replica::{
+    ApplyError, EntryChange, EntryKind, LoadReport, ReadError, Scope, Tx, WriteError,
+};
 pub use time::Time;
 pub use value::Value;

@@ -67,7 +67,8 @@ struct PeerState {
 
 impl PeerState {
     fn is_live(&self) -> bool {
-        self.tomb.is_none_or(|(t, _)| self.beat.incarnation > t.incarnation)
+        self.tomb
+            .is_none_or(|(t, _)| self.beat.incarnation > t.incarnation)
     }
 }
 
@@ -118,7 +119,10 @@ impl Liveness {
 
     /// This peer's current incarnation.
     pub fn me(&self) -> Incarnation {
-        Incarnation { peer: self.me, number: self.my_beat.incarnation }
+        Incarnation {
+            peer: self.me,
+            number: self.my_beat.incarnation,
+        }
     }
 
     /// This peer's current beat.
@@ -156,8 +160,20 @@ impl Liveness {
             return;
         }
         let Some(state) = self.peers.get_mut(&peer) else {
-            self.peers.insert(peer, PeerState { beat, eligible, fresh_at: now, tomb: None, hint_at: None });
-            changes.push(LivenessChange::Up(Incarnation { peer, number: beat.incarnation }));
+            self.peers.insert(
+                peer,
+                PeerState {
+                    beat,
+                    eligible,
+                    fresh_at: now,
+                    tomb: None,
+                    hint_at: None,
+                },
+            );
+            changes.push(LivenessChange::Up(Incarnation {
+                peer,
+                number: beat.incarnation,
+            }));
             return;
         };
         if beat <= state.beat {
@@ -173,7 +189,10 @@ impl Liveness {
         state.fresh_at = now;
         state.hint_at = None;
         if !was_live {
-            changes.push(LivenessChange::Up(Incarnation { peer, number: beat.incarnation }));
+            changes.push(LivenessChange::Up(Incarnation {
+                peer,
+                number: beat.incarnation,
+            }));
         }
     }
 
@@ -193,35 +212,58 @@ impl Liveness {
             return;
         }
         let state = self.peers.entry(peer).or_insert(PeerState {
-            beat: Beat { incarnation: tomb.incarnation, counter: 0 },
+            beat: Beat {
+                incarnation: tomb.incarnation,
+                counter: 0,
+            },
             eligible: false,
             fresh_at: now,
             tomb: None,
             hint_at: None,
         });
-        if state.tomb.is_some_and(|(t, _)| t.incarnation >= tomb.incarnation) {
+        if state
+            .tomb
+            .is_some_and(|(t, _)| t.incarnation >= tomb.incarnation)
+        {
             return;
         }
         let was_live = state.is_live();
         state.tomb = Some((tomb, now));
         if state.beat.incarnation < tomb.incarnation {
-            state.beat = Beat { incarnation: tomb.incarnation, counter: 0 };
+            state.beat = Beat {
+                incarnation: tomb.incarnation,
+                counter: 0,
+            };
         }
         if was_live && !state.is_live() {
-            let inc = Incarnation { peer, number: state.beat.incarnation };
+            let inc = Incarnation {
+                peer,
+                number: state.beat.incarnation,
+            };
             changes.push(LivenessChange::Down(inc, tomb.cause));
         }
     }
 
     /// A link to `peer` went down.
-    pub fn link_down(&mut self, peer: PeerId, how: LinkDown, now: Time, changes: &mut Vec<LivenessChange>) {
-        let Some(state) = self.peers.get_mut(&peer) else { return };
+    pub fn link_down(
+        &mut self,
+        peer: PeerId,
+        how: LinkDown,
+        now: Time,
+        changes: &mut Vec<LivenessChange>,
+    ) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
         if !state.is_live() {
             return;
         }
         match how {
             LinkDown::Certain => {
-                let tomb = Tombstone { incarnation: state.beat.incarnation, cause: DeathCause::LinkClosed };
+                let tomb = Tombstone {
+                    incarnation: state.beat.incarnation,
+                    cause: DeathCause::LinkClosed,
+                };
                 self.observe_tombstone(peer, tomb, now, changes);
             }
             LinkDown::Hint => state.hint_at = Some(now),
@@ -244,7 +286,9 @@ impl Liveness {
                 continue;
             }
             let silent = now.saturating_since(state.fresh_at);
-            let hinted = state.hint_at.is_some_and(|h| now.saturating_since(h) >= self.hint_timeout);
+            let hinted = state
+                .hint_at
+                .is_some_and(|h| now.saturating_since(h) >= self.hint_timeout);
             if silent > self.suspect_timeout {
                 dead.push((*peer, state.beat.incarnation, DeathCause::Timeout));
             } else if hinted {
@@ -288,30 +332,47 @@ impl Liveness {
         if *peer == self.me {
             return number < self.my_beat.incarnation;
         }
-        self.peers.get(peer).and_then(|s| s.tomb).is_some_and(|(t, _)| number <= t.incarnation)
+        self.peers
+            .get(peer)
+            .and_then(|s| s.tomb)
+            .is_some_and(|(t, _)| number <= t.incarnation)
     }
 
     /// Live peers other than this one, in id order.
     pub fn live_peers(&self) -> impl Iterator<Item = PeerId> + '_ {
-        self.peers.iter().filter(|(_, s)| s.is_live()).map(|(p, _)| *p)
+        self.peers
+            .iter()
+            .filter(|(_, s)| s.is_live())
+            .map(|(p, _)| *p)
     }
 
     /// Live and eligible peers other than this one, in id order.
     pub fn live_eligible(&self) -> impl Iterator<Item = PeerId> + '_ {
-        self.peers.iter().filter(|(_, s)| s.is_live() && s.eligible).map(|(p, _)| *p)
+        self.peers
+            .iter()
+            .filter(|(_, s)| s.is_live() && s.eligible)
+            .map(|(p, _)| *p)
     }
 
     /// What to gossip: this peer's beat and those of live peers, and recent tombstones.
     pub fn gossip(&self, now: Time) -> (Vec<GossipBeat>, Vec<(PeerId, Tombstone)>) {
-        let mut beats = vec![GossipBeat { peer: self.me, beat: self.my_beat, eligible: self.my_eligible }];
+        let mut beats = vec![GossipBeat {
+            peer: self.me,
+            beat: self.my_beat,
+            eligible: self.my_eligible,
+        }];
         let mut tombs = Vec::new();
         for (peer, s) in &self.peers {
             if s.is_live() {
-                beats.push(GossipBeat { peer: *peer, beat: s.beat, eligible: s.eligible });
-            } else if let Some((t, at)) = s.tomb {
-                if now.saturating_since(at) <= self.tombstone_gossip {
-                    tombs.push((*peer, t));
-                }
+                beats.push(GossipBeat {
+                    peer: *peer,
+                    beat: s.beat,
+                    eligible: s.eligible,
+                });
+            } else if let Some((t, at)) = s.tomb
+                && now.saturating_since(at) <= self.tombstone_gossip
+            {
+                tombs.push((*peer, t));
             }
         }
         (beats, tombs)
@@ -319,7 +380,9 @@ impl Liveness {
 
     /// The vector of highest beats known (this peer included).
     pub fn vector(&self) -> VersionVector {
-        std::iter::once((self.me, self.my_beat)).chain(self.peers.iter().map(|(p, s)| (*p, s.beat))).collect()
+        std::iter::once((self.me, self.my_beat))
+            .chain(self.peers.iter().map(|(p, s)| (*p, s.beat)))
+            .collect()
     }
 
     /// Every known peer's status, this peer first.
@@ -341,7 +404,11 @@ impl Liveness {
                 live: s.is_live(),
                 eligible: s.eligible,
                 silent_for: now.saturating_since(s.fresh_at),
-                death: if s.is_live() { None } else { s.tomb.map(|(t, _)| t.cause) },
+                death: if s.is_live() {
+                    None
+                } else {
+                    s.tomb.map(|(t, _)| t.cause)
+                },
             }))
             .collect()
     }
@@ -418,11 +485,16 @@ impl Election {
 
     /// The claims to gossip: those of `peers` and the newest one.
     pub fn gossip(&self, peers: impl Iterator<Item = PeerId>) -> Vec<(PeerId, u64)> {
-        let mut out: Vec<(PeerId, u64)> = peers.filter_map(|p| self.claims.get(&p).map(|t| (p, *t))).collect();
-        if let Some((p, t)) = self.claims.iter().max_by_key(|(p, t)| (**t, std::cmp::Reverse(**p))) {
-            if !out.iter().any(|(q, _)| q == p) {
-                out.push((*p, *t));
-            }
+        let mut out: Vec<(PeerId, u64)> = peers
+            .filter_map(|p| self.claims.get(&p).map(|t| (p, *t)))
+            .collect();
+        if let Some((p, t)) = self
+            .claims
+            .iter()
+            .max_by_key(|(p, t)| (**t, std::cmp::Reverse(**p)))
+            && !out.iter().any(|(q, _)| q == p)
+        {
+            out.push((*p, *t));
         }
         out
     }
@@ -435,7 +507,11 @@ impl Election {
         if me_candidate && leader.is_none_or(|l| me < l) {
             leader = Some(me);
         }
-        let mut outcome = ElectionOutcome { changed: None, new_term: None, lost: false };
+        let mut outcome = ElectionOutcome {
+            changed: None,
+            new_term: None,
+            lost: false,
+        };
         let term = match leader {
             Some(l) if l == me => {
                 let stale = self.my_term.is_none_or(|t| t < self.max_term);
@@ -469,5 +545,210 @@ impl Election {
     /// Gives up leadership (on leave, or on waking from a freeze).
     pub fn step_down(&mut self) -> bool {
         self.my_term.take().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::SeedableRng;
+
+    use super::*;
+
+    fn ids(n: usize) -> Vec<PeerId> {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        (0..n)
+            .map(|i| PeerId::generate(1000 + i as u64, &mut rng))
+            .collect()
+    }
+
+    fn t(ms: u64) -> Time {
+        Time::from_micros(ms * 1000)
+    }
+
+    #[test]
+    fn late_old_news_never_revives_a_dead_incarnation() {
+        let p = ids(2);
+        let mut l = Liveness::new(p[0], &Config::default());
+        let mut ch = Vec::new();
+        l.observe_beat(
+            p[1],
+            Beat {
+                incarnation: 0,
+                counter: 5,
+            },
+            true,
+            t(0),
+            &mut ch,
+        );
+        l.judge(t(1500), &mut ch);
+        assert!(!l.is_live(&p[1]));
+        assert!(l.is_dead(&p[1], 0));
+        // A relayed, delayed heartbeat from before the death: higher counter, same incarnation.
+        ch.clear();
+        l.observe_beat(
+            p[1],
+            Beat {
+                incarnation: 0,
+                counter: 9,
+            },
+            true,
+            t(1600),
+            &mut ch,
+        );
+        assert!(!l.is_live(&p[1]), "old news revived a dead incarnation");
+        assert!(ch.is_empty());
+        // A refuted, newer incarnation is live.
+        l.observe_beat(
+            p[1],
+            Beat {
+                incarnation: 1,
+                counter: 10,
+            },
+            true,
+            t(1700),
+            &mut ch,
+        );
+        assert!(l.is_live(&p[1]));
+        assert_eq!(
+            ch,
+            vec![LivenessChange::Up(Incarnation {
+                peer: p[1],
+                number: 1
+            })]
+        );
+    }
+
+    #[test]
+    fn a_wrongly_judged_peer_refutes_with_a_new_incarnation() {
+        let p = ids(1);
+        let mut l = Liveness::new(p[0], &Config::default());
+        let mut ch = Vec::new();
+        l.observe_tombstone(
+            p[0],
+            Tombstone {
+                incarnation: 0,
+                cause: DeathCause::Timeout,
+            },
+            t(5),
+            &mut ch,
+        );
+        assert_eq!(l.me().number, 1);
+        assert_eq!(
+            ch,
+            vec![LivenessChange::Refuted(Incarnation {
+                peer: p[0],
+                number: 1
+            })]
+        );
+        // An older tombstone arriving late changes nothing.
+        ch.clear();
+        l.observe_tombstone(
+            p[0],
+            Tombstone {
+                incarnation: 0,
+                cause: DeathCause::Timeout,
+            },
+            t(6),
+            &mut ch,
+        );
+        assert!(ch.is_empty());
+    }
+
+    #[test]
+    fn relayed_news_keeps_a_peer_alive_and_a_hint_needs_silence() {
+        let p = ids(2);
+        let config = Config::default();
+        let mut l = Liveness::new(p[0], &config);
+        let mut ch = Vec::new();
+        l.observe_beat(
+            p[1],
+            Beat {
+                incarnation: 0,
+                counter: 1,
+            },
+            true,
+            t(0),
+            &mut ch,
+        );
+        l.link_down(p[1], LinkDown::Hint, t(10), &mut ch);
+        // Relayed news after the hint clears it.
+        l.observe_beat(
+            p[1],
+            Beat {
+                incarnation: 0,
+                counter: 2,
+            },
+            true,
+            t(200),
+            &mut ch,
+        );
+        l.judge(t(700), &mut ch);
+        assert!(l.is_live(&p[1]));
+        // A hint followed by silence kills before the suspect timeout.
+        l.link_down(p[1], LinkDown::Hint, t(800), &mut ch);
+        l.judge(t(800) + config.hint_timeout, &mut ch);
+        assert!(!l.is_live(&p[1]));
+        assert!(
+            t(800) + config.hint_timeout
+                < t(200) + config.suspect_timeout + Duration::from_millis(600)
+        );
+    }
+
+    #[test]
+    fn certain_link_loss_kills_at_once() {
+        let p = ids(2);
+        let mut l = Liveness::new(p[0], &Config::default());
+        let mut ch = Vec::new();
+        l.observe_beat(p[1], Beat::default(), true, t(0), &mut ch);
+        ch.clear();
+        l.link_down(p[1], LinkDown::Certain, t(1), &mut ch);
+        assert_eq!(
+            ch,
+            vec![LivenessChange::Down(
+                Incarnation {
+                    peer: p[1],
+                    number: 0
+                },
+                DeathCause::LinkClosed
+            )]
+        );
+    }
+
+    #[test]
+    fn election_picks_lowest_live_eligible_and_new_terms_exceed_all_seen() {
+        let p = ids(3);
+        let mut l = Liveness::new(p[1], &Config::default());
+        let mut ch = Vec::new();
+        l.observe_beat(p[0], Beat::default(), false, t(0), &mut ch);
+        l.observe_beat(p[2], Beat::default(), true, t(0), &mut ch);
+        let mut e = Election::default();
+        e.observe_claim(p[2], 7);
+        // p0 is lower but not eligible: p1 leads, under a term above every term seen.
+        let out = e.update(&l, true);
+        assert_eq!(out.new_term, Some(8));
+        assert_eq!(
+            e.current(),
+            Leadership {
+                leader: Some(p[1]),
+                term: Some(8)
+            }
+        );
+        // A higher claim seen while leading starts a newer term.
+        e.observe_claim(p[2], 9);
+        let out = e.update(&l, true);
+        assert!(out.lost);
+        assert_eq!(out.new_term, Some(10));
+        // Not a candidate (joining): the lowest other eligible peer leads; its term is pending
+        // until its claim is the newest.
+        let out = e.update(&l, false);
+        assert!(out.lost);
+        assert_eq!(
+            e.current(),
+            Leadership {
+                leader: Some(p[2]),
+                term: None
+            }
+        );
     }
 }

@@ -23,7 +23,8 @@ use crate::liveness::{
     DeathCause, Election, Leadership, LinkDown, Liveness, LivenessChange, PeerStatus, Tombstone,
 };
 use crate::replica::{
-    ApplyError, EntryChange, EntryKind, ReadError, Replica, Scope, Tx, WriteError, heads_digest,
+    ApplyError, EntryChange, EntryKind, LoadReport, ReadError, Replica, Scope, Tx, WriteError,
+    heads_digest,
 };
 use crate::{Config, Incarnation, MeshTag, PeerId, Time, Value};
 
@@ -243,7 +244,13 @@ pub struct Node {
 impl Node {
     /// A node for peer `me` of mesh `mesh`, started at local time `now`. The Automerge actor id
     /// is drawn from `rng`.
-    pub fn new(config: Config, mesh: MeshTag, me: PeerId, rng: &mut impl RngCore, now: Time) -> Self {
+    pub fn new(
+        config: Config,
+        mesh: MeshTag,
+        me: PeerId,
+        rng: &mut impl RngCore,
+        now: Time,
+    ) -> Self {
         let mut actor = [0u8; 16];
         rng.fill_bytes(&mut actor);
         let replica = Replica::new(me, actor);
@@ -300,7 +307,10 @@ impl Node {
     /// Checks a peer's hello before its link is brought up.
     pub fn check_hello(&self, hello: &Hello) -> Result<(), HelloError> {
         if hello.version != codec::PROTOCOL_VERSION {
-            return Err(HelloError::Version { theirs: hello.version, ours: codec::PROTOCOL_VERSION });
+            return Err(HelloError::Version {
+                theirs: hello.version,
+                ours: codec::PROTOCOL_VERSION,
+            });
         }
         if hello.mesh != self.mesh {
             return Err(HelloError::OtherMesh);
@@ -311,13 +321,14 @@ impl Node {
         Ok(())
     }
 
-    /// Merges stored bytes (a snapshot or incremental saves found on disk) into the document.
-    pub fn load(&mut self, bytes: &[u8]) -> Result<usize, ApplyError> {
-        let n = self.replica.load_incremental(bytes)?;
+    /// Merges stored bytes (a snapshot and incremental saves found on disk) into the document,
+    /// salvaging what can be read from a damaged file (see [`LoadReport`]).
+    pub fn load(&mut self, bytes: &[u8]) -> Result<LoadReport, ApplyError> {
+        let report = self.replica.load_stored(bytes)?;
         self.election.observe_term(self.replica.max_stored_term());
         // What was loaded is on disk already; the next persist compacts it all into a snapshot.
         self.appends = self.config.compact_every;
-        Ok(n)
+        Ok(report)
     }
 
     /// The runtime's discovery has found every peer it could initially: this peer may count
@@ -351,7 +362,10 @@ impl Node {
         let stalled: Vec<PeerId> = self
             .links
             .iter()
-            .filter(|(_, l)| l.mismatch_since.is_some_and(|t| now.saturating_since(t) > stall))
+            .filter(|(_, l)| {
+                l.mismatch_since
+                    .is_some_and(|t| now.saturating_since(t) > stall)
+            })
             .map(|(p, _)| *p)
             .collect();
         for peer in stalled {
@@ -390,8 +404,12 @@ impl Node {
             },
         );
         let mut changes = Vec::new();
-        let beat = crate::vv::Beat { incarnation: hello.incarnation.number, counter: 0 };
-        self.live.observe_beat(peer, beat, hello.eligible, now, &mut changes);
+        let beat = crate::vv::Beat {
+            incarnation: hello.incarnation.number,
+            counter: 0,
+        };
+        self.live
+            .observe_beat(peer, beat, hello.eligible, now, &mut changes);
         self.apply_liveness(changes, now);
         if self.left {
             self.send(peer, &Message::Leave(self.live.me()));
@@ -417,15 +435,26 @@ impl Node {
     }
 
     /// Handles one frame payload (without its length header) received from `from`.
-    pub fn handle_payload(&mut self, now: Time, from: PeerId, payload: &[u8]) -> Result<(), ReceiveError> {
+    pub fn handle_payload(
+        &mut self,
+        now: Time,
+        from: PeerId,
+        payload: &[u8],
+    ) -> Result<(), ReceiveError> {
         self.stats.bytes_in += (payload.len() + codec::HEADER_LEN) as u64;
         self.stats.frames_in += 1;
-        let message = codec::decode_message(payload).inspect_err(|_| self.stats.decode_errors += 1)?;
+        let message =
+            codec::decode_message(payload).inspect_err(|_| self.stats.decode_errors += 1)?;
         self.handle_message(now, from, message)
     }
 
     /// Handles one decoded message received from `from`.
-    pub fn handle_message(&mut self, now: Time, from: PeerId, message: Message) -> Result<(), ReceiveError> {
+    pub fn handle_message(
+        &mut self,
+        now: Time,
+        from: PeerId,
+        message: Message,
+    ) -> Result<(), ReceiveError> {
         self.advance(now);
         if !self.links.contains_key(&from) {
             return Err(ReceiveError::NoLink(from));
@@ -435,12 +464,18 @@ impl Node {
             Message::View(view) => self.on_view(now, from, view),
             Message::Leave(inc) => {
                 let mut changes = Vec::new();
-                let tomb = Tombstone { incarnation: inc.number, cause: DeathCause::Left };
-                self.live.observe_tombstone(inc.peer, tomb, now, &mut changes);
+                let tomb = Tombstone {
+                    incarnation: inc.number,
+                    cause: DeathCause::Left,
+                };
+                self.live
+                    .observe_tombstone(inc.peer, tomb, now, &mut changes);
                 self.apply_liveness(changes, now);
                 self.reelect(now);
             }
-            Message::Sync(bytes) => self.on_sync(now, from, &bytes).inspect_err(|_| self.stats.decode_errors += 1)?,
+            Message::Sync(bytes) => self
+                .on_sync(now, from, &bytes)
+                .inspect_err(|_| self.stats.decode_errors += 1)?,
             Message::Leader(records) => {
                 for r in records {
                     let change = EntryChange {
@@ -449,7 +484,8 @@ impl Node {
                         key: r.key.clone(),
                         by: Some(r.writer),
                     };
-                    let writer_known_dead = self.live.incarnation_of(&r.writer).is_some() && !self.live.is_live(&r.writer);
+                    let writer_known_dead = self.live.incarnation_of(&r.writer).is_some()
+                        && !self.live.is_live(&r.writer);
                     if !writer_known_dead && self.leader.merge(r) {
                         self.events.push_back(Event::Changed(change));
                     }
@@ -510,13 +546,20 @@ impl Node {
         let seq = self.persist_seq;
         let persist = if self.appends >= self.config.compact_every {
             self.appends = 0;
-            Persist::Snapshot { seq, bytes: self.replica.save() }
+            Persist::Snapshot {
+                seq,
+                bytes: self.replica.save(),
+            }
         } else {
             self.appends += 1;
-            Persist::Append { seq, bytes: self.replica.save_after(&self.persisted_heads) }
+            Persist::Append {
+                seq,
+                bytes: self.replica.save_after(&self.persisted_heads),
+            }
         };
         self.persisted_heads = heads;
-        self.in_persist.push_back((seq, std::mem::take(&mut self.unpersisted)));
+        self.in_persist
+            .push_back((seq, std::mem::take(&mut self.unpersisted)));
         Some(persist)
     }
 
@@ -524,7 +567,8 @@ impl Node {
     pub fn persisted(&mut self, seq: u64) {
         while self.in_persist.front().is_some_and(|(s, _)| *s <= seq) {
             if let Some((_, writes)) = self.in_persist.pop_front() {
-                self.events.extend(writes.into_iter().map(|write| Event::Durable { write }));
+                self.events
+                    .extend(writes.into_iter().map(|write| Event::Durable { write }));
             }
         }
     }
@@ -532,8 +576,15 @@ impl Node {
     // ---- local writes ----
 
     /// Writes record `key` of `channel` (typed through autosurgeon).
-    pub fn put<T: Reconcile>(&mut self, channel: &str, key: &str, value: &T, scope: Scope) -> Result<Written, WriteError> {
-        self.transact(|tx| tx.put(channel, key, value, scope)).map(|(_, w)| w)
+    pub fn put<T: Reconcile>(
+        &mut self,
+        channel: &str,
+        key: &str,
+        value: &T,
+        scope: Scope,
+    ) -> Result<Written, WriteError> {
+        self.transact(|tx| tx.put(channel, key, value, scope))
+            .map(|(_, w)| w)
     }
 
     /// Deletes record `key` of `channel`.
@@ -547,7 +598,10 @@ impl Node {
     }
 
     /// Makes several writes as one atomic change.
-    pub fn transact<R>(&mut self, f: impl FnOnce(&mut Tx<'_>) -> Result<R, WriteError>) -> Result<(R, Written), WriteError> {
+    pub fn transact<R>(
+        &mut self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, WriteError>,
+    ) -> Result<(R, Written), WriteError> {
         let before = self.replica.heads();
         let (r, hash) = self.replica.transact(f)?;
         Ok((r, self.after_local_change(&before, hash)))
@@ -557,7 +611,14 @@ impl Node {
     /// leadership term (the fencing token). Checks for a freeze first: a peer that was frozen
     /// has lost its leadership and its write is refused. A value equal to the stored one is not
     /// rewritten.
-    pub fn leader_put<T: Reconcile>(&mut self, now: Time, term: u64, channel: &str, key: &str, value: Option<&T>) -> Result<Written, WriteError> {
+    pub fn leader_put<T: Reconcile>(
+        &mut self,
+        now: Time,
+        term: u64,
+        channel: &str,
+        key: &str,
+        value: Option<&T>,
+    ) -> Result<Written, WriteError> {
         self.advance(now);
         self.reelect(now);
         if self.election.my_term() != Some(term) || self.left {
@@ -572,15 +633,29 @@ impl Node {
         self.next_write += 1;
         let id = WriteId(self.next_write);
         let me = self.live.me().peer;
-        if let Some(old) = self.leader.get(channel, key) {
-            if old.writer == me && old.term == term && old.value == tokens {
-                return Ok(Written { id, changed: false });
-            }
+        if let Some(old) = self.leader.get(channel, key)
+            && old.writer == me
+            && old.term == term
+            && old.value == tokens
+        {
+            return Ok(Written { id, changed: false });
         }
-        let record = LeaderRecord { channel: channel.into(), key: key.into(), writer: me, term, seq: self.leader.next_seq(), value: tokens };
+        let record = LeaderRecord {
+            channel: channel.into(),
+            key: key.into(),
+            writer: me,
+            term,
+            seq: self.leader.next_seq(),
+            value: tokens,
+        };
         self.leader.merge(record.clone());
         self.leader_dirty.push(record);
-        self.events.push_back(Event::Changed(EntryChange { kind: EntryKind::Leader, channel: channel.into(), key: key.into(), by: Some(me) }));
+        self.events.push_back(Event::Changed(EntryChange {
+            kind: EntryKind::Leader,
+            channel: channel.into(),
+            key: key.into(),
+            by: Some(me),
+        }));
         Ok(Written { id, changed: true })
     }
 
@@ -613,18 +688,38 @@ impl Node {
 
     /// Reads leader record `key` of `channel`: present only if written by a live leader under
     /// the newest known term.
-    pub fn leader_get<T: Hydrate>(&self, channel: &str, key: &str) -> Result<Option<(T, u64)>, ReadError> {
-        let Some(r) = self.leader.visible(channel, key, self.election.max_term(), |p| self.live.is_live(p)) else {
+    pub fn leader_get<T: Hydrate>(
+        &self,
+        channel: &str,
+        key: &str,
+    ) -> Result<Option<(T, u64)>, ReadError> {
+        let Some(r) = self
+            .leader
+            .visible(channel, key, self.election.max_term(), |p| {
+                self.live.is_live(p)
+            })
+        else {
             return Ok(None);
         };
-        let Some(tokens) = &r.value else { return Ok(None) };
-        let value = Value::from_tokens(tokens).map_err(|_| ReadError::Hydrate(autosurgeon::HydrateError::unexpected("a value", "a malformed value".into())))?;
-        Ok(Some((self.scratch.borrow_mut().from_value(&value)?, r.term)))
+        let Some(tokens) = &r.value else {
+            return Ok(None);
+        };
+        let value = Value::from_tokens(tokens).map_err(|_| {
+            ReadError::Hydrate(autosurgeon::HydrateError::unexpected(
+                "a value",
+                "a malformed value".into(),
+            ))
+        })?;
+        Ok(Some((
+            self.scratch.borrow_mut().hydrate(&value)?,
+            r.term,
+        )))
     }
 
     /// The visible keys of leader channel `channel`.
     pub fn leader_keys(&self, channel: &str) -> Vec<String> {
-        self.leader.keys(channel, self.election.max_term(), |p| self.live.is_live(p))
+        self.leader
+            .keys(channel, self.election.max_term(), |p| self.live.is_live(p))
     }
 
     /// Leader channels holding records.
@@ -720,7 +815,9 @@ impl Node {
     fn after_local_change(&mut self, before: &[ChangeHash], hash: Option<ChangeHash>) -> Written {
         self.next_write += 1;
         let id = WriteId(self.next_write);
-        let Some(hash) = hash else { return Written { id, changed: false } };
+        let Some(hash) = hash else {
+            return Written { id, changed: false };
+        };
         self.doc_dirty = true;
         let after = self.replica.heads();
         for change in self.replica.changes_between(before, &after) {
@@ -730,17 +827,23 @@ impl Node {
         if self.pending.len() >= MAX_PENDING_WRITES {
             self.pending.pop_first();
         }
-        self.pending.insert(id, PendingWrite { hash, holders: BTreeSet::new() });
+        self.pending.insert(
+            id,
+            PendingWrite {
+                hash,
+                holders: BTreeSet::new(),
+            },
+        );
         Written { id, changed: true }
     }
 
     fn reelect(&mut self, now: Time) {
         let old_term = self.election.my_term();
         let outcome = self.election.update(&self.live, self.me_candidate(now));
-        if outcome.lost {
-            if let Some(term) = old_term {
-                self.events.push_back(Event::Deposed { term });
-            }
+        if outcome.lost
+            && let Some(term) = old_term
+        {
+            self.events.push_back(Event::Deposed { term });
         }
         if let Some(term) = outcome.new_term {
             self.events.push_back(Event::Elected { term });
@@ -768,7 +871,10 @@ impl Node {
                     self.presence_changed(inc.peer);
                 }
                 LivenessChange::Down(inc, cause) => {
-                    self.events.push_back(Event::PeerDown { incarnation: inc, cause });
+                    self.events.push_back(Event::PeerDown {
+                        incarnation: inc,
+                        cause,
+                    });
                     self.presence_changed(inc.peer);
                     let live = &self.live;
                     self.leader.prune(|w| !live.is_live(w));
@@ -790,7 +896,13 @@ impl Node {
     fn view(&self, now: Time) -> View {
         let (beats, tombs) = self.live.gossip(now);
         let claims = self.election.gossip(beats.iter().map(|b| b.peer));
-        View { beats, tombs, claims, doc: heads_digest(&self.replica.heads()), leader: self.leader.digest() }
+        View {
+            beats,
+            tombs,
+            claims,
+            doc: heads_digest(&self.replica.heads()),
+            leader: self.leader.digest(),
+        }
     }
 
     fn send_views(&mut self, now: Time) {
@@ -806,7 +918,8 @@ impl Node {
     fn on_view(&mut self, now: Time, from: PeerId, view: View) {
         let mut changes = Vec::new();
         for b in &view.beats {
-            self.live.observe_beat(b.peer, b.beat, b.eligible, now, &mut changes);
+            self.live
+                .observe_beat(b.peer, b.beat, b.eligible, now, &mut changes);
         }
         for (peer, tomb) in &view.tombs {
             self.live.observe_tombstone(*peer, *tomb, now, &mut changes);
@@ -818,7 +931,9 @@ impl Node {
         self.reelect(now);
         let mine = heads_digest(&self.replica.heads());
         let leader_mismatch = view.leader != self.leader.digest();
-        let Some(link) = self.links.get_mut(&from) else { return };
+        let Some(link) = self.links.get_mut(&from) else {
+            return;
+        };
         let progressed = link.their_doc != Some(view.doc);
         link.their_doc = Some(view.doc);
         if view.doc == mine {
@@ -835,7 +950,9 @@ impl Node {
     }
 
     fn on_sync(&mut self, now: Time, from: PeerId, bytes: &[u8]) -> Result<(), ReceiveError> {
-        let Some(link) = self.links.get_mut(&from) else { return Err(ReceiveError::NoLink(from)) };
+        let Some(link) = self.links.get_mut(&from) else {
+            return Err(ReceiveError::NoLink(from));
+        };
         let before = self.replica.receive_sync(&mut link.sync, bytes)?;
         self.stats.sync_in += 1;
         let after = self.replica.heads();
@@ -859,7 +976,9 @@ impl Node {
     }
 
     fn check_replicated(&mut self, peer: PeerId) {
-        let Some(link) = self.links.get(&peer) else { return };
+        let Some(link) = self.links.get(&peer) else {
+            return;
+        };
         let mut acked = Vec::new();
         for (id, w) in &mut self.pending {
             if !w.holders.contains(&peer) && self.replica.peer_holds(&link.sync, &w.hash) {
@@ -871,11 +990,14 @@ impl Node {
             self.events.push_back(Event::Replicated { write, peer });
         }
         let live: Vec<PeerId> = self.live.live_peers().collect();
-        self.pending.retain(|_, w| !live.iter().all(|p| w.holders.contains(p)));
+        self.pending
+            .retain(|_, w| !live.iter().all(|p| w.holders.contains(p)));
     }
 
     fn sync_with(&mut self, peer: PeerId) {
-        let Some(link) = self.links.get_mut(&peer) else { return };
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
         if let Some(bytes) = self.replica.generate_sync(&mut link.sync) {
             self.stats.sync_out += 1;
             self.send(peer, &Message::Sync(bytes));
@@ -884,8 +1006,14 @@ impl Node {
 
     fn push_leader(&mut self, peer: PeerId, now: Time) {
         let hb = self.config.heartbeat_interval;
-        let Some(link) = self.links.get_mut(&peer) else { return };
-        if link.leader_pushed.is_some_and(|t| now.saturating_since(t) < hb) || self.leader.is_empty() {
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        if link
+            .leader_pushed
+            .is_some_and(|t| now.saturating_since(t) < hb)
+            || self.leader.is_empty()
+        {
             return;
         }
         link.leader_pushed = Some(now);
@@ -913,12 +1041,249 @@ impl Default for Scratch {
 }
 
 impl Scratch {
-    fn from_value<T: Hydrate>(&mut self, value: &Value) -> Result<T, ReadError> {
+    fn hydrate<T: Hydrate>(&mut self, value: &Value) -> Result<T, ReadError> {
         let mut tx = self.0.transaction();
         let out = autosurgeon::reconcile_prop(&mut tx, automerge::ROOT, "v", value)
-            .map_err(|e| ReadError::Hydrate(autosurgeon::HydrateError::unexpected("a storable value", e.to_string())))
+            .map_err(|e| {
+                ReadError::Hydrate(autosurgeon::HydrateError::unexpected(
+                    "a storable value",
+                    e.to_string(),
+                ))
+            })
             .and_then(|()| Ok(autosurgeon::hydrate_prop(&tx, automerge::ROOT, "v")?));
         tx.rollback();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::SeedableRng;
+
+    use super::*;
+    use crate::codec::{FrameDecoder, encode_frame};
+
+    fn node(seed: u64) -> Node {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let id = PeerId::generate(1_000 + seed, &mut rng);
+        Node::new(
+            Config::default(),
+            MeshTag::derive(&[1; 32], "t"),
+            id,
+            &mut rng,
+            Time::ZERO,
+        )
+    }
+
+    fn deliver(from: &mut Node, to: &mut Node, now: Time) -> bool {
+        let from_id = from.me().peer;
+        let mut moved = false;
+        while let Some(t) = from.poll_transmit() {
+            moved = true;
+            let mut d = FrameDecoder::new(1 << 24);
+            d.extend(&t.frame);
+            let payload = d.next_payload().expect("valid").expect("complete");
+            to.handle_payload(now, from_id, &payload).expect("accepted");
+        }
+        moved
+    }
+
+    fn pump(a: &mut Node, b: &mut Node, now: Time) {
+        for _ in 0..50 {
+            let ab = deliver(a, b, now);
+            let ba = deliver(b, a, now);
+            if !ab && !ba {
+                return;
+            }
+        }
+        panic!("sync did not settle");
+    }
+
+    fn linked() -> (Node, Node) {
+        let (mut a, mut b) = (node(1), node(2));
+        let (ha, hb) = (a.hello(), b.hello());
+        a.check_hello(&hb).expect("same mesh");
+        a.handle_link_up(Time::ZERO, &hb);
+        b.handle_link_up(Time::ZERO, &ha);
+        pump(&mut a, &mut b, Time::ZERO);
+        (a, b)
+    }
+
+    #[test]
+    fn genesis_is_identical_everywhere() {
+        assert_eq!(node(1).heads(), node(2).heads());
+    }
+
+    #[test]
+    fn hellos_of_other_meshes_and_versions_are_refused() {
+        let a = node(1);
+        let mut h = node(2).hello();
+        h.mesh = MeshTag::derive(&[1; 32], "other");
+        assert_eq!(a.check_hello(&h), Err(HelloError::OtherMesh));
+        let mut h = node(2).hello();
+        h.version += 1;
+        assert!(matches!(a.check_hello(&h), Err(HelloError::Version { .. })));
+        assert_eq!(a.check_hello(&a.hello()), Err(HelloError::SelfConnection));
+    }
+
+    #[test]
+    fn writes_sync_and_equal_writes_change_nothing() {
+        let (mut a, mut b) = linked();
+        let w = a
+            .put("probes", "api:443", &"up".to_string(), Scope::Durable)
+            .expect("write");
+        assert!(w.changed);
+        assert!(
+            !a.put("probes", "api:443", &"up".to_string(), Scope::Durable)
+                .expect("write")
+                .changed
+        );
+        a.add("ws/desired", 2, Scope::Durable).expect("write");
+        b.add("ws/desired", 3, Scope::Durable).expect("write");
+        pump(&mut a, &mut b, Time::ZERO);
+        assert_eq!(
+            b.get::<String>("probes", "api:443").expect("read"),
+            Some("up".into())
+        );
+        assert_eq!(a.counter("ws/desired"), 5);
+        assert_eq!(b.counter("ws/desired"), 5);
+        let mut replicated = false;
+        while let Some(e) = a.poll_event() {
+            replicated |= e
+                == Event::Replicated {
+                    write: w.id,
+                    peer: b.me().peer,
+                };
+        }
+        assert!(replicated);
+    }
+
+    #[test]
+    fn a_burst_of_writes_is_one_sync_round() {
+        let (mut a, mut b) = linked();
+        for i in 0..100 {
+            a.put("c", &format!("k{i}"), &(i as i64), Scope::Durable)
+                .expect("write");
+        }
+        let mut frames = Vec::new();
+        while let Some(t) = a.poll_transmit() {
+            frames.push(t);
+        }
+        assert_eq!(frames.len(), 1, "one sync message for the whole burst");
+        let mut d = FrameDecoder::new(1 << 24);
+        d.extend(&frames[0].frame);
+        let payload = d.next_payload().expect("ok").expect("complete");
+        b.handle_payload(Time::ZERO, a.me().peer, &payload)
+            .expect("accepted");
+        assert_eq!(b.keys("c").len(), 100);
+    }
+
+    #[test]
+    fn malformed_sync_input_leaves_the_document_untouched() {
+        let (mut a, mut b) = linked();
+        b.put("c", "k", &1i64, Scope::Durable).expect("write");
+        let from = b.me().peer;
+        let mut with_changes = 0;
+        for _ in 0..10 {
+            // Every sync frame from b reaches a first in corrupted forms, then intact.
+            while let Some(t) = b.poll_transmit() {
+                let mut d = FrameDecoder::new(1 << 24);
+                d.extend(&t.frame);
+                let Some(Message::Sync(good)) = d.next_message().expect("valid") else {
+                    let payload = t.frame[codec::HEADER_LEN..].to_vec();
+                    a.handle_payload(Time::ZERO, from, &payload)
+                        .expect("accepted");
+                    continue;
+                };
+                let message = automerge::sync::Message::decode(&good).expect("decodes");
+                with_changes += usize::from(!message.changes.is_empty());
+                let before = a.heads();
+                let mut flipped = good.clone();
+                let n = flipped.len();
+                flipped[n - 3] ^= 0x55;
+                for bad in [
+                    vec![0x42],
+                    vec![0xff; 40],
+                    good[..good.len() / 2].to_vec(),
+                    flipped,
+                ] {
+                    let frame = encode_frame(&Message::Sync(bad), 1 << 24).expect("fits");
+                    assert!(
+                        a.handle_payload(Time::ZERO, from, &frame[codec::HEADER_LEN..])
+                            .is_err()
+                    );
+                    assert_eq!(a.heads(), before, "a refused message changed the document");
+                }
+                let frame = encode_frame(&Message::Sync(good), 1 << 24).expect("fits");
+                a.handle_payload(Time::ZERO, from, &frame[codec::HEADER_LEN..])
+                    .expect("accepted");
+            }
+            deliver(&mut a, &mut b, Time::ZERO);
+        }
+        assert!(with_changes > 0, "no sync message carried changes");
+        assert_eq!(a.get::<i64>("c", "k").expect("read"), Some(1));
+    }
+
+    #[test]
+    fn persisted_state_reloads_with_its_terms() {
+        let mut a = node(1);
+        a.handle_settled(Time::ZERO);
+        assert!(a.my_term().is_some());
+        a.put("c", "k", &"v".to_string(), Scope::Durable)
+            .expect("write");
+        let mut stored = Vec::new();
+        while let Some(p) = a.poll_persist() {
+            match p {
+                Persist::Append { seq, bytes } | Persist::Snapshot { seq, bytes } => {
+                    stored.push(bytes);
+                    a.persisted(seq);
+                }
+            }
+        }
+        let durable =
+            std::iter::from_fn(|| a.poll_event()).any(|e| matches!(e, Event::Durable { .. }));
+        assert!(durable);
+        let mut b = node(9);
+        for s in &stored {
+            assert!(b.load(s).expect("loads").complete);
+        }
+        assert_eq!(b.get::<String>("c", "k").expect("read"), Some("v".into()));
+        b.handle_settled(Time::ZERO);
+        assert!(
+            b.my_term() > a.my_term(),
+            "a restarted mesh never reuses a term"
+        );
+        let before = b.heads();
+        assert!(b.load(b"not an automerge file").is_err());
+        assert_eq!(b.heads(), before);
+        // A file cut short keeps what it can and says it was damaged.
+        let whole: Vec<u8> = stored.concat();
+        let mut c = node(10);
+        let report = c.load(&whole[..whole.len() - 3]).expect("salvages");
+        assert!(!report.complete);
+    }
+
+    #[test]
+    fn a_freeze_ends_leadership() {
+        let mut a = node(1);
+        a.handle_settled(Time::ZERO);
+        let term = a.my_term().expect("leads alone");
+        let later = Time::ZERO + a.config().suspect_timeout * 3;
+        let r = a.leader_put(later, term, "probes", "x", Some(&1i64));
+        assert!(matches!(r, Err(WriteError::NotLeader { .. })));
+        let events: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+        assert!(events.contains(&Event::Deposed { term }));
+        assert!(events.iter().any(|e| matches!(e, Event::Refuted(_))));
+    }
+
+    #[test]
+    fn explanation_lists_every_peer() {
+        let (mut a, b) = linked();
+        a.handle_tick(Time::from_micros(1000));
+        let ex = a.explain(Time::from_micros(2000));
+        assert_eq!(ex.me, a.me());
+        assert_eq!(ex.peers.len(), 2);
+        assert!(ex.peers.iter().any(|p| p.peer == b.me().peer && p.live));
     }
 }

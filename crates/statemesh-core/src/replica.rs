@@ -23,7 +23,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::sync::SyncDoc;
 use automerge::transaction::{CommitOptions, Transactable, Transaction};
-use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, PatchAction, ROOT, ReadDoc, ScalarValue};
+use automerge::{
+    ActorId, Automerge, ChangeHash, ObjId, ObjType, PatchAction, ROOT, ReadDoc, ScalarValue,
+};
 use autosurgeon::{Hydrate, Reconcile};
 use serde::{Deserialize, Serialize};
 
@@ -117,9 +119,22 @@ pub enum ApplyError {
     /// Automerge refused the message.
     #[error("sync message refused: {0}")]
     Refused(#[from] automerge::AutomergeError),
+    /// Stored bytes hold nothing Automerge can read.
+    #[error("no readable Automerge data")]
+    Unreadable,
     /// Automerge panicked on the message; the panic was contained and the message dropped.
     #[error("sync message made the CRDT library panic; message dropped")]
     Panicked,
+}
+
+/// What loading stored bytes found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LoadReport {
+    /// Whether the bytes were read whole. `false`: the file was damaged and only what could
+    /// be read was kept; the caller should move the file aside and report it.
+    pub complete: bool,
+    /// Whether the document gained anything.
+    pub changed: bool,
 }
 
 /// Checks a channel name, key or counter name.
@@ -162,7 +177,11 @@ fn genesis() -> (Automerge, Layout) {
         let meta = tx.put_object(ROOT, "m", ObjType::Map)?;
         tx.put(&meta, "schema", 1u64)?;
         let terms = tx.put_object(&meta, "terms", ObjType::Map)?;
-        Ok(Layout { records, counters, terms })
+        Ok(Layout {
+            records,
+            counters,
+            terms,
+        })
     })()
     .unwrap_or_else(|e| unreachable!("genesis operations on a fresh document cannot fail: {e}"));
     tx.commit_with(CommitOptions::default().with_time(0));
@@ -186,15 +205,29 @@ pub struct Tx<'a> {
 
 impl Tx<'_> {
     /// Writes record `key` of `channel`.
-    pub fn put<T: Reconcile>(&mut self, channel: &str, key: &str, value: &T, scope: Scope) -> Result<(), WriteError> {
+    pub fn put<T: Reconcile>(
+        &mut self,
+        channel: &str,
+        key: &str,
+        value: &T,
+        scope: Scope,
+    ) -> Result<(), WriteError> {
         let flat = record_key(channel, key).map_err(WriteError::InvalidName)?;
         let rec = match self.tx.get(&self.layout.records, flat.as_str())? {
             Some((automerge::Value::Object(ObjType::Map), id)) => id,
-            _ => self.tx.put_object(&self.layout.records, flat.as_str(), ObjType::Map)?,
+            _ => self
+                .tx
+                .put_object(&self.layout.records, flat.as_str(), ObjType::Map)?,
         };
         autosurgeon::reconcile_prop(&mut self.tx, &rec, "v", value)?;
         let me = self.me.to_string();
-        if self.tx.get(&rec, "w")?.and_then(|(v, _)| v.into_string().ok()).as_deref() != Some(me.as_str()) {
+        if self
+            .tx
+            .get(&rec, "w")?
+            .and_then(|(v, _)| v.into_string().ok())
+            .as_deref()
+            != Some(me.as_str())
+        {
             self.tx.put(&rec, "w", me)?;
         }
         let presence = scope == Scope::Presence;
@@ -221,10 +254,16 @@ impl Tx<'_> {
         }
         let key = counter_key(name, self.me, scope);
         match self.tx.get(&self.layout.counters, key.as_str())? {
-            Some((automerge::Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Counter(_)) => {
+            Some((automerge::Value::Scalar(s), _))
+                if matches!(s.as_ref(), ScalarValue::Counter(_)) =>
+            {
                 self.tx.increment(&self.layout.counters, key.as_str(), by)?;
             }
-            _ => self.tx.put(&self.layout.counters, key.as_str(), ScalarValue::counter(by))?,
+            _ => self.tx.put(
+                &self.layout.counters,
+                key.as_str(),
+                ScalarValue::counter(by),
+            )?,
         }
         Ok(())
     }
@@ -234,7 +273,11 @@ impl Replica {
     /// A replica holding only the genesis change, writing as `actor`.
     pub fn new(me: PeerId, actor: [u8; 16]) -> Self {
         let (doc, layout) = genesis();
-        Self { doc: doc.with_actor(ActorId::from(actor.as_slice())), layout, me }
+        Self {
+            doc: doc.with_actor(ActorId::from(actor.as_slice())),
+            layout,
+            me,
+        }
     }
 
     /// The underlying document (read-only).
@@ -254,7 +297,11 @@ impl Replica {
         &mut self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<R, WriteError>,
     ) -> Result<(R, Option<ChangeHash>), WriteError> {
-        let mut tx = Tx { tx: self.doc.transaction(), layout: &self.layout, me: self.me };
+        let mut tx = Tx {
+            tx: self.doc.transaction(),
+            layout: &self.layout,
+            me: self.me,
+        };
         match f(&mut tx) {
             Ok(r) => {
                 let (hash, _) = tx.tx.commit_with(CommitOptions::default().with_time(0));
@@ -284,7 +331,8 @@ impl Replica {
             .map_range(&self.layout.terms, ..)
             .filter_map(|item| {
                 let v = automerge::Value::from(item.value);
-                v.as_u64().or_else(|| v.as_i64().and_then(|i| u64::try_from(i).ok()))
+                v.as_u64()
+                    .or_else(|| v.as_i64().and_then(|i| u64::try_from(i).ok()))
             })
             .max()
             .unwrap_or(0)
@@ -298,7 +346,9 @@ impl Replica {
         is_live: impl Fn(&PeerId) -> bool,
     ) -> Result<Option<T>, ReadError> {
         let flat = record_key(channel, key).map_err(ReadError::InvalidName)?;
-        let Some(rec) = self.record_obj(&flat) else { return Ok(None) };
+        let Some(rec) = self.record_obj(&flat) else {
+            return Ok(None);
+        };
         if !self.visible(&rec, &is_live) {
             return Ok(None);
         }
@@ -377,20 +427,39 @@ impl Replica {
         let w = writer.to_string();
         let mut out = Vec::new();
         for item in self.doc.map_range(&self.layout.records, ..) {
-            let Some(rec) = self.record_obj(&item.key) else { continue };
-            let presence = self.doc.get(&rec, "p").ok().flatten().and_then(|(v, _)| v.as_bool()) == Some(true);
-            if presence && self.writer_of(&rec) == Some(writer) {
-                if let Some((c, k)) = item.key.split_once(SEP) {
-                    out.push(EntryChange { kind: EntryKind::Record, channel: c.into(), key: k.into(), by: Some(writer) });
-                }
+            let Some(rec) = self.record_obj(&item.key) else {
+                continue;
+            };
+            let presence = self
+                .doc
+                .get(&rec, "p")
+                .ok()
+                .flatten()
+                .and_then(|(v, _)| v.as_bool())
+                == Some(true);
+            if presence
+                && self.writer_of(&rec) == Some(writer)
+                && let Some((c, k)) = item.key.split_once(SEP)
+            {
+                out.push(EntryChange {
+                    kind: EntryKind::Record,
+                    channel: c.into(),
+                    key: k.into(),
+                    by: Some(writer),
+                });
             }
         }
         for item in self.doc.map_range(&self.layout.counters, ..) {
             let mut parts = item.key.split(SEP);
-            if let (Some(name), Some(wr), Some("p")) = (parts.next(), parts.next(), parts.next()) {
-                if wr == w {
-                    out.push(EntryChange { kind: EntryKind::Counter, channel: String::new(), key: name.into(), by: Some(writer) });
-                }
+            if let (Some(name), Some(wr), Some("p")) = (parts.next(), parts.next(), parts.next())
+                && wr == w
+            {
+                out.push(EntryChange {
+                    kind: EntryKind::Counter,
+                    channel: String::new(),
+                    key: name.into(),
+                    by: Some(writer),
+                });
             }
         }
         out
@@ -406,7 +475,9 @@ impl Replica {
             } else {
                 let key = match &patch.action {
                     PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => key.clone(),
-                    PatchAction::Increment { prop, .. } | PatchAction::Conflict { prop } => prop.to_string(),
+                    PatchAction::Increment { prop, .. } | PatchAction::Conflict { prop } => {
+                        prop.to_string()
+                    }
                     _ => continue,
                 };
                 (&patch.obj, key)
@@ -417,14 +488,27 @@ impl Replica {
             if *obj == self.layout.records {
                 if let Some((c, k)) = prop.split_once(SEP) {
                     let by = self.writer(c, k);
-                    out.push(EntryChange { kind: EntryKind::Record, channel: c.into(), key: k.into(), by });
+                    out.push(EntryChange {
+                        kind: EntryKind::Record,
+                        channel: c.into(),
+                        key: k.into(),
+                        by,
+                    });
                 }
             } else if *obj == self.layout.counters {
                 let mut parts = prop.split(SEP);
                 if let (Some(name), Some(w)) = (parts.next(), parts.next()) {
                     let by = w.parse().ok();
-                    if !out.iter().any(|e| e.kind == EntryKind::Counter && e.key == name && e.by == by) {
-                        out.push(EntryChange { kind: EntryKind::Counter, channel: String::new(), key: name.into(), by });
+                    if !out
+                        .iter()
+                        .any(|e| e.kind == EntryKind::Counter && e.key == name && e.by == by)
+                    {
+                        out.push(EntryChange {
+                            kind: EntryKind::Counter,
+                            channel: String::new(),
+                            key: name.into(),
+                            by,
+                        });
                     }
                 }
             }
@@ -439,7 +523,9 @@ impl Replica {
 
     /// The next sync message for the peer behind `state`, encoded, if any.
     pub fn generate_sync(&self, state: &mut automerge::sync::State) -> Option<Vec<u8>> {
-        self.doc.generate_sync_message(state).map(automerge::sync::Message::encode)
+        self.doc
+            .generate_sync_message(state)
+            .map(automerge::sync::Message::encode)
     }
 
     /// Applies an encoded sync message from the peer behind `state`.
@@ -454,11 +540,18 @@ impl Replica {
         bytes: &[u8],
     ) -> Result<Vec<ChangeHash>, ApplyError> {
         let before = self.doc.get_heads();
-        let message = catch_unwind(|| automerge::sync::Message::decode(bytes)).map_err(|_| ApplyError::Panicked)??;
-        let mut doc = if message.changes.is_empty() { None } else { Some(self.doc.clone()) };
+        let message = catch_unwind(|| automerge::sync::Message::decode(bytes))
+            .map_err(|_| ApplyError::Panicked)??;
+        let mut doc = if message.changes.is_empty() {
+            None
+        } else {
+            Some(self.doc.clone())
+        };
         let mut new_state = state.clone();
         let target = doc.as_mut().unwrap_or(&mut self.doc);
-        let result = catch_unwind(AssertUnwindSafe(|| target.receive_sync_message(&mut new_state, message)));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            target.receive_sync_message(&mut new_state, message)
+        }));
         match result {
             Ok(Ok(())) => {
                 if let Some(doc) = doc {
@@ -480,7 +573,11 @@ impl Replica {
         if state.shared_heads.is_empty() || self.doc.get_change_by_hash(hash).is_none() {
             return false;
         }
-        !self.doc.get_changes(&state.shared_heads).iter().any(|c| c.hash() == *hash)
+        !self
+            .doc
+            .get_changes(&state.shared_heads)
+            .iter()
+            .any(|c| c.hash() == *hash)
     }
 
     /// An incremental save of the changes after `heads`.
@@ -493,14 +590,42 @@ impl Replica {
         self.doc.save()
     }
 
-    /// Merges saved bytes (a snapshot or incremental saves) into the document, under the same
-    /// containment as sync messages. Returns how many operations were loaded.
-    pub fn load_incremental(&mut self, bytes: &[u8]) -> Result<usize, ApplyError> {
+    /// Merges stored bytes (a snapshot, possibly followed by incremental saves) into the
+    /// document, under the same containment as sync messages.
+    ///
+    /// A damaged file is salvaged: every chunk that can still be read is merged, and the report
+    /// says the file was incomplete so the caller can move it aside. Bytes with nothing readable
+    /// are refused and change nothing.
+    pub fn load_stored(&mut self, bytes: &[u8]) -> Result<LoadReport, ApplyError> {
+        use automerge::{LoadOptions, OnPartialLoad, VerificationMode};
+        // Every Automerge chunk (document or change) starts with this magic number.
+        const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+        if !bytes.starts_with(&MAGIC) {
+            return Err(ApplyError::Unreadable);
+        }
+        // A strict parse says whether the file is whole; the merge below keeps every readable
+        // chunk either way.
+        let strict = catch_unwind(|| {
+            Automerge::load_with_options(
+                bytes,
+                LoadOptions::new()
+                    .on_partial_load(OnPartialLoad::Error)
+                    .verification_mode(VerificationMode::DontCheck),
+            )
+        });
+        // Changes whose dependencies live in another file (or the genesis) parse whole but load
+        // as "missing dependencies": that file is complete.
+        let complete = matches!(
+            strict,
+            Ok(Ok(_) | Err(automerge::AutomergeError::MissingDeps))
+        );
         let mut doc = self.doc.clone();
+        let before = doc.get_heads();
         match catch_unwind(AssertUnwindSafe(|| doc.load_incremental(bytes))) {
-            Ok(Ok(n)) => {
+            Ok(Ok(_)) => {
+                let changed = doc.get_heads() != before;
                 self.doc = doc;
-                Ok(n)
+                Ok(LoadReport { complete, changed })
             }
             Ok(Err(e)) => Err(ApplyError::Refused(e)),
             Err(_) => Err(ApplyError::Panicked),
@@ -520,7 +645,13 @@ impl Replica {
     }
 
     fn visible(&self, rec: &ObjId, is_live: &impl Fn(&PeerId) -> bool) -> bool {
-        let presence = self.doc.get(rec, "p").ok().flatten().and_then(|(v, _)| v.as_bool()) == Some(true);
+        let presence = self
+            .doc
+            .get(rec, "p")
+            .ok()
+            .flatten()
+            .and_then(|(v, _)| v.as_bool())
+            == Some(true);
         !presence || self.writer_of(rec).is_some_and(|w| is_live(&w))
     }
 }

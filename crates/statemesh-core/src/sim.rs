@@ -55,8 +55,14 @@ impl SimConfig {
 
     /// Reads `SEED` and `PEERS` from the environment, falling back to the given defaults.
     pub fn from_env(default_seed: u64, default_peers: usize) -> Self {
-        let seed = std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default_seed);
-        let peers = std::env::var("PEERS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_peers);
+        let seed = std::env::var("SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default_seed);
+        let peers = std::env::var("PEERS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default_peers);
         Self::new(seed, peers)
     }
 }
@@ -77,8 +83,17 @@ pub enum CrashSignal {
 }
 
 enum Delivery {
-    Frame { from: PeerId, to: PeerId, frame: Vec<u8>, link_epoch: u64 },
-    LinkDown { at: PeerId, peer: PeerId, how: LinkDown },
+    Frame {
+        from: PeerId,
+        to: PeerId,
+        frame: Vec<u8>,
+        link_epoch: u64,
+    },
+    LinkDown {
+        at: PeerId,
+        peer: PeerId,
+        how: LinkDown,
+    },
 }
 
 struct Process {
@@ -170,7 +185,11 @@ impl Sim {
 
     /// A random number from the simulation's RNG (for test scenarios).
     pub fn random(&mut self, below: u64) -> u64 {
-        if below == 0 { 0 } else { self.rng.next_u64() % below }
+        if below == 0 {
+            0
+        } else {
+            self.rng.next_u64() % below
+        }
     }
 
     /// A random probability draw.
@@ -191,15 +210,30 @@ impl Sim {
     fn start(&mut self, slot: Slot, disk: Vec<Vec<u8>>) {
         self.wall_ms += 1 + self.random(5);
         let id = PeerId::generate(self.wall_ms, &mut self.rng);
-        let mut node = Node::new(self.config.node.clone(), self.mesh, id, &mut self.rng, self.now);
+        let mut node = Node::new(
+            self.config.node.clone(),
+            self.mesh,
+            id,
+            &mut self.rng,
+            self.now,
+        );
         for bytes in &disk {
             if let Err(e) = node.load(bytes) {
-                self.violations.push(Violation(format!("stored state of {slot:?} failed to load: {e}")));
+                self.violations.push(Violation(format!(
+                    "stored state of {slot:?} failed to load: {e}"
+                )));
             }
         }
         self.ids.insert(id, slot);
         self.side.insert(id, 0);
-        self.procs.insert(slot, Process { node, frozen_until: None, disk });
+        self.procs.insert(
+            slot,
+            Process {
+                node,
+                frozen_until: None,
+                disk,
+            },
+        );
         let others: Vec<PeerId> = self.live_ids().into_iter().filter(|p| *p != id).collect();
         for other in others {
             self.connect(id, other);
@@ -247,28 +281,39 @@ impl Sim {
         if !self.reachable(a, b) || self.links.contains_key(&key(a, b)) {
             return;
         }
-        let (Some(sa), Some(sb)) = (self.ids.get(&a).copied(), self.ids.get(&b).copied()) else { return };
-        let (Some(ha), Some(hb)) = (self.procs.get(&sa).map(|p| p.node.hello()), self.procs.get(&sb).map(|p| p.node.hello())) else {
+        let (Some(sa), Some(sb)) = (self.ids.get(&a).copied(), self.ids.get(&b).copied()) else {
+            return;
+        };
+        let (Some(ha), Some(hb)) = (
+            self.procs.get(&sa).map(|p| p.node.hello()),
+            self.procs.get(&sb).map(|p| p.node.hello()),
+        ) else {
             return;
         };
         self.link_epoch += 1;
         self.links.insert(key(a, b), self.link_epoch);
         let now = self.now;
-        if let Some(p) = self.procs.get_mut(&sa) {
-            if p.node.check_hello(&hb).is_ok() {
-                p.node.handle_link_up(now, &hb);
-            }
+        if let Some(p) = self.procs.get_mut(&sa)
+            && p.node.check_hello(&hb).is_ok()
+        {
+            p.node.handle_link_up(now, &hb);
         }
-        if let Some(p) = self.procs.get_mut(&sb) {
-            if p.node.check_hello(&ha).is_ok() {
-                p.node.handle_link_up(now, &ha);
-            }
+        if let Some(p) = self.procs.get_mut(&sb)
+            && p.node.check_hello(&ha).is_ok()
+        {
+            p.node.handle_link_up(now, &ha);
         }
         self.drain(a);
         self.drain(b);
     }
 
-    fn disconnect(&mut self, a: PeerId, b: PeerId, how_a: Option<LinkDown>, how_b: Option<LinkDown>) {
+    fn disconnect(
+        &mut self,
+        a: PeerId,
+        b: PeerId,
+        how_a: Option<LinkDown>,
+        how_b: Option<LinkDown>,
+    ) {
         if self.links.remove(&key(a, b)).is_none() {
             return;
         }
@@ -287,7 +332,9 @@ impl Sim {
     }
 
     fn crash_with(&mut self, slot: Slot, signal: CrashSignal, graceful: bool) {
-        let Some(p) = self.procs.remove(&slot) else { return };
+        let Some(p) = self.procs.remove(&slot) else {
+            return;
+        };
         let id = p.node.me().peer;
         self.dead_disks.insert(slot, p.disk);
         let how = match signal {
@@ -295,16 +342,37 @@ impl Sim {
             CrashSignal::Hint => Some(LinkDown::Hint),
             CrashSignal::Silent => None,
         };
-        let peers: Vec<PeerId> = self.links.keys().filter_map(|(x, y)| if *x == id { Some(*y) } else if *y == id { Some(*x) } else { None }).collect();
+        let peers: Vec<PeerId> = self
+            .links
+            .keys()
+            .filter_map(|(x, y)| {
+                if *x == id {
+                    Some(*y)
+                } else if *y == id {
+                    Some(*x)
+                } else {
+                    None
+                }
+            })
+            .collect();
         for peer in peers {
             // Links of a silent crash stay "up" on the survivors' side until they judge it.
             if graceful {
                 // A graceful close delivers what was sent before it, then closes the link.
-                let Some(link_epoch) = self.links.remove(&key(id, peer)) else { continue };
+                let Some(link_epoch) = self.links.remove(&key(id, peer)) else {
+                    continue;
+                };
                 self.closing.insert(link_epoch);
                 let at = self.now + self.config.max_delay + Duration::from_micros(1);
                 if let Some(how) = how {
-                    self.schedule(at, Delivery::LinkDown { at: peer, peer: id, how });
+                    self.schedule(
+                        at,
+                        Delivery::LinkDown {
+                            at: peer,
+                            peer: id,
+                            how,
+                        },
+                    );
                 }
             } else if how.is_some() {
                 self.disconnect(id, peer, None, how);
@@ -322,12 +390,22 @@ impl Sim {
             p.node.leave(now);
         }
         self.drain(id);
-        self.crash_with(slot, if self.config.same_machine { CrashSignal::Eof } else { CrashSignal::Hint }, true);
+        self.crash_with(
+            slot,
+            if self.config.same_machine {
+                CrashSignal::Eof
+            } else {
+                CrashSignal::Hint
+            },
+            true,
+        );
     }
 
     /// Restarts a crashed slot: a new process, a new peer id, the old disk.
     pub fn restart(&mut self, slot: Slot) -> bool {
-        let Some(disk) = self.dead_disks.remove(&slot) else { return false };
+        let Some(disk) = self.dead_disks.remove(&slot) else {
+            return false;
+        };
         self.start(slot, disk);
         true
     }
@@ -355,7 +433,12 @@ impl Sim {
                 }
             }
         }
-        let cut: Vec<(PeerId, PeerId)> = self.links.keys().copied().filter(|(a, b)| !self.reachable(*a, *b)).collect();
+        let cut: Vec<(PeerId, PeerId)> = self
+            .links
+            .keys()
+            .copied()
+            .filter(|(a, b)| !self.reachable(*a, *b))
+            .collect();
         for (a, b) in cut {
             self.disconnect(a, b, Some(LinkDown::Hint), Some(LinkDown::Hint));
         }
@@ -405,12 +488,16 @@ impl Sim {
     /// Drains the outputs of peer `id`: frames onto the network, events into the log,
     /// persisted bytes onto its disk.
     fn drain(&mut self, id: PeerId) {
-        let Some(slot) = self.ids.get(&id).copied() else { return };
+        let Some(slot) = self.ids.get(&id).copied() else {
+            return;
+        };
         let now = self.now;
         let mut frames = Vec::new();
         let mut events = Vec::new();
         {
-            let Some(p) = self.procs.get_mut(&slot) else { return };
+            let Some(p) = self.procs.get_mut(&slot) else {
+                return;
+            };
             while let Some(t) = p.node.poll_transmit() {
                 frames.push(t);
             }
@@ -434,14 +521,28 @@ impl Sim {
             self.observe(id, e);
         }
         for t in frames {
-            let Some(epoch) = self.links.get(&key(id, t.to)).copied() else { continue };
+            let Some(epoch) = self.links.get(&key(id, t.to)).copied() else {
+                continue;
+            };
             if self.chance(self.config.drop) {
                 continue;
             }
-            let copies = if self.chance(self.config.duplicate) { 2 } else { 1 };
+            let copies = if self.chance(self.config.duplicate) {
+                2
+            } else {
+                1
+            };
             for _ in 0..copies {
                 let d = self.delay();
-                self.schedule(now + d, Delivery::Frame { from: id, to: t.to, frame: t.frame.clone(), link_epoch: epoch });
+                self.schedule(
+                    now + d,
+                    Delivery::Frame {
+                        from: id,
+                        to: t.to,
+                        frame: t.frame.clone(),
+                        link_epoch: epoch,
+                    },
+                );
             }
         }
     }
@@ -451,16 +552,20 @@ impl Sim {
             Event::PeerDown { incarnation, .. } => {
                 self.judged_dead.entry(by).or_default().insert(*incarnation);
             }
-            Event::PeerUp(inc) => {
-                if self.judged_dead.get(&by).is_some_and(|d| d.contains(inc)) {
-                    self.violations.push(Violation(format!("{by:?} saw {inc} live again after judging it dead")));
-                }
+            Event::PeerUp(inc) if self.judged_dead.get(&by).is_some_and(|d| d.contains(inc)) => {
+                self.violations.push(Violation(format!(
+                    "{by:?} saw {inc} live again after judging it dead"
+                )));
             }
             // Data events are many and checked through the nodes' state instead.
             Event::Changed(_) | Event::Replicated { .. } | Event::Durable { .. } => return,
             _ => {}
         }
-        self.log.push(Observed { at: self.now, by, event });
+        self.log.push(Observed {
+            at: self.now,
+            by,
+            event,
+        });
     }
 
     /// Checks, for every running peer, that no incarnation it judged dead is live in its view.
@@ -470,7 +575,8 @@ impl Sim {
             if let Some(dead) = self.judged_dead.get(&me) {
                 for inc in dead {
                     if !p.node.is_dead(&inc.peer, inc.number) {
-                        self.violations.push(Violation(format!("{me:?} no longer holds {inc} dead")));
+                        self.violations
+                            .push(Violation(format!("{me:?} no longer holds {inc} dead")));
                     }
                 }
             }
@@ -496,7 +602,11 @@ impl Sim {
 
     /// Runs until `done` holds (checked after every step) or `limit` passes; returns the time
     /// it first held.
-    pub fn run_until_true(&mut self, limit: Duration, mut done: impl FnMut(&Self) -> bool) -> Option<Time> {
+    pub fn run_until_true(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Self) -> bool,
+    ) -> Option<Time> {
         let until = self.now + limit;
         if done(self) {
             return Some(self.now);
@@ -545,12 +655,16 @@ impl Sim {
                 break;
             }
             self.queue.pop();
-            let Some(d) = self.pending.remove(&seq) else { continue };
+            let Some(d) = self.pending.remove(&seq) else {
+                continue;
+            };
             let to = match &d {
                 Delivery::Frame { to, .. } => *to,
                 Delivery::LinkDown { at, .. } => *at,
             };
-            let Some(slot) = self.ids.get(&to).copied() else { continue };
+            let Some(slot) = self.ids.get(&to).copied() else {
+                continue;
+            };
             let frozen = self.procs.get(&slot).and_then(|p| p.frozen_until);
             if let Some(until) = frozen {
                 // A stopped process reads nothing; the kernel keeps it queued.
@@ -558,11 +672,20 @@ impl Sim {
                 self.queue.push(Reverse((until, seq)));
                 continue;
             }
-            let Some(p) = self.procs.get_mut(&slot) else { continue };
+            let Some(p) = self.procs.get_mut(&slot) else {
+                continue;
+            };
             match d {
-                Delivery::Frame { from, frame, link_epoch, .. } => {
+                Delivery::Frame {
+                    from,
+                    frame,
+                    link_epoch,
+                    ..
+                } => {
                     // Frames of a link that has since closed are gone with it.
-                    if self.links.get(&key(from, to)) != Some(&link_epoch) && !self.closing.contains(&link_epoch) {
+                    if self.links.get(&key(from, to)) != Some(&link_epoch)
+                        && !self.closing.contains(&link_epoch)
+                    {
                         continue;
                     }
                     let payload = frame.get(crate::codec::HEADER_LEN..).unwrap_or_default();
@@ -588,10 +711,10 @@ impl Sim {
             .map(|p| p.node.me().peer)
             .collect();
         for id in due {
-            if let Some(slot) = self.ids.get(&id).copied() {
-                if let Some(p) = self.procs.get_mut(&slot) {
-                    p.node.handle_tick(at);
-                }
+            if let Some(slot) = self.ids.get(&id).copied()
+                && let Some(p) = self.procs.get_mut(&slot)
+            {
+                p.node.handle_tick(at);
             }
             self.drain(id);
         }

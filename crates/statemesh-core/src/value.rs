@@ -32,9 +32,9 @@ pub enum Value {
     /// Bytes.
     Bytes(Vec<u8>),
     /// A list.
-    List(Vec<Value>),
+    List(Vec<Self>),
     /// A map with string keys.
-    Map(BTreeMap<String, Value>),
+    Map(BTreeMap<String, Self>),
 }
 
 /// A value that could not be decoded.
@@ -169,7 +169,9 @@ impl Value {
                     Some(Frame::List(items, n)) => {
                         items.push(value);
                         if items.len() == *n {
-                            let Some(Frame::List(items, _)) = stack.pop() else { unreachable!() };
+                            let Some(Frame::List(items, _)) = stack.pop() else {
+                                unreachable!()
+                            };
                             done = Some(Self::List(items));
                         }
                     }
@@ -177,7 +179,9 @@ impl Value {
                         let k = key.take().ok_or(ValueError::Malformed)?;
                         map.insert(k, value);
                         if map.len() == *n {
-                            let Some(Frame::Map(map, _, _)) = stack.pop() else { unreachable!() };
+                            let Some(Frame::Map(map, _, _)) = stack.pop() else {
+                                unreachable!()
+                            };
                             done = Some(Self::Map(map));
                         }
                     }
@@ -260,7 +264,10 @@ impl DepthGuard {
         });
         let guard = Self;
         if depth > MAX_VALUE_DEPTH {
-            return Err(HydrateError::unexpected("a value nested at most 32 levels deep", "a deeper value".into()));
+            return Err(HydrateError::unexpected(
+                "a value nested at most 32 levels deep",
+                "a deeper value".into(),
+            ));
         }
         Ok(guard)
     }
@@ -378,9 +385,18 @@ mod tests {
 
     #[test]
     fn lying_counts_and_leftovers_are_refused() {
-        assert_eq!(Value::from_tokens(&[Token::List(3), Token::Null]), Err(ValueError::Malformed));
-        assert_eq!(Value::from_tokens(&[Token::Null, Token::Null]), Err(ValueError::Malformed));
-        assert_eq!(Value::from_tokens(&[Token::Map(1), Token::Null, Token::Null]), Err(ValueError::Malformed));
+        assert_eq!(
+            Value::from_tokens(&[Token::List(3), Token::Null]),
+            Err(ValueError::Malformed)
+        );
+        assert_eq!(
+            Value::from_tokens(&[Token::Null, Token::Null]),
+            Err(ValueError::Malformed)
+        );
+        assert_eq!(
+            Value::from_tokens(&[Token::Map(1), Token::Null, Token::Null]),
+            Err(ValueError::Malformed)
+        );
         assert_eq!(Value::from_tokens(&[]), Err(ValueError::Malformed));
     }
 }
@@ -551,7 +567,10 @@ impl MapReconciler for MapBuilder<'_> {
         None
     }
     fn put<R: Reconcile, P: AsRef<str>>(&mut self, prop: P, value: R) -> Result<(), Self::Error> {
-        let slot = self.map.entry(prop.as_ref().to_owned()).or_insert(Value::Null);
+        let slot = self
+            .map
+            .entry(prop.as_ref().to_owned())
+            .or_insert(Value::Null);
         build_into(slot, value)
     }
     fn delete<P: AsRef<str>>(&mut self, prop: P) -> Result<(), Self::Error> {
@@ -621,7 +640,12 @@ struct TextBuilder<'a> {
 impl autosurgeon::reconcile::TextReconciler for TextBuilder<'_> {
     type Error = BuildError;
 
-    fn splice<S: AsRef<str>>(&mut self, pos: usize, delete: isize, insert: S) -> Result<(), Self::Error> {
+    fn splice<S: AsRef<str>>(
+        &mut self,
+        pos: usize,
+        delete: isize,
+        insert: S,
+    ) -> Result<(), Self::Error> {
         let chars: Vec<char> = self.text.chars().collect();
         let pos = pos.min(chars.len());
         let end = (pos + delete.max(0) as usize).min(chars.len());
@@ -671,11 +695,17 @@ mod build_tests {
 
     #[test]
     fn direct_build_matches_a_document_round_trip() {
-        let p = Probe { status: "up".into(), latency_ms: Some(1.5), checked_at: 7, tags: vec!["a".into(), "b".into()] };
+        let p = Probe {
+            status: "up".into(),
+            latency_ms: Some(1.5),
+            checked_at: 7,
+            tags: vec!["a".into(), "b".into()],
+        };
         let direct = reconcile_to_value(&p).expect("builds");
         let mut doc = automerge::AutoCommit::new();
         autosurgeon::reconcile_prop(&mut doc, automerge::ROOT, "v", &p).expect("reconciles");
-        let via_doc: Value = autosurgeon::hydrate_prop(&doc, automerge::ROOT, "v").expect("hydrates");
+        let via_doc: Value =
+            autosurgeon::hydrate_prop(&doc, automerge::ROOT, "v").expect("hydrates");
         assert_eq!(direct, via_doc);
         let mut doc = automerge::AutoCommit::new();
         autosurgeon::reconcile_prop(&mut doc, automerge::ROOT, "v", &direct).expect("reconciles");

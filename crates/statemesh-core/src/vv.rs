@@ -10,7 +10,9 @@ use crate::PeerId;
 ///
 /// Ordered lexicographically, so any beat of a newer incarnation is newer than every beat of an
 /// older one.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
+)]
 pub struct Beat {
     /// The incarnation number.
     pub incarnation: u64,
@@ -53,12 +55,20 @@ impl VersionVector {
 
     /// Pointwise maximum with `other`; returns the peers whose entry rose.
     pub fn merge(&mut self, other: &Self) -> Vec<PeerId> {
-        other.0.iter().filter(|(p, b)| self.observe(**p, **b)).map(|(p, _)| *p).collect()
+        other
+            .0
+            .iter()
+            .filter(|(p, b)| self.observe(**p, **b))
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     /// Whether every entry of `other` is at most the matching entry of `self`.
     pub fn dominates(&self, other: &Self) -> bool {
-        other.0.iter().all(|(p, b)| self.0.get(p).is_some_and(|mine| mine >= b))
+        other
+            .0
+            .iter()
+            .all(|(p, b)| self.0.get(p).is_some_and(|mine| mine >= b))
     }
 
     /// The entries, in peer id order.
@@ -111,7 +121,15 @@ mod tests {
         proptest::collection::vec((0u8..6, 0u64..3, 0u64..20), 0..8).prop_map(|entries| {
             entries
                 .into_iter()
-                .map(|(p, i, c)| (peer(p), Beat { incarnation: i, counter: c }))
+                .map(|(p, i, c)| {
+                    (
+                        peer(p),
+                        Beat {
+                            incarnation: i,
+                            counter: c,
+                        },
+                    )
+                })
                 .collect()
         })
     }

@@ -13,12 +13,18 @@ fn seeds() -> Vec<u64> {
     if let Some(seed) = std::env::var("SEED").ok().and_then(|s| s.parse().ok()) {
         return vec![seed];
     }
-    let n: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let n: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     (0..n).collect()
 }
 
 fn peers_for(seed: u64, min: usize, spread: u64) -> usize {
-    std::env::var("PEERS").ok().and_then(|s| s.parse().ok()).unwrap_or(min + (seed % spread) as usize)
+    std::env::var("PEERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(min + (seed % spread) as usize)
 }
 
 /// The agreement bound of property 1: suspect timeout + 2 heartbeats + the largest network
@@ -36,7 +42,12 @@ fn fail(test: &str, seed: u64, peers: usize, what: impl std::fmt::Display) -> ! 
 
 fn check_violations(sim: &Sim, test: &str, seed: u64) {
     if let Some(v) = sim.violations.first() {
-        fail(test, seed, sim.config.peers, format!("invariant violated: {}", v.0));
+        fail(
+            test,
+            seed,
+            sim.config.peers,
+            format!("invariant violated: {}", v.0),
+        );
     }
 }
 
@@ -69,7 +80,11 @@ fn chaos(sim: &mut Sim, steps: usize) -> Vec<(PeerId, String)> {
                 let mut a = Vec::new();
                 let mut b = Vec::new();
                 for s in slots {
-                    if sim.random(2) == 0 { a.push(s) } else { b.push(s) }
+                    if sim.random(2) == 0 {
+                        a.push(s)
+                    } else {
+                        b.push(s)
+                    }
                 }
                 sim.partition(&[a, b]);
             }
@@ -81,10 +96,15 @@ fn chaos(sim: &mut Sim, steps: usize) -> Vec<(PeerId, String)> {
             }
             _ => {
                 for s in slots {
-                    let Some(node) = sim.node_mut(s) else { continue };
+                    let Some(node) = sim.node_mut(s) else {
+                        continue;
+                    };
                     let me = node.me().peer;
                     let key = format!("{}-{step}", me.short());
-                    if node.put("writes", &key, &(step as i64), Scope::Durable).is_ok() {
+                    if node
+                        .put("writes", &key, &(step as i64), Scope::Durable)
+                        .is_ok()
+                    {
                         writes.push((me, key));
                     }
                     let _ = node.add("total", 1, Scope::Durable);
@@ -107,7 +127,7 @@ fn lossy(seed: u64, peers: usize) -> SimConfig {
     let mut c = SimConfig::new(seed, peers);
     c.drop = 0.03;
     c.duplicate = 0.05;
-    c.same_machine = seed % 2 == 0;
+    c.same_machine = seed.is_multiple_of(2);
     c
 }
 
@@ -128,10 +148,22 @@ fn agreement_after_faults_within_bound() {
             let all = s.slots();
             s.agree_on(&all, s.expected_leader(&all))
         });
-        let Some(at) = agreed else { fail("agreement_after_faults_within_bound", seed, peers, "no agreement within 10 s") };
+        let Some(at) = agreed else {
+            fail(
+                "agreement_after_faults_within_bound",
+                seed,
+                peers,
+                "no agreement within 10 s",
+            )
+        };
         let took = at.saturating_since(stopped);
         if took > limit {
-            fail("agreement_after_faults_within_bound", seed, peers, format!("agreement took {took:?}, bound {limit:?}"));
+            fail(
+                "agreement_after_faults_within_bound",
+                seed,
+                peers,
+                format!("agreement took {took:?}, bound {limit:?}"),
+            );
         }
         worst = worst.max(took);
         // Agreement must hold once reached.
@@ -147,11 +179,20 @@ fn agreement_after_faults_within_bound() {
                     eprintln!("{:#?}", n.explain(sim.now()));
                 }
             }
-            fail("agreement_after_faults_within_bound", seed, peers, "agreement did not hold");
+            fail(
+                "agreement_after_faults_within_bound",
+                seed,
+                peers,
+                "agreement did not hold",
+            );
         }
         check_violations(&sim, "agreement_after_faults_within_bound", seed);
     }
-    eprintln!("property 1: {} seeds, worst agreement {:?} after faults stopped", seeds.len(), worst);
+    eprintln!(
+        "property 1: {} seeds, worst agreement {:?} after faults stopped",
+        seeds.len(),
+        worst
+    );
 }
 
 /// Property 1, the failover case: the leader crashes (each kind of signal) on a calm network;
@@ -167,19 +208,42 @@ fn leader_crash_failover_within_bound() {
         let all = sim.slots();
         let leader = sim.expected_leader(&all);
         if !sim.agree_on(&all, leader) {
-            fail("leader_crash_failover_within_bound", seed, peers, "no initial agreement");
+            fail(
+                "leader_crash_failover_within_bound",
+                seed,
+                peers,
+                "no initial agreement",
+            );
         }
-        let victim = all.iter().copied().find(|s| sim.id(*s) == leader).expect("leader runs");
+        let victim = all
+            .iter()
+            .copied()
+            .find(|s| sim.id(*s) == leader)
+            .expect("leader runs");
         let kind = (seed % 3) as usize;
         let signal = [CrashSignal::Eof, CrashSignal::Hint, CrashSignal::Silent][kind];
         let crashed_at = sim.now();
         sim.crash(victim, signal);
         let rest = sim.slots();
-        let agreed = sim.run_until_true(Duration::from_secs(5), |s| s.agree_on(&rest, s.expected_leader(&rest)));
-        let Some(at) = agreed else { fail("leader_crash_failover_within_bound", seed, peers, "no agreement") };
+        let agreed = sim.run_until_true(Duration::from_secs(5), |s| {
+            s.agree_on(&rest, s.expected_leader(&rest))
+        });
+        let Some(at) = agreed else {
+            fail(
+                "leader_crash_failover_within_bound",
+                seed,
+                peers,
+                "no agreement",
+            )
+        };
         let took = at.saturating_since(crashed_at);
         if took > bound(&sim.config) {
-            fail("leader_crash_failover_within_bound", seed, peers, format!("failover took {took:?}"));
+            fail(
+                "leader_crash_failover_within_bound",
+                seed,
+                peers,
+                format!("failover took {took:?}"),
+            );
         }
         worst[kind] = worst[kind].max(took);
         check_violations(&sim, "leader_crash_failover_within_bound", seed);
@@ -204,21 +268,43 @@ fn graceful_leave_hands_over_at_once() {
         sim.run_for(Duration::from_secs(2));
         let all = sim.slots();
         let leader = sim.expected_leader(&all);
-        let victim = all.iter().copied().find(|s| sim.id(*s) == leader).expect("leader runs");
+        let victim = all
+            .iter()
+            .copied()
+            .find(|s| sim.id(*s) == leader)
+            .expect("leader runs");
         let left_at = sim.now();
         sim.shutdown(victim);
         let rest = sim.slots();
-        let agreed = sim.run_until_true(Duration::from_secs(5), |s| s.agree_on(&rest, s.expected_leader(&rest)));
-        let Some(at) = agreed else { fail("graceful_leave_hands_over_at_once", seed, peers, "no agreement") };
+        let agreed = sim.run_until_true(Duration::from_secs(5), |s| {
+            s.agree_on(&rest, s.expected_leader(&rest))
+        });
+        let Some(at) = agreed else {
+            fail(
+                "graceful_leave_hands_over_at_once",
+                seed,
+                peers,
+                "no agreement",
+            )
+        };
         let took = at.saturating_since(left_at);
         // A leave message and one round of claims: three network delays.
         if took > 3 * sim.config.max_delay {
-            fail("graceful_leave_hands_over_at_once", seed, peers, format!("handover took {took:?}"));
+            fail(
+                "graceful_leave_hands_over_at_once",
+                seed,
+                peers,
+                format!("handover took {took:?}"),
+            );
         }
         worst = worst.max(took);
         check_violations(&sim, "graceful_leave_hands_over_at_once", seed);
     }
-    eprintln!("graceful leave: {} seeds, worst handover {:?}", seeds.len(), worst);
+    eprintln!(
+        "graceful leave: {} seeds, worst handover {:?}",
+        seeds.len(),
+        worst
+    );
 }
 
 /// Property 2: a joining peer never takes leadership from a live, eligible, lower-id peer — not
@@ -242,15 +328,25 @@ fn joiners_never_take_leadership() {
         }
         sim.run_for(Duration::from_secs(2));
         for o in &sim.log {
-            if let statemesh_core::Event::Leadership(l) = &o.event {
-                if l.leader.is_some_and(|x| joiners.contains(&x)) {
-                    fail("joiners_never_take_leadership", seed, peers, format!("{:?} saw joiner {:?} lead over {leader:?}", o.by, l.leader));
-                }
+            if let statemesh_core::Event::Leadership(l) = &o.event
+                && l.leader.is_some_and(|x| joiners.contains(&x))
+            {
+                fail(
+                    "joiners_never_take_leadership",
+                    seed,
+                    peers,
+                    format!("{:?} saw joiner {:?} lead over {leader:?}", o.by, l.leader),
+                );
             }
         }
         let all = sim.slots();
         if !sim.agree_on(&all, Some(leader)) {
-            fail("joiners_never_take_leadership", seed, peers, "leadership moved");
+            fail(
+                "joiners_never_take_leadership",
+                seed,
+                peers,
+                "leadership moved",
+            );
         }
         check_violations(&sim, "joiners_never_take_leadership", seed);
     }
@@ -275,21 +371,44 @@ fn partitions_elect_per_side_and_heal_to_one() {
             s.agree_on(&a, s.expected_leader(&a)) && s.agree_on(&b, s.expected_leader(&b))
         });
         if split.is_none() {
-            fail("partitions_elect_per_side_and_heal_to_one", seed, peers, "sides did not each elect a leader");
+            fail(
+                "partitions_elect_per_side_and_heal_to_one",
+                seed,
+                peers,
+                "sides did not each elect a leader",
+            );
         }
         sim.run_for(Duration::from_secs(1));
         let healed_at = sim.now();
         sim.heal();
-        let healed = sim.run_until_true(Duration::from_secs(5), |s| s.agree_on(&all, s.expected_leader(&all)));
-        let Some(at) = healed else { fail("partitions_elect_per_side_and_heal_to_one", seed, peers, "no agreement after heal") };
+        let healed = sim.run_until_true(Duration::from_secs(5), |s| {
+            s.agree_on(&all, s.expected_leader(&all))
+        });
+        let Some(at) = healed else {
+            fail(
+                "partitions_elect_per_side_and_heal_to_one",
+                seed,
+                peers,
+                "no agreement after heal",
+            )
+        };
         let took = at.saturating_since(healed_at);
         if took > limit {
-            fail("partitions_elect_per_side_and_heal_to_one", seed, peers, format!("heal took {took:?}"));
+            fail(
+                "partitions_elect_per_side_and_heal_to_one",
+                seed,
+                peers,
+                format!("heal took {took:?}"),
+            );
         }
         worst_heal = worst_heal.max(took);
         check_violations(&sim, "partitions_elect_per_side_and_heal_to_one", seed);
     }
-    eprintln!("partitions: {} seeds, worst convergence after heal {:?}", seeds.len(), worst_heal);
+    eprintln!(
+        "partitions: {} seeds, worst convergence after heal {:?}",
+        seeds.len(),
+        worst_heal
+    );
 }
 
 /// Property 5: after quiescence all live documents are equal, and no write acknowledged to a
@@ -307,8 +426,10 @@ fn documents_converge_and_keep_acknowledged_writes() {
         for s in sim.slots() {
             let node = sim.node_mut(s).expect("runs");
             let me = node.me().peer;
-            node.put("fresh", &me.to_string(), &1i64, Scope::Durable).expect("write");
-            node.put("same", "key", &me.to_string(), Scope::Durable).expect("write");
+            node.put("fresh", &me.to_string(), &1i64, Scope::Durable)
+                .expect("write");
+            node.put("same", "key", &me.to_string(), Scope::Durable)
+                .expect("write");
             node.add("shared", 1, Scope::Durable).expect("write");
             first.push(me);
         }
@@ -318,19 +439,36 @@ fn documents_converge_and_keep_acknowledged_writes() {
         let writes = chaos(&mut sim, 6);
         stop_faults(&mut sim);
         let converged = sim.run_until_true(Duration::from_secs(15), |s| {
-            let heads: Vec<_> = s.slots().iter().filter_map(|x| s.node(*x)).map(|n| {
-                let mut h = n.heads();
-                h.sort();
-                h
-            }).collect();
+            let heads: Vec<_> = s
+                .slots()
+                .iter()
+                .filter_map(|x| s.node(*x))
+                .map(|n| {
+                    let mut h = n.heads();
+                    h.sort();
+                    h
+                })
+                .collect();
             heads.windows(2).all(|w| w[0] == w[1])
         });
         if converged.is_none() {
             for x in sim.slots() {
                 let n = sim.node(x).expect("runs");
-                eprintln!("{:?}: heads {:?} linked {:?} live {:?} stats {:?}", n.me(), n.heads(), n.linked_peers(), n.live_peers(), n.stats());
+                eprintln!(
+                    "{:?}: heads {:?} linked {:?} live {:?} stats {:?}",
+                    n.me(),
+                    n.heads(),
+                    n.linked_peers(),
+                    n.live_peers(),
+                    n.stats()
+                );
             }
-            fail("documents_converge_and_keep_acknowledged_writes", seed, peers, "documents did not converge");
+            fail(
+                "documents_converge_and_keep_acknowledged_writes",
+                seed,
+                peers,
+                "documents did not converge",
+            );
         }
         let slots = sim.slots();
         let alive: Vec<PeerId> = slots.iter().filter_map(|s| sim.id(*s)).collect();
@@ -338,29 +476,63 @@ fn documents_converge_and_keep_acknowledged_writes() {
         for n in &nodes {
             for (writer, key) in &writes {
                 if alive.contains(writer) && n.get::<i64>("writes", key).ok().flatten().is_none() {
-                    fail("documents_converge_and_keep_acknowledged_writes", seed, peers, format!("write {key} of live {writer:?} lost"));
+                    fail(
+                        "documents_converge_and_keep_acknowledged_writes",
+                        seed,
+                        peers,
+                        format!("write {key} of live {writer:?} lost"),
+                    );
                 }
             }
             for w in &first {
-                if alive.contains(w) && n.get::<i64>("fresh", &w.to_string()).ok().flatten() != Some(1) {
-                    fail("documents_converge_and_keep_acknowledged_writes", seed, peers, "a concurrently created key was lost");
+                if alive.contains(w)
+                    && n.get::<i64>("fresh", &w.to_string()).ok().flatten() != Some(1)
+                {
+                    fail(
+                        "documents_converge_and_keep_acknowledged_writes",
+                        seed,
+                        peers,
+                        "a concurrently created key was lost",
+                    );
                 }
             }
             let shared = n.counter("shared");
             let live_first = first.iter().filter(|w| alive.contains(w)).count() as i64;
             if shared < live_first || shared > first.len() as i64 {
-                fail("documents_converge_and_keep_acknowledged_writes", seed, peers, format!("shared counter {shared}, {live_first} live writers"));
+                fail(
+                    "documents_converge_and_keep_acknowledged_writes",
+                    seed,
+                    peers,
+                    format!("shared counter {shared}, {live_first} live writers"),
+                );
             }
         }
-        let same: Vec<Option<String>> = nodes.iter().map(|n| n.get::<String>("same", "key").ok().flatten()).collect();
+        let same: Vec<Option<String>> = nodes
+            .iter()
+            .map(|n| n.get::<String>("same", "key").ok().flatten())
+            .collect();
         if same.windows(2).any(|w| w[0] != w[1]) || same.first().is_some_and(|v| v.is_none()) {
-            fail("documents_converge_and_keep_acknowledged_writes", seed, peers, format!("register diverged: {same:?}"));
+            fail(
+                "documents_converge_and_keep_acknowledged_writes",
+                seed,
+                peers,
+                format!("register diverged: {same:?}"),
+            );
         }
         let totals: Vec<i64> = nodes.iter().map(|n| n.counter("total")).collect();
         if totals.windows(2).any(|w| w[0] != w[1]) {
-            fail("documents_converge_and_keep_acknowledged_writes", seed, peers, format!("counters diverged: {totals:?}"));
+            fail(
+                "documents_converge_and_keep_acknowledged_writes",
+                seed,
+                peers,
+                format!("counters diverged: {totals:?}"),
+            );
         }
-        check_violations(&sim, "documents_converge_and_keep_acknowledged_writes", seed);
+        check_violations(
+            &sim,
+            "documents_converge_and_keep_acknowledged_writes",
+            seed,
+        );
     }
 }
 
@@ -376,7 +548,13 @@ fn presence_entries_vanish_with_their_writer() {
             let node = sim.node_mut(*s).expect("runs");
             node.add("running", 2, Scope::Presence).expect("write");
             node.add("desired", 1, Scope::Durable).expect("write");
-            node.put("windows", &node.me().peer.to_string(), &true, Scope::Presence).expect("write");
+            node.put(
+                "windows",
+                &node.me().peer.to_string(),
+                &true,
+                Scope::Presence,
+            )
+            .expect("write");
             sim.flush(*s);
         }
         sim.run_for(Duration::from_millis(200));
@@ -390,9 +568,16 @@ fn presence_entries_vanish_with_their_writer() {
         sim.run_for(Duration::from_millis(100));
         for s in sim.slots() {
             let n = sim.node(s).expect("runs");
-            assert_eq!(n.counter("running"), 4, "seed {seed}: running of the dead window must vanish");
+            assert_eq!(
+                n.counter("running"),
+                4,
+                "seed {seed}: running of the dead window must vanish"
+            );
             assert_eq!(n.counter("desired"), 3, "seed {seed}: durable counts stay");
-            assert!(!n.keys("windows").contains(&victim_id.to_string()), "seed {seed}");
+            assert!(
+                !n.keys("windows").contains(&victim_id.to_string()),
+                "seed {seed}"
+            );
         }
         check_violations(&sim, "presence_entries_vanish_with_their_writer", seed);
     }
@@ -407,10 +592,17 @@ fn frozen_leader_is_fenced_on_waking() {
         sim.run_for(Duration::from_secs(2));
         let all = sim.slots();
         let leader = sim.expected_leader(&all).expect("leader");
-        let ls = all.iter().copied().find(|s| sim.id(*s) == Some(leader)).expect("runs");
+        let ls = all
+            .iter()
+            .copied()
+            .find(|s| sim.id(*s) == Some(leader))
+            .expect("runs");
         let term = sim.node(ls).and_then(|n| n.my_term()).expect("leads");
         let now = sim.now();
-        sim.node_mut(ls).expect("runs").leader_put(now, term, "probes", "api", Some(&"up".to_string())).expect("leader write");
+        sim.node_mut(ls)
+            .expect("runs")
+            .leader_put(now, term, "probes", "api", Some(&"up".to_string()))
+            .expect("leader write");
         sim.flush(ls);
         sim.freeze(ls, Duration::from_secs(3));
         sim.run_for(Duration::from_secs(2));
@@ -418,16 +610,29 @@ fn frozen_leader_is_fenced_on_waking() {
         let rest: Vec<Slot> = all.iter().copied().filter(|s| *s != ls).collect();
         let next = sim.expected_leader(&rest);
         assert!(sim.agree_on(&rest, next), "seed {seed}");
-        let ns = rest.iter().copied().find(|s| sim.id(*s) == next).expect("runs");
+        let ns = rest
+            .iter()
+            .copied()
+            .find(|s| sim.id(*s) == next)
+            .expect("runs");
         let new_term = sim.node(ns).and_then(|n| n.my_term()).expect("leads");
         assert!(new_term > term, "seed {seed}");
         let now = sim.now();
-        sim.node_mut(ns).expect("runs").leader_put(now, new_term, "probes", "api", Some(&"down".to_string())).expect("write");
+        sim.node_mut(ns)
+            .expect("runs")
+            .leader_put(now, new_term, "probes", "api", Some(&"down".to_string()))
+            .expect("write");
         sim.flush(ns);
         sim.run_for(Duration::from_millis(1500));
         // The old leader wakes: a write under its old term is refused.
         let now = sim.now();
-        let stale = sim.node_mut(ls).expect("runs").leader_put(now, term, "probes", "api", Some(&"up".to_string()));
+        let stale = sim.node_mut(ls).expect("runs").leader_put(
+            now,
+            term,
+            "probes",
+            "api",
+            Some(&"up".to_string()),
+        );
         assert!(stale.is_err(), "seed {seed}: stale-term write accepted");
         sim.flush(ls);
         // Nobody ever sees the deposed leader's value again: the successor's stands until the
@@ -435,7 +640,11 @@ fn frozen_leader_is_fenced_on_waking() {
         for _ in 0..40 {
             sim.run_for(Duration::from_millis(50));
             for s in sim.slots() {
-                let got = sim.node(s).expect("runs").leader_get::<String>("probes", "api").expect("read");
+                let got = sim
+                    .node(s)
+                    .expect("runs")
+                    .leader_get::<String>("probes", "api")
+                    .expect("read");
                 if let Some((value, t)) = got {
                     assert!(t >= new_term, "seed {seed}: stale term {t} visible");
                     assert_eq!(value, "down", "seed {seed}");
@@ -453,7 +662,10 @@ fn frozen_leader_is_fenced_on_waking() {
 #[test]
 fn history_stays_bounded_over_a_day() {
     const BOUND: usize = 256 * 1024;
-    let hours: u64 = std::env::var("SIM_HOURS").ok().and_then(|s| s.parse().ok()).unwrap_or(24);
+    let hours: u64 = std::env::var("SIM_HOURS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24);
     for seed in seeds().into_iter().take(2) {
         let mut config = SimConfig::new(seed, 2);
         config.node = Config::default();
@@ -461,8 +673,12 @@ fn history_stays_bounded_over_a_day() {
         sim.run_for(Duration::from_secs(2));
         let all = sim.slots();
         let leader = sim.expected_leader(&all).expect("leader");
-        let ls = all.iter().copied().find(|s| sim.id(*s) == Some(leader)).expect("runs");
-        let mut status = vec![true; 100];
+        let ls = all
+            .iter()
+            .copied()
+            .find(|s| sim.id(*s) == Some(leader))
+            .expect("runs");
+        let mut status = [true; 100];
         for second in 0..hours * 3600 {
             let now = sim.now();
             let term = sim.node(ls).and_then(|n| n.my_term()).expect("still leads");
@@ -471,18 +687,30 @@ fn history_stays_bounded_over_a_day() {
                 if sim.random(7200) == 0 {
                     *up = !*up;
                     let node = sim.node_mut(ls).expect("runs");
-                    node.put("status", &format!("ep{i}"), &(*up), Scope::Durable).expect("durable write");
+                    node.put("status", &format!("ep{i}"), &(*up), Scope::Durable)
+                        .expect("durable write");
                 }
                 let latency = (second % 97 + i as u64) as i64;
                 let node = sim.node_mut(ls).expect("runs");
-                node.leader_put(now, term, "probes", &format!("ep{i}"), Some(&latency)).expect("leader write");
+                node.leader_put(now, term, "probes", &format!("ep{i}"), Some(&latency))
+                    .expect("leader write");
             }
             sim.flush(ls);
             sim.run_for(Duration::from_secs(1));
         }
-        let sizes: Vec<usize> = sim.slots().iter().filter_map(|s| sim.node(*s)).map(|n| n.replica().save().len()).collect();
-        eprintln!("history: seed {seed}, {hours} h, document sizes {sizes:?} bytes (bound {BOUND})");
-        assert!(sizes.iter().all(|s| *s < BOUND), "seed {seed}: document grew to {sizes:?}");
+        let sizes: Vec<usize> = sim
+            .slots()
+            .iter()
+            .filter_map(|s| sim.node(*s))
+            .map(|n| n.replica().save().len())
+            .collect();
+        eprintln!(
+            "history: seed {seed}, {hours} h, document sizes {sizes:?} bytes (bound {BOUND})"
+        );
+        assert!(
+            sizes.iter().all(|s| *s < BOUND),
+            "seed {seed}: document grew to {sizes:?}"
+        );
         check_violations(&sim, "history_stays_bounded_over_a_day", seed);
     }
 }
