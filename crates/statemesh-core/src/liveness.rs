@@ -499,13 +499,15 @@ impl Election {
         out
     }
 
-    /// Recomputes the leader from the liveness table. `me_candidate` says whether this peer may
-    /// count itself (it is eligible and past its join grace).
-    pub fn update(&mut self, liveness: &Liveness, me_candidate: bool) -> ElectionOutcome {
+    /// Recomputes the leader from the liveness table. `me_ready` says whether this peer, if
+    /// eligible, may claim leadership now (it is past its join grace). While it is not, and it
+    /// would be the leader, there is no leader yet rather than a higher one that would have to
+    /// step down a moment later.
+    pub fn update(&mut self, liveness: &Liveness, me_ready: bool) -> ElectionOutcome {
         let me = liveness.me().peer;
         let mut leader = liveness.live_eligible().next();
-        if me_candidate && leader.is_none_or(|l| me < l) {
-            leader = Some(me);
+        if liveness.my_eligible() && leader.is_none_or(|l| me < l) {
+            leader = me_ready.then_some(me);
         }
         let mut outcome = ElectionOutcome {
             changed: None,
@@ -721,6 +723,13 @@ mod tests {
         let mut l = Liveness::new(p[1], &Config::default());
         let mut ch = Vec::new();
         l.observe_beat(p[0], Beat::default(), false, t(0), &mut ch);
+        let mut joining = Election::default();
+        joining.update(&l, false);
+        assert_eq!(
+            joining.current().leader,
+            None,
+            "the would-be leader is still joining"
+        );
         l.observe_beat(p[2], Beat::default(), true, t(0), &mut ch);
         let mut e = Election::default();
         e.observe_claim(p[2], 7);
@@ -739,15 +748,30 @@ mod tests {
         let out = e.update(&l, true);
         assert!(out.lost);
         assert_eq!(out.new_term, Some(10));
-        // Not a candidate (joining): the lowest other eligible peer leads; its term is pending
-        // until its claim is the newest.
-        let out = e.update(&l, false);
-        assert!(out.lost);
+        // Once p1 is gone, p2 is the only candidate; as an ineligible observer sees it, p2's
+        // term is pending until its claim is the newest.
+        let mut observer = Config::default();
+        observer.eligible = false;
+        let mut view = Liveness::new(p[0], &observer);
+        view.observe_beat(p[2], Beat::default(), true, t(0), &mut ch);
+        let mut other = Election::default();
+        other.observe_claim(p[2], 9);
+        other.observe_claim(p[1], 10);
+        other.update(&view, false);
         assert_eq!(
-            e.current(),
+            other.current(),
             Leadership {
                 leader: Some(p[2]),
                 term: None
+            }
+        );
+        other.observe_claim(p[2], 11);
+        other.update(&view, false);
+        assert_eq!(
+            other.current(),
+            Leadership {
+                leader: Some(p[2]),
+                term: Some(11)
             }
         );
     }

@@ -165,7 +165,7 @@ pub struct Explanation {
     pub leadership: Leadership,
     /// The greatest term seen.
     pub max_term: u64,
-    /// Whether this peer counts itself as a candidate (eligible and past its join grace).
+    /// Whether this peer may claim leadership now (eligible and past its join grace).
     pub me_candidate: bool,
     /// Every known peer, this one first.
     pub peers: Vec<PeerStatus>,
@@ -710,10 +710,7 @@ impl Node {
                 "a malformed value".into(),
             ))
         })?;
-        Ok(Some((
-            self.scratch.borrow_mut().hydrate(&value)?,
-            r.term,
-        )))
+        Ok(Some((self.scratch.borrow_mut().hydrate(&value)?, r.term)))
     }
 
     /// The visible keys of leader channel `channel`.
