@@ -18,12 +18,36 @@ use crate::codec::LeaderRecord;
 /// The store of leader records of one peer.
 #[derive(Clone, Debug, Default)]
 pub struct LeaderStore {
-    records: BTreeMap<(String, String), LeaderRecord>,
+    records: BTreeMap<String, BTreeMap<String, LeaderRecord>>,
+    len: usize,
     my_seq: u64,
+    /// XOR of every stored record's hash: order-independent, updated in O(1) per merge.
+    digest: [u8; 8],
 }
 
 fn order(r: &LeaderRecord) -> (u64, PeerId, u64) {
     (r.term, r.writer, r.seq)
+}
+
+fn record_hash(r: &LeaderRecord) -> [u8; 8] {
+    let mut h = Sha256::new();
+    h.update(r.channel.as_bytes());
+    h.update([0]);
+    h.update(r.key.as_bytes());
+    h.update([0]);
+    h.update(r.writer.to_bytes());
+    h.update(r.term.to_be_bytes());
+    h.update(r.seq.to_be_bytes());
+    let d = h.finalize();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d[..8]);
+    out
+}
+
+fn xor(acc: &mut [u8; 8], h: [u8; 8]) {
+    for (a, b) in acc.iter_mut().zip(h) {
+        *a ^= b;
+    }
 }
 
 impl LeaderStore {
@@ -35,19 +59,27 @@ impl LeaderStore {
 
     /// Merges a record; returns true if it replaced what was stored.
     pub fn merge(&mut self, record: LeaderRecord) -> bool {
-        let key = (record.channel.clone(), record.key.clone());
-        match self.records.get(&key) {
-            Some(old) if order(old) >= order(&record) => false,
-            _ => {
-                self.records.insert(key, record);
-                true
-            }
+        let channel = match self.records.get_mut(&record.channel) {
+            Some(c) => c,
+            None => self.records.entry(record.channel.clone()).or_default(),
+        };
+        if channel
+            .get(&record.key)
+            .is_some_and(|old| order(old) >= order(&record))
+        {
+            return false;
         }
+        xor(&mut self.digest, record_hash(&record));
+        match channel.insert(record.key.clone(), record) {
+            Some(old) => xor(&mut self.digest, record_hash(&old)),
+            None => self.len += 1,
+        }
+        true
     }
 
     /// The stored record of (channel, key), visible or not.
     pub fn get(&self, channel: &str, key: &str) -> Option<&LeaderRecord> {
-        self.records.get(&(channel.to_owned(), key.to_owned()))
+        self.records.get(channel)?.get(key)
     }
 
     /// The current value of (channel, key) if present, not deleted, written under `term` or a
@@ -66,60 +98,132 @@ impl LeaderStore {
     /// Visible keys of `channel`, in order.
     pub fn keys(&self, channel: &str, term: u64, is_live: impl Fn(&PeerId) -> bool) -> Vec<String> {
         self.records
-            .range((channel.to_owned(), String::new())..)
-            .take_while(|((c, _), _)| c == channel)
+            .get(channel)
+            .into_iter()
+            .flat_map(|c| c.iter())
             .filter(|(_, r)| r.value.is_some() && r.term >= term && is_live(&r.writer))
-            .map(|((_, k), _)| k.clone())
+            .map(|(k, _)| k.clone())
             .collect()
     }
 
     /// Channels with at least one record, in order.
     pub fn channels(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.records.keys().map(|(c, _)| c.clone()).collect();
-        out.dedup();
-        out
+        self.records.keys().cloned().collect()
     }
 
     /// Every record, for a full push to a peer.
     pub fn all(&self) -> Vec<LeaderRecord> {
-        self.records.values().cloned().collect()
+        self.records
+            .values()
+            .flat_map(|c| c.values().cloned())
+            .collect()
     }
 
     /// Records written by `writer`.
     pub fn written_by(&self, writer: PeerId) -> impl Iterator<Item = &LeaderRecord> {
-        self.records.values().filter(move |r| r.writer == writer)
+        self.records
+            .values()
+            .flat_map(|c| c.values())
+            .filter(move |r| r.writer == writer)
     }
 
     /// Drops records of writers that are dead (they can never be visible again).
     pub fn prune(&mut self, is_dead: impl Fn(&PeerId) -> bool) {
-        self.records.retain(|_, r| !is_dead(&r.writer));
+        for channel in self.records.values_mut() {
+            channel.retain(|_, r| !is_dead(&r.writer));
+        }
+        self.records.retain(|_, c| !c.is_empty());
+        self.digest = [0; 8];
+        self.len = 0;
+        for r in self.records.values().flat_map(|c| c.values()) {
+            xor(&mut self.digest, record_hash(r));
+            self.len += 1;
+        }
     }
 
-    /// A digest of the store: equal digests mean equal stores.
+    /// A digest of the store: equal digests mean (with overwhelming probability) equal stores.
     pub fn digest(&self) -> [u8; 8] {
-        let mut h = Sha256::new();
-        for ((c, k), r) in &self.records {
-            h.update(c.as_bytes());
-            h.update([0]);
-            h.update(k.as_bytes());
-            h.update([0]);
-            h.update(r.writer.to_bytes());
-            h.update(r.term.to_be_bytes());
-            h.update(r.seq.to_be_bytes());
-        }
-        let d = h.finalize();
-        let mut out = [0u8; 8];
-        out.copy_from_slice(&d[..8]);
-        out
+        self.digest
     }
 
     /// Number of records.
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.len
     }
 
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn peer(n: u8) -> PeerId {
+        let mut bytes = [n; 16];
+        bytes[6] = 0x70;
+        bytes[8] = 0x80;
+        PeerId::from_uuid(Uuid::from_bytes(bytes)).expect("valid v7")
+    }
+
+    fn record(k: u8, w: u8, term: u64, seq: u64) -> LeaderRecord {
+        LeaderRecord {
+            channel: "probes".into(),
+            key: format!("k{k}"),
+            writer: peer(w),
+            term,
+            seq,
+            value: Some(crate::Value::Uint(seq).to_tokens()),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn merge_order_never_matters(mut recs in proptest::collection::vec((0u8..4, 0u8..3, 0u64..4, 0u64..6), 0..20)) {
+            let mut a = LeaderStore::default();
+            for (k, w, t, s) in &recs {
+                a.merge(record(*k, *w, *t, *s));
+            }
+            recs.reverse();
+            let mut b = LeaderStore::default();
+            for (k, w, t, s) in &recs {
+                b.merge(record(*k, *w, *t, *s));
+                // Duplicates change nothing.
+                prop_assert!(!b.merge(record(*k, *w, *t, *s)));
+            }
+            prop_assert_eq!(a.all(), b.all());
+            prop_assert_eq!(a.digest(), b.digest());
+            prop_assert_eq!(a.len(), b.len());
+        }
+    }
+
+    #[test]
+    fn newer_terms_win_and_dead_writers_are_pruned() {
+        let mut s = LeaderStore::default();
+        assert!(s.merge(record(1, 2, 5, 100)));
+        assert!(
+            !s.merge(record(1, 1, 4, 900)),
+            "an older term never overwrites"
+        );
+        assert!(s.merge(record(1, 1, 6, 1)));
+        assert_eq!(s.get("probes", "k1").map(|r| r.writer), Some(peer(1)));
+        assert!(
+            s.visible("probes", "k1", 7, |_| true).is_none(),
+            "stale term hidden"
+        );
+        assert!(
+            s.visible("probes", "k1", 6, |p| *p != peer(1)).is_none(),
+            "dead writer hidden"
+        );
+        let before = s.digest();
+        s.prune(|p| *p == peer(1));
+        assert!(s.is_empty());
+        assert_ne!(s.digest(), before);
+        assert_eq!(s.digest(), LeaderStore::default().digest());
     }
 }
