@@ -7,6 +7,29 @@
 //! and fuzzable. The one exception is inside the Automerge library, which draws a placeholder
 //! actor id from the OS whenever it constructs a document; statemesh replaces it with one drawn
 //! from the injected RNG before any change is made, so no outcome depends on it.
+//!
+//! ```
+//! use rand_chacha::ChaCha8Rng;
+//! use rand_chacha::rand_core::SeedableRng;
+//! use statemesh_core::{Config, Event, MeshTag, Node, PeerId, Scope, Time};
+//!
+//! let mut rng = ChaCha8Rng::seed_from_u64(1);
+//! let mesh = MeshTag::derive(b"the mesh secret", "my-workspace");
+//! let me = PeerId::generate(1_700_000_000_000, &mut rng);
+//! let mut node = Node::new(Config::default(), mesh, me, &mut rng, Time::ZERO);
+//!
+//! // Any window writes at any time: counters add up across windows, no lock.
+//! node.add("workspaces/ws-1/desired", 1, Scope::Durable)?;
+//! // A presence-scoped record vanishes from every view when this window dies.
+//! node.put("windows", &me.to_string(), &true, Scope::Presence)?;
+//! assert_eq!(node.counter("workspaces/ws-1/desired"), 1);
+//!
+//! // Alone, once discovery has settled, this window leads under term 1.
+//! node.handle_settled(Time::ZERO);
+//! assert_eq!(node.my_term(), Some(1));
+//! assert!(std::iter::from_fn(|| node.poll_event()).any(|e| e == Event::Elected { term: 1 }));
+//! # Ok::<(), statemesh_core::WriteError>(())
+//! ```
 
 pub mod codec;
 pub mod config;
