@@ -750,7 +750,10 @@ mod tests {
         assert_eq!(out.new_term, Some(10));
         // Once p1 is gone, p2 is the only candidate; as an ineligible observer sees it, p2's
         // term is pending until its claim is the newest.
-        let observer = Config { eligible: false, ..Config::default() };
+        let observer = Config {
+            eligible: false,
+            ..Config::default()
+        };
         let mut view = Liveness::new(p[0], &observer);
         view.observe_beat(p[2], Beat::default(), true, t(0), &mut ch);
         let mut other = Election::default();
