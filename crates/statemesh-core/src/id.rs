@@ -6,7 +6,7 @@ use hmac::{Hmac, Mac};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use uuid::Uuid;
+pub use uuid::Uuid;
 
 /// The identity of one process taking part in a mesh: a UUID v7, fresh at every process start.
 ///

@@ -1,0 +1,6 @@
+//! statemesh's links: QUIC between every pair of peers, local-socket and mDNS discovery, and
+//! peer authentication with the mesh secret.
+
+pub mod auth;
+pub mod quic;
+pub mod secret;

@@ -1,0 +1,422 @@
+//! QUIC links between peers: quinn endpoints with a fresh self-signed certificate per process
+//! (rcgen), ALPN `statemesh/1`, and a secret-based authentication on top of TLS.
+//!
+//! TLS here provides encryption and a channel binding (exported keying material), not identity:
+//! certificates are self-signed and accepted as such. Identity comes from the mesh secret: after
+//! the handshake both sides prove knowledge of it with a MAC bound to that TLS session (see
+//! [`crate::auth`]). A peer that fails is disconnected before it reads or writes any state, and
+//! the failure goes to the `statemesh::audit` tracing target with the remote address.
+//!
+//! # Timers
+//!
+//! quinn's defaults (30 s idle timeout, no keep-alive) are far too slow for failure detection.
+//! statemesh sends QUIC keep-alives every 300 ms and closes a connection idle for 2 s. The mesh's
+//! own heartbeats (every 200 ms) and suspect timeout (1 s) judge liveness; the QUIC idle timeout
+//! only cleans up a dead connection, which then becomes a "closed link" hint to the core.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use statemesh_core::PeerId;
+
+use crate::auth::{self, Binding, PROOF_LEN, Role};
+use crate::secret::Secret;
+
+/// The ALPN protocol of statemesh links.
+pub const ALPN: &[u8] = b"statemesh/1";
+
+/// QUIC keep-alive interval.
+pub const KEEP_ALIVE: Duration = Duration::from_millis(300);
+
+/// QUIC idle timeout.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the authentication exchange may take.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The tracing target of security events.
+pub const AUDIT_TARGET: &str = "statemesh::audit";
+
+const PREAMBLE: &[u8; 8] = b"SMESH\x01\x00\x00";
+
+/// Application close code: authentication failed.
+pub const CLOSE_AUTH_FAILED: u32 = 0x5501;
+/// Application close code: a duplicate link to the same peer.
+pub const CLOSE_DUPLICATE: u32 = 0x5502;
+/// Application close code: protocol error (bad frame).
+pub const CLOSE_PROTOCOL: u32 = 0x5503;
+/// Application close code: the peer is leaving.
+pub const CLOSE_LEAVING: u32 = 0x5504;
+
+/// A link that could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// Building the TLS configuration failed.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// Binding the UDP socket failed.
+    #[error("could not bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Dialling failed.
+    #[error("connect to {addr}: {reason}")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The connection failed or closed during setup.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Reading the authentication exchange failed.
+    #[error("authentication exchange: {0}")]
+    Exchange(String),
+    /// The peer did not prove knowledge of the mesh secret.
+    #[error("peer at {addr} failed authentication")]
+    AuthFailed {
+        /// The peer's address.
+        addr: SocketAddr,
+    },
+    /// The exchange took longer than [`AUTH_TIMEOUT`].
+    #[error("authentication timed out")]
+    Timeout,
+    /// The peer claimed an invalid id or spoke another protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// The endpoint is closed.
+    #[error("endpoint closed")]
+    Closed,
+}
+
+/// An authenticated QUIC link to one peer: a connection and its one bidirectional stream.
+#[derive(Debug)]
+pub struct Link {
+    /// The peer's id, proven with the mesh secret.
+    pub peer: PeerId,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// Whether this side dialled.
+    pub role: Role,
+    /// The connection.
+    pub connection: quinn::Connection,
+    /// Frames to the peer.
+    pub send: quinn::SendStream,
+    /// Frames from the peer.
+    pub recv: quinn::RecvStream,
+}
+
+/// A QUIC endpoint of one peer: it both accepts and dials.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    endpoint: quinn::Endpoint,
+    me: PeerId,
+    secret: Arc<Secret>,
+    mesh: Arc<str>,
+    client: quinn::ClientConfig,
+}
+
+impl Endpoint {
+    /// Binds a UDP socket at `addr` (port 0 for an ephemeral port) for peer `me` of mesh
+    /// `mesh`.
+    pub fn bind(
+        addr: SocketAddr,
+        me: PeerId,
+        secret: Secret,
+        mesh: &str,
+    ) -> Result<Self, LinkError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cert = rcgen::generate_simple_self_signed(vec!["statemesh".to_owned()])
+            .map_err(|e| LinkError::Tls(e.to_string()))?;
+        let cert_der = CertificateDer::from(cert.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+
+        let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| LinkError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert_der], key)
+            .map_err(|e| LinkError::Tls(e.to_string()))?;
+        server_tls.alpn_protocols = vec![ALPN.to_vec()];
+        let server_crypto =
+            QuicServerConfig::try_from(server_tls).map_err(|e| LinkError::Tls(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(transport());
+
+        let mut client_tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| LinkError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SelfSigned(provider)))
+            .with_no_client_auth();
+        client_tls.alpn_protocols = vec![ALPN.to_vec()];
+        let client_crypto =
+            QuicClientConfig::try_from(client_tls).map_err(|e| LinkError::Tls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client.transport_config(transport());
+
+        let endpoint = quinn::Endpoint::server(server, addr)
+            .map_err(|source| LinkError::Bind { addr, source })?;
+        Ok(Self {
+            endpoint,
+            me,
+            secret: Arc::new(secret),
+            mesh: mesh.into(),
+            client,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// This peer's id.
+    pub fn me(&self) -> PeerId {
+        self.me
+    }
+
+    /// Dials `addr` and authenticates.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Link, LinkError> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.client.clone(), addr, "statemesh")
+            .map_err(|e| LinkError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+        let connection = tokio::time::timeout(AUTH_TIMEOUT, connecting)
+            .await
+            .map_err(|_| LinkError::Timeout)??;
+        let result = tokio::time::timeout(AUTH_TIMEOUT, self.client_exchange(&connection)).await;
+        self.finish(connection, Role::Client, result)
+    }
+
+    /// Waits for the next incoming connection and authenticates it. `None` once the endpoint is
+    /// closed.
+    pub async fn accept(&self) -> Option<Result<Link, LinkError>> {
+        let incoming = self.endpoint.accept().await?;
+        let addr = incoming.remote_address();
+        let connection = match tokio::time::timeout(AUTH_TIMEOUT, async { incoming.await }).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Some(Err(e.into())),
+            Err(_) => {
+                tracing::debug!(%addr, "incoming handshake timed out");
+                return Some(Err(LinkError::Timeout));
+            }
+        };
+        let result = tokio::time::timeout(AUTH_TIMEOUT, self.server_exchange(&connection)).await;
+        Some(self.finish(connection, Role::Server, result))
+    }
+
+    /// Closes the endpoint and every connection on it.
+    pub fn close(&self) {
+        self.endpoint
+            .close(quinn::VarInt::from_u32(CLOSE_LEAVING), b"leaving");
+    }
+
+    /// Waits until every connection is closed cleanly (bounded by the caller).
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+
+    fn finish(
+        &self,
+        connection: quinn::Connection,
+        role: Role,
+        result: Result<
+            Result<(PeerId, quinn::SendStream, quinn::RecvStream), LinkError>,
+            tokio::time::error::Elapsed,
+        >,
+    ) -> Result<Link, LinkError> {
+        let remote = connection.remote_address();
+        let outcome = result.map_err(|_| LinkError::Timeout).and_then(|r| r);
+        match outcome {
+            Ok((peer, send, recv)) => Ok(Link {
+                peer,
+                remote,
+                role,
+                connection,
+                send,
+                recv,
+            }),
+            Err(e) => {
+                if matches!(e, LinkError::AuthFailed { .. }) {
+                    tracing::warn!(target: AUDIT_TARGET, %remote, ?role, "peer refused: failed to prove the mesh secret");
+                    connection.close(
+                        quinn::VarInt::from_u32(CLOSE_AUTH_FAILED),
+                        b"authentication failed",
+                    );
+                } else {
+                    tracing::info!(target: AUDIT_TARGET, %remote, ?role, error = %e, "link setup failed");
+                    connection.close(quinn::VarInt::from_u32(CLOSE_PROTOCOL), b"setup failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn binding_material(connection: &quinn::Connection) -> Result<[u8; 32], LinkError> {
+        let mut out = [0u8; 32];
+        connection
+            .export_keying_material(&mut out, auth::EXPORTER_LABEL, b"")
+            .map_err(|_| LinkError::Tls("keying material export failed".into()))?;
+        Ok(out)
+    }
+
+    async fn client_exchange(
+        &self,
+        connection: &quinn::Connection,
+    ) -> Result<(PeerId, quinn::SendStream, quinn::RecvStream), LinkError> {
+        let remote = connection.remote_address();
+        let (mut send, mut recv) = connection.open_bi().await?;
+        let mut hello = PREAMBLE.to_vec();
+        hello.extend_from_slice(&self.me.to_bytes());
+        send.write_all(&hello)
+            .await
+            .map_err(|e| LinkError::Exchange(e.to_string()))?;
+        let server = read_peer(&mut recv).await?;
+        let exporter = Self::binding_material(connection)?;
+        let binding = Binding {
+            channel: &exporter,
+            client: self.me,
+            server,
+            mesh: &self.mesh,
+        };
+        send.write_all(&auth::prove(&self.secret, Role::Client, &binding))
+            .await
+            .map_err(|e| LinkError::Exchange(e.to_string()))?;
+        let mut proof = [0u8; PROOF_LEN];
+        recv.read_exact(&mut proof)
+            .await
+            .map_err(|_| LinkError::AuthFailed { addr: remote })?;
+        if !auth::verify(&self.secret, Role::Server, &binding, &proof) {
+            return Err(LinkError::AuthFailed { addr: remote });
+        }
+        Ok((server, send, recv))
+    }
+
+    async fn server_exchange(
+        &self,
+        connection: &quinn::Connection,
+    ) -> Result<(PeerId, quinn::SendStream, quinn::RecvStream), LinkError> {
+        let remote = connection.remote_address();
+        let (mut send, mut recv) = connection.accept_bi().await?;
+        let mut preamble = [0u8; 8];
+        recv.read_exact(&mut preamble)
+            .await
+            .map_err(|e| LinkError::Exchange(e.to_string()))?;
+        if &preamble != PREAMBLE {
+            return Err(LinkError::Protocol("not a statemesh link"));
+        }
+        let client = read_peer(&mut recv).await?;
+        send.write_all(&self.me.to_bytes())
+            .await
+            .map_err(|e| LinkError::Exchange(e.to_string()))?;
+        let exporter = Self::binding_material(connection)?;
+        let binding = Binding {
+            channel: &exporter,
+            client,
+            server: self.me,
+            mesh: &self.mesh,
+        };
+        let mut proof = [0u8; PROOF_LEN];
+        recv.read_exact(&mut proof)
+            .await
+            .map_err(|_| LinkError::AuthFailed { addr: remote })?;
+        if !auth::verify(&self.secret, Role::Client, &binding, &proof) {
+            return Err(LinkError::AuthFailed { addr: remote });
+        }
+        send.write_all(&auth::prove(&self.secret, Role::Server, &binding))
+            .await
+            .map_err(|e| LinkError::Exchange(e.to_string()))?;
+        Ok((client, send, recv))
+    }
+}
+
+async fn read_peer(recv: &mut quinn::RecvStream) -> Result<PeerId, LinkError> {
+    let mut id = [0u8; 16];
+    recv.read_exact(&mut id)
+        .await
+        .map_err(|e| LinkError::Exchange(e.to_string()))?;
+    PeerId::from_uuid(uuid_from(id)).map_err(|_| LinkError::Protocol("invalid peer id"))
+}
+
+fn uuid_from(bytes: [u8; 16]) -> statemesh_core::id::Uuid {
+    statemesh_core::id::Uuid::from_bytes(bytes)
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("2 s fits a VarInt")),
+    ));
+    // One bidirectional stream per link, opened by the dialler.
+    t.max_concurrent_bidi_streams(1u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    Arc::new(t)
+}
+
+/// Accepts any certificate: identity is proven with the mesh secret after the handshake, bound
+/// to this TLS session, so a certificate proves nothing here. Handshake signatures are still
+/// verified, so the session keys belong to whoever holds the certificate's key.
+#[derive(Debug)]
+struct SelfSigned(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for SelfSigned {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
