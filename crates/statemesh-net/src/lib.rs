@@ -2,5 +2,7 @@
 //! peer authentication with the mesh secret.
 
 pub mod auth;
+#[cfg(unix)]
+pub mod local;
 pub mod quic;
 pub mod secret;

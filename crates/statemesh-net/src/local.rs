@@ -1,0 +1,441 @@
+//! Local discovery and presence: one Unix socket per peer in a per-user runtime directory.
+//!
+//! Every peer of a mesh on this machine binds `<runtime dir>/statemesh/<mesh hash>/<peer id>.s`.
+//! The directory is created 0700 (so the socket, created inside it and then set to 0600, is
+//! never reachable by another user), the mesh name is hashed (socket paths hold 107 bytes on
+//! Linux, 103 on macOS), and every connection checks the other end's uid (SO_PEERCRED on Linux,
+//! getpeereid on macOS and the BSDs, both through tokio's `peer_cred`) and refuses a foreign one.
+//!
+//! A newly started peer connects to every socket it finds; existing peers notice it when it
+//! connects. A rescan every second covers two peers starting at the same instant, and removes
+//! stale socket files (whose process died without cleaning up: connecting is refused). After a
+//! secret-based handshake (nonces from both sides, see [`crate::auth`]) each side learns the
+//! other's id and QUIC address, and the connection stays open: its EOF is a certain, immediate
+//! death signal, since only the kernel closing a dead process's sockets produces it.
+//!
+//! Not supported yet: Windows (named pipes). This module is compiled on Unix only (Linux,
+//! macOS, the BSDs); elsewhere a mesh has no local discovery and needs static peers.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use statemesh_core::PeerId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::auth::{self, Binding, PROOF_LEN, Role};
+use crate::quic::AUDIT_TARGET;
+use crate::secret::Secret;
+
+/// The longest socket path this platform accepts.
+#[cfg(target_os = "linux")]
+pub const MAX_SOCKET_PATH: usize = 107;
+/// The longest socket path this platform accepts.
+#[cfg(not(target_os = "linux"))]
+pub const MAX_SOCKET_PATH: usize = 103;
+
+/// How often the directory is rescanned.
+pub const RESCAN: Duration = Duration::from_secs(1);
+
+const PREAMBLE: &[u8; 8] = b"SMLOC\x01\x00\x00";
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What local presence reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalEvent {
+    /// A peer of this mesh on this machine, authenticated, with its QUIC address.
+    Found {
+        /// The peer.
+        peer: PeerId,
+        /// Where its QUIC endpoint listens.
+        quic: SocketAddr,
+    },
+    /// The presence connection to a peer closed: it is certainly dead (or left).
+    Gone {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The first scan of the directory is done and every peer found then has been contacted.
+    Settled,
+}
+
+/// Local presence could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocalError {
+    /// A filesystem operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The mesh directory exists but is not private to this user.
+    #[error(
+        "{path} must be a directory owned by this user with mode 0700 (found uid {uid}, mode {mode:o})"
+    )]
+    NotPrivate {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// Its mode.
+        mode: u32,
+    },
+    /// The socket path would be too long for this platform.
+    #[error(
+        "socket path {path} is {len} bytes, longer than the {MAX_SOCKET_PATH} this platform allows; set a shorter runtime directory"
+    )]
+    PathTooLong {
+        /// The path.
+        path: PathBuf,
+        /// Its length.
+        len: usize,
+    },
+}
+
+/// The per-user runtime directory: `$XDG_RUNTIME_DIR/statemesh`, or `/tmp/statemesh-<uid>`
+/// when it is unset (created 0700 and checked to be ours).
+pub fn default_runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("statemesh"),
+        _ => std::env::temp_dir().join(format!("statemesh-{}", rustix::process::getuid().as_raw())),
+    }
+}
+
+/// The directory of mesh `mesh` under `runtime_dir`: the name hashed, never written out.
+pub fn mesh_dir(runtime_dir: &Path, mesh: &str) -> PathBuf {
+    let digest = Sha256::digest(format!("statemesh mesh dir v1\0{mesh}").as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    runtime_dir.join(hex)
+}
+
+fn socket_name(peer: PeerId) -> String {
+    format!("{}.s", peer.as_uuid().simple())
+}
+
+fn ensure_private_dir(path: &Path) -> Result<(), LocalError> {
+    let io = |source| LocalError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io)?;
+    let meta = std::fs::metadata(path).map_err(io)?;
+    let uid = rustix::process::getuid().as_raw();
+    let mode = meta.permissions().mode() & 0o777;
+    if meta.uid() != uid || mode & 0o077 != 0 {
+        return Err(LocalError::NotPrivate {
+            path: path.to_owned(),
+            uid: meta.uid(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// This peer's presence on the local machine. Dropping it stops its tasks and removes its
+/// socket file.
+#[derive(Debug)]
+pub struct LocalPresence {
+    path: PathBuf,
+    tasks: JoinSet<()>,
+}
+
+impl Drop for LocalPresence {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    me: PeerId,
+    quic: SocketAddr,
+    secret: Secret,
+    mesh: String,
+    dir: PathBuf,
+    uid: u32,
+    /// Peers with a presence connection up (either direction).
+    connected: Mutex<BTreeSet<PeerId>>,
+    events: mpsc::UnboundedSender<LocalEvent>,
+}
+
+impl LocalPresence {
+    /// Binds this peer's socket in the mesh directory under `runtime_dir` and starts finding
+    /// the other local peers of mesh `mesh`. Events arrive on the returned receiver.
+    pub fn start(
+        runtime_dir: &Path,
+        mesh: &str,
+        me: PeerId,
+        quic: SocketAddr,
+        secret: Secret,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<LocalEvent>), LocalError> {
+        ensure_private_dir(runtime_dir)?;
+        let dir = mesh_dir(runtime_dir, mesh);
+        ensure_private_dir(&dir)?;
+        let path = dir.join(socket_name(me));
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(LocalError::PathTooLong { path, len });
+        }
+        let io = |source| LocalError::Io {
+            path: path.clone(),
+            source,
+        };
+        let listener = UnixListener::bind(&path).map_err(io)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            me,
+            quic,
+            secret,
+            mesh: mesh.to_owned(),
+            dir,
+            uid: rustix::process::getuid().as_raw(),
+            connected: Mutex::new(BTreeSet::new()),
+            events: tx,
+        });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(accept_loop(listener, shared.clone()));
+        tasks.spawn(scan_loop(shared));
+        Ok((Self { path, tasks }, rx))
+    }
+
+    /// The path of this peer's socket.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = shared.clone();
+                    conns.spawn(async move {
+                        if let Some((stream, peer)) = establish(stream, Role::Server, None, shared.clone()).await {
+                            hold(stream, peer, shared).await;
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "local socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+async fn scan_loop(shared: Arc<Shared>) {
+    let mut conns = JoinSet::new();
+    let mut first = true;
+    loop {
+        let mut handshakes = JoinSet::new();
+        for (peer, path) in scan(&shared.dir) {
+            if peer == shared.me
+                || shared
+                    .connected
+                    .lock()
+                    .map(|c| c.contains(&peer))
+                    .unwrap_or(true)
+            {
+                continue;
+            }
+            match UnixStream::connect(&path).await {
+                Ok(stream) => {
+                    handshakes.spawn(establish(stream, Role::Client, Some(peer), shared.clone()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    // Nobody listens: the process died without removing its socket.
+                    tracing::debug!(path = %path.display(), "removing stale socket");
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "cannot reach local peer")
+                }
+            }
+        }
+        // The first scan settles once every handshake it started is done.
+        while let Some(done) = handshakes.join_next().await {
+            if let Ok(Some((stream, peer))) = done {
+                conns.spawn(hold(stream, peer, shared.clone()));
+            }
+        }
+        if first {
+            first = false;
+            let _ = shared.events.send(LocalEvent::Settled);
+        }
+        let sleep = tokio::time::sleep(RESCAN);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    }
+}
+
+fn scan(dir: &Path) -> Vec<(PeerId, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let id = name.strip_suffix(".s")?;
+            let peer = statemesh_core::id::Uuid::parse_str(id)
+                .ok()
+                .and_then(|u| PeerId::from_uuid(u).ok())?;
+            Some((peer, e.path()))
+        })
+        .collect()
+}
+
+/// Checks the other end's uid, runs the handshake, and reports the peer found.
+async fn establish(
+    mut stream: UnixStream,
+    role: Role,
+    expected: Option<PeerId>,
+    shared: Arc<Shared>,
+) -> Option<(UnixStream, PeerId)> {
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == shared.uid => {}
+        Ok(cred) => {
+            tracing::warn!(target: AUDIT_TARGET, uid = cred.uid(), pid = ?cred.pid(), "local connection from a foreign uid refused");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(target: AUDIT_TARGET, error = %e, "local connection without peer credentials refused");
+            return None;
+        }
+    }
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, role, &shared)).await {
+        Ok(Ok((peer, quic))) if expected.is_none_or(|e| e == peer) => {
+            let fresh = shared
+                .connected
+                .lock()
+                .map(|mut c| c.insert(peer))
+                .unwrap_or(false);
+            if !fresh {
+                // Both sides dialled each other: one presence connection is enough.
+                return None;
+            }
+            let _ = shared.events.send(LocalEvent::Found { peer, quic });
+            Some((stream, peer))
+        }
+        Ok(Ok(_)) => {
+            tracing::warn!(target: AUDIT_TARGET, "local peer answered with another id than its socket name");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(target: AUDIT_TARGET, error = %e, "local peer failed authentication");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("local handshake timed out");
+            None
+        }
+    }
+}
+
+/// Holds a presence connection until EOF, then reports the peer gone. Nothing more is ever
+/// sent on it, so any end of the stream means the peer's process is gone.
+async fn hold(mut stream: UnixStream, peer: PeerId, shared: Arc<Shared>) {
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    if let Ok(mut c) = shared.connected.lock() {
+        c.remove(&peer);
+    }
+    let _ = shared.events.send(LocalEvent::Gone { peer });
+}
+
+async fn handshake(
+    stream: &mut UnixStream,
+    role: Role,
+    shared: &Shared,
+) -> Result<(PeerId, SocketAddr), String> {
+    let mut nonce = [0u8; 32];
+    rand::rng().fill_bytes(&mut nonce);
+    let quic = shared.quic.to_string();
+    // Both sides send: preamble, id, nonce, QUIC address (length-prefixed).
+    let mut out = PREAMBLE.to_vec();
+    out.extend_from_slice(&shared.me.to_bytes());
+    out.extend_from_slice(&nonce);
+    out.push(u8::try_from(quic.len()).map_err(|_| "address too long")?);
+    out.extend_from_slice(quic.as_bytes());
+    stream.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut head = [0u8; 8 + 16 + 32 + 1];
+    stream
+        .read_exact(&mut head)
+        .await
+        .map_err(|e| e.to_string())?;
+    if &head[..8] != PREAMBLE {
+        return Err("not a statemesh local socket".into());
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&head[8..24]);
+    let peer =
+        PeerId::from_uuid(statemesh_core::id::Uuid::from_bytes(id)).map_err(|e| e.to_string())?;
+    let their_nonce = &head[24..56];
+    let mut addr = vec![0u8; usize::from(head[56])];
+    stream
+        .read_exact(&mut addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let their_quic: SocketAddr = std::str::from_utf8(&addr)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or("malformed QUIC address")?;
+    let (client, server, nonces) = match role {
+        Role::Client => (shared.me, peer, [nonce.as_slice(), their_nonce].concat()),
+        Role::Server => (peer, shared.me, [their_nonce, nonce.as_slice()].concat()),
+    };
+    let binding = Binding {
+        channel: &nonces,
+        client,
+        server,
+        mesh: &shared.mesh,
+    };
+    stream
+        .write_all(&auth::prove(&shared.secret, role, &binding))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut proof = [0u8; PROOF_LEN];
+    stream
+        .read_exact(&mut proof)
+        .await
+        .map_err(|e| e.to_string())?;
+    let their_role = match role {
+        Role::Client => Role::Server,
+        Role::Server => Role::Client,
+    };
+    if !auth::verify(&shared.secret, their_role, &binding, &proof) {
+        return Err("wrong mesh secret or mesh".into());
+    }
+    Ok((peer, their_quic))
+}

@@ -1,0 +1,155 @@
+//! Real local sockets in a private directory: discovery, presence, authentication, cleanup.
+#![cfg(unix)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use statemesh_core::PeerId;
+use statemesh_net::local::{LocalEvent, LocalPresence, mesh_dir};
+use statemesh_net::secret::Secret;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// A generous bound for events that normally take milliseconds.
+const WITHIN: Duration = Duration::from_secs(10);
+
+fn ids(n: usize) -> Vec<PeerId> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    (0..n)
+        .map(|i| PeerId::generate(100 + i as u64, &mut rng))
+        .collect()
+}
+
+fn quic(port: u16) -> SocketAddr {
+    ([127, 0, 0, 1], port).into()
+}
+
+async fn next(rx: &mut UnboundedReceiver<LocalEvent>) -> LocalEvent {
+    tokio::time::timeout(WITHIN, rx.recv())
+        .await
+        .expect("an event in time")
+        .expect("channel open")
+}
+
+async fn found_until_settled(
+    rx: &mut UnboundedReceiver<LocalEvent>,
+) -> BTreeMap<PeerId, SocketAddr> {
+    let mut found = BTreeMap::new();
+    loop {
+        match next(rx).await {
+            LocalEvent::Found { peer, quic } => {
+                found.insert(peer, quic);
+            }
+            LocalEvent::Settled => return found,
+            LocalEvent::Gone { peer } => panic!("unexpected departure of {peer:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn peers_find_each_other_and_see_a_death_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = dir.path().join("run");
+    let secret = Secret::from_bytes([1; 32]);
+    let p = ids(3);
+    let (a, mut a_rx) =
+        LocalPresence::start(&run, "ws", p[0], quic(1000), secret.clone()).expect("starts");
+    assert!(found_until_settled(&mut a_rx).await.is_empty());
+    let (b, mut b_rx) =
+        LocalPresence::start(&run, "ws", p[1], quic(1001), secret.clone()).expect("starts");
+    let (c, mut c_rx) =
+        LocalPresence::start(&run, "ws", p[2], quic(1002), secret.clone()).expect("starts");
+
+    // The newcomers find the existing peers by scanning; the existing ones notice them connect.
+    let b_found = found_until_settled(&mut b_rx).await;
+    assert_eq!(b_found.get(&p[0]), Some(&quic(1000)));
+    let mut c_found = found_until_settled(&mut c_rx).await;
+    while c_found.len() < 2 {
+        if let LocalEvent::Found { peer, quic } = next(&mut c_rx).await {
+            c_found.insert(peer, quic);
+        }
+    }
+    assert_eq!(c_found.get(&p[1]), Some(&quic(1001)));
+    let mut a_found = BTreeMap::new();
+    while a_found.len() < 2 {
+        if let LocalEvent::Found { peer, quic } = next(&mut a_rx).await {
+            a_found.insert(peer, quic);
+        }
+    }
+    assert_eq!(a_found.get(&p[2]), Some(&quic(1002)));
+
+    // Private files: the directory 0700, the socket 0600.
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    assert_eq!(mode(&mesh_dir(&run, "ws")), 0o700);
+    assert_eq!(mode(a.path()), 0o600);
+
+    // A peer that goes away is reported gone by the others, and its socket file is removed.
+    let path = b.path().to_owned();
+    drop(b);
+    assert!(!path.exists());
+    assert_eq!(next(&mut a_rx).await, LocalEvent::Gone { peer: p[1] });
+    loop {
+        if next(&mut c_rx).await == (LocalEvent::Gone { peer: p[1] }) {
+            break;
+        }
+    }
+    drop(c);
+}
+
+#[tokio::test]
+async fn other_meshes_and_wrong_secrets_are_never_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = dir.path().join("run");
+    let p = ids(3);
+    let (_a, mut a_rx) =
+        LocalPresence::start(&run, "ws", p[0], quic(1), Secret::from_bytes([1; 32]))
+            .expect("starts");
+    assert!(found_until_settled(&mut a_rx).await.is_empty());
+    assert_ne!(mesh_dir(&run, "ws"), mesh_dir(&run, "other"));
+    let (_b, mut b_rx) =
+        LocalPresence::start(&run, "other", p[1], quic(2), Secret::from_bytes([1; 32]))
+            .expect("starts");
+    assert!(
+        found_until_settled(&mut b_rx).await.is_empty(),
+        "another mesh lives in another directory"
+    );
+    let (_c, mut c_rx) =
+        LocalPresence::start(&run, "ws", p[2], quic(3), Secret::from_bytes([2; 32]))
+            .expect("starts");
+    assert!(
+        found_until_settled(&mut c_rx).await.is_empty(),
+        "a wrong secret finds nobody"
+    );
+    // Nor does the legitimate peer report the impostor.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), a_rx.recv())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn stale_socket_files_are_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = dir.path().join("run");
+    let p = ids(2);
+    let (_a, mut a_rx) =
+        LocalPresence::start(&run, "ws", p[0], quic(1), Secret::from_bytes([1; 32]))
+            .expect("starts");
+    assert!(found_until_settled(&mut a_rx).await.is_empty());
+    // A process that died without cleaning up leaves its socket file behind.
+    let stale = mesh_dir(&run, "ws").join(format!("{}.s", p[1].as_uuid().simple()));
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("binds"));
+    assert!(stale.exists());
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while stale.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stale socket not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
