@@ -244,6 +244,12 @@ impl FrameDecoder {
         self.next_payload()?.map(|p| decode_message(&p)).transpose()
     }
 
+    /// The bytes received but not yet returned as payloads (to hand a stream over to another
+    /// reader).
+    pub fn into_buffered(self) -> Vec<u8> {
+        self.buf
+    }
+
     /// The payload length announced by the pending header, checked against the limit.
     pub fn announced(&self) -> Result<Option<usize>, DecodeError> {
         let Some(header) = self.buf.get(..HEADER_LEN) else {

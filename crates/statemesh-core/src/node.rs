@@ -206,7 +206,12 @@ struct Link {
 struct PendingWrite {
     hash: ChangeHash,
     holders: BTreeSet<PeerId>,
+    at: Time,
 }
+
+/// How long a local write is watched for replication acknowledgements (peers that join or
+/// reconnect within this time still acknowledge it).
+const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The most local writes tracked for replication acknowledgements at once.
 const MAX_PENDING_WRITES: usize = 4096;
@@ -423,9 +428,12 @@ impl Node {
     }
 
     /// The link to `peer` went down.
+    ///
+    /// A [`LinkDown::Certain`] signal (the peer's local socket closed) counts even when no sync
+    /// link is up: the presence connection is separate from the link.
     pub fn handle_link_down(&mut self, now: Time, peer: PeerId, how: LinkDown) {
         self.advance(now);
-        if self.links.remove(&peer).is_none() {
+        if self.links.remove(&peer).is_none() && how == LinkDown::Hint {
             return;
         }
         let mut changes = Vec::new();
@@ -821,6 +829,9 @@ impl Node {
             self.events.push_back(Event::Changed(change));
         }
         self.unpersisted.push(id);
+        let now = self.last_tick;
+        self.pending
+            .retain(|_, w| now.saturating_since(w.at) < PENDING_TTL);
         if self.pending.len() >= MAX_PENDING_WRITES {
             self.pending.pop_first();
         }
@@ -829,6 +840,7 @@ impl Node {
             PendingWrite {
                 hash,
                 holders: BTreeSet::new(),
+                at: now,
             },
         );
         Written { id, changed: true }
@@ -976,19 +988,26 @@ impl Node {
         let Some(link) = self.links.get(&peer) else {
             return;
         };
-        let mut acked = Vec::new();
-        for (id, w) in &mut self.pending {
-            if !w.holders.contains(&peer) && self.replica.peer_holds(&link.sync, &w.hash) {
-                w.holders.insert(peer);
-                acked.push(*id);
-            }
+        let waiting: Vec<(WriteId, ChangeHash)> = self
+            .pending
+            .iter()
+            .filter(|(_, w)| !w.holders.contains(&peer))
+            .map(|(id, w)| (*id, w.hash))
+            .collect();
+        if waiting.is_empty() {
+            return;
         }
-        for write in acked {
+        let hashes: Vec<ChangeHash> = waiting.iter().map(|(_, h)| *h).collect();
+        let held = self.replica.held_by(&link.sync, &hashes);
+        for ((write, _), held) in waiting.into_iter().zip(held) {
+            if !held {
+                continue;
+            }
+            if let Some(w) = self.pending.get_mut(&write) {
+                w.holders.insert(peer);
+            }
             self.events.push_back(Event::Replicated { write, peer });
         }
-        let live: Vec<PeerId> = self.live.live_peers().collect();
-        self.pending
-            .retain(|_, w| !live.iter().all(|p| w.holders.contains(p)));
     }
 
     fn sync_with(&mut self, peer: PeerId) {

@@ -82,10 +82,10 @@ pub enum WriteError {
     InvalidName(String),
     /// The value could not be written into the document.
     #[error("could not write the value: {0}")]
-    Reconcile(#[from] autosurgeon::ReconcileError),
+    Reconcile(Box<autosurgeon::ReconcileError>),
     /// The document refused the operation.
     #[error(transparent)]
-    Automerge(#[from] automerge::AutomergeError),
+    Automerge(Box<automerge::AutomergeError>),
     /// The value could not be converted to the dynamic form leader records travel in.
     #[error("could not convert the value: {0}")]
     Build(String),
@@ -95,6 +95,18 @@ pub enum WriteError {
         /// The term the write was made under.
         term: u64,
     },
+}
+
+impl From<autosurgeon::ReconcileError> for WriteError {
+    fn from(e: autosurgeon::ReconcileError) -> Self {
+        Self::Reconcile(Box::new(e))
+    }
+}
+
+impl From<automerge::AutomergeError> for WriteError {
+    fn from(e: automerge::AutomergeError) -> Self {
+        Self::Automerge(Box::new(e))
+    }
 }
 
 /// A read that could not be made.
@@ -565,19 +577,31 @@ impl Replica {
         }
     }
 
-    /// Whether the peer behind `state` is known to hold change `hash`.
-    pub fn peer_holds(&self, state: &automerge::sync::State, hash: &ChangeHash) -> bool {
-        if state.shared_heads.contains(hash) {
-            return true;
-        }
-        if state.shared_heads.is_empty() || self.doc.get_change_by_hash(hash).is_none() {
-            return false;
-        }
-        !self
+    /// Which of `hashes` the peer behind `state` is known to hold: those among, or ancestors
+    /// of, the heads it last advertised (or of the heads both are known to share).
+    pub fn held_by(&self, state: &automerge::sync::State, hashes: &[ChangeHash]) -> Vec<bool> {
+        let known = |heads: &[ChangeHash]| {
+            !heads.is_empty()
+                && heads
+                    .iter()
+                    .all(|h| self.doc.get_change_by_hash(h).is_some())
+        };
+        let heads = match state.their_heads.as_deref() {
+            Some(h) if known(h) => h,
+            _ if known(&state.shared_heads) => &state.shared_heads,
+            _ => return vec![false; hashes.len()],
+        };
+        // Everything we have that is not covered by their heads: computed once for all hashes.
+        let uncovered: BTreeSet<ChangeHash> = self
             .doc
-            .get_changes(&state.shared_heads)
+            .get_changes(heads)
             .iter()
-            .any(|c| c.hash() == *hash)
+            .map(|c| c.hash())
+            .collect();
+        hashes
+            .iter()
+            .map(|h| self.doc.get_change_by_hash(h).is_some() && !uncovered.contains(h))
+            .collect()
     }
 
     /// An incremental save of the changes after `heads`.

@@ -137,8 +137,10 @@ pub struct Sim {
     pending: BTreeMap<u64, Delivery>,
     seq: u64,
     next_slot: usize,
-    /// Every event every peer emitted, in order.
+    /// Every liveness and leadership event every peer emitted, in order.
     pub log: Vec<Observed>,
+    /// Replication acknowledgements seen: (write, peer that holds it).
+    pub acks: Vec<(crate::WriteId, PeerId)>,
     judged_dead: BTreeMap<PeerId, BTreeSet<Incarnation>>,
     /// Invariant violations seen so far.
     pub violations: Vec<Violation>,
@@ -167,6 +169,7 @@ impl Sim {
             seq: 0,
             next_slot: 0,
             log: Vec::new(),
+            acks: Vec::new(),
             judged_dead: BTreeMap::new(),
             violations: Vec::new(),
             receive_errors: 0,
@@ -557,8 +560,12 @@ impl Sim {
                     "{by:?} saw {inc} live again after judging it dead"
                 )));
             }
+            Event::Replicated { write, peer } => {
+                self.acks.push((*write, *peer));
+                return;
+            }
             // Data events are many and checked through the nodes' state instead.
-            Event::Changed(_) | Event::Replicated { .. } | Event::Durable { .. } => return,
+            Event::Changed(_) | Event::Durable { .. } => return,
             _ => {}
         }
         self.log.push(Observed {

@@ -714,3 +714,19 @@ fn history_stays_bounded_over_a_day() {
         check_violations(&sim, "history_stays_bounded_over_a_day", seed);
     }
 }
+
+/// A write is reported replicated once per peer that holds it.
+#[test]
+fn writes_are_acknowledged_by_every_peer_that_holds_them() {
+    let mut sim = Sim::new(SimConfig::new(1, 3));
+    sim.run_for(Duration::from_secs(1));
+    let writer = sim.slots()[0];
+    let id = {
+        let node = sim.node_mut(writer).expect("runs");
+        node.put("c", "k", &1i64, Scope::Durable).expect("write").id
+    };
+    sim.flush(writer);
+    sim.run_for(Duration::from_millis(200));
+    let holders: Vec<_> = sim.acks.iter().filter(|(w, _)| *w == id).collect();
+    assert_eq!(holders.len(), 2, "{holders:?}");
+}

@@ -1,0 +1,721 @@
+//! The driver: one task per mesh that owns the links and carries out the node's outputs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rand::Rng;
+use statemesh_core::codec::{self, FrameDecoder, Hello, Message};
+use statemesh_core::{Event, LinkDown, PeerId, Persist, WriteId};
+use statemesh_net::auth::Role;
+use statemesh_net::local::{self, LocalEvent, LocalPresence};
+use statemesh_net::quic::{self, Endpoint, Link};
+use statemesh_net::secret::Secret;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::mesh::{LeadershipInfo, MeshBuilder, MeshError, Shared};
+use crate::store::Store;
+
+/// Acknowledgements of local writes, for [`crate::Pending`].
+#[derive(Debug, Default)]
+pub(crate) struct Acks {
+    pub(crate) durable: BTreeSet<WriteId>,
+    holders: BTreeMap<WriteId, usize>,
+}
+
+/// How many acknowledged writes are remembered.
+const ACKS_KEPT: usize = 65_536;
+
+impl Acks {
+    pub(crate) fn holders(&self, id: WriteId) -> usize {
+        self.holders.get(&id).copied().unwrap_or(0)
+    }
+
+    fn bound(&mut self) {
+        while self.durable.len() > ACKS_KEPT {
+            self.durable.pop_first();
+        }
+        while self.holders.len() > ACKS_KEPT {
+            self.holders.pop_first();
+        }
+    }
+}
+
+/// The running driver. Dropping it stops everything at once (no leave announced).
+#[derive(Debug)]
+pub(crate) struct Driver {
+    task: Option<JoinHandle<()>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Driver {
+    /// Announces a graceful leave, flushes, and waits for the driver to finish.
+    pub(crate) async fn shutdown(mut self) -> Result<(), MeshError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
+        Ok(())
+    }
+}
+
+/// Things that happen to links, reported to the driver by its helper tasks.
+enum LinkEvent {
+    /// A link passed authentication and sent its hello; `buffered` arrived right behind it.
+    Ready {
+        link: Link,
+        hello: Hello,
+        buffered: Vec<u8>,
+    },
+    /// Setting up a link to `addr` failed.
+    DialFailed { addr: SocketAddr },
+    /// A frame payload arrived on connection `conn` from `peer`.
+    Frame {
+        peer: PeerId,
+        conn: usize,
+        payload: Vec<u8>,
+    },
+    /// Connection `conn` to `peer` ended (`error`: it sent something invalid).
+    Closed {
+        peer: PeerId,
+        conn: usize,
+        error: Option<String>,
+    },
+}
+
+struct LinkState {
+    conn: usize,
+    connection: quinn::Connection,
+    dialer: PeerId,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+/// A known address to keep a link to, with its reconnect backoff.
+struct Target {
+    peer: Option<PeerId>,
+    backoff: Duration,
+    next: tokio::time::Instant,
+    dialing: bool,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub(crate) async fn start(
+    builder: MeshBuilder,
+    secret: Secret,
+    store: Option<Store>,
+    shared: Arc<Shared>,
+) -> Result<Driver, MeshError> {
+    let endpoint = Endpoint::bind(builder.listen, shared.me, secret.clone(), &builder.name)?;
+    let quic_addr = endpoint.local_addr().map_err(|source| {
+        MeshError::Link(quic::LinkError::Bind {
+            addr: builder.listen,
+            source,
+        })
+    })?;
+    let presence = if builder.local_discovery {
+        let dir = builder
+            .runtime_dir
+            .clone()
+            .unwrap_or_else(local::default_runtime_dir);
+        Some(LocalPresence::start(
+            &dir,
+            &builder.name,
+            shared.me,
+            quic_addr,
+            secret,
+        )?)
+    } else {
+        // Nothing to wait for: only static peers.
+        shared.node().handle_settled(shared.now());
+        None
+    };
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let statics = builder.static_peers.clone();
+    let span = tracing::info_span!("mesh", peer = %shared.me.short());
+    let task = tokio::spawn(tracing::Instrument::instrument(
+        run(endpoint, presence, store, statics, shared, stop_rx),
+        span,
+    ));
+    Ok(Driver {
+        task: Some(task),
+        stop: Some(stop_tx),
+    })
+}
+
+struct Run {
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    store: Option<Store>,
+    links: BTreeMap<PeerId, LinkState>,
+    targets: BTreeMap<SocketAddr, Target>,
+    tasks: JoinSet<()>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    next_conn: usize,
+    /// Peers found by the first local scan that have no link yet; the node counts itself as a
+    /// leader candidate once this empties.
+    settling: Option<BTreeSet<PeerId>>,
+}
+
+async fn run(
+    endpoint: Endpoint,
+    presence: Option<(LocalPresence, mpsc::UnboundedReceiver<LocalEvent>)>,
+    store: Option<Store>,
+    statics: Vec<SocketAddr>,
+    shared: Arc<Shared>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let (events, mut events_rx) = mpsc::unbounded_channel();
+    let (presence, mut presence_rx) = match presence {
+        Some((p, rx)) => (Some(p), Some(rx)),
+        None => (None, None),
+    };
+    let mut run = Run {
+        shared,
+        endpoint,
+        store,
+        links: BTreeMap::new(),
+        targets: BTreeMap::new(),
+        tasks: JoinSet::new(),
+        events,
+        next_conn: 0,
+        settling: None,
+    };
+    for addr in statics {
+        run.targets.insert(
+            addr,
+            Target {
+                peer: None,
+                backoff: BACKOFF_MIN,
+                next: tokio::time::Instant::now(),
+                dialing: false,
+            },
+        );
+    }
+    // Accept loop.
+    {
+        let endpoint = run.endpoint.clone();
+        let events = run.events.clone();
+        let hello = run.shared.node().hello();
+        let max_frame = run.shared.node().config().max_frame;
+        run.tasks.spawn(async move {
+            let mut setups = JoinSet::new();
+            loop {
+                tokio::select! {
+                    incoming = endpoint.accept() => match incoming {
+                        None => break,
+                        Some(Ok(link)) => {
+                            setups.spawn(exchange_hellos(link, hello.clone(), max_frame, events.clone(), None));
+                        }
+                        Some(Err(e)) => tracing::debug!(error = %e, "incoming link refused"),
+                    },
+                    Some(_) = setups.join_next(), if !setups.is_empty() => {}
+                }
+            }
+        });
+    }
+    run.flush();
+    let mut presence_open = presence_rx.is_some();
+    let shutdown = loop {
+        let deadline =
+            run.shared.epoch + Duration::from_micros(run.shared.node().poll_timeout().as_micros());
+        let redial = run
+            .targets
+            .values()
+            .filter(|t| run.should_dial(t))
+            .map(|t| t.next)
+            .min();
+        tokio::select! {
+            biased;
+            _ = &mut stop => break true,
+            Some(ev) = events_rx.recv() => run.on_link_event(ev),
+            Some(ev) = async { presence_rx.as_mut()?.recv().await }, if presence_open => run.on_presence(ev),
+            () = run.shared.wake.notified() => {}
+            () = tokio::time::sleep_until(deadline.into()) => {
+                let now = run.shared.now();
+                run.shared.node().handle_tick(now);
+            }
+            () = async { if let Some(at) = redial { tokio::time::sleep_until(at).await } else { std::future::pending().await } } => run.dial_due(),
+            else => {
+                presence_open = false;
+            }
+        }
+        run.flush();
+    };
+    if shutdown {
+        run.leave().await;
+    }
+    drop(presence);
+    run.shared.closed.store(true, Ordering::Release);
+    run.shared.acks_changed.notify_waiters();
+    run.shared
+        .leadership
+        .send_modify(|l| *l = LeadershipInfo::default());
+}
+
+impl Run {
+    fn on_presence(&mut self, ev: LocalEvent) {
+        let now = self.shared.now();
+        match ev {
+            LocalEvent::Found { peer, quic } => {
+                let target = self.targets.entry(quic).or_insert(Target {
+                    peer: Some(peer),
+                    backoff: BACKOFF_MIN,
+                    next: tokio::time::Instant::now(),
+                    dialing: false,
+                });
+                target.peer = Some(peer);
+                // Exactly one link per pair: the lower id dials; the other side waits.
+                if self.shared.me < peer && !self.links.contains_key(&peer) {
+                    self.dial(quic);
+                }
+                if let Some(s) = self.settling.as_mut() {
+                    s.insert(peer);
+                }
+            }
+            LocalEvent::Gone { peer } => {
+                self.shared
+                    .node()
+                    .handle_link_down(now, peer, LinkDown::Certain);
+                self.targets.retain(|_, t| t.peer != Some(peer));
+                if let Some(link) = self.links.remove(&peer) {
+                    link.connection
+                        .close(quinn::VarInt::from_u32(quic::CLOSE_PROTOCOL), b"peer gone");
+                }
+                if let Some(s) = self.settling.as_mut() {
+                    s.remove(&peer);
+                }
+            }
+            LocalEvent::Settled => {
+                let pending: BTreeSet<PeerId> = self
+                    .targets
+                    .values()
+                    .filter_map(|t| t.peer)
+                    .filter(|p| !self.links.contains_key(p))
+                    .collect();
+                self.settling = Some(pending);
+            }
+        }
+        self.check_settled();
+    }
+
+    fn check_settled(&mut self) {
+        if self.settling.as_ref().is_some_and(BTreeSet::is_empty) {
+            self.settling = None;
+            let now = self.shared.now();
+            self.shared.node().handle_settled(now);
+        }
+    }
+
+    /// Whether this side should (re)dial a target: not already dialling, no link to its peer,
+    /// and, when the peer is known, this side has the lower id (exactly one link per pair).
+    fn should_dial(&self, t: &Target) -> bool {
+        !t.dialing
+            && !t.peer.is_some_and(|p| self.links.contains_key(&p))
+            && t.peer.is_none_or(|p| self.shared.me < p)
+    }
+
+    fn dial_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<SocketAddr> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| self.should_dial(t) && t.next <= now)
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in due {
+            self.dial(addr);
+        }
+    }
+
+    fn dial(&mut self, addr: SocketAddr) {
+        let Some(target) = self.targets.get_mut(&addr) else {
+            return;
+        };
+        if target.dialing {
+            return;
+        }
+        target.dialing = true;
+        let endpoint = self.endpoint.clone();
+        let events = self.events.clone();
+        let hello = self.shared.node().hello();
+        let max_frame = self.shared.node().config().max_frame;
+        self.tasks.spawn(async move {
+            match endpoint.connect(addr).await {
+                Ok(link) => exchange_hellos(link, hello, max_frame, events, Some(addr)).await,
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "dial failed");
+                    let _ = events.send(LinkEvent::DialFailed { addr });
+                }
+            }
+        });
+    }
+
+    fn retry_later(&mut self, addr: SocketAddr) {
+        if let Some(t) = self.targets.get_mut(&addr) {
+            t.dialing = false;
+            let jitter = rand::rng().random_range(0.5..1.5);
+            t.next = tokio::time::Instant::now() + t.backoff.mul_f64(jitter);
+            t.backoff = (t.backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    fn on_link_event(&mut self, ev: LinkEvent) {
+        let now = self.shared.now();
+        match ev {
+            LinkEvent::DialFailed { addr } => self.retry_later(addr),
+            LinkEvent::Ready {
+                link,
+                hello,
+                buffered,
+            } => {
+                let peer = link.peer;
+                let remote = link.remote;
+                if let Some(t) = self.targets.get_mut(&remote) {
+                    t.dialing = false;
+                    t.backoff = BACKOFF_MIN;
+                    t.peer = Some(peer);
+                }
+                if hello.incarnation.peer != peer {
+                    tracing::warn!(target: quic::AUDIT_TARGET, %remote, "hello names another peer than the one authenticated");
+                    link.connection.close(
+                        quinn::VarInt::from_u32(quic::CLOSE_PROTOCOL),
+                        b"hello mismatch",
+                    );
+                    return;
+                }
+                if let Err(e) = self.shared.node().check_hello(&hello) {
+                    tracing::warn!(%remote, error = %e, "hello refused");
+                    link.connection.close(
+                        quinn::VarInt::from_u32(quic::CLOSE_PROTOCOL),
+                        b"hello refused",
+                    );
+                    return;
+                }
+                let dialer = match link.role {
+                    Role::Client => self.shared.me,
+                    Role::Server => peer,
+                };
+                if let Some(existing) = self.links.get(&peer) {
+                    // Both dialled: keep the link dialled by the lower id, on both sides alike.
+                    let lower = self.shared.me.min(peer);
+                    if existing.dialer == lower || dialer != lower {
+                        link.connection.close(
+                            quinn::VarInt::from_u32(quic::CLOSE_DUPLICATE),
+                            b"duplicate link",
+                        );
+                        return;
+                    }
+                    existing.connection.close(
+                        quinn::VarInt::from_u32(quic::CLOSE_DUPLICATE),
+                        b"duplicate link",
+                    );
+                }
+                self.next_conn += 1;
+                let conn = self.next_conn;
+                let (tx, rx) = mpsc::unbounded_channel();
+                let max_frame = self.shared.node().config().max_frame;
+                let Link {
+                    connection,
+                    send,
+                    recv,
+                    ..
+                } = link;
+                self.tasks.spawn(write_loop(send, rx));
+                self.links.insert(
+                    peer,
+                    LinkState {
+                        conn,
+                        connection,
+                        dialer,
+                        tx,
+                    },
+                );
+                self.shared.node().handle_link_up(now, &hello);
+                self.tasks.spawn(read_loop(
+                    recv,
+                    buffered,
+                    peer,
+                    conn,
+                    max_frame,
+                    self.events.clone(),
+                ));
+                if let Some(s) = self.settling.as_mut() {
+                    s.remove(&peer);
+                }
+                self.check_settled();
+            }
+            LinkEvent::Frame {
+                peer,
+                conn,
+                payload,
+            } => {
+                if self.links.get(&peer).is_none_or(|l| l.conn != conn) {
+                    return;
+                }
+                let result = self.shared.node().handle_payload(now, peer, &payload);
+                if let Err(e) = result {
+                    tracing::warn!(peer = %peer.short(), error = %e, "closing link after a bad frame");
+                    self.close_link(peer, conn);
+                }
+            }
+            LinkEvent::Closed { peer, conn, error } => {
+                if let Some(e) = error {
+                    tracing::warn!(peer = %peer.short(), error = %e, "closing link after a bad frame");
+                }
+                self.close_link(peer, conn);
+            }
+        }
+    }
+
+    fn close_link(&mut self, peer: PeerId, conn: usize) {
+        let Some(link) = self.links.get(&peer) else {
+            return;
+        };
+        if link.conn != conn {
+            return;
+        }
+        if let Some(link) = self.links.remove(&peer) {
+            link.connection.close(
+                quinn::VarInt::from_u32(quic::CLOSE_PROTOCOL),
+                b"link closed",
+            );
+        }
+        let now = self.shared.now();
+        self.shared
+            .node()
+            .handle_link_down(now, peer, LinkDown::Hint);
+        // Keep trying while the peer is known at some address.
+        let addrs: Vec<SocketAddr> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| t.peer == Some(peer))
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in addrs {
+            self.retry_later(addr);
+        }
+    }
+
+    /// Carries out the node's outputs: frames, events, persistence.
+    fn flush(&mut self) {
+        let mut frames = Vec::new();
+        let mut events = Vec::new();
+        let mut persists = Vec::new();
+        let (info, term) = {
+            let mut node = self.shared.node();
+            while let Some(t) = node.poll_transmit() {
+                frames.push(t);
+            }
+            while let Some(p) = node.poll_persist() {
+                persists.push(p);
+            }
+            while let Some(e) = node.poll_event() {
+                events.push(e);
+            }
+            (node.leadership(), node.my_term())
+        };
+        for t in frames {
+            if let Some(link) = self.links.get(&t.to) {
+                let _ = link.tx.send(t.frame);
+            }
+        }
+        let mut persisted = None;
+        for p in &persists {
+            let seq = match p {
+                Persist::Append { seq, .. } | Persist::Snapshot { seq, .. } => *seq,
+            };
+            match self.store.as_mut().map(|s| s.write(p)) {
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "could not persist state; writes are not durable");
+                    break;
+                }
+                _ => persisted = Some(seq),
+            }
+        }
+        if let Some(seq) = persisted {
+            let mut node = self.shared.node();
+            node.persisted(seq);
+            while let Some(e) = node.poll_event() {
+                events.push(e);
+            }
+        }
+        let mut acks_changed = false;
+        for e in events {
+            match e {
+                Event::Changed(c) => {
+                    let _ = self.shared.changes.send(c);
+                }
+                Event::Replicated { write, .. } => {
+                    let mut acks = self.shared.acks();
+                    *acks.holders.entry(write).or_default() += 1;
+                    acks.bound();
+                    acks_changed = true;
+                }
+                Event::Durable { write } => {
+                    let mut acks = self.shared.acks();
+                    acks.durable.insert(write);
+                    acks.bound();
+                    acks_changed = true;
+                }
+                Event::PeerDown { incarnation, cause } => {
+                    tracing::info!(peer = %incarnation, ?cause, "peer down");
+                }
+                Event::PeerUp(inc) => tracing::debug!(peer = %inc, "peer up"),
+                Event::Leadership(l) => {
+                    tracing::info!(leader = ?l.leader, term = ?l.term, "leadership")
+                }
+                Event::Elected { .. } | Event::Deposed { .. } | Event::Refuted(_) => {}
+            }
+        }
+        if acks_changed {
+            self.shared.acks_changed.notify_waiters();
+        }
+        let me = self.shared.me;
+        let new = LeadershipInfo {
+            leader: info.leader,
+            term: info.term,
+            is_me: info.leader == Some(me) && term.is_some() && term == info.term,
+        };
+        self.shared.leadership.send_if_modified(|l| {
+            let changed = *l != new;
+            *l = new;
+            changed
+        });
+    }
+
+    /// Graceful leave: tell every peer, let the frames drain, close.
+    async fn leave(&mut self) {
+        let now = self.shared.now();
+        self.shared.node().leave(now);
+        self.flush();
+        let links = std::mem::take(&mut self.links);
+        // Dropping the senders ends each writer after it wrote what was queued.
+        let connections: Vec<quinn::Connection> =
+            links.into_values().map(|l| l.connection).collect();
+        let drain = async {
+            while self.tasks.join_next().await.is_some() {
+                if self.tasks.len() <= 1 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+        for c in connections {
+            c.close(quinn::VarInt::from_u32(quic::CLOSE_LEAVING), b"leaving");
+        }
+        self.endpoint.close();
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Sends our hello, reads theirs (the first frame), and hands the link to the driver with
+/// whatever arrived behind the hello.
+async fn exchange_hellos(
+    mut link: Link,
+    hello: Hello,
+    max_frame: usize,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    addr: Option<SocketAddr>,
+) {
+    let result = async {
+        let frame =
+            codec::encode_frame(&Message::Hello(hello), max_frame).map_err(|e| e.to_string())?;
+        link.send
+            .write_all(&frame)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut decoder = FrameDecoder::new(max_frame);
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            if let Some(payload) = decoder.next_payload().map_err(|e| e.to_string())? {
+                return match codec::decode_message(&payload).map_err(|e| e.to_string())? {
+                    Message::Hello(theirs) => Ok((theirs, decoder.into_buffered())),
+                    _ => Err("first frame is not a hello".to_owned()),
+                };
+            }
+            match link.recv.read(&mut buf).await.map_err(|e| e.to_string())? {
+                Some(n) => decoder.extend(&buf[..n]),
+                None => return Err("closed before its hello".to_owned()),
+            }
+        }
+    };
+    let reason = match tokio::time::timeout(quic::AUTH_TIMEOUT, result).await {
+        Ok(Ok((theirs, buffered))) => {
+            let _ = events.send(LinkEvent::Ready {
+                link,
+                hello: theirs,
+                buffered,
+            });
+            return;
+        }
+        Ok(Err(e)) => e,
+        Err(_) => "hello timed out".to_owned(),
+    };
+    tracing::debug!(remote = %link.remote, %reason, "link setup failed");
+    link.connection
+        .close(quinn::VarInt::from_u32(quic::CLOSE_PROTOCOL), b"bad hello");
+    if let Some(addr) = addr {
+        let _ = events.send(LinkEvent::DialFailed { addr });
+    }
+}
+
+async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(frame) = rx.recv().await {
+        if send.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+async fn read_loop(
+    mut recv: quinn::RecvStream,
+    buffered: Vec<u8>,
+    peer: PeerId,
+    conn: usize,
+    max_frame: usize,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) {
+    let mut decoder = FrameDecoder::new(max_frame);
+    decoder.extend(&buffered);
+    let mut buf = vec![0u8; 64 * 1024];
+    let error = loop {
+        match decoder.next_payload() {
+            Ok(Some(payload)) => {
+                if events
+                    .send(LinkEvent::Frame {
+                        peer,
+                        conn,
+                        payload,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => break Some(e.to_string()),
+        }
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => decoder.extend(&buf[..n]),
+            Ok(None) | Err(_) => break None,
+        }
+    };
+    let _ = events.send(LinkEvent::Closed { peer, conn, error });
+}

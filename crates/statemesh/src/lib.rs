@@ -1,0 +1,30 @@
+//! statemesh: one shared state and one probe leader for every window of a desktop application,
+//! on one machine or across a LAN, with no lock file, daemon or server.
+//!
+//! Each window embeds a [`Mesh`]. Windows find each other through local sockets (same machine)
+//! or mDNS and static peers (LAN mode, opt-in), authenticate with a shared secret, exchange
+//! Automerge sync messages over QUIC, and agree on the probe leader: the lowest live peer id.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), statemesh::MeshError> {
+//! use statemesh::{Mesh, Scope};
+//!
+//! let mesh = Mesh::builder("my-workspace").join().await?;
+//! mesh.add("workspaces/ws-1/desired", 1, Scope::Durable)?.durable().await?;
+//! let mut changes = mesh.changes();
+//! while let Some(lead) = mesh.lead().await {
+//!     lead.put("probes", "api:443", &"up".to_string())?;
+//!     lead.cancelled().await;
+//! }
+//! # let _ = changes.recv().await;
+//! mesh.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+mod driver;
+mod mesh;
+pub mod store;
+
+pub use mesh::{Lead, LeadershipInfo, Member, Mesh, MeshBuilder, MeshError, Pending};
+pub use statemesh_core::{Config, EntryChange as Change, EntryKind, PeerId, Scope, Value};
+pub use statemesh_net::secret::Secret;

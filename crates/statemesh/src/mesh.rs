@@ -1,0 +1,613 @@
+//! The public API a window embeds.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use autosurgeon::{Hydrate, Reconcile};
+use rand_core::SeedableRng;
+use serde::{Deserialize, Serialize};
+use statemesh_core::{
+    Config, EntryChange, Explanation, MeshTag, Node, PeerId, ReadError, Scope, Stats, Time,
+    WriteError, WriteId, Written,
+};
+use statemesh_net::secret::{Secret, SecretError};
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::driver::{self, Acks};
+use crate::store::{LoadSummary, Store, StoreError};
+
+/// Who leads, as this window sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LeadershipInfo {
+    /// The leader, if any.
+    pub leader: Option<PeerId>,
+    /// Its term, once known.
+    pub term: Option<u64>,
+    /// Whether this window leads.
+    pub is_me: bool,
+}
+
+/// One member of the mesh, as this window sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its id.
+    pub peer: PeerId,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Whether it is live.
+    pub live: bool,
+    /// Whether it may lead.
+    pub eligible: bool,
+    /// Time since fresh news of it, on this machine's clock.
+    pub silent_for: Duration,
+}
+
+/// Something a mesh operation could not do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshError {
+    /// The secret file could not be read or created.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// Persistence failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A QUIC endpoint could not be set up.
+    #[error(transparent)]
+    Link(#[from] statemesh_net::quic::LinkError),
+    /// Local discovery could not start.
+    #[error(transparent)]
+    Local(#[from] statemesh_net::local::LocalError),
+    /// A write was refused.
+    #[error(transparent)]
+    Write(Box<WriteError>),
+    /// A read failed.
+    #[error(transparent)]
+    Read(Box<ReadError>),
+    /// No directory for state could be found (no `$HOME`).
+    #[error("no per-user state directory (is $HOME set?)")]
+    NoStateDir,
+    /// The mesh was shut down.
+    #[error("the mesh is shut down")]
+    Closed,
+    /// A wait ended before it was satisfied.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+}
+
+impl From<WriteError> for MeshError {
+    fn from(e: WriteError) -> Self {
+        Self::Write(Box::new(e))
+    }
+}
+
+impl From<ReadError> for MeshError {
+    fn from(e: ReadError) -> Self {
+        Self::Read(Box::new(e))
+    }
+}
+
+/// Builds a [`Mesh`]. Every knob has a default: local to this machine, secret from the
+/// per-user config directory, state in the per-user state directory.
+#[derive(Debug, Clone)]
+pub struct MeshBuilder {
+    pub(crate) name: String,
+    pub(crate) config: Config,
+    pub(crate) secret: Option<Secret>,
+    pub(crate) secret_path: Option<PathBuf>,
+    pub(crate) runtime_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
+    pub(crate) persist: bool,
+    pub(crate) local_discovery: bool,
+    pub(crate) listen: SocketAddr,
+    pub(crate) static_peers: Vec<SocketAddr>,
+}
+
+impl MeshBuilder {
+    pub(crate) fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            config: Config::default(),
+            secret: None,
+            secret_path: None,
+            runtime_dir: None,
+            state_dir: None,
+            persist: true,
+            local_discovery: true,
+            listen: (Ipv4Addr::LOCALHOST, 0).into(),
+            static_peers: Vec::new(),
+        }
+    }
+
+    /// The secret itself (instead of the secret file).
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// The secret file (default: `<config dir>/statemesh/secret`, created on first use).
+    pub fn secret_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.secret_path = Some(path.into());
+        self
+    }
+
+    /// Where local sockets live (default: `$XDG_RUNTIME_DIR/statemesh`, or
+    /// `/tmp/statemesh-<uid>`).
+    pub fn runtime_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.runtime_dir = Some(dir.into());
+        self
+    }
+
+    /// Where state files live (default: `<state dir>/statemesh`).
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Whether to persist state (default: yes).
+    pub fn persist(mut self, on: bool) -> Self {
+        self.persist = on;
+        self
+    }
+
+    /// Whether to find peers of this machine through local sockets (default: yes).
+    pub fn local_discovery(mut self, on: bool) -> Self {
+        self.local_discovery = on;
+        self
+    }
+
+    /// The QUIC listen address (default `127.0.0.1:0`: loopback, ephemeral port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// A peer to dial at a known address (for networks without multicast).
+    pub fn static_peer(mut self, addr: SocketAddr) -> Self {
+        self.static_peers.push(addr);
+        self
+    }
+
+    /// Whether this window may become the probe leader (default: yes).
+    pub fn eligible(mut self, eligible: bool) -> Self {
+        self.config.eligible = eligible;
+        self
+    }
+
+    /// Heartbeat interval (default 200 ms).
+    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
+        self.config.heartbeat_interval = d;
+        self
+    }
+
+    /// Suspect timeout (default 1 s).
+    pub fn suspect_timeout(mut self, d: Duration) -> Self {
+        self.config.suspect_timeout = d;
+        self
+    }
+
+    /// Hard limit on one frame (default 16 MiB).
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.config.max_frame = bytes;
+        self
+    }
+
+    /// Joins the mesh: binds, loads state, starts discovery. Must be called inside a tokio
+    /// runtime.
+    pub async fn join(self) -> Result<Mesh, MeshError> {
+        let secret = match (&self.secret, &self.secret_path) {
+            (Some(s), _) => s.clone(),
+            (None, Some(p)) => Secret::load_or_create(p)?,
+            (None, None) => Secret::load_or_create(&Secret::default_path()?)?,
+        };
+        let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let me = PeerId::generate(unix_ms, &mut rng);
+        let tag = MeshTag::derive(secret.as_bytes(), &self.name);
+        let epoch = Instant::now();
+        let mut node = Node::new(self.config.clone(), tag, me, &mut rng, Time::ZERO);
+        let (store, loaded) = if self.persist {
+            let base = match &self.state_dir {
+                Some(d) => d.clone(),
+                None => dirs::state_dir()
+                    .or_else(dirs::data_local_dir)
+                    .ok_or(MeshError::NoStateDir)?
+                    .join("statemesh"),
+            };
+            let dir = statemesh_net::local::mesh_dir(&base, &self.name);
+            let store = Store::open(&dir, me)?;
+            let loaded = store.load_all(&mut node)?;
+            (Some(store), loaded)
+        } else {
+            (None, LoadSummary::default())
+        };
+        let (leadership, _) = watch::channel(LeadershipInfo::default());
+        let (changes, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            node: Mutex::new(node),
+            wake: Notify::new(),
+            leadership,
+            changes,
+            acks: Mutex::new(Acks::default()),
+            acks_changed: Notify::new(),
+            epoch,
+            me,
+            loaded,
+            closed: std::sync::atomic::AtomicBool::new(false),
+        });
+        let driver = driver::start(self, secret, store, shared.clone()).await?;
+        Ok(Mesh {
+            inner: Arc::new(Inner {
+                shared,
+                driver: Mutex::new(Some(driver)),
+            }),
+        })
+    }
+}
+
+/// State shared by the handles and the driver task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) node: Mutex<Node>,
+    pub(crate) wake: Notify,
+    pub(crate) leadership: watch::Sender<LeadershipInfo>,
+    pub(crate) changes: broadcast::Sender<EntryChange>,
+    pub(crate) acks: Mutex<Acks>,
+    pub(crate) acks_changed: Notify,
+    pub(crate) epoch: Instant,
+    pub(crate) me: PeerId,
+    pub(crate) loaded: LoadSummary,
+    pub(crate) closed: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn now(&self) -> Time {
+        Time::from_duration(self.epoch.elapsed())
+    }
+
+    pub(crate) fn node(&self) -> MutexGuard<'_, Node> {
+        // A panic while holding the lock can only come from a bug in statemesh itself; the
+        // node's state is still consistent between inputs, so keep going.
+        self.node
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn acks(&self) -> MutexGuard<'_, Acks> {
+        self.acks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    shared: Arc<Shared>,
+    driver: Mutex<Option<driver::Driver>>,
+}
+
+/// A window's handle on the mesh. Cheap to clone; the mesh leaves (gracefully, with a
+/// [`shutdown`](Mesh::shutdown), or abruptly when the last handle is dropped: no task, socket
+/// file or advertisement stays behind).
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+/// A local write, applied to this window's document. Await [`durable`](Pending::durable) or
+/// [`replicated`](Pending::replicated) for stronger guarantees.
+#[derive(Debug)]
+pub struct Pending {
+    shared: Arc<Shared>,
+    written: Written,
+}
+
+impl Pending {
+    /// The write's id.
+    pub fn id(&self) -> WriteId {
+        self.written.id
+    }
+
+    /// Whether the write changed anything (an equal value is not rewritten).
+    pub fn changed(&self) -> bool {
+        self.written.changed
+    }
+
+    /// Resolves once the write is on this machine's disk (synced).
+    pub async fn durable(self) -> Result<(), MeshError> {
+        if !self.written.changed {
+            return Ok(());
+        }
+        loop {
+            let notified = self.shared.acks_changed.notified();
+            if self.shared.acks().durable.contains(&self.written.id) {
+                return Ok(());
+            }
+            if self
+                .shared
+                .closed
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                return Err(MeshError::Closed);
+            }
+            notified.await;
+        }
+    }
+
+    /// Resolves once `k` other peers hold the write.
+    pub async fn replicated(self, k: usize) -> Result<(), MeshError> {
+        if !self.written.changed || k == 0 {
+            return Ok(());
+        }
+        loop {
+            let notified = self.shared.acks_changed.notified();
+            if self.shared.acks().holders(self.written.id) >= k {
+                return Ok(());
+            }
+            if self
+                .shared
+                .closed
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                return Err(MeshError::Closed);
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Leadership held by this window: writes made through it carry its term, and are refused
+/// once the leadership is known or suspected lost.
+#[derive(Debug)]
+pub struct Lead {
+    shared: Arc<Shared>,
+    term: u64,
+    leadership: watch::Receiver<LeadershipInfo>,
+}
+
+impl Lead {
+    /// The term of this leadership (the fencing token).
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Writes leader record `key` of `channel` under this term. Refused once the leadership is
+    /// over (including after this process was frozen).
+    pub fn put<T: Reconcile>(&self, channel: &str, key: &str, value: &T) -> Result<(), MeshError> {
+        let now = self.shared.now();
+        self.shared
+            .node()
+            .leader_put(now, self.term, channel, key, Some(value))?;
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Deletes leader record `key` of `channel`.
+    pub fn delete(&self, channel: &str, key: &str) -> Result<(), MeshError> {
+        let now = self.shared.now();
+        self.shared
+            .node()
+            .leader_put::<Value>(now, self.term, channel, key, None)?;
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Whether this leadership still holds.
+    pub fn is_valid(&self) -> bool {
+        self.shared.node().my_term() == Some(self.term)
+    }
+
+    /// Resolves once this leadership is over.
+    pub async fn cancelled(&self) {
+        let mut rx = self.leadership.clone();
+        loop {
+            let l = *rx.borrow_and_update();
+            if !(l.is_me && l.term == Some(self.term) && self.is_valid()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+use statemesh_core::Value;
+
+impl Mesh {
+    /// Starts building a mesh named `name` (a workspace path, or any name).
+    pub fn builder(name: &str) -> MeshBuilder {
+        MeshBuilder::new(name)
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    fn write(
+        &self,
+        f: impl FnOnce(&mut Node) -> Result<Written, WriteError>,
+    ) -> Result<Pending, MeshError> {
+        if self
+            .shared()
+            .closed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(MeshError::Closed);
+        }
+        let written = f(&mut self.shared().node())?;
+        self.shared().wake.notify_one();
+        Ok(Pending {
+            shared: self.shared().clone(),
+            written,
+        })
+    }
+
+    /// This window's peer id.
+    pub fn id(&self) -> PeerId {
+        self.shared().me
+    }
+
+    /// Writes record `key` of `channel`.
+    pub fn put<T: Reconcile>(
+        &self,
+        channel: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<Pending, MeshError> {
+        self.write(|n| n.put(channel, key, value, Scope::Durable))
+    }
+
+    /// Writes record `key` of `channel`, visible only while this window lives.
+    pub fn put_presence<T: Reconcile>(
+        &self,
+        channel: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<Pending, MeshError> {
+        self.write(|n| n.put(channel, key, value, Scope::Presence))
+    }
+
+    /// Deletes record `key` of `channel`.
+    pub fn delete(&self, channel: &str, key: &str) -> Result<Pending, MeshError> {
+        self.write(|n| n.delete(channel, key))
+    }
+
+    /// Adds `by` to counter `name`.
+    pub fn add(&self, name: &str, by: i64, scope: Scope) -> Result<Pending, MeshError> {
+        self.write(|n| n.add(name, by, scope))
+    }
+
+    /// Makes several writes as one atomic change.
+    pub fn transact(
+        &self,
+        f: impl FnOnce(&mut statemesh_core::Tx<'_>) -> Result<(), WriteError>,
+    ) -> Result<Pending, MeshError> {
+        self.write(|n| n.transact(f).map(|((), w)| w))
+    }
+
+    /// Reads record `key` of `channel`.
+    pub fn get<T: Hydrate>(&self, channel: &str, key: &str) -> Result<Option<T>, MeshError> {
+        Ok(self.shared().node().get(channel, key)?)
+    }
+
+    /// The visible keys of `channel`.
+    pub fn keys(&self, channel: &str) -> Vec<String> {
+        self.shared().node().keys(channel)
+    }
+
+    /// Channels holding records.
+    pub fn channels(&self) -> Vec<String> {
+        self.shared().node().channels()
+    }
+
+    /// The value of counter `name`.
+    pub fn counter(&self, name: &str) -> i64 {
+        self.shared().node().counter(name)
+    }
+
+    /// Reads leader record `key` of `channel` (with its term), if a live leader of the newest
+    /// term wrote it.
+    pub fn leader_get<T: Hydrate>(
+        &self,
+        channel: &str,
+        key: &str,
+    ) -> Result<Option<(T, u64)>, MeshError> {
+        Ok(self.shared().node().leader_get(channel, key)?)
+    }
+
+    /// The visible keys of leader channel `channel`.
+    pub fn leader_keys(&self, channel: &str) -> Vec<String> {
+        self.shared().node().leader_keys(channel)
+    }
+
+    /// A stream of changes: which channel and key, written by whom.
+    pub fn changes(&self) -> broadcast::Receiver<EntryChange> {
+        self.shared().changes.subscribe()
+    }
+
+    /// The current leadership, and its changes.
+    pub fn leadership(&self) -> watch::Receiver<LeadershipInfo> {
+        self.shared().leadership.subscribe()
+    }
+
+    /// Waits until this window leads and returns the guard; `None` once the mesh is shut down.
+    pub async fn lead(&self) -> Option<Lead> {
+        let mut rx = self.leadership();
+        loop {
+            if self
+                .shared()
+                .closed
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                return None;
+            }
+            let l = *rx.borrow_and_update();
+            if let (true, Some(term)) = (l.is_me, l.term)
+                && self.shared().node().my_term() == Some(term)
+            {
+                return Some(Lead {
+                    shared: self.shared().clone(),
+                    term,
+                    leadership: rx,
+                });
+            }
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Members with their liveness, this window first.
+    pub fn members(&self) -> Vec<Member> {
+        let now = self.shared().now();
+        self.shared()
+            .node()
+            .explain(now)
+            .peers
+            .into_iter()
+            .map(|p| Member {
+                peer: p.peer,
+                incarnation: p.incarnation,
+                live: p.live,
+                eligible: p.eligible,
+                silent_for: p.silent_for,
+            })
+            .collect()
+    }
+
+    /// Why this window leads or not: the live set and each peer's freshness.
+    pub fn explain(&self) -> Explanation {
+        let now = self.shared().now();
+        self.shared().node().explain(now)
+    }
+
+    /// Counters of what this window's node did.
+    pub fn stats(&self) -> Stats {
+        self.shared().node().stats()
+    }
+
+    /// What loading state from disk found at startup.
+    pub fn loaded(&self) -> &LoadSummary {
+        &self.shared().loaded
+    }
+
+    /// Leaves gracefully: announces the leave (the next leader takes over at once), flushes,
+    /// and stops every task.
+    pub async fn shutdown(&self) -> Result<(), MeshError> {
+        let driver = self
+            .inner
+            .driver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match driver {
+            Some(d) => d.shutdown().await,
+            None => Ok(()),
+        }
+    }
+}

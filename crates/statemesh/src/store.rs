@@ -1,0 +1,178 @@
+//! Persistence: each peer appends its document's incremental saves to its own file and replaces
+//! it with a compacted snapshot now and then; startup merges every file of the mesh.
+//!
+//! Files live in `<state dir>/<mesh hash>/<peer id>.am` (mode 0600, directory 0700). Appends are
+//! written and `fdatasync`ed before the node is told they are durable; snapshots are written to
+//! a temporary file, synced, renamed over the old file, and the directory synced. Merging is
+//! idempotent, so no lock is needed between windows. A damaged file is salvaged (every readable
+//! change kept), moved aside as `<name>.corrupt-<n>`, and reported; the rest comes back from
+//! peers.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use statemesh_core::{Node, PeerId, Persist};
+
+/// A file of the mesh directory that was damaged and moved aside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Salvaged {
+    /// Where the damaged file now is.
+    pub moved_to: PathBuf,
+    /// Whether anything could be read from it.
+    pub partly_read: bool,
+}
+
+/// What loading the mesh directory found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadSummary {
+    /// Files merged whole.
+    pub loaded: usize,
+    /// Damaged files, moved aside.
+    pub salvaged: Vec<Salvaged>,
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A filesystem operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The persistent store of one peer.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    file: PathBuf,
+    append: Option<File>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Store {
+    /// Opens (creating, 0700) the mesh directory `dir` for peer `me`.
+    pub fn open(dir: &Path, me: PeerId) -> Result<Self, StoreError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            file: dir.join(format!("{}.am", me.as_uuid().simple())),
+            append: None,
+        })
+    }
+
+    /// Merges every `.am` file of the directory into `node`.
+    pub fn load_all(&self, node: &mut Node) -> Result<LoadSummary, StoreError> {
+        let mut summary = LoadSummary::default();
+        let entries = fs::read_dir(&self.dir).map_err(io(&self.dir))?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "am"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read a state file; skipped");
+                    continue;
+                }
+            };
+            if bytes.is_empty() {
+                continue;
+            }
+            match node.load(&bytes) {
+                Ok(report) if report.complete => summary.loaded += 1,
+                outcome => {
+                    let partly_read = outcome.is_ok();
+                    let moved_to = self.move_aside(&path)?;
+                    tracing::warn!(
+                        path = %path.display(),
+                        moved_to = %moved_to.display(),
+                        partly_read,
+                        "damaged state file: kept what could be read, moved it aside; peers will supply the rest"
+                    );
+                    summary.salvaged.push(Salvaged {
+                        moved_to,
+                        partly_read,
+                    });
+                }
+            }
+        }
+        Ok(summary)
+    }
+
+    fn move_aside(&self, path: &Path) -> Result<PathBuf, StoreError> {
+        for n in 0.. {
+            let target = path.with_extension(format!("am.corrupt-{n}"));
+            if !target.exists() {
+                fs::rename(path, &target).map_err(io(path))?;
+                return Ok(target);
+            }
+        }
+        unreachable!("some suffix is free")
+    }
+
+    /// Writes one persist output durably.
+    pub fn write(&mut self, persist: &Persist) -> Result<(), StoreError> {
+        match persist {
+            Persist::Append { bytes, .. } => {
+                if self.append.is_none() {
+                    let f = OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .mode(0o600)
+                        .open(&self.file)
+                        .map_err(io(&self.file))?;
+                    self.append = Some(f);
+                }
+                if let Some(f) = self.append.as_mut() {
+                    f.write_all(bytes)
+                        .and_then(|()| f.sync_data())
+                        .map_err(io(&self.file))?;
+                }
+            }
+            Persist::Snapshot { bytes, .. } => {
+                let tmp = self.file.with_extension("am.tmp");
+                let mut f = OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(io(&tmp))?;
+                f.write_all(bytes)
+                    .and_then(|()| f.sync_all())
+                    .map_err(io(&tmp))?;
+                fs::rename(&tmp, &self.file).map_err(io(&self.file))?;
+                File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io(&self.dir))?;
+                self.append = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// This peer's file.
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+}

@@ -1,0 +1,202 @@
+//! Several meshes in one process, for real: local sockets in a private temporary directory,
+//! QUIC on loopback, state files on disk.
+
+use std::path::Path;
+use std::time::Duration;
+
+use statemesh::{LeadershipInfo, Mesh, PeerId, Scope, Secret};
+
+/// A generous safety net; the events themselves take milliseconds.
+const WITHIN: Duration = Duration::from_secs(15);
+
+async fn window(dir: &Path, name: &str) -> Mesh {
+    Mesh::builder(name)
+        .secret(Secret::from_bytes([9; 32]))
+        .runtime_dir(dir.join("run"))
+        .state_dir(dir.join("state"))
+        .join()
+        .await
+        .expect("joins")
+}
+
+/// Waits until `mesh` sees `leader` lead under some term.
+async fn leader_seen(mesh: &Mesh, leader: PeerId) -> LeadershipInfo {
+    let mut rx = mesh.leadership();
+    let seen = tokio::time::timeout(WITHIN, async {
+        *rx.wait_for(|l| l.leader == Some(leader) && l.term.is_some())
+            .await
+            .expect("mesh running")
+    })
+    .await;
+    seen.unwrap_or_else(|_| {
+        panic!(
+            "{:?} never saw {leader:?} lead; it sees {:?}",
+            mesh.id(),
+            *mesh.leadership().borrow()
+        )
+    })
+}
+
+/// Waits until `check` holds on `mesh`, re-checking on every change it sees.
+async fn until(mesh: &Mesh, what: &str, check: impl Fn(&Mesh) -> bool) {
+    let mut changes = mesh.changes();
+    let wait = async {
+        while !check(mesh) {
+            let _ = changes.recv().await;
+        }
+    };
+    tokio::time::timeout(WITHIN, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not reached"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_share_state_elect_the_lowest_and_fail_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = window(dir.path(), "ws").await;
+    let b = window(dir.path(), "ws").await;
+    let c = window(dir.path(), "ws").await;
+    let mut ids = [a.id(), b.id(), c.id()];
+    ids.sort();
+    let by_id = |id: PeerId| {
+        [&a, &b, &c]
+            .into_iter()
+            .find(|m| m.id() == id)
+            .expect("exists")
+            .clone()
+    };
+    let lowest = ids[0];
+    let mut terms = Vec::new();
+    for m in [&a, &b, &c] {
+        terms.push(leader_seen(m, lowest).await.term);
+    }
+    assert!(
+        terms.windows(2).all(|w| w[0] == w[1]),
+        "one term: {terms:?}"
+    );
+
+    // Every window writes at once; counters add up, records merge.
+    for m in [&a, &b, &c] {
+        let durable = m
+            .add("ws-1/desired", 1, Scope::Durable)
+            .expect("write")
+            .durable();
+        tokio::time::timeout(WITHIN, durable)
+            .await
+            .expect("durable in time")
+            .expect("durable");
+        let pending = m.put("windows", &m.id().to_string(), &true).expect("write");
+        let held = tokio::time::timeout(WITHIN, pending.replicated(2)).await;
+        held.expect("replicated in time")
+            .expect("held by both others");
+    }
+    for m in [&a, &b, &c] {
+        until(m, "counters add up", |m| {
+            m.counter("ws-1/desired") == 3 && m.keys("windows").len() == 3
+        })
+        .await;
+    }
+
+    // The leader writes probe results under its term; everyone reads them.
+    let leader = by_id(lowest);
+    let lead = tokio::time::timeout(WITHIN, leader.lead())
+        .await
+        .expect("leads")
+        .expect("running");
+    lead.put("probes", "api:443", &"up".to_string())
+        .expect("leader write");
+    for m in [&a, &b, &c] {
+        until(m, "probe visible", |m| {
+            m.leader_get::<String>("probes", "api:443")
+                .ok()
+                .flatten()
+                .is_some()
+        })
+        .await;
+        let (v, t) = m
+            .leader_get::<String>("probes", "api:443")
+            .expect("read")
+            .expect("present");
+        assert_eq!((v.as_str(), Some(t)), ("up", terms[0]));
+    }
+
+    // Kill the leader abruptly (no leave): its local socket closes, the others take over.
+    let survivors: Vec<Mesh> = [&a, &b, &c]
+        .into_iter()
+        .filter(|m| m.id() != lowest)
+        .cloned()
+        .collect();
+    drop(lead);
+    drop(leader);
+    drop((a, b, c));
+    for m in &survivors {
+        let l = leader_seen(m, ids[1]).await;
+        assert!(l.term > terms[0], "a new term");
+        until(m, "dead leader's probes gone", |m| {
+            m.leader_keys("probes").is_empty()
+        })
+        .await;
+        assert_eq!(m.counter("ws-1/desired"), 3, "durable counts stay");
+    }
+
+    // Graceful leave of the new leader: the last one takes over.
+    let (next, last) = if survivors[0].id() == ids[1] {
+        (&survivors[0], &survivors[1])
+    } else {
+        (&survivors[1], &survivors[0])
+    };
+    next.shutdown().await.expect("leaves");
+    leader_seen(last, ids[2]).await;
+    assert!(last.members().iter().any(|m| m.peer == ids[1] && !m.live));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_window_gets_its_state_back_from_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let a = window(dir.path(), "ws").await;
+        let w = a
+            .put("notes", "n1", &"kept".to_string())
+            .expect("write")
+            .durable();
+        tokio::time::timeout(WITHIN, w)
+            .await
+            .expect("in time")
+            .expect("durable");
+        let w = a.add("total", 5, Scope::Durable).expect("write").durable();
+        tokio::time::timeout(WITHIN, w)
+            .await
+            .expect("in time")
+            .expect("durable");
+        a.shutdown().await.expect("leaves");
+    }
+    let again = window(dir.path(), "ws").await;
+    assert_eq!(
+        again.get::<String>("notes", "n1").expect("read"),
+        Some("kept".into())
+    );
+    assert_eq!(again.counter("total"), 5);
+    assert!(again.loaded().salvaged.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshes_with_other_names_or_secrets_stay_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = window(dir.path(), "ws").await;
+    let other = window(dir.path(), "other").await;
+    let stranger = Mesh::builder("ws")
+        .secret(Secret::from_bytes([1; 32]))
+        .runtime_dir(dir.path().join("run"))
+        .persist(false)
+        .join()
+        .await
+        .expect("joins");
+    a.put("k", "v", &1i64).expect("write");
+    // Each leads its own world.
+    leader_seen(&a, a.id()).await;
+    leader_seen(&other, other.id()).await;
+    leader_seen(&stranger, stranger.id()).await;
+    assert_eq!(other.get::<i64>("k", "v").expect("read"), None);
+    assert_eq!(stranger.get::<i64>("k", "v").expect("read"), None);
+    assert_eq!(a.members().len(), 1);
+}
