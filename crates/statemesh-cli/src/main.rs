@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+mod node;
+
 use clap::{Parser, Subcommand};
 use statemesh_core::sim::{CrashSignal, Sim, SimConfig, Slot};
 use statemesh_core::{PeerId, Scope, Time};
@@ -29,12 +31,23 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Runs one peer of a mesh and prints what it sees (leadership, changes) as JSON lines.
+    /// Stops gracefully (announcing its leave) on SIGTERM or Ctrl-C.
+    Node(node::NodeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
         Command::Demo { windows, seed } => demo(usize::from(windows), seed),
+        Command::Node(args) => tokio::runtime::Runtime::new()?.block_on(node::run(args)),
     }
 }
 
