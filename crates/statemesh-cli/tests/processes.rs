@@ -85,11 +85,11 @@ fn until_all_see(rx: &mpsc::Receiver<Line>, who: &[usize], leader: &str) -> Inst
         if std::env::var("PROC_DEBUG").is_ok() {
             eprintln!("{:?} {} {}", line.at, line.from, line.json);
         }
-        if let Some(i) = who.iter().position(|w| *w == line.from) {
-            if line.json["event"] == "leadership" {
-                let leads = line.json["leader"] == leader && !line.json["term"].is_null();
-                seen[i] = leads.then_some(line.at);
-            }
+        if let Some(i) = who.iter().position(|w| *w == line.from)
+            && line.json["event"] == "leadership"
+        {
+            let leads = line.json["leader"] == leader && !line.json["term"].is_null();
+            seen[i] = leads.then_some(line.at);
         }
     }
     seen.into_iter().flatten().max().expect("all seen")
