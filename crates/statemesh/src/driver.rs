@@ -127,6 +127,7 @@ pub(crate) async fn start(
             source,
         })
     })?;
+    let _ = shared.quic_addr.set(quic_addr);
     let presence = if builder.local_discovery {
         let dir = builder
             .runtime_dir

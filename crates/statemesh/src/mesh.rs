@@ -238,6 +238,7 @@ impl MeshBuilder {
             me,
             loaded,
             closed: std::sync::atomic::AtomicBool::new(false),
+            quic_addr: std::sync::OnceLock::new(),
         });
         let driver = driver::start(self, secret, store, shared.clone()).await?;
         Ok(Mesh {
@@ -262,6 +263,7 @@ pub(crate) struct Shared {
     pub(crate) me: PeerId,
     pub(crate) loaded: LoadSummary,
     pub(crate) closed: std::sync::atomic::AtomicBool,
+    pub(crate) quic_addr: std::sync::OnceLock<SocketAddr>,
 }
 
 impl Shared {
@@ -450,6 +452,11 @@ impl Mesh {
     /// This window's peer id.
     pub fn id(&self) -> PeerId {
         self.shared().me
+    }
+
+    /// The address this window's QUIC endpoint listens on (for other machines' static peers).
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.shared().quic_addr.get().copied()
     }
 
     /// Writes record `key` of `channel`.

@@ -200,3 +200,73 @@ async fn meshes_with_other_names_or_secrets_stay_apart() {
     assert_eq!(stranger.get::<i64>("k", "v").expect("read"), None);
     assert_eq!(a.members().len(), 1);
 }
+
+/// An authenticated peer that sends garbage or an oversize frame loses its link; the window
+/// keeps running and keeps serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversize_frames_close_only_that_link() {
+    use rand::SeedableRng;
+    use statemesh_core::codec::{Hello, Message, PROTOCOL_VERSION, encode_frame};
+    use statemesh_core::{Incarnation, MeshTag};
+    use statemesh_net::quic::Endpoint;
+
+    let secret = Secret::from_bytes([9; 32]);
+    let a = Mesh::builder("ws")
+        .secret(secret.clone())
+        .local_discovery(false)
+        .persist(false)
+        .max_frame(64 * 1024)
+        .join()
+        .await
+        .expect("joins");
+    let addr = a.quic_addr().expect("listening");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for bad in [
+        vec![0u8, 0, 0, 3, 0xff, 0xff, 0xff],
+        u32::MAX.to_be_bytes().to_vec(),
+    ] {
+        let me = PeerId::generate(1, &mut rng);
+        let attacker =
+            Endpoint::bind(([127, 0, 0, 1], 0).into(), me, secret.clone(), "ws").expect("binds");
+        let mut link = attacker
+            .connect(addr)
+            .await
+            .expect("authenticates: it holds the secret");
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            mesh: MeshTag::derive(secret.as_bytes(), "ws"),
+            incarnation: Incarnation {
+                peer: me,
+                number: 0,
+            },
+            eligible: false,
+        };
+        link.send
+            .write_all(&encode_frame(&Message::Hello(hello), 1 << 20).expect("fits"))
+            .await
+            .expect("writes");
+        link.send.write_all(&bad).await.expect("writes");
+        // The window closes the connection: reading ends (error or end of stream).
+        let closed = tokio::time::timeout(WITHIN, async {
+            let mut buf = [0u8; 4096];
+            while let Ok(Some(_)) = link.recv.read(&mut buf).await {}
+        })
+        .await;
+        assert!(closed.is_ok(), "link not closed after a bad frame");
+    }
+    // The window still works and still links with honest peers.
+    let b = Mesh::builder("ws")
+        .secret(secret)
+        .local_discovery(false)
+        .persist(false)
+        .static_peer(addr)
+        .join()
+        .await
+        .expect("joins");
+    a.put("k", "v", &7i64).expect("write");
+    until(&b, "honest peer syncs", |m| {
+        m.get::<i64>("k", "v").ok().flatten() == Some(7)
+    })
+    .await;
+    assert!(a.stats().decode_errors >= 1);
+}
