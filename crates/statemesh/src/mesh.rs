@@ -72,6 +72,9 @@ pub enum MeshError {
     /// The mesh was shut down.
     #[error("the mesh is shut down")]
     Closed,
+    /// The mesh's own runtime could not be started (blocking use).
+    #[error("runtime: {0}")]
+    Runtime(String),
     /// A wait ended before it was satisfied.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
@@ -194,9 +197,7 @@ impl MeshBuilder {
         self
     }
 
-    /// Joins the mesh: binds, loads state, starts discovery. Must be called inside a tokio
-    /// runtime.
-    pub async fn join(self) -> Result<Mesh, MeshError> {
+    async fn start(self) -> Result<(Arc<Shared>, driver::Driver), MeshError> {
         let secret = match (&self.secret, &self.secret_path) {
             (Some(s), _) => s.clone(),
             (None, Some(p)) => Secret::load_or_create(p)?,
@@ -241,10 +242,38 @@ impl MeshBuilder {
             quic_addr: std::sync::OnceLock::new(),
         });
         let driver = driver::start(self, secret, store, shared.clone()).await?;
+        Ok((shared, driver))
+    }
+
+    /// Joins the mesh: binds, loads state, starts discovery. Must be called inside a tokio
+    /// runtime.
+    pub async fn join(self) -> Result<Mesh, MeshError> {
+        let (shared, driver) = self.start().await?;
         Ok(Mesh {
             inner: Arc::new(Inner {
                 shared,
                 driver: Mutex::new(Some(driver)),
+                runtime: None,
+            }),
+        })
+    }
+
+    /// Joins the mesh from code that is not async (an egui window, a plain thread): the mesh
+    /// runs on its own runtime thread, kept alive as long as the returned handle (or a clone).
+    /// Use [`Mesh::block_on`] to wait for acknowledgements or leadership.
+    pub fn join_blocking(self) -> Result<Mesh, MeshError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("statemesh")
+            .enable_all()
+            .build()
+            .map_err(|e| MeshError::Runtime(e.to_string()))?;
+        let (shared, driver) = runtime.block_on(self.start())?;
+        Ok(Mesh {
+            inner: Arc::new(Inner {
+                shared,
+                driver: Mutex::new(Some(driver)),
+                runtime: Some(runtime),
             }),
         })
     }
@@ -290,6 +319,21 @@ impl Shared {
 struct Inner {
     shared: Arc<Shared>,
     driver: Mutex<Option<driver::Driver>>,
+    /// The mesh's own runtime, for meshes joined with [`MeshBuilder::join_blocking`]. Declared
+    /// last: it is dropped after the driver was aborted.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Stop the driver (no leave), then let the runtime go without blocking on its threads.
+        if let Ok(mut d) = self.driver.lock() {
+            d.take();
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// A window's handle on the mesh. Cheap to clone; the mesh leaves (gracefully, with a
@@ -601,6 +645,18 @@ impl Mesh {
     /// What loading state from disk found at startup.
     pub fn loaded(&self) -> &LoadSummary {
         &self.shared().loaded
+    }
+
+    /// Runs `future` to completion from non-async code, on the mesh's own runtime (meshes joined
+    /// with [`MeshBuilder::join_blocking`]), e.g. `mesh.block_on(pending.durable())`. Must not be
+    /// called from inside an async context.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> Result<F::Output, MeshError> {
+        match &self.inner.runtime {
+            Some(rt) => Ok(rt.block_on(future)),
+            None => Err(MeshError::Runtime(
+                "this mesh runs on the caller's runtime; await instead".into(),
+            )),
+        }
     }
 
     /// Leaves gracefully: announces the leave (the next leader takes over at once), flushes,

@@ -270,3 +270,33 @@ async fn garbage_and_oversize_frames_close_only_that_link() {
     .await;
     assert!(a.stats().decode_errors >= 1);
 }
+
+/// A window that is not async (a plain thread) joins with its own runtime thread.
+#[test]
+fn a_blocking_window_shares_state_with_an_async_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = Mesh::builder("ws")
+        .secret(Secret::from_bytes([9; 32]))
+        .runtime_dir(dir.path().join("run"))
+        .persist(false)
+        .join_blocking()
+        .expect("joins");
+    plain.block_on(async {}).expect("own runtime");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let other = window(dir.path(), "ws").await;
+        let pending = plain
+            .add("from-a-thread", 2, Scope::Durable)
+            .expect("write");
+        tokio::time::timeout(WITHIN, pending.replicated(1))
+            .await
+            .expect("in time")
+            .expect("held");
+        until(&other, "sees the blocking window's write", |m| {
+            m.counter("from-a-thread") == 2
+        })
+        .await;
+        other.shutdown().await.expect("leaves");
+    });
+    drop(plain);
+}
