@@ -650,7 +650,7 @@ impl Mesh {
     /// Runs `future` to completion from non-async code, on the mesh's own runtime (meshes joined
     /// with [`MeshBuilder::join_blocking`]), e.g. `mesh.block_on(pending.durable())`. Must not be
     /// called from inside an async context.
-    pub fn block_on<F: std::future::Future>(&self, future: F) -> Result<F::Output, MeshError> {
+    pub fn block_on<F: Future>(&self, future: F) -> Result<F::Output, MeshError> {
         match &self.inner.runtime {
             Some(rt) => Ok(rt.block_on(future)),
             None => Err(MeshError::Runtime(
