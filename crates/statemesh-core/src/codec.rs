@@ -281,19 +281,12 @@ mod serde_bytes_compat {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-    use uuid::Uuid;
-
     use super::*;
     use crate::liveness::DeathCause;
     use crate::vv::Beat;
+    use proptest::prelude::*;
 
-    fn peer(n: u8) -> PeerId {
-        let mut bytes = [n; 16];
-        bytes[6] = 0x70;
-        bytes[8] = 0x80;
-        PeerId::from_uuid(Uuid::from_bytes(bytes)).expect("valid v7")
-    }
+    use crate::id::test_peer as peer;
 
     fn message() -> impl Strategy<Value = Message> {
         prop_oneof![

@@ -134,6 +134,15 @@ impl fmt::Debug for MeshTag {
     }
 }
 
+/// A valid peer id made from one byte, for tests.
+#[cfg(test)]
+pub(crate) fn test_peer(n: u8) -> PeerId {
+    let mut bytes = [n; 16];
+    bytes[6] = 0x70;
+    bytes[8] = 0x80;
+    PeerId(Uuid::from_bytes(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use rand_chacha::ChaCha8Rng;

@@ -159,17 +159,10 @@ impl LeaderStore {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-    use uuid::Uuid;
-
     use super::*;
+    use proptest::prelude::*;
 
-    fn peer(n: u8) -> PeerId {
-        let mut bytes = [n; 16];
-        bytes[6] = 0x70;
-        bytes[8] = 0x80;
-        PeerId::from_uuid(Uuid::from_bytes(bytes)).expect("valid v7")
-    }
+    use crate::id::test_peer as peer;
 
     fn record(k: u8, w: u8, term: u64, seq: u64) -> LeaderRecord {
         LeaderRecord {

@@ -104,18 +104,10 @@ impl FromIterator<(PeerId, Beat)> for VersionVector {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-    use uuid::Uuid;
-
     use super::*;
+    use proptest::prelude::*;
 
-    fn peer(n: u8) -> PeerId {
-        let mut bytes = [0u8; 16];
-        bytes[5] = n;
-        bytes[6] = 0x70;
-        bytes[8] = 0x80;
-        PeerId::from_uuid(Uuid::from_bytes(bytes)).expect("valid v7")
-    }
+    use crate::id::test_peer as peer;
 
     fn vv() -> impl Strategy<Value = VersionVector> {
         proptest::collection::vec((0u8..6, 0u64..3, 0u64..20), 0..8).prop_map(|entries| {
