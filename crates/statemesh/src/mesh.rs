@@ -330,6 +330,14 @@ impl Drop for Inner {
         if let Ok(mut d) = self.driver.lock() {
             d.take();
         }
+        // Guards and waiters that outlive the last handle learn that it is over.
+        self.shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared
+            .leadership
+            .send_replace(LeadershipInfo::default());
+        self.shared.acks_changed.notify_waiters();
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
@@ -424,6 +432,13 @@ impl Lead {
     /// Writes leader record `key` of `channel` under this term. Refused once the leadership is
     /// over (including after this process was frozen).
     pub fn put<T: Reconcile>(&self, channel: &str, key: &str, value: &T) -> Result<(), MeshError> {
+        if self
+            .shared
+            .closed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(MeshError::Closed);
+        }
         let now = self.shared.now();
         self.shared
             .node()
@@ -434,6 +449,13 @@ impl Lead {
 
     /// Deletes leader record `key` of `channel`.
     pub fn delete(&self, channel: &str, key: &str) -> Result<(), MeshError> {
+        if self
+            .shared
+            .closed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(MeshError::Closed);
+        }
         let now = self.shared.now();
         self.shared
             .node()
@@ -444,7 +466,11 @@ impl Lead {
 
     /// Whether this leadership still holds.
     pub fn is_valid(&self) -> bool {
-        self.shared.node().my_term() == Some(self.term)
+        !self
+            .shared
+            .closed
+            .load(std::sync::atomic::Ordering::Acquire)
+            && self.shared.node().my_term() == Some(self.term)
     }
 
     /// Resolves once this leadership is over.

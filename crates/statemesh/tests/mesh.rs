@@ -300,3 +300,34 @@ fn a_blocking_window_shares_state_with_an_async_one() {
     });
     drop(plain);
 }
+
+/// A lead guard and a pending acknowledgement that outlive their mesh learn that it is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guards_outliving_their_mesh_are_cancelled() {
+    let mesh = Mesh::builder("alone")
+        .secret(Secret::from_bytes([5; 32]))
+        .local_discovery(false)
+        .persist(false)
+        .join()
+        .await
+        .expect("joins");
+    let lead = tokio::time::timeout(WITHIN, mesh.lead())
+        .await
+        .expect("leads alone")
+        .expect("running");
+    assert!(lead.is_valid());
+    let pending = mesh.put("k", "v", &1i64).expect("write");
+    drop(mesh);
+    tokio::time::timeout(WITHIN, lead.cancelled())
+        .await
+        .expect("cancelled once the mesh is gone");
+    assert!(!lead.is_valid());
+    assert!(
+        lead.put("probes", "x", &1i64).is_err(),
+        "a guard of a dropped mesh writes nothing"
+    );
+    let r = tokio::time::timeout(WITHIN, pending.replicated(1))
+        .await
+        .expect("resolves");
+    assert!(r.is_err(), "no peer will ever hold it");
+}
