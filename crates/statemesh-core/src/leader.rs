@@ -119,14 +119,6 @@ impl LeaderStore {
             .collect()
     }
 
-    /// Records written by `writer`.
-    pub fn written_by(&self, writer: PeerId) -> impl Iterator<Item = &LeaderRecord> {
-        self.records
-            .values()
-            .flat_map(|c| c.values())
-            .filter(move |r| r.writer == writer)
-    }
-
     /// Drops records of writers that are dead (they can never be visible again).
     pub fn prune(&mut self, is_dead: impl Fn(&PeerId) -> bool) {
         for channel in self.records.values_mut() {

@@ -442,14 +442,7 @@ impl Replica {
             let Some(rec) = self.record_obj(&item.key) else {
                 continue;
             };
-            let presence = self
-                .doc
-                .get(&rec, "p")
-                .ok()
-                .flatten()
-                .and_then(|(v, _)| v.as_bool())
-                == Some(true);
-            if presence
+            if self.is_presence(&rec)
                 && self.writer_of(&rec) == Some(writer)
                 && let Some((c, k)) = item.key.split_once(SEP)
             {
@@ -668,15 +661,17 @@ impl Replica {
         v.into_string().ok()?.parse().ok()
     }
 
-    fn visible(&self, rec: &ObjId, is_live: &impl Fn(&PeerId) -> bool) -> bool {
-        let presence = self
-            .doc
+    fn is_presence(&self, rec: &ObjId) -> bool {
+        self.doc
             .get(rec, "p")
             .ok()
             .flatten()
             .and_then(|(v, _)| v.as_bool())
-            == Some(true);
-        !presence || self.writer_of(rec).is_some_and(|w| is_live(&w))
+            == Some(true)
+    }
+
+    fn visible(&self, rec: &ObjId, is_live: &impl Fn(&PeerId) -> bool) -> bool {
+        !self.is_presence(rec) || self.writer_of(rec).is_some_and(|w| is_live(&w))
     }
 }
 

@@ -193,15 +193,6 @@ impl Value {
         }
         result.ok_or(ValueError::Malformed)
     }
-
-    /// Nesting depth (0 for a scalar).
-    pub fn depth(&self) -> usize {
-        match self {
-            Self::List(items) => 1 + items.iter().map(Self::depth).max().unwrap_or(0),
-            Self::Map(map) => 1 + map.values().map(Self::depth).max().unwrap_or(0),
-            _ => 0,
-        }
-    }
 }
 
 thread_local! {
@@ -254,20 +245,20 @@ impl Reconcile for Value {
     }
 }
 
+/// Counts nesting while a value is hydrated or built (one counter per thread); a guard whose
+/// level exceeds [`MAX_VALUE_DEPTH`] is refused, so hostile input cannot exhaust the stack.
 struct DepthGuard;
 
 impl DepthGuard {
-    fn enter() -> Result<Self, HydrateError> {
+    fn enter() -> Result<Self, ValueError> {
         let depth = HYDRATE_DEPTH.with(|d| {
             d.set(d.get() + 1);
             d.get()
         });
+        // Built before the check, so the increment is undone on refusal too.
         let guard = Self;
         if depth > MAX_VALUE_DEPTH {
-            return Err(HydrateError::unexpected(
-                "a value nested at most 32 levels deep",
-                "a deeper value".into(),
-            ));
+            return Err(ValueError::TooDeep);
         }
         Ok(guard)
     }
@@ -277,6 +268,13 @@ impl Drop for DepthGuard {
     fn drop(&mut self) {
         HYDRATE_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
     }
+}
+
+fn too_deep(_: ValueError) -> HydrateError {
+    HydrateError::unexpected(
+        "a value nested at most 32 levels deep",
+        "a deeper value".into(),
+    )
 }
 
 impl Hydrate for Value {
@@ -308,7 +306,7 @@ impl Hydrate for Value {
         Ok(Self::Int(t))
     }
     fn hydrate_map<D: ReadDoc>(doc: &D, obj: &ObjId) -> Result<Self, HydrateError> {
-        let _guard = DepthGuard::enter()?;
+        let _guard = DepthGuard::enter().map_err(too_deep)?;
         let mut map = BTreeMap::new();
         for item in doc.map_range(obj, ..) {
             let key = item.key.to_string();
@@ -318,7 +316,7 @@ impl Hydrate for Value {
         Ok(Self::Map(map))
     }
     fn hydrate_seq<D: ReadDoc>(doc: &D, obj: &ObjId) -> Result<Self, HydrateError> {
-        let _guard = DepthGuard::enter()?;
+        let _guard = DepthGuard::enter().map_err(too_deep)?;
         let len = doc.length(obj);
         let mut items = Vec::with_capacity(len);
         for i in 0..len {
@@ -431,30 +429,8 @@ struct Builder<'a> {
 type NoEntries<'a> = std::iter::Empty<(std::borrow::Cow<'a, str>, automerge::ValueRef<'a>)>;
 
 fn build_into<R: Reconcile>(slot: &mut Value, value: R) -> Result<(), BuildError> {
-    let _guard = BuildDepth::enter()?;
+    let _guard = DepthGuard::enter().map_err(|_| BuildError::TooDeep)?;
     value.reconcile(Builder { slot })
-}
-
-struct BuildDepth;
-
-impl BuildDepth {
-    fn enter() -> Result<Self, BuildError> {
-        let depth = HYDRATE_DEPTH.with(|d| {
-            d.set(d.get() + 1);
-            d.get()
-        });
-        let guard = Self;
-        if depth > MAX_VALUE_DEPTH {
-            return Err(BuildError::TooDeep);
-        }
-        Ok(guard)
-    }
-}
-
-impl Drop for BuildDepth {
-    fn drop(&mut self) {
-        HYDRATE_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
-    }
 }
 
 impl Reconciler for Builder<'_> {
