@@ -28,9 +28,16 @@ pub(crate) struct NodeArgs {
     /// Never become the probe leader.
     #[arg(long)]
     not_eligible: bool,
-    /// QUIC listen address.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
+    /// LAN mode: listen on every interface and find peers by mDNS (off: nothing leaves this
+    /// machine).
+    #[arg(long)]
+    lan: bool,
+    /// Do not find peers of this machine through local sockets.
+    #[arg(long)]
+    no_local_discovery: bool,
+    /// QUIC listen address (default 127.0.0.1:0, or 0.0.0.0:0 with --lan).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// A peer to dial (repeatable), for networks without multicast.
     #[arg(long = "peer")]
     peers: Vec<SocketAddr>,
@@ -48,11 +55,15 @@ pub(crate) struct NodeArgs {
 pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut b = Mesh::builder(&args.mesh)
-        .listen(args.listen)
+        .lan(args.lan)
+        .local_discovery(!args.no_local_discovery)
         .eligible(!args.not_eligible)
         .persist(!args.no_persist)
         .heartbeat_interval(std::time::Duration::from_millis(args.heartbeat_ms))
         .suspect_timeout(std::time::Duration::from_millis(args.suspect_ms));
+    if let Some(l) = args.listen {
+        b = b.listen(l);
+    }
     if let Some(f) = &args.secret_file {
         b = b.secret_file(f);
     }

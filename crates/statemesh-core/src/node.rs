@@ -78,6 +78,9 @@ pub enum Event {
         write: WriteId,
         /// The peer that holds it.
         peer: PeerId,
+        /// Time from the write to this acknowledgement, on this node's clock: the write's trip
+        /// to the peer and the acknowledgement's trip back (no clocks are compared).
+        after: std::time::Duration,
     },
     /// Local write `write` is in bytes the runtime reported as persisted.
     Durable {
@@ -980,11 +983,11 @@ impl Node {
             }
         }
         self.sync_with(from);
-        self.check_replicated(from);
+        self.check_replicated(now, from);
         Ok(())
     }
 
-    fn check_replicated(&mut self, peer: PeerId) {
+    fn check_replicated(&mut self, now: Time, peer: PeerId) {
         let Some(link) = self.links.get(&peer) else {
             return;
         };
@@ -1003,10 +1006,13 @@ impl Node {
             if !held {
                 continue;
             }
-            if let Some(w) = self.pending.get_mut(&write) {
-                w.holders.insert(peer);
-            }
-            self.events.push_back(Event::Replicated { write, peer });
+            let Some(w) = self.pending.get_mut(&write) else {
+                continue;
+            };
+            w.holders.insert(peer);
+            let after = now.saturating_since(w.at);
+            self.events
+                .push_back(Event::Replicated { write, peer, after });
         }
     }
 
@@ -1166,11 +1172,7 @@ mod tests {
         assert_eq!(b.counter("ws/desired"), 5);
         let mut replicated = false;
         while let Some(e) = a.poll_event() {
-            replicated |= e
-                == Event::Replicated {
-                    write: w.id,
-                    peer: b.me().peer,
-                };
+            replicated |= matches!(e, Event::Replicated { write, peer, .. } if write == w.id && peer == b.me().peer);
         }
         assert!(replicated);
     }

@@ -560,7 +560,7 @@ impl Sim {
                     "{by:?} saw {inc} live again after judging it dead"
                 )));
             }
-            Event::Replicated { write, peer } => {
+            Event::Replicated { write, peer, .. } => {
                 self.acks.push((*write, *peer));
                 return;
             }

@@ -2,7 +2,9 @@
 //! peer authentication with the mesh secret.
 
 pub mod auth;
+pub mod discovery;
 #[cfg(unix)]
 pub mod local;
+pub mod mdns;
 pub mod quic;
 pub mod secret;

@@ -20,6 +20,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -152,6 +153,7 @@ fn ensure_private_dir(path: &Path) -> Result<(), LocalError> {
 pub struct LocalPresence {
     path: PathBuf,
     tasks: JoinSet<()>,
+    shared: Arc<Shared>,
 }
 
 impl Drop for LocalPresence {
@@ -171,6 +173,8 @@ struct Shared {
     uid: u32,
     /// Peers with a presence connection up (either direction).
     connected: Mutex<BTreeSet<PeerId>>,
+    /// Connections refused for a foreign uid or a failed proof.
+    auth_failures: AtomicU64,
     events: mpsc::UnboundedSender<LocalEvent>,
 }
 
@@ -207,17 +211,30 @@ impl LocalPresence {
             dir,
             uid: rustix::process::getuid().as_raw(),
             connected: Mutex::new(BTreeSet::new()),
+            auth_failures: AtomicU64::new(0),
             events: tx,
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(listener, shared.clone()));
-        tasks.spawn(scan_loop(shared));
-        Ok((Self { path, tasks }, rx))
+        tasks.spawn(scan_loop(shared.clone()));
+        Ok((
+            Self {
+                path,
+                tasks,
+                shared,
+            },
+            rx,
+        ))
     }
 
     /// The path of this peer's socket.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Local connections refused so far: a foreign uid, or a failed proof of the secret.
+    pub fn auth_failures(&self) -> u64 {
+        self.shared.auth_failures.load(Ordering::Relaxed)
     }
 }
 
@@ -321,10 +338,12 @@ async fn establish(
     match stream.peer_cred() {
         Ok(cred) if cred.uid() == shared.uid => {}
         Ok(cred) => {
+            shared.auth_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(target: AUDIT_TARGET, uid = cred.uid(), pid = ?cred.pid(), "local connection from a foreign uid refused");
             return None;
         }
         Err(e) => {
+            shared.auth_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(target: AUDIT_TARGET, error = %e, "local connection without peer credentials refused");
             return None;
         }
@@ -344,10 +363,12 @@ async fn establish(
             Some((stream, peer))
         }
         Ok(Ok(_)) => {
+            shared.auth_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(target: AUDIT_TARGET, "local peer answered with another id than its socket name");
             None
         }
         Ok(Err(e)) => {
+            shared.auth_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(target: AUDIT_TARGET, error = %e, "local peer failed authentication");
             None
         }

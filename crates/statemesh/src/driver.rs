@@ -10,14 +10,14 @@ use rand::Rng;
 use statemesh_core::codec::{self, FrameDecoder, Hello, Message};
 use statemesh_core::{Event, LinkDown, PeerId, Persist, WriteId};
 use statemesh_net::auth::Role;
-use statemesh_net::local::{self, LocalEvent, LocalPresence};
-use statemesh_net::quic::{self, Endpoint, Link};
+use statemesh_net::discovery::{Announce, Discovered, Running};
+use statemesh_net::quic::{self, Endpoint, Link, LinkError};
 use statemesh_net::secret::Secret;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::mesh::{LeadershipInfo, MeshBuilder, MeshError, Shared};
-use crate::store::Store;
+use crate::store::{Store, StoreError, Writer};
 
 /// Acknowledgements of local writes, for [`crate::Pending`].
 #[derive(Debug, Default)]
@@ -82,6 +82,10 @@ enum LinkEvent {
     },
     /// Setting up a link to `addr` failed.
     DialFailed { addr: SocketAddr },
+    /// A connection failed to prove the mesh secret.
+    AuthFailed,
+    /// The store wrote everything up to a sequence number, or failed.
+    Persisted(Result<u64, StoreError>),
     /// A frame payload arrived on connection `conn` from `peer`.
     Frame {
         peer: PeerId,
@@ -106,9 +110,23 @@ struct LinkState {
 /// A known address to keep a link to, with its reconnect backoff.
 struct Target {
     peer: Option<PeerId>,
+    /// The discoveries that reported it; it is forgotten when they all withdraw it.
+    found_by: BTreeSet<usize>,
     backoff: Duration,
     next: tokio::time::Instant,
     dialing: bool,
+}
+
+impl Target {
+    fn new(peer: Option<PeerId>, found_by: usize) -> Self {
+        Self {
+            peer,
+            found_by: BTreeSet::from([found_by]),
+            backoff: BACKOFF_MIN,
+            next: tokio::time::Instant::now(),
+            dialing: false,
+        }
+    }
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -120,36 +138,77 @@ pub(crate) async fn start(
     store: Option<Store>,
     shared: Arc<Shared>,
 ) -> Result<Driver, MeshError> {
-    let endpoint = Endpoint::bind(builder.listen, shared.me, secret.clone(), &builder.name)?;
+    let listen = builder.listen_addr();
+    let endpoint = Endpoint::bind(listen, shared.me, secret.clone(), &builder.name)?;
     let quic_addr = endpoint.local_addr().map_err(|source| {
-        MeshError::Link(quic::LinkError::Bind {
-            addr: builder.listen,
+        MeshError::Link(LinkError::Bind {
+            addr: listen,
             source,
         })
     })?;
     let _ = shared.quic_addr.set(quic_addr);
-    let presence = if builder.local_discovery {
-        let dir = builder
-            .runtime_dir
-            .clone()
-            .unwrap_or_else(local::default_runtime_dir);
-        Some(LocalPresence::start(
-            &dir,
-            &builder.name,
-            shared.me,
-            quic_addr,
-            secret,
-        )?)
-    } else {
-        // Nothing to wait for: only static peers.
+    let announce = Announce {
+        me: shared.me,
+        quic: quic_addr,
+        mesh: builder.name.clone(),
+        secret,
+    };
+    let (found_tx, found_rx) = mpsc::unbounded_channel();
+    let mut running = Vec::new();
+    let mut unsettled = BTreeSet::new();
+    let mut all_settle = true;
+    for (index, discovery) in builder.discoveries().into_iter().enumerate() {
+        let name = discovery.name();
+        if discovery.settles() {
+            unsettled.insert(index);
+        } else {
+            all_settle = false;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        running.push(discovery.start(&announce, tx)?);
+        let found = found_tx.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if found.send((index, ev)).is_err() {
+                    break;
+                }
+            }
+        });
+        tracing::debug!(discovery = name, "discovery started");
+    }
+    if running.is_empty() {
+        // Nothing to wait for.
         shared.node().handle_settled(shared.now());
-        None
+    }
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let writer = match store {
+        Some(store) => {
+            let tx = events.clone();
+            let writer = Writer::spawn(store, move |r| {
+                let _ = tx.send(LinkEvent::Persisted(r));
+            })
+            .map_err(|e| MeshError::Runtime(format!("cannot start the store thread: {e}")))?;
+            Some(writer)
+        }
+        None => None,
     };
     let (stop_tx, stop_rx) = oneshot::channel();
-    let statics = builder.static_peers.clone();
     let span = tracing::info_span!("mesh", peer = %shared.me.short());
+    let run = Run {
+        shared,
+        endpoint,
+        writer,
+        links: BTreeMap::new(),
+        targets: BTreeMap::new(),
+        tasks: JoinSet::new(),
+        events,
+        next_conn: 0,
+        unsettled: (all_settle && !unsettled.is_empty()).then_some(unsettled),
+        settling: None,
+        running,
+    };
     let task = tokio::spawn(tracing::Instrument::instrument(
-        run(endpoint, presence, store, statics, shared, stop_rx),
+        run.run(events_rx, found_rx, stop_rx),
         span,
     ));
     Ok(Driver {
@@ -161,59 +220,78 @@ pub(crate) async fn start(
 struct Run {
     shared: Arc<Shared>,
     endpoint: Endpoint,
-    store: Option<Store>,
+    writer: Option<Writer>,
     links: BTreeMap<PeerId, LinkState>,
     targets: BTreeMap<SocketAddr, Target>,
     tasks: JoinSet<()>,
     events: mpsc::UnboundedSender<LinkEvent>,
     next_conn: usize,
-    /// Peers found by the first local scan that have no link yet; the node counts itself as a
-    /// leader candidate once this empties.
+    /// Discoveries that settle and have not yet; `None` once all have, or when some never will
+    /// (then the node's join grace applies).
+    unsettled: Option<BTreeSet<usize>>,
+    /// Peers reported before every discovery settled that have no link yet; the node counts
+    /// itself as a leader candidate once this empties.
     settling: Option<BTreeSet<PeerId>>,
+    /// The running discoveries; dropping them withdraws this peer's announcements.
+    running: Vec<Box<dyn Running>>,
 }
 
-async fn run(
-    endpoint: Endpoint,
-    presence: Option<(LocalPresence, mpsc::UnboundedReceiver<LocalEvent>)>,
-    store: Option<Store>,
-    statics: Vec<SocketAddr>,
-    shared: Arc<Shared>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let (events, mut events_rx) = mpsc::unbounded_channel();
-    let (presence, mut presence_rx) = match presence {
-        Some((p, rx)) => (Some(p), Some(rx)),
-        None => (None, None),
-    };
-    let mut run = Run {
-        shared,
-        endpoint,
-        store,
-        links: BTreeMap::new(),
-        targets: BTreeMap::new(),
-        tasks: JoinSet::new(),
-        events,
-        next_conn: 0,
-        settling: None,
-    };
-    for addr in statics {
-        run.targets.insert(
-            addr,
-            Target {
-                peer: None,
-                backoff: BACKOFF_MIN,
-                next: tokio::time::Instant::now(),
-                dialing: false,
-            },
-        );
+impl Run {
+    async fn run(
+        mut self,
+        mut events_rx: mpsc::UnboundedReceiver<LinkEvent>,
+        mut found_rx: mpsc::UnboundedReceiver<(usize, Discovered)>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        self.spawn_accept_loop();
+        self.flush();
+        let shutdown = loop {
+            let deadline = self.shared.epoch
+                + Duration::from_micros(self.shared.node().poll_timeout().as_micros());
+            let redial = self
+                .targets
+                .values()
+                .filter(|t| self.should_dial(t))
+                .map(|t| t.next)
+                .min();
+            tokio::select! {
+                biased;
+                _ = &mut stop => break true,
+                Some(ev) = events_rx.recv() => self.on_link_event(ev),
+                Some((index, ev)) = found_rx.recv() => self.on_discovered(index, ev),
+                () = self.shared.wake.notified() => {}
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    let now = self.shared.now();
+                    self.shared.node().handle_tick(now);
+                }
+                () = async {
+                    match redial {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.dial_due(),
+            }
+            self.flush();
+        };
+        if shutdown {
+            self.leave().await;
+        }
+        // Withdraw the announcements (mDNS goodbye, local socket removed) before reporting the
+        // mesh closed.
+        self.running.clear();
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.acks_changed.notify_waiters();
+        self.shared
+            .leadership
+            .send_modify(|l| *l = LeadershipInfo::default());
     }
-    // Accept loop.
-    {
-        let endpoint = run.endpoint.clone();
-        let events = run.events.clone();
-        let hello = run.shared.node().hello();
-        let max_frame = run.shared.node().config().max_frame;
-        run.tasks.spawn(async move {
+
+    fn spawn_accept_loop(&mut self) {
+        let endpoint = self.endpoint.clone();
+        let events = self.events.clone();
+        let hello = self.shared.node().hello();
+        let max_frame = self.shared.node().config().max_frame;
+        self.tasks.spawn(async move {
             let mut setups = JoinSet::new();
             loop {
                 tokio::select! {
@@ -222,93 +300,75 @@ async fn run(
                         Some(Ok(link)) => {
                             setups.spawn(exchange_hellos(link, hello.clone(), max_frame, events.clone(), None));
                         }
-                        Some(Err(e)) => tracing::debug!(error = %e, "incoming link refused"),
+                        Some(Err(e)) => {
+                            if matches!(e, LinkError::AuthFailed { .. }) {
+                                let _ = events.send(LinkEvent::AuthFailed);
+                            }
+                            tracing::debug!(error = %e, "incoming link refused");
+                        }
                     },
                     Some(_) = setups.join_next(), if !setups.is_empty() => {}
                 }
             }
         });
     }
-    run.flush();
-    let mut presence_open = presence_rx.is_some();
-    let shutdown = loop {
-        let deadline =
-            run.shared.epoch + Duration::from_micros(run.shared.node().poll_timeout().as_micros());
-        let redial = run
-            .targets
-            .values()
-            .filter(|t| run.should_dial(t))
-            .map(|t| t.next)
-            .min();
-        tokio::select! {
-            biased;
-            _ = &mut stop => break true,
-            Some(ev) = events_rx.recv() => run.on_link_event(ev),
-            Some(ev) = async { presence_rx.as_mut()?.recv().await }, if presence_open => run.on_presence(ev),
-            () = run.shared.wake.notified() => {}
-            () = tokio::time::sleep_until(deadline.into()) => {
-                let now = run.shared.now();
-                run.shared.node().handle_tick(now);
-            }
-            () = async { if let Some(at) = redial { tokio::time::sleep_until(at).await } else { std::future::pending().await } } => run.dial_due(),
-            else => {
-                presence_open = false;
-            }
-        }
-        run.flush();
-    };
-    if shutdown {
-        run.leave().await;
-    }
-    drop(presence);
-    run.shared.closed.store(true, Ordering::Release);
-    run.shared.acks_changed.notify_waiters();
-    run.shared
-        .leadership
-        .send_modify(|l| *l = LeadershipInfo::default());
-}
 
-impl Run {
-    fn on_presence(&mut self, ev: LocalEvent) {
+    fn on_discovered(&mut self, index: usize, ev: Discovered) {
         let now = self.shared.now();
         match ev {
-            LocalEvent::Found { peer, quic } => {
-                let target = self.targets.entry(quic).or_insert(Target {
-                    peer: Some(peer),
-                    backoff: BACKOFF_MIN,
-                    next: tokio::time::Instant::now(),
-                    dialing: false,
-                });
-                target.peer = Some(peer);
-                // Exactly one link per pair: the lower id dials; the other side waits.
-                if self.shared.me < peer && !self.links.contains_key(&peer) {
-                    self.dial(quic);
+            Discovered::Found { peer, addr } => {
+                let target = self
+                    .targets
+                    .entry(addr)
+                    .or_insert_with(|| Target::new(peer, index));
+                target.found_by.insert(index);
+                if peer.is_some() {
+                    target.peer = peer;
                 }
-                if let Some(s) = self.settling.as_mut() {
-                    s.insert(peer);
+                if self.should_dial_now(addr) {
+                    self.dial(addr);
+                }
+                if let (Some(s), Some(p)) = (self.settling.as_mut(), peer)
+                    && !self.links.contains_key(&p)
+                {
+                    s.insert(p);
                 }
             }
-            LocalEvent::Gone { peer } => {
-                self.shared
-                    .node()
-                    .handle_link_down(now, peer, LinkDown::Certain);
-                self.targets.retain(|_, t| t.peer != Some(peer));
-                if let Some(link) = self.links.remove(&peer) {
-                    link.connection
-                        .close(quinn::VarInt::from_u32(quic::CLOSE_PROTOCOL), b"peer gone");
+            Discovered::Gone { peer, certain } => {
+                if certain {
+                    self.shared
+                        .node()
+                        .handle_link_down(now, peer, LinkDown::Certain);
+                    if let Some(link) = self.links.remove(&peer) {
+                        link.connection
+                            .close(quinn::VarInt::from_u32(quic::CLOSE_PROTOCOL), b"peer gone");
+                    }
                 }
+                // Forget the addresses that only this discovery knew for the peer.
+                self.targets.retain(|_, t| {
+                    if t.peer == Some(peer) {
+                        t.found_by.remove(&index);
+                    }
+                    !t.found_by.is_empty()
+                });
                 if let Some(s) = self.settling.as_mut() {
                     s.remove(&peer);
                 }
             }
-            LocalEvent::Settled => {
-                let pending: BTreeSet<PeerId> = self
-                    .targets
-                    .values()
-                    .filter_map(|t| t.peer)
-                    .filter(|p| !self.links.contains_key(p))
-                    .collect();
-                self.settling = Some(pending);
+            Discovered::Settled => {
+                if let Some(unsettled) = self.unsettled.as_mut() {
+                    unsettled.remove(&index);
+                    if unsettled.is_empty() {
+                        self.unsettled = None;
+                        let pending: BTreeSet<PeerId> = self
+                            .targets
+                            .values()
+                            .filter_map(|t| t.peer)
+                            .filter(|p| !self.links.contains_key(p))
+                            .collect();
+                        self.settling = Some(pending);
+                    }
+                }
             }
         }
         self.check_settled();
@@ -330,16 +390,27 @@ impl Run {
             && t.peer.is_none_or(|p| self.shared.me < p)
     }
 
+    /// Whether to dial `addr` right away: it is due, and no other address of the same peer is
+    /// being dialled (a peer found both locally and by mDNS is dialled once).
+    fn should_dial_now(&self, addr: SocketAddr) -> bool {
+        let Some(t) = self.targets.get(&addr) else {
+            return false;
+        };
+        self.should_dial(t)
+            && t.next <= tokio::time::Instant::now()
+            && !t.peer.is_some_and(|p| {
+                self.targets
+                    .values()
+                    .any(|o| o.dialing && o.peer == Some(p))
+            })
+    }
+
     fn dial_due(&mut self) {
-        let now = tokio::time::Instant::now();
-        let due: Vec<SocketAddr> = self
-            .targets
-            .iter()
-            .filter(|(_, t)| self.should_dial(t) && t.next <= now)
-            .map(|(a, _)| *a)
-            .collect();
-        for addr in due {
-            self.dial(addr);
+        let addrs: Vec<SocketAddr> = self.targets.keys().copied().collect();
+        for addr in addrs {
+            if self.should_dial_now(addr) {
+                self.dial(addr);
+            }
         }
     }
 
@@ -360,6 +431,9 @@ impl Run {
                 Ok(link) => exchange_hellos(link, hello, max_frame, events, Some(addr)).await,
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "dial failed");
+                    if matches!(e, LinkError::AuthFailed { .. }) {
+                        let _ = events.send(LinkEvent::AuthFailed);
+                    }
                     let _ = events.send(LinkEvent::DialFailed { addr });
                 }
             }
@@ -378,7 +452,18 @@ impl Run {
     fn on_link_event(&mut self, ev: LinkEvent) {
         let now = self.shared.now();
         match ev {
-            LinkEvent::DialFailed { addr } => self.retry_later(addr),
+            LinkEvent::DialFailed { addr } => {
+                self.shared.counts().dial_failures += 1;
+                self.retry_later(addr);
+            }
+            LinkEvent::AuthFailed => self.shared.counts().auth_failures_quic += 1,
+            LinkEvent::Persisted(Ok(seq)) => {
+                self.shared.node().persisted(seq);
+            }
+            LinkEvent::Persisted(Err(e)) => {
+                self.shared.counts().persist_errors += 1;
+                tracing::error!(error = %e, "could not persist state; from now on writes are not durable");
+            }
             LinkEvent::Ready {
                 link,
                 hello,
@@ -476,6 +561,7 @@ impl Run {
             }
             LinkEvent::Closed { peer, conn, error } => {
                 if let Some(e) = error {
+                    self.shared.counts().framing_errors += 1;
                     tracing::warn!(peer = %peer.short(), error = %e, "closing link after a bad frame");
                 }
                 self.close_link(peer, conn);
@@ -535,20 +621,19 @@ impl Run {
                 let _ = link.tx.send(t.frame);
             }
         }
-        let mut persisted = None;
-        for p in &persists {
-            let seq = match p {
-                Persist::Append { seq, .. } | Persist::Snapshot { seq, .. } => *seq,
-            };
-            match self.store.as_mut().map(|s| s.write(p)) {
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "could not persist state; writes are not durable");
-                    break;
+        let mut unstored = None;
+        for p in persists {
+            match &self.writer {
+                Some(w) => w.write(p),
+                // Persistence is off: nothing more will make these writes durable.
+                None => {
+                    unstored = Some(match p {
+                        Persist::Append { seq, .. } | Persist::Snapshot { seq, .. } => seq,
+                    })
                 }
-                _ => persisted = Some(seq),
             }
         }
-        if let Some(seq) = persisted {
+        if let Some(seq) = unstored {
             let mut node = self.shared.node();
             node.persisted(seq);
             while let Some(e) = node.poll_event() {
@@ -561,7 +646,8 @@ impl Run {
                 Event::Changed(c) => {
                     let _ = self.shared.changes.send(c);
                 }
-                Event::Replicated { write, .. } => {
+                Event::Replicated { write, after, .. } => {
+                    self.shared.counts().propagation.record(after);
                     let mut acks = self.shared.acks();
                     *acks.holders.entry(write).or_default() += 1;
                     acks.bound();
@@ -585,6 +671,11 @@ impl Run {
         }
         if acks_changed {
             self.shared.acks_changed.notify_waiters();
+        }
+        {
+            let mut counts = self.shared.counts();
+            counts.links = self.links.len();
+            counts.auth_failures_discovery = self.running.iter().map(|r| r.auth_failures()).sum();
         }
         let me = self.shared.me;
         let new = LeadershipInfo {
@@ -621,6 +712,10 @@ impl Run {
         }
         self.endpoint.close();
         let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+        // Everything written so far reaches the disk before shutdown returns.
+        if let Some(writer) = self.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || writer.finish()).await;
+        }
     }
 }
 

@@ -23,8 +23,11 @@
 
 mod driver;
 mod mesh;
+pub mod metrics;
 pub mod store;
 
 pub use mesh::{Lead, LeadershipInfo, Member, Mesh, MeshBuilder, MeshError, Pending};
+pub use metrics::Metrics;
 pub use statemesh_core::{Config, EntryChange as Change, EntryKind, PeerId, Scope, Value};
+pub use statemesh_net::discovery;
 pub use statemesh_net::secret::Secret;

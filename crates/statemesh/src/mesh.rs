@@ -12,10 +12,12 @@ use statemesh_core::{
     Config, EntryChange, Explanation, MeshTag, Node, PeerId, ReadError, Scope, Stats, Time,
     WriteError, WriteId, Written,
 };
+use statemesh_net::discovery::Discovery;
 use statemesh_net::secret::{Secret, SecretError};
 use tokio::sync::{Notify, broadcast, watch};
 
 use crate::driver::{self, Acks};
+use crate::metrics::{DriverCounts, Metrics};
 use crate::store::{LoadSummary, Store, StoreError};
 
 /// Who leads, as this window sees it.
@@ -57,9 +59,9 @@ pub enum MeshError {
     /// A QUIC endpoint could not be set up.
     #[error(transparent)]
     Link(#[from] statemesh_net::quic::LinkError),
-    /// Local discovery could not start.
+    /// A discovery (local sockets, mDNS) could not start.
     #[error(transparent)]
-    Local(#[from] statemesh_net::local::LocalError),
+    Discovery(#[from] statemesh_net::discovery::DiscoveryError),
     /// A write was refused.
     #[error(transparent)]
     Write(Box<WriteError>),
@@ -94,6 +96,21 @@ impl From<ReadError> for MeshError {
 
 /// Builds a [`Mesh`]. Every knob has a default: local to this machine, secret from the
 /// per-user config directory, state in the per-user state directory.
+///
+/// | knob | default |
+/// |---|---|
+/// | [`secret_file`](Self::secret_file) | `<config dir>/statemesh/secret`, created 0600 on first use |
+/// | [`runtime_dir`](Self::runtime_dir) | `$XDG_RUNTIME_DIR/statemesh`, else `/tmp/statemesh-<uid>` |
+/// | [`state_dir`](Self::state_dir) | `<state dir>/statemesh` (e.g. `~/.local/state/statemesh`) |
+/// | [`persist`](Self::persist) | on |
+/// | [`local_discovery`](Self::local_discovery) | on |
+/// | [`lan`](Self::lan) | off: QUIC on loopback, nothing announced |
+/// | [`listen`](Self::listen) | `127.0.0.1:0`, or `0.0.0.0:0` in LAN mode |
+/// | [`static_peer`](Self::static_peer) | none |
+/// | [`eligible`](Self::eligible) | yes |
+/// | [`heartbeat_interval`](Self::heartbeat_interval) | 200 ms |
+/// | [`suspect_timeout`](Self::suspect_timeout) | 1 s |
+/// | [`max_frame`](Self::max_frame) | 16 MiB |
 #[derive(Debug, Clone)]
 pub struct MeshBuilder {
     pub(crate) name: String,
@@ -104,8 +121,20 @@ pub struct MeshBuilder {
     pub(crate) state_dir: Option<PathBuf>,
     pub(crate) persist: bool,
     pub(crate) local_discovery: bool,
-    pub(crate) listen: SocketAddr,
+    pub(crate) lan: bool,
+    pub(crate) listen: Option<SocketAddr>,
     pub(crate) static_peers: Vec<SocketAddr>,
+    pub(crate) extra_discovery: Vec<MakeDiscovery>,
+}
+
+/// Makes a discovery for each join (a builder can be cloned and joined more than once).
+#[derive(Clone)]
+pub(crate) struct MakeDiscovery(Arc<dyn Fn() -> Box<dyn Discovery> + Send + Sync>);
+
+impl std::fmt::Debug for MakeDiscovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str((self.0)().name())
+    }
 }
 
 impl MeshBuilder {
@@ -119,9 +148,44 @@ impl MeshBuilder {
             state_dir: None,
             persist: true,
             local_discovery: true,
-            listen: (Ipv4Addr::LOCALHOST, 0).into(),
+            lan: false,
+            listen: None,
             static_peers: Vec::new(),
+            extra_discovery: Vec::new(),
         }
+    }
+
+    /// The QUIC listen address: the one set, else loopback (or every interface in LAN mode)
+    /// on an ephemeral port.
+    pub(crate) fn listen_addr(&self) -> SocketAddr {
+        self.listen.unwrap_or(if self.lan {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv4Addr::LOCALHOST, 0).into()
+        })
+    }
+
+    /// The discoveries to start, in order.
+    pub(crate) fn discoveries(&self) -> Vec<Box<dyn Discovery>> {
+        let mut out: Vec<Box<dyn Discovery>> = Vec::new();
+        #[cfg(unix)]
+        if self.local_discovery {
+            let dir = self
+                .runtime_dir
+                .clone()
+                .unwrap_or_else(statemesh_net::local::default_runtime_dir);
+            out.push(Box::new(statemesh_net::discovery::LocalDiscovery::new(dir)));
+        }
+        if self.lan {
+            out.push(Box::new(statemesh_net::mdns::MdnsDiscovery::new()));
+        }
+        if !self.static_peers.is_empty() {
+            out.push(Box::new(statemesh_net::discovery::StaticPeers::new(
+                self.static_peers.iter().copied(),
+            )));
+        }
+        out.extend(self.extra_discovery.iter().map(|m| (m.0)()));
+        out
     }
 
     /// The secret itself (instead of the secret file).
@@ -161,9 +225,27 @@ impl MeshBuilder {
         self
     }
 
-    /// The QUIC listen address (default `127.0.0.1:0`: loopback, ephemeral port).
+    /// LAN mode (default: off). On: QUIC listens on every interface (unless
+    /// [`listen`](Self::listen) says otherwise) and peers are found and announced by mDNS
+    /// (`_statemesh._udp.local.`). Off, nothing leaves this machine.
+    pub fn lan(mut self, on: bool) -> Self {
+        self.lan = on;
+        self
+    }
+
+    /// The QUIC listen address (default `127.0.0.1:0`, or `0.0.0.0:0` in LAN mode; a fixed
+    /// port helps firewalls and static peers).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
-        self.listen = addr;
+        self.listen = Some(addr);
+        self
+    }
+
+    /// Another way to find peers, besides the built-in ones (e.g. a
+    /// [`MemoryRegistry`](statemesh_net::discovery::MemoryRegistry) for several meshes in one
+    /// process).
+    pub fn discovery<D: Discovery + Clone + Sync + 'static>(mut self, discovery: D) -> Self {
+        self.extra_discovery
+            .push(MakeDiscovery(Arc::new(move || Box::new(discovery.clone()))));
         self
     }
 
@@ -240,6 +322,7 @@ impl MeshBuilder {
             loaded,
             closed: std::sync::atomic::AtomicBool::new(false),
             quic_addr: std::sync::OnceLock::new(),
+            counts: Mutex::new(DriverCounts::default()),
         });
         let driver = driver::start(self, secret, store, shared.clone()).await?;
         Ok((shared, driver))
@@ -293,6 +376,7 @@ pub(crate) struct Shared {
     pub(crate) loaded: LoadSummary,
     pub(crate) closed: std::sync::atomic::AtomicBool,
     pub(crate) quic_addr: std::sync::OnceLock<SocketAddr>,
+    pub(crate) counts: Mutex<DriverCounts>,
 }
 
 impl Shared {
@@ -304,6 +388,12 @@ impl Shared {
         // A panic while holding the lock can only come from a bug in statemesh itself; the
         // node's state is still consistent between inputs, so keep going.
         self.node
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn counts(&self) -> MutexGuard<'_, DriverCounts> {
+        self.counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -666,6 +756,29 @@ impl Mesh {
     /// Counters of what this window's node did.
     pub fn stats(&self) -> Stats {
         self.shared().node().stats()
+    }
+
+    /// What this window's mesh did since it joined: leadership changes, sync rounds, bytes,
+    /// propagation delays, refused connections and frames.
+    pub fn metrics(&self) -> Metrics {
+        let stats = self.stats();
+        let counts = self.shared().counts();
+        Metrics {
+            leadership_changes: stats.leadership_changes,
+            sync_in: stats.sync_in,
+            sync_out: stats.sync_out,
+            sync_resets: stats.sync_resets,
+            frames_in: stats.frames_in,
+            frames_out: stats.frames_out,
+            bytes_in: stats.bytes_in,
+            bytes_out: stats.bytes_out,
+            decode_errors: stats.decode_errors + counts.framing_errors,
+            auth_failures: counts.auth_failures_quic + counts.auth_failures_discovery,
+            dial_failures: counts.dial_failures,
+            links: counts.links,
+            persist_errors: counts.persist_errors,
+            propagation: counts.propagation.summary(),
+        }
     }
 
     /// What loading state from disk found at startup.

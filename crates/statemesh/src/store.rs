@@ -130,8 +130,25 @@ impl Store {
         unreachable!("some suffix is free")
     }
 
+    /// Writes persist outputs in order and durably: appends are synced once, at the end.
+    pub fn write_batch(&mut self, batch: &[Persist]) -> Result<(), StoreError> {
+        let mut unsynced = false;
+        for p in batch {
+            unsynced = self.write_one(p)?;
+        }
+        if unsynced && let Some(f) = self.append.as_mut() {
+            f.sync_data().map_err(io(&self.file))?;
+        }
+        Ok(())
+    }
+
     /// Writes one persist output durably.
     pub fn write(&mut self, persist: &Persist) -> Result<(), StoreError> {
+        self.write_batch(std::slice::from_ref(persist))
+    }
+
+    /// Writes one output; returns whether it left appended bytes to sync.
+    fn write_one(&mut self, persist: &Persist) -> Result<bool, StoreError> {
         match persist {
             Persist::Append { bytes, .. } => {
                 if self.append.is_none() {
@@ -144,10 +161,9 @@ impl Store {
                     self.append = Some(f);
                 }
                 if let Some(f) = self.append.as_mut() {
-                    f.write_all(bytes)
-                        .and_then(|()| f.sync_data())
-                        .map_err(io(&self.file))?;
+                    f.write_all(bytes).map_err(io(&self.file))?;
                 }
+                Ok(true)
             }
             Persist::Snapshot { bytes, .. } => {
                 let tmp = self.file.with_extension("am.tmp");
@@ -166,13 +182,73 @@ impl Store {
                     .and_then(|d| d.sync_all())
                     .map_err(io(&self.dir))?;
                 self.append = None;
+                Ok(false)
             }
         }
-        Ok(())
     }
 
     /// This peer's file.
     pub fn path(&self) -> &Path {
         &self.file
+    }
+}
+
+/// Writes persist outputs on a thread of its own, so that `fdatasync` never stalls the mesh's
+/// runtime. Outputs are written in order; whatever queued up while the disk was busy is written
+/// as one batch with one sync (group commit). After a failure nothing more is written or
+/// reported durable (the failure is reported once). Dropping the writer lets the thread finish what
+/// was queued, then end.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    tx: Option<std::sync::mpsc::Sender<Persist>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the thread. `done` is called after each batch with the last sequence number
+    /// written, or the error that stopped it.
+    pub(crate) fn spawn(
+        mut store: Store,
+        done: impl Fn(Result<u64, StoreError>) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Persist>();
+        let thread = std::thread::Builder::new()
+            .name("statemesh-store".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let last = batch.last().map_or(0, |p| match p {
+                        Persist::Append { seq, .. } | Persist::Snapshot { seq, .. } => *seq,
+                    });
+                    let result = store.write_batch(&batch);
+                    let failed = result.is_err();
+                    done(result.map(|()| last));
+                    if failed {
+                        // The file may now miss bytes that later appends depend on: stop, so
+                        // that no later write is ever reported durable.
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues one output.
+    pub(crate) fn write(&self, persist: Persist) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(persist);
+        }
+    }
+
+    /// Waits until everything queued is written (blocking).
+    pub(crate) fn finish(mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

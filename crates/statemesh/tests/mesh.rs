@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use statemesh::discovery::MemoryRegistry;
 use statemesh::{LeadershipInfo, Mesh, PeerId, Scope, Secret};
 
 /// A generous safety net; the events themselves take milliseconds.
@@ -330,4 +331,70 @@ async fn guards_outliving_their_mesh_are_cancelled() {
         .await
         .expect("resolves");
     assert!(r.is_err(), "no peer will ever hold it");
+}
+
+/// A window found through an in-process registry only (no local sockets, nothing on disk).
+async fn memory_window(registry: &MemoryRegistry, secret: u8) -> Mesh {
+    Mesh::builder("mem")
+        .secret(Secret::from_bytes([secret; 32]))
+        .local_discovery(false)
+        .persist(false)
+        .discovery(registry.discovery())
+        .join()
+        .await
+        .expect("joins")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_discovery_static_peers_and_metrics() {
+    let registry = MemoryRegistry::new();
+    let a = memory_window(&registry, 1).await;
+    let b = memory_window(&registry, 1).await;
+    let lowest = a.id().min(b.id());
+    leader_seen(&a, lowest).await;
+    leader_seen(&b, lowest).await;
+
+    // A write is acknowledged by the other window, and the delay is measured on one clock.
+    a.put("c", "k", &"v".to_string())
+        .expect("writes")
+        .replicated(1)
+        .await
+        .expect("replicated");
+    until(&b, "b holds a's write", |m| {
+        m.get::<String>("c", "k").ok().flatten().as_deref() == Some("v")
+    })
+    .await;
+    let m = a.metrics();
+    assert_eq!(m.links, 1, "{m:?}");
+    assert!(m.propagation.samples >= 1, "{m:?}");
+    assert!(m.propagation.max_us >= m.propagation.p50_us, "{m:?}");
+    assert!(m.sync_out >= 1 && m.bytes_out > 0, "{m:?}");
+    assert_eq!((m.auth_failures, m.decode_errors), (0, 0), "{m:?}");
+
+    // A window with another secret, dialling a's address statically, is refused by a and
+    // learns nothing; both sides count the failure.
+    let quic = a.quic_addr().expect("bound");
+    let intruder = Mesh::builder("mem")
+        .secret(Secret::from_bytes([2; 32]))
+        .local_discovery(false)
+        .persist(false)
+        .static_peer(quic)
+        .join()
+        .await
+        .expect("joins");
+    let refused = async {
+        while a.metrics().auth_failures == 0 || intruder.metrics().auth_failures == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(WITHIN, refused)
+        .await
+        .expect("refusals counted on both sides");
+    assert!(intruder.channels().is_empty());
+    assert_eq!(intruder.metrics().links, 0);
+
+    // A window leaving the registry is certainly gone: the other leads at once.
+    let (gone, stays) = if a.id() == lowest { (a, b) } else { (b, a) };
+    drop(gone);
+    leader_seen(&stays, stays.id()).await;
 }

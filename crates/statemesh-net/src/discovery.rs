@@ -1,0 +1,344 @@
+//! Discovery: how a peer learns where the other peers of its mesh are.
+//!
+//! A [`Discovery`] announces this peer and reports the peers it finds as [`Discovered`] events.
+//! The mesh runtime starts one or more of them and dials what they report; discovery never
+//! carries state, and everything it reports is checked again by the QUIC handshake, so a lying
+//! discovery can waste dial attempts but never inject a peer.
+//!
+//! Implementations:
+//! - [`LocalDiscovery`]: local sockets in a per-user runtime directory (peers of this machine;
+//!   see [`crate::local`]); its presence connections also make a crash a certain, immediate
+//!   death signal;
+//! - [`crate::mdns::MdnsDiscovery`]: mDNS on the LAN (LAN mode only);
+//! - [`StaticPeers`]: fixed addresses, for networks where multicast is blocked;
+//! - [`MemoryDiscovery`]: an in-process registry, for tests and for several meshes in one
+//!   process.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use statemesh_core::PeerId;
+use tokio::sync::mpsc;
+
+#[cfg(unix)]
+use crate::local::{LocalError, LocalEvent, LocalPresence};
+use crate::secret::Secret;
+
+/// What a discovery reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Discovered {
+    /// A peer can be reached at `addr`. `peer` is `None` when only the address is known (static
+    /// peers); the handshake tells who answers.
+    Found {
+        /// The peer, when known.
+        peer: Option<PeerId>,
+        /// Its QUIC address.
+        addr: SocketAddr,
+    },
+    /// A peer's announcement ended. `certain`: the peer is dead or left (a local socket's EOF);
+    /// otherwise only its announcement is gone (an mDNS goodbye or expiry), and liveness decides.
+    Gone {
+        /// The peer.
+        peer: PeerId,
+        /// Whether this proves the peer is gone.
+        certain: bool,
+    },
+    /// The discovery's first look is complete: every peer it could find has been reported.
+    Settled,
+}
+
+/// What this peer announces.
+#[derive(Clone, Debug)]
+pub struct Announce {
+    /// This peer.
+    pub me: PeerId,
+    /// Where its QUIC endpoint listens (may be an unspecified address such as `0.0.0.0:p`).
+    pub quic: SocketAddr,
+    /// The mesh name.
+    pub mesh: String,
+    /// The mesh secret.
+    pub secret: Secret,
+}
+
+impl Announce {
+    /// The QUIC address as seen from this machine: an unspecified address becomes loopback.
+    pub fn quic_on_this_machine(&self) -> SocketAddr {
+        let ip = match self.quic.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        SocketAddr::new(ip, self.quic.port())
+    }
+}
+
+/// A discovery could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoveryError {
+    /// Local-socket discovery failed.
+    #[cfg(unix)]
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    /// mDNS failed.
+    #[error("mDNS: {0}")]
+    Mdns(String),
+}
+
+/// A running discovery. Dropping it withdraws this peer's announcement and stops reporting.
+pub trait Running: Send + fmt::Debug {
+    /// Connections this discovery refused for failing authentication.
+    fn auth_failures(&self) -> u64 {
+        0
+    }
+}
+
+/// A way to find peers.
+pub trait Discovery: Send + fmt::Debug {
+    /// A short name for logs.
+    fn name(&self) -> &'static str;
+
+    /// Whether this discovery reports [`Discovered::Settled`]. A mesh whose discoveries all
+    /// settle may lead as soon as they have; otherwise it waits its join grace first.
+    fn settles(&self) -> bool;
+
+    /// Announces `me` and starts reporting peers on `events`. Must be called inside a tokio
+    /// runtime.
+    fn start(
+        self: Box<Self>,
+        me: &Announce,
+        events: mpsc::UnboundedSender<Discovered>,
+    ) -> Result<Box<dyn Running>, DiscoveryError>;
+}
+
+#[cfg(unix)]
+/// Peers of this machine, through local sockets (see [`crate::local`]).
+#[derive(Debug, Clone)]
+pub struct LocalDiscovery {
+    runtime_dir: PathBuf,
+}
+
+#[cfg(unix)]
+impl LocalDiscovery {
+    /// Local discovery in `runtime_dir` (see [`crate::local::default_runtime_dir`]).
+    pub fn new(runtime_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            runtime_dir: runtime_dir.into(),
+        }
+    }
+}
+
+#[cfg(unix)]
+#[derive(Debug)]
+struct LocalRunning {
+    presence: LocalPresence,
+    forward: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(unix)]
+impl Drop for LocalRunning {
+    fn drop(&mut self) {
+        self.forward.abort();
+    }
+}
+
+#[cfg(unix)]
+impl Running for LocalRunning {
+    fn auth_failures(&self) -> u64 {
+        self.presence.auth_failures()
+    }
+}
+
+#[cfg(unix)]
+impl Discovery for LocalDiscovery {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn settles(&self) -> bool {
+        true
+    }
+
+    fn start(
+        self: Box<Self>,
+        me: &Announce,
+        events: mpsc::UnboundedSender<Discovered>,
+    ) -> Result<Box<dyn Running>, DiscoveryError> {
+        let (presence, mut rx) = LocalPresence::start(
+            &self.runtime_dir,
+            &me.mesh,
+            me.me,
+            me.quic_on_this_machine(),
+            me.secret.clone(),
+        )?;
+        let forward = tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                let ev = match ev {
+                    LocalEvent::Found { peer, quic } => Discovered::Found {
+                        peer: Some(peer),
+                        addr: quic,
+                    },
+                    LocalEvent::Gone { peer } => Discovered::Gone {
+                        peer,
+                        certain: true,
+                    },
+                    LocalEvent::Settled => Discovered::Settled,
+                };
+                if events.send(ev).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Box::new(LocalRunning { presence, forward }))
+    }
+}
+
+/// Fixed peer addresses (`--peer host:port`), for networks where multicast is blocked. They are
+/// dialled until they answer, and again whenever the link drops.
+#[derive(Debug, Clone, Default)]
+pub struct StaticPeers {
+    addrs: Vec<SocketAddr>,
+}
+
+impl StaticPeers {
+    /// Static peers at `addrs`.
+    pub fn new(addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        Self {
+            addrs: addrs.into_iter().collect(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Nothing;
+
+impl Running for Nothing {}
+
+impl Discovery for StaticPeers {
+    fn name(&self) -> &'static str {
+        "static"
+    }
+
+    /// Static peers may be down: a window does not wait for them, but it does wait its join
+    /// grace, so that a lower peer that answers quickly is not overtaken.
+    fn settles(&self) -> bool {
+        false
+    }
+
+    fn start(
+        self: Box<Self>,
+        _me: &Announce,
+        events: mpsc::UnboundedSender<Discovered>,
+    ) -> Result<Box<dyn Running>, DiscoveryError> {
+        for addr in self.addrs {
+            let _ = events.send(Discovered::Found { peer: None, addr });
+        }
+        Ok(Box::new(Nothing))
+    }
+}
+
+/// An in-process registry of peers: every [`MemoryDiscovery`] made from one registry finds
+/// the others. Dropping a running one reports it gone (certainly), like a local socket's EOF.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryRegistry {
+    inner: Arc<Mutex<BTreeMap<PeerId, Entry>>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    addr: SocketAddr,
+    tag: String,
+    events: mpsc::UnboundedSender<Discovered>,
+}
+
+impl MemoryRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A discovery through this registry.
+    pub fn discovery(&self) -> MemoryDiscovery {
+        MemoryDiscovery {
+            registry: self.clone(),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<PeerId, Entry>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Discovery through a [`MemoryRegistry`].
+#[derive(Debug, Clone)]
+pub struct MemoryDiscovery {
+    registry: MemoryRegistry,
+}
+
+#[derive(Debug)]
+struct MemoryRunning {
+    registry: MemoryRegistry,
+    me: PeerId,
+}
+
+impl Running for MemoryRunning {}
+
+impl Drop for MemoryRunning {
+    fn drop(&mut self) {
+        let mut entries = self.registry.entries();
+        if let Some(mine) = entries.remove(&self.me) {
+            for other in entries.values().filter(|e| e.tag == mine.tag) {
+                let _ = other.events.send(Discovered::Gone {
+                    peer: self.me,
+                    certain: true,
+                });
+            }
+        }
+    }
+}
+
+impl Discovery for MemoryDiscovery {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn settles(&self) -> bool {
+        true
+    }
+
+    fn start(
+        self: Box<Self>,
+        me: &Announce,
+        events: mpsc::UnboundedSender<Discovered>,
+    ) -> Result<Box<dyn Running>, DiscoveryError> {
+        // Meshes are kept apart by name and secret, as mDNS does with its tag.
+        let tag = format!(
+            "{:?}",
+            statemesh_core::MeshTag::derive(me.secret.as_bytes(), &me.mesh).0
+        );
+        let addr = me.quic_on_this_machine();
+        let mut entries = self.registry.entries();
+        for (peer, other) in entries.iter().filter(|(_, e)| e.tag == tag) {
+            let _ = events.send(Discovered::Found {
+                peer: Some(*peer),
+                addr: other.addr,
+            });
+            let _ = other.events.send(Discovered::Found {
+                peer: Some(me.me),
+                addr,
+            });
+        }
+        let _ = events.send(Discovered::Settled);
+        entries.insert(me.me, Entry { addr, tag, events });
+        drop(entries);
+        Ok(Box::new(MemoryRunning {
+            registry: self.registry,
+            me: me.me,
+        }))
+    }
+}

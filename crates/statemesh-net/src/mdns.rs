@@ -1,0 +1,311 @@
+//! mDNS discovery on the LAN (LAN mode only), with mdns-sd.
+//!
+//! Each peer registers one instance of [`SERVICE`], named by its peer id, whose TXT record
+//! carries exactly four short values:
+//!
+//! | key | value |
+//! |---|---|
+//! | `v` | protocol version ([`PROTOCOL_VERSION`]) |
+//! | `id` | the peer id (a UUID) |
+//! | `port` | the QUIC port (also in the SRV record) |
+//! | `tag` | 32 hex digits: HMAC-SHA-256 of the mesh name under the mesh secret, truncated |
+//!
+//! The mesh name is never announced and the tag cannot be reversed to it, nor computed without
+//! the secret. Instances with another tag (other meshes, or ours under another secret), another
+//! version, malformed or oversized values are ignored without connecting. Loopback and IPv6 are
+//! not used (QUIC listens on IPv4 in LAN mode). Dropping the running discovery withdraws the
+//! record (an mDNS goodbye) and stops the daemon thread.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
+use statemesh_core::{MeshTag, PeerId};
+use tokio::sync::mpsc;
+
+use crate::discovery::{Announce, Discovered, Discovery, DiscoveryError, Running};
+
+/// The DNS-SD service type.
+pub const SERVICE: &str = "_statemesh._udp.local.";
+
+/// The version announced in TXT `v`.
+pub const PROTOCOL_VERSION: &str = "1";
+
+/// Longest TXT value accepted from others (ours are at most 36 bytes).
+pub const MAX_TXT_VALUE: usize = 64;
+
+/// Most TXT properties accepted on one instance.
+pub const MAX_TXT_PROPERTIES: usize = 16;
+
+/// How long shutdown waits for the goodbye to be sent.
+const GOODBYE_WAIT: Duration = Duration::from_millis(250);
+
+/// mDNS discovery (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct MdnsDiscovery {
+    _private: (),
+}
+
+impl MdnsDiscovery {
+    /// mDNS discovery on every non-loopback IPv4 interface.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a resolved instance says, once checked.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its QUIC port.
+    pub port: u16,
+}
+
+/// Why an instance is ignored.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Ignored {
+    /// Too many properties, or a value too long.
+    #[error("TXT record over its bounds")]
+    Oversize,
+    /// A required value is missing or malformed.
+    #[error("TXT `{0}` missing or malformed")]
+    Malformed(&'static str),
+    /// Another protocol version.
+    #[error("protocol version {0:?}")]
+    Version(String),
+    /// Another mesh (or the same name under another secret).
+    #[error("another mesh")]
+    OtherMesh,
+}
+
+/// Checks an instance's TXT properties (`(key, value)` pairs) against our mesh `tag`.
+pub fn check_instance<'a>(
+    props: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    srv_port: u16,
+    tag: &MeshTag,
+) -> Result<Instance, Ignored> {
+    let mut found: BTreeMap<&str, &str> = BTreeMap::new();
+    for (n, (key, value)) in props.into_iter().enumerate() {
+        if n >= MAX_TXT_PROPERTIES || value.len() > MAX_TXT_VALUE {
+            return Err(Ignored::Oversize);
+        }
+        if let Ok(v) = std::str::from_utf8(value) {
+            found.insert(key, v);
+        }
+    }
+    let version = found.get("v").ok_or(Ignored::Malformed("v"))?;
+    if *version != PROTOCOL_VERSION {
+        return Err(Ignored::Version((*version).to_owned()));
+    }
+    if found.get("tag").copied() != Some(hex(&tag.0).as_str()) {
+        return Err(Ignored::OtherMesh);
+    }
+    let peer = found
+        .get("id")
+        .and_then(|s| statemesh_core::id::Uuid::parse_str(s).ok())
+        .and_then(|u| PeerId::from_uuid(u).ok())
+        .ok_or(Ignored::Malformed("id"))?;
+    let port: u16 = found
+        .get("port")
+        .and_then(|s| s.parse().ok())
+        .filter(|p| *p != 0 && *p == srv_port)
+        .ok_or(Ignored::Malformed("port"))?;
+    Ok(Instance { peer, port })
+}
+
+struct MdnsRunning {
+    daemon: ServiceDaemon,
+    fullname: String,
+}
+
+impl std::fmt::Debug for MdnsRunning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MdnsRunning")
+            .field("fullname", &self.fullname)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running for MdnsRunning {}
+
+impl Drop for MdnsRunning {
+    fn drop(&mut self) {
+        let _ = self.daemon.stop_browse(SERVICE);
+        if let Ok(done) = self.daemon.unregister(&self.fullname) {
+            // The daemon sends the goodbye before answering; wait briefly so that a process
+            // exiting right after does not cut it off.
+            let _ = done.recv_timeout(GOODBYE_WAIT);
+        }
+        let _ = self.daemon.shutdown();
+    }
+}
+
+impl Discovery for MdnsDiscovery {
+    fn name(&self) -> &'static str {
+        "mdns"
+    }
+
+    /// mDNS answers arrive over a few hundred milliseconds and their end cannot be known: a
+    /// window waits its join grace.
+    fn settles(&self) -> bool {
+        false
+    }
+
+    fn start(
+        self: Box<Self>,
+        me: &Announce,
+        events: mpsc::UnboundedSender<Discovered>,
+    ) -> Result<Box<dyn Running>, DiscoveryError> {
+        let err = |e: mdns_sd::Error| DiscoveryError::Mdns(e.to_string());
+        let tag = MeshTag::derive(me.secret.as_bytes(), &me.mesh);
+        let instance = me.me.as_uuid().simple().to_string();
+        let port = me.quic.port();
+        let props = [
+            ("v", PROTOCOL_VERSION.to_owned()),
+            ("id", me.me.to_string()),
+            ("port", port.to_string()),
+            ("tag", hex(&tag.0)),
+        ];
+        let mut info = ServiceInfo::new(
+            SERVICE,
+            &instance,
+            &format!("{instance}.local."),
+            (),
+            port,
+            &props[..],
+        )
+        .map_err(err)?
+        .enable_addr_auto();
+        // Instance names are unique peer ids: no need to probe for conflicts first.
+        info.set_requires_probe(false);
+        let fullname = info.get_fullname().to_owned();
+        let daemon = ServiceDaemon::new().map_err(err)?;
+        let running = MdnsRunning {
+            daemon: daemon.clone(),
+            fullname,
+        };
+        daemon
+            .disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6, IfKind::IPv6])
+            .map_err(err)?;
+        daemon.register(info).map_err(err)?;
+        let browse = daemon.browse(SERVICE).map_err(err)?;
+        let myself = me.me;
+        // mdns-sd has its own thread; this one turns its events into ours and ends when the
+        // daemon shuts down.
+        std::thread::Builder::new()
+            .name("statemesh-mdns".into())
+            .spawn(move || {
+                let mut names: BTreeMap<String, PeerId> = BTreeMap::new();
+                while let Ok(event) = browse.recv() {
+                    match event {
+                        ServiceEvent::ServiceResolved(svc) => {
+                            let props = svc
+                                .get_properties()
+                                .iter()
+                                .map(|p| (p.key(), p.val().unwrap_or_default()));
+                            match check_instance(props, svc.get_port(), &tag) {
+                                Ok(inst) if inst.peer == myself => {}
+                                Ok(inst) => {
+                                    names.insert(svc.get_fullname().to_owned(), inst.peer);
+                                    for ip in svc.get_addresses_v4() {
+                                        let addr = SocketAddr::from((ip, inst.port));
+                                        let _ = events.send(Discovered::Found {
+                                            peer: Some(inst.peer),
+                                            addr,
+                                        });
+                                    }
+                                }
+                                Err(why) => tracing::debug!(
+                                    instance = svc.get_fullname(),
+                                    %why,
+                                    "mDNS instance ignored"
+                                ),
+                            }
+                        }
+                        ServiceEvent::ServiceRemoved(_, fullname) => {
+                            if let Some(peer) = names.remove(&fullname) {
+                                let _ = events.send(Discovered::Gone {
+                                    peer,
+                                    certain: false,
+                                });
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            })
+            .map_err(|e| DiscoveryError::Mdns(e.to_string()))?;
+        Ok(Box::new(running))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag() -> MeshTag {
+        MeshTag::derive(&[7; 32], "mesh")
+    }
+
+    fn props(id: &str, port: &str, t: &str) -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            ("v", b"1".to_vec()),
+            ("id", id.as_bytes().to_vec()),
+            ("port", port.as_bytes().to_vec()),
+            ("tag", t.as_bytes().to_vec()),
+        ]
+    }
+
+    fn check(p: &[(&'static str, Vec<u8>)], srv: u16) -> Result<Instance, Ignored> {
+        check_instance(p.iter().map(|(k, v)| (*k, v.as_slice())), srv, &tag())
+    }
+
+    const ID: &str = "01890a5d-ac96-774b-bcce-b302099a8057";
+
+    #[test]
+    fn accepts_our_mesh_only() {
+        let good = props(ID, "4000", &hex(&tag().0));
+        let inst = check(&good, 4000).expect("accepted");
+        assert_eq!(inst.port, 4000);
+        assert_eq!(inst.peer.to_string(), ID);
+        let other = hex(&MeshTag::derive(&[8; 32], "mesh").0);
+        assert_eq!(
+            check(&props(ID, "4000", &other), 4000),
+            Err(Ignored::OtherMesh)
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_and_oversize() {
+        let t = hex(&tag().0);
+        assert_eq!(
+            check(&props("nope", "4000", &t), 4000),
+            Err(Ignored::Malformed("id"))
+        );
+        assert_eq!(
+            check(&props(ID, "4001", &t), 4000),
+            Err(Ignored::Malformed("port"))
+        );
+        assert_eq!(
+            check(&props(ID, "0", &t), 0),
+            Err(Ignored::Malformed("port"))
+        );
+        let mut long = props(ID, "4000", &t);
+        long.push(("x", vec![b'a'; MAX_TXT_VALUE + 1]));
+        assert_eq!(check(&long, 4000), Err(Ignored::Oversize));
+        let many: Vec<(&'static str, Vec<u8>)> = (0..=MAX_TXT_PROPERTIES)
+            .map(|_| ("k", b"v".to_vec()))
+            .collect();
+        assert_eq!(check(&many, 4000), Err(Ignored::Oversize));
+        let mut v2 = props(ID, "4000", &t);
+        v2[0].1 = b"2".to_vec();
+        assert_eq!(check(&v2, 4000), Err(Ignored::Version("2".into())));
+    }
+}

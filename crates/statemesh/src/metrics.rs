@@ -1,0 +1,131 @@
+//! What a mesh did since it joined: [`Mesh::metrics`](crate::Mesh::metrics).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Counters and delays of one window's mesh, since it joined.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Times the leader (or its term) changed, as this window saw it.
+    pub leadership_changes: u64,
+    /// Automerge sync messages received.
+    pub sync_in: u64,
+    /// Automerge sync messages sent.
+    pub sync_out: u64,
+    /// Sync exchanges restarted after a stall.
+    pub sync_resets: u64,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames sent.
+    pub frames_out: u64,
+    /// Bytes received in frames (headers included).
+    pub bytes_in: u64,
+    /// Bytes sent in frames.
+    pub bytes_out: u64,
+    /// Frames refused as malformed or oversize (each closed its link).
+    pub decode_errors: u64,
+    /// Connections refused for failing authentication (QUIC or local socket).
+    pub auth_failures: u64,
+    /// Dial attempts that failed.
+    pub dial_failures: u64,
+    /// Links up now.
+    pub links: usize,
+    /// Failures to persist state (after one, writes are no longer reported durable).
+    pub persist_errors: u64,
+    /// How long this window's writes took to be held by a peer: from the write until the
+    /// peer's sync showed it has it, on this window's clock alone (a trip there and a trip
+    /// back; no clocks are compared). Over the most recent [`DELAY_WINDOW`] samples.
+    pub propagation: Delays,
+}
+
+/// How many recent delay samples the summaries cover.
+pub const DELAY_WINDOW: usize = 1024;
+
+/// A summary of recent delays, in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delays {
+    /// Samples taken since the mesh joined.
+    pub samples: u64,
+    /// Median of the recent samples.
+    pub p50_us: u64,
+    /// 99th percentile of the recent samples.
+    pub p99_us: u64,
+    /// Largest recent sample.
+    pub max_us: u64,
+}
+
+/// The recent samples behind a [`Delays`].
+#[derive(Debug, Default)]
+pub(crate) struct DelaySamples {
+    recent: VecDeque<u64>,
+    total: u64,
+}
+
+impl DelaySamples {
+    pub(crate) fn record(&mut self, d: Duration) {
+        if self.recent.len() == DELAY_WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent
+            .push_back(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self.total += 1;
+    }
+
+    pub(crate) fn summary(&self) -> Delays {
+        let mut sorted: Vec<u64> = self.recent.iter().copied().collect();
+        sorted.sort_unstable();
+        let at = |q: f64| {
+            if sorted.is_empty() {
+                return 0;
+            }
+            let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+            sorted[i.min(sorted.len() - 1)]
+        };
+        Delays {
+            samples: self.total,
+            p50_us: at(0.5),
+            p99_us: at(0.99),
+            max_us: sorted.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// What the driver counts (the node counts the rest).
+#[derive(Debug, Default)]
+pub(crate) struct DriverCounts {
+    pub(crate) framing_errors: u64,
+    pub(crate) auth_failures_quic: u64,
+    pub(crate) auth_failures_discovery: u64,
+    pub(crate) dial_failures: u64,
+    pub(crate) links: usize,
+    pub(crate) persist_errors: u64,
+    pub(crate) propagation: DelaySamples,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_cover_the_recent_window() {
+        let mut s = DelaySamples::default();
+        assert_eq!(s.summary(), Delays::default());
+        for us in 1..=100u64 {
+            s.record(Duration::from_micros(us));
+        }
+        let d = s.summary();
+        assert_eq!(
+            (d.samples, d.p50_us, d.p99_us, d.max_us),
+            (100, 51, 99, 100)
+        );
+        for _ in 0..DELAY_WINDOW {
+            s.record(Duration::from_micros(7));
+        }
+        let d = s.summary();
+        assert_eq!(d.samples, 100 + DELAY_WINDOW as u64);
+        assert_eq!((d.p50_us, d.max_us), (7, 7));
+    }
+}
