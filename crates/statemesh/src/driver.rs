@@ -112,6 +112,9 @@ struct Target {
     peer: Option<PeerId>,
     /// The discoveries that reported it; it is forgotten when they all withdraw it.
     found_by: BTreeSet<usize>,
+    /// Reported as an address alone (a static peer): the other side may not know this one's
+    /// address, so this side dials whatever the ids.
+    by_address: bool,
     backoff: Duration,
     next: tokio::time::Instant,
     dialing: bool,
@@ -122,6 +125,7 @@ impl Target {
         Self {
             peer,
             found_by: BTreeSet::from([found_by]),
+            by_address: peer.is_none(),
             backoff: BACKOFF_MIN,
             next: tokio::time::Instant::now(),
             dialing: false,
@@ -324,6 +328,8 @@ impl Run {
                 target.found_by.insert(index);
                 if peer.is_some() {
                     target.peer = peer;
+                } else {
+                    target.by_address = true;
                 }
                 if self.should_dial_now(addr) {
                     self.dial(addr);
@@ -383,11 +389,12 @@ impl Run {
     }
 
     /// Whether this side should (re)dial a target: not already dialling, no link to its peer,
-    /// and, when the peer is known, this side has the lower id (exactly one link per pair).
+    /// and this side has the lower id (so that both sides rarely dial at once) unless the
+    /// target is a static address. Should both dial, the duplicate tie-break keeps one link.
     fn should_dial(&self, t: &Target) -> bool {
         !t.dialing
             && !t.peer.is_some_and(|p| self.links.contains_key(&p))
-            && t.peer.is_none_or(|p| self.shared.me < p)
+            && (t.by_address || t.peer.is_none_or(|p| self.shared.me < p))
     }
 
     /// Whether to dial `addr` right away: it is due, and no other address of the same peer is
