@@ -34,6 +34,9 @@ enum Command {
     /// Runs one peer of a mesh and prints what it sees (leadership, changes) as JSON lines.
     /// Stops gracefully (announcing its leave) on SIGTERM or Ctrl-C.
     Node(node::NodeArgs),
+    /// Runs one peer for a window that is not written in Rust: JSON-RPC 2.0 over stdin and
+    /// stdout with LSP-style framing (see docs/sidecar.md); logs go to stderr.
+    Sidecar(statemesh_cli::sidecar::SidecarArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +51,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Demo { windows, seed } => demo(usize::from(windows), seed),
         Command::Node(args) => tokio::runtime::Runtime::new()?.block_on(node::run(args)),
+        Command::Sidecar(args) => std::process::exit(statemesh_cli::sidecar::run(args)?),
     }
 }
 

@@ -1,0 +1,7 @@
+//! Library side of the `statemesh` command-line tool: the parts other targets (tests, fuzz
+//! targets) can reach.
+//!
+//! - [`sidecar`]: `statemesh sidecar`, a mesh peer speaking JSON-RPC 2.0 over stdio for windows
+//!   that are not written in Rust, with its pure framing and message codecs.
+
+pub mod sidecar;
