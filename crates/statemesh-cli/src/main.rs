@@ -3,9 +3,12 @@
 //! `statemesh demo` plays the mesh's story — windows, a probe leader, shared state, a leader
 //! killed, the failover — on the core state machine driven by its deterministic simulator.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
+mod demo;
 mod node;
+mod query;
 
 use clap::{Parser, Subcommand};
 use statemesh_core::sim::{CrashSignal, Sim, SimConfig, Slot};
@@ -21,25 +24,41 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Plays the health-watch story on a simulated mesh of windows: a probe leader, shared
-    /// counters, the leader killed, the failover measured.
+    /// Plays the health-watch story with real window processes on this machine: a probe
+    /// leader, live statuses in every window, an endpoint down, the leader SIGKILLed and the
+    /// failover measured. Needs no configuration; cleans up after itself.
     Demo {
         /// Number of windows.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(2..=64))]
         windows: u16,
-        /// Seed of the simulation (the same seed replays the same run).
+        /// Pause between the story's acts, in milliseconds (0: run straight through).
+        #[arg(long, default_value_t = 1500)]
+        pace_ms: u64,
+        /// Play a longer story on the deterministic simulator instead (virtual time, no
+        /// processes).
+        #[arg(long)]
+        simulated: bool,
+        /// Seed of the simulation (with --simulated; the same seed replays the same run).
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// One window of the demo (started by `statemesh demo`).
+    #[command(hide = true)]
+    DemoWindow(demo::WindowArgs),
     /// Runs one peer of a mesh and prints what it sees (leadership, changes) as JSON lines.
     /// Stops gracefully (announcing its leave) on SIGTERM or Ctrl-C.
     Node(node::NodeArgs),
     /// Runs one peer for a window that is not written in Rust: JSON-RPC 2.0 over stdin and
     /// stdout with LSP-style framing (see docs/sidecar.md); logs go to stderr.
     Sidecar(statemesh_cli::sidecar::SidecarArgs),
+    #[command(flatten)]
+    Query(query::Query),
+    /// Writes a new mesh secret (32 random bytes, mode 0600); refuses to replace one without
+    /// --force.
+    Keygen(query::KeygenArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -47,10 +66,27 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Demo { windows, seed } => demo(usize::from(windows), seed),
-        Command::Node(args) => tokio::runtime::Runtime::new()?.block_on(node::run(args)),
+        Command::Demo {
+            windows,
+            simulated: false,
+            pace_ms,
+            ..
+        } => demo::run(usize::from(windows), Duration::from_millis(pace_ms))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Demo { windows, seed, .. } => {
+            demo(usize::from(windows), seed).map(|()| ExitCode::SUCCESS)
+        }
+        Command::DemoWindow(args) => tokio::runtime::Runtime::new()?
+            .block_on(demo::window(args))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Node(args) => tokio::runtime::Runtime::new()?
+            .block_on(node::run(args))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Query(q) => tokio::runtime::Runtime::new()?.block_on(query::run(q)),
+        Command::Keygen(args) => query::keygen(&args),
         Command::Sidecar(args) => std::process::exit(statemesh_cli::sidecar::run(args)?),
     }
 }

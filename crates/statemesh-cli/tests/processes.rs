@@ -1,134 +1,92 @@
 //! Window processes on one machine, for real: `statemesh node` processes found through their
-//! local sockets, syncing over QUIC on loopback; the leader SIGKILLed, then one shut down
-//! gracefully. Times are printed (the benchmark harness measures them properly); assertions
-//! are about who leads.
+//! local sockets, syncing over QUIC on loopback. They converge on writes made by all of them at
+//! once; the leader is SIGKILLed (its presence-scoped record vanishes), then the next one shuts
+//! down gracefully; a window restarts and gets the state back. Times are printed (the benchmark
+//! harness measures them properly); assertions are about who leads and what every window holds.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use serde_json::Value;
+use serde_json::{Value, json};
+use support::{Windows, ms, statemesh};
 
-/// Safety net only: failover takes milliseconds here.
-const WITHIN: Duration = Duration::from_secs(20);
-
-struct Window {
-    child: Child,
-    id: String,
-}
-
-impl Drop for Window {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A line from some window, with the time the test received it.
-struct Line {
-    from: usize,
-    at: Instant,
-    json: Value,
-}
-
-fn spawn(dir: &Path, n: usize, tx: &mpsc::Sender<Line>) -> Window {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_statemesh"))
-        .args(["node", "--mesh", "proc-test", "--announce"])
+fn node(dir: &Path) -> Command {
+    let mut cmd = statemesh();
+    cmd.args(["node", "--mesh", "proc-test", "--announce"])
         .arg("--runtime-dir")
         .arg(dir.join("run"))
         .arg("--state-dir")
         .arg(dir.join("state"))
         .arg("--secret-file")
-        .arg(dir.join("secret"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawns");
-    let stdout = child.stdout.take().expect("piped");
-    let (id_tx, id_rx) = mpsc::channel();
-    let tx = tx.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let json: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("window {n} printed non-JSON {line:?}: {e}"));
-            if json["event"] == "joined" {
-                let _ = id_tx.send(json["peer"].as_str().unwrap_or_default().to_owned());
-            }
-            if tx
-                .send(Line {
-                    from: n,
-                    at: Instant::now(),
-                    json,
-                })
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-    let id = id_rx.recv_timeout(WITHIN).expect("window joined");
-    Window { child, id }
+        .arg(dir.join("secret"));
+    cmd
 }
 
-/// Waits until each window in `who` reports `leader` leading; returns when the last one did.
-fn until_all_see(rx: &mpsc::Receiver<Line>, who: &[usize], leader: &str) -> Instant {
-    let mut seen = vec![None; who.len()];
-    let deadline = Instant::now() + WITHIN;
-    while seen.iter().any(Option::is_none) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("windows {who:?} did not all see {leader} lead"));
-        if std::env::var("PROC_DEBUG").is_ok() {
-            eprintln!("{:?} {} {}", line.at, line.from, line.json);
-        }
-        if let Some(i) = who.iter().position(|w| *w == line.from)
-            && line.json["event"] == "leadership"
-        {
-            let leads = line.json["leader"] == leader && !line.json["term"].is_null();
-            seen[i] = leads.then_some(line.at);
-        }
-    }
-    seen.into_iter().flatten().max().expect("all seen")
+/// Whether `records` hold a note from every window in `from`, and presence records for exactly
+/// the windows `present`.
+fn holds(records: &Value, notes: &[usize], present: &[String]) -> bool {
+    let all_notes = notes
+        .iter()
+        .all(|n| records["notes"][format!("from-{n}")] == json!(*n));
+    let windows: Vec<&String> = records["windows"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    all_notes && windows.len() == present.len() && present.iter().all(|p| windows.contains(&p))
 }
 
 #[test]
-fn sigkill_and_graceful_failover_between_processes() {
+fn windows_converge_fail_over_and_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (tx, rx) = mpsc::channel();
-    let mut windows: Vec<Window> = (0..4).map(|n| spawn(dir.path(), n, &tx)).collect();
-    let mut order: Vec<usize> = (0..4).collect();
-    order.sort_by(|a, b| windows[*a].id.cmp(&windows[*b].id));
-    until_all_see(&rx, &[0, 1, 2, 3], &windows[order[0]].id.clone());
+    let mut w = Windows::new();
+    for n in 0..4 {
+        w.spawn(n, node(dir.path()));
+    }
+    let order = w.by_id();
+    w.until_all_see(&[0, 1, 2, 3], &w.id(order[0]));
 
-    // SIGKILL the leader: its local sockets close, the survivors elect the next-lowest id.
-    let killed_at = Instant::now();
-    let _ = windows[order[0]].child.kill();
+    // Every window writes at the same moment; all converge on all writes.
+    for n in 0..4 {
+        w.send(
+            n,
+            json!({"op": "put", "channel": "notes", "key": format!("from-{n}"), "value": n}),
+        );
+    }
+    let ids: Vec<String> = (0..4).map(|n| w.id(n)).collect();
+    w.until_converged(&[0, 1, 2, 3], |r| holds(r, &[0, 1, 2, 3], &ids));
+
+    // SIGKILL the leader: its local sockets close, the survivors elect the next-lowest id, and
+    // its presence-scoped record vanishes everywhere.
+    let killed = order[0];
+    let killed_at = w.kill(killed);
     let survivors: Vec<usize> = order[1..].to_vec();
-    let next = windows[order[1]].id.clone();
-    let done = until_all_see(&rx, &survivors, &next);
+    let done = w.until_all_see(&survivors, &w.id(order[1]));
     eprintln!(
         "failover after SIGKILL: {:.1} ms (4 processes, one machine)",
-        (done - killed_at).as_secs_f64() * 1e3
+        ms(killed_at, done)
     );
+    let alive: Vec<String> = survivors.iter().map(|n| w.id(*n)).collect();
+    w.until_converged(&survivors, |r| holds(r, &[0, 1, 2, 3], &alive));
 
     // Graceful shutdown of the new leader (SIGTERM): it announces its leave.
-    let stopped_at = Instant::now();
-    let pid = windows[order[1]].child.id();
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    let last = windows[order[2]].id.clone();
-    let done = until_all_see(&rx, &order[2..], &last);
+    let (stopped_at, status) = w.terminate(order[1]);
+    let rest: Vec<usize> = order[2..].to_vec();
+    let done = w.until_all_see(&rest, &w.id(order[2]));
     eprintln!(
         "handover after graceful shutdown: {:.1} ms",
-        (done - stopped_at).as_secs_f64() * 1e3
+        ms(stopped_at, done)
     );
-    let status = windows[order[1]].child.wait().expect("exits");
     assert!(status.success(), "graceful shutdown exits 0");
-    windows.clear();
+
+    // The killed window restarts (a new process, a new id): it reads the state from disk and
+    // the peers, and takes part again.
+    w.spawn(killed, node(dir.path()));
+    let mut back: Vec<usize> = rest.clone();
+    back.push(killed);
+    let present: Vec<String> = back.iter().map(|n| w.id(*n)).collect();
+    w.until_converged(&back, |r| holds(r, &[0, 1, 2, 3], &present));
+    let lowest = back.iter().map(|n| w.id(*n)).min().expect("windows left");
+    w.until_all_see(&back, &lowest);
 }

@@ -200,8 +200,17 @@ impl LocalPresence {
             path: path.clone(),
             source,
         };
-        let listener = UnixListener::bind(&path).map_err(io)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        // Bound under a name scans ignore, made private, then renamed into place: a scan never
+        // sees a socket file that does not listen yet (it would take it for a stale one).
+        let binding = path.with_extension("b");
+        let _ = std::fs::remove_file(&binding);
+        let listener = UnixListener::bind(&binding).map_err(io)?;
+        std::fs::set_permissions(&binding, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::rename(&binding, &path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&binding);
+                io(e)
+            })?;
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             me,

@@ -299,7 +299,7 @@ impl Endpoint {
         let mut proof = [0u8; PROOF_LEN];
         recv.read_exact(&mut proof)
             .await
-            .map_err(|_| LinkError::AuthFailed { addr: remote })?;
+            .map_err(|e| proof_not_read(e, remote))?;
         if !auth::verify(&self.secret, Role::Server, &binding, &proof) {
             return Err(LinkError::AuthFailed { addr: remote });
         }
@@ -333,7 +333,7 @@ impl Endpoint {
         let mut proof = [0u8; PROOF_LEN];
         recv.read_exact(&mut proof)
             .await
-            .map_err(|_| LinkError::AuthFailed { addr: remote })?;
+            .map_err(|e| proof_not_read(e, remote))?;
         if !auth::verify(&self.secret, Role::Client, &binding, &proof) {
             return Err(LinkError::AuthFailed { addr: remote });
         }
@@ -341,6 +341,22 @@ impl Endpoint {
             .await
             .map_err(|e| LinkError::Exchange(e.to_string()))?;
         Ok((client, send, recv))
+    }
+}
+
+/// Why the other side's proof never came: a refusal of ours (it closed the connection as
+/// failing authentication) or just a lost connection (it closed a duplicate link, it exited).
+fn proof_not_read(e: quinn::ReadExactError, addr: SocketAddr) -> LinkError {
+    let refused = matches!(
+        &e,
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(
+            quinn::ConnectionError::ApplicationClosed(close)
+        )) if close.error_code == quinn::VarInt::from_u32(CLOSE_AUTH_FAILED)
+    );
+    if refused {
+        LinkError::AuthFailed { addr }
+    } else {
+        LinkError::Exchange(e.to_string())
     }
 }
 

@@ -205,6 +205,7 @@ pub(crate) async fn start(
         links: BTreeMap::new(),
         targets: BTreeMap::new(),
         tasks: JoinSet::new(),
+        writers: JoinSet::new(),
         events,
         next_conn: 0,
         unsettled: (all_settle && !unsettled.is_empty()).then_some(unsettled),
@@ -228,6 +229,8 @@ struct Run {
     links: BTreeMap<PeerId, LinkState>,
     targets: BTreeMap<SocketAddr, Target>,
     tasks: JoinSet<()>,
+    /// The tasks writing to each link: a graceful leave waits for them to drain.
+    writers: JoinSet<()>,
     events: mpsc::UnboundedSender<LinkEvent>,
     next_conn: usize,
     /// Discoveries that settle and have not yet; `None` once all have, or when some never will
@@ -285,6 +288,7 @@ impl Run {
         self.running.clear();
         self.shared.closed.store(true, Ordering::Release);
         self.shared.acks_changed.notify_waiters();
+        self.shared.synced.send_replace(false);
         self.shared
             .leadership
             .send_modify(|l| *l = LeadershipInfo::default());
@@ -528,7 +532,7 @@ impl Run {
                     recv,
                     ..
                 } = link;
-                self.tasks.spawn(write_loop(send, rx));
+                self.writers.spawn(write_loop(send, rx));
                 self.links.insert(
                     peer,
                     LinkState {
@@ -610,7 +614,7 @@ impl Run {
         let mut frames = Vec::new();
         let mut events = Vec::new();
         let mut persists = Vec::new();
-        let (info, term) = {
+        let (info, term, synced) = {
             let mut node = self.shared.node();
             while let Some(t) = node.poll_transmit() {
                 frames.push(t);
@@ -621,8 +625,18 @@ impl Run {
             while let Some(e) = node.poll_event() {
                 events.push(e);
             }
-            (node.leadership(), node.my_term())
+            let now = self.shared.now();
+            (
+                node.leadership(),
+                node.my_term(),
+                node.joined(now) && node.in_sync(),
+            )
         };
+        self.shared.synced.send_if_modified(|s| {
+            let changed = *s != synced;
+            *s = synced;
+            changed
+        });
         for t in frames {
             if let Some(link) = self.links.get(&t.to) {
                 let _ = link.tx.send(t.frame);
@@ -706,13 +720,7 @@ impl Run {
         // Dropping the senders ends each writer after it wrote what was queued.
         let connections: Vec<quinn::Connection> =
             links.into_values().map(|l| l.connection).collect();
-        let drain = async {
-            while self.tasks.join_next().await.is_some() {
-                if self.tasks.len() <= 1 {
-                    break;
-                }
-            }
-        };
+        let drain = async { while self.writers.join_next().await.is_some() {} };
         let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
         for c in connections {
             c.close(quinn::VarInt::from_u32(quic::CLOSE_LEAVING), b"leaving");

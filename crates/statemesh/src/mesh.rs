@@ -323,6 +323,7 @@ impl MeshBuilder {
             closed: std::sync::atomic::AtomicBool::new(false),
             quic_addr: std::sync::OnceLock::new(),
             counts: Mutex::new(DriverCounts::default()),
+            synced: watch::channel(false).0,
         });
         let driver = driver::start(self, secret, store, shared.clone()).await?;
         Ok((shared, driver))
@@ -377,6 +378,8 @@ pub(crate) struct Shared {
     pub(crate) closed: std::sync::atomic::AtomicBool,
     pub(crate) quic_addr: std::sync::OnceLock<SocketAddr>,
     pub(crate) counts: Mutex<DriverCounts>,
+    /// Whether the node has joined and holds what every linked peer holds.
+    pub(crate) synced: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -428,6 +431,7 @@ impl Drop for Inner {
             .leadership
             .send_replace(LeadershipInfo::default());
         self.shared.acks_changed.notify_waiters();
+        self.shared.synced.send_replace(false);
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
@@ -727,6 +731,34 @@ impl Mesh {
                 return None;
             }
         }
+    }
+
+    /// Waits until this window has joined (discovery settled, or its join grace is over) and
+    /// holds the same document and leader records as every peer it is linked to: what a
+    /// short-lived reader (a CLI command) waits for before reading. Resolves at once for a
+    /// window alone once it has joined; `Err(Closed)` if the mesh shuts down first.
+    pub async fn synced(&self) -> Result<(), MeshError> {
+        let mut rx = self.shared().synced.subscribe();
+        loop {
+            if self
+                .shared()
+                .closed
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                return Err(MeshError::Closed);
+            }
+            if *rx.borrow_and_update() {
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return Err(MeshError::Closed);
+            }
+        }
+    }
+
+    /// Peers this window has a link to now.
+    pub fn linked(&self) -> usize {
+        self.shared().node().linked_peers().len()
     }
 
     /// Members with their liveness, this window first.

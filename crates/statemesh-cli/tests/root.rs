@@ -1,0 +1,235 @@
+//! A LAN in network namespaces, for real (needs root; run by CI with `NEXTEST_PROFILE=ci`,
+//! skipped by default elsewhere, see `.config/nextest.toml`).
+//!
+//! Three namespaces, each its own "machine" with one veth into a bridge that lives in a fourth
+//! namespace; addresses 10.213.0.0/24 exist only inside them. Each machine runs one window in
+//! LAN mode with its own runtime and state directories, so local-socket discovery cannot
+//! shortcut mDNS: the windows find each other by mDNS alone and sync over QUIC. The leader's
+//! link is taken down (no FIN, no EOF: its packets just stop), the others elect the next
+//! leader; the link comes back, and there is one leader again and equal documents, holding what
+//! both sides wrote while apart.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{WITHIN, Windows, ms};
+
+fn require_root() {
+    assert_eq!(
+        rustix::process::geteuid().as_raw(),
+        0,
+        "this test needs root (it creates network namespaces); it is meant for CI: run it as \
+         root with NEXTEST_PROFILE=ci"
+    );
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The namespaces of one test run; deleted (with everything in them) on drop.
+struct Lan {
+    bridge: String,
+    machines: Vec<String>,
+}
+
+impl Lan {
+    fn new(machines: usize) -> Self {
+        let tag = std::process::id();
+        let lan = Self {
+            bridge: format!("smbr{tag}"),
+            machines: (0..machines).map(|i| format!("smm{tag}n{i}")).collect(),
+        };
+        ip(&["netns", "add", &lan.bridge]);
+        ip(&[
+            "-n",
+            &lan.bridge,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+            "mcast_snooping",
+            "0",
+        ]);
+        ip(&["-n", &lan.bridge, "link", "set", "br0", "up"]);
+        for (i, ns) in lan.machines.iter().enumerate() {
+            ip(&["netns", "add", ns]);
+            let port = format!("p{i}");
+            ip(&[
+                "-n",
+                &lan.bridge,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+            ]);
+            ip(&["-n", &lan.bridge, "link", "set", &port, "master", "br0"]);
+            ip(&["-n", &lan.bridge, "link", "set", &port, "up"]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("10.213.0.{}/24", i + 1),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        }
+        for ns in &lan.machines {
+            lan.wait_up(ns);
+        }
+        lan
+    }
+
+    /// Waits until `ns`'s veth reports `up` (mdns-sd ignores interfaces that are not up yet).
+    fn wait_up(&self, ns: &str) {
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let out = Command::new("ip")
+                .args(["-n", ns, "-o", "link", "show", "eth0"])
+                .output()
+                .expect("ip runs");
+            if String::from_utf8_lossy(&out.stdout).contains("state UP") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{ns}'s veth never came up");
+            // The kernel gives no event to wait on from here; poll the state briefly.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn link(&self, machine: usize, up: bool) {
+        ip(&[
+            "-n",
+            &self.machines[machine],
+            "link",
+            "set",
+            "eth0",
+            if up { "up" } else { "down" },
+        ]);
+        if up {
+            self.wait_up(&self.machines[machine]);
+        }
+    }
+
+    /// `statemesh node --lan` inside machine `i`, with that machine's own directories.
+    fn node(&self, i: usize, dir: &Path) -> Command {
+        let machine = dir.join(format!("machine-{i}"));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.machines[i]])
+            .arg(env!("CARGO_BIN_EXE_statemesh"))
+            .args(["node", "--lan", "--mesh", "lan-test", "--announce"])
+            .arg("--runtime-dir")
+            .arg(machine.join("run"))
+            .arg("--state-dir")
+            .arg(machine.join("state"))
+            // The same secret file, as if copied to every machine.
+            .arg("--secret-file")
+            .arg(dir.join("secret"));
+        cmd
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in self.machines.iter().chain([&self.bridge]) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn notes(records: &Value, keys: &[&str]) -> bool {
+    keys.iter().all(|k| !records["notes"][*k].is_null())
+}
+
+#[test]
+fn a_lan_of_namespaces_finds_itself_by_mdns_and_survives_a_cut_link() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lan = Lan::new(3);
+    let mut w = Windows::new();
+    for i in 0..3 {
+        w.spawn(i, lan.node(i, dir.path()));
+    }
+    let order = w.by_id();
+    w.until_all_see(&[0, 1, 2], &w.id(order[0]));
+    for i in 0..3 {
+        w.send(
+            i,
+            json!({"op": "put", "channel": "notes", "key": format!("hello-{i}"), "value": i}),
+        );
+    }
+    w.until_converged(&[0, 1, 2], |r| notes(r, &["hello-0", "hello-1", "hello-2"]));
+
+    // Cut the leader's link: no FIN, no EOF, its packets stop. The others elect the next.
+    let leader = order[0];
+    let cut_at = Instant::now();
+    lan.link(leader, false);
+    let others: Vec<usize> = order[1..].to_vec();
+    let done = w.until_all_see(&others, &w.id(order[1]));
+    eprintln!(
+        "failover after the leader's link was cut: {:.1} ms (LAN of namespaces)",
+        ms(cut_at, done)
+    );
+
+    // Both sides write while apart.
+    w.send(
+        others[0],
+        json!({"op": "put", "channel": "notes", "key": "while-cut-majority", "value": true}),
+    );
+    w.send(
+        leader,
+        json!({"op": "put", "channel": "notes", "key": "while-cut-isolated", "value": true}),
+    );
+    w.until_converged(&others, |r| notes(r, &["while-cut-majority"]));
+    // Stay apart until the QUIC connections themselves time out, so that healing needs new
+    // links (redial with backoff), not just packets flowing again.
+    w.until_state(leader, "the isolated leader's links time out", |s| {
+        s["links"] == 0
+    });
+    for n in &others {
+        w.until_state(*n, "the cut leader's link times out", |s| s["links"] == 1);
+    }
+
+    // Heal: one leader again (the lowest id, back), equal documents with both sides' writes.
+    let healed_at = Instant::now();
+    lan.link(leader, true);
+    let done = w.until_all_see(&[0, 1, 2], &w.id(leader));
+    eprintln!(
+        "one leader again {:.1} ms after the link came back",
+        ms(healed_at, done)
+    );
+    w.until_converged(&[0, 1, 2], |r| {
+        notes(
+            r,
+            &[
+                "hello-0",
+                "hello-1",
+                "hello-2",
+                "while-cut-majority",
+                "while-cut-isolated",
+            ],
+        )
+    });
+}
