@@ -1,0 +1,231 @@
+//! `statemesh-bench`: benchmark scenarios of statemesh over real window processes.
+//!
+//! ```sh
+//! cargo run --release -p statemesh-bench -- <scenario> [--peers N] [--net local|lan] [--json] [--quick]
+//! ```
+//!
+//! Each scenario starts window processes — this very binary, run as the hidden `window`
+//! subcommand, each joining a `statemesh::Mesh` and driven over stdin/stdout JSON lines — on
+//! this machine (`--net local`: loopback only, temporary runtime and state directories and
+//! secret) or one per network namespace joined by a bridge (`--net lan`, root only: mDNS and
+//! QUIC never leave the namespaces). Progress goes to stderr; stdout ends with exactly one JSON
+//! line (with `--json`, it is all stdout holds). `docs/performance.md` describes the method
+//! and the figures.
+
+mod cleanup;
+mod clock;
+mod fleet;
+mod lan;
+mod scenarios;
+mod stats;
+mod window;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::fleet::Net;
+use crate::scenarios::failover::Fault;
+use crate::scenarios::{Opts, Out};
+
+/// Benchmark scenarios of statemesh over real window processes; ends with one JSON line.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every scenario takes.
+#[derive(clap::Args, Debug, Clone)]
+struct Common {
+    /// Number of windows (default: 4; throughput and idle 8; scale 64).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=250))]
+    peers: Option<u16>,
+    /// Where the windows run: `local` (this machine, loopback) or `lan` (one network namespace
+    /// per window, found by mDNS; needs root).
+    #[arg(long, value_enum, default_value = "local")]
+    net: Net,
+    /// Print only the JSON line on stdout.
+    #[arg(long)]
+    json: bool,
+    /// A shortened run (CI smoke test): fewer samples, shorter periods.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// One window writes a record; time until every other window's change subscription sees
+    /// it (one-way, on the machine-wide monotonic clock).
+    Propagation(Common),
+    /// SIGKILL the leader; time until every survivor reports the same new leader.
+    FailoverKill(Common),
+    /// The leader shuts down gracefully; time until every survivor reports the new leader.
+    FailoverGraceful(Common),
+    /// (`--net lan` only) The leader's veth goes down; time until the survivors agree on the
+    /// new leader; false suspicions over a quiet period under full CPU load.
+    FailoverCut(Common),
+    /// Every window writes keys as fast as it can; key writes per second that reach every
+    /// window.
+    Throughput {
+        #[command(flatten)]
+        common: Common,
+        /// Keys per atomic change (`transact`).
+        #[arg(long, default_value_t = 100)]
+        batch: u64,
+    },
+    /// Peak RSS of each window with 100 channels, and of a process that never joins.
+    Memory(Common),
+    /// 24 h of a probe leader rewriting 100 channels every second (simulator, virtual time):
+    /// document size and the cost of receiving a sync message afterwards.
+    History(Common),
+    /// `propagation` and `failover-kill` with 64 windows.
+    Scale(Common),
+    /// CPU used by each of 8 idle windows (heartbeats only).
+    Idle(Common),
+    /// One window process (run by the scenarios themselves).
+    #[command(hide = true)]
+    Window(window::WindowArgs),
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Propagation(_) => "propagation",
+            Self::FailoverKill(_) => "failover-kill",
+            Self::FailoverGraceful(_) => "failover-graceful",
+            Self::FailoverCut(_) => "failover-cut",
+            Self::Throughput { .. } => "throughput",
+            Self::Memory(_) => "memory",
+            Self::History(_) => "history",
+            Self::Scale(_) => "scale",
+            Self::Idle(_) => "idle",
+            Self::Window(_) => "window",
+        }
+    }
+
+    fn default_peers(&self) -> usize {
+        match self {
+            Self::Throughput { .. } | Self::Idle(_) => 8,
+            Self::Scale(_) => 64,
+            _ => 4,
+        }
+    }
+}
+
+fn main() {
+    let command = match Cli::parse().command {
+        Command::Window(args) => {
+            let code = match window::run(args) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("window: {e:#}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        other => other,
+    };
+    let (common, batch) = match &command {
+        Command::Throughput { common, batch } => (common.clone(), *batch),
+        Command::Propagation(c)
+        | Command::FailoverKill(c)
+        | Command::FailoverGraceful(c)
+        | Command::FailoverCut(c)
+        | Command::Memory(c)
+        | Command::History(c)
+        | Command::Scale(c)
+        | Command::Idle(c) => (c.clone(), 100),
+        Command::Window(_) => unreachable!("handled above"),
+    };
+    let scenario = command.name();
+    let opts = Opts {
+        peers: common
+            .peers
+            .map_or_else(|| command.default_peers(), usize::from),
+        net: common.net,
+        quick: common.quick,
+        batch,
+    };
+    let mut out = Out::new();
+    out.insert("scenario".into(), json!(scenario));
+    out.insert("peers".into(), json!(opts.peers));
+    out.insert("net".into(), json!(opts.net.name()));
+    out.insert("quick".into(), json!(opts.quick));
+    let mut interrupted = out.clone();
+    interrupted.insert("error".into(), json!("interrupted by a signal"));
+    cleanup::set_interrupted_line(serde_json::Value::Object(interrupted).to_string());
+    let result = cleanup::on_signals().and_then(|()| {
+        if opts.net == Net::Lan && !matches!(command, Command::History(_)) {
+            lan::check_root()?;
+        }
+        match &command {
+            Command::Propagation(_) => scenarios::propagation::run(&opts, &mut out),
+            Command::FailoverKill(_) => scenarios::failover::run(&opts, &mut out, Fault::Kill),
+            Command::FailoverGraceful(_) => scenarios::failover::run(&opts, &mut out, Fault::Leave),
+            Command::FailoverCut(_) => scenarios::failover::run(&opts, &mut out, Fault::Cut),
+            Command::Throughput { .. } => scenarios::throughput::run(&opts, &mut out),
+            Command::Memory(_) => scenarios::resources::run_memory(&opts, &mut out),
+            Command::History(_) => scenarios::history::run(&opts, &mut out),
+            Command::Scale(_) => scenarios::scale(&opts, &mut out),
+            Command::Idle(_) => scenarios::resources::run_idle(&opts, &mut out),
+            Command::Window(_) => Ok(()),
+        }
+    });
+    let code = match &result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("statemesh-bench {scenario}: error: {e:#}");
+            out.insert("error".into(), json!(format!("{e:#}")));
+            1
+        }
+    };
+    if !common.json {
+        summary(&out);
+    }
+    cleanup::print_line(&serde_json::Value::Object(out).to_string());
+    std::process::exit(code);
+}
+
+/// The targets the project set, as (field, comparison, bound, what).
+fn targets(out: &Out) -> Vec<(&'static str, bool, f64, &'static str)> {
+    let lan = out["net"] == "lan";
+    match out["scenario"].as_str().unwrap_or_default() {
+        "propagation" if lan => vec![("p99_us", true, 3000.0, "p99 < 3 ms (namespace LAN)")],
+        "propagation" => vec![("p99_us", true, 1000.0, "p99 < 1 ms (local)")],
+        "failover-kill" if !lan => vec![("p50_ms", true, 50.0, "p50 < 50 ms (local)")],
+        "failover-graceful" => vec![("p50_ms", true, 5.0, "p50 < 5 ms")],
+        "failover-cut" => vec![
+            (
+                "max_ms",
+                true,
+                1400.0,
+                "within suspect_timeout + 2 heartbeats",
+            ),
+            ("false_suspicions", true, 0.5, "no false suspicion"),
+        ],
+        "idle" => vec![("idle_cpu_percent", true, 0.5, "< 0.5 % CPU per window")],
+        "memory" => vec![("rss_kb_peak", true, 8192.0, "peak RSS < 8 MB per window")],
+        "throughput" => vec![("updates_per_s", false, 20000.0, ">= 20,000 updates/s")],
+        "scale" => vec![("p99_us", true, 50000.0, "64 peers: p99 < 50 ms")],
+        _ => Vec::new(),
+    }
+}
+
+/// A human-readable summary on stdout (without `--json`).
+fn summary(out: &Out) {
+    for (k, v) in out {
+        println!("{k:>28}: {v}");
+    }
+    for (field, below, bound, what) in targets(out) {
+        if let Some(x) = out.get(field).and_then(serde_json::Value::as_f64) {
+            let met = if below { x < bound } else { x >= bound };
+            println!(
+                "{:>28}: {what}: {}",
+                "target",
+                if met { "met" } else { "MISSED" }
+            );
+        }
+    }
+}

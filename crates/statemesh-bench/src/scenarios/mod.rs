@@ -1,0 +1,65 @@
+//! The scenarios. Each fills the fields of the JSON line it reports.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::fleet::{Fleet, Net};
+use crate::stats::round3;
+
+pub(crate) mod failover;
+pub(crate) mod history;
+pub(crate) mod propagation;
+pub(crate) mod resources;
+pub(crate) mod throughput;
+
+/// The fields of the JSON line.
+pub(crate) type Out = serde_json::Map<String, serde_json::Value>;
+
+/// What every scenario is run with.
+#[derive(Clone, Debug)]
+pub(crate) struct Opts {
+    /// Number of windows.
+    pub(crate) peers: usize,
+    /// Where they run.
+    pub(crate) net: Net,
+    /// Shortened run (CI smoke).
+    pub(crate) quick: bool,
+    /// Keys per atomic change in `throughput`.
+    pub(crate) batch: u64,
+}
+
+/// The `scale` scenario: `propagation` and `failover-kill` on one mesh of many windows.
+pub(crate) fn scale(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
+    let n = opts.peers;
+    anyhow::ensure!(n >= 2, "scale needs at least 2 peers");
+    let mut f = Fleet::new(opts.net, n)?;
+    // Dozens of windows linking pairwise on two cores take a while.
+    f.within = Duration::from_secs(120);
+    eprintln!("starting {n} windows one by one ({})", opts.net.name());
+    f.start_one_by_one(n).context("starting the windows")?;
+    let samples = if opts.quick { 20 } else { 200 };
+    eprintln!("{samples} writes, one every 20 ms");
+    let p = propagation::measure(&mut f, samples, Duration::from_millis(20))?;
+    let agreed = f.ready()?;
+    let trials = if opts.quick { 1 } else { 5 };
+    eprintln!("{trials} leader kills");
+    // No replacement windows: at this size a join (63 handshakes at once) is a load spike of
+    // its own, which is not what this measures.
+    let times = failover::measure(&mut f, failover::Fault::Kill, trials, agreed, false)?;
+    let fo = crate::stats::summarize(&times);
+    out.insert("join_failures".into(), json!(f.join_failures));
+    out.insert("p50_us".into(), json!(round3(p.to_all.p50)));
+    out.insert("p99_us".into(), json!(round3(p.to_all.p99)));
+    out.insert("max_us".into(), json!(round3(p.to_all.max)));
+    out.insert("samples".into(), json!(p.to_all.n));
+    out.insert("failover_p50_ms".into(), json!(round3(fo.p50)));
+    out.insert("failover_max_ms".into(), json!(round3(fo.max)));
+    out.insert("failover_trials".into(), json!(fo.n));
+    out.insert(
+        "dual_leader_observations".into(),
+        json!(f.safety.observations()),
+    );
+    Ok(())
+}

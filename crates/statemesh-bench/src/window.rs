@@ -1,0 +1,383 @@
+//! The hidden `window` subcommand: one window process of a benchmark. It joins a
+//! [`statemesh::Mesh`] the way an application window does and is driven by the harness over
+//! stdin and stdout, one JSON object per line.
+//!
+//! Lines it prints (`t` is always [`now_ns`] when the thing happened, on the clock every
+//! window of this machine shares):
+//! - `{"ev":"joined","peer":ID,"pid":P,"join_us":F}` once (`peer` is null for a baseline);
+//! - `{"ev":"lead","leader":ID|null,"term":T|null,"me":B,"t":NS}` at every leadership change
+//!   (and once at start);
+//! - `{"ev":"seen","key":K,"delay_ns":D}` when a record of channel `prop` written by another
+//!   window arrives: `D` is the arrival time minus the writer's timestamp stored in the value;
+//! - answers to commands: `links`, `info`, `burst_done`, `reached`, `count`, `leaving`,
+//!   `left`, and `{"ev":"error","error":E}` for a command that failed.
+//!
+//! Commands (`{"op":...}`): `stamp {key}` (write `prop/key` = now), `put {channel,key,value}`,
+//! `watch {prefix}` (start tracking the keys of channels starting with `prefix`), `expect
+//! {count}` (answer `reached` once that many tracked keys are held), `count`, `burst {ms,
+//! batch, prefix}` (write keys `tp/<prefix>-<n>` as fast as possible for `ms`, `batch` keys
+//! per atomic change), `links {n}` (answer once `n` links are up), `info`, `shutdown`
+//! (graceful leave, then exit). The end of stdin ends the process without a leave.
+
+use std::collections::HashSet;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value as Json, json};
+use statemesh::{Mesh, Scope};
+use tokio::sync::mpsc;
+
+use crate::clock::now_ns;
+
+/// Options of the hidden `window` subcommand.
+#[derive(clap::Args, Debug)]
+pub(crate) struct WindowArgs {
+    /// The mesh to join.
+    #[arg(long, default_value = "bench")]
+    mesh: String,
+    /// The secret file shared by every window of the run.
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    /// This machine's runtime directory (local sockets).
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
+    /// This machine's state directory.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// LAN mode (QUIC on every interface, mDNS); only ever used inside a network namespace.
+    #[arg(long)]
+    lan: bool,
+    /// The harness's pid: the window exits if its parent is already gone.
+    #[arg(long)]
+    parent: Option<u32>,
+    /// Start like a window but never join: the memory baseline of this binary.
+    #[arg(long)]
+    idle_baseline: bool,
+}
+
+/// Runs one window until stdin ends or a `shutdown` command.
+pub(crate) fn run(args: WindowArgs) -> anyhow::Result<()> {
+    // Die with the harness, even if it is SIGKILLed: an orphaned window would keep its mesh
+    // (and a namespace) busy.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    if let Some(parent) = args.parent
+        && rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(parent)
+    {
+        return Ok(());
+    }
+    // `RUST_LOG=statemesh=debug` shows what the library does, on each window's stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    // The shape of `MeshBuilder::join_blocking`: the mesh runs on one runtime worker thread;
+    // this process's main thread is the "UI thread" that reads commands and prints events.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("statemesh")
+        .enable_all()
+        .build()?;
+    if args.idle_baseline {
+        return rt.block_on(baseline());
+    }
+    rt.block_on(window(args))
+}
+
+/// Prints one JSON line; exits if nobody reads stdout any more (the harness is gone).
+fn emit(line: &Json) {
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
+/// Lines of stdin, read on a thread of their own; the channel closes at the end of stdin.
+fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    rx
+}
+
+async fn baseline() -> anyhow::Result<()> {
+    let mut stdin = stdin_lines();
+    emit(&json!({"ev": "joined", "peer": null, "pid": std::process::id(), "join_us": 0.0}));
+    while stdin.recv().await.is_some() {}
+    Ok(())
+}
+
+/// Keys of channels starting with a prefix, as seen in the change stream.
+struct Tracked {
+    prefix: String,
+    keys: HashSet<(String, String)>,
+    /// When the last new key arrived.
+    last_new: u64,
+    /// Answer `reached` once this many keys are held.
+    target: Option<usize>,
+    /// Change-stream overruns (each followed by a full rescan).
+    lagged: u64,
+}
+
+impl Tracked {
+    fn note(&mut self, channel: &str, key: &str, at: u64) {
+        if channel.starts_with(&self.prefix)
+            && self.keys.insert((channel.to_owned(), key.to_owned()))
+        {
+            self.last_new = at;
+        }
+    }
+
+    /// After the change stream overran: every tracked channel's keys, read from the document.
+    fn rescan(&mut self, mesh: &Mesh) {
+        let at = now_ns();
+        for channel in mesh.channels() {
+            if channel.starts_with(&self.prefix) {
+                for key in mesh.keys(&channel) {
+                    self.note(&channel, &key, at);
+                }
+            }
+        }
+    }
+
+    /// The `reached` line, once the target is met (then forgets the target).
+    fn check(&mut self) -> Option<Json> {
+        let target = self.target?;
+        (self.keys.len() >= target).then(|| {
+            self.target = None;
+            json!({"ev": "reached", "t": self.last_new, "count": self.keys.len(),
+                   "lagged": self.lagged})
+        })
+    }
+}
+
+async fn window(args: WindowArgs) -> anyhow::Result<()> {
+    let started = now_ns();
+    let mut b = Mesh::builder(&args.mesh).lan(args.lan);
+    if let Some(f) = &args.secret_file {
+        b = b.secret_file(f);
+    }
+    if let Some(d) = &args.runtime_dir {
+        b = b.runtime_dir(d);
+    }
+    if let Some(d) = &args.state_dir {
+        b = b.state_dir(d);
+    }
+    let mesh = b.join().await?;
+    let me = mesh.id();
+    emit(&json!({
+        "ev": "joined",
+        "peer": me.to_string(),
+        "pid": std::process::id(),
+        "join_us": (now_ns() - started) as f64 / 1e3,
+    }));
+    let mut leadership = mesh.leadership();
+    let mut changes = mesh.changes();
+    let mut stdin = stdin_lines();
+    let (later, mut answers) = mpsc::unbounded_channel::<Json>();
+    let mut tracked: Option<Tracked> = None;
+    let lead_line = |l: statemesh::LeadershipInfo, t: u64| {
+        json!({"ev": "lead", "leader": l.leader.map(|p| p.to_string()), "term": l.term,
+               "me": l.is_me, "t": t})
+    };
+    emit(&lead_line(*leadership.borrow_and_update(), now_ns()));
+    loop {
+        tokio::select! {
+            changed = leadership.changed() => {
+                let t = now_ns();
+                if changed.is_err() {
+                    break;
+                }
+                emit(&lead_line(*leadership.borrow_and_update(), t));
+            }
+            change = changes.recv() => {
+                let t = now_ns();
+                match change {
+                    Ok(c) => {
+                        if c.channel == "prop"
+                            && c.by != Some(me)
+                            && let Ok(Some(stamp)) = mesh.get::<i64>("prop", &c.key)
+                        {
+                            emit(&json!({"ev": "seen", "key": c.key,
+                                         "delay_ns": t as i64 - stamp}));
+                        }
+                        if let Some(tr) = &mut tracked {
+                            tr.note(&c.channel, &c.key, t);
+                            if let Some(line) = tr.check() {
+                                emit(&line);
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if let Some(tr) = &mut tracked {
+                            tr.lagged += 1;
+                            tr.rescan(&mesh);
+                            if let Some(line) = tr.check() {
+                                emit(&line);
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+            Some(answer) = answers.recv() => emit(&answer),
+            line = stdin.recv() => {
+                let Some(line) = line else { break };
+                let cmd: Json = match serde_json::from_str(&line) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        emit(&json!({"ev": "error", "error": format!("not JSON: {e}")}));
+                        continue;
+                    }
+                };
+                if cmd["op"] == "shutdown" {
+                    emit(&json!({"ev": "leaving", "t": now_ns()}));
+                    mesh.shutdown().await?;
+                    emit(&json!({"ev": "left", "t": now_ns()}));
+                    return Ok(());
+                }
+                match command(&mesh, &cmd, &later, &mut tracked) {
+                    Ok(Some(answer)) => emit(&answer),
+                    Ok(None) => {}
+                    Err(e) => emit(&json!({"ev": "error", "op": cmd["op"], "error": e})),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One command; an immediate answer, if any (others come later through `later`).
+fn command(
+    mesh: &Mesh,
+    cmd: &Json,
+    later: &mpsc::UnboundedSender<Json>,
+    tracked: &mut Option<Tracked>,
+) -> Result<Option<Json>, String> {
+    let text = |f: &str| {
+        cmd[f]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("`{f}` must be a string"))
+    };
+    let number = |f: &str| {
+        cmd[f]
+            .as_u64()
+            .ok_or_else(|| format!("`{f}` must be a non-negative integer"))
+    };
+    match cmd["op"].as_str().unwrap_or_default() {
+        "stamp" => {
+            let key = text("key")?;
+            let t = now_ns() as i64;
+            mesh.put("prop", &key, &t).map_err(|e| e.to_string())?;
+            Ok(None)
+        }
+        "put" => {
+            let value = text("value")?;
+            mesh.put(&text("channel")?, &text("key")?, &value)
+                .map_err(|e| e.to_string())?;
+            Ok(None)
+        }
+        "watch" => {
+            let mut tr = Tracked {
+                prefix: text("prefix")?,
+                keys: HashSet::new(),
+                last_new: now_ns(),
+                target: None,
+                lagged: 0,
+            };
+            tr.rescan(mesh);
+            *tracked = Some(tr);
+            Ok(None)
+        }
+        "expect" => {
+            let tr = tracked.as_mut().ok_or("`expect` before `watch`")?;
+            tr.target = Some(number("count")? as usize);
+            Ok(tr.check())
+        }
+        "count" => {
+            let tr = tracked.as_ref().ok_or("`count` before `watch`")?;
+            Ok(Some(json!({"ev": "count", "count": tr.keys.len()})))
+        }
+        "burst" => {
+            let (ms, batch, prefix) = (number("ms")?, number("batch")?.max(1), text("prefix")?);
+            let (mesh, later) = (mesh.clone(), later.clone());
+            std::thread::Builder::new()
+                .name("writer".into())
+                .spawn(move || {
+                    let _ = later.send(burst(&mesh, ms, batch, &prefix));
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(None)
+        }
+        "links" => {
+            let want = number("n")? as usize;
+            let (mesh, later) = (mesh.clone(), later.clone());
+            tokio::spawn(async move {
+                // The API has no event for "a link came up"; look every 5 ms (a few dozen
+                // times per run).
+                let deadline = now_ns() + 60_000_000_000;
+                loop {
+                    let links = mesh.metrics().links;
+                    if links >= want || now_ns() > deadline {
+                        let _ = later.send(json!({"ev": "links", "links": links}));
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+            Ok(None)
+        }
+        "info" => {
+            let explain = mesh.explain();
+            let metrics = mesh.metrics();
+            Ok(Some(json!({
+                "ev": "info",
+                "incarnation": explain.me.number,
+                "live": explain.peers.iter().filter(|p| p.live).count(),
+                "links": metrics.links,
+                "leadership_changes": metrics.leadership_changes,
+                "sync_in": metrics.sync_in,
+                "sync_out": metrics.sync_out,
+                "sync_resets": metrics.sync_resets,
+                "frames_in": metrics.frames_in,
+                "frames_out": metrics.frames_out,
+            })))
+        }
+        other => Err(format!("unknown op {other:?}")),
+    }
+}
+
+/// Writes keys `tp/<prefix>-<n>` for `ms` milliseconds, `batch` per atomic change.
+fn burst(mesh: &Mesh, ms: u64, batch: u64, prefix: &str) -> Json {
+    let t0 = now_ns();
+    let end = t0 + ms * 1_000_000;
+    let mut written = 0u64;
+    let mut changes = 0u64;
+    while now_ns() < end {
+        let first = written;
+        let result = mesh.transact(|tx| {
+            for n in first..first + batch {
+                tx.put("tp", &format!("{prefix}-{n}"), &(n as i64), Scope::Durable)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            return json!({"ev": "error", "op": "burst", "error": e.to_string()});
+        }
+        written += batch;
+        changes += 1;
+    }
+    json!({"ev": "burst_done", "written": written, "changes": changes, "t0": t0,
+           "t1": now_ns()})
+}

@@ -1,0 +1,365 @@
+//! Micro-benchmarks of the core's hot paths: the wire codec, a sync round between two nodes,
+//! the election, a heartbeat tick, local writes, and the presence scan a peer's death triggers.
+//!
+//! `cargo bench -p statemesh-core --bench core` (add `-- --quick` for a short run). Figures and
+//! their reading are in `docs/performance.md`.
+
+#![allow(missing_docs)] // criterion_group! generates undocumented items.
+#![allow(clippy::unwrap_used)] // Benchmark set-up: a failure is a bug to see at once.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::SeedableRng;
+use statemesh_core::codec::{self, HEADER_LEN, Message};
+use statemesh_core::liveness::{Election, Liveness};
+use statemesh_core::vv::Beat;
+use statemesh_core::{Config, LinkDown, MeshTag, Node, PeerId, Persist, Scope, Time};
+
+fn tag() -> MeshTag {
+    MeshTag::derive(b"bench secret", "bench")
+}
+
+/// `n` nodes with ids in increasing order.
+fn nodes(n: usize, seed: u64) -> Vec<Node> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let id = PeerId::generate(1_750_000_000_000 + i as u64, &mut rng);
+            Node::new(Config::default(), tag(), id, &mut rng, Time::ZERO)
+        })
+        .collect()
+}
+
+/// Empties a node's event and persistence queues (as the runtime does).
+fn drain(n: &mut Node) {
+    while n.poll_event().is_some() {}
+    while let Some(Persist::Append { seq, .. } | Persist::Snapshot { seq, .. }) = n.poll_persist() {
+        n.persisted(seq);
+    }
+}
+
+/// Delivers everything `from` has to send to `to`; whether there was anything.
+fn deliver(from: &mut Node, to: &mut Node, now: Time) -> bool {
+    let id = from.me().peer;
+    let mut moved = false;
+    while let Some(t) = from.poll_transmit() {
+        if t.to == to.me().peer {
+            to.handle_payload(now, id, &t.frame[HEADER_LEN..]).unwrap();
+        }
+        moved = true;
+    }
+    moved
+}
+
+/// Exchanges frames between two nodes until both are quiet.
+fn pump(a: &mut Node, b: &mut Node, now: Time) {
+    while deliver(a, b, now) | deliver(b, a, now) {}
+    drain(a);
+    drain(b);
+}
+
+/// Two linked nodes that have synced their (genesis-only) documents.
+fn pair() -> (Node, Node) {
+    let mut ns = nodes(2, 1);
+    let mut b = ns.pop().unwrap();
+    let mut a = ns.pop().unwrap();
+    let (ha, hb) = (a.hello(), b.hello());
+    a.handle_link_up(Time::ZERO, &hb);
+    b.handle_link_up(Time::ZERO, &ha);
+    pump(&mut a, &mut b, Time::ZERO);
+    (a, b)
+}
+
+/// A node linked to `n` others, and the frames it sent them on linking.
+fn hub(n: usize) -> (Node, Vec<Node>) {
+    let mut ns = nodes(n + 1, 2);
+    let mut hub = ns.remove(0);
+    for other in &mut ns {
+        hub.handle_link_up(Time::ZERO, &other.hello());
+        other.handle_link_up(Time::ZERO, &hub.hello());
+    }
+    (hub, ns)
+}
+
+/// The payload of the first frame `node` sends that decodes to a message matching `want`.
+fn payload(node: &mut Node, want: impl Fn(&Message) -> bool) -> Vec<u8> {
+    while let Some(t) = node.poll_transmit() {
+        let p = t.frame[HEADER_LEN..].to_vec();
+        if codec::decode_message(&p).is_ok_and(|m| want(&m)) {
+            return p;
+        }
+    }
+    panic!("no such frame");
+}
+
+fn codec_benches(c: &mut Criterion) {
+    let (mut node, _others) = hub(8);
+    // A heartbeat tick makes every link's view carry all 9 live peers.
+    node.handle_tick(Time::from_micros(200_000));
+    let view = payload(
+        &mut node,
+        |m| matches!(m, Message::View(v) if v.beats.len() == 9),
+    );
+    let message = codec::decode_message(&view).unwrap();
+    let mut g = c.benchmark_group("codec");
+    g.bench_function("encode_view_9_peers", |b| {
+        b.iter(|| codec::encode_frame(black_box(&message), usize::MAX).unwrap())
+    });
+    g.bench_function("decode_view_9_peers", |b| {
+        b.iter(|| codec::decode_message(black_box(&view)).unwrap())
+    });
+    let (mut a, _b) = pair();
+    a.put(
+        "bench",
+        "key",
+        &"a value of some length".to_string(),
+        Scope::Durable,
+    )
+    .unwrap();
+    let sync = payload(&mut a, |m| matches!(m, Message::Sync(_)));
+    g.bench_function("decode_sync_one_change", |b| {
+        b.iter(|| codec::decode_message(black_box(&sync)).unwrap())
+    });
+    let frames: Vec<u8> = (0..16)
+        .flat_map(|_| codec::encode_frame(&message, usize::MAX).unwrap())
+        .collect();
+    g.bench_function("frame_decoder_16_views", |b| {
+        b.iter(|| {
+            let mut d = codec::FrameDecoder::new(statemesh_core::config::DEFAULT_MAX_FRAME);
+            d.extend(black_box(&frames));
+            let mut n = 0;
+            while let Some(m) = d.next_message().unwrap() {
+                black_box(m);
+                n += 1;
+            }
+            n
+        })
+    });
+    g.finish();
+}
+
+fn sync_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sync");
+    // One write and the whole exchange it causes (sync message, reply, acknowledgement), on
+    // two new nodes each time so that history does not grow across iterations.
+    g.bench_function("round_one_change", |bench| {
+        bench.iter_batched(
+            pair,
+            |(mut a, mut b)| {
+                a.put("bench", "key", &42i64, Scope::Durable).unwrap();
+                pump(&mut a, &mut b, Time::ZERO);
+                (a, b)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // Receiving the sync message that carries one change (decode, apply to a copy, events).
+    g.bench_function("receive_one_change", |bench| {
+        bench.iter_batched(
+            || {
+                let (mut a, b) = pair();
+                a.put("bench", "key", &42i64, Scope::Durable).unwrap();
+                let p = payload(&mut a, |m| matches!(m, Message::Sync(_)));
+                (a.me().peer, b, p)
+            },
+            |(from, mut b, p)| {
+                b.handle_payload(Time::ZERO, from, &p).unwrap();
+                b
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn election_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("election");
+    for n in [8usize, 64] {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let ids: Vec<PeerId> = (0..=n)
+            .map(|i| PeerId::generate(1_750_000_000_000 + i as u64, &mut rng))
+            .collect();
+        // This peer has the highest id: it follows the lowest.
+        let mut live = Liveness::new(ids[n], &Config::default());
+        let mut changes = Vec::new();
+        for id in &ids[..n] {
+            let beat = Beat {
+                incarnation: 0,
+                counter: 1,
+            };
+            live.observe_beat(*id, beat, true, Time::ZERO, &mut changes);
+        }
+        let mut election = Election::default();
+        election.update(&live, true);
+        g.bench_function(format!("update_{n}_peers"), |b| {
+            b.iter(|| black_box(election.update(black_box(&live), true)))
+        });
+        g.bench_function(format!("judge_{n}_peers"), |b| {
+            b.iter(|| {
+                changes.clear();
+                live.judge(Time::from_micros(500_000), &mut changes);
+                black_box(changes.len())
+            })
+        });
+    }
+    // A whole heartbeat: beat, judge, elect, and a view to each of 8 links.
+    g.bench_function("tick_heartbeat_8_links", |bench| {
+        bench.iter_batched(
+            || {
+                let (mut node, _) = hub(8);
+                while node.poll_transmit().is_some() {}
+                drain(&mut node);
+                node
+            },
+            |mut node| {
+                node.handle_tick(Time::from_micros(200_000));
+                while let Some(t) = node.poll_transmit() {
+                    black_box(t);
+                }
+                node
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+/// A node holding `records` records of its own (one of them presence-scoped), linked to a peer
+/// that holds the same.
+fn loaded_pair(records: usize) -> (Node, Node) {
+    let (mut a, mut b) = pair();
+    a.transact(|tx| {
+        for i in 0..records {
+            tx.put("bench", &format!("k{i}"), &(i as i64), Scope::Durable)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    b.put("windows", "me", &true, Scope::Presence).unwrap();
+    pump(&mut a, &mut b, Time::ZERO);
+    (a, b)
+}
+
+fn write_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("write");
+    g.bench_function("transact_100_puts_new_doc", |bench| {
+        bench.iter_batched(
+            || nodes(1, 4).pop().unwrap(),
+            |mut n| {
+                n.transact(|tx| {
+                    for i in 0..100 {
+                        tx.put("bench", &format!("k{i}"), &(i as i64), Scope::Durable)?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+                n
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    for records in [1_000usize, 10_000] {
+        let (mut a, _b) = loaded_pair(records);
+        let mut i = 0i64;
+        g.bench_function(format!("put_one_{records}_records"), |bench| {
+            bench.iter(|| {
+                i += 1;
+                a.put("bench", "hot", &i, Scope::Durable).unwrap();
+                while a.poll_transmit().is_some() {}
+                drain(&mut a);
+            })
+        });
+    }
+    g.finish();
+    // A peer's death (here: its local socket closed) makes every node look for the dead
+    // writer's presence-scoped entries.
+    let mut g = c.benchmark_group("liveness");
+    g.sample_size(20).measurement_time(Duration::from_secs(4));
+    for records in [1_000usize, 10_000] {
+        g.bench_function(format!("peer_down_{records}_records"), |bench| {
+            bench.iter_batched(
+                || loaded_pair(records),
+                |(mut a, b)| {
+                    a.handle_link_down(Time::ZERO, b.me().peer, LinkDown::Certain);
+                    drain(&mut a);
+                    (a, b)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+/// An Automerge document laid out as statemesh lays out `records` records (a map per record
+/// with its value, writer and scope), and the object id of one more record to rewrite.
+fn automerge_doc(records: usize) -> (automerge::Automerge, automerge::ObjId) {
+    use automerge::transaction::Transactable;
+    use automerge::{Automerge, ObjType, ROOT};
+    let mut doc = Automerge::new();
+    let mut tx = doc.transaction();
+    let map = tx.put_object(ROOT, "r", ObjType::Map).unwrap();
+    for i in 0..records {
+        let rec = tx
+            .put_object(&map, format!("bench\u{1f}k{i}"), ObjType::Map)
+            .unwrap();
+        tx.put(&rec, "v", i as i64).unwrap();
+        tx.put(&rec, "w", "0198f5c2-7a3b-7c1d-8e4f-a1b2c3d4e5f6")
+            .unwrap();
+        tx.put(&rec, "p", false).unwrap();
+    }
+    let hot = tx.put_object(&map, "bench\u{1f}hot", ObjType::Map).unwrap();
+    tx.commit();
+    (doc, hot)
+}
+
+/// The same work on Automerge alone (no statemesh): the floor under `write/*` and under the
+/// change notifications statemesh derives from a diff after each local change.
+fn automerge_floor(c: &mut Criterion) {
+    use automerge::transaction::Transactable;
+    let mut g = c.benchmark_group("automerge_floor");
+    for records in [1_000usize, 10_000] {
+        let (mut doc, hot) = automerge_doc(records);
+        let mut i = 0i64;
+        g.bench_function(format!("put_commit_{records}_records"), |b| {
+            b.iter(|| {
+                i += 1;
+                let mut tx = doc.transaction();
+                tx.put(&hot, "v", i).unwrap();
+                tx.commit()
+            })
+        });
+        let (mut doc, hot) = automerge_doc(records);
+        g.bench_function(format!("diff_one_change_{records}_records"), |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let before = doc.get_heads();
+                    i += 1;
+                    let mut tx = doc.transaction();
+                    tx.put(&hot, "v", i).unwrap();
+                    tx.commit();
+                    let after = doc.get_heads();
+                    let start = std::time::Instant::now();
+                    black_box(doc.diff(&before, &after).len());
+                    spent += start.elapsed();
+                }
+                spent
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    codec_benches,
+    sync_benches,
+    election_benches,
+    write_benches,
+    automerge_floor
+);
+criterion_main!(benches);
