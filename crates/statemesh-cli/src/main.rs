@@ -9,6 +9,7 @@ use std::time::Duration;
 mod demo;
 mod node;
 mod query;
+mod top;
 
 use clap::{Parser, Subcommand};
 use statemesh_core::sim::{CrashSignal, Sim, SimConfig, Slot};
@@ -53,6 +54,9 @@ enum Command {
     Sidecar(statemesh_cli::sidecar::SidecarArgs),
     #[command(flatten)]
     Query(query::Query),
+    /// A live terminal view of a mesh: members, leader and term, channels, propagation
+    /// delays. `q` quits. Needs a terminal (exit code 5 without one).
+    Top(query::QueryArgs),
     /// Writes a new mesh secret (32 random bytes, mode 0600); refuses to replace one without
     /// --force.
     Keygen(query::KeygenArgs),
@@ -87,6 +91,7 @@ fn main() -> anyhow::Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Query(q) => tokio::runtime::Runtime::new()?.block_on(query::run(q)),
         Command::Keygen(args) => query::keygen(&args),
+        Command::Top(args) => tokio::runtime::Runtime::new()?.block_on(top::run(args)),
         Command::Sidecar(args) => std::process::exit(statemesh_cli::sidecar::run(args)?),
     }
 }

@@ -27,10 +27,10 @@ const SYNC_WAIT: Duration = Duration::from_secs(5);
 #[derive(clap::Args, Debug)]
 pub(crate) struct QueryArgs {
     #[command(flatten)]
-    mesh: MeshArgs,
+    pub(crate) mesh: MeshArgs,
     /// Print JSON (stable; see docs/cli.md) instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// The query commands.
