@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,16 +27,9 @@ use super::values;
 /// Options of `statemesh sidecar`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SidecarArgs {
-    /// The mesh to join (a workspace path or any name).
-    #[arg(long, default_value = "default")]
-    pub mesh: String,
-    /// The secret file (default: statemesh/secret in the user's config directory, created on
-    /// first use).
-    #[arg(long)]
-    pub secret_file: Option<PathBuf>,
-    /// Where local sockets live (default: $XDG_RUNTIME_DIR/statemesh).
-    #[arg(long)]
-    pub runtime_dir: Option<PathBuf>,
+    /// Which mesh, and how (shared with the other commands).
+    #[command(flatten)]
+    pub mesh: crate::args::MeshArgs,
     /// Where state files live (default: statemesh/ in the user's state directory).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -47,18 +39,6 @@ pub struct SidecarArgs {
     /// Never become the probe leader.
     #[arg(long)]
     pub not_eligible: bool,
-    /// QUIC listen address.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub listen: SocketAddr,
-    /// A peer to dial (repeatable), for networks without multicast.
-    #[arg(long = "peer")]
-    pub peers: Vec<SocketAddr>,
-    /// Heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 200)]
-    pub heartbeat_ms: u64,
-    /// Suspect timeout in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    pub suspect_ms: u64,
     /// The longest message body accepted, in bytes (longer ones are skipped and answered with
     /// an error).
     #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
@@ -374,11 +354,11 @@ async fn serve(args: SidecarArgs, parent: Option<rustix::process::Pid>) -> i32 {
                 joined = true;
                 match result {
                     Ok(mesh) => {
-                        tracing::info!(peer = %mesh.id(), mesh = %session.args.mesh, "joined");
+                        tracing::info!(peer = %mesh.id(), mesh = %session.args.mesh.mesh, "joined");
                         session.mesh = Some(mesh);
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, mesh = %session.args.mesh, "could not join the mesh");
+                        tracing::error!(error = %e, mesh = %session.args.mesh.mesh, "could not join the mesh");
                         session.join_error = Some(e.to_string());
                     }
                 }
@@ -768,23 +748,13 @@ const METHODS: &[&str] = &[
 impl Session {
     fn builder(&self) -> statemesh::MeshBuilder {
         let a = &self.args;
-        let mut b = Mesh::builder(&a.mesh)
-            .listen(a.listen)
+        let mut b = a
+            .mesh
+            .builder()
             .eligible(!a.not_eligible)
-            .persist(!a.no_persist)
-            .heartbeat_interval(Duration::from_millis(a.heartbeat_ms))
-            .suspect_timeout(Duration::from_millis(a.suspect_ms));
-        if let Some(f) = &a.secret_file {
-            b = b.secret_file(f);
-        }
-        if let Some(d) = &a.runtime_dir {
-            b = b.runtime_dir(d);
-        }
+            .persist(!a.no_persist);
         if let Some(d) = &a.state_dir {
             b = b.state_dir(d);
-        }
-        for p in &a.peers {
-            b = b.static_peer(*p);
         }
         b
     }
@@ -945,7 +915,7 @@ impl Session {
             "protocol": PROTOCOL_VERSION,
             "server": {"name": "statemesh", "version": env!("CARGO_PKG_VERSION")},
             "peer": mesh.id().to_string(),
-            "mesh": self.args.mesh,
+            "mesh": self.args.mesh.mesh,
             "leadership": leadership_json(&now),
             "limits": {
                 "max_message": self.args.max_message,
