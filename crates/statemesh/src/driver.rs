@@ -632,11 +632,6 @@ impl Run {
                 node.joined(now) && node.in_sync(),
             )
         };
-        self.shared.synced.send_if_modified(|s| {
-            let changed = *s != synced;
-            *s = synced;
-            changed
-        });
         for t in frames {
             if let Some(link) = self.links.get(&t.to) {
                 let _ = link.tx.send(t.frame);
@@ -707,6 +702,12 @@ impl Run {
         self.shared.leadership.send_if_modified(|l| {
             let changed = *l != new;
             *l = new;
+            changed
+        });
+        // Last: whoever waits for `synced` then finds every change already broadcast.
+        self.shared.synced.send_if_modified(|s| {
+            let changed = *s != synced;
+            *s = synced;
             changed
         });
     }

@@ -309,7 +309,7 @@ impl MeshBuilder {
             (None, LoadSummary::default())
         };
         let (leadership, _) = watch::channel(LeadershipInfo::default());
-        let (changes, _) = broadcast::channel(4096);
+        let (changes, first_changes) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             node: Mutex::new(node),
             wake: Notify::new(),
@@ -324,6 +324,7 @@ impl MeshBuilder {
             quic_addr: std::sync::OnceLock::new(),
             counts: Mutex::new(DriverCounts::default()),
             synced: watch::channel(false).0,
+            first_changes: Mutex::new(Some(first_changes)),
         });
         let driver = driver::start(self, secret, store, shared.clone()).await?;
         Ok((shared, driver))
@@ -380,6 +381,9 @@ pub(crate) struct Shared {
     pub(crate) counts: Mutex<DriverCounts>,
     /// Whether the node has joined and holds what every linked peer holds.
     pub(crate) synced: watch::Sender<bool>,
+    /// Subscribed before the mesh started: the first [`Mesh::changes`] call gets it, so that
+    /// no change made between `join` and that call is missed.
+    pub(crate) first_changes: Mutex<Option<broadcast::Receiver<EntryChange>>>,
 }
 
 impl Shared {
@@ -696,9 +700,17 @@ impl Mesh {
         self.shared().node().leader_keys(channel)
     }
 
-    /// A stream of changes: which channel and key, written by whom.
+    /// A stream of changes: which channel and key, written by whom. The first call returns a
+    /// stream that starts at `join` (so nothing that arrived since is missed, up to 4,096
+    /// changes — older ones are reported as `Lagged`); later calls start at the call.
     pub fn changes(&self) -> broadcast::Receiver<EntryChange> {
-        self.shared().changes.subscribe()
+        let first = self
+            .shared()
+            .first_changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        first.unwrap_or_else(|| self.shared().changes.subscribe())
     }
 
     /// The current leadership, and its changes.

@@ -398,3 +398,26 @@ async fn in_memory_discovery_static_peers_and_metrics() {
     drop(gone);
     leader_seen(&stays, stays.id()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_change_stream_starts_at_join() {
+    let registry = MemoryRegistry::new();
+    let a = memory_window(&registry, 3).await;
+    a.put("c", "early", &1i64).expect("writes");
+    let b = memory_window(&registry, 3).await;
+    tokio::time::timeout(WITHIN, b.synced())
+        .await
+        .expect("syncs in time")
+        .expect("running");
+    assert_eq!(b.get::<i64>("c", "early").expect("reads"), Some(1));
+    // Subscribing only now still shows the change that arrived after join.
+    let mut changes = b.changes();
+    let got: Vec<_> = std::iter::from_fn(|| changes.try_recv().ok()).collect();
+    let seen = got.iter().any(|c| c.key == "early");
+    assert!(
+        seen,
+        "the change made before subscribing was delivered: {got:?}"
+    );
+    // Later subscriptions start at the call.
+    assert!(b.changes().try_recv().is_err());
+}
