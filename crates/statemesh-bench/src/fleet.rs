@@ -695,6 +695,38 @@ pub(crate) fn peak_rss_kb(pid: u32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("no VmHWM for process {pid}"))
 }
 
+/// Current resident memory of process `pid` by kind (`RssAnon`, `RssFile`, `RssShmem` of
+/// `/proc/<pid>/status`), in KiB.
+pub(crate) fn rss_kinds_kb(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("RssAnon:"), field("RssFile:"), field("RssShmem:")))
+}
+
+/// Proportional and unique set sizes of process `pid` (`Pss`, and `Private_Clean +
+/// Private_Dirty`, of `/proc/<pid>/smaps_rollup`), in KiB: pages shared with other processes
+/// (the binary's code, mapped by every window) count in proportion, or not at all.
+pub(crate) fn pss_uss_kb(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let field = |name: &str| -> u64 {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((
+        field("Pss:"),
+        field("Private_Clean:") + field("Private_Dirty:"),
+    ))
+}
+
 /// CPU time used so far by process `pid` (all threads: `utime + stime` of
 /// `/proc/<pid>/stat`), in seconds.
 pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {

@@ -172,6 +172,23 @@ fn sync_benches(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The same on a document of 1,000 records: receiving costs grow with the document.
+    g.sample_size(20);
+    g.bench_function("receive_one_change_1000_records", |bench| {
+        bench.iter_batched(
+            || {
+                let (mut a, b) = loaded_pair(1_000);
+                a.put("bench", "key", &42i64, Scope::Durable).unwrap();
+                let p = payload(&mut a, |m| matches!(m, Message::Sync(_)));
+                (a.me().peer, b, p)
+            },
+            |(from, mut b, p)| {
+                b.handle_payload(Time::ZERO, from, &p).unwrap();
+                b
+            },
+            BatchSize::PerIteration,
+        )
+    });
     g.finish();
 }
 
@@ -261,7 +278,7 @@ fn write_benches(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    for records in [1_000usize, 10_000] {
+    for records in [0usize, 1_000, 10_000] {
         let (mut a, _b) = loaded_pair(records);
         let mut i = 0i64;
         g.bench_function(format!("put_one_{records}_records"), |bench| {

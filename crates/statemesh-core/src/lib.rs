@@ -33,6 +33,8 @@
 
 pub mod codec;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod id;
 pub mod leader;
 pub mod liveness;

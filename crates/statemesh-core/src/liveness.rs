@@ -34,6 +34,11 @@ pub struct Tombstone {
     pub cause: DeathCause,
 }
 
+/// The greatest incarnation number a tombstone received from another peer may name. A process
+/// moves to a new incarnation only when it refutes a tombstone or wakes from a freeze, so a
+/// greater one can only come from a broken or hostile peer.
+pub const MAX_INCARNATION: u64 = 1 << 53;
+
 /// How a link to a peer went down.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum LinkDown {
@@ -142,7 +147,8 @@ impl Liveness {
 
     /// Moves this peer to a new incarnation (after a freeze, or to refute a tombstone).
     pub fn new_incarnation(&mut self, above: u64) -> Incarnation {
-        self.my_beat.incarnation = self.my_beat.incarnation.max(above) + 1;
+        // Received tombstones are at most MAX_INCARNATION, so this cannot saturate in practice.
+        self.my_beat.incarnation = self.my_beat.incarnation.max(above).saturating_add(1);
         self.my_beat.counter += 1;
         self.me()
     }
@@ -241,6 +247,21 @@ impl Liveness {
                 number: state.beat.incarnation,
             };
             changes.push(LivenessChange::Down(inc, tomb.cause));
+        }
+    }
+
+    /// Records a tombstone received from another peer (gossiped, or a leave). One above
+    /// [`MAX_INCARNATION`] is ignored: no incarnation gets that high, and a live peer must always
+    /// be able to refute a tombstone by moving to the next incarnation.
+    pub fn observe_received_tombstone(
+        &mut self,
+        peer: PeerId,
+        tomb: Tombstone,
+        now: Time,
+        changes: &mut Vec<LivenessChange>,
+    ) {
+        if tomb.incarnation <= MAX_INCARNATION {
+            self.observe_tombstone(peer, tomb, now, changes);
         }
     }
 
@@ -425,6 +446,11 @@ pub struct GossipBeat {
     pub eligible: bool,
 }
 
+/// The greatest term accepted from another peer (gossip or the document). Terms grow by one per
+/// leadership change, so a greater one can only come from a broken or hostile peer; it is
+/// ignored, so that a term above every term seen always exists.
+pub const MAX_TERM: u64 = 1 << 53;
+
 /// Who leads, as one peer sees it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct Leadership {
@@ -471,15 +497,23 @@ impl Election {
         self.my_term
     }
 
-    /// Records a term claimed by `peer` (from gossip or from stored records).
+    /// Records a term claimed by `peer` (from gossip or from stored records). A term above
+    /// [`MAX_TERM`] is ignored.
     pub fn observe_claim(&mut self, peer: PeerId, term: u64) {
+        if term > MAX_TERM {
+            return;
+        }
         let e = self.claims.entry(peer).or_default();
         *e = (*e).max(term);
         self.max_term = self.max_term.max(term);
     }
 
-    /// Records a term seen in stored records, whoever claimed it.
+    /// Records a term seen in stored records, whoever claimed it. A term above [`MAX_TERM`] is
+    /// ignored.
     pub fn observe_term(&mut self, term: u64) {
+        if term > MAX_TERM {
+            return;
+        }
         self.max_term = self.max_term.max(term);
     }
 
@@ -516,9 +550,16 @@ impl Election {
         };
         let term = match leader {
             Some(l) if l == me => {
-                let stale = self.my_term.is_none_or(|t| t < self.max_term);
+                // Another peer claiming this very term led under it too (each side of a healed
+                // partition, or a woken peer that claimed before hearing its successor's
+                // claim): records of both would carry the same fencing token, so start a
+                // newer term.
+                let stale = self.my_term.is_none_or(|t| {
+                    t < self.max_term || self.claims.iter().any(|(p, c)| *p != me && *c == t)
+                });
                 if stale {
-                    let term = self.max_term + 1;
+                    // Terms seen are at most MAX_TERM, so this cannot saturate in practice.
+                    let term = self.max_term.saturating_add(1);
                     self.max_term = term;
                     self.claims.insert(me, term);
                     outcome.lost = self.my_term.is_some();
@@ -698,6 +739,29 @@ mod tests {
     }
 
     #[test]
+    fn absurd_terms_and_incarnations_from_peers_are_ignored() {
+        let p = ids(2);
+        let mut l = Liveness::new(p[0], &Config::default());
+        let mut ch = Vec::new();
+        let tomb = |incarnation| Tombstone {
+            incarnation,
+            cause: DeathCause::Timeout,
+        };
+        l.observe_received_tombstone(p[0], tomb(u64::MAX), t(0), &mut ch);
+        assert_eq!(l.me().number, 0);
+        assert!(ch.is_empty());
+        // The highest acceptable tombstone can still be refuted.
+        l.observe_received_tombstone(p[0], tomb(MAX_INCARNATION), t(0), &mut ch);
+        assert_eq!(l.me().number, MAX_INCARNATION + 1);
+        let mut e = Election::default();
+        e.observe_claim(p[1], u64::MAX);
+        e.observe_term(MAX_TERM + 1);
+        assert_eq!(e.max_term(), 0);
+        e.observe_claim(p[1], MAX_TERM);
+        assert_eq!(e.update(&l, true).new_term, Some(MAX_TERM + 1));
+    }
+
+    #[test]
     fn certain_link_loss_kills_at_once() {
         let p = ids(2);
         let mut l = Liveness::new(p[0], &Config::default());
@@ -748,6 +812,17 @@ mod tests {
         let out = e.update(&l, true);
         assert!(out.lost);
         assert_eq!(out.new_term, Some(10));
+        // So does another peer's claim of the same term (two leaderships would share one
+        // fencing token).
+        e.observe_claim(p[2], 10);
+        let out = e.update(&l, true);
+        assert!(out.lost);
+        assert_eq!(out.new_term, Some(11));
+        assert_eq!(
+            e.update(&l, true).new_term,
+            None,
+            "its own claim is no collision"
+        );
         // Once p1 is gone, p2 is the only candidate; as an ineligible observer sees it, p2's
         // term is pending until its claim is the newest.
         let observer = Config {

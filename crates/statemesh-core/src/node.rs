@@ -201,6 +201,8 @@ pub struct Stats {
 struct Link {
     sync: automerge::sync::State,
     their_doc: Option<[u8; 8]>,
+    /// The digest of the peer's leader records, from its last view.
+    their_leader: Option<[u8; 8]>,
     mismatch_since: Option<Time>,
     leader_pushed: Option<Time>,
 }
@@ -281,7 +283,9 @@ impl Node {
             next_write: 0,
             pending: BTreeMap::new(),
             persisted_heads,
-            appends: 0,
+            // The first bytes persisted are a whole snapshot, genesis included, so that every
+            // state file loads on its own.
+            appends: config.compact_every,
             persist_seq: 0,
             unpersisted: Vec::new(),
             in_persist: VecDeque::new(),
@@ -407,6 +411,7 @@ impl Node {
             Link {
                 sync: Replica::new_sync_state(),
                 their_doc: None,
+                their_leader: None,
                 mismatch_since: None,
                 leader_pushed: None,
             },
@@ -480,7 +485,7 @@ impl Node {
                     cause: DeathCause::Left,
                 };
                 self.live
-                    .observe_tombstone(inc.peer, tomb, now, &mut changes);
+                    .observe_received_tombstone(inc.peer, tomb, now, &mut changes);
                 self.apply_liveness(changes, now);
                 self.reelect(now);
             }
@@ -765,6 +770,22 @@ impl Node {
         self.links.keys().copied().collect()
     }
 
+    /// Whether this node is past joining: discovery settled, or its join grace is over. The
+    /// peers it knows by then are the ones that were there when it started.
+    pub fn joined(&self, now: Time) -> bool {
+        self.settled || now >= self.candidate_at
+    }
+
+    /// Whether every linked peer's last view showed the same document and leader records as
+    /// this node holds (true with no links).
+    pub fn in_sync(&self) -> bool {
+        let doc = heads_digest(&self.replica.heads());
+        let leader = self.leader.digest();
+        self.links
+            .values()
+            .all(|l| l.their_doc == Some(doc) && l.their_leader == Some(leader))
+    }
+
     /// Why this peer leads or not, at local time `now`.
     pub fn explain(&self, now: Time) -> Explanation {
         Explanation {
@@ -934,7 +955,8 @@ impl Node {
                 .observe_beat(b.peer, b.beat, b.eligible, now, &mut changes);
         }
         for (peer, tomb) in &view.tombs {
-            self.live.observe_tombstone(*peer, *tomb, now, &mut changes);
+            self.live
+                .observe_received_tombstone(*peer, *tomb, now, &mut changes);
         }
         for (peer, term) in &view.claims {
             self.election.observe_claim(*peer, *term);
@@ -948,6 +970,7 @@ impl Node {
         };
         let progressed = link.their_doc != Some(view.doc);
         link.their_doc = Some(view.doc);
+        link.their_leader = Some(view.leader);
         if view.doc == mine {
             link.mismatch_since = None;
         } else {
@@ -1241,6 +1264,105 @@ mod tests {
         }
         assert!(with_changes > 0, "no sync message carried changes");
         assert_eq!(a.get::<i64>("c", "k").expect("read"), Some(1));
+    }
+
+    /// A sync message carrying one change made from `operations`, numbered from `start_op`,
+    /// on top of `heads`.
+    fn raw_change_payload(
+        heads: &[ChangeHash],
+        start_op: u64,
+        operations: Vec<automerge::legacy::Op>,
+    ) -> Vec<u8> {
+        let change = automerge::Change::from(automerge::ExpandedChange {
+            operations,
+            actor_id: automerge::ActorId::from([9u8; 16].as_slice()),
+            hash: None,
+            seq: 1,
+            start_op: std::num::NonZeroU64::new(start_op).expect("nonzero"),
+            time: 0,
+            message: None,
+            deps: heads.to_vec(),
+            extra_bytes: Vec::new(),
+            author: None,
+        });
+        let message = automerge::sync::Message {
+            heads: vec![change.hash()],
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: vec![change.raw_bytes().to_vec()].into(),
+            flags: None,
+            version: automerge::sync::MessageVersion::V1,
+        };
+        let frame = encode_frame(&Message::Sync(message.encode()), 1 << 20).expect("fits");
+        frame[codec::HEADER_LEN..].to_vec()
+    }
+
+    #[test]
+    fn changes_the_crdt_library_accepts_but_cannot_keep_are_refused() {
+        use automerge::legacy::{ElementId, Key, ObjectId, Op, OpId, OpType};
+        let (mut a, b) = linked();
+        let heads = a.heads();
+        let doc = a.replica().doc();
+        let max_op = heads
+            .iter()
+            .filter_map(|h| doc.get_change_meta_by_hash(h))
+            .map(|c| c.max_op)
+            .max()
+            .expect("known heads");
+        // The genesis change made the meta map ("m") with its third operation.
+        let meta = OpId(3, automerge::ActorId::from([0u8; 16].as_slice()));
+        let bad = [
+            // Numbered below, or with a gap after, its dependency: Automerge would then save a
+            // document it refuses to load.
+            raw_change_payload(&heads, max_op, Vec::new()),
+            raw_change_payload(&heads, max_op + 5, Vec::new()),
+            // Not descending from the genesis change: the same.
+            raw_change_payload(&[], max_op + 1, Vec::new()),
+            // An insertion into a map: Automerge would then fail to send or save it.
+            raw_change_payload(
+                &heads,
+                max_op + 1,
+                vec![Op {
+                    action: OpType::Delete,
+                    obj: ObjectId::Id(meta.clone()),
+                    key: Key::Seq(ElementId::Id(meta.clone())),
+                    pred: vec![meta.clone()].into(),
+                    insert: true,
+                }],
+            ),
+            // An element key on a map: Automerge would then save a document it cannot load.
+            raw_change_payload(
+                &heads,
+                max_op + 1,
+                vec![Op {
+                    action: OpType::Make(automerge::ObjType::Map),
+                    obj: ObjectId::Id(meta.clone()),
+                    key: Key::Seq(ElementId::Head),
+                    pred: Vec::new().into(),
+                    insert: false,
+                }],
+            ),
+            // A text mark ending in a map: Automerge would then save a document it refuses to
+            // load.
+            raw_change_payload(
+                &heads,
+                max_op + 1,
+                vec![Op {
+                    action: OpType::MarkEnd(true),
+                    obj: ObjectId::Id(meta),
+                    key: Key::Map("k".into()),
+                    pred: Vec::new().into(),
+                    insert: false,
+                }],
+            ),
+        ];
+        for payload in bad {
+            let r = a.handle_payload(Time::ZERO, b.me().peer, &payload);
+            assert!(matches!(r, Err(ReceiveError::Apply(_))), "accepted: {r:?}");
+            assert_eq!(a.heads(), heads);
+            assert!(automerge::Automerge::load(&a.replica().save()).is_ok());
+            assert!(!a.replica().doc().get_changes(&[]).is_empty());
+        }
     }
 
     #[test]

@@ -137,6 +137,10 @@ pub enum ApplyError {
     /// Automerge panicked on the message; the panic was contained and the message dropped.
     #[error("sync message made the CRDT library panic; message dropped")]
     Panicked,
+    /// A change that Automerge accepts but that no Automerge peer makes, and that would make
+    /// the saved document unloadable.
+    #[error("invalid change: {0}")]
+    Invalid(&'static str),
 }
 
 /// What loading stored bytes found.
@@ -337,7 +341,8 @@ impl Replica {
         .map(|(_, h)| h)
     }
 
-    /// The greatest term stored by any leader.
+    /// The greatest term stored by any leader (terms above
+    /// [`MAX_TERM`](crate::liveness::MAX_TERM), which no leader can have reached, are ignored).
     pub fn max_stored_term(&self) -> u64 {
         self.doc
             .map_range(&self.layout.terms, ..)
@@ -346,6 +351,7 @@ impl Replica {
                 v.as_u64()
                     .or_else(|| v.as_i64().and_then(|i| u64::try_from(i).ok()))
             })
+            .filter(|t| *t <= crate::liveness::MAX_TERM)
             .max()
             .unwrap_or(0)
     }
@@ -553,9 +559,14 @@ impl Replica {
             Some(self.doc.clone())
         };
         let mut new_state = state.clone();
+        let checked = doc.is_some();
         let target = doc.as_mut().unwrap_or(&mut self.doc);
         let result = catch_unwind(AssertUnwindSafe(|| {
-            target.receive_sync_message(&mut new_state, message)
+            target.receive_sync_message(&mut new_state, message)?;
+            if checked {
+                check_new_changes(target, &before)?;
+            }
+            Ok(())
         }));
         match result {
             Ok(Ok(())) => {
@@ -565,7 +576,7 @@ impl Replica {
                 *state = new_state;
                 Ok(before)
             }
-            Ok(Err(e)) => Err(ApplyError::Refused(e)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(ApplyError::Panicked),
         }
     }
@@ -638,13 +649,17 @@ impl Replica {
         );
         let mut doc = self.doc.clone();
         let before = doc.get_heads();
-        match catch_unwind(AssertUnwindSafe(|| doc.load_incremental(bytes))) {
-            Ok(Ok(_)) => {
+        let loaded = catch_unwind(AssertUnwindSafe(|| {
+            doc.load_incremental(bytes)?;
+            check_new_changes(&doc, &before)
+        }));
+        match loaded {
+            Ok(Ok(())) => {
                 let changed = doc.get_heads() != before;
                 self.doc = doc;
                 Ok(LoadReport { complete, changed })
             }
-            Ok(Err(e)) => Err(ApplyError::Refused(e)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(ApplyError::Panicked),
         }
     }
@@ -672,6 +687,97 @@ impl Replica {
 
     fn visible(&self, rec: &ObjId, is_live: &impl Fn(&PeerId) -> bool) -> bool {
         !self.is_presence(rec) || self.writer_of(rec).is_some_and(|w| is_live(&w))
+    }
+}
+
+/// Checks the changes `doc` gained since the heads `before`, which Automerge accepted:
+///
+/// - each must descend from the genesis change, like every change a peer makes (Automerge
+///   saves some changes without dependencies as a document it refuses to load);
+/// - each must number its operations right after those of the changes it depends on, as
+///   Automerge does for every change made on a document's current heads, which is how
+///   statemesh makes all of them (otherwise Automerge may save a document it refuses to load);
+/// - Automerge must rebuild each from the document as it was received (otherwise it fails, or
+///   panics, whenever it sends or saves them: operations that make no sense, like an insertion
+///   into a map, are accepted but not kept as they came);
+/// - each operation must be one statemesh could have made (see [`check_operation`]).
+///
+/// Without this, one such message would break every peer it reached, and their state files.
+/// Call it under `catch_unwind`: rebuilding a change may panic.
+fn check_new_changes(doc: &Automerge, before: &[ChangeHash]) -> Result<(), ApplyError> {
+    let new = doc.get_changes_meta(before);
+    for change in &new {
+        if change.deps.is_empty() {
+            return Err(ApplyError::Invalid(
+                "a change that does not descend from the shared genesis change",
+            ));
+        }
+        let mut deps_max_op = 0;
+        for dep in &change.deps {
+            let dep = doc
+                .get_change_meta_by_hash(dep)
+                .ok_or(ApplyError::Invalid("a change depends on a missing change"))?;
+            deps_max_op = deps_max_op.max(dep.max_op);
+        }
+        if deps_max_op.checked_add(1) != Some(change.start_op) {
+            return Err(ApplyError::Invalid(
+                "a change whose operations are not numbered right after those of the changes \
+                 it depends on",
+            ));
+        }
+    }
+    let received: BTreeSet<ChangeHash> = new.iter().map(|c| c.hash).collect();
+    let rebuilt = doc.get_changes(before);
+    if rebuilt.iter().map(|c| c.hash()).collect::<BTreeSet<_>>() != received {
+        return Err(ApplyError::Invalid(
+            "a change the CRDT library cannot reproduce as it came",
+        ));
+    }
+    for change in &rebuilt {
+        for op in change.decode().operations {
+            check_operation(doc, &op)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks that an operation received from a peer is one statemesh (through autosurgeon) could
+/// have made: on an existing object, with a key of the kind its object takes (a name in a map,
+/// an element in a list or text, inserting only into a sequence), no text marks, no value of
+/// unknown type. Automerge accepts some such operations and then fails to save, send or load
+/// the document holding them.
+fn check_operation(doc: &Automerge, op: &automerge::legacy::Op) -> Result<(), ApplyError> {
+    use automerge::legacy::{ElementId, Key, ObjectId, OpType};
+    let obj_type = match &op.obj {
+        ObjectId::Root => ObjType::Map,
+        ObjectId::Id(id) => {
+            // The actor index is looked up from the actor id when it does not match.
+            let id = ObjId::Id(id.counter(), id.actor().clone(), usize::MAX);
+            doc.object_type(&id)
+                .map_err(|_| ApplyError::Invalid("an operation on an object that does not exist"))?
+        }
+    };
+    let key_fits = match (obj_type, &op.key) {
+        (ObjType::Map | ObjType::Table, Key::Map(_)) => !op.insert,
+        (ObjType::List | ObjType::Text, Key::Seq(elem)) => op.insert || *elem != ElementId::Head,
+        _ => false,
+    };
+    if !key_fits {
+        return Err(ApplyError::Invalid(
+            "an operation whose key does not fit its object",
+        ));
+    }
+    match &op.action {
+        OpType::MarkBegin(_) | OpType::MarkEnd(_) => Err(ApplyError::Invalid(
+            "a text mark, which statemesh never makes",
+        )),
+        OpType::Put(ScalarValue::Unknown { .. }) => {
+            Err(ApplyError::Invalid("a value of unknown type"))
+        }
+        OpType::Delete | OpType::Increment(_) if op.insert => {
+            Err(ApplyError::Invalid("an insertion that inserts nothing"))
+        }
+        _ => Ok(()),
     }
 }
 

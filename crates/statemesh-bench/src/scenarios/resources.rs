@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{Opts, Out};
 use crate::clock::now_ns;
-use crate::fleet::{Fleet, cpu_seconds, peak_rss_kb};
+use crate::fleet::{Fleet, cpu_seconds, peak_rss_kb, pss_uss_kb, rss_kinds_kb};
 use crate::stats::{round3, summarize};
 
 /// Channels the memory scenario fills.
@@ -44,13 +44,37 @@ pub(crate) fn run_memory(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     // Let the mesh run as it would (heartbeats, views, compaction of the state file).
     f.observe_for(Duration::from_millis(if opts.quick { 500 } else { 3000 }))?;
     let mut peaks = Vec::new();
+    let (mut anon, mut file, mut pss, mut uss) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for s in &slots {
-        peaks.push(peak_rss_kb(f.pid(*s)?)? as f64);
+        let pid = f.pid(*s)?;
+        peaks.push(peak_rss_kb(pid)? as f64);
+        let (a, fi, _) = rss_kinds_kb(pid)?;
+        anon.push(a as f64);
+        file.push(fi as f64);
+        let (p, u) = pss_uss_kb(pid)?;
+        pss.push(p as f64);
+        uss.push(u as f64);
     }
     let baseline = f.spawn_with(0, &["--idle-baseline"])?;
     f.wait_joined(&[baseline])?;
-    let baseline_kb = peak_rss_kb(f.pid(baseline)?)?;
+    let baseline_pid = f.pid(baseline)?;
+    let baseline_kb = peak_rss_kb(baseline_pid)?;
+    let (baseline_anon, baseline_file, _) = rss_kinds_kb(baseline_pid)?;
     f.kill(baseline)?;
+    // Where the resident memory is now: anonymous (heap, stacks) or file-backed (the binary's
+    // pages and shared libraries).
+    out.insert(
+        "rss_anon_kb_mean".into(),
+        json!(round3(summarize(&anon).mean)),
+    );
+    out.insert(
+        "rss_file_kb_mean".into(),
+        json!(round3(summarize(&file).mean)),
+    );
+    out.insert("pss_kb_mean".into(), json!(round3(summarize(&pss).mean)));
+    out.insert("uss_kb_mean".into(), json!(round3(summarize(&uss).mean)));
+    out.insert("rss_anon_kb_baseline".into(), json!(baseline_anon));
+    out.insert("rss_file_kb_baseline".into(), json!(baseline_file));
     let s = summarize(&peaks);
     eprintln!(
         "peak RSS per window: max {} KiB, mean {:.0} KiB; baseline {baseline_kb} KiB",
