@@ -792,7 +792,12 @@ async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver
             return;
         }
     }
-    let _ = send.finish();
+    // The senders are gone: the mesh is leaving or the link was dropped. Finish the stream and
+    // wait until the peer has read it to the end, so that closing the connection right after
+    // (a graceful leave) does not discard the last frames, the leave among them.
+    if send.finish().is_ok() {
+        let _ = send.stopped().await;
+    }
 }
 
 async fn read_loop(

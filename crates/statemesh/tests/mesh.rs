@@ -421,3 +421,45 @@ async fn the_first_change_stream_starts_at_join() {
     // Later subscriptions start at the call.
     assert!(b.changes().try_recv().is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_reaches_peers_linked_only_by_quic() {
+    // Static peers only: no local socket whose EOF would tell the others anyway.
+    let first = Mesh::builder("leave")
+        .secret(Secret::from_bytes([5; 32]))
+        .local_discovery(false)
+        .persist(false)
+        .join()
+        .await
+        .expect("joins");
+    let second = Mesh::builder("leave")
+        .secret(Secret::from_bytes([5; 32]))
+        .local_discovery(false)
+        .persist(false)
+        .static_peer(first.quic_addr().expect("bound"))
+        .join()
+        .await
+        .expect("joins");
+    let lowest = first.id().min(second.id());
+    leader_seen(&first, lowest).await;
+    leader_seen(&second, lowest).await;
+    let (leaving, staying) = if first.id() == lowest {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let gone = leaving.id();
+    leaving.shutdown().await.expect("leaves");
+    leader_seen(&staying, staying.id()).await;
+    let cause = staying
+        .explain()
+        .peers
+        .into_iter()
+        .find(|p| p.peer == gone)
+        .and_then(|p| p.death);
+    assert_eq!(
+        cause,
+        Some(statemesh_core::liveness::DeathCause::Left),
+        "the leave message arrived before the connection closed"
+    );
+}
