@@ -18,6 +18,9 @@ use statemesh_core::liveness::{Election, Liveness};
 use statemesh_core::vv::Beat;
 use statemesh_core::{Config, LinkDown, MeshTag, Node, PeerId, Persist, Scope, Time};
 
+/// Writes made on one document before it is rebuilt, in benchmarks of repeated writes.
+const FRESH: u64 = 100;
+
 fn tag() -> MeshTag {
     MeshTag::derive(b"bench secret", "bench")
 }
@@ -262,6 +265,7 @@ fn loaded_pair(records: usize) -> (Node, Node) {
 
 fn write_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("write");
+    g.sample_size(10);
     g.bench_function("transact_100_puts_new_doc", |bench| {
         bench.iter_batched(
             || nodes(1, 4).pop().unwrap(),
@@ -278,15 +282,26 @@ fn write_benches(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // One record rewritten on a document of `records` records. Each write adds a change to
+    // the history, so the document is rebuilt (untimed) every `FRESH` writes: what is measured
+    // is the document's size, not the benchmark's own history.
     for records in [0usize, 1_000, 10_000] {
-        let (mut a, _b) = loaded_pair(records);
-        let mut i = 0i64;
         g.bench_function(format!("put_one_{records}_records"), |bench| {
-            bench.iter(|| {
-                i += 1;
-                a.put("bench", "hot", &i, Scope::Durable).unwrap();
-                while a.poll_transmit().is_some() {}
-                drain(&mut a);
+            bench.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let (mut a, _b) = loaded_pair(records);
+                    for i in 0..FRESH.min(iters - done) {
+                        let start = std::time::Instant::now();
+                        a.put("bench", "hot", &(i as i64), Scope::Durable).unwrap();
+                        while a.poll_transmit().is_some() {}
+                        spent += start.elapsed();
+                        drain(&mut a);
+                        done += 1;
+                    }
+                }
+                spent
             })
         });
     }
@@ -294,7 +309,7 @@ fn write_benches(c: &mut Criterion) {
     // A peer's death (here: its local socket closed) makes every node look for the dead
     // writer's presence-scoped entries.
     let mut g = c.benchmark_group("liveness");
-    g.sample_size(20).measurement_time(Duration::from_secs(4));
+    g.sample_size(10).measurement_time(Duration::from_secs(4));
     for records in [1_000usize, 10_000] {
         g.bench_function(format!("peer_down_{records}_records"), |bench| {
             bench.iter_batched(
@@ -338,31 +353,43 @@ fn automerge_doc(records: usize) -> (automerge::Automerge, automerge::ObjId) {
 fn automerge_floor(c: &mut Criterion) {
     use automerge::transaction::Transactable;
     let mut g = c.benchmark_group("automerge_floor");
+    g.sample_size(10);
     for records in [1_000usize, 10_000] {
-        let (mut doc, hot) = automerge_doc(records);
-        let mut i = 0i64;
         g.bench_function(format!("put_commit_{records}_records"), |b| {
-            b.iter(|| {
-                i += 1;
-                let mut tx = doc.transaction();
-                tx.put(&hot, "v", i).unwrap();
-                tx.commit()
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let (mut doc, hot) = automerge_doc(records);
+                    for i in 0..FRESH.min(iters - done) {
+                        let start = std::time::Instant::now();
+                        let mut tx = doc.transaction();
+                        tx.put(&hot, "v", i as i64).unwrap();
+                        black_box(tx.commit());
+                        spent += start.elapsed();
+                        done += 1;
+                    }
+                }
+                spent
             })
         });
-        let (mut doc, hot) = automerge_doc(records);
         g.bench_function(format!("diff_one_change_{records}_records"), |b| {
             b.iter_custom(|iters| {
                 let mut spent = Duration::ZERO;
-                for _ in 0..iters {
-                    let before = doc.get_heads();
-                    i += 1;
-                    let mut tx = doc.transaction();
-                    tx.put(&hot, "v", i).unwrap();
-                    tx.commit();
-                    let after = doc.get_heads();
-                    let start = std::time::Instant::now();
-                    black_box(doc.diff(&before, &after).len());
-                    spent += start.elapsed();
+                let mut done = 0;
+                while done < iters {
+                    let (mut doc, hot) = automerge_doc(records);
+                    for i in 0..FRESH.min(iters - done) {
+                        let before = doc.get_heads();
+                        let mut tx = doc.transaction();
+                        tx.put(&hot, "v", i as i64).unwrap();
+                        tx.commit();
+                        let after = doc.get_heads();
+                        let start = std::time::Instant::now();
+                        black_box(doc.diff(&before, &after).len());
+                        spent += start.elapsed();
+                        done += 1;
+                    }
                 }
                 spent
             })
