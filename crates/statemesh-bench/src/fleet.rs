@@ -411,7 +411,8 @@ impl Fleet {
         agreed.ok_or_else(|| anyhow!("no windows"))
     }
 
-    /// Waits until every running window agrees on the leader and has a link to every other.
+    /// Waits until every running window agrees on the leader, has a link to every other and
+    /// may claim leadership (so that a trial never depends on how recently a window joined).
     pub(crate) fn ready(&mut self) -> anyhow::Result<Agreement> {
         let all = self.slots();
         let agreed = self.agree(&all)?;
@@ -420,7 +421,7 @@ impl Fleet {
         Ok(agreed)
     }
 
-    /// Waits until each window in `slots` has `n` links up.
+    /// Waits until each window in `slots` has `n` links up and is past its join grace.
     pub(crate) fn wait_links(&mut self, slots: &[usize], n: usize) -> anyhow::Result<()> {
         for s in slots {
             self.send(*s, &json!({"op": "links", "n": n}))?;
@@ -430,6 +431,9 @@ impl Fleet {
             let links = line.json["links"].as_u64().unwrap_or(0) as usize;
             if links < n {
                 bail!("window {s} has {links} links, not {n}");
+            }
+            if line.json["candidate"] == false {
+                bail!("window {s} never became a leader candidate");
             }
         }
         Ok(())

@@ -16,7 +16,8 @@
 //! `watch {prefix}` (start tracking the keys of channels starting with `prefix`), `expect
 //! {count}` (answer `reached` once that many tracked keys are held), `count`, `burst {ms,
 //! batch, prefix}` (write keys `tp/<prefix>-<n>` as fast as possible for `ms`, `batch` keys
-//! per atomic change), `links {n}` (answer once `n` links are up), `info`, `shutdown`
+//! per atomic change), `links {n}` (answer once `n` links are up and this window may claim
+//! leadership: past its join grace), `info`, `shutdown`
 //! (graceful leave, then exit). The end of stdin ends the process without a leave.
 
 use std::collections::HashSet;
@@ -324,13 +325,17 @@ fn command(
             let want = number("n")? as usize;
             let (mesh, later) = (mesh.clone(), later.clone());
             tokio::spawn(async move {
-                // The API has no event for "a link came up"; look every 5 ms (a few dozen
-                // times per run).
+                // The API has no event for "a link came up" or "past the join grace"; look
+                // every 5 ms (a few dozen times per run). A window is ready once it has its
+                // links and may claim leadership (its join grace is over, or discovery settled:
+                // in LAN mode mDNS never says it settled, so that is the whole grace).
                 let deadline = now_ns() + 60_000_000_000;
                 loop {
                     let links = mesh.metrics().links;
-                    if links >= want || now_ns() > deadline {
-                        let _ = later.send(json!({"ev": "links", "links": links}));
+                    let candidate = mesh.explain().me_candidate;
+                    if (links >= want && candidate) || now_ns() > deadline {
+                        let _ = later
+                            .send(json!({"ev": "links", "links": links, "candidate": candidate}));
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
