@@ -38,6 +38,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
 use serde_json::{Value, json};
 use support::{Windows, statemesh};
 
@@ -54,20 +56,12 @@ const ATTEMPTS: usize = 20;
 /// Where leader records go.
 const PROBE: (&str, &str) = ("probe", "result");
 
-/// SplitMix64: small, seedable, good enough for a schedule.
-struct Rng(u64);
+/// The schedule's source of randomness, seeded by `CHAOS_SEED`.
+struct Rng(ChaCha8Rng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.0.next_u64() % n as u64) as usize
     }
 
     fn pick(&mut self, from: &[usize]) -> usize {
@@ -745,7 +739,7 @@ fn chaos_with_window_processes() {
     let mut c = Chaos {
         w: Windows::new(),
         dir: dir.path().to_owned(),
-        rng: Rng(seed),
+        rng: Rng(ChaCha8Rng::seed_from_u64(seed)),
         started: Instant::now(),
         writes: Vec::new(),
         next_id: 0,

@@ -982,6 +982,26 @@ impl Node {
         if leader_mismatch {
             self.push_leader(from, now);
         }
+        if view.doc == mine {
+            // Its document is this one, so it holds every pending local write. The sync
+            // exchange alone may never say so: its last message can name heads not yet known
+            // here (changes still on their way, or relayed later by a third peer), and once
+            // the documents are equal no further message comes.
+            self.pending_held_by(now, from);
+        }
+    }
+
+    /// `peer` holds every pending local write.
+    fn pending_held_by(&mut self, now: Time, peer: PeerId) {
+        for (write, w) in &mut self.pending {
+            if w.holders.insert(peer) {
+                self.events.push_back(Event::Replicated {
+                    write: *write,
+                    peer,
+                    after: now.saturating_since(w.at),
+                });
+            }
+        }
     }
 
     fn on_sync(&mut self, now: Time, from: PeerId, bytes: &[u8]) -> Result<(), ReceiveError> {
@@ -1425,5 +1445,78 @@ mod tests {
         assert_eq!(ex.me, a.me());
         assert_eq!(ex.peers.len(), 2);
         assert!(ex.peers.iter().any(|p| p.peer == b.me().peer && p.live));
+    }
+
+    /// Delivers every frame the nodes send to the node it is for, except those `drop` names
+    /// (as `(from, to)` indexes), until none is left.
+    fn route(nodes: &mut [Node], now: Time, drop: &[(usize, usize)]) {
+        let index = |nodes: &[Node], id: PeerId| {
+            nodes
+                .iter()
+                .position(|n| n.me().peer == id)
+                .expect("a node")
+        };
+        for _ in 0..50 {
+            let mut moved = false;
+            for from in 0..nodes.len() {
+                let from_id = nodes[from].me().peer;
+                while let Some(t) = nodes[from].poll_transmit() {
+                    moved = true;
+                    let to = index(nodes, t.to);
+                    if drop.contains(&(from, to)) {
+                        continue;
+                    }
+                    let mut d = FrameDecoder::new(1 << 24);
+                    d.extend(&t.frame);
+                    let payload = d.next_payload().expect("valid").expect("complete");
+                    nodes[to]
+                        .handle_payload(now, from_id, &payload)
+                        .expect("accepted");
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the nodes kept talking");
+    }
+
+    #[test]
+    fn a_peer_whose_view_shows_our_document_holds_our_pending_writes() {
+        let mut n = [node(1), node(2), node(3)];
+        for a in 0..3 {
+            for b in 0..3 {
+                if a != b {
+                    let hello = n[b].hello();
+                    n[a].handle_link_up(Time::ZERO, &hello);
+                }
+            }
+        }
+        route(&mut n, Time::ZERO, &[]);
+        // The writer's messages to peer 1 are still on their way; peer 1 gets the write from
+        // peer 2 (their views differ, so they sync), and sends no sync message of its own to
+        // the writer: only its next view (equal documents) tells.
+        let write = n[0].put("c", "k", &1i64, Scope::Durable).expect("write").id;
+        route(&mut n, Time::ZERO, &[(0, 1)]);
+        let beat = Config::default().heartbeat_interval;
+        let later = Time::from_duration(beat);
+        n[1].handle_tick(later);
+        n[2].handle_tick(later);
+        route(&mut n, later, &[(0, 1)]);
+        assert_eq!(n[1].get::<i64>("c", "k").expect("read"), Some(1));
+        let p1 = n[1].me().peer;
+        let held_by_1 = |node: &mut Node| {
+            std::iter::from_fn(|| node.poll_event()).any(
+                |e| matches!(e, Event::Replicated { write: w, peer, .. } if w == write && peer == p1),
+            )
+        };
+        assert!(!held_by_1(&mut n[0]), "no message of peer 1 said so yet");
+        let later = Time::from_duration(beat * 2);
+        n[1].handle_tick(later);
+        route(&mut n, later, &[(0, 1)]);
+        assert!(
+            held_by_1(&mut n[0]),
+            "its view says its document is the writer's"
+        );
     }
 }
