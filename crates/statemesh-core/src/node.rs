@@ -848,8 +848,7 @@ impl Node {
             return Written { id, changed: false };
         };
         self.doc_dirty = true;
-        let after = self.replica.heads();
-        for change in self.replica.changes_between(before, &after) {
+        for change in self.replica.touched_since(before) {
             self.events.push_back(Event::Changed(change));
         }
         self.unpersisted.push(id);
@@ -1012,7 +1011,7 @@ impl Node {
         self.stats.sync_in += 1;
         let after = self.replica.heads();
         if before != after {
-            for change in self.replica.changes_between(&before, &after) {
+            for change in self.replica.touched_since(&before) {
                 self.events.push_back(Event::Changed(change));
             }
             self.election.observe_term(self.replica.max_stored_term());

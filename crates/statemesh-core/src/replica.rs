@@ -18,14 +18,12 @@
 //! read: each writer only ever creates its own entry, so `desired += 1` from two windows at once
 //! adds up.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::sync::SyncDoc;
 use automerge::transaction::{CommitOptions, Transactable, Transaction};
-use automerge::{
-    ActorId, Automerge, ChangeHash, ObjId, ObjType, PatchAction, ROOT, ReadDoc, ScalarValue,
-};
+use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue};
 use autosurgeon::{Hydrate, Reconcile};
 use serde::{Deserialize, Serialize};
 
@@ -50,7 +48,7 @@ pub enum Scope {
 }
 
 /// What kind of entry changed.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub enum EntryKind {
     /// A record of a channel.
     Record,
@@ -210,6 +208,59 @@ pub struct Replica {
     doc: Automerge,
     layout: Layout,
     me: PeerId,
+    presence: PresenceIndex,
+}
+
+/// The presence-scoped entries of each writer, kept up to date with every change to the
+/// document, so that a writer's death costs a lookup of its own entries, not a scan of all.
+#[derive(Debug, Default)]
+struct PresenceIndex {
+    /// Flat record keys and counter names, by writer.
+    by_writer: BTreeMap<PeerId, BTreeSet<(EntryKind, String)>>,
+    /// The writer each indexed record is filed under (records can change hands or scope).
+    record_writer: HashMap<String, PeerId>,
+}
+
+impl PresenceIndex {
+    /// Files record `flat` under `writer` when it is presence-scoped, and nowhere otherwise.
+    fn set_record(&mut self, flat: &str, presence_writer: Option<PeerId>) {
+        let old = self.record_writer.get(flat).copied();
+        if old == presence_writer {
+            return;
+        }
+        if let Some(old) = old {
+            self.record_writer.remove(flat);
+            if let Some(set) = self.by_writer.get_mut(&old) {
+                set.remove(&(EntryKind::Record, flat.to_owned()));
+                if set.is_empty() {
+                    self.by_writer.remove(&old);
+                }
+            }
+        }
+        if let Some(w) = presence_writer {
+            self.record_writer.insert(flat.to_owned(), w);
+            self.by_writer
+                .entry(w)
+                .or_default()
+                .insert((EntryKind::Record, flat.to_owned()));
+        }
+    }
+
+    /// Files counter `name`'s presence-scoped entry of `writer` (counter entries are never
+    /// deleted).
+    fn add_counter(&mut self, name: &str, writer: PeerId) {
+        self.by_writer
+            .entry(writer)
+            .or_default()
+            .insert((EntryKind::Counter, name.to_owned()));
+    }
+}
+
+/// A counter entry's flat key, split: `(name, writer, scope)`.
+fn split_counter_key(flat: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = flat.split(SEP);
+    let parsed = (parts.next()?, parts.next()?, parts.next()?);
+    parts.next().is_none().then_some(parsed)
 }
 
 /// A handle to make several writes in one atomic change (see [`Replica::transact`]).
@@ -293,6 +344,7 @@ impl Replica {
             doc: doc.with_actor(ActorId::from(actor.as_slice())),
             layout,
             me,
+            presence: PresenceIndex::default(),
         }
     }
 
@@ -440,91 +492,147 @@ impl Replica {
         set.into_iter().collect()
     }
 
-    /// Entries whose visibility depends on `writer`'s presence.
+    /// Entries whose visibility depends on `writer`'s presence (from an index kept with the
+    /// document: this costs the writer's own entries, not a scan of the document).
     pub fn presence_entries_of(&self, writer: PeerId) -> Vec<EntryChange> {
-        let w = writer.to_string();
-        let mut out = Vec::new();
-        for item in self.doc.map_range(&self.layout.records, ..) {
-            let Some(rec) = self.record_obj(&item.key) else {
-                continue;
-            };
-            if self.is_presence(&rec)
-                && self.writer_of(&rec) == Some(writer)
-                && let Some((c, k)) = item.key.split_once(SEP)
-            {
-                out.push(EntryChange {
+        let Some(entries) = self.presence.by_writer.get(&writer) else {
+            return Vec::new();
+        };
+        entries
+            .iter()
+            .filter_map(|(kind, flat)| match kind {
+                EntryKind::Record => flat.split_once(SEP).map(|(c, k)| EntryChange {
                     kind: EntryKind::Record,
                     channel: c.into(),
                     key: k.into(),
                     by: Some(writer),
-                });
+                }),
+                _ => Some(EntryChange {
+                    kind: EntryKind::Counter,
+                    channel: String::new(),
+                    key: flat.clone(),
+                    by: Some(writer),
+                }),
+            })
+            .collect()
+    }
+
+    /// The entries touched by the changes the document gained since the heads `before`, in
+    /// the order the changes touched them; updates the presence index to match.
+    ///
+    /// This reads the new changes' operations (it costs what they hold, not what the document
+    /// holds). An entry is reported when any of its operations is new, also one that lost a
+    /// concurrent conflict or was overwritten since: readers re-read the entry.
+    pub fn touched_since(&mut self, before: &[ChangeHash]) -> Vec<EntryChange> {
+        let mut records: Vec<String> = Vec::new();
+        let mut counters: Vec<String> = Vec::new();
+        let mut seen: HashSet<(EntryKind, String)> = HashSet::new();
+        // The record each object (a record, or a value nested in one) lives under.
+        let mut record_of: HashMap<ObjId, Option<String>> = HashMap::new();
+        for change in self.doc.get_changes(before) {
+            for op in change.decode().operations {
+                let automerge::legacy::ObjectId::Id(id) = &op.obj else {
+                    continue;
+                };
+                let obj = ObjId::Id(id.counter(), id.actor().clone(), usize::MAX);
+                let entry = if obj == self.layout.records || obj == self.layout.counters {
+                    let automerge::legacy::Key::Map(key) = &op.key else {
+                        continue;
+                    };
+                    let kind = if obj == self.layout.records {
+                        EntryKind::Record
+                    } else {
+                        EntryKind::Counter
+                    };
+                    (kind, key.to_string())
+                } else {
+                    let flat = record_of
+                        .entry(obj)
+                        .or_insert_with_key(|obj| self.record_holding(obj));
+                    match flat {
+                        Some(flat) => (EntryKind::Record, flat.clone()),
+                        None => continue,
+                    }
+                };
+                if seen.insert(entry.clone()) {
+                    match entry.0 {
+                        EntryKind::Record => records.push(entry.1),
+                        _ => counters.push(entry.1),
+                    }
+                }
             }
         }
-        for item in self.doc.map_range(&self.layout.counters, ..) {
-            let mut parts = item.key.split(SEP);
-            if let (Some(name), Some(wr), Some("p")) = (parts.next(), parts.next(), parts.next())
-                && wr == w
+        let mut out = Vec::with_capacity(records.len() + counters.len());
+        for flat in records {
+            let Some((c, k)) = flat.split_once(SEP) else {
+                continue;
+            };
+            let rec = self.record_obj(&flat);
+            let by = rec.as_ref().and_then(|r| self.writer_of(r));
+            let presence_writer = rec.filter(|r| self.is_presence(r)).and(by);
+            self.presence.set_record(&flat, presence_writer);
+            out.push(EntryChange {
+                kind: EntryKind::Record,
+                channel: c.into(),
+                key: k.into(),
+                by,
+            });
+        }
+        for flat in counters {
+            let Some((name, writer, scope)) = split_counter_key(&flat) else {
+                continue;
+            };
+            let by: Option<PeerId> = writer.parse().ok();
+            if let (Some(w), "p") = (by, scope) {
+                self.presence.add_counter(name, w);
+            }
+            if !out
+                .iter()
+                .any(|e| e.kind == EntryKind::Counter && e.key == name && e.by == by)
             {
                 out.push(EntryChange {
                     kind: EntryKind::Counter,
                     channel: String::new(),
                     key: name.into(),
-                    by: Some(writer),
+                    by,
                 });
             }
         }
         out
     }
 
-    /// Which entries differ between two sets of heads (for change notifications).
-    pub fn changes_between(&self, before: &[ChangeHash], after: &[ChangeHash]) -> Vec<EntryChange> {
-        let mut out: Vec<EntryChange> = Vec::new();
-        let mut seen = BTreeSet::new();
-        for patch in self.doc.diff(before, after) {
-            let (obj, prop) = if patch.path.len() >= 2 {
-                (&patch.path[1].0, patch.path[1].1.to_string())
-            } else {
-                let key = match &patch.action {
-                    PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => key.clone(),
-                    PatchAction::Increment { prop, .. } | PatchAction::Conflict { prop } => {
-                        prop.to_string()
-                    }
-                    _ => continue,
+    /// The flat key of the record `obj` is, or lives in (at any depth).
+    fn record_holding(&self, obj: &ObjId) -> Option<String> {
+        for parent in self.doc.parents(obj).ok()? {
+            if parent.obj == self.layout.records {
+                return match parent.prop {
+                    automerge::Prop::Map(flat) => Some(flat),
+                    automerge::Prop::Seq(_) => None,
                 };
-                (&patch.obj, key)
-            };
-            if !seen.insert((obj.clone(), prop.clone())) {
-                continue;
-            }
-            if *obj == self.layout.records {
-                if let Some((c, k)) = prop.split_once(SEP) {
-                    let by = self.writer(c, k);
-                    out.push(EntryChange {
-                        kind: EntryKind::Record,
-                        channel: c.into(),
-                        key: k.into(),
-                        by,
-                    });
-                }
-            } else if *obj == self.layout.counters {
-                let mut parts = prop.split(SEP);
-                if let (Some(name), Some(w)) = (parts.next(), parts.next()) {
-                    let by = w.parse().ok();
-                    if !out
-                        .iter()
-                        .any(|e| e.kind == EntryKind::Counter && e.key == name && e.by == by)
-                    {
-                        out.push(EntryChange {
-                            kind: EntryKind::Counter,
-                            channel: String::new(),
-                            key: name.into(),
-                            by,
-                        });
-                    }
-                }
             }
         }
-        out
+        None
+    }
+
+    /// Rebuilds the presence index from the whole document (after a load).
+    fn reindex_presence(&mut self) {
+        let mut index = PresenceIndex::default();
+        for item in self.doc.map_range(&self.layout.records, ..) {
+            if let Some(rec) = self.record_obj(&item.key)
+                && self.is_presence(&rec)
+                && let Some(w) = self.writer_of(&rec)
+            {
+                index.set_record(&item.key, Some(w));
+            }
+        }
+        for item in self.doc.map_range(&self.layout.counters, ..) {
+            if let Some((name, writer, "p")) = split_counter_key(&item.key)
+                && let Ok(w) = writer.parse()
+            {
+                index.add_counter(name, w);
+            }
+        }
+        self.presence = index;
     }
 
     /// A new sync state for a peer.
@@ -581,8 +689,9 @@ impl Replica {
         }
     }
 
-    /// Which of `hashes` the peer behind `state` is known to hold: those among, or ancestors
-    /// of, the heads it last advertised (or of the heads both are known to share).
+    /// Which of `hashes` (changes of this document) the peer behind `state` is known to hold:
+    /// those among, or ancestors of, the heads it last advertised (or of the heads both are
+    /// known to share).
     pub fn held_by(&self, state: &automerge::sync::State, hashes: &[ChangeHash]) -> Vec<bool> {
         let known = |heads: &[ChangeHash]| {
             !heads.is_empty()
@@ -602,10 +711,7 @@ impl Replica {
             .iter()
             .map(|c| c.hash())
             .collect();
-        hashes
-            .iter()
-            .map(|h| self.doc.get_change_by_hash(h).is_some() && !uncovered.contains(h))
-            .collect()
+        hashes.iter().map(|h| !uncovered.contains(h)).collect()
     }
 
     /// An incremental save of the changes after `heads`.
@@ -657,6 +763,9 @@ impl Replica {
             Ok(Ok(())) => {
                 let changed = doc.get_heads() != before;
                 self.doc = doc;
+                if changed {
+                    self.reindex_presence();
+                }
                 Ok(LoadReport { complete, changed })
             }
             Ok(Err(e)) => Err(e),
@@ -795,4 +904,271 @@ pub fn heads_digest(heads: &[ChangeHash]) -> [u8; 8] {
     let mut out = [0u8; 8];
     out.copy_from_slice(&d[..8]);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::SeedableRng;
+
+    /// A nested value, so that writes also touch objects inside a record.
+    #[derive(Debug, Clone, PartialEq, Reconcile, Hydrate)]
+    struct Job {
+        state: String,
+        tags: Vec<String>,
+    }
+
+    fn replica(n: u8) -> Replica {
+        let mut rng = ChaCha8Rng::seed_from_u64(u64::from(n));
+        Replica::new(PeerId::generate(1_000 + u64::from(n), &mut rng), [n; 16])
+    }
+
+    /// Runs the sync exchange between two replicas until neither has anything to send.
+    fn sync(a: &mut Replica, b: &mut Replica) {
+        let (mut sa, mut sb) = (Replica::new_sync_state(), Replica::new_sync_state());
+        for _ in 0..20 {
+            let to_b = a.generate_sync(&mut sa);
+            let to_a = b.generate_sync(&mut sb);
+            if to_b.is_none() && to_a.is_none() {
+                return;
+            }
+            if let Some(msg) = to_b {
+                b.receive_sync(&mut sb, &msg).expect("a valid message");
+            }
+            if let Some(msg) = to_a {
+                a.receive_sync(&mut sa, &msg).expect("a valid message");
+            }
+        }
+        panic!("the replicas kept talking");
+    }
+
+    /// What the presence index must say, found the slow way: a scan of the document.
+    fn scanned_presence_entries(r: &Replica, writer: PeerId) -> BTreeSet<(EntryKind, String)> {
+        let mut out = BTreeSet::new();
+        for item in r.doc.map_range(&r.layout.records, ..) {
+            if let Some(rec) = r.record_obj(&item.key)
+                && r.is_presence(&rec)
+                && r.writer_of(&rec) == Some(writer)
+            {
+                out.insert((EntryKind::Record, item.key.to_string()));
+            }
+        }
+        for item in r.doc.map_range(&r.layout.counters, ..) {
+            if let Some((name, w, "p")) = split_counter_key(&item.key)
+                && w == writer.to_string()
+            {
+                out.insert((EntryKind::Counter, name.to_owned()));
+            }
+        }
+        out
+    }
+
+    fn indexed(r: &Replica, writer: PeerId) -> BTreeSet<(EntryKind, String)> {
+        r.presence_entries_of(writer)
+            .into_iter()
+            .map(|e| match e.kind {
+                EntryKind::Record => (e.kind, format!("{}{SEP}{}", e.channel, e.key)),
+                _ => (e.kind, e.key),
+            })
+            .collect()
+    }
+
+    /// Entries whose visible state differs between two sets of heads, by Automerge's diff of
+    /// the whole document (what change notifications must cover).
+    fn diffed(r: &Replica, before: &[ChangeHash]) -> BTreeSet<(EntryKind, String)> {
+        let mut out = BTreeSet::new();
+        for patch in r.doc.diff(before, &r.heads()) {
+            let (obj, prop) = if patch.path.len() >= 2 {
+                (patch.path[1].0.clone(), patch.path[1].1.to_string())
+            } else {
+                let prop = match &patch.action {
+                    automerge::PatchAction::PutMap { key, .. }
+                    | automerge::PatchAction::DeleteMap { key } => key.clone(),
+                    automerge::PatchAction::Increment { prop, .. }
+                    | automerge::PatchAction::Conflict { prop } => prop.to_string(),
+                    _ => continue,
+                };
+                (patch.obj.clone(), prop)
+            };
+            if obj == r.layout.records {
+                out.insert((EntryKind::Record, prop));
+            } else if obj == r.layout.counters
+                && let Some((name, _, _)) = split_counter_key(&prop)
+            {
+                out.insert((EntryKind::Counter, name.to_owned()));
+            }
+        }
+        out
+    }
+
+    fn reported(changes: &[EntryChange]) -> BTreeSet<(EntryKind, String)> {
+        changes
+            .iter()
+            .map(|e| match e.kind {
+                EntryKind::Record => (e.kind, format!("{}{SEP}{}", e.channel, e.key)),
+                _ => (e.kind, e.key.clone()),
+            })
+            .collect()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put {
+            who: usize,
+            key: u8,
+            presence: bool,
+        },
+        PutJob {
+            who: usize,
+            key: u8,
+            tag: u8,
+        },
+        Delete {
+            who: usize,
+            key: u8,
+        },
+        Add {
+            who: usize,
+            name: u8,
+            presence: bool,
+        },
+        Sync {
+            a: usize,
+            b: usize,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..3usize, 0..6u8, any::<bool>()).prop_map(|(who, key, presence)| Op::Put {
+                who,
+                key,
+                presence
+            }),
+            (0..3usize, 0..6u8, 0..4u8).prop_map(|(who, key, tag)| Op::PutJob { who, key, tag }),
+            (0..3usize, 0..6u8).prop_map(|(who, key)| Op::Delete { who, key }),
+            (0..3usize, 0..3u8, any::<bool>()).prop_map(|(who, name, presence)| Op::Add {
+                who,
+                name,
+                presence
+            }),
+            (0..3usize, 0..3usize).prop_map(|(a, b)| Op::Sync { a, b }),
+        ]
+    }
+
+    fn scope(presence: bool) -> Scope {
+        if presence {
+            Scope::Presence
+        } else {
+            Scope::Durable
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// After any mix of local writes and syncs: every entry Automerge's whole-document diff
+        /// shows as changed is reported by `touched_since`, and the presence index of every
+        /// replica equals a scan of its document.
+        #[test]
+        fn touched_entries_and_presence_index_follow_the_document(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut rs = [replica(1), replica(2), replica(3)];
+            let writers: Vec<PeerId> = rs.iter().map(|r| r.me).collect();
+            for op in ops {
+                let check = |r: &mut Replica, before: Vec<ChangeHash>| {
+                    let expected = diffed(r, &before);
+                    let got = reported(&r.touched_since(&before));
+                    prop_assert!(got.is_superset(&expected), "diff {expected:?}, touched {got:?}");
+                    Ok(())
+                };
+                match op {
+                    Op::Put { who, key, presence } => {
+                        let before = rs[who].heads();
+                        rs[who].transact(|tx| tx.put("c", &format!("k{key}"), &u64::from(key), scope(presence))).expect("put");
+                        check(&mut rs[who], before)?;
+                    }
+                    Op::PutJob { who, key, tag } => {
+                        let before = rs[who].heads();
+                        let job = Job { state: format!("s{tag}"), tags: (0..tag).map(|t| t.to_string()).collect() };
+                        rs[who].transact(|tx| tx.put("jobs", &format!("k{key}"), &job, Scope::Presence)).expect("put");
+                        check(&mut rs[who], before)?;
+                    }
+                    Op::Delete { who, key } => {
+                        let before = rs[who].heads();
+                        rs[who].transact(|tx| tx.delete("c", &format!("k{key}"))).expect("delete");
+                        check(&mut rs[who], before)?;
+                    }
+                    Op::Add { who, name, presence } => {
+                        let before = rs[who].heads();
+                        rs[who].transact(|tx| tx.add(&format!("n{name}"), 1, scope(presence))).expect("add");
+                        check(&mut rs[who], before)?;
+                    }
+                    Op::Sync { a, b } if a != b => {
+                        let (lo, hi) = (a.min(b), a.max(b));
+                        let (left, right) = rs.split_at_mut(hi);
+                        let (ra, rb) = (&mut left[lo], &mut right[0]);
+                        let (before_a, before_b) = (ra.heads(), rb.heads());
+                        sync(ra, rb);
+                        check(ra, before_a)?;
+                        check(rb, before_b)?;
+                    }
+                    Op::Sync { .. } => {}
+                }
+                for r in &rs {
+                    for w in &writers {
+                        prop_assert_eq!(indexed(r, *w), scanned_presence_entries(r, *w));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_load_rebuilds_the_presence_index() {
+        let mut a = replica(1);
+        a.transact(|tx| {
+            tx.put("c", "k", &1u64, Scope::Presence)?;
+            tx.add("n", 2, Scope::Presence)
+        })
+        .expect("writes");
+        let mut b = replica(2);
+        let report = b.load_stored(&a.save()).expect("loads");
+        assert!(report.changed);
+        let expected: BTreeSet<_> = [
+            (EntryKind::Record, format!("c{SEP}k")),
+            (EntryKind::Counter, "n".to_owned()),
+        ]
+        .into();
+        assert_eq!(indexed(&b, a.me), expected);
+    }
+
+    #[test]
+    fn a_write_inside_a_nested_value_is_reported_as_its_record() {
+        let mut a = replica(1);
+        let job = Job {
+            state: "run".into(),
+            tags: vec!["x".into()],
+        };
+        a.transact(|tx| tx.put("jobs", "j", &job, Scope::Durable))
+            .expect("put");
+        let before = a.heads();
+        let job = Job {
+            state: "run".into(),
+            tags: vec!["x".into(), "y".into()],
+        };
+        a.transact(|tx| tx.put("jobs", "j", &job, Scope::Durable))
+            .expect("put");
+        let touched = a.touched_since(&before);
+        assert_eq!(
+            touched,
+            vec![EntryChange {
+                kind: EntryKind::Record,
+                channel: "jobs".into(),
+                key: "j".into(),
+                by: Some(a.me),
+            }]
+        );
+    }
 }
