@@ -155,6 +155,15 @@ pub fn encode_frame(message: &Message, max_frame: usize) -> Result<Vec<u8>, Enco
     Ok(out)
 }
 
+/// Whether a payload (a frame without its header) holds a [`Message::View`], judged from its
+/// first byte alone (postcard writes the variant index first). A runtime may handle views ahead
+/// of other frames, so that heartbeats queued behind a large sync exchange are not taken for
+/// silence. The payload is still decoded and validated in full when handled.
+pub fn is_view(payload: &[u8]) -> bool {
+    // `Message::View` is variant 1 (a one-byte varint).
+    payload.first() == Some(&1)
+}
+
 /// Decodes and validates one message payload (a frame without its header).
 pub fn decode_message(payload: &[u8]) -> Result<Message, DecodeError> {
     let (message, rest) = postcard::take_from_bytes::<Message>(payload)
@@ -378,6 +387,12 @@ mod tests {
                     prop_assert_eq!(got, Some(m.clone()));
                 }
             }
+        }
+
+        #[test]
+        fn is_view_tells_views_from_every_other_message(m in message()) {
+            let frame = encode_frame(&m, 1 << 20).expect("fits");
+            prop_assert_eq!(is_view(&frame[HEADER_LEN..]), matches!(m, Message::View(_)));
         }
 
         #[test]

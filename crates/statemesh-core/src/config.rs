@@ -28,8 +28,10 @@ pub struct Config {
     pub max_frame: usize,
     /// Whether this peer may become the probe leader. Default true.
     pub eligible: bool,
-    /// A sync exchange with a peer whose document differs and that has not answered for this
-    /// long is restarted from a fresh sync state. Default 1 s.
+    /// A sync exchange with a peer whose document differs is restarted from a fresh sync state
+    /// when neither document has progressed for this long while the peer kept sending views
+    /// (at least three unchanged ones): a peer too busy to answer is left to catch up, since a
+    /// restart makes Automerge send it everything again. Default 1 s.
     pub sync_stall_timeout: Duration,
     /// A full snapshot replaces the incremental saves after this many of them. Default 64.
     pub compact_every: usize,

@@ -203,7 +203,11 @@ struct Link {
     their_doc: Option<[u8; 8]>,
     /// The digest of the peer's leader records, from its last view.
     their_leader: Option<[u8; 8]>,
+    /// Since when the documents have differed with no progress on either side.
     mismatch_since: Option<Time>,
+    /// Views received since `mismatch_since` that showed the peer's document unchanged: a
+    /// stall is a peer that keeps talking without progressing, not one too busy to talk.
+    stalled_views: u32,
     leader_pushed: Option<Time>,
 }
 
@@ -213,6 +217,9 @@ struct PendingWrite {
     holders: BTreeSet<PeerId>,
     at: Time,
 }
+
+/// Unchanged views of a peer, on top of the stall timeout, before its sync exchange is reset.
+const STALLED_VIEWS: u32 = 3;
 
 /// How long a local write is watched for replication acknowledgements (peers that join or
 /// reconnect within this time still acknowledge it).
@@ -375,8 +382,9 @@ impl Node {
             .links
             .iter()
             .filter(|(_, l)| {
-                l.mismatch_since
-                    .is_some_and(|t| now.saturating_since(t) > stall)
+                l.stalled_views >= STALLED_VIEWS
+                    && l.mismatch_since
+                        .is_some_and(|t| now.saturating_since(t) > stall)
             })
             .map(|(p, _)| *p)
             .collect();
@@ -384,6 +392,7 @@ impl Node {
             if let Some(link) = self.links.get_mut(&peer) {
                 link.sync = Replica::new_sync_state();
                 link.mismatch_since = Some(now);
+                link.stalled_views = 0;
                 self.stats.sync_resets += 1;
             }
             self.sync_with(peer);
@@ -413,6 +422,7 @@ impl Node {
                 their_doc: None,
                 their_leader: None,
                 mismatch_since: None,
+                stalled_views: 0,
                 leader_pushed: None,
             },
         );
@@ -975,6 +985,9 @@ impl Node {
         } else {
             if progressed || link.mismatch_since.is_none() {
                 link.mismatch_since = Some(now);
+                link.stalled_views = 0;
+            } else {
+                link.stalled_views = link.stalled_views.saturating_add(1);
             }
             self.sync_with(from);
         }
@@ -1022,6 +1035,7 @@ impl Node {
                 link.mismatch_since = None;
             } else if before != after && link.mismatch_since.is_some() {
                 link.mismatch_since = Some(now);
+                link.stalled_views = 0;
             }
         }
         self.sync_with(from);

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use statemesh_core::codec::{self, FrameDecoder, Hello, Message};
@@ -185,6 +185,7 @@ pub(crate) async fn start(
         shared.node().handle_settled(shared.now());
     }
     let (events, events_rx) = mpsc::unbounded_channel();
+    let (views, views_rx) = mpsc::unbounded_channel();
     let writer = match store {
         Some(store) => {
             let tx = events.clone();
@@ -207,13 +208,14 @@ pub(crate) async fn start(
         tasks: JoinSet::new(),
         writers: JoinSet::new(),
         events,
+        views,
         next_conn: 0,
         unsettled: (all_settle && !unsettled.is_empty()).then_some(unsettled),
         settling: None,
         running,
     };
     let task = tokio::spawn(tracing::Instrument::instrument(
-        run.run(events_rx, found_rx, stop_rx),
+        run.run(events_rx, views_rx, found_rx, stop_rx),
         span,
     ));
     Ok(Driver {
@@ -232,6 +234,8 @@ struct Run {
     /// The tasks writing to each link: a graceful leave waits for them to drain.
     writers: JoinSet<()>,
     events: mpsc::UnboundedSender<LinkEvent>,
+    /// Heartbeat views, handled ahead of `events` (see `statemesh_core::codec::is_view`).
+    views: mpsc::UnboundedSender<LinkEvent>,
     next_conn: usize,
     /// Discoveries that settle and have not yet; `None` once all have, or when some never will
     /// (then the node's join grace applies).
@@ -247,14 +251,22 @@ impl Run {
     async fn run(
         mut self,
         mut events_rx: mpsc::UnboundedReceiver<LinkEvent>,
+        mut views_rx: mpsc::UnboundedReceiver<LinkEvent>,
         mut found_rx: mpsc::UnboundedReceiver<(usize, Discovered)>,
         mut stop: oneshot::Receiver<()>,
     ) {
         self.spawn_accept_loop();
         self.flush();
         let shutdown = loop {
-            let deadline = self.shared.epoch
-                + Duration::from_micros(self.shared.node().poll_timeout().as_micros());
+            // Under a stream of frames (a large sync exchange) the select below keeps choosing
+            // them over the timer: a tick that is due runs first, so heartbeats go out and
+            // failure detection runs on time however busy the links are.
+            if Instant::now() >= self.deadline() {
+                let now = self.shared.now();
+                self.shared.node().handle_tick(now);
+                self.flush();
+            }
+            let deadline = self.deadline();
             let redial = self
                 .targets
                 .values()
@@ -264,6 +276,7 @@ impl Run {
             tokio::select! {
                 biased;
                 _ = &mut stop => break true,
+                Some(ev) = views_rx.recv() => self.on_link_event(ev),
                 Some(ev) = events_rx.recv() => self.on_link_event(ev),
                 Some((index, ev)) = found_rx.recv() => self.on_discovered(index, ev),
                 () = self.shared.wake.notified() => {}
@@ -292,6 +305,11 @@ impl Run {
         self.shared
             .leadership
             .send_modify(|l| *l = LeadershipInfo::default());
+    }
+
+    /// When the node next needs a tick.
+    fn deadline(&self) -> Instant {
+        self.shared.epoch + Duration::from_micros(self.shared.node().poll_timeout().as_micros())
     }
 
     fn spawn_accept_loop(&mut self) {
@@ -550,6 +568,7 @@ impl Run {
                     conn,
                     max_frame,
                     self.events.clone(),
+                    self.views.clone(),
                 ));
                 if let Some(s) = self.settling.as_mut() {
                     s.remove(&peer);
@@ -807,6 +826,7 @@ async fn read_loop(
     conn: usize,
     max_frame: usize,
     events: mpsc::UnboundedSender<LinkEvent>,
+    views: mpsc::UnboundedSender<LinkEvent>,
 ) {
     let mut decoder = FrameDecoder::new(max_frame);
     decoder.extend(&buffered);
@@ -814,7 +834,13 @@ async fn read_loop(
     let error = loop {
         match decoder.next_payload() {
             Ok(Some(payload)) => {
-                if events
+                // Views overtake queued frames; everything else keeps the link's order.
+                let queue = if codec::is_view(&payload) {
+                    &views
+                } else {
+                    &events
+                };
+                if queue
                     .send(LinkEvent::Frame {
                         peer,
                         conn,
