@@ -1,9 +1,10 @@
 //! Replays every committed fuzz input through the function its fuzz target calls
-//! (`statemesh_core::fuzzing`): the crashes found so far (`fuzz/crashers/<target>/`) and the seed
-//! corpus (`fuzz/corpus/<target>/`). A fixed crash stays fixed under the ordinary test runner.
+//! (`statemesh_core::fuzzing`, and `statemesh_cli::fuzzing` for the sidecar's target): the
+//! crashes found so far (`fuzz/crashers/<target>/`) and the seed corpus
+//! (`fuzz/corpus/<target>/`). A fixed crash stays fixed under the ordinary test runner.
 //!
-//! The seed inputs are generated (`statemesh_core::fuzzing::seeds`); a test checks that the
-//! committed ones are current. After a change that alters them, rewrite them with
+//! The seed inputs are generated (the `seeds` functions of the same modules); a test checks
+//! that the committed ones are current. After a change that alters them, rewrite them with
 //!
 //! ```sh
 //! STATEMESH_WRITE_SEEDS=1 cargo test -p statemesh-tests --test crashers
@@ -13,7 +14,25 @@ use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
+use statemesh_cli::fuzzing as cli;
 use statemesh_core::fuzzing;
+
+/// Every fuzz target: the core's, then the command-line tool's.
+fn targets() -> impl Iterator<Item = &'static str> {
+    fuzzing::TARGETS.into_iter().chain(cli::TARGETS)
+}
+
+/// The function behind fuzz target `name`.
+fn target(name: &str) -> Option<fn(&[u8])> {
+    fuzzing::target(name).or_else(|| cli::target(name))
+}
+
+/// The generated seeds of fuzz target `name`.
+fn seeds(name: &str) -> Vec<(String, Vec<u8>)> {
+    let mut seeds = fuzzing::seeds(name);
+    seeds.extend(cli::seeds(name));
+    seeds
+}
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
@@ -42,7 +61,7 @@ fn is_readme(path: &Path) -> bool {
 
 /// Runs every crasher and corpus input of `target`; fails naming each input that panics.
 fn replay(target: &str) {
-    let run = fuzzing::target(target).expect("a known target");
+    let run = self::target(target).expect("a known target");
     let mut ran = 0;
     let mut failed = Vec::new();
     for kind in ["crashers", "corpus"] {
@@ -83,12 +102,17 @@ fn liveness() {
     replay("liveness");
 }
 
+#[test]
+fn sidecar_rpc() {
+    replay("sidecar_rpc");
+}
+
 /// Every target has its source file, a seed corpus and a crashers folder with its README, and
 /// no folder belongs to an unknown target.
 #[test]
 fn every_target_has_its_folders() {
     let dir = fuzz_dir();
-    for target in fuzzing::TARGETS {
+    for target in targets() {
         assert!(
             dir.join("fuzz_targets")
                 .join(format!("{target}.rs"))
@@ -112,7 +136,7 @@ fn every_target_has_its_folders() {
             let name = entry.expect("readable").file_name();
             let name = name.to_string_lossy();
             assert!(
-                fuzzing::target(&name).is_some(),
+                target(&name).is_some(),
                 "fuzz/{kind}/{name} belongs to no target"
             );
         }
@@ -125,9 +149,9 @@ fn every_target_has_its_folders() {
 fn generated_seeds_are_current() {
     let write = std::env::var_os("STATEMESH_WRITE_SEEDS").is_some();
     let mut stale = Vec::new();
-    for target in fuzzing::TARGETS {
+    for target in targets() {
         let dir = fuzz_dir().join("corpus").join(target);
-        for (name, bytes) in fuzzing::seeds(target) {
+        for (name, bytes) in seeds(target) {
             let path = dir.join(&name);
             if fs::read(&path).ok().as_deref() == Some(bytes.as_slice()) {
                 continue;

@@ -11,7 +11,10 @@
 //!   `Content-Length`, a header block longer than [`MAX_HEADER_BYTES`]) makes the decoder
 //!   discard input up to the next occurrence of `Content-Length:` (any case, anywhere — also
 //!   right behind the garbage, without a line break), where it starts reading headers again.
-//!   One error is reported per resynchronisation.
+//!   For a header block too long, the search starts at its first byte past the limit. One
+//!   error is reported per resynchronisation.
+//!
+//! How the input is cut into chunks never changes what is decoded.
 //!
 //! Header lines end with `\r\n` (a bare `\n` is tolerated); names are case-insensitive; headers
 //! other than `Content-Length` (such as `Content-Type`) are accepted and ignored. Empty lines
@@ -187,51 +190,55 @@ impl FrameDecoder {
     }
 
     /// Handles part of a header line (`line_end`: the chunk ends with the line's `\n`).
-    fn header_chunk(&mut self, chunk: &[u8], line_end: bool, out: &mut Vec<Decoded>) {
-        if let Some(matched) = self.resync {
-            let mut m = matched;
-            for (i, b) in chunk.iter().enumerate() {
-                m = if b.eq_ignore_ascii_case(&RESYNC_ON[m]) {
-                    m + 1
-                } else {
-                    // No proper prefix of the pattern is also its suffix: restart, or start
-                    // over on this byte.
-                    usize::from(b.eq_ignore_ascii_case(&RESYNC_ON[0]))
-                };
-                if m == RESYNC_ON.len() {
-                    // Found: read headers again, starting with this one.
-                    self.resync = None;
-                    self.buf.clear();
-                    self.buf.extend_from_slice(RESYNC_ON);
-                    self.header_bytes = RESYNC_ON.len();
-                    return self.header_chunk(&chunk[i + 1..], line_end, out);
+    ///
+    /// What is found does not depend on how the stream was cut into chunks: in particular,
+    /// the bytes of a header block past [`MAX_HEADER_BYTES`] are searched for the next
+    /// `Content-Length:` exactly as if a chunk had ended at the limit.
+    fn header_chunk(&mut self, mut chunk: &[u8], line_end: bool, out: &mut Vec<Decoded>) {
+        loop {
+            if let Some(matched) = self.resync {
+                match resync_scan(matched, chunk) {
+                    Ok(found) => {
+                        // Found: read headers again, starting with this one.
+                        self.resync = None;
+                        self.buf.clear();
+                        self.buf.extend_from_slice(RESYNC_ON);
+                        self.header_bytes = RESYNC_ON.len();
+                        chunk = &chunk[found..];
+                    }
+                    Err(matched) => {
+                        self.resync = Some(matched);
+                        return;
+                    }
                 }
             }
-            self.resync = Some(m);
+            let room = MAX_HEADER_BYTES - self.header_bytes;
+            if chunk.len() > room {
+                out.push(Decoded::Error(FrameError::HeaderTooLarge));
+                self.start_resync();
+                // The bytes up to the limit are dropped; the rest is searched.
+                chunk = &chunk[room..];
+                continue;
+            }
+            self.header_bytes += chunk.len();
+            self.buf.extend_from_slice(chunk);
+            if !line_end {
+                return;
+            }
+            let mut line = std::mem::take(&mut self.buf);
+            line.pop(); // '\n'
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.is_empty() {
+                self.end_of_block(out);
+            } else if let Err(e) = self.header_line(&line) {
+                out.push(Decoded::Error(e));
+                self.start_resync();
+            } else {
+                self.in_block = true;
+            }
             return;
-        }
-        self.header_bytes += chunk.len();
-        if self.header_bytes > MAX_HEADER_BYTES {
-            out.push(Decoded::Error(FrameError::HeaderTooLarge));
-            self.start_resync();
-            return;
-        }
-        self.buf.extend_from_slice(chunk);
-        if !line_end {
-            return;
-        }
-        let mut line = std::mem::take(&mut self.buf);
-        line.pop(); // '\n'
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        if line.is_empty() {
-            self.end_of_block(out);
-        } else if let Err(e) = self.header_line(&line) {
-            out.push(Decoded::Error(e));
-            self.start_resync();
-        } else {
-            self.in_block = true;
         }
     }
 
@@ -309,6 +316,25 @@ impl FrameDecoder {
         self.length = None;
         self.header_bytes = 0;
     }
+}
+
+/// Searches `chunk` for the rest of [`RESYNC_ON`], `matched` bytes of which ended the previous
+/// chunk: `Ok(end)` if it ends at `chunk[end - 1]`, else `Err(matched)` with how much of it
+/// ends `chunk`.
+fn resync_scan(mut matched: usize, chunk: &[u8]) -> Result<usize, usize> {
+    for (i, b) in chunk.iter().enumerate() {
+        matched = if b.eq_ignore_ascii_case(&RESYNC_ON[matched]) {
+            matched + 1
+        } else {
+            // No proper prefix of the pattern is also its suffix: restart, or start over on
+            // this byte.
+            usize::from(b.eq_ignore_ascii_case(&RESYNC_ON[0]))
+        };
+        if matched == RESYNC_ON.len() {
+            return Ok(i + 1);
+        }
+    }
+    Err(matched)
 }
 
 /// Whether `b` may appear in a header name (an RFC 9110 token character).
@@ -487,6 +513,39 @@ mod tests {
         assert!(d.buffered() <= MAX_HEADER_BYTES);
     }
 
+    /// An invariant of the `sidecar_rpc` fuzz target (the same result in one chunk and byte by
+    /// byte) this broke: the bytes of an over-long header line past the limit were searched for
+    /// `Content-Length:` only if a chunk happened to end before the line did.
+    #[test]
+    fn content_length_past_the_header_limit_is_found_however_the_input_is_cut() {
+        let mut input = b"X-A: ".to_vec();
+        input.extend(std::iter::repeat_n(b'a', MAX_HEADER_BYTES - 2));
+        input.extend_from_slice(b"Content-Length: 2\r\n\r\n{}");
+        let want = vec![
+            Decoded::Error(FrameError::HeaderTooLarge),
+            Decoded::Body(b"{}".to_vec()),
+        ];
+        for cut in [input.len(), 1, 7, MAX_HEADER_BYTES, MAX_HEADER_BYTES + 1] {
+            let mut d = FrameDecoder::new(1024);
+            let out: Vec<Decoded> = input.chunks(cut).flat_map(|c| d.feed(c)).collect();
+            assert_eq!(out, want, "in chunks of {cut}");
+            assert!(d.is_idle());
+        }
+        // The limit cuts the header name: what is past it is not a header.
+        let mut input = vec![b'a'; MAX_HEADER_BYTES - 4];
+        input.extend_from_slice(b"Content-Length: 2\r\n\r\n{}");
+        for cut in [input.len(), 1, MAX_HEADER_BYTES] {
+            let mut d = FrameDecoder::new(1024);
+            let out: Vec<Decoded> = input.chunks(cut).flat_map(|c| d.feed(c)).collect();
+            assert_eq!(
+                out,
+                vec![Decoded::Error(FrameError::HeaderTooLarge)],
+                "in chunks of {cut}"
+            );
+            assert!(!d.is_idle());
+        }
+    }
+
     #[test]
     fn resync_recognises_content_length_split_across_chunks() {
         let mut d = FrameDecoder::new(1024);
@@ -562,6 +621,33 @@ mod tests {
             let got = bodies(&out);
             prop_assert_eq!(got.last().copied(), Some(body.as_slice()));
             prop_assert!(d.is_idle());
+        }
+
+        #[test]
+        fn the_chunking_never_changes_what_is_decoded(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just(b"Content-Length: ".to_vec()),
+                    Just(b"content-length:".to_vec()),
+                    Just(b"X-Other: y".to_vec()),
+                    Just(b"\r\n".to_vec()),
+                    Just(b"\n".to_vec()),
+                    Just(b"{}".to_vec()),
+                    "[0-9]{1,4}".prop_map(String::into_bytes),
+                    (1usize..9000).prop_map(|n| vec![b'a'; n]),
+                ],
+                0..24,
+            ),
+            cut in 1usize..600,
+        ) {
+            let input = parts.concat();
+            let mut whole = FrameDecoder::new(512);
+            let want = whole.feed(&input);
+            let mut cutd = FrameDecoder::new(512);
+            let got: Vec<Decoded> = input.chunks(cut).flat_map(|c| cutd.feed(c)).collect();
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(cutd.is_idle(), whole.is_idle());
+            prop_assert_eq!(cutd.buffered(), whole.buffered());
         }
 
         #[test]

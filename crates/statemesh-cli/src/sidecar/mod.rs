@@ -9,7 +9,9 @@
 
 pub mod framing;
 pub mod rpc;
+#[cfg(feature = "runtime")]
 mod server;
 pub mod values;
 
+#[cfg(feature = "runtime")]
 pub use server::{SidecarArgs, run};

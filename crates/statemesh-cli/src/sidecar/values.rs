@@ -7,8 +7,11 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
 use serde_json::{Map, Number, Value as Json};
-use statemesh::Value;
+use statemesh_core::Value;
 use statemesh_core::value::MAX_VALUE_DEPTH;
 
 /// The key of the object standing for bytes.
@@ -90,55 +93,22 @@ pub fn to_json(value: &Value) -> Json {
     }
 }
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+/// Standard base64 (RFC 4648 alphabet), `=` padding written and required. The unused low bits
+/// of the last symbol are ignored when decoding (`Zh==` reads as `f`, like `Zg==`), as the
+/// sidecar always did: an encoder that leaves them set is not refused.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
 
 /// Standard base64 with padding.
 pub fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    BASE64.encode(bytes)
 }
 
 /// Decodes standard base64 with padding; `None` if malformed.
 pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.as_bytes();
-    if !s.len().is_multiple_of(4) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    for (ci, chunk) in s.chunks(4).enumerate() {
-        let last = ci == s.len() / 4 - 1;
-        let pad = chunk.iter().rev().take_while(|c| **c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            let v = if i >= 4 - pad {
-                0
-            } else {
-                u32::try_from(ALPHABET.iter().position(|a| a == c)?).ok()?
-            };
-            n = (n << 6) | v;
-        }
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad]);
-    }
-    Some(out)
+    BASE64.decode(s).ok()
 }
 
 #[cfg(test)]
@@ -162,7 +132,14 @@ mod tests {
             assert_eq!(base64_encode(raw.as_bytes()), enc);
             assert_eq!(base64_decode(enc).as_deref(), Some(raw.as_bytes()));
         }
-        for bad in ["Zg=", "Z===", "Zg==Zg==", "Zm9*", "===="] {
+        // Trailing bits in the last symbol are ignored.
+        for (enc, raw) in [("Zh==", "f"), ("Zm9=", "fo"), ("Zm+=", "fo")] {
+            assert_eq!(base64_decode(enc).as_deref(), Some(raw.as_bytes()), "{enc}");
+        }
+        for bad in [
+            "Zg=", "Z===", "Zg==Zg==", "Zm9*", "====", "Zg", "Zm9", "Zg== ", " Zg==", "Zm9v\n",
+            "Zm-_", "=Zg=", "Z=g=", "Zg=A",
+        ] {
             assert_eq!(base64_decode(bad), None, "{bad}");
         }
     }
@@ -174,6 +151,32 @@ mod tests {
         let Value::Map(m) = &v else { panic!("a map") };
         assert_eq!(m.get("big"), Some(&Value::Uint(u64::MAX)));
         assert_eq!(to_json(&v), j);
+    }
+
+    /// A float in JSON text converts exactly, and comes back as the same value through JSON
+    /// text (an invariant of the `sidecar_rpc` fuzz target). serde_json's default parser is an ulp
+    /// off on the first three (and on about one in ten random floats), so a value read back and
+    /// written again drifted.
+    #[test]
+    fn floats_from_text_are_exact() {
+        for text in [
+            "1.947700395895162e-169",
+            "6.162599865641032e196",
+            "-7.185646242661804e230",
+            "0.30000000000000004",
+            "2.2250738585072014e-308",
+            "5e-324",
+            "1.7976931348623157e308",
+        ] {
+            let want: f64 = text.parse().expect("a float");
+            let json: Json = serde_json::from_str(text).expect("JSON");
+            let v = from_json(&json).expect("converts");
+            assert_eq!(v, Value::F64(want), "{text}");
+            let again: Json =
+                serde_json::from_str(&serde_json::to_string(&to_json(&v)).expect("prints"))
+                    .expect("JSON");
+            assert_eq!(from_json(&again), Ok(v), "{text}");
+        }
     }
 
     #[test]
