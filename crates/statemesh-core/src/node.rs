@@ -11,6 +11,7 @@
 //! round per peer.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
 
 use automerge::ChangeHash;
 use autosurgeon::{Hydrate, Reconcile};
@@ -80,7 +81,7 @@ pub enum Event {
         peer: PeerId,
         /// Time from the write to this acknowledgement, on this node's clock: the write's trip
         /// to the peer and the acknowledgement's trip back (no clocks are compared).
-        after: std::time::Duration,
+        after: Duration,
     },
     /// Local write `write` is in bytes the runtime reported as persisted.
     Durable {
@@ -223,7 +224,7 @@ const STALLED_VIEWS: u32 = 3;
 
 /// How long a local write is watched for replication acknowledgements (peers that join or
 /// reconnect within this time still acknowledge it).
-const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+const PENDING_TTL: Duration = Duration::from_secs(600);
 
 /// The most local writes tracked for replication acknowledgements at once.
 const MAX_PENDING_WRITES: usize = 4096;
@@ -243,6 +244,8 @@ pub struct Node {
     left: bool,
     last_tick: Time,
     next_heartbeat: Time,
+    /// Heartbeats fall on a grid of this phase (see [`Node::align_heartbeats`]), if set.
+    heartbeat_phase: Option<Duration>,
     out: VecDeque<Transmit>,
     events: VecDeque<Event>,
     doc_dirty: bool,
@@ -283,6 +286,7 @@ impl Node {
             left: false,
             last_tick: now,
             next_heartbeat: now,
+            heartbeat_phase: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
             doc_dirty: false,
@@ -358,6 +362,38 @@ impl Node {
         self.reelect(now);
     }
 
+    /// Puts this node's heartbeats, after the next one, on the instants `phase + k *
+    /// heartbeat_interval` of its clock instead of one interval after each beat.
+    ///
+    /// Windows of one machine that align on the machine's monotonic clock send their views at
+    /// the same instants, so each wakes once per interval for all the views it receives (and
+    /// once for their acknowledgements) instead of once per peer: idle CPU falls, failure
+    /// detection is unchanged (still one view per interval from each peer).
+    pub fn align_heartbeats(&mut self, phase: Duration) {
+        self.heartbeat_phase = Some(phase);
+    }
+
+    /// When the heartbeat after one sent at `now` is due.
+    fn next_beat_after(&self, now: Time) -> Time {
+        let interval = self.config.heartbeat_interval;
+        let Some(phase) = self.heartbeat_phase else {
+            return now + interval;
+        };
+        let i = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let phase = u64::try_from(phase.as_micros()).unwrap_or(0) % i;
+        let t = now.as_micros();
+        let next = if t < phase {
+            phase
+        } else {
+            ((t - phase) / i + 1)
+                .saturating_mul(i)
+                .saturating_add(phase)
+        };
+        Time::from_micros(next)
+    }
+
     /// Advances time: heartbeats, failure detection, election, sync stall recovery.
     pub fn handle_tick(&mut self, now: Time) {
         self.advance(now);
@@ -366,7 +402,7 @@ impl Node {
         }
         if now >= self.next_heartbeat {
             self.live.beat();
-            self.next_heartbeat = now + self.config.heartbeat_interval;
+            self.next_heartbeat = self.next_beat_after(now);
             self.send_views(now);
         }
         let mut changes = Vec::new();
@@ -1531,5 +1567,29 @@ mod tests {
             held_by_1(&mut n[0]),
             "its view says its document is the writer's"
         );
+    }
+
+    #[test]
+    fn aligned_heartbeats_fall_on_the_grid() {
+        let mut n = node(1);
+        let beat = Config::default().heartbeat_interval;
+        n.align_heartbeats(Duration::from_millis(70));
+        let views_at = |n: &mut Node| std::iter::from_fn(|| n.poll_transmit()).count();
+        let hello = node(2).hello();
+        n.handle_link_up(Time::ZERO, &hello);
+        while n.poll_transmit().is_some() {}
+        // The first beat is due at once; the next on the grid (70 ms), not one interval later.
+        n.handle_tick(Time::from_micros(5_000));
+        assert!(views_at(&mut n) > 0);
+        assert!(n.poll_timeout() <= Time::from_micros(70_000));
+        // A late tick does not shift the grid.
+        n.handle_tick(Time::from_micros(95_000));
+        assert!(views_at(&mut n) > 0);
+        let next = Time::from_micros(70_000) + beat;
+        assert!(n.poll_timeout() <= next);
+        n.handle_tick(next - Duration::from_micros(1));
+        assert_eq!(views_at(&mut n), 0, "no view before the grid point");
+        n.handle_tick(next);
+        assert!(views_at(&mut n) > 0, "a view on the grid point");
     }
 }
