@@ -28,6 +28,16 @@ pub mod store;
 
 pub use mesh::{Lead, LeadershipInfo, Member, Mesh, MeshBuilder, MeshError, Pending};
 pub use metrics::Metrics;
-pub use statemesh_core::{Config, EntryChange as Change, EntryKind, PeerId, Scope, Value};
+pub use statemesh_core::{
+    Config, DeathCause, EntryChange as Change, EntryKind, Explanation, PeerId, PeerStatus,
+    ReadError, Scope, Stats, Tx, Value, WriteError, WriteId,
+};
 pub use statemesh_net::discovery;
+
+/// The CRDT library, at the version statemesh uses (for `automerge` types in typed records).
+pub use automerge;
+/// Typed records' `Reconcile`/`Hydrate`, at the version statemesh uses. The derives expand to
+/// paths under `autosurgeon`, so a crate deriving them still lists `autosurgeon` among its own
+/// dependencies, at this version.
+pub use autosurgeon;
 pub use statemesh_net::secret::Secret;
