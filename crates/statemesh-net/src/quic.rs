@@ -204,19 +204,35 @@ impl Endpoint {
 
     /// Waits for the next incoming connection and authenticates it. `None` once the endpoint is
     /// closed.
+    ///
+    /// Not cancel-safe: dropping the future during the handshake or the exchange drops that
+    /// connection. A loop that also waits on other things should take connections with
+    /// [`incoming`](Self::incoming), which is, and authenticate each one elsewhere.
     pub async fn accept(&self) -> Option<Result<Link, LinkError>> {
-        let incoming = self.endpoint.accept().await?;
+        let incoming = self.incoming().await?;
+        Some(self.authenticate(incoming).await)
+    }
+
+    /// Waits for the next incoming connection attempt, not yet handshaken or authenticated.
+    /// `None` once the endpoint is closed. Cancel-safe.
+    pub async fn incoming(&self) -> Option<quinn::Incoming> {
+        self.endpoint.accept().await
+    }
+
+    /// Completes the handshake of an incoming connection and authenticates it (at most
+    /// [`AUTH_TIMEOUT`] for each).
+    pub async fn authenticate(&self, incoming: quinn::Incoming) -> Result<Link, LinkError> {
         let addr = incoming.remote_address();
         let connection = match tokio::time::timeout(AUTH_TIMEOUT, async { incoming.await }).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Some(Err(e.into())),
+            Ok(Err(e)) => return Err(e.into()),
             Err(_) => {
                 tracing::debug!(%addr, "incoming handshake timed out");
-                return Some(Err(LinkError::Timeout));
+                return Err(LinkError::Timeout);
             }
         };
         let result = tokio::time::timeout(AUTH_TIMEOUT, self.server_exchange(&connection)).await;
-        Some(self.finish(connection, Role::Server, result))
+        self.finish(connection, Role::Server, result)
     }
 
     /// Closes the endpoint and every connection on it.

@@ -320,17 +320,26 @@ impl Run {
         self.tasks.spawn(async move {
             let mut setups = JoinSet::new();
             loop {
+                // Only the cancel-safe wait for a connection attempt races with reaping: the
+                // handshake and authentication of each run in a task of their own, so one that
+                // finishes never cancels another half-way (which dropped that connection), and a
+                // slow client never holds up the next.
                 tokio::select! {
-                    incoming = endpoint.accept() => match incoming {
+                    incoming = endpoint.incoming() => match incoming {
                         None => break,
-                        Some(Ok(link)) => {
-                            setups.spawn(exchange_hellos(link, hello.clone(), max_frame, events.clone(), None));
-                        }
-                        Some(Err(e)) => {
-                            if matches!(e, LinkError::AuthFailed { .. }) {
-                                let _ = events.send(LinkEvent::AuthFailed);
-                            }
-                            tracing::debug!(error = %e, "incoming link refused");
+                        Some(incoming) => {
+                            let (endpoint, hello, events) = (endpoint.clone(), hello.clone(), events.clone());
+                            setups.spawn(async move {
+                                match endpoint.authenticate(incoming).await {
+                                    Ok(link) => exchange_hellos(link, hello, max_frame, events, None).await,
+                                    Err(e) => {
+                                        if matches!(e, LinkError::AuthFailed { .. }) {
+                                            let _ = events.send(LinkEvent::AuthFailed);
+                                        }
+                                        tracing::debug!(error = %e, "incoming link refused");
+                                    }
+                                }
+                            });
                         }
                     },
                     Some(_) = setups.join_next(), if !setups.is_empty() => {}
