@@ -641,10 +641,21 @@ impl Replica {
     }
 
     /// The next sync message for the peer behind `state`, encoded, if any.
+    ///
+    /// The state holds what the peer said (its heads, needs, bloom filters), and the CRDT
+    /// library may panic on some of it when building the reply. Such a panic is contained: the
+    /// state is replaced by a fresh one (the exchange starts over) and nothing is sent.
     pub fn generate_sync(&self, state: &mut automerge::sync::State) -> Option<Vec<u8>> {
-        self.doc
-            .generate_sync_message(state)
-            .map(automerge::sync::Message::encode)
+        match catch_unwind(AssertUnwindSafe(|| self.doc.generate_sync_message(state))) {
+            Ok(message) => message.map(automerge::sync::Message::encode),
+            Err(_) => {
+                tracing::warn!(
+                    "building a sync message panicked on the peer's sync state; restarting the exchange"
+                );
+                *state = Self::new_sync_state();
+                None
+            }
+        }
     }
 
     /// Applies an encoded sync message from the peer behind `state`.
@@ -661,6 +672,12 @@ impl Replica {
         let before = self.doc.get_heads();
         let message = catch_unwind(|| automerge::sync::Message::decode(bytes))
             .map_err(|_| ApplyError::Panicked)??;
+        // A bloom filter that claims entries but holds no bits is kept in the sync state and
+        // makes the CRDT library divide by zero when it next builds a reply.
+        for have in &message.have {
+            catch_unwind(|| have.bloom.contains_hash(&ChangeHash([0; 32])))
+                .map_err(|_| ApplyError::Invalid("a sync message with a malformed bloom filter"))?;
+        }
         let mut doc = if message.changes.is_empty() {
             None
         } else {
