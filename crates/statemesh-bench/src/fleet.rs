@@ -699,17 +699,19 @@ pub(crate) fn peak_rss_kb(pid: u32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("no VmHWM for process {pid}"))
 }
 
+/// The value of the `<name> <n> kB` line of a `/proc` file, in KiB (0 if absent).
+fn kb_field(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Current resident memory of process `pid` by kind (`RssAnon`, `RssFile`, `RssShmem` of
 /// `/proc/<pid>/status`), in KiB.
 pub(crate) fn rss_kinds_kb(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let field = |name: &str| kb_field(&status, name);
     Ok((field("RssAnon:"), field("RssFile:"), field("RssShmem:")))
 }
 
@@ -718,13 +720,7 @@ pub(crate) fn rss_kinds_kb(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
 /// (the binary's code, mapped by every window) count in proportion, or not at all.
 pub(crate) fn pss_uss_kb(pid: u32) -> anyhow::Result<(u64, u64)> {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
-    let field = |name: &str| -> u64 {
-        rollup
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let field = |name: &str| kb_field(&rollup, name);
     Ok((
         field("Pss:"),
         field("Private_Clean:") + field("Private_Dirty:"),

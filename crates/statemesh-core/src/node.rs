@@ -219,6 +219,16 @@ struct PendingWrite {
     at: Time,
 }
 
+impl PendingWrite {
+    /// `peer` holds this write (`write`): reported once per peer.
+    fn held_by(&mut self, write: WriteId, peer: PeerId, now: Time, events: &mut VecDeque<Event>) {
+        if self.holders.insert(peer) {
+            let after = now.saturating_since(self.at);
+            events.push_back(Event::Replicated { write, peer, after });
+        }
+    }
+}
+
 /// Unchanged views of a peer, on top of the stall timeout, before its sync exchange is reset.
 const STALLED_VIEWS: u32 = 3;
 
@@ -1042,13 +1052,7 @@ impl Node {
     /// `peer` holds every pending local write.
     fn pending_held_by(&mut self, now: Time, peer: PeerId) {
         for (write, w) in &mut self.pending {
-            if w.holders.insert(peer) {
-                self.events.push_back(Event::Replicated {
-                    write: *write,
-                    peer,
-                    after: now.saturating_since(w.at),
-                });
-            }
+            w.held_by(*write, peer, now, &mut self.events);
         }
     }
 
@@ -1098,13 +1102,9 @@ impl Node {
             if !held {
                 continue;
             }
-            let Some(w) = self.pending.get_mut(&write) else {
-                continue;
-            };
-            w.holders.insert(peer);
-            let after = now.saturating_since(w.at);
-            self.events
-                .push_back(Event::Replicated { write, peer, after });
+            if let Some(w) = self.pending.get_mut(&write) {
+                w.held_by(write, peer, now, &mut self.events);
+            }
         }
     }
 

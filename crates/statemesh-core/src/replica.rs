@@ -578,18 +578,17 @@ impl Replica {
                 by,
             });
         }
-        for flat in counters {
-            let Some((name, writer, scope)) = split_counter_key(&flat) else {
+        // A writer's durable and presence-scoped entries of one counter are one change.
+        let mut counted: HashSet<(&str, Option<PeerId>)> = HashSet::new();
+        for flat in &counters {
+            let Some((name, writer, scope)) = split_counter_key(flat) else {
                 continue;
             };
             let by: Option<PeerId> = writer.parse().ok();
             if let (Some(w), "p") = (by, scope) {
                 self.presence.add_counter(name, w);
             }
-            if !out
-                .iter()
-                .any(|e| e.kind == EntryKind::Counter && e.key == name && e.by == by)
-            {
+            if counted.insert((name, by)) {
                 out.push(EntryChange {
                     kind: EntryKind::Counter,
                     channel: String::new(),
