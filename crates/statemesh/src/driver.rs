@@ -261,12 +261,13 @@ impl Run {
             // Under a stream of frames (a large sync exchange) the select below keeps choosing
             // them over the timer: a tick that is due runs first, so heartbeats go out and
             // failure detection runs on time however busy the links are.
-            if Instant::now() >= self.deadline() {
+            let mut deadline = self.deadline();
+            if Instant::now() >= deadline {
                 let now = self.shared.now();
                 self.shared.node().handle_tick(now);
                 self.flush();
+                deadline = self.deadline();
             }
-            let deadline = self.deadline();
             let redial = self
                 .targets
                 .values()
