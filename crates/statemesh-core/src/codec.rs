@@ -1,6 +1,6 @@
 //! The wire codec: length-prefixed frames carrying versioned messages.
 //!
-//! # Format (protocol version 1)
+//! # Format (protocol version 2)
 //!
 //! A frame is a 4-byte big-endian payload length `n` followed by `n` bytes of payload. `n` may
 //! not exceed the configured maximum (16 MiB by default); the length is checked before anything
@@ -25,7 +25,7 @@ use crate::value::Token;
 use crate::{Incarnation, MeshTag, PeerId};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Length of the frame header.
 pub const HEADER_LEN: usize = 4;
@@ -35,6 +35,9 @@ pub const MAX_VIEW_ENTRIES: usize = 4096;
 
 /// The most records one leader-records message may carry.
 pub const MAX_LEADER_RECORDS: usize = 65_536;
+
+/// The most addresses one [`Message::Peers`] may carry.
+pub const MAX_PEER_ADDRESSES: usize = 256;
 
 /// One message between two peers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,6 +52,17 @@ pub enum Message {
     Sync(#[serde(with = "serde_bytes_compat")] Vec<u8>),
     /// Leader records (written under a term, not stored in the document).
     Leader(Vec<LeaderRecord>),
+    /// Peer exchange: where the sender's other peers can be reached (protocol version 2).
+    Peers(Vec<PeerAddress>),
+}
+
+/// Where a peer can be reached: the address of the sender's link to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAddress {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its QUIC address, as the sender reaches it.
+    pub addr: std::net::SocketAddr,
 }
 
 /// The first message on a link.
@@ -178,6 +192,12 @@ pub fn decode_message(payload: &[u8]) -> Result<Message, DecodeError> {
 fn validate(message: &Message) -> Result<(), DecodeError> {
     match message {
         Message::Hello(_) | Message::Leave(_) | Message::Sync(_) => Ok(()),
+        Message::Peers(peers) => {
+            if peers.len() > MAX_PEER_ADDRESSES {
+                return Err(DecodeError::Invalid("too many peer addresses"));
+            }
+            Ok(())
+        }
         Message::View(v) => {
             if v.beats.is_empty() {
                 return Err(DecodeError::Invalid(
@@ -352,6 +372,15 @@ mod tests {
                 number: n
             })),
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(Message::Sync),
+            proptest::collection::vec((any::<u8>(), any::<[u8; 4]>(), any::<u16>()), 0..8)
+                .prop_map(|v| Message::Peers(
+                    v.into_iter()
+                        .map(|(p, ip, port)| PeerAddress {
+                            peer: peer(p),
+                            addr: std::net::SocketAddr::from((ip, port)),
+                        })
+                        .collect()
+                )),
             (
                 "[a-z]{1,8}",
                 "[a-z:0-9]{1,8}",

@@ -1389,6 +1389,7 @@ fn kind(m: &Message) -> &'static str {
         Message::Leave(_) => "leave",
         Message::Sync(_) => "sync",
         Message::Leader(_) => "leader",
+        Message::Peers(_) => "peers",
     }
 }
 

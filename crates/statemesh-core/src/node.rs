@@ -88,6 +88,15 @@ pub enum Event {
         /// The write.
         write: WriteId,
     },
+    /// Peer exchange: linked peer `from` says where its other peers can be reached (see
+    /// [`Node::share_peers`]). Discovery's business, not the node's: the runtime decides
+    /// whether to dial them.
+    PeerAddresses {
+        /// The peer that shared them.
+        from: PeerId,
+        /// The addresses, as `from` reaches them.
+        peers: Vec<codec::PeerAddress>,
+    },
 }
 
 /// A frame to send to a peer.
@@ -548,6 +557,9 @@ impl Node {
             Message::Sync(bytes) => self
                 .on_sync(now, from, &bytes)
                 .inspect_err(|_| self.stats.decode_errors += 1)?,
+            Message::Peers(peers) => {
+                self.events.push_back(Event::PeerAddresses { from, peers });
+            }
             Message::Leader(records) => {
                 for r in records {
                     let change = EntryChange {
@@ -565,6 +577,17 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Peer exchange: tells linked peer `to` where `peers` can be reached. Frames beyond
+    /// [`codec::MAX_PEER_ADDRESSES`] addresses are split.
+    pub fn share_peers(&mut self, to: PeerId, peers: &[codec::PeerAddress]) {
+        if !self.links.contains_key(&to) {
+            return;
+        }
+        for chunk in peers.chunks(codec::MAX_PEER_ADDRESSES) {
+            self.send(to, &Message::Peers(chunk.to_vec()));
+        }
     }
 
     /// Announces a graceful leave to every linked peer and stops leading. The node should be

@@ -565,7 +565,7 @@ impl Sim {
                 return;
             }
             // Data events are many and checked through the nodes' state instead.
-            Event::Changed(_) | Event::Durable { .. } => return,
+            Event::Changed(_) | Event::Durable { .. } | Event::PeerAddresses { .. } => return,
             _ => {}
         }
         self.log.push(Observed {

@@ -27,6 +27,75 @@ use tokio::sync::mpsc;
 use crate::local::{LocalError, LocalEvent, LocalPresence};
 use crate::secret::Secret;
 
+/// Why an address offered by discovery (or shared by a peer) is never dialled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unroutable {
+    /// `0.0.0.0`, `::` or port 0.
+    #[error("unspecified address or port")]
+    Unspecified,
+    /// A multicast group.
+    #[error("multicast address")]
+    Multicast,
+    /// The limited broadcast address or a broadcast address of one of this machine's subnets.
+    #[error("broadcast address")]
+    Broadcast,
+    /// `0.0.0.0/8` or `240.0.0.0/4`: reserved, never a host.
+    #[error("reserved address")]
+    Reserved,
+}
+
+/// Checks that `addr` can name one peer: not unspecified, multicast, broadcast (the limited
+/// broadcast address, or the broadcast address of a subnet of this machine's interfaces) or
+/// reserved. Discovery refuses such addresses before they reach the dialler: a record naming a
+/// subnet's broadcast address would otherwise make every window send its QUIC Initials to the
+/// whole subnet.
+pub fn check_dialable(addr: SocketAddr) -> Result<(), Unroutable> {
+    if addr.port() == 0 || addr.ip().is_unspecified() {
+        return Err(Unroutable::Unspecified);
+    }
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            if ip.is_multicast() {
+                return Err(Unroutable::Multicast);
+            }
+            if ip.is_broadcast() {
+                return Err(Unroutable::Broadcast);
+            }
+            if ip.octets()[0] == 0 || ip.octets()[0] >= 240 {
+                return Err(Unroutable::Reserved);
+            }
+            if is_subnet_broadcast(ip) {
+                return Err(Unroutable::Broadcast);
+            }
+        }
+        IpAddr::V6(ip) => {
+            if ip.is_multicast() {
+                return Err(Unroutable::Multicast);
+            }
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return check_dialable(SocketAddr::new(IpAddr::V4(v4), addr.port()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `ip` is the broadcast address of a subnet of one of this machine's interfaces
+/// (point-to-point /31 and /32 subnets have none).
+fn is_subnet_broadcast(ip: Ipv4Addr) -> bool {
+    let Ok(interfaces) = if_addrs::get_if_addrs() else {
+        return false;
+    };
+    interfaces.iter().any(|i| match &i.addr {
+        if_addrs::IfAddr::V4(v4) if v4.prefixlen < 31 => {
+            let mask = u32::from(v4.netmask);
+            (u32::from(v4.ip) & mask) | !mask == u32::from(ip)
+        }
+        _ => false,
+    })
+}
+
 /// What a discovery reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Discovered {
@@ -63,6 +132,16 @@ pub struct Announce {
     pub secret: Secret,
 }
 
+/// What a running discovery can tell about itself, for diagnostics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiscoveryReport {
+    /// Other peers of this mesh it has found so far (each counted once).
+    pub peers_found: u64,
+    /// Announcements it refused (another mesh's, malformed, or naming unroutable addresses).
+    pub refused: u64,
+}
+
 impl Announce {
     /// The QUIC address as seen from this machine: an unspecified address becomes loopback.
     pub fn quic_on_this_machine(&self) -> SocketAddr {
@@ -94,12 +173,38 @@ pub trait Running: Send + fmt::Debug {
     fn auth_failures(&self) -> u64 {
         0
     }
+
+    /// What it has found so far, for discoveries that can tell (mDNS); `None` otherwise.
+    fn report(&self) -> Option<DiscoveryReport> {
+        None
+    }
+}
+
+/// How far a discovery's reports can be trusted, which decides how the runtime dials them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Provenance {
+    /// Its peers proved the mesh secret before being reported (local sockets) or live in this
+    /// process (the in-memory registry): dialled at once.
+    Proven,
+    /// Anyone may announce anything (mDNS): in LAN mode every address is probed from a socket
+    /// that carries no link before a link is dialled, within bounds, and forgotten if it never
+    /// answers.
+    Unproven,
+    /// Addresses the user gave: dialled by either side whatever the ids, for ever (probed first
+    /// in LAN mode).
+    Static,
 }
 
 /// A way to find peers.
 pub trait Discovery: Send + fmt::Debug {
     /// A short name for logs.
     fn name(&self) -> &'static str;
+
+    /// How far its reports are trusted ([`Provenance::Unproven`] unless it knows better).
+    fn provenance(&self) -> Provenance {
+        Provenance::Unproven
+    }
 
     /// Whether this discovery reports [`Discovered::Settled`]. A mesh whose discoveries all
     /// settle may lead as soon as they have; otherwise it waits its join grace first.
@@ -156,6 +261,11 @@ impl Running for LocalRunning {
 impl Discovery for LocalDiscovery {
     fn name(&self) -> &'static str {
         "local"
+    }
+
+    /// A local peer proves the mesh secret on its socket before it is reported.
+    fn provenance(&self) -> Provenance {
+        Provenance::Proven
     }
 
     fn settles(&self) -> bool {
@@ -222,6 +332,10 @@ impl Discovery for StaticPeers {
         "static"
     }
 
+    fn provenance(&self) -> Provenance {
+        Provenance::Static
+    }
+
     /// Static peers may be down: a window does not wait for them, but it does wait its join
     /// grace, so that a lower peer that answers quickly is not overtaken.
     fn settles(&self) -> bool {
@@ -234,6 +348,10 @@ impl Discovery for StaticPeers {
         events: mpsc::UnboundedSender<Discovered>,
     ) -> Result<Box<dyn Running>, DiscoveryError> {
         for addr in self.addrs {
+            if let Err(why) = check_dialable(addr) {
+                tracing::warn!(%addr, %why, "static peer ignored");
+                continue;
+            }
             let _ = events.send(Discovered::Found { peer: None, addr });
         }
         Ok(Box::new(Nothing))
@@ -307,6 +425,10 @@ impl Discovery for MemoryDiscovery {
         "memory"
     }
 
+    fn provenance(&self) -> Provenance {
+        Provenance::Proven
+    }
+
     fn settles(&self) -> bool {
         true
     }
@@ -340,5 +462,49 @@ impl Discovery for MemoryDiscovery {
             registry: self.registry,
             me: me.me,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(s: &str) -> Result<(), Unroutable> {
+        check_dialable(s.parse().expect("an address"))
+    }
+
+    #[test]
+    fn refuses_addresses_that_name_no_single_host() {
+        assert_eq!(check("0.0.0.0:4000"), Err(Unroutable::Unspecified));
+        assert_eq!(check("10.0.0.1:0"), Err(Unroutable::Unspecified));
+        assert_eq!(check("[::]:4000"), Err(Unroutable::Unspecified));
+        assert_eq!(check("224.0.0.251:5353"), Err(Unroutable::Multicast));
+        assert_eq!(check("[ff02::fb]:5353"), Err(Unroutable::Multicast));
+        assert_eq!(check("255.255.255.255:4000"), Err(Unroutable::Broadcast));
+        assert_eq!(check("[::ffff:255.255.255.255]:4000"), Err(Unroutable::Broadcast));
+        assert_eq!(check("0.1.2.3:4000"), Err(Unroutable::Reserved));
+        assert_eq!(check("240.0.0.1:4000"), Err(Unroutable::Reserved));
+        assert_eq!(check("127.0.0.1:4000"), Ok(()));
+        assert_eq!(check("192.0.2.7:4000"), Ok(()));
+    }
+
+    #[test]
+    fn refuses_the_broadcast_address_of_this_machines_subnets() {
+        let interfaces = if_addrs::get_if_addrs().expect("interfaces");
+        let mut checked = 0;
+        for i in interfaces {
+            if let if_addrs::IfAddr::V4(v4) = i.addr
+                && v4.prefixlen < 31
+            {
+                let mask = u32::from(v4.netmask);
+                let broadcast = Ipv4Addr::from((u32::from(v4.ip) & mask) | !mask);
+                let addr = SocketAddr::from((broadcast, 4000));
+                assert_eq!(check_dialable(addr), Err(Unroutable::Broadcast), "{addr}");
+                assert_eq!(check_dialable(SocketAddr::from((v4.ip, 4000))), Ok(()));
+                checked += 1;
+            }
+        }
+        // Loopback (127.0.0.0/8) is on every machine.
+        assert!(checked > 0, "no IPv4 subnet found to check");
     }
 }

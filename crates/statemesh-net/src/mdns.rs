@@ -16,15 +16,19 @@
 //! not used (QUIC listens on IPv4 in LAN mode). Dropping the running discovery withdraws the
 //! record (an mDNS goodbye) and stops the daemon thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use statemesh_core::{MeshTag, PeerId};
 use tokio::sync::mpsc;
 
-use crate::discovery::{Announce, Discovered, Discovery, DiscoveryError, Running};
+use crate::discovery::{
+    Announce, Discovered, Discovery, DiscoveryError, DiscoveryReport, Running, check_dialable,
+};
 
 /// The DNS-SD service type.
 pub const SERVICE: &str = "_statemesh._udp.local.";
@@ -123,7 +127,21 @@ pub fn check_instance<'a>(
 struct MdnsRunning {
     daemon: ServiceDaemon,
     fullname: String,
+    counts: Arc<Counts>,
 }
+
+/// What the browsing thread has seen, for [`Running::report`].
+#[derive(Debug, Default)]
+struct Counts {
+    /// Peers of this mesh seen (each once).
+    peers: Mutex<BTreeSet<PeerId>>,
+    /// Instances or addresses refused.
+    refused: AtomicU64,
+}
+
+/// Most distinct peers remembered for the count in [`Running::report`] (a forger can announce
+/// any number; the count only needs to tell "none" from "some").
+const COUNTED_PEERS: usize = 4096;
 
 impl std::fmt::Debug for MdnsRunning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,7 +151,20 @@ impl std::fmt::Debug for MdnsRunning {
     }
 }
 
-impl Running for MdnsRunning {}
+impl Running for MdnsRunning {
+    fn report(&self) -> Option<DiscoveryReport> {
+        let peers = self
+            .counts
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len() as u64;
+        Some(DiscoveryReport {
+            peers_found: peers,
+            refused: self.counts.refused.load(Ordering::Relaxed),
+        })
+    }
+}
 
 impl Drop for MdnsRunning {
     fn drop(&mut self) {
@@ -187,9 +218,11 @@ impl Discovery for MdnsDiscovery {
         info.set_requires_probe(false);
         let fullname = info.get_fullname().to_owned();
         let daemon = ServiceDaemon::new().map_err(err)?;
+        let counts = Arc::new(Counts::default());
         let running = MdnsRunning {
             daemon: daemon.clone(),
             fullname,
+            counts: counts.clone(),
         };
         daemon
             .disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6, IfKind::IPv6])
@@ -214,19 +247,46 @@ impl Discovery for MdnsDiscovery {
                                 Ok(inst) if inst.peer == myself => {}
                                 Ok(inst) => {
                                     names.insert(svc.get_fullname().to_owned(), inst.peer);
+                                    let mut any = false;
                                     for ip in svc.get_addresses_v4() {
                                         let addr = SocketAddr::from((ip, inst.port));
+                                        // Peers of this machine are found through local
+                                        // sockets; a record naming loopback, a broadcast or
+                                        // multicast address names no peer to dial.
+                                        let refused = if ip.is_loopback() {
+                                            Some("loopback address".to_owned())
+                                        } else {
+                                            check_dialable(addr).err().map(|e| e.to_string())
+                                        };
+                                        if let Some(why) = refused {
+                                            counts.refused.fetch_add(1, Ordering::Relaxed);
+                                            tracing::debug!(%addr, %why, "mDNS address ignored");
+                                            continue;
+                                        }
+                                        any = true;
                                         let _ = events.send(Discovered::Found {
                                             peer: Some(inst.peer),
                                             addr,
                                         });
                                     }
+                                    if any {
+                                        let mut peers = counts
+                                            .peers
+                                            .lock()
+                                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                                        if peers.len() < COUNTED_PEERS {
+                                            peers.insert(inst.peer);
+                                        }
+                                    }
                                 }
-                                Err(why) => tracing::debug!(
-                                    instance = svc.get_fullname(),
-                                    %why,
-                                    "mDNS instance ignored"
-                                ),
+                                Err(why) => {
+                                    counts.refused.fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!(
+                                        instance = svc.get_fullname(),
+                                        %why,
+                                        "mDNS instance ignored"
+                                    )
+                                }
                             }
                         }
                         ServiceEvent::ServiceRemoved(_, fullname) => {

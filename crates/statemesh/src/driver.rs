@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
-use statemesh_core::codec::{self, FrameDecoder, Hello, Message};
-use statemesh_core::{Event, LinkDown, PeerId, Persist, WriteId};
+use statemesh_core::codec::{self, FrameDecoder, Hello, Message, PeerAddress};
+use statemesh_core::{DeathCause, Event, LinkDown, PeerId, Persist, WriteId};
 use statemesh_net::auth::Role;
-use statemesh_net::discovery::{Announce, Discovered, Running};
+use statemesh_net::discovery::{Announce, Discovered, Running, check_dialable};
 use statemesh_net::quic::{self, Endpoint, Link, LinkError};
 use statemesh_net::secret::Secret;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::dialer::{Dial, Dialer, Via};
 use crate::mesh::{LeadershipInfo, MeshBuilder, MeshError, Shared};
 use crate::store::{Store, StoreError, Writer};
 
@@ -80,8 +80,10 @@ enum LinkEvent {
         hello: Hello,
         buffered: Vec<u8>,
     },
-    /// Setting up a link to `addr` failed.
+    /// Setting up a link to `addr`, or probing it, failed.
     DialFailed { addr: SocketAddr },
+    /// A probe found `peer` at `addr`, proving the mesh secret.
+    Probed { addr: SocketAddr, peer: PeerId },
     /// A connection failed to prove the mesh secret.
     AuthFailed,
     /// The store wrote everything up to a sequence number, or failed.
@@ -105,36 +107,19 @@ struct LinkState {
     connection: quinn::Connection,
     dialer: PeerId,
     tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// The peer's address on this link: where it listens (links are dialled from, and
+    /// accepted on, each peer's one main endpoint).
+    remote: SocketAddr,
+    /// Whether the peer may lead (queries and observers may not; their addresses are neither
+    /// shared nor remembered).
+    eligible: bool,
+    /// The incarnation that said hello.
+    incarnation: statemesh_core::Incarnation,
 }
 
-/// A known address to keep a link to, with its reconnect backoff.
-struct Target {
-    peer: Option<PeerId>,
-    /// The discoveries that reported it; it is forgotten when they all withdraw it.
-    found_by: BTreeSet<usize>,
-    /// Reported as an address alone (a static peer): the other side may not know this one's
-    /// address, so this side dials whatever the ids.
-    by_address: bool,
-    backoff: Duration,
-    next: tokio::time::Instant,
-    dialing: bool,
-}
-
-impl Target {
-    fn new(peer: Option<PeerId>, found_by: usize) -> Self {
-        Self {
-            peer,
-            found_by: BTreeSet::from([found_by]),
-            by_address: peer.is_none(),
-            backoff: BACKOFF_MIN,
-            next: tokio::time::Instant::now(),
-            dialing: false,
-        }
-    }
-}
-
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// After this long in LAN mode without a peer found by mDNS, a window says so (see
+/// [`Run::check_discovery`]).
+pub(crate) const ALONE_WARNING: Duration = Duration::from_secs(10);
 
 pub(crate) async fn start(
     builder: MeshBuilder,
@@ -161,12 +146,20 @@ pub(crate) async fn start(
     let mut running = Vec::new();
     let mut unsettled = BTreeSet::new();
     let mut all_settle = true;
+    let lan = builder.lan;
+    let seed = rand::random::<u64>();
+    let mut dialer = Dialer::new(shared.me, lan, Instant::now(), seed);
+    let mut mdns = Vec::new();
     for (index, discovery) in builder.discoveries().into_iter().enumerate() {
         let name = discovery.name();
         if discovery.settles() {
             unsettled.insert(index);
         } else {
             all_settle = false;
+        }
+        dialer.add_discovery(discovery.provenance());
+        if name == "mdns" {
+            mdns.push(index);
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
         running.push(discovery.start(&announce, tx)?);
@@ -180,6 +173,8 @@ pub(crate) async fn start(
         });
         tracing::debug!(discovery = name, "discovery started");
     }
+    // In LAN mode first contacts leave from a socket of their own (see `Endpoint::prober`).
+    let prober = if lan { Some(endpoint.prober()?) } else { None };
     if running.is_empty() {
         // Nothing to wait for.
         shared.node().handle_settled(shared.now());
@@ -204,7 +199,12 @@ pub(crate) async fn start(
         endpoint,
         writer,
         links: BTreeMap::new(),
-        targets: BTreeMap::new(),
+        dialer,
+        prober,
+        lan,
+        mdns,
+        started: Instant::now(),
+        alone_warned: false,
         tasks: JoinSet::new(),
         writers: JoinSet::new(),
         events,
@@ -229,7 +229,16 @@ struct Run {
     endpoint: Endpoint,
     writer: Option<Writer>,
     links: BTreeMap<PeerId, LinkState>,
-    targets: BTreeMap<SocketAddr, Target>,
+    /// Which addresses to dial, when, and from which endpoint.
+    dialer: Dialer,
+    /// The dial-only endpoint of probes (LAN mode).
+    prober: Option<Endpoint>,
+    /// LAN mode: peer exchange on, the "no peer found by mDNS" diagnostic armed.
+    lan: bool,
+    /// Indices of the mDNS discoveries among `running`.
+    mdns: Vec<usize>,
+    started: Instant,
+    alone_warned: bool,
     tasks: JoinSet<()>,
     /// The tasks writing to each link: a graceful leave waits for them to drain.
     writers: JoinSet<()>,
@@ -263,28 +272,25 @@ impl Run {
             // failure detection runs on time however busy the links are.
             let mut deadline = self.deadline();
             if Instant::now() >= deadline {
-                let now = self.shared.now();
-                self.shared.node().handle_tick(now);
+                self.tick();
                 self.flush();
                 deadline = self.deadline();
             }
             let redial = self
-                .targets
-                .values()
-                .filter(|t| self.should_dial(t))
-                .map(|t| t.next)
-                .min();
+                .dialer
+                .next_wake(Instant::now())
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
                 _ = &mut stop => break true,
                 Some(ev) = views_rx.recv() => self.on_link_event(ev),
                 Some(ev) = events_rx.recv() => self.on_link_event(ev),
-                Some((index, ev)) = found_rx.recv() => self.on_discovered(index, ev),
-                () = self.shared.wake.notified() => {}
-                () = tokio::time::sleep_until(deadline.into()) => {
-                    let now = self.shared.now();
-                    self.shared.node().handle_tick(now);
+                Some((index, ev)) = found_rx.recv() => {
+                    self.on_discovered(index, ev);
+                    self.dial_due();
                 }
+                () = self.shared.wake.notified() => {}
+                () = tokio::time::sleep_until(deadline.into()) => self.tick(),
                 () = async {
                     match redial {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -306,6 +312,12 @@ impl Run {
         self.shared
             .leadership
             .send_modify(|l| *l = LeadershipInfo::default());
+    }
+
+    fn tick(&mut self) {
+        let now = self.shared.now();
+        self.shared.node().handle_tick(now);
+        self.check_discovery();
     }
 
     /// When the node next needs a tick.
@@ -353,19 +365,7 @@ impl Run {
         let now = self.shared.now();
         match ev {
             Discovered::Found { peer, addr } => {
-                let target = self
-                    .targets
-                    .entry(addr)
-                    .or_insert_with(|| Target::new(peer, index));
-                target.found_by.insert(index);
-                if peer.is_some() {
-                    target.peer = peer;
-                } else {
-                    target.by_address = true;
-                }
-                if self.should_dial_now(addr) {
-                    self.dial(addr);
-                }
+                self.dialer.found(Instant::now(), index, peer, addr);
                 if let (Some(s), Some(p)) = (self.settling.as_mut(), peer)
                     && !self.links.contains_key(&p)
                 {
@@ -380,15 +380,10 @@ impl Run {
                     if let Some(link) = self.links.remove(&peer) {
                         link.connection
                             .close(quinn::VarInt::from_u32(quic::CLOSE_PROTOCOL), b"peer gone");
+                        self.dialer.unlinked(Instant::now(), peer);
                     }
                 }
-                // Forget the addresses that only this discovery knew for the peer.
-                self.targets.retain(|_, t| {
-                    if t.peer == Some(peer) {
-                        t.found_by.remove(&index);
-                    }
-                    !t.found_by.is_empty()
-                });
+                self.dialer.gone(index, peer);
                 if let Some(s) = self.settling.as_mut() {
                     s.remove(&peer);
                 }
@@ -399,9 +394,8 @@ impl Run {
                     if unsettled.is_empty() {
                         self.unsettled = None;
                         let pending: BTreeSet<PeerId> = self
-                            .targets
-                            .values()
-                            .filter_map(|t| t.peer)
+                            .dialer
+                            .known_peers()
                             .filter(|p| !self.links.contains_key(p))
                             .collect();
                         self.settling = Some(pending);
@@ -420,49 +414,35 @@ impl Run {
         }
     }
 
-    /// Whether this side should (re)dial a target: not already dialling, no link to its peer,
-    /// and this side has the lower id (so that both sides rarely dial at once) unless the
-    /// target is a static address. Should both dial, the duplicate tie-break keeps one link.
-    fn should_dial(&self, t: &Target) -> bool {
-        !t.dialing
-            && !t.peer.is_some_and(|p| self.links.contains_key(&p))
-            && (t.by_address || t.peer.is_none_or(|p| self.shared.me < p))
-    }
-
-    /// Whether to dial `addr` right away: it is due, and no other address of the same peer is
-    /// being dialled (a peer found both locally and by mDNS is dialled once).
-    fn should_dial_now(&self, addr: SocketAddr) -> bool {
-        let Some(t) = self.targets.get(&addr) else {
-            return false;
-        };
-        self.should_dial(t)
-            && t.next <= tokio::time::Instant::now()
-            && !t.peer.is_some_and(|p| {
-                self.targets
-                    .values()
-                    .any(|o| o.dialing && o.peer == Some(p))
-            })
-    }
-
+    /// Starts the dials the dialler says are due.
     fn dial_due(&mut self) {
-        let addrs: Vec<SocketAddr> = self.targets.keys().copied().collect();
-        for addr in addrs {
-            if self.should_dial_now(addr) {
-                self.dial(addr);
-            }
+        for d in self.dialer.poll(Instant::now()) {
+            self.dial(d);
         }
     }
 
-    fn dial(&mut self, addr: SocketAddr) {
-        let Some(target) = self.targets.get_mut(&addr) else {
-            return;
+    fn dial(&mut self, Dial { addr, via }: Dial) {
+        let events = self.events.clone();
+        let endpoint = match (via, &self.prober) {
+            (Via::Probe, Some(prober)) => prober.clone(),
+            _ => self.endpoint.clone(),
         };
-        if target.dialing {
+        if via == Via::Probe {
+            self.tasks.spawn(async move {
+                let ev = match endpoint.probe(addr).await {
+                    Ok(peer) => LinkEvent::Probed { addr, peer },
+                    Err(e) => {
+                        tracing::trace!(%addr, error = %e, "probe failed");
+                        if matches!(e, LinkError::AuthFailed { .. }) {
+                            let _ = events.send(LinkEvent::AuthFailed);
+                        }
+                        LinkEvent::DialFailed { addr }
+                    }
+                };
+                let _ = events.send(ev);
+            });
             return;
         }
-        target.dialing = true;
-        let endpoint = self.endpoint.clone();
-        let events = self.events.clone();
         let hello = self.shared.node().hello();
         let max_frame = self.shared.node().config().max_frame;
         self.tasks.spawn(async move {
@@ -479,21 +459,126 @@ impl Run {
         });
     }
 
-    fn retry_later(&mut self, addr: SocketAddr) {
-        if let Some(t) = self.targets.get_mut(&addr) {
-            t.dialing = false;
-            let jitter = rand::rng().random_range(0.5..1.5);
-            t.next = tokio::time::Instant::now() + t.backoff.mul_f64(jitter);
-            t.backoff = (t.backoff * 2).min(BACKOFF_MAX);
+    /// Peer exchange (LAN mode): tells the new link's peer where this window's other peers
+    /// are, and the others where the new one is. Only eligible peers are shared: queries and
+    /// observers dial the mesh themselves and do not come back at their address.
+    fn share_addresses(&mut self, new: PeerId) {
+        let Some(link) = self.links.get(&new) else {
+            return;
+        };
+        if !self.lan || !link.eligible {
+            return;
         }
+        let theirs = PeerAddress {
+            peer: new,
+            addr: link.remote,
+        };
+        let others: Vec<(PeerId, PeerAddress)> = self
+            .links
+            .iter()
+            .filter(|(p, l)| **p != new && l.eligible)
+            .map(|(p, l)| {
+                (
+                    *p,
+                    PeerAddress {
+                        peer: *p,
+                        addr: l.remote,
+                    },
+                )
+            })
+            .collect();
+        let mut node = self.shared.node();
+        if !others.is_empty() {
+            let list: Vec<PeerAddress> = others.iter().map(|(_, a)| *a).collect();
+            node.share_peers(new, &list);
+        }
+        for (p, _) in others {
+            node.share_peers(p, &[theirs]);
+        }
+    }
+
+    /// Peer exchange (LAN mode): `from` says where `peers` are. A loopback address is where
+    /// `from` reaches a peer of its own machine: from here, that machine is `from`'s address.
+    fn on_peer_addresses(&mut self, from: PeerId, peers: Vec<PeerAddress>) {
+        let Some(sharer) = self.links.get(&from).map(|l| l.remote) else {
+            return;
+        };
+        if !self.lan {
+            return;
+        }
+        let now = Instant::now();
+        for PeerAddress { peer, mut addr } in peers {
+            if peer == self.shared.me {
+                continue;
+            }
+            if addr.ip().is_loopback() {
+                if sharer.ip().is_loopback() {
+                    // Both on this machine: local sockets find it.
+                    continue;
+                }
+                addr.set_ip(sharer.ip());
+            }
+            if let Err(why) = check_dialable(addr) {
+                tracing::debug!(%addr, %why, "shared address ignored");
+                continue;
+            }
+            self.dialer.learned(now, peer, addr);
+        }
+    }
+
+    /// The "no peer found by mDNS" diagnostic (LAN mode): after [`ALONE_WARNING`], says once at
+    /// warning level what is likely wrong and what to do, and keeps it in the metrics.
+    fn check_discovery(&mut self) {
+        if self.mdns.is_empty() {
+            return;
+        }
+        let found: u64 = self
+            .mdns
+            .iter()
+            .filter_map(|i| self.running.get(*i))
+            .filter_map(|r| r.report())
+            .map(|r| r.peers_found)
+            .sum();
+        let warning = (found == 0 && self.started.elapsed() >= ALONE_WARNING).then(|| {
+            let linked = if self.links.is_empty() {
+                "and no link: this window is alone, and leads alone"
+            } else {
+                "(links to peers found otherwise are up)"
+            };
+            format!(
+                "LAN mode found no peer by mDNS in {} s {linked}. If other machines run this \
+                 mesh, multicast is likely blocked between them (a firewall dropping UDP port \
+                 5353, a network that filters multicast, or peers on another subnet); give the \
+                 address of one peer with --peer host:port (a fixed --listen port on each), and \
+                 the windows share the rest",
+                self.started.elapsed().as_secs()
+            )
+        });
+        if let Some(w) = &warning
+            && !self.alone_warned
+        {
+            self.alone_warned = true;
+            tracing::warn!("{w}");
+        }
+        let mut counts = self.shared.counts();
+        counts.mdns_peers_found = Some(found);
+        counts.discovery_warning = warning;
     }
 
     fn on_link_event(&mut self, ev: LinkEvent) {
         let now = self.shared.now();
         match ev {
             LinkEvent::DialFailed { addr } => {
-                self.shared.counts().dial_failures += 1;
-                self.retry_later(addr);
+                let probe = self.dialer.counts().probe_failures;
+                self.dialer.failed(Instant::now(), addr);
+                if self.dialer.counts().probe_failures == probe {
+                    self.shared.counts().dial_failures += 1;
+                }
+                self.dial_due();
+            }
+            LinkEvent::Probed { addr, peer } => {
+                self.dialer.probed(Instant::now(), addr, peer);
+                self.dial_due();
             }
             LinkEvent::AuthFailed => self.shared.counts().auth_failures_quic += 1,
             LinkEvent::Persisted(Ok(seq)) => {
@@ -510,12 +595,11 @@ impl Run {
             } => {
                 let peer = link.peer;
                 let remote = link.remote;
-                if let Some(t) = self.targets.get_mut(&remote) {
-                    t.dialing = false;
-                    t.backoff = BACKOFF_MIN;
-                    t.peer = Some(peer);
-                }
+                let dialled = link.role == Role::Client;
                 if hello.incarnation.peer != peer {
+                    if dialled {
+                        self.dialer.failed(Instant::now(), remote);
+                    }
                     tracing::warn!(target: quic::AUDIT_TARGET, %remote, "hello names another peer than the one authenticated");
                     link.connection.close(
                         quinn::VarInt::from_u32(quic::CLOSE_PROTOCOL),
@@ -529,8 +613,17 @@ impl Run {
                         quinn::VarInt::from_u32(quic::CLOSE_PROTOCOL),
                         b"hello refused",
                     );
+                    if dialled {
+                        self.dialer.failed(Instant::now(), remote);
+                    }
                     return;
                 }
+                // A window in LAN mode remembers where its eligible peers listen, and redials
+                // there should they go away (see the dialler's rules for learned addresses).
+                if self.lan && hello.eligible && !remote.ip().is_loopback() {
+                    self.dialer.learned(Instant::now(), peer, remote);
+                }
+                self.dialer.linked(peer, remote);
                 let dialer = match link.role {
                     Role::Client => self.shared.me,
                     Role::Server => peer,
@@ -568,9 +661,13 @@ impl Run {
                         connection,
                         dialer,
                         tx,
+                        remote,
+                        eligible: hello.eligible,
+                        incarnation: hello.incarnation,
                     },
                 );
                 self.shared.node().handle_link_up(now, &hello);
+                self.share_addresses(peer);
                 self.tasks.spawn(read_loop(
                     recv,
                     buffered,
@@ -627,14 +724,29 @@ impl Run {
             .node()
             .handle_link_down(now, peer, LinkDown::Hint);
         // Keep trying while the peer is known at some address.
-        let addrs: Vec<SocketAddr> = self
-            .targets
-            .iter()
-            .filter(|(_, t)| t.peer == Some(peer))
-            .map(|(a, _)| *a)
-            .collect();
-        for addr in addrs {
-            self.retry_later(addr);
+        self.dialer.unlinked(Instant::now(), peer);
+        self.dial_due();
+    }
+
+    /// A peer's incarnation was judged dead. A link still open to it is closed at once when
+    /// the death is certain (it left, or its local socket closed); a peer that may lead keeps
+    /// its learned addresses (it may come back there), a query or observer is forgotten.
+    fn on_peer_down(&mut self, incarnation: statemesh_core::Incarnation, cause: DeathCause) {
+        let peer = incarnation.peer;
+        let link = self
+            .links
+            .get(&peer)
+            .filter(|l| l.incarnation.number <= incarnation.number)
+            .map(|l| (l.conn, l.eligible));
+        if let Some((conn, eligible)) = link {
+            if !eligible {
+                self.dialer.forget_peer(peer);
+            }
+            if cause != DeathCause::Timeout {
+                self.close_link(peer, conn);
+                // What closing the link made the node say goes out on the next turn.
+                self.shared.wake.notify_one();
+            }
         }
     }
 
@@ -706,7 +818,9 @@ impl Run {
                 }
                 Event::PeerDown { incarnation, cause } => {
                     tracing::info!(peer = %incarnation, ?cause, "peer down");
+                    self.on_peer_down(incarnation, cause);
                 }
+                Event::PeerAddresses { from, peers } => self.on_peer_addresses(from, peers),
                 Event::PeerUp(inc) => tracing::debug!(peer = %inc, "peer up"),
                 Event::Leadership(l) => {
                     tracing::info!(leader = ?l.leader, term = ?l.term, "leadership")
@@ -718,8 +832,19 @@ impl Run {
             self.shared.acks_changed.notify_waiters();
         }
         {
+            let live = {
+                let node = self.shared.node();
+                self.links.keys().filter(|p| node.is_live(p)).count()
+            };
+            let dialer = self.dialer.counts();
+            let candidates = self.dialer.len();
             let mut counts = self.shared.counts();
-            counts.links = self.links.len();
+            // Links to peers judged dead are not counted while their connection winds down.
+            counts.links = live;
+            counts.probes = dialer.probes;
+            counts.probe_failures = dialer.probe_failures;
+            counts.candidates_forgotten = dialer.forgotten;
+            counts.dial_candidates = candidates;
             counts.auth_failures_discovery = self.running.iter().map(|r| r.auth_failures()).sum();
         }
         let me = self.shared.me;

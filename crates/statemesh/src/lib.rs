@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+mod dialer;
 mod driver;
 mod mesh;
 pub mod metrics;

@@ -29,8 +29,23 @@ pub struct Metrics {
     pub decode_errors: u64,
     /// Connections refused for failing authentication (QUIC or local socket).
     pub auth_failures: u64,
-    /// Dial attempts that failed.
+    /// Dial attempts that failed (probes not counted).
     pub dial_failures: u64,
+    /// Probes started: first contacts with unproven addresses, from a socket that carries no
+    /// link (LAN mode; see `docs/architecture.md`, *Dialling*).
+    pub probes: u64,
+    /// Probes that failed (nobody answered, or the answer did not prove the mesh secret).
+    pub probe_failures: u64,
+    /// Addresses the dialler knows now (from discovery, static peers and peer exchange).
+    pub dial_candidates: usize,
+    /// Addresses forgotten after failing (never-proven mDNS candidates, learned addresses that
+    /// stopped answering) or evicted beyond the candidate bound.
+    pub candidates_forgotten: u64,
+    /// Other peers of this mesh found by mDNS so far; `None` when mDNS is off.
+    pub mdns_peers_found: Option<u64>,
+    /// A problem with discovery that the user should know about (e.g. LAN mode found no peer
+    /// by mDNS), with its likely cause and remedy; also logged once as a warning.
+    pub discovery_warning: Option<String>,
     /// Links up now.
     pub links: usize,
     /// Failures to persist state (after one, writes are no longer reported durable).
@@ -100,6 +115,12 @@ pub(crate) struct DriverCounts {
     pub(crate) auth_failures_quic: u64,
     pub(crate) auth_failures_discovery: u64,
     pub(crate) dial_failures: u64,
+    pub(crate) probes: u64,
+    pub(crate) probe_failures: u64,
+    pub(crate) dial_candidates: usize,
+    pub(crate) candidates_forgotten: u64,
+    pub(crate) mdns_peers_found: Option<u64>,
+    pub(crate) discovery_warning: Option<String>,
     pub(crate) links: usize,
     pub(crate) persist_errors: u64,
     pub(crate) propagation: DelaySamples,

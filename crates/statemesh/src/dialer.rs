@@ -1,0 +1,640 @@
+//! Which addresses to dial, when, and from which socket: a pure unit (time and reports in, dial
+//! decisions out), so that every rule below is tested without a network.
+//!
+//! # The rules
+//!
+//! - **Who dials.** Of two peers that know each other's ids, the lower id dials (so both rarely
+//!   dial at once; should they, the driver's duplicate tie-break keeps one link). Addresses
+//!   known without an id, or whose holder may have changed — static peers and addresses
+//!   learned from links (see *Peer exchange* in `docs/architecture.md`) — are dialled by either
+//!   side. A peer is dialled at one address at a time, and not at all while linked.
+//! - **Trust.** Addresses from local sockets and the in-process registry come with a peer that
+//!   proved the mesh secret (or is this process's own): they are dialled at once, from the main
+//!   endpoint. Anything else (mDNS, static peers, learned addresses, custom discoveries) may
+//!   name a host that does not exist; with probing on (LAN mode) such an address is first
+//!   *probed* from a socket of its own ([`Via::Probe`]), and only an address where a peer just
+//!   proved the mesh secret is dialled from the main endpoint (for [`PROVEN_FOR`]). Loopback
+//!   addresses need no probe.
+//! - **Bounds on probes.** At most [`MAX_PROBES`] in flight and [`PROBE_RATE`] per second
+//!   (bursts of [`MAX_PROBES`]); addresses that proved themselves before come first, then
+//!   fresh candidates (newest report first), then retries (fewest failures first).
+//! - **Ageing.** An address offered only by an unproven discovery (mDNS) that never proved
+//!   itself is forgotten after [`UNPROVEN_FAILURES`] failed probes, until discovery reports it
+//!   again; at most [`MAX_UNPROVEN`] such addresses are kept (the worst are evicted). A learned
+//!   address is forgotten once it has not answered for [`LEARNED_RETRY`]. Static peers are
+//!   dialled for ever.
+//! - **Backoff.** After a failure an address waits [`BACKOFF_MIN`], doubling up to
+//!   [`BACKOFF_MAX`], times a jitter in 0.5..1.5; a never-proven mDNS address waits
+//!   [`UNPROVEN_BACKOFF`] before its second and last try.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use statemesh_core::PeerId;
+
+/// Most probes in flight at once.
+pub(crate) const MAX_PROBES: usize = 8;
+/// Most probes started per second (in bursts of at most [`MAX_PROBES`]).
+pub(crate) const PROBE_RATE: u32 = 20;
+/// How long a successful probe lets the main endpoint dial its address.
+pub(crate) const PROVEN_FOR: Duration = Duration::from_secs(2);
+/// Failed probes after which an address that only an unproven discovery offers is forgotten.
+pub(crate) const UNPROVEN_FAILURES: u32 = 2;
+/// Most never-proven addresses from unproven discoveries kept at once.
+pub(crate) const MAX_UNPROVEN: usize = 256;
+/// How long a learned address is redialled after it stopped answering.
+pub(crate) const LEARNED_RETRY: Duration = Duration::from_secs(60);
+/// First wait after a failed dial.
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between dials of one address.
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Wait before the second and last probe of a never-proven mDNS address.
+pub(crate) const UNPROVEN_BACKOFF: Duration = Duration::from_secs(1);
+
+pub(crate) use statemesh_net::discovery::Provenance as Trust;
+
+/// Who told the dialler about an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Source {
+    /// The discovery of this index.
+    Discovery(usize),
+    /// A link: the address of one of this window's links, or one a linked peer shared.
+    Learned,
+}
+
+/// Which endpoint a dial leaves from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Via {
+    /// The main endpoint, which carries the links: a link is dialled.
+    Main,
+    /// The probe endpoint: the address is only proven (see `statemesh_net::quic::Endpoint::prober`).
+    Probe,
+}
+
+/// A dial to carry out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Dial {
+    /// Where.
+    pub(crate) addr: SocketAddr,
+    /// From which endpoint.
+    pub(crate) via: Via,
+}
+
+/// Counters, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DialerCounts {
+    /// Probes started.
+    pub(crate) probes: u64,
+    /// Probes that failed.
+    pub(crate) probe_failures: u64,
+    /// Addresses forgotten by ageing or eviction.
+    pub(crate) forgotten: u64,
+}
+
+#[derive(Debug)]
+struct Target {
+    peer: Option<PeerId>,
+    sources: BTreeSet<Source>,
+    /// Reported by a static discovery: dialled for ever.
+    fixed: bool,
+    /// Reported by a discovery whose peers are proven.
+    trusted: bool,
+    /// Dialled by either side whatever the ids (static or learned).
+    by_address: bool,
+    failures: u32,
+    backoff: Duration,
+    next: Instant,
+    dialing: Option<Via>,
+    reported: Instant,
+    /// A probe proved this address until then.
+    proven_until: Option<Instant>,
+    /// Some peer proved the mesh secret here once.
+    ever_proven: bool,
+    /// Since when it has failed without a success in between.
+    failing_since: Option<Instant>,
+}
+
+impl Target {
+    fn new(now: Instant) -> Self {
+        Self {
+            peer: None,
+            sources: BTreeSet::new(),
+            fixed: false,
+            trusted: false,
+            by_address: false,
+            failures: 0,
+            backoff: BACKOFF_MIN,
+            next: now,
+            dialing: None,
+            reported: now,
+            proven_until: None,
+            ever_proven: false,
+            failing_since: None,
+        }
+    }
+
+    /// Known only from unproven discoveries, and never proven.
+    fn unproven(&self) -> bool {
+        !self.fixed && !self.trusted && !self.ever_proven && !self.sources.contains(&Source::Learned)
+    }
+}
+
+/// The dialler's state (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Dialer {
+    me: PeerId,
+    /// Probe addresses that need it before dialling them from the main endpoint (LAN mode).
+    probing: bool,
+    targets: BTreeMap<SocketAddr, Target>,
+    links: BTreeSet<PeerId>,
+    trust: Vec<Trust>,
+    tokens: f64,
+    refilled: Instant,
+    rng: ChaCha8Rng,
+    counts: DialerCounts,
+}
+
+impl Dialer {
+    /// A dialler for peer `me`; `probing` in LAN mode; `seed` for the backoff jitter.
+    pub(crate) fn new(me: PeerId, probing: bool, now: Instant, seed: u64) -> Self {
+        Self {
+            me,
+            probing,
+            targets: BTreeMap::new(),
+            links: BTreeSet::new(),
+            trust: Vec::new(),
+            tokens: MAX_PROBES as f64,
+            refilled: now,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            counts: DialerCounts::default(),
+        }
+    }
+
+    /// Declares discovery `index`'s trust (indices in order from 0).
+    pub(crate) fn add_discovery(&mut self, trust: Trust) -> usize {
+        self.trust.push(trust);
+        self.trust.len() - 1
+    }
+
+    /// Counters so far.
+    pub(crate) fn counts(&self) -> DialerCounts {
+        self.counts
+    }
+
+    /// Addresses known now.
+    pub(crate) fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Peers known at some address (for settling).
+    pub(crate) fn known_peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.targets.values().filter_map(|t| t.peer)
+    }
+
+    /// Discovery `index` found `peer` (or an unknown peer) at `addr`.
+    pub(crate) fn found(
+        &mut self,
+        now: Instant,
+        index: usize,
+        peer: Option<PeerId>,
+        addr: SocketAddr,
+    ) {
+        let trust = self.trust.get(index).copied().unwrap_or(Trust::Unproven);
+        let target = self.targets.entry(addr).or_insert_with(|| Target::new(now));
+        target.sources.insert(Source::Discovery(index));
+        target.reported = now;
+        match trust {
+            Trust::Proven => target.trusted = true,
+            Trust::Static => {
+                target.fixed = true;
+                target.by_address = true;
+            }
+            _ => {}
+        }
+        Self::set_peer(target, peer, now);
+        self.bound_unproven();
+    }
+
+    /// A linked peer shared (or a link showed) that `peer` can be reached at `addr`.
+    pub(crate) fn learned(&mut self, now: Instant, peer: PeerId, addr: SocketAddr) {
+        if peer == self.me {
+            return;
+        }
+        let target = self.targets.entry(addr).or_insert_with(|| Target::new(now));
+        target.sources.insert(Source::Learned);
+        target.by_address = true;
+        target.reported = now;
+        Self::set_peer(target, Some(peer), now);
+    }
+
+    /// Another peer answers at an address: dial it afresh.
+    fn set_peer(target: &mut Target, peer: Option<PeerId>, now: Instant) {
+        if let Some(p) = peer
+            && target.peer != Some(p)
+        {
+            if target.peer.is_some() {
+                target.failures = 0;
+                target.backoff = BACKOFF_MIN;
+                target.next = now;
+                target.failing_since = None;
+            }
+            target.peer = Some(p);
+        }
+    }
+
+    /// Discovery `index` withdrew `peer`: forget the addresses only it knew for the peer.
+    pub(crate) fn gone(&mut self, index: usize, peer: PeerId) {
+        self.targets.retain(|_, t| {
+            if t.peer == Some(peer) {
+                t.sources.remove(&Source::Discovery(index));
+            }
+            !t.sources.is_empty()
+        });
+    }
+
+    /// `peer` left or is certainly dead and will not come back at its addresses (it was not
+    /// eligible: a query or an observer): forget every address it was known at but static ones.
+    pub(crate) fn forget_peer(&mut self, peer: PeerId) {
+        self.targets.retain(|_, t| t.peer != Some(peer) || t.fixed);
+    }
+
+    /// A link to `peer` came up, at `remote`.
+    pub(crate) fn linked(&mut self, peer: PeerId, remote: SocketAddr) {
+        self.links.insert(peer);
+        if let Some(t) = self.targets.get_mut(&remote) {
+            t.dialing = None;
+            t.peer = Some(peer);
+            Self::succeeded(t);
+        }
+    }
+
+    /// The link to `peer` went down; its addresses are redialled as their rules say.
+    pub(crate) fn unlinked(&mut self, now: Instant, peer: PeerId) {
+        self.links.remove(&peer);
+        for t in self.targets.values_mut().filter(|t| t.peer == Some(peer)) {
+            t.next = t.next.max(now + BACKOFF_MIN.mul_f64(self.rng.random_range(0.5..1.5)));
+        }
+    }
+
+    /// A probe of `addr` found `peer` there, proving the mesh secret.
+    pub(crate) fn probed(&mut self, now: Instant, addr: SocketAddr, peer: PeerId) {
+        if let Some(t) = self.targets.get_mut(&addr) {
+            t.dialing = None;
+            Self::set_peer(t, Some(peer), now);
+            t.peer = Some(peer);
+            t.proven_until = Some(now + PROVEN_FOR);
+            t.next = now;
+            Self::succeeded(t);
+        }
+    }
+
+    fn succeeded(t: &mut Target) {
+        t.ever_proven = true;
+        t.failures = 0;
+        t.backoff = BACKOFF_MIN;
+        t.failing_since = None;
+    }
+
+    /// A dial or probe of `addr` failed.
+    pub(crate) fn failed(&mut self, now: Instant, addr: SocketAddr) {
+        let Some(t) = self.targets.get_mut(&addr) else {
+            return;
+        };
+        if t.dialing == Some(Via::Probe) {
+            self.counts.probe_failures += 1;
+        }
+        t.dialing = None;
+        t.proven_until = None;
+        t.failures += 1;
+        t.failing_since.get_or_insert(now);
+        let forget = if t.unproven() {
+            t.failures >= UNPROVEN_FAILURES
+        } else {
+            !t.fixed
+                && t.sources.iter().all(|s| *s == Source::Learned)
+                && t.failing_since.is_some_and(|s| now.saturating_duration_since(s) >= LEARNED_RETRY)
+        };
+        if forget {
+            self.targets.remove(&addr);
+            self.counts.forgotten += 1;
+            return;
+        }
+        let wait = if t.unproven() {
+            UNPROVEN_BACKOFF
+        } else {
+            t.backoff
+        };
+        t.next = now + wait.mul_f64(self.rng.random_range(0.5..1.5));
+        t.backoff = (t.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// Evicts the worst never-proven addresses beyond [`MAX_UNPROVEN`]: most failures first,
+    /// then the least recently reported. One being probed is never evicted.
+    fn bound_unproven(&mut self) {
+        let unproven = self.targets.values().filter(|t| t.unproven()).count();
+        if unproven <= MAX_UNPROVEN {
+            return;
+        }
+        let mut candidates: Vec<(u32, Reverse<Instant>, SocketAddr)> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| t.unproven() && t.dialing.is_none())
+            .map(|(a, t)| (t.failures, Reverse(t.reported), *a))
+            .collect();
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, _, addr) in candidates.into_iter().take(unproven - MAX_UNPROVEN) {
+            self.targets.remove(&addr);
+            self.counts.forgotten += 1;
+        }
+    }
+
+    /// Whether this side dials `t` at all (not when it is the other side's to dial, nor while
+    /// its peer is linked).
+    fn wanted(&self, t: &Target) -> bool {
+        t.dialing.is_none()
+            && !t.peer.is_some_and(|p| self.links.contains(&p))
+            && (t.by_address || t.peer.is_none_or(|p| self.me < p))
+    }
+
+    fn via(&self, addr: SocketAddr, t: &Target, now: Instant) -> Via {
+        if !self.probing
+            || t.trusted
+            || addr.ip().is_loopback()
+            || t.proven_until.is_some_and(|u| now < u)
+        {
+            Via::Main
+        } else {
+            Via::Probe
+        }
+    }
+
+    /// The dials to start now; each is marked in flight until [`Self::linked`],
+    /// [`Self::probed`] or [`Self::failed`] reports its end.
+    pub(crate) fn poll(&mut self, now: Instant) -> Vec<Dial> {
+        self.refill(now);
+        let dialing_peers: BTreeSet<PeerId> = self
+            .targets
+            .values()
+            .filter(|t| t.dialing.is_some())
+            .filter_map(|t| t.peer)
+            .collect();
+        let mut probes_in_flight = self
+            .targets
+            .values()
+            .filter(|t| t.dialing == Some(Via::Probe))
+            .count();
+        let mut due: Vec<(u8, u32, Reverse<Instant>, SocketAddr, Via)> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| t.next <= now && self.wanted(t))
+            .filter(|(_, t)| !t.peer.is_some_and(|p| dialing_peers.contains(&p)))
+            .map(|(a, t)| {
+                let class = u8::from(!(t.ever_proven || t.fixed || t.trusted));
+                (class, t.failures, Reverse(t.reported), *a, self.via(*a, t, now))
+            })
+            .collect();
+        due.sort_unstable();
+        let mut out = Vec::new();
+        let mut started: BTreeSet<PeerId> = BTreeSet::new();
+        for (_, _, _, addr, via) in due {
+            let Some(t) = self.targets.get_mut(&addr) else {
+                continue;
+            };
+            if t.peer.is_some_and(|p| started.contains(&p)) {
+                continue;
+            }
+            if via == Via::Probe {
+                if probes_in_flight >= MAX_PROBES || self.tokens < 1.0 {
+                    continue;
+                }
+                probes_in_flight += 1;
+                self.tokens -= 1.0;
+                self.counts.probes += 1;
+            }
+            t.dialing = Some(via);
+            if let Some(p) = t.peer {
+                started.insert(p);
+            }
+            out.push(Dial { addr, via });
+        }
+        out
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * f64::from(PROBE_RATE)).min(MAX_PROBES as f64);
+        self.refilled = now;
+    }
+
+    /// When [`Self::poll`] may next have something to start (`None`: only a report can change
+    /// that).
+    pub(crate) fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let probes_in_flight = self
+            .targets
+            .values()
+            .filter(|t| t.dialing == Some(Via::Probe))
+            .count();
+        self.targets
+            .iter()
+            .filter(|(_, t)| self.wanted(t))
+            .filter_map(|(a, t)| {
+                if self.via(*a, t, t.next.max(now)) == Via::Probe {
+                    if probes_in_flight >= MAX_PROBES {
+                        // A probe's end is a report: nothing to wake for until then.
+                        return None;
+                    }
+                    if self.tokens < 1.0 {
+                        let missing = (1.0 - self.tokens) / f64::from(PROBE_RATE);
+                        return Some(t.next.max(now + Duration::from_secs_f64(missing)));
+                    }
+                }
+                Some(t.next)
+            })
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Peer ids ordered by `n`: v7 ids whose timestamps are `n` milliseconds.
+    fn peer(n: u8) -> PeerId {
+        PeerId::generate(1_000 + u64::from(n), &mut ChaCha8Rng::seed_from_u64(u64::from(n)))
+    }
+
+    fn addr(n: u32) -> SocketAddr {
+        SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + n), 4000))
+    }
+
+    /// A LAN-mode dialler for peer 1 with an mDNS-like discovery (0), a static one (1) and a
+    /// local one (2).
+    fn lan(t0: Instant) -> Dialer {
+        let mut d = Dialer::new(peer(1), true, t0, 7);
+        assert_eq!(d.add_discovery(Trust::Unproven), 0);
+        assert_eq!(d.add_discovery(Trust::Static), 1);
+        assert_eq!(d.add_discovery(Trust::Proven), 2);
+        d
+    }
+
+    #[test]
+    fn the_lower_id_dials_unless_by_address() {
+        let t0 = Instant::now();
+        let mut d = lan(t0);
+        d.found(t0, 0, Some(peer(0)), addr(1)); // lower than me: theirs to dial
+        d.found(t0, 0, Some(peer(2)), addr(2)); // higher: mine
+        d.found(t0, 1, None, addr(3)); // static: mine whatever the ids
+        let dials = d.poll(t0);
+        let addrs: BTreeSet<SocketAddr> = dials.iter().map(|x| x.addr).collect();
+        assert_eq!(addrs, BTreeSet::from([addr(2), addr(3)]));
+        assert!(dials.iter().all(|x| x.via == Via::Probe));
+    }
+
+    #[test]
+    fn a_probe_proves_an_address_for_the_main_endpoint() {
+        let t0 = Instant::now();
+        let mut d = lan(t0);
+        d.found(t0, 0, Some(peer(2)), addr(2));
+        assert_eq!(d.poll(t0), vec![Dial { addr: addr(2), via: Via::Probe }]);
+        // In flight: not dialled twice.
+        assert!(d.poll(t0).is_empty());
+        let t1 = t0 + Duration::from_millis(3);
+        d.probed(t1, addr(2), peer(2));
+        assert_eq!(d.poll(t1), vec![Dial { addr: addr(2), via: Via::Main }]);
+        d.linked(peer(2), addr(2));
+        assert!(d.poll(t1 + Duration::from_secs(10)).is_empty(), "linked: no dial");
+        // The link drops: the proof has expired, so the redial probes again.
+        let t2 = t1 + Duration::from_secs(10);
+        d.unlinked(t2, peer(2));
+        assert!(d.poll(t2).is_empty(), "waits a backoff first");
+        let dials = d.poll(t2 + BACKOFF_MAX);
+        assert_eq!(dials, vec![Dial { addr: addr(2), via: Via::Probe }]);
+    }
+
+    #[test]
+    fn local_mode_loopback_and_trusted_addresses_are_dialled_directly() {
+        let t0 = Instant::now();
+        let mut local = Dialer::new(peer(1), false, t0, 1);
+        local.add_discovery(Trust::Unproven);
+        local.found(t0, 0, Some(peer(2)), addr(2));
+        assert_eq!(local.poll(t0)[0].via, Via::Main);
+        let mut d = lan(t0);
+        d.found(t0, 2, Some(peer(2)), addr(2));
+        d.found(t0, 0, Some(peer(3)), "127.0.0.1:5000".parse().expect("addr"));
+        assert!(d.poll(t0).iter().all(|x| x.via == Via::Main));
+    }
+
+    #[test]
+    fn probes_are_bounded_in_flight_and_in_rate() {
+        let t0 = Instant::now();
+        let mut d = lan(t0);
+        for n in 0..1000 {
+            d.found(t0, 0, Some(peer(2 + (n % 8) as u8)), addr(100 + n));
+        }
+        assert_eq!(d.len(), MAX_UNPROVEN, "candidates beyond the bound are evicted");
+        let first = d.poll(t0);
+        assert_eq!(first.len(), 8.min(MAX_PROBES), "one per peer, at most MAX_PROBES");
+        // Nothing more until a probe ends, however late.
+        assert!(d.poll(t0 + Duration::from_secs(5)).is_empty());
+        assert_eq!(d.next_wake(t0), None);
+        // Probes that fail free their slots; the rate bounds how fast new ones start.
+        let t1 = t0 + Duration::from_secs(1);
+        for x in &first {
+            d.failed(t1, x.addr);
+        }
+        let mut started = 0;
+        let mut t = t1;
+        while t < t1 + Duration::from_secs(1) {
+            let dials = d.poll(t);
+            started += dials.len();
+            for x in dials {
+                d.failed(t, x.addr);
+            }
+            t += Duration::from_millis(10);
+        }
+        let most = MAX_PROBES + PROBE_RATE as usize;
+        assert!(started <= most, "{started} probes in one second (at most {most})");
+        assert!(started >= PROBE_RATE as usize, "{started} probes in one second");
+    }
+
+    #[test]
+    fn never_proven_addresses_age_out_and_fresh_ones_go_first() {
+        let t0 = Instant::now();
+        let mut d = lan(t0);
+        for n in 0..20 {
+            d.found(t0, 0, Some(peer(2)), addr(100 + n));
+        }
+        // One probe per peer at a time: drive the forged peer's addresses through failures.
+        let mut t = t0;
+        for _ in 0..200 {
+            for x in d.poll(t) {
+                d.failed(t, x.addr);
+            }
+            t += Duration::from_millis(100);
+        }
+        assert_eq!(d.len(), 0, "every address failed twice and was forgotten");
+        assert_eq!(d.counts().forgotten, 20);
+        assert_eq!(d.counts().probe_failures, 40);
+        // A flood of candidates, then a real peer announces itself: it is probed first.
+        for n in 0..100 {
+            d.found(t, 0, Some(peer(3 + (n % 5) as u8)), addr(200 + n));
+        }
+        let t1 = t + Duration::from_millis(1);
+        d.found(t1, 0, Some(peer(9)), addr(999));
+        let dials = d.poll(t1);
+        assert_eq!(dials[0].addr, addr(999), "the newest report first: {dials:?}");
+    }
+
+    #[test]
+    fn learned_addresses_are_redialled_for_a_while_then_forgotten() {
+        let t0 = Instant::now();
+        let mut d = lan(t0);
+        d.learned(t0, peer(0), addr(5)); // a lower id: dialled anyway, by address
+        let mut t = t0;
+        let mut dials = 0;
+        while t < t0 + LEARNED_RETRY + BACKOFF_MAX * 2 {
+            for x in d.poll(t) {
+                dials += 1;
+                d.failed(t, x.addr);
+            }
+            t += Duration::from_millis(50);
+        }
+        assert_eq!(d.len(), 0, "forgotten after {LEARNED_RETRY:?} without an answer");
+        // 100 ms doubling to 5 s (jitter 0.5..1.5) over a minute: about 6 + 11 dials.
+        assert!((8..=40).contains(&dials), "{dials} dials");
+    }
+
+    #[test]
+    fn a_new_peer_at_a_known_address_is_dialled_at_once() {
+        let t0 = Instant::now();
+        let mut d = lan(t0);
+        d.found(t0, 2, Some(peer(2)), addr(2));
+        assert_eq!(d.poll(t0).len(), 1);
+        d.linked(peer(2), addr(2));
+        // The window restarts with a new id at the same address while the old link lingers.
+        d.found(t0, 2, Some(peer(3)), addr(2));
+        assert_eq!(d.poll(t0), vec![Dial { addr: addr(2), via: Via::Main }]);
+    }
+
+    #[test]
+    fn static_peers_are_dialled_for_ever_and_a_departed_query_is_forgotten() {
+        let t0 = Instant::now();
+        let mut d = lan(t0);
+        d.found(t0, 1, None, addr(3));
+        let mut t = t0;
+        for _ in 0..100 {
+            for x in d.poll(t) {
+                d.failed(t, x.addr);
+            }
+            t += BACKOFF_MAX * 2;
+        }
+        assert_eq!(d.len(), 1, "a static peer is never forgotten");
+        d.found(t, 2, Some(peer(4)), addr(4));
+        d.forget_peer(peer(4));
+        assert_eq!(d.len(), 1);
+    }
+}
