@@ -329,6 +329,33 @@ impl Fleet {
         Ok(slot)
     }
 
+    /// Starts the hidden `forge` subcommand on `machine` (LAN mode only) with `args`, and waits
+    /// until it announces all its records. Ending its stdin (dropping the handle, or killing it)
+    /// makes it vanish without goodbyes.
+    pub(crate) fn spawn_forger(&mut self, machine: usize, args: &[String]) -> anyhow::Result<Child> {
+        let lan = self.lan.as_ref().context("the forger runs on the namespace LAN only")?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", lan.namespace(machine)])
+            .arg(&self.exe)
+            .arg("forge")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start the forger")?;
+        cleanup::add_pid(child.id());
+        let stdout = child.stdout.take().context("piped stdout")?;
+        let mut first = String::new();
+        BufReader::new(stdout).read_line(&mut first)?;
+        let line: Json = serde_json::from_str(&first)
+            .with_context(|| format!("the forger said {first:?}"))?;
+        if line["ev"] != "forging" {
+            bail!("the forger said {first:?}");
+        }
+        Ok(child)
+    }
+
     /// Starts a window on `machine` and waits until it joined; returns its slot.
     pub(crate) fn spawn(&mut self, machine: usize) -> anyhow::Result<usize> {
         let slot = self.spawn_with(machine, &[])?;

@@ -15,6 +15,7 @@
 mod cleanup;
 mod clock;
 mod fleet;
+mod forger;
 mod lan;
 mod scenarios;
 mod stats;
@@ -83,6 +84,23 @@ enum Command {
     Scale(Common),
     /// CPU used by each of 8 idle windows (heartbeats only).
     Idle(Common),
+    /// (`--net lan` only) A machine floods the LAN with forged mDNS records of the mesh (no
+    /// secret needed): false suspicions, leadership changes, links and the send queues of the
+    /// windows' link sockets, and how fast a window started during the flood links.
+    Forger {
+        #[command(flatten)]
+        common: Common,
+        /// Forged records.
+        #[arg(long, default_value_t = 1000)]
+        records: u32,
+        /// The records name a live host (the forger's, every port closed) instead of hosts
+        /// that do not exist.
+        #[arg(long)]
+        live: bool,
+    },
+    /// One forger process (run by the `forger` scenario).
+    #[command(hide = true)]
+    Forge(forger::ForgeArgs),
     /// One window process (run by the scenarios themselves).
     #[command(hide = true)]
     Window(window::WindowArgs),
@@ -100,6 +118,8 @@ impl Command {
             Self::History(_) => "history",
             Self::Scale(_) => "scale",
             Self::Idle(_) => "idle",
+            Self::Forger { .. } => "forger",
+            Self::Forge(_) => "forge",
             Self::Window(_) => "window",
         }
     }
@@ -108,6 +128,7 @@ impl Command {
         match self {
             Self::Throughput { .. } | Self::Idle(_) => 8,
             Self::Scale(_) => 64,
+            Self::Forger { .. } => 3,
             _ => 4,
         }
     }
@@ -125,10 +146,21 @@ fn main() {
             };
             std::process::exit(code);
         }
+        Command::Forge(args) => {
+            let code = match forger::run(args) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("forge: {e:#}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
         other => other,
     };
     let (common, batch) = match &command {
         Command::Throughput { common, batch } => (common.clone(), *batch),
+        Command::Forger { common, .. } => (common.clone(), 100),
         Command::Propagation(c)
         | Command::FailoverKill(c)
         | Command::FailoverGraceful(c)
@@ -137,7 +169,7 @@ fn main() {
         | Command::History(c)
         | Command::Scale(c)
         | Command::Idle(c) => (c.clone(), 100),
-        Command::Window(_) => unreachable!("handled above"),
+        Command::Window(_) | Command::Forge(_) => unreachable!("handled above"),
     };
     let scenario = command.name();
     let opts = Opts {
@@ -170,7 +202,10 @@ fn main() {
             Command::History(_) => scenarios::history::run(&opts, &mut out),
             Command::Scale(_) => scenarios::scale(&opts, &mut out),
             Command::Idle(_) => scenarios::resources::run_idle(&opts, &mut out),
-            Command::Window(_) => Ok(()),
+            Command::Forger { records, live, .. } => {
+                scenarios::forger::run(&opts, &mut out, *records, *live)
+            }
+            Command::Window(_) | Command::Forge(_) => Ok(()),
         }
     });
     let code = match &result {
@@ -206,6 +241,11 @@ fn targets(out: &Out) -> Vec<(&'static str, bool, f64, &'static str)> {
             ("false_suspicions", true, 0.5, "no false suspicion"),
         ],
         "idle" => vec![("idle_cpu_percent", true, 0.5, "< 0.5 % CPU per window")],
+        "forger" => vec![
+            ("false_suspicions", true, 0.5, "no false suspicion"),
+            ("leadership_changes", true, 0.5, "no leadership change"),
+            ("late_window_linked_ms", true, 2000.0, "a window started during the flood links within 2 s"),
+        ],
         "memory" => vec![("rss_kb_peak", true, 8192.0, "peak RSS < 8 MB per window")],
         "throughput" => vec![("updates_per_s", false, 20000.0, ">= 20,000 updates/s")],
         "scale" => vec![("p99_us", true, 50000.0, "64 peers: p99 < 50 ms")],

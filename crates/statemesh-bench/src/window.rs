@@ -17,7 +17,7 @@
 //! {count}` (answer `reached` once that many tracked keys are held), `count`, `burst {ms,
 //! batch, prefix}` (write keys `tp/<prefix>-<n>` as fast as possible for `ms`, `batch` keys
 //! per atomic change), `links {n}` (answer once `n` links are up and this window may claim
-//! leadership: past its join grace), `info`, `shutdown`
+//! leadership: past its join grace; `linked_t` says when the links were up), `info`, `shutdown`
 //! (graceful leave, then exit). The end of stdin ends the process without a leave.
 
 use std::collections::HashSet;
@@ -330,12 +330,16 @@ fn command(
                 // links and may claim leadership (its join grace is over, or discovery settled:
                 // in LAN mode mDNS never says it settled, so that is the whole grace).
                 let deadline = now_ns() + 60_000_000_000;
+                let mut linked_at = None;
                 loop {
                     let links = mesh.metrics().links;
                     let candidate = mesh.explain().me_candidate;
+                    if links >= want {
+                        linked_at.get_or_insert_with(now_ns);
+                    }
                     if (links >= want && candidate) || now_ns() > deadline {
-                        let _ = later
-                            .send(json!({"ev": "links", "links": links, "candidate": candidate}));
+                        let _ = later.send(json!({"ev": "links", "links": links,
+                            "candidate": candidate, "linked_t": linked_at}));
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -357,6 +361,13 @@ fn command(
                 "sync_resets": metrics.sync_resets,
                 "frames_in": metrics.frames_in,
                 "frames_out": metrics.frames_out,
+                "probes": metrics.probes,
+                "probe_failures": metrics.probe_failures,
+                "dial_failures": metrics.dial_failures,
+                "dial_candidates": metrics.dial_candidates,
+                "candidates_forgotten": metrics.candidates_forgotten,
+                "mdns_peers_found": metrics.mdns_peers_found,
+                "quic_port": mesh.quic_addr().map(|a| a.port()),
             })))
         }
         other => Err(format!("unknown op {other:?}")),

@@ -39,7 +39,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the authentication exchange may take.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a probe (see [`Endpoint::prober`]) may take, handshake and authentication together.
+/// How long a probe (see [`Endpoint::probe`]) may take, handshake and authentication together.
 /// A peer on the LAN answers within milliseconds; an address that nobody holds never answers,
 /// and the probe's slot is better given to the next candidate.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -57,7 +57,7 @@ pub const CLOSE_DUPLICATE: u32 = 0x5502;
 pub const CLOSE_PROTOCOL: u32 = 0x5503;
 /// Application close code: the peer is leaving.
 pub const CLOSE_LEAVING: u32 = 0x5504;
-/// Application close code: a probe proved the peer and is done (see [`Endpoint::prober`]).
+/// Application close code: a probe proved the peer and is done (see [`Endpoint::probe`]).
 pub const CLOSE_PROBED: u32 = 0x5505;
 
 /// A link that could not be set up.
@@ -183,34 +183,6 @@ impl Endpoint {
         })
     }
 
-    /// A second, dial-only endpoint of the same peer on a UDP socket of its own (same IP, an
-    /// ephemeral port), for *probes*: first contacts with addresses that no authenticated peer
-    /// has answered from yet.
-    ///
-    /// Packets to an address that nobody holds wait in the kernel's neighbour queue, charged to
-    /// the socket that sent them, until address resolution gives up; enough of them fill that
-    /// socket's send buffer. Probing from a socket that carries no link means that however many
-    /// such addresses discovery offers, the heartbeats of established links never queue behind
-    /// them. A probe proves an address (the peer there holds the mesh secret) and is closed
-    /// with [`CLOSE_PROBED`]; the link itself is then dialled from the main endpoint.
-    pub fn prober(&self) -> Result<Self, LinkError> {
-        let main = self.local_addr().map_err(|source| LinkError::Bind {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
-        })?;
-        let addr = SocketAddr::new(main.ip(), 0);
-        let mut endpoint =
-            quinn::Endpoint::client(addr).map_err(|source| LinkError::Bind { addr, source })?;
-        endpoint.set_default_client_config(self.client.clone());
-        Ok(Self {
-            endpoint,
-            me: self.me,
-            secret: self.secret.clone(),
-            mesh: self.mesh.clone(),
-            client: self.client.clone(),
-        })
-    }
-
     /// The bound address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
@@ -248,10 +220,32 @@ impl Endpoint {
         self.finish(connection, Role::Client, result)
     }
 
-    /// Probes `addr`: dials it, authenticates within [`PROBE_TIMEOUT`], and closes the
-    /// connection with [`CLOSE_PROBED`]. Returns the peer that proved the mesh secret there.
+    /// Probes `addr`: dials it from a UDP socket of its own (this endpoint's IP, an ephemeral
+    /// port), authenticates within [`PROBE_TIMEOUT`], and closes the connection with
+    /// [`CLOSE_PROBED`]. Returns the peer that proved the mesh secret there.
+    ///
+    /// Probes are first contacts with addresses that no authenticated peer has answered from
+    /// yet. Packets to an address that nobody holds wait in the kernel's neighbour queue,
+    /// charged to the socket that sent them, until address resolution gives up (seconds);
+    /// enough of them fill that socket's send buffer, and then nothing else it carries leaves.
+    /// Each probe having a socket of its own, however many such addresses discovery offers,
+    /// neither the heartbeats of established links nor the probes of real peers queue behind
+    /// them. The link itself is then dialled from this endpoint.
     pub async fn probe(&self, addr: SocketAddr) -> Result<PeerId, LinkError> {
-        let link = self.connect_within(addr, PROBE_TIMEOUT / 2).await?;
+        let main = self.local_addr().map_err(|source| LinkError::Bind { addr, source })?;
+        let local = SocketAddr::new(main.ip(), 0);
+        let endpoint = quinn::Endpoint::client(local).map_err(|source| LinkError::Bind {
+            addr: local,
+            source,
+        })?;
+        let prober = Self {
+            endpoint,
+            me: self.me,
+            secret: self.secret.clone(),
+            mesh: self.mesh.clone(),
+            client: self.client.clone(),
+        };
+        let link = prober.connect_within(addr, PROBE_TIMEOUT / 2).await?;
         link.connection
             .close(quinn::VarInt::from_u32(CLOSE_PROBED), b"probed");
         Ok(link.peer)

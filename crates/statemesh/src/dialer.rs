@@ -4,28 +4,31 @@
 //! # The rules
 //!
 //! - **Who dials.** Of two peers that know each other's ids, the lower id dials (so both rarely
-//!   dial at once; should they, the driver's duplicate tie-break keeps one link). Addresses
-//!   known without an id, or whose holder may have changed — static peers and addresses
-//!   learned from links (see *Peer exchange* in `docs/architecture.md`) — are dialled by either
-//!   side. A peer is dialled at one address at a time, and not at all while linked.
+//!   dial at once; should they, the driver's duplicate tie-break keeps one link); the higher id
+//!   dials too once it has known the address for [`FALLBACK_AFTER`] without a link (the lower
+//!   side may not reach it: a one-way firewall, or an address it parked). Addresses known
+//!   without an id, or whose holder may have changed — static peers and addresses learned from
+//!   links (see *Peer exchange* in `docs/architecture.md`) — are dialled by either side at
+//!   once. A peer is dialled at one address at a time, and not at all while linked.
 //! - **Trust.** Addresses from local sockets and the in-process registry come with a peer that
 //!   proved the mesh secret (or is this process's own): they are dialled at once, from the main
 //!   endpoint. Anything else (mDNS, static peers, learned addresses, custom discoveries) may
 //!   name a host that does not exist; with probing on (LAN mode) such an address is first
-//!   *probed* from a socket of its own ([`Via::Probe`]), and only an address where a peer just
-//!   proved the mesh secret is dialled from the main endpoint (for [`PROVEN_FOR`]). Loopback
-//!   addresses need no probe.
+//!   *probed*, each probe from a socket of its own ([`Via::Probe`]), and only an address where a
+//!   peer just proved the mesh secret is dialled from the main endpoint (for [`PROVEN_FOR`]).
+//!   Loopback addresses need no probe.
 //! - **Bounds on probes.** At most [`MAX_PROBES`] in flight and [`PROBE_RATE`] per second
 //!   (bursts of [`MAX_PROBES`]); addresses that proved themselves before come first, then
 //!   fresh candidates (newest report first), then retries (fewest failures first).
 //! - **Ageing.** An address offered only by an unproven discovery (mDNS) that never proved
-//!   itself is forgotten after [`UNPROVEN_FAILURES`] failed probes, until discovery reports it
-//!   again; at most [`MAX_UNPROVEN`] such addresses are kept (the worst are evicted). A learned
-//!   address is forgotten once it has not answered for [`LEARNED_RETRY`]. Static peers are
-//!   dialled for ever.
+//!   itself is retried [`UNPROVEN_FAILURES`] times ([`UNPROVEN_BACKOFF`] apart), then *parked*:
+//!   retried last, [`PARKED_BACKOFF`] after its last failure, doubling up to [`PARKED_MAX`],
+//!   until discovery withdraws it (mDNS expires a record whose announcer vanished). At most
+//!   [`MAX_UNPROVEN`] such addresses are kept: beyond, the worst (most failures, then least
+//!   recently reported) are forgotten. A learned address is forgotten once it has not answered
+//!   for [`LEARNED_RETRY`]. Static peers are dialled for ever.
 //! - **Backoff.** After a failure an address waits [`BACKOFF_MIN`], doubling up to
-//!   [`BACKOFF_MAX`], times a jitter in 0.5..1.5; a never-proven mDNS address waits
-//!   [`UNPROVEN_BACKOFF`] before its second and last try.
+//!   [`BACKOFF_MAX`], times a jitter in 0.5..1.5 (never-proven mDNS addresses: above).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,8 +45,14 @@ pub(crate) const MAX_PROBES: usize = 8;
 pub(crate) const PROBE_RATE: u32 = 20;
 /// How long a successful probe lets the main endpoint dial its address.
 pub(crate) const PROVEN_FOR: Duration = Duration::from_secs(2);
-/// Failed probes after which an address that only an unproven discovery offers is forgotten.
-pub(crate) const UNPROVEN_FAILURES: u32 = 2;
+/// Failed probes after which an address that only an unproven discovery offers is parked.
+pub(crate) const UNPROVEN_FAILURES: u32 = 3;
+/// First wait of a parked address.
+pub(crate) const PARKED_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest wait of a parked address.
+pub(crate) const PARKED_MAX: Duration = Duration::from_secs(300);
+/// How long the higher id waits for the lower to dial before dialling itself.
+pub(crate) const FALLBACK_AFTER: Duration = Duration::from_secs(1);
 /// Most never-proven addresses from unproven discoveries kept at once.
 pub(crate) const MAX_UNPROVEN: usize = 256;
 /// How long a learned address is redialled after it stopped answering.
@@ -52,7 +61,7 @@ pub(crate) const LEARNED_RETRY: Duration = Duration::from_secs(60);
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between dials of one address.
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Wait before the second and last probe of a never-proven mDNS address.
+/// Wait between the first probes of a never-proven mDNS address.
 pub(crate) const UNPROVEN_BACKOFF: Duration = Duration::from_secs(1);
 
 pub(crate) use statemesh_net::discovery::Provenance as Trust;
@@ -71,7 +80,8 @@ pub(crate) enum Source {
 pub(crate) enum Via {
     /// The main endpoint, which carries the links: a link is dialled.
     Main,
-    /// The probe endpoint: the address is only proven (see `statemesh_net::quic::Endpoint::prober`).
+    /// A probe from a socket of its own: the address is only proven (see
+    /// `statemesh_net::quic::Endpoint::probe`).
     Probe,
 }
 
@@ -110,6 +120,8 @@ struct Target {
     next: Instant,
     dialing: Option<Via>,
     reported: Instant,
+    /// Since when its current peer has been known here (for [`FALLBACK_AFTER`]).
+    known_since: Instant,
     /// A probe proved this address until then.
     proven_until: Option<Instant>,
     /// Some peer proved the mesh secret here once.
@@ -131,6 +143,7 @@ impl Target {
             next: now,
             dialing: None,
             reported: now,
+            known_since: now,
             proven_until: None,
             ever_proven: false,
             failing_since: None,
@@ -243,6 +256,7 @@ impl Dialer {
                 target.failing_since = None;
             }
             target.peer = Some(p);
+            target.known_since = now;
         }
     }
 
@@ -311,25 +325,28 @@ impl Dialer {
         t.proven_until = None;
         t.failures += 1;
         t.failing_since.get_or_insert(now);
-        let forget = if t.unproven() {
-            t.failures >= UNPROVEN_FAILURES
-        } else {
-            !t.fixed
-                && t.sources.iter().all(|s| *s == Source::Learned)
-                && t.failing_since.is_some_and(|s| now.saturating_duration_since(s) >= LEARNED_RETRY)
-        };
+        let forget = !t.fixed
+            && t.sources.iter().all(|s| *s == Source::Learned)
+            && t.failing_since
+                .is_some_and(|s| now.saturating_duration_since(s) >= LEARNED_RETRY);
         if forget {
             self.targets.remove(&addr);
             self.counts.forgotten += 1;
             return;
         }
-        let wait = if t.unproven() {
+        let wait = if !t.unproven() {
+            let wait = t.backoff;
+            t.backoff = (t.backoff * 2).min(BACKOFF_MAX);
+            wait
+        } else if t.failures < UNPROVEN_FAILURES {
             UNPROVEN_BACKOFF
         } else {
-            t.backoff
+            let parked = t.failures - UNPROVEN_FAILURES;
+            PARKED_BACKOFF
+                .saturating_mul(1 << parked.min(8))
+                .min(PARKED_MAX)
         };
         t.next = now + wait.mul_f64(self.rng.random_range(0.5..1.5));
-        t.backoff = (t.backoff * 2).min(BACKOFF_MAX);
     }
 
     /// Evicts the worst never-proven addresses beyond [`MAX_UNPROVEN`]: most failures first,
@@ -352,12 +369,20 @@ impl Dialer {
         }
     }
 
-    /// Whether this side dials `t` at all (not when it is the other side's to dial, nor while
-    /// its peer is linked).
-    fn wanted(&self, t: &Target) -> bool {
+    /// Whether this side dials `t` at all (not while its peer is linked, nor when it is the
+    /// other side's to dial, for [`FALLBACK_AFTER`]).
+    fn wanted(&self, t: &Target, now: Instant) -> bool {
         t.dialing.is_none()
             && !t.peer.is_some_and(|p| self.links.contains(&p))
-            && (t.by_address || t.peer.is_none_or(|p| self.me < p))
+            && (t.by_address
+                || t.peer.is_none_or(|p| self.me < p)
+                || now.saturating_duration_since(t.known_since) >= FALLBACK_AFTER)
+    }
+
+    /// When the other side's turn to dial `t` ends.
+    fn fallback_at(&self, t: &Target) -> Option<Instant> {
+        (!t.by_address && t.peer.is_some_and(|p| p < self.me))
+            .then_some(t.known_since + FALLBACK_AFTER)
     }
 
     fn via(&self, addr: SocketAddr, t: &Target, now: Instant) -> Via {
@@ -390,10 +415,16 @@ impl Dialer {
         let mut due: Vec<(u8, u32, Reverse<Instant>, SocketAddr, Via)> = self
             .targets
             .iter()
-            .filter(|(_, t)| t.next <= now && self.wanted(t))
+            .filter(|(_, t)| t.next <= now && self.wanted(t, now))
             .filter(|(_, t)| !t.peer.is_some_and(|p| dialing_peers.contains(&p)))
             .map(|(a, t)| {
-                let class = u8::from(!(t.ever_proven || t.fixed || t.trusted));
+                let class = if t.ever_proven || t.fixed || t.trusted {
+                    0
+                } else if t.failures < UNPROVEN_FAILURES {
+                    1
+                } else {
+                    2
+                };
                 (class, t.failures, Reverse(t.reported), *a, self.via(*a, t, now))
             })
             .collect();
@@ -440,19 +471,25 @@ impl Dialer {
             .count();
         self.targets
             .iter()
-            .filter(|(_, t)| self.wanted(t))
+            .filter(|(_, t)| {
+                t.dialing.is_none() && !t.peer.is_some_and(|p| self.links.contains(&p))
+            })
             .filter_map(|(a, t)| {
-                if self.via(*a, t, t.next.max(now)) == Via::Probe {
+                let mut at = t.next;
+                if !self.wanted(t, now) {
+                    at = at.max(self.fallback_at(t)?);
+                }
+                if self.via(*a, t, at.max(now)) == Via::Probe {
                     if probes_in_flight >= MAX_PROBES {
                         // A probe's end is a report: nothing to wake for until then.
                         return None;
                     }
                     if self.tokens < 1.0 {
                         let missing = (1.0 - self.tokens) / f64::from(PROBE_RATE);
-                        return Some(t.next.max(now + Duration::from_secs_f64(missing)));
+                        at = at.max(now + Duration::from_secs_f64(missing));
                     }
                 }
-                Some(t.next)
+                Some(at)
             })
             .min()
     }
@@ -562,23 +599,36 @@ mod tests {
     }
 
     #[test]
-    fn never_proven_addresses_age_out_and_fresh_ones_go_first() {
+    fn never_proven_addresses_are_parked_and_fresh_ones_go_first() {
         let t0 = Instant::now();
         let mut d = lan(t0);
         for n in 0..20 {
-            d.found(t0, 0, Some(peer(2)), addr(100 + n));
+            d.found(t0, 0, Some(peer(2 + (n % 4) as u8)), addr(100 + n));
         }
-        // One probe per peer at a time: drive the forged peer's addresses through failures.
+        // Every probe fails, for two minutes.
+        let mut probes_per_10s = Vec::new();
         let mut t = t0;
-        for _ in 0..200 {
-            for x in d.poll(t) {
-                d.failed(t, x.addr);
+        for _ in 0..12 {
+            let mut probes = 0;
+            for _ in 0..100 {
+                for x in d.poll(t) {
+                    probes += 1;
+                    d.failed(t, x.addr);
+                }
+                t += Duration::from_millis(100);
             }
-            t += Duration::from_millis(100);
+            probes_per_10s.push(probes);
         }
-        assert_eq!(d.len(), 0, "every address failed twice and was forgotten");
-        assert_eq!(d.counts().forgotten, 20);
-        assert_eq!(d.counts().probe_failures, 40);
+        assert_eq!(d.len(), 20, "parked, not forgotten: discovery withdraws them");
+        // Three tries each within the first seconds, then one every 30 s or more.
+        assert_eq!(probes_per_10s[0], 20 * UNPROVEN_FAILURES as usize, "{probes_per_10s:?}");
+        let later: usize = probes_per_10s[1..].iter().sum();
+        assert!(later <= 20 * 4, "{later} probes of parked addresses in 110 s");
+        // Discovery withdraws them (an mDNS record expires): gone.
+        for n in 2..6 {
+            d.gone(0, peer(n));
+        }
+        assert_eq!(d.len(), 0);
         // A flood of candidates, then a real peer announces itself: it is probed first.
         for n in 0..100 {
             d.found(t, 0, Some(peer(3 + (n % 5) as u8)), addr(200 + n));
@@ -587,6 +637,20 @@ mod tests {
         d.found(t1, 0, Some(peer(9)), addr(999));
         let dials = d.poll(t1);
         assert_eq!(dials[0].addr, addr(999), "the newest report first: {dials:?}");
+    }
+
+    #[test]
+    fn the_higher_id_dials_too_when_the_lower_has_not() {
+        let t0 = Instant::now();
+        let mut d = lan(t0);
+        d.found(t0, 0, Some(peer(0)), addr(1));
+        assert!(d.poll(t0).is_empty(), "the lower id's turn first");
+        assert_eq!(d.next_wake(t0), Some(t0 + FALLBACK_AFTER));
+        let t1 = t0 + FALLBACK_AFTER;
+        assert_eq!(d.poll(t1), vec![Dial { addr: addr(1), via: Via::Probe }]);
+        // Linked the other way meanwhile: nothing more.
+        d.linked(peer(0), addr(1));
+        assert!(d.poll(t1 + Duration::from_secs(60)).is_empty());
     }
 
     #[test]

@@ -173,8 +173,6 @@ pub(crate) async fn start(
         });
         tracing::debug!(discovery = name, "discovery started");
     }
-    // In LAN mode first contacts leave from a socket of their own (see `Endpoint::prober`).
-    let prober = if lan { Some(endpoint.prober()?) } else { None };
     if running.is_empty() {
         // Nothing to wait for.
         shared.node().handle_settled(shared.now());
@@ -200,7 +198,6 @@ pub(crate) async fn start(
         writer,
         links: BTreeMap::new(),
         dialer,
-        prober,
         lan,
         mdns,
         started: Instant::now(),
@@ -231,8 +228,6 @@ struct Run {
     links: BTreeMap<PeerId, LinkState>,
     /// Which addresses to dial, when, and from which endpoint.
     dialer: Dialer,
-    /// The dial-only endpoint of probes (LAN mode).
-    prober: Option<Endpoint>,
     /// LAN mode: peer exchange on, the "no peer found by mDNS" diagnostic armed.
     lan: bool,
     /// Indices of the mDNS discoveries among `running`.
@@ -423,10 +418,7 @@ impl Run {
 
     fn dial(&mut self, Dial { addr, via }: Dial) {
         let events = self.events.clone();
-        let endpoint = match (via, &self.prober) {
-            (Via::Probe, Some(prober)) => prober.clone(),
-            _ => self.endpoint.clone(),
-        };
+        let endpoint = self.endpoint.clone();
         if via == Via::Probe {
             self.tasks.spawn(async move {
                 let ev = match endpoint.probe(addr).await {
