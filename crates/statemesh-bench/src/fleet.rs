@@ -332,8 +332,15 @@ impl Fleet {
     /// Starts the hidden `forge` subcommand on `machine` (LAN mode only) with `args`, and waits
     /// until it announces all its records. Ending its stdin (dropping the handle, or killing it)
     /// makes it vanish without goodbyes.
-    pub(crate) fn spawn_forger(&mut self, machine: usize, args: &[String]) -> anyhow::Result<Child> {
-        let lan = self.lan.as_ref().context("the forger runs on the namespace LAN only")?;
+    pub(crate) fn spawn_forger(
+        &mut self,
+        machine: usize,
+        args: &[String],
+    ) -> anyhow::Result<Child> {
+        let lan = self
+            .lan
+            .as_ref()
+            .context("the forger runs on the namespace LAN only")?;
         let mut child = Command::new("ip")
             .args(["netns", "exec", lan.namespace(machine)])
             .arg(&self.exe)
@@ -348,8 +355,8 @@ impl Fleet {
         let stdout = child.stdout.take().context("piped stdout")?;
         let mut first = String::new();
         BufReader::new(stdout).read_line(&mut first)?;
-        let line: Json = serde_json::from_str(&first)
-            .with_context(|| format!("the forger said {first:?}"))?;
+        let line: Json =
+            serde_json::from_str(&first).with_context(|| format!("the forger said {first:?}"))?;
         if line["ev"] != "forging" {
             bail!("the forger said {first:?}");
         }

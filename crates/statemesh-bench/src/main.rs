@@ -244,7 +244,12 @@ fn targets(out: &Out) -> Vec<(&'static str, bool, f64, &'static str)> {
         "forger" => vec![
             ("false_suspicions", true, 0.5, "no false suspicion"),
             ("leadership_changes", true, 0.5, "no leadership change"),
-            ("late_window_linked_ms", true, 2000.0, "a window started during the flood links within 2 s"),
+            (
+                "late_window_linked_ms",
+                true,
+                2000.0,
+                "a window started during the flood links within 2 s",
+            ),
         ],
         "memory" => vec![("rss_kb_peak", true, 8192.0, "peak RSS < 8 MB per window")],
         "throughput" => vec![("updates_per_s", false, 20000.0, ">= 20,000 updates/s")],

@@ -9,7 +9,8 @@
 //!   "ok":true}` once on disk or held by K peers (`"ok":false,"error":...` if the mesh closed
 //!   first). An `"id"` given with a command is echoed in its answers;
 //! - `{"op":"state"}`: answered by `{"event":"state","records":{C:{K:V}},"leader":L,"term":T,
-//!   "links":N}` (N: QUIC links up now);
+//!   "links":N,"mdns_peers_found":M,"discovery_warning":W}` (N: QUIC links up now; M: peers
+//!   found by mDNS, null without `--lan`; W: null, or what is wrong with discovery);
 //! - `{"op":"lead_put","channel":C,"key":K,"value":V}`: writes a leader record through this
 //!   window's lead guard (the latest one it obtained, kept even once its leadership is over, so
 //!   that the library's fencing is what refuses a stale write); answered by
@@ -273,12 +274,15 @@ fn try_command(
                 records.insert(channel, Json::Object(entries));
             }
             let l = *mesh.leadership().borrow();
+            let metrics = mesh.metrics();
             Ok(json!({
                 "event": "state",
                 "records": records,
                 "leader": l.leader.map(|p| p.to_string()),
                 "term": l.term,
-                "links": mesh.metrics().links,
+                "links": metrics.links,
+                "mdns_peers_found": metrics.mdns_peers_found,
+                "discovery_warning": metrics.discovery_warning,
             }))
         }
         "lead_put" => {

@@ -8,6 +8,10 @@
 //! link is taken down (no FIN, no EOF: its packets just stop), the others elect the next
 //! leader; the link comes back, and there is one leader again and equal documents, holding what
 //! both sides wrote while apart.
+//!
+//! A second LAN drops multicast at the bridge (mDNS cannot cross it), and one window is given
+//! the others' addresses with `--peer`: peer exchange makes the mesh whole, it survives that
+//! window restarting without `--peer`, and every window says why mDNS found nobody.
 
 mod support;
 
@@ -133,6 +137,25 @@ impl Lan {
         }
     }
 
+    /// Stops the bridge from forwarding multicast to any machine: mDNS cannot cross this LAN
+    /// (as on networks that filter multicast), while unicast flows.
+    fn block_multicast(&self) {
+        for i in 0..self.machines.len() {
+            ip(&[
+                "-n",
+                &self.bridge,
+                "link",
+                "set",
+                "dev",
+                &format!("p{i}"),
+                "type",
+                "bridge_slave",
+                "mcast_flood",
+                "off",
+            ]);
+        }
+    }
+
     /// `statemesh node --lan` inside machine `i`, with that machine's own directories.
     fn node(&self, i: usize, dir: &Path) -> Command {
         let machine = dir.join(format!("machine-{i}"));
@@ -232,4 +255,65 @@ fn a_lan_of_namespaces_finds_itself_by_mdns_and_survives_a_cut_link() {
             ],
         )
     });
+}
+
+/// The address machine `i` listens at in [`multicast_blocked_one_peer_flag_makes_a_full_mesh_that_survives_its_restart`].
+fn fixed(i: usize) -> String {
+    format!("10.213.0.{}:7100", i + 1)
+}
+
+#[test]
+fn multicast_blocked_one_peer_flag_makes_a_full_mesh_that_survives_its_restart() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lan = Lan::new(3);
+    lan.block_multicast();
+    let mut w = Windows::new();
+    let log =
+        |i: usize| std::fs::File::create(dir.path().join(format!("stderr-{i}"))).expect("log file");
+    for i in 0..2 {
+        let mut cmd = lan.node(i, dir.path());
+        cmd.args(["--listen", &fixed(i)]);
+        w.spawn_logged(i, cmd, log(i));
+    }
+    // Only the third window knows where the others are.
+    let hub = |lan: &Lan, with_peers: bool| {
+        let mut cmd = lan.node(2, dir.path());
+        cmd.args(["--listen", &fixed(2)]);
+        if with_peers {
+            cmd.args(["--peer", &fixed(0), "--peer", &fixed(1)]);
+        }
+        cmd
+    };
+    w.spawn_logged(2, hub(&lan, true), log(2));
+    // A full mesh: the first two learned each other from the hub.
+    for i in 0..3 {
+        w.until_state(i, "a link to each other window", |s| s["links"] == 2);
+    }
+    let order = w.by_id();
+    w.until_all_see(&[0, 1, 2], &w.id(order[0]));
+
+    // The hub dies and comes back without --peer: the others redial the address they learned.
+    w.kill(2);
+    for i in 0..2 {
+        w.until_state(i, "the hub's link is gone", |s| s["links"] == 1);
+    }
+    w.spawn_logged(2, hub(&lan, false), log(2));
+    for i in 0..3 {
+        w.until_state(i, "a link to each other window again", |s| s["links"] == 2);
+    }
+    let order = w.by_id();
+    w.until_all_see(&[0, 1, 2], &w.id(order[0]));
+
+    // mDNS found nobody: every window says so, in its state and on stderr.
+    for i in 0..3 {
+        w.until_state(i, "a discovery warning", |s| {
+            s["mdns_peers_found"] == 0 && s["discovery_warning"].is_string()
+        });
+    }
+    let stderr = std::fs::read_to_string(dir.path().join("stderr-0")).expect("stderr");
+    assert!(
+        stderr.contains("found no peer by mDNS") && stderr.contains("--peer"),
+        "no warning on stderr: {stderr}"
+    );
 }

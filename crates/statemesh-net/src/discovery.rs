@@ -481,7 +481,10 @@ mod tests {
         assert_eq!(check("224.0.0.251:5353"), Err(Unroutable::Multicast));
         assert_eq!(check("[ff02::fb]:5353"), Err(Unroutable::Multicast));
         assert_eq!(check("255.255.255.255:4000"), Err(Unroutable::Broadcast));
-        assert_eq!(check("[::ffff:255.255.255.255]:4000"), Err(Unroutable::Broadcast));
+        assert_eq!(
+            check("[::ffff:255.255.255.255]:4000"),
+            Err(Unroutable::Broadcast)
+        );
         assert_eq!(check("0.1.2.3:4000"), Err(Unroutable::Reserved));
         assert_eq!(check("240.0.0.1:4000"), Err(Unroutable::Reserved));
         assert_eq!(check("127.0.0.1:4000"), Ok(()));

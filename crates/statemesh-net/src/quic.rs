@@ -232,7 +232,9 @@ impl Endpoint {
     /// neither the heartbeats of established links nor the probes of real peers queue behind
     /// them. The link itself is then dialled from this endpoint.
     pub async fn probe(&self, addr: SocketAddr) -> Result<PeerId, LinkError> {
-        let main = self.local_addr().map_err(|source| LinkError::Bind { addr, source })?;
+        let main = self
+            .local_addr()
+            .map_err(|source| LinkError::Bind { addr, source })?;
         let local = SocketAddr::new(main.ip(), 0);
         let endpoint = quinn::Endpoint::client(local).map_err(|source| LinkError::Bind {
             addr: local,

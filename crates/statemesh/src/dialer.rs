@@ -152,7 +152,10 @@ impl Target {
 
     /// Known only from unproven discoveries, and never proven.
     fn unproven(&self) -> bool {
-        !self.fixed && !self.trusted && !self.ever_proven && !self.sources.contains(&Source::Learned)
+        !self.fixed
+            && !self.trusted
+            && !self.ever_proven
+            && !self.sources.contains(&Source::Learned)
     }
 }
 
@@ -290,7 +293,9 @@ impl Dialer {
     pub(crate) fn unlinked(&mut self, now: Instant, peer: PeerId) {
         self.links.remove(&peer);
         for t in self.targets.values_mut().filter(|t| t.peer == Some(peer)) {
-            t.next = t.next.max(now + BACKOFF_MIN.mul_f64(self.rng.random_range(0.5..1.5)));
+            t.next = t
+                .next
+                .max(now + BACKOFF_MIN.mul_f64(self.rng.random_range(0.5..1.5)));
         }
     }
 
@@ -425,7 +430,13 @@ impl Dialer {
                 } else {
                     2
                 };
-                (class, t.failures, Reverse(t.reported), *a, self.via(*a, t, now))
+                (
+                    class,
+                    t.failures,
+                    Reverse(t.reported),
+                    *a,
+                    self.via(*a, t, now),
+                )
             })
             .collect();
         due.sort_unstable();
@@ -501,7 +512,10 @@ mod tests {
 
     /// Peer ids ordered by `n`: v7 ids whose timestamps are `n` milliseconds.
     fn peer(n: u8) -> PeerId {
-        PeerId::generate(1_000 + u64::from(n), &mut ChaCha8Rng::seed_from_u64(u64::from(n)))
+        PeerId::generate(
+            1_000 + u64::from(n),
+            &mut ChaCha8Rng::seed_from_u64(u64::from(n)),
+        )
     }
 
     fn addr(n: u32) -> SocketAddr {
@@ -536,20 +550,41 @@ mod tests {
         let t0 = Instant::now();
         let mut d = lan(t0);
         d.found(t0, 0, Some(peer(2)), addr(2));
-        assert_eq!(d.poll(t0), vec![Dial { addr: addr(2), via: Via::Probe }]);
+        assert_eq!(
+            d.poll(t0),
+            vec![Dial {
+                addr: addr(2),
+                via: Via::Probe
+            }]
+        );
         // In flight: not dialled twice.
         assert!(d.poll(t0).is_empty());
         let t1 = t0 + Duration::from_millis(3);
         d.probed(t1, addr(2), peer(2));
-        assert_eq!(d.poll(t1), vec![Dial { addr: addr(2), via: Via::Main }]);
+        assert_eq!(
+            d.poll(t1),
+            vec![Dial {
+                addr: addr(2),
+                via: Via::Main
+            }]
+        );
         d.linked(peer(2), addr(2));
-        assert!(d.poll(t1 + Duration::from_secs(10)).is_empty(), "linked: no dial");
+        assert!(
+            d.poll(t1 + Duration::from_secs(10)).is_empty(),
+            "linked: no dial"
+        );
         // The link drops: the proof has expired, so the redial probes again.
         let t2 = t1 + Duration::from_secs(10);
         d.unlinked(t2, peer(2));
         assert!(d.poll(t2).is_empty(), "waits a backoff first");
         let dials = d.poll(t2 + BACKOFF_MAX);
-        assert_eq!(dials, vec![Dial { addr: addr(2), via: Via::Probe }]);
+        assert_eq!(
+            dials,
+            vec![Dial {
+                addr: addr(2),
+                via: Via::Probe
+            }]
+        );
     }
 
     #[test]
@@ -561,7 +596,12 @@ mod tests {
         assert_eq!(local.poll(t0)[0].via, Via::Main);
         let mut d = lan(t0);
         d.found(t0, 2, Some(peer(2)), addr(2));
-        d.found(t0, 0, Some(peer(3)), "127.0.0.1:5000".parse().expect("addr"));
+        d.found(
+            t0,
+            0,
+            Some(peer(3)),
+            "127.0.0.1:5000".parse().expect("addr"),
+        );
         assert!(d.poll(t0).iter().all(|x| x.via == Via::Main));
     }
 
@@ -572,9 +612,17 @@ mod tests {
         for n in 0..1000 {
             d.found(t0, 0, Some(peer(2 + (n % 8) as u8)), addr(100 + n));
         }
-        assert_eq!(d.len(), MAX_UNPROVEN, "candidates beyond the bound are evicted");
+        assert_eq!(
+            d.len(),
+            MAX_UNPROVEN,
+            "candidates beyond the bound are evicted"
+        );
         let first = d.poll(t0);
-        assert_eq!(first.len(), 8.min(MAX_PROBES), "one per peer, at most MAX_PROBES");
+        assert_eq!(
+            first.len(),
+            8.min(MAX_PROBES),
+            "one per peer, at most MAX_PROBES"
+        );
         // Nothing more until a probe ends, however late.
         assert!(d.poll(t0 + Duration::from_secs(5)).is_empty());
         assert_eq!(d.next_wake(t0), None);
@@ -594,8 +642,14 @@ mod tests {
             t += Duration::from_millis(10);
         }
         let most = MAX_PROBES + PROBE_RATE as usize;
-        assert!(started <= most, "{started} probes in one second (at most {most})");
-        assert!(started >= PROBE_RATE as usize, "{started} probes in one second");
+        assert!(
+            started <= most,
+            "{started} probes in one second (at most {most})"
+        );
+        assert!(
+            started >= PROBE_RATE as usize,
+            "{started} probes in one second"
+        );
     }
 
     #[test]
@@ -619,11 +673,22 @@ mod tests {
             }
             probes_per_10s.push(probes);
         }
-        assert_eq!(d.len(), 20, "parked, not forgotten: discovery withdraws them");
+        assert_eq!(
+            d.len(),
+            20,
+            "parked, not forgotten: discovery withdraws them"
+        );
         // Three tries each within the first seconds, then one every 30 s or more.
-        assert_eq!(probes_per_10s[0], 20 * UNPROVEN_FAILURES as usize, "{probes_per_10s:?}");
+        assert_eq!(
+            probes_per_10s[0],
+            20 * UNPROVEN_FAILURES as usize,
+            "{probes_per_10s:?}"
+        );
         let later: usize = probes_per_10s[1..].iter().sum();
-        assert!(later <= 20 * 4, "{later} probes of parked addresses in 110 s");
+        assert!(
+            later <= 20 * 4,
+            "{later} probes of parked addresses in 110 s"
+        );
         // Discovery withdraws them (an mDNS record expires): gone.
         for n in 2..6 {
             d.gone(0, peer(n));
@@ -636,7 +701,11 @@ mod tests {
         let t1 = t + Duration::from_millis(1);
         d.found(t1, 0, Some(peer(9)), addr(999));
         let dials = d.poll(t1);
-        assert_eq!(dials[0].addr, addr(999), "the newest report first: {dials:?}");
+        assert_eq!(
+            dials[0].addr,
+            addr(999),
+            "the newest report first: {dials:?}"
+        );
     }
 
     #[test]
@@ -647,7 +716,13 @@ mod tests {
         assert!(d.poll(t0).is_empty(), "the lower id's turn first");
         assert_eq!(d.next_wake(t0), Some(t0 + FALLBACK_AFTER));
         let t1 = t0 + FALLBACK_AFTER;
-        assert_eq!(d.poll(t1), vec![Dial { addr: addr(1), via: Via::Probe }]);
+        assert_eq!(
+            d.poll(t1),
+            vec![Dial {
+                addr: addr(1),
+                via: Via::Probe
+            }]
+        );
         // Linked the other way meanwhile: nothing more.
         d.linked(peer(0), addr(1));
         assert!(d.poll(t1 + Duration::from_secs(60)).is_empty());
@@ -667,7 +742,11 @@ mod tests {
             }
             t += Duration::from_millis(50);
         }
-        assert_eq!(d.len(), 0, "forgotten after {LEARNED_RETRY:?} without an answer");
+        assert_eq!(
+            d.len(),
+            0,
+            "forgotten after {LEARNED_RETRY:?} without an answer"
+        );
         // 100 ms doubling to 5 s (jitter 0.5..1.5) over a minute: about 6 + 11 dials.
         assert!((8..=40).contains(&dials), "{dials} dials");
     }
@@ -681,7 +760,13 @@ mod tests {
         d.linked(peer(2), addr(2));
         // The window restarts with a new id at the same address while the old link lingers.
         d.found(t0, 2, Some(peer(3)), addr(2));
-        assert_eq!(d.poll(t0), vec![Dial { addr: addr(2), via: Via::Main }]);
+        assert_eq!(
+            d.poll(t0),
+            vec![Dial {
+                addr: addr(2),
+                via: Via::Main
+            }]
+        );
     }
 
     #[test]

@@ -193,10 +193,7 @@ pub(crate) fn run(opts: &Opts, out: &mut Out, records: u32, live: bool) -> anyho
         Json::Array(during.iter().map(|i| json!(i.links)).collect()),
     );
     out.insert("max_link_socket_tx_queue_b".into(), json!(max_tx));
-    out.insert(
-        "late_window_linked_ms".into(),
-        json!(linked_ms.map(round3)),
-    );
+    out.insert("late_window_linked_ms".into(), json!(linked_ms.map(round3)));
     out.insert(
         "probes".into(),
         json!(during.iter().map(|i| i.probes).sum::<u64>()),
