@@ -15,7 +15,7 @@ const EXE = process.platform === 'win32' ? 'statemesh.exe' : 'statemesh';
 export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
 
 /** The binary this package would ship for this platform: `bin/<platform>-<arch>/statemesh`. */
-export function packagedBinaryPath(root = PACKAGE_ROOT): string {
+export function packagedBinaryPath(root: string = PACKAGE_ROOT): string {
   return path.join(root, 'bin', `${process.platform}-${process.arch}`, EXE);
 }
 
@@ -34,7 +34,7 @@ function runnable(file: string): boolean {
  * beside the package (`bin/<platform>-<arch>/statemesh`), else `statemesh` on $PATH. A `bin`
  * or $STATEMESH_BIN that is not runnable is an error, never silently skipped.
  */
-export function findBinary(bin?: string, env: NodeJS.ProcessEnv = process.env): FoundBinary {
+export function findBinary(bin?: string, env: NodeJS.ProcessEnv = process.env, root = PACKAGE_ROOT): FoundBinary {
   if (bin !== undefined) {
     if (!runnable(bin)) throw notRunnable(bin, 'the bin option');
     return { path: bin, from: 'option' };
@@ -44,7 +44,7 @@ export function findBinary(bin?: string, env: NodeJS.ProcessEnv = process.env): 
     if (!runnable(fromEnv)) throw notRunnable(fromEnv, '$STATEMESH_BIN');
     return { path: fromEnv, from: 'env' };
   }
-  const packaged = packagedBinaryPath();
+  const packaged = packagedBinaryPath(root);
   if (runnable(packaged)) return { path: packaged, from: 'package' };
   const dirs = (env['PATH'] ?? env['Path'] ?? '').split(path.delimiter).filter((d) => d !== '');
   for (const dir of dirs) {

@@ -44,6 +44,8 @@ const OP_SCHEMAS: Record<string, Schema> = {
   add: { op: req('json'), name: req('name'), by: req('i64'), scope: opt('scope') },
 };
 
+export const METHODS = Object.keys(SCHEMAS) as Method[];
+
 export function isMethod(method: string): method is Method {
   return Object.prototype.hasOwnProperty.call(SCHEMAS, method);
 }

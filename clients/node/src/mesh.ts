@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { findBinary } from './binary';
-import { checkParams, decodeValue, DEFAULT_LIMITS, describe, isPlainObject, options } from './check';
+import { checkParams, decodeValue, DEFAULT_LIMITS, describe, isMethod, isPlainObject, METHODS, options } from './check';
 import { ErrorCode, invalidArgument, StatemeshError } from './errors';
 import { Feed } from './feed';
 import { frame, FrameDecoder } from './framing';
@@ -481,6 +481,9 @@ export class Mesh extends EventEmitter {
    * checked first: a bad one rejects with INVALID_PARAMS and nothing is sent.
    */
   async request<M extends Method>(method: M, params: Params<M>): Promise<Result<M>> {
+    if (!isMethod(method)) {
+      throw invalidArgument('method', `unknown method ${JSON.stringify(method)} (protocol ${PROTOCOL_VERSION} has: ${METHODS.join(', ')})`);
+    }
     const session = this.usable();
     if (method === 'initialize' || method === 'shutdown') {
       throw invalidArgument('method', `${method} is the package's to send: use Mesh.join and close()`);
@@ -693,11 +696,6 @@ export class Mesh extends EventEmitter {
       this.finish(null);
     })();
     return this.closing;
-  }
-
-  /** `await using mesh = await Mesh.join(...)` closes it at the end of the scope. */
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.close();
   }
 
   // ---- supervision ----
