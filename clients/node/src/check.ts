@@ -54,31 +54,50 @@ export function isMethod(method: string): method is Method {
  * Checks `params` of `method` and returns them as they go on the wire (`Uint8Array` values as
  * `$bytes`). Throws a StatemeshError (INVALID_PARAMS) naming the first bad argument.
  */
-export function checkParams(method: Method, params: unknown, limits: Limits): Record<string, unknown> {
-  const wire = checkObject(SCHEMAS[method], params ?? {}, 'params', limits);
+/** How the methods of `Mesh` name the wire fields that come from their options. */
+const OPTION_NAMES: Record<string, string> = {
+  durable: 'options.durable',
+  replicated: 'options.replicated',
+  timeout_ms: 'options.timeoutMs',
+  scope: 'options.scope',
+};
+
+/**
+ * Checks `params` of `method` and returns them as they go on the wire (`Uint8Array` values as
+ * `$bytes`). Throws a StatemeshError (INVALID_PARAMS) naming the first bad argument: as a
+ * field of `params` (`raw`, for `Mesh.request`), else as the argument or option of the method.
+ */
+export function checkParams(method: Method, params: unknown, limits: Limits, raw = true): Record<string, unknown> {
+  const name = raw ? (field: string) => `params.${field}` : (field: string) => OPTION_NAMES[field] ?? field;
+  const wire = checkObject(SCHEMAS[method], params ?? {}, name, limits);
   if (wire['durable'] === true && wire['replicated'] !== undefined) {
-    throw invalidArgument('durable', 'durable and replicated cannot be combined: choose one');
+    throw invalidArgument(name('durable'), 'durable and replicated cannot be combined: choose one');
   }
   if (method === 'put_presence' && wire['scope'] !== undefined && wire['scope'] !== 'presence') {
-    throw invalidArgument('scope', 'put_presence writes presence-scoped records only');
+    throw invalidArgument(name('scope'), 'put_presence writes presence-scoped records only');
   }
   return wire;
 }
 
-function checkObject(schema: Schema, given: unknown, where: string, limits: Limits): Record<string, unknown> {
-  if (!isPlainObject(given)) throw invalidArgument(where, `expected an object, got ${describe(given)}`);
+function checkObject(
+  schema: Schema,
+  given: unknown,
+  name: (field: string) => string,
+  limits: Limits,
+): Record<string, unknown> {
+  if (!isPlainObject(given)) throw invalidArgument(name('').replace(/\.$/, '') || 'params', `expected an object, got ${describe(given)}`);
   const out: Record<string, unknown> = {};
   for (const [field, v] of Object.entries(given)) {
     const spec = schema[field];
     if (spec === undefined) {
       const known = Object.keys(schema).filter((k) => k !== 'op');
-      throw invalidArgument(`${where}.${field}`, `unknown field (known: ${known.join(', ') || 'none'})`);
+      throw invalidArgument(name(field), `unknown field (known: ${known.join(', ') || 'none'})`);
     }
     if (v === undefined) continue; // an absent option
-    out[field] = checkField(spec.kind, v, `${where}.${field}`, limits);
+    out[field] = checkField(spec.kind, v, name(field), limits);
   }
   for (const [field, spec] of Object.entries(schema)) {
-    if (spec.required && out[field] === undefined) throw invalidArgument(`${where}.${field}`, 'missing');
+    if (spec.required && out[field] === undefined) throw invalidArgument(name(field), 'missing');
   }
   return out;
 }
@@ -113,7 +132,7 @@ function checkField(kind: Kind, v: unknown, where: string, limits: Limits): unkn
         const kindOf = isPlainObject(op) ? op['op'] : undefined;
         const schema = typeof kindOf === 'string' ? OP_SCHEMAS[kindOf] : undefined;
         if (schema === undefined) throw invalidArgument(`${at}.op`, `expected "put", "delete" or "add", got ${describe(kindOf)}`);
-        return checkObject(schema, op, at, limits);
+        return checkObject(schema, op, (field) => `${at}.${field}`, limits);
       });
     }
     case 'json':

@@ -330,20 +330,20 @@ export class LeadGuard {
   /** Writes a leader record under this guard's term. */
   async put(channel: string, key: string, value: Value): Promise<void> {
     this.check();
-    await this.guarded(this.mesh.request('lead_put', { channel, key, value, term: this.term }));
+    await this.guarded(this.mesh.call('lead_put', { channel, key, value, term: this.term }));
   }
 
   /** Deletes a leader record under this guard's term. */
   async delete(channel: string, key: string): Promise<void> {
     this.check();
-    await this.guarded(this.mesh.request('lead_delete', { channel, key, term: this.term }));
+    await this.guarded(this.mesh.call('lead_delete', { channel, key, term: this.term }));
   }
 
   /** Drops the guard (leadership itself does not change). */
   async release(): Promise<boolean> {
     if (this.lost) return false;
     this.abort(new StatemeshError(ErrorCode.NOT_LEADER, `the lead guard of term ${this.term} was released`, { term: this.term }));
-    const r = await this.mesh.request('lead_release', {});
+    const r = await this.mesh.call('lead_release', {});
     return r.released;
   }
 
@@ -480,7 +480,12 @@ export class Mesh extends EventEmitter {
    * Sends one request of the protocol, params as on the wire (docs/sidecar.md). Params are
    * checked first: a bad one rejects with INVALID_PARAMS and nothing is sent.
    */
-  async request<M extends Method>(method: M, params: Params<M>): Promise<Result<M>> {
+  request<M extends Method>(method: M, params: Params<M>): Promise<Result<M>> {
+    return this.call(method, params, true);
+  }
+
+  /** @internal */
+  async call<M extends Method>(method: M, params: Params<M>, raw = false): Promise<Result<M>> {
     if (!isMethod(method)) {
       throw invalidArgument('method', `unknown method ${JSON.stringify(method)} (protocol ${PROTOCOL_VERSION} has: ${METHODS.join(', ')})`);
     }
@@ -488,7 +493,7 @@ export class Mesh extends EventEmitter {
     if (method === 'initialize' || method === 'shutdown') {
       throw invalidArgument('method', `${method} is the package's to send: use Mesh.join and close()`);
     }
-    const wire = checkParams(method, params, session.limits);
+    const wire = checkParams(method, params, session.limits, raw);
     const waits =
       method === 'lead_acquire' || wire['durable'] === true || wire['replicated'] !== undefined;
     const result = await session.send(method, wire, waits ? undefined : this.opts.requestTimeoutMs);
@@ -498,71 +503,71 @@ export class Mesh extends EventEmitter {
   // ---- reads ----
 
   async get<V extends Value = Value>(channel: string, key: string): Promise<GetResult<V>> {
-    const r = await this.request('get', { channel, key });
+    const r = await this.call('get', { channel, key });
     return { found: r.found, value: decodeValue(r.value) } as GetResult<V>;
   }
 
-  keys(channel: string): Promise<string[]> {
-    return this.request('keys', { channel });
+  async keys(channel: string): Promise<string[]> {
+    return this.call('keys', { channel });
   }
 
-  channels(): Promise<string[]> {
-    return this.request('channels', {});
+  async channels(): Promise<string[]> {
+    return this.call('channels', {});
   }
 
-  counter(name: string): Promise<number> {
-    return this.request('counter', { name });
+  async counter(name: string): Promise<number> {
+    return this.call('counter', { name });
   }
 
   async leaderGet<V extends Value = Value>(channel: string, key: string): Promise<LeaderGetResult<V>> {
-    const r = await this.request('leader_get', { channel, key });
+    const r = await this.call('leader_get', { channel, key });
     return { ...r, value: decodeValue(r.value) } as LeaderGetResult<V>;
   }
 
-  leaderKeys(channel: string): Promise<string[]> {
-    return this.request('leader_keys', { channel });
+  async leaderKeys(channel: string): Promise<string[]> {
+    return this.call('leader_keys', { channel });
   }
 
-  members(): Promise<Member[]> {
-    return this.request('members', {});
+  async members(): Promise<Member[]> {
+    return this.call('members', {});
   }
 
   /** Asks the sidecar who leads (the `leadership` property is the last notified value). */
-  leader(): Promise<Leadership> {
-    return this.request('leader', {});
+  async leader(): Promise<Leadership> {
+    return this.call('leader', {});
   }
 
-  stats(): Promise<Stats> {
-    return this.request('stats', {});
+  async stats(): Promise<Stats> {
+    return this.call('stats', {});
   }
 
-  explain(): Promise<Explanation> {
-    return this.request('explain', {});
+  async explain(): Promise<Explanation> {
+    return this.call('explain', {});
   }
 
   // ---- writes ----
 
-  put(channel: string, key: string, value: Value, opts?: PutOptions): Promise<WriteResult> {
-    return this.request('put', { channel, key, value, ...writeOptions(opts, true) });
+  async put(channel: string, key: string, value: Value, opts?: PutOptions): Promise<WriteResult> {
+    return this.call('put', { channel, key, value, ...writeOptions(opts, true) });
   }
 
   /** Like `put` with `scope: 'presence'`: the record disappears once this window dies. */
-  putPresence(channel: string, key: string, value: Value, opts?: WriteOptions): Promise<WriteResult> {
-    return this.request('put_presence', { channel, key, value, ...writeOptions(opts, false) });
+  async putPresence(channel: string, key: string, value: Value, opts?: WriteOptions): Promise<WriteResult> {
+    return this.call('put_presence', { channel, key, value, ...writeOptions(opts, false) });
   }
 
-  delete(channel: string, key: string, opts?: WriteOptions): Promise<WriteResult> {
-    return this.request('delete', { channel, key, ...writeOptions(opts, false) });
+  async delete(channel: string, key: string, opts?: WriteOptions): Promise<WriteResult> {
+    return this.call('delete', { channel, key, ...writeOptions(opts, false) });
   }
 
   /** Adds `by` to a counter; additions from several windows add up. */
-  add(name: string, by: number, opts?: PutOptions): Promise<AddResult> {
-    return this.request('add', { name, by, ...writeOptions(opts, true) });
+  async add(name: string, by: number, opts?: PutOptions): Promise<AddResult> {
+    return this.call('add', { name, by, ...writeOptions(opts, true) });
   }
 
   /** Several writes as one atomic change. */
-  transact(ops: Op[], opts?: WriteOptions): Promise<WriteResult> {
-    return this.request('transact', { ops, ...writeOptions(opts, false) });
+  async transact(ops: Op[], opts?: WriteOptions): Promise<WriteResult> {
+    return this.call('transact', { ops, ...writeOptions(opts, false) });
   }
 
   // ---- leadership ----
@@ -580,9 +585,9 @@ export class Mesh extends EventEmitter {
     const wire = o['timeout_ms'] === undefined ? {} : { timeout_ms: o['timeout_ms'] as number };
     if (signal?.aborted) throw aborted(signal);
     const session = this.usable();
-    checkParams('lead_acquire', wire, session.limits);
+    checkParams('lead_acquire', wire, session.limits, false);
     this.acquiring++;
-    const answer = this.request('lead_acquire', wire).finally(() => this.acquiring--);
+    const answer = this.call('lead_acquire', wire).finally(() => this.acquiring--);
     const guard = answer.then(({ term }) => this.guardFor(term, session));
     if (signal === undefined) {
       const g = await guard;

@@ -39,16 +39,16 @@ test('bad arguments are refused before they reach the wire', async (t) => {
     // @ts-expect-error: a misspelt option
     ['misspelt option', () => mesh.put('c', 'k', 1, { durabel: true }), /^options\.durabel: unknown option/],
     ['durable and replicated', () => mesh.put('c', 'k', 1, { durable: true, replicated: 1 }), /cannot be combined/],
-    ['negative replicated', () => mesh.delete('c', 'k', { replicated: -1 }), /^replicated: expected a non-negative integer/],
+    ['negative replicated', () => mesh.delete('c', 'k', { replicated: -1 }), /^options\.replicated: expected a non-negative integer/],
     // @ts-expect-error: a wrong scope
-    ['bad scope', () => mesh.add('n', 1, { scope: 'forever' }), /^scope: expected "durable" or "presence"/],
+    ['bad scope', () => mesh.add('n', 1, { scope: 'forever' }), /^options\.scope: expected "durable" or "presence"/],
     ['fractional addition', () => mesh.add('n', 1.5), /^by: expected an integer/],
     ['addition beyond 2^53', () => mesh.add('n', 2 ** 60), /^by: expected an integer/],
     // @ts-expect-error: an unknown op
     ['unknown op', () => mesh.transact([{ op: 'nope' }]), /^ops\[0\]\.op: expected "put", "delete" or "add"/],
     // @ts-expect-error: a field of another op
     ['field of another op', () => mesh.transact([{ op: 'delete', channel: 'c', key: 'k', value: 1 }]), /^ops\[0\]\.value: unknown field/],
-    ['negative lead timeout', () => mesh.lead({ timeoutMs: -1 }), /^timeout_ms: expected a non-negative integer/],
+    ['negative lead timeout', () => mesh.lead({ timeoutMs: -1 }), /^options\.timeoutMs: expected a non-negative integer/],
     // @ts-expect-error: a missing param of a raw request
     ['missing raw param', () => mesh.request('get', { channel: 'c' }), /^params\.key: missing/],
     // @ts-expect-error: an unknown param of a raw request

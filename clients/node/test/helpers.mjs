@@ -63,7 +63,8 @@ export async function freshMesh(t) {
 }
 
 /**
- * Consumes `iterable` until `check` holds for an item; fails after the deadline.
+ * Consumes `iterable` until `check` holds for an item; fails after the deadline. The iterator
+ * is left open (a subscription can be waited on again).
  * @template T
  * @param {AsyncIterable<T>} iterable
  * @param {(item: T) => boolean | Promise<boolean>} check
@@ -84,7 +85,6 @@ export async function until(iterable, check, what, ms = WITHIN_MS) {
     }
   } finally {
     clearTimeout(timer);
-    void it.return?.();
   }
 }
 
@@ -127,7 +127,11 @@ export async function allSee(windows, read, check, what) {
         await changes.return?.();
         return;
       }
-      await until(changes, async () => check(await read(w)), `window ${i} to see ${what}`);
+      try {
+        await until(changes, async () => check(await read(w)), `window ${i} to see ${what}`);
+      } finally {
+        await changes.return?.();
+      }
     }),
   );
 }

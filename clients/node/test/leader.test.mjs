@@ -44,6 +44,7 @@ test('one leader, the lowest peer id; a SIGKILLed leader is replaced and the nex
   // SIGKILL the leading window's sidecar: no graceful leave.
   const exited = nextEvent(first, 'exit');
   assert.ok(first.pid);
+  const killedAt = performance.now();
   process.kill(first.pid, 'SIGKILL');
   const exit = await exited;
   assert.equal(exit.signal, 'SIGKILL');
@@ -56,6 +57,7 @@ test('one leader, the lowest peer id; a SIGKILLed leader is replaced and the nex
 
   // The next lowest id is granted the guard, under a newer term.
   const next = await waiting;
+  t.diagnostic(`leader's sidecar SIGKILLed -> the next window's guard granted in ${(performance.now() - killedAt).toFixed(1)} ms`);
   assert.ok(next.term > guard.term, `term ${next.term} follows ${guard.term}`);
   await agreedLeader([second, third], second.peer);
   await next.put('probes', 'api', { up: true, by: 'second' });
@@ -70,9 +72,13 @@ test('one leader, the lowest peer id; a SIGKILLed leader is replaced and the nex
   // Closing the leader gracefully hands over: its guard aborts, the last window leads.
   const lost = next.whenLost();
   const last = third.lead({ timeoutMs: 15_000 });
+  const closedAt = performance.now();
   await second.close();
-  assert.equal((await lost).code, ErrorCode.MESH_CLOSED);
+  // Lost as the mesh closes: the sidecar's lead_lost (NOT_LEADER) or the close itself.
+  assert.ok([ErrorCode.NOT_LEADER, ErrorCode.MESH_CLOSED].includes(/** @type {any} */ ((await lost).code)));
+  assert.equal(next.lost, true);
   const lastGuard = await last;
+  t.diagnostic(`leader closed -> the last window's guard granted in ${(performance.now() - closedAt).toFixed(1)} ms`);
   assert.ok(lastGuard.term > next.term);
   assert.equal(third.isLeader, true);
 });
