@@ -32,7 +32,13 @@ test('a crashed sidecar is reported: exit event, rejected calls, subscriptions e
     assert.match(e.message, /SIGKILL/);
     return true;
   });
-  await assert.rejects(changes.next(), { code: ErrorCode.SIDECAR_EXITED });
+  // The subscription yields what came before the crash (the put's own change), then throws.
+  await assert.rejects(
+    (async () => {
+      for await (const c of changes) assert.equal(c.kind, 'record');
+    })(),
+    { code: ErrorCode.SIDECAR_EXITED },
+  );
   const why = await closed;
   assert.equal(why?.code, ErrorCode.SIDECAR_EXITED);
   assert.equal(mesh.closed, true);
