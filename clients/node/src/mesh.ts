@@ -709,9 +709,9 @@ export class Mesh extends EventEmitter {
     if (this.state === 'closed' || this.state === 'closing') throw this.closedError();
     const s = this.session;
     if (!s || s.gone || !s.init) {
-      throw new StatemeshError(ErrorCode.SIDECAR_EXITED, 'the sidecar is not running (it is being restarted)', {
-        restarting: this.state === 'restarting',
-      });
+      const restarting = this.state === 'restarting';
+      const why = restarting ? 'the sidecar is being restarted' : 'the sidecar exited';
+      throw new StatemeshError(ErrorCode.SIDECAR_EXITED, why, { restarting });
     }
     return s;
   }
@@ -831,16 +831,14 @@ export class Mesh extends EventEmitter {
       stderr: exit.stderr,
       restarting: willRestart,
     });
+    // The state first: listeners of what follows see calls refused as they will be.
+    if (willRestart) this.state = 'restarting';
     session.rejectAll(() => error);
     this.guard?.abort(error);
     this.setLeadership(NO_LEADER);
     this.emit('exit', { ...exit, restarting: willRestart });
-    if (!willRestart) {
-      this.finish(error);
-      return;
-    }
-    this.state = 'restarting';
-    this.scheduleRestart();
+    if (willRestart) this.scheduleRestart();
+    else this.finish(error);
   }
 
   private scheduleRestart(): void {

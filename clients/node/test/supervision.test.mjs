@@ -79,6 +79,29 @@ test('with restart, a killed sidecar comes back with a new peer id and subscript
   await until(leaderships, (l) => l.leader !== null && l.term !== null, 'a leader after the restart');
 });
 
+test('restarts are bounded: past maxAttempts in a row the mesh closes with the error', async (t) => {
+  const m = await freshMesh(t);
+  const mesh = await m.join({ restart: { maxAttempts: 1, initialDelayMs: 10 } });
+  /** @type {Promise<unknown>[]} */
+  const refused = [];
+  mesh.once('exit', () => refused.push(mesh.get('c', 'k').then(() => null, (e) => e)));
+  const restarted = nextEvent(mesh, 'restart');
+  process.kill(/** @type {number} */ (mesh.pid), 'SIGKILL');
+  await restarted;
+  // While it restarted, calls were refused at once, saying so.
+  const e = await refused[0];
+  assert.ok(e instanceof StatemeshError);
+  assert.equal(e.code, ErrorCode.SIDECAR_EXITED);
+  assert.deepEqual(e.data, { restarting: true });
+  const exited = nextEvent(mesh, 'exit');
+  const closed = nextEvent(mesh, 'close');
+  process.kill(/** @type {number} */ (mesh.pid), 'SIGKILL');
+  assert.equal((await exited).restarting, false);
+  assert.equal((await closed)?.code, ErrorCode.SIDECAR_EXITED);
+  assert.equal(mesh.closed, true);
+  await assert.rejects(mesh.ready(), { code: ErrorCode.SIDECAR_EXITED });
+});
+
 test('a sidecar that cannot start is reported with its stderr; a missing binary is named', async (t) => {
   const m = await freshMesh(t);
   const script = path.join(m.dir, 'broken-statemesh');
@@ -123,19 +146,19 @@ test('the host process exiting ends its sidecar', async (t) => {
   const host = `
     import { Mesh } from ${JSON.stringify(entry)};
     const mesh = await Mesh.join(${JSON.stringify(m.name)}, ${JSON.stringify(m.flags)});
-    await mesh.putPresence('hosts', 'h', 1);
+    await mesh.putPresence('hosts', 'h', 1, { replicated: 1 }); // the observer holds it
     process.stdout.write(String(mesh.pid) + '\\n');
     process.exit(0); // no close(): the package's exit hook ends the sidecar
   `;
   const child = spawn(process.execPath, ['--input-type=module', '-e', host], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, STATEMESH_BIN: BIN } });
   let out = '';
   child.stdout.on('data', (d) => (out += d));
-  const [code] = await nextEvent(child, 'exit', () => true).then((c) => [c]);
-  assert.equal(code, 0);
+  assert.equal(await nextEvent(child, 'exit'), 0);
   const sidecar = Number(out.trim());
   assert.ok(sidecar > 0, `the host printed its sidecar's pid: ${out}`);
   // The host's presence record goes with its sidecar, and the process ends.
-  await until(changes, async () => !(await observer.get('hosts', 'h')).found && (await observer.keys('hosts')).length === 0, 'the host record gone');
+  const gone = async () => !(await observer.get('hosts', 'h')).found && (await observer.keys('hosts')).length === 0;
+  if (!(await gone())) await until(changes, gone, 'the host record gone');
   await processGone(sidecar);
 });
 
