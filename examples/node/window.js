@@ -103,8 +103,13 @@ async function main() {
   (async () => {
     for (;;) {
       const guard = await mesh.lead();
-      await guard.put('probes', 'status', 'probed by ' + o.name);
-      say('leading', { term: guard.term });
+      try {
+        await guard.put('probes', 'status', 'probed by ' + o.name);
+        say('leading', { term: guard.term });
+      } catch (e) {
+        // Lost already (a lower id appeared meanwhile): the guard is aborted; wait again.
+        if (e.code !== ErrorCode.NOT_LEADER) throw e;
+      }
       const why = await guard.whenLost();
       say('lead_lost', { term: guard.term, code: why.code });
     }

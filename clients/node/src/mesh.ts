@@ -393,6 +393,7 @@ export class Mesh extends EventEmitter {
   private current: Leadership = NO_LEADER;
   private guard: LeadGuard | null = null;
   private acquiring = 0;
+  private readonly lostTerms = new Set<number>();
   private readonly changeFeeds = new Set<Feed<Change | Resync>>();
   private readonly leadershipFeeds = new Set<Feed<Leadership>>();
   private readyWaiters: Array<{ resolve: () => void; reject: (e: unknown) => void }> = [];
@@ -637,6 +638,7 @@ export class Mesh extends EventEmitter {
     // The sidecar holds one guard: a new term replaces the old one.
     this.guard?.abort(new StatemeshError(ErrorCode.NOT_LEADER, `the lead guard of term ${this.guard.term} was replaced by term ${term}`));
     this.guard = new LeadGuard(this, term);
+    if (this.lostTerms.has(term)) this.guard.abort(leadershipLost(term));
     return this.guard;
   }
 
@@ -800,7 +802,12 @@ export class Mesh extends EventEmitter {
         case 'lead_lost': {
           const term = Number(params['term']);
           if (this.guard && this.guard.term === term) {
-            this.guard.abort(new StatemeshError(ErrorCode.NOT_LEADER, `the leadership of term ${term} was lost`, { term }));
+            this.guard.abort(leadershipLost(term));
+          } else {
+            // The guard may not exist yet: `lead_lost` can overtake the `lead_acquire` answer
+            // that hands it out (both are written as they happen). Remember the term.
+            this.lostTerms.add(term);
+            if (this.lostTerms.size > 16) this.lostTerms.delete(this.lostTerms.values().next().value as number);
           }
           this.emit('leadLost', { term });
           break;
@@ -907,6 +914,10 @@ function subscribeSignal(opts: SubscribeOptions | undefined): AbortSignal | unde
     throw invalidArgument('options.signal', `expected an AbortSignal, got ${describe(signal)}`);
   }
   return signal;
+}
+
+function leadershipLost(term: number): StatemeshError {
+  return new StatemeshError(ErrorCode.NOT_LEADER, `the leadership of term ${term} was lost`, { term });
 }
 
 function aborted(signal: AbortSignal): StatemeshError {

@@ -16,11 +16,13 @@ class Board {
   latest = new Map();
   /** @type {Array<() => void>} */
   waiters = [];
+  /** A window that reported a failure: every wait fails with it. @type {Error | null} */
+  failure = null;
 
   /** @param {number} from @param {any} line */
   add(from, line) {
     if (line.event === 'fatal' || line.event === 'lead_error' || line.event === 'error') {
-      throw new Error(`window ${from}: ${JSON.stringify(line)}`);
+      this.failure ??= new Error(`window ${from}: ${JSON.stringify(line)}`);
     }
     this.latest.set(`${from}/${line.event}`, line);
     for (const w of this.waiters.splice(0)) w();
@@ -33,6 +35,7 @@ class Board {
   async until(who, event, what, check) {
     const deadline = Date.now() + WITHIN_MS;
     for (;;) {
+      if (this.failure) throw this.failure;
       const seen = who.map((w) => {
         const line = this.latest.get(`${w}/${event}`);
         return line !== undefined && check(line);
@@ -68,11 +71,8 @@ test('example windows share state, and the leader window is replaced when killed
         lines.on('line', (text) => {
           const line = JSON.parse(text);
           if (line.event === 'ready') resolve(line);
-          try {
-            board.add(n, line);
-          } catch (e) {
-            reject(e);
-          }
+          board.add(n, line);
+          if (board.failure) reject(board.failure);
         });
         child.on('exit', (code) => reject(new Error(`window ${n} exited with ${code} before it was ready`)));
       });

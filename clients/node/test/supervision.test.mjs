@@ -162,6 +162,24 @@ test('the host process exiting ends its sidecar', async (t) => {
   await processGone(sidecar);
 });
 
+test('requestTimeoutMs: a frozen sidecar makes calls time out instead of hanging', async (t) => {
+  const m = await freshMesh(t);
+  const mesh = await m.join({ requestTimeoutMs: 300 });
+  const pid = /** @type {number} */ (mesh.pid);
+  process.kill(pid, 'SIGSTOP');
+  t.after(() => {
+    try {
+      process.kill(pid, 'SIGCONT'); // if the test failed before it did
+    } catch {
+      // gone already
+    }
+  });
+  await assert.rejects(mesh.get('c', 'k'), { code: ErrorCode.REQUEST_TIMEOUT, message: /get: no answer within 300 ms/ });
+  process.kill(pid, 'SIGCONT');
+  // The late answer is dropped; the next call is answered.
+  assert.deepEqual(await mesh.get('c', 'k'), { found: false, value: null });
+});
+
 test('join options are checked', async (t) => {
   const m = await freshMesh(t);
   await assert.rejects(Mesh.join('', {}), { code: ErrorCode.INVALID_PARAMS, message: /name/ });
