@@ -1,31 +1,34 @@
 'use strict';
-// One "window" of a Node.js app on a statemesh mesh, through `statemesh sidecar`.
+// One "window" of a Node.js app on a statemesh mesh, built on the `statemesh` package
+// (clients/node: build it once with `npm ci && npm run build` there).
 //
-//   node examples/node/window.js --name A [--bin target/debug/statemesh] [sidecar flags...]
+//   node examples/node/window.js --name A [--mesh demo] [--bin target/debug/statemesh] [sidecar flags...]
 //
 // Start it in several terminals (same --mesh): every window announces itself in the `windows`
 // channel (presence-scoped: it disappears when the window dies), counts itself in the
-// `windows_open` counter, and the probe leader (the longest-running window) writes a probe
-// result through its lead guard. Kill the leader window (Ctrl-C, or kill -9): the others report
-// the next leader at once, and it probes. What a window sees is printed as JSON lines.
+// `windows_open` counter, and the probe leader writes a probe result through its lead guard.
+// Kill the leader window (Ctrl-C, or kill -9): the others report the next leader at once, and
+// it probes. What a window sees is printed as JSON lines.
 //
-// Flags other than --name and --bin go to `statemesh sidecar` (e.g. --mesh, --runtime-dir,
+// Flags other than --name, --mesh and --bin go to `statemesh sidecar` (e.g. --runtime-dir,
 // --state-dir, --secret-file, --no-persist, --not-eligible).
 
+const fs = require('fs');
 const path = require('path');
-const { Sidecar } = require('./statemesh');
+const { Mesh, ErrorCode } = require('../../clients/node');
 
 function parseArgs(argv) {
-  const o = { name: 'window-' + process.pid, bin: process.env.STATEMESH_BIN, extra: [] };
+  const o = { name: 'window-' + process.pid, mesh: 'demo', bin: undefined, args: [] };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--name') o.name = argv[++i];
+    else if (argv[i] === '--mesh') o.mesh = argv[++i];
     else if (argv[i] === '--bin') o.bin = argv[++i];
-    else o.extra.push(argv[i]);
+    else o.args.push(argv[i]);
   }
-  if (!o.bin) {
-    // Default: the debug build of this repository, else `statemesh` on PATH.
+  if (!o.bin && !process.env.STATEMESH_BIN) {
+    // Default: the debug build of this repository if there is one, else the package's search.
     const local = path.join(__dirname, '..', '..', 'target', 'debug', 'statemesh');
-    o.bin = require('fs').existsSync(local) ? local : 'statemesh';
+    if (fs.existsSync(local)) o.bin = local;
   }
   return o;
 }
@@ -35,86 +38,89 @@ function say(event, fields) {
 }
 
 async function main() {
-  const args = parseArgs(process.argv.slice(2));
-  const mesh = await Sidecar.spawn({ bin: args.bin, extraArgs: args.extra, client: args.name });
-  say('ready', { name: args.name, peer: mesh.peer, sidecar_pid: mesh.pid, leadership: mesh.leadership });
+  const o = parseArgs(process.argv.slice(2));
+  const mesh = await Mesh.join(o.mesh, {
+    bin: o.bin,
+    args: o.args,
+    client: { name: o.name },
+    logger: (line) => process.stderr.write(`[sidecar] ${line}\n`),
+  });
+  say('ready', { name: o.name, peer: mesh.peer, sidecar_pid: mesh.pid, leadership: mesh.leadership });
 
-  // What this window shows, refreshed on every change notification.
-  let shownWindows = '';
-  let shownCount = null;
-  let shownProbe = '';
+  let closing = false;
+  mesh.on('exit', (exit) => {
+    say('sidecar_exit', { code: exit.code, signal: exit.signal });
+    process.exit(1);
+  });
+
+  // What this window shows, re-read after every change (a burst of changes gives one re-read).
+  const shown = {};
+  const show = (event, fields) => {
+    const text = JSON.stringify(fields);
+    if (shown[event] !== text) {
+      shown[event] = text;
+      say(event, fields);
+    }
+  };
   const refresh = async () => {
     const names = [];
     for (const key of await mesh.keys('windows')) {
       const r = await mesh.get('windows', key);
       if (r.found) names.push(r.value.name);
     }
-    names.sort();
-    if (names.join('\n') !== shownWindows) {
-      shownWindows = names.join('\n');
-      say('windows', { names });
-    }
-    const count = await mesh.counter('windows_open');
-    if (count !== shownCount) {
-      shownCount = count;
-      say('counter', { name: 'windows_open', value: count });
-    }
+    show('windows', { names: names.sort() });
+    show('counter', { name: 'windows_open', value: await mesh.counter('windows_open') });
     const probe = await mesh.leaderGet('probes', 'status');
-    const text = probe.found ? probe.value + ' @' + probe.term : '';
-    if (text !== shownProbe) {
-      shownProbe = text;
-      say('probe', { value: probe.found ? probe.value : null, term: probe.term });
-    }
+    show('probe', { value: probe.value, term: probe.term });
   };
-  // Serialise refreshes: a burst of notifications gives one refresh after it.
   let refreshing = null;
   let again = false;
   const scheduleRefresh = () => {
-    if (refreshing) { again = true; return; }
+    if (refreshing) {
+      again = true;
+      return;
+    }
     refreshing = refresh()
-      .catch((e) => say('error', { code: e.code, message: e.message }))
+      .catch((e) => closing || say('error', { code: e.code, message: e.message }))
       .then(() => {
         refreshing = null;
-        if (again) { again = false; scheduleRefresh(); }
+        if (again) {
+          again = false;
+          scheduleRefresh();
+        }
       });
   };
-  mesh.on('change', scheduleRefresh);
-  mesh.on('lagged', scheduleRefresh);
 
-  // Leadership: report it; while this window leads, probe through the lead guard.
-  let probing = false;
-  let shownLeadership = '';
-  const onLeadership = async (l) => {
-    const shown = JSON.stringify([l.leader, l.term, l.is_me]);
-    if (shown !== shownLeadership) {
-      shownLeadership = shown;
-      say('leadership', { leader: l.leader, term: l.term, is_me: l.is_me });
+  // Subscriptions: async iterables that end when the mesh is closed.
+  (async () => {
+    for await (const _change of mesh.changes()) scheduleRefresh();
+  })().catch(() => {});
+  (async () => {
+    for await (const l of mesh.leaderships()) show('leadership', { leader: l.leader, term: l.term, is_me: l.is_me });
+  })().catch(() => {});
+
+  // The probe leader: wait to lead, probe under the guard's term until the guard is lost.
+  (async () => {
+    for (;;) {
+      const guard = await mesh.lead();
+      try {
+        await guard.put('probes', 'status', 'probed by ' + o.name);
+        say('leading', { term: guard.term });
+      } catch (e) {
+        // Lost already (a lower id appeared meanwhile): the guard is aborted; wait again.
+        if (e.code !== ErrorCode.NOT_LEADER) throw e;
+      }
+      const why = await guard.whenLost();
+      say('lead_lost', { term: guard.term, code: why.code });
     }
-    if (!l.is_me || l.term === null || probing) return;
-    probing = true;
-    try {
-      const { term } = await mesh.leadAcquire({ timeout_ms: 5000 });
-      await mesh.leadPut('probes', 'status', 'probed by ' + args.name, term);
-      say('leading', { term });
-    } catch (e) {
+  })().catch((e) => {
+    if (e.code !== ErrorCode.MESH_CLOSED && e.code !== ErrorCode.SIDECAR_EXITED) {
       say('lead_error', { code: e.code, message: e.message });
-    } finally {
-      probing = false;
     }
-  };
-  mesh.on('leadership', onLeadership);
-  mesh.on('lead_lost', (l) => say('lead_lost', l));
-  let closing = false;
-  mesh.on('exit', (code, signal) => {
-    if (closing) return;
-    say('sidecar_exit', { code, signal });
-    process.exit(code === 0 ? 0 : 1);
   });
 
-  onLeadership(mesh.leadership);
-
   // Announce this window (gone with it if it dies) and count it.
-  await mesh.putPresence('windows', mesh.peer, { name: args.name, pid: process.pid });
+  await mesh.putPresence('windows', mesh.peer, { name: o.name, pid: process.pid });
   await mesh.add('windows_open', 1, { scope: 'presence' });
   scheduleRefresh();
 
@@ -122,7 +128,8 @@ async function main() {
   const close = async () => {
     if (closing) return;
     closing = true;
-    await mesh.shutdown();
+    mesh.removeAllListeners('exit');
+    await mesh.close();
     say('left', {});
     process.exit(0);
   };

@@ -1,0 +1,19 @@
+// statemesh for Node.js: one shared state and one probe leader for every window of an app.
+// The package supervises a `statemesh sidecar` child process and speaks its protocol
+// (docs/sidecar.md in the statemesh repository).
+
+export { Mesh, LeadGuard, PROTOCOL_VERSION } from './mesh';
+export type {
+  JoinOptions,
+  LeadOptions,
+  MeshEvents,
+  PutOptions,
+  RestartOptions,
+  SidecarExit,
+  SubscribeOptions,
+  WriteOptions,
+} from './mesh';
+export { StatemeshError, ErrorCode } from './errors';
+export { findBinary, packagedBinaryPath } from './binary';
+export type { FoundBinary } from './binary';
+export type * from './types';
