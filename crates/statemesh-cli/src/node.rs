@@ -6,8 +6,10 @@
 //!   record), `{"op":"delete","channel":C,"key":K}`, `{"op":"add","name":N,"by":I}`: each
 //!   answered by `{"event":"written","write":W,...}` once applied locally; with
 //!   `"await":"durable"` or `"await":{"replicated":K}` also by `{"event":"acked","write":W,
-//!   "ok":true}` once on disk or held by K peers (`"ok":false,"error":...` if the mesh closed
-//!   first). An `"id"` given with a command is echoed in its answers;
+//!   "ok":true}` once on disk or held by K peers (`"ok":false,"error":...` if the wait failed:
+//!   the mesh closed first, 10 s passed, or the acknowledgement can never come — persistence
+//!   off, a store failure, the write no longer tracked). An `"id"` given with a command is
+//!   echoed in its answers;
 //! - `{"op":"state"}`: answered by `{"event":"state","records":{C:{K:V}},"counters":{N:I},
 //!   "leader":L,"term":T,"links":N}` (N: QUIC links up now);
 //! - `{"op":"lead_put","channel":C,"key":K,"value":V}`: writes a leader record through this
