@@ -38,6 +38,10 @@ pub struct MeshArgs {
     /// Suspect timeout in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub suspect_ms: u64,
+    /// How long joining waits, at most, until this peer holds what the peers it found hold,
+    /// in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub join_timeout_ms: u64,
 }
 
 impl MeshArgs {
@@ -47,7 +51,8 @@ impl MeshArgs {
             .lan(self.lan)
             .local_discovery(!self.no_local_discovery)
             .heartbeat_interval(Duration::from_millis(self.heartbeat_ms))
-            .suspect_timeout(Duration::from_millis(self.suspect_ms));
+            .suspect_timeout(Duration::from_millis(self.suspect_ms))
+            .join_timeout(Duration::from_millis(self.join_timeout_ms));
         if let Some(l) = self.listen {
             b = b.listen(l);
         }

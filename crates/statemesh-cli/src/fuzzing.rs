@@ -9,7 +9,7 @@
 //!
 //! | target | input | checked |
 //! |---|---|---|
-//! | [`sidecar_rpc`] | the byte stream a client writes to `statemesh sidecar`'s stdin | no panic; the same messages and errors whether the stream comes in one chunk, byte by byte or in chunks its own bytes choose; bounded buffering; bodies re-frame exactly; every request, rejection and framing error makes a well-formed answer; request values convert to mesh values and back unchanged |
+//! | [`sidecar_rpc`] | the byte stream a client writes to `statemesh sidecar`'s stdin | no panic; the same messages and errors whether the stream comes in one chunk, byte by byte or in chunks its own bytes choose; bounded buffering; bodies re-frame exactly; a frame right behind the input's bytes on one line is found; every request, rejection and framing error makes a well-formed answer; request values convert to mesh values and back unchanged |
 
 use serde_json::{Value as Json, json};
 
@@ -52,6 +52,8 @@ const MAX_BUFFERED: usize = if MAX_HEADER_BYTES > MAX_BODY {
 /// - the decoder never holds more than [`MAX_HEADER_BYTES`] or [`MAX_BODY`] bytes, and no body
 ///   is longer than [`MAX_BODY`];
 /// - every body re-framed with [`framing::encode`] decodes back to exactly that body;
+/// - a frame written right behind the input's bytes (line ends taken out) on the same line is
+///   decoded;
 /// - every framing error and every rejected message makes an error response that is JSON with
 ///   the right id and code; every accepted request makes a response and an error response
 ///   carrying its id, and re-sent as a notification it parses back to the same method and params;
@@ -74,6 +76,7 @@ pub fn sidecar_rpc(data: &[u8]) {
         chosen, whole,
         "fed in chunks, the stream decodes differently than in one chunk"
     );
+    same_line(data);
     for item in &whole.out {
         match item {
             Decoded::Body(body) => {
@@ -84,6 +87,30 @@ pub fn sidecar_rpc(data: &[u8]) {
             Decoded::Error(e) => framing_error(e),
         }
     }
+}
+
+/// A message written right behind garbage on the same line is decoded: `data` with its line
+/// ends taken out (and cut shorter than a header block), then a frame.
+fn same_line(data: &[u8]) {
+    let mut input: Vec<u8> = data
+        .iter()
+        .copied()
+        .filter(|b| *b != b'\n')
+        .take(MAX_HEADER_BYTES - 64)
+        .collect();
+    let marker = br#"{"jsonrpc":"2.0","id":"marker","method":"channels"}"#;
+    input.extend(framing::encode(marker));
+    let mut decoder = FrameDecoder::new(MAX_BODY);
+    let out = decoder.feed(&input);
+    assert_eq!(
+        out.last(),
+        Some(&Decoded::Body(marker.to_vec())),
+        "a message right behind garbage on its line is lost"
+    );
+    assert!(
+        decoder.is_idle(),
+        "a message behind garbage leaves the decoder busy"
+    );
 }
 
 /// What a decoder made of a stream.
@@ -382,6 +409,13 @@ fn sidecar_seeds() -> Vec<(String, Vec<u8>)> {
     let mut garbage = get.clone();
     garbage.extend_from_slice(b"\r\nno colon here\r\n\r\nxxContent-Length: 2\r\n\r\n{}");
     seeds.push(("garbage-then-frame".into(), garbage));
+
+    // Garbage and a frame on one line.
+    let mut same_line = b"not a header ".to_vec();
+    same_line.extend(framing::encode(&get));
+    same_line.extend_from_slice(b"X-Name");
+    same_line.extend(framing::encode(&get));
+    seeds.push(("garbage-on-the-frame-line".into(), same_line));
 
     // Bad lengths: not a number, two different ones, none at all; a frame after each.
     let mut lengths = Vec::new();

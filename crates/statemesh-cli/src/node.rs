@@ -6,11 +6,14 @@
 //!   record), `{"op":"delete","channel":C,"key":K}`, `{"op":"add","name":N,"by":I}`: each
 //!   answered by `{"event":"written","write":W,...}` once applied locally; with
 //!   `"await":"durable"` or `"await":{"replicated":K}` also by `{"event":"acked","write":W,
-//!   "ok":true}` once on disk or held by K peers (`"ok":false,"error":...` if the mesh closed
-//!   first). An `"id"` given with a command is echoed in its answers;
-//! - `{"op":"state"}`: answered by `{"event":"state","records":{C:{K:V}},"leader":L,"term":T,
-//!   "links":N,"mdns_peers_found":M,"discovery_warning":W}` (N: QUIC links up now; M: peers
-//!   found by mDNS, null without `--lan`; W: null, or what is wrong with discovery);
+//!   "ok":true}` once on disk or held by K peers (`"ok":false,"error":...` if the wait failed:
+//!   the mesh closed first, 10 s passed, or the acknowledgement can never come — persistence
+//!   off, a store failure, the write no longer tracked). An `"id"` given with a command is
+//!   echoed in its answers;
+//! - `{"op":"state"}`: answered by `{"event":"state","records":{C:{K:V}},"counters":{N:I},
+//!   "leader":L,"term":T,"links":N,"mdns_peers_found":M,"discovery_warning":W}` (N: QUIC links
+//!   up now; M: peers found by mDNS, null without `--lan`; W: null, or what is wrong with
+//!   discovery);
 //! - `{"op":"lead_put","channel":C,"key":K,"value":V}`: writes a leader record through this
 //!   window's lead guard (the latest one it obtained, kept even once its leadership is over, so
 //!   that the library's fencing is what refuses a stale write); answered by
@@ -62,7 +65,12 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let mesh = b.join().await?;
     let ms = || started.elapsed().as_secs_f64() * 1e3;
     let mut out = Out::default();
-    out.emit(&json!({"event": "joined", "peer": mesh.id().to_string(), "t_ms": ms()}));
+    out.emit(&json!({
+        "event": "joined",
+        "peer": mesh.id().to_string(),
+        "synced": mesh.synced_on_join(),
+        "t_ms": ms(),
+    }));
     if args.announce {
         mesh.put_presence("windows", &mesh.id().to_string(), &true)?;
     }
@@ -273,11 +281,20 @@ fn try_command(
                 }
                 records.insert(channel, Json::Object(entries));
             }
+            let counters: serde_json::Map<String, Json> = mesh
+                .counters()
+                .into_iter()
+                .map(|name| {
+                    let v = mesh.counter(&name);
+                    (name, json!(v))
+                })
+                .collect();
             let l = *mesh.leadership().borrow();
             let metrics = mesh.metrics();
             Ok(json!({
                 "event": "state",
                 "records": records,
+                "counters": counters,
                 "leader": l.leader.map(|p| p.to_string()),
                 "term": l.term,
                 "links": metrics.links,

@@ -1,4 +1,4 @@
-//! `statemesh status | members | leader | get | set | watch | keygen`: each (but keygen) joins
+//! `statemesh status | members | leader | get | counter | set | watch | keygen`: each (but keygen) joins
 //! the mesh as a short-lived peer that is never eligible to lead and persists nothing, waits
 //! until it holds what the running windows hold, then reads, writes or watches.
 //!
@@ -51,6 +51,17 @@ pub(crate) enum Query {
         /// The key (default: every key of the channel).
         key: Option<String>,
     },
+    /// Reads a counter (0 if never written), or every counter with `--all`.
+    Counter {
+        #[command(flatten)]
+        args: QueryArgs,
+        /// The counter's name.
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+        /// Every counter, by name.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+    },
     /// Writes a record (the value is JSON; a bare word is taken as a string) and waits until
     /// every running window it reached holds it.
     Set {
@@ -71,7 +82,7 @@ impl Query {
     fn args(&self) -> &QueryArgs {
         match self {
             Self::Status(a) | Self::Members(a) | Self::Leader(a) | Self::Watch(a) => a,
-            Self::Get { args, .. } | Self::Set { args, .. } => args,
+            Self::Get { args, .. } | Self::Set { args, .. } | Self::Counter { args, .. } => args,
         }
     }
 }
@@ -135,6 +146,7 @@ pub(crate) async fn run(query: Query) -> anyhow::Result<ExitCode> {
         Query::Members(_) => print(json_out, json!(members(&mesh))),
         Query::Leader(_) => print(json_out, leader(&mesh)),
         Query::Get { channel, key, .. } => get(&mesh, json_out, channel, key.as_deref()),
+        Query::Counter { name, .. } => print(json_out, counter(&mesh, name.as_deref())),
         Query::Set {
             channel,
             key,
@@ -279,6 +291,24 @@ fn get(mesh: &Mesh, as_json: bool, channel: &str, key: Option<&str>) -> ExitCode
                 eprintln!("not found: {channel}/{}", key.unwrap_or("*"));
             }
             ExitCode::from(EXIT_NOT_FOUND)
+        }
+    }
+}
+
+/// One counter (`{"name", "value"}`), or every counter (`{"counters": {NAME: VALUE}}`).
+fn counter(mesh: &Mesh, name: Option<&str>) -> Json {
+    match name {
+        Some(n) => json!({"name": n, "value": mesh.counter(n)}),
+        None => {
+            let all: serde_json::Map<String, Json> = mesh
+                .counters()
+                .into_iter()
+                .map(|n| {
+                    let v = mesh.counter(&n);
+                    (n, json!(v))
+                })
+                .collect();
+            json!({"counters": all})
         }
     }
 }

@@ -66,6 +66,30 @@ fn queries_read_and_write_a_running_mesh() {
         assert_eq!(w.state(n)["notes"]["greeting"], json!({"hi": [1, 2]}));
     }
 
+    // Counters (issue 14): `node`'s state lists them, `counter` reads them, and shares of two
+    // windows that add up beyond the signed 64-bit range saturate (they wrapped to -2).
+    let from = w.log().len();
+    for n in 0..2 {
+        w.send(
+            n,
+            json!({"op": "add", "name": "jobs", "by": i64::MAX, "await": {"replicated": 1}}),
+        );
+    }
+    for n in 0..2 {
+        let acked = w.until_logged("the counter held by the other window", from, |l| {
+            l.from == n && l.json["event"] == "acked"
+        });
+        assert_eq!(w.log()[acked].json["ok"], true, "{:?}", w.log()[acked].json);
+    }
+    for n in 0..2 {
+        assert_eq!(w.state_answer(n)["counters"], json!({"jobs": i64::MAX}));
+    }
+    let out = query(dir.path(), &["counter", "jobs", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(json_of(&out), json!({"name": "jobs", "value": i64::MAX}));
+    let out = query(dir.path(), &["counter", "--all", "--json"]);
+    assert_eq!(json_of(&out), json!({"counters": {"jobs": i64::MAX}}));
+
     let out = query(dir.path(), &["get", "notes", "greeting", "--json"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(json_of(&out)["record"]["value"], json!({"hi": [1, 2]}));

@@ -242,11 +242,12 @@ impl PendingWrite {
 const STALLED_VIEWS: u32 = 3;
 
 /// How long a local write is watched for replication acknowledgements (peers that join or
-/// reconnect within this time still acknowledge it).
-const PENDING_TTL: Duration = Duration::from_secs(600);
+/// reconnect within this time still acknowledge it). See [`Node::replication_tracked_from`].
+pub const PENDING_TTL: Duration = Duration::from_secs(600);
 
-/// The most local writes tracked for replication acknowledgements at once.
-const MAX_PENDING_WRITES: usize = 4096;
+/// The most local writes tracked for replication acknowledgements at once: a write is no
+/// longer watched once this many newer ones are.
+pub const MAX_PENDING_WRITES: usize = 4096;
 
 /// The state machine of one peer.
 #[derive(Debug)]
@@ -416,6 +417,7 @@ impl Node {
     /// Advances time: heartbeats, failure detection, election, sync stall recovery.
     pub fn handle_tick(&mut self, now: Time) {
         self.advance(now);
+        self.expire_pending(now);
         if self.left {
             return;
         }
@@ -849,6 +851,16 @@ impl Node {
         self.links.keys().copied().collect()
     }
 
+    /// Local writes with an id below this one are no longer watched for replication
+    /// acknowledgements (older than [`PENDING_TTL`], or [`MAX_PENDING_WRITES`] newer ones are
+    /// watched): no further [`Event::Replicated`] comes for them. A runtime uses it to end the
+    /// waits of such writes instead of letting them hang.
+    pub fn replication_tracked_from(&self) -> WriteId {
+        self.pending
+            .first_key_value()
+            .map_or(WriteId(self.next_write + 1), |(id, _)| *id)
+    }
+
     /// Whether this node is past joining: discovery settled, or its join grace is over. The
     /// peers it knows by then are the ones that were there when it started.
     pub fn joined(&self, now: Time) -> bool {
@@ -932,8 +944,7 @@ impl Node {
         }
         self.unpersisted.push(id);
         let now = self.last_tick;
-        self.pending
-            .retain(|_, w| now.saturating_since(w.at) < PENDING_TTL);
+        self.expire_pending(now);
         if self.pending.len() >= MAX_PENDING_WRITES {
             self.pending.pop_first();
         }
@@ -946,6 +957,17 @@ impl Node {
             },
         );
         Written { id, changed: true }
+    }
+
+    /// Stops watching local writes older than [`PENDING_TTL`] (they are in id order).
+    fn expire_pending(&mut self, now: Time) {
+        while self
+            .pending
+            .first_key_value()
+            .is_some_and(|(_, w)| now.saturating_since(w.at) >= PENDING_TTL)
+        {
+            self.pending.pop_first();
+        }
     }
 
     fn reelect(&mut self, now: Time) {
@@ -1245,6 +1267,30 @@ mod tests {
         b.handle_link_up(Time::ZERO, &ha);
         pump(&mut a, &mut b, Time::ZERO);
         (a, b)
+    }
+
+    /// Issue 14: a write that left the tracking window was never reported either way, so a
+    /// runtime waiting for its replication waited for ever. The window now moves on ticks too.
+    #[test]
+    fn writes_leave_the_replication_window_by_count_and_by_age() {
+        let mut a = node(1);
+        let first = a.put("c", "k", &0i64, Scope::Durable).expect("write").id;
+        assert_eq!(a.replication_tracked_from(), first);
+        let mut last = first;
+        for i in 1..=MAX_PENDING_WRITES as i64 {
+            last = a.put("c", "k", &i, Scope::Durable).expect("write").id;
+        }
+        assert!(
+            a.replication_tracked_from() > first,
+            "the oldest left by count"
+        );
+        assert!(a.replication_tracked_from() <= last);
+        // By age: no further write needed, a tick moves the window.
+        a.handle_tick(Time::ZERO + PENDING_TTL);
+        assert!(
+            a.replication_tracked_from() > last,
+            "every write left by age"
+        );
     }
 
     #[test]

@@ -93,6 +93,20 @@ pub enum WriteError {
         /// The term the write was made under.
         term: u64,
     },
+    /// An addition would take this writer's share of a counter (its own entry, of the scope
+    /// written) beyond the signed 64-bit range. Nothing was written. (Reads of a counter whose
+    /// shares add up beyond the range saturate at `i64::MIN`/`i64::MAX`.)
+    #[error(
+        "counter {name:?}: adding {by} to this window's share of {share} would leave the signed 64-bit range; nothing was written"
+    )]
+    CounterOverflow {
+        /// The counter.
+        name: String,
+        /// This writer's share before the addition.
+        share: i64,
+        /// The addition refused.
+        by: i64,
+    },
 }
 
 impl From<autosurgeon::ReconcileError> for WriteError {
@@ -280,13 +294,26 @@ impl Tx<'_> {
         scope: Scope,
     ) -> Result<(), WriteError> {
         let flat = record_key(channel, key).map_err(WriteError::InvalidName)?;
-        let rec = match self.tx.get(&self.layout.records, flat.as_str())? {
-            Some((automerge::Value::Object(ObjType::Map), id)) => id,
-            _ => self
-                .tx
-                .put_object(&self.layout.records, flat.as_str(), ObjType::Map)?,
+        let (rec, existed) = match self.tx.get(&self.layout.records, flat.as_str())? {
+            Some((automerge::Value::Object(ObjType::Map), id)) => (id, true),
+            _ => (
+                self.tx
+                    .put_object(&self.layout.records, flat.as_str(), ObjType::Map)?,
+                false,
+            ),
         };
+        let ops = self.tx.pending_ops();
         autosurgeon::reconcile_prop(&mut self.tx, &rec, "v", value)?;
+        let presence = scope == Scope::Presence;
+        if existed
+            && !presence
+            && self.tx.pending_ops() == ops
+            && self.tx.get(&rec, "p")?.and_then(|(v, _)| v.as_bool()) == Some(false)
+        {
+            // The value stored, durable as stored: not a change, whoever writes it. The record
+            // keeps its writer (only a presence-scoped record depends on who wrote it).
+            return Ok(());
+        }
         let me = self.me.to_string();
         if self
             .tx
@@ -297,7 +324,6 @@ impl Tx<'_> {
         {
             self.tx.put(&rec, "w", me)?;
         }
-        let presence = scope == Scope::Presence;
         if self.tx.get(&rec, "p")?.and_then(|(v, _)| v.as_bool()) != Some(presence) {
             self.tx.put(&rec, "p", presence)?;
         }
@@ -320,13 +346,24 @@ impl Tx<'_> {
             return Ok(());
         }
         let key = counter_key(name, self.me, scope);
-        match self.tx.get(&self.layout.counters, key.as_str())? {
-            Some((automerge::Value::Scalar(s), _))
-                if matches!(s.as_ref(), ScalarValue::Counter(_)) =>
-            {
-                self.tx.increment(&self.layout.counters, key.as_str(), by)?;
+        let share = match self.tx.get(&self.layout.counters, key.as_str())? {
+            Some((automerge::Value::Scalar(s), _)) => match s.as_ref() {
+                ScalarValue::Counter(c) => Some(i64::from(c)),
+                _ => None,
+            },
+            _ => None,
+        };
+        match share {
+            // Refused rather than wrapped: Automerge's counters wrap silently.
+            Some(share) if share.checked_add(by).is_none() => {
+                return Err(WriteError::CounterOverflow {
+                    name: name.to_owned(),
+                    share,
+                    by,
+                });
             }
-            _ => self.tx.put(
+            Some(_) => self.tx.increment(&self.layout.counters, key.as_str(), by)?,
+            None => self.tx.put(
                 &self.layout.counters,
                 key.as_str(),
                 ScalarValue::counter(by),
@@ -457,7 +494,9 @@ impl Replica {
     }
 
     /// The value of counter `name`: the sum of every writer's entry, leaving out presence-scoped
-    /// entries of writers that are not live.
+    /// entries of writers that are not live. A sum beyond the signed 64-bit range (shares of
+    /// several writers adding up) saturates at `i64::MIN` or `i64::MAX`; a sum within it is
+    /// exact, whatever the order of the entries.
     pub fn counter(&self, name: &str, is_live: impl Fn(&PeerId) -> bool) -> i64 {
         let prefix = format!("{name}{SEP}");
         self.doc
@@ -479,7 +518,9 @@ impl Replica {
                 },
                 automerge::Value::Object(_) => None,
             })
-            .fold(0i64, i64::saturating_add)
+            .map(i128::from)
+            .sum::<i128>()
+            .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
     }
 
     /// The names of all counters, in order.
@@ -958,6 +999,78 @@ mod tests {
             }
         }
         panic!("the replicas kept talking");
+    }
+
+    /// Issue 14: the same value written by another window was a change (its writer was
+    /// rewritten) though the docs say it is not. It is not, for durable records; a
+    /// presence-scoped one changes hands (its writer's death decides whether it is seen).
+    #[test]
+    fn the_same_durable_value_from_another_writer_is_not_a_change() {
+        let (mut a, mut b) = (replica(1), replica(2));
+        let put = |r: &mut Replica, v: &str, scope| {
+            r.transact(|tx| tx.put("c", "k", &v.to_owned(), scope))
+                .expect("write")
+                .1
+        };
+        assert!(put(&mut a, "v", Scope::Durable).is_some());
+        sync(&mut a, &mut b);
+        assert_eq!(
+            put(&mut b, "v", Scope::Durable),
+            None,
+            "same value, other writer"
+        );
+        assert!(put(&mut b, "w", Scope::Durable).is_some(), "another value");
+        assert!(put(&mut b, "w", Scope::Presence).is_some(), "another scope");
+        assert_eq!(
+            put(&mut b, "w", Scope::Presence),
+            None,
+            "same value, same writer"
+        );
+        sync(&mut a, &mut b);
+        assert!(
+            put(&mut a, "w", Scope::Presence).is_some(),
+            "presence changes hands"
+        );
+    }
+
+    /// Issue 14: `add` of `i64::MAX` then 1 read `i64::MIN` (Automerge's counter wrapped).
+    #[test]
+    fn counters_refuse_to_wrap_and_merged_sums_saturate() {
+        let (mut a, mut b) = (replica(1), replica(2));
+        let add = |r: &mut Replica, by: i64| r.transact(|tx| tx.add("n", by, Scope::Durable));
+        add(&mut a, i64::MAX).expect("fits");
+        let e = add(&mut a, 1).expect_err("would wrap");
+        assert!(
+            matches!(e, WriteError::CounterOverflow { ref name, share: i64::MAX, by: 1 } if name == "n"),
+            "{e}"
+        );
+        assert_eq!(a.counter("n", |_| true), i64::MAX, "nothing was written");
+        // Within one transaction too: the second addition sees the first.
+        let e = a
+            .transact(|tx| {
+                tx.add("m", i64::MIN, Scope::Durable)?;
+                tx.add("m", -1, Scope::Durable)
+            })
+            .expect_err("would wrap");
+        assert!(matches!(e, WriteError::CounterOverflow { .. }), "{e}");
+        assert_eq!(a.counter("m", |_| true), 0, "the transaction was dropped");
+        // Two writers whose shares add up beyond the range: reads saturate, on both sides.
+        add(&mut b, 5).expect("fits");
+        sync(&mut a, &mut b);
+        assert_eq!(a.counter("n", |_| true), i64::MAX);
+        assert_eq!(b.counter("n", |_| true), i64::MAX);
+        add(&mut b, -10).expect("fits");
+        sync(&mut a, &mut b);
+        assert_eq!(
+            a.counter("n", |_| true),
+            i64::MAX - 5,
+            "exact once within range"
+        );
+        add(&mut a, i64::MIN).expect("fits: -1 share");
+        let mut c = replica(3);
+        add(&mut c, i64::MIN).expect("fits");
+        sync(&mut a, &mut c);
+        assert_eq!(c.counter("n", |_| true), i64::MIN, "saturates low");
     }
 
     /// What the presence index must say, found the slow way: a scan of the document.

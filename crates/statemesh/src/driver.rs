@@ -20,13 +20,31 @@ use crate::mesh::{LeadershipInfo, MeshBuilder, MeshError, Shared};
 use crate::store::{Store, StoreError, Writer};
 
 /// Acknowledgements of local writes, for [`crate::Pending`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Acks {
-    pub(crate) durable: BTreeSet<WriteId>,
+    /// The newest local write reported durable: writes become durable in id order (the node
+    /// persists them in the order they were made), so every older one is durable too.
+    durable_upto: WriteId,
     holders: BTreeMap<WriteId, usize>,
+    /// Why no further write will be reported durable: the store failed (it stops there).
+    pub(crate) store_failed: Option<String>,
+    /// Local writes below this id are no longer watched for replication by the node.
+    tracked_from: WriteId,
 }
 
-/// How many acknowledged writes are remembered.
+impl Default for Acks {
+    fn default() -> Self {
+        Self {
+            durable_upto: WriteId(0),
+            holders: BTreeMap::new(),
+            store_failed: None,
+            tracked_from: WriteId(0),
+        }
+    }
+}
+
+/// How many replication counts of acknowledged writes are remembered (far more than the node
+/// tracks: see `statemesh_core::node::MAX_PENDING_WRITES`).
 const ACKS_KEPT: usize = 65_536;
 
 impl Acks {
@@ -34,10 +52,16 @@ impl Acks {
         self.holders.get(&id).copied().unwrap_or(0)
     }
 
+    pub(crate) fn is_durable(&self, id: WriteId) -> bool {
+        id <= self.durable_upto
+    }
+
+    /// Whether the node stopped watching write `id` for replication: no more holders come.
+    pub(crate) fn untracked(&self, id: WriteId) -> bool {
+        id < self.tracked_from
+    }
+
     fn bound(&mut self) {
-        while self.durable.len() > ACKS_KEPT {
-            self.durable.pop_first();
-        }
         while self.holders.len() > ACKS_KEPT {
             self.holders.pop_first();
         }
@@ -579,6 +603,9 @@ impl Run {
             LinkEvent::Persisted(Err(e)) => {
                 self.shared.counts().persist_errors += 1;
                 tracing::error!(error = %e, "could not persist state; from now on writes are not durable");
+                // The store thread stopped: whoever waits for durability learns it now.
+                self.shared.acks().store_failed.get_or_insert(e.to_string());
+                self.shared.acks_changed.notify_waiters();
             }
             LinkEvent::Ready {
                 link,
@@ -747,7 +774,7 @@ impl Run {
         let mut frames = Vec::new();
         let mut events = Vec::new();
         let mut persists = Vec::new();
-        let (info, term, synced) = {
+        let (info, term, synced, tracked_from) = {
             let mut node = self.shared.node();
             while let Some(t) = node.poll_transmit() {
                 frames.push(t);
@@ -763,6 +790,7 @@ impl Run {
                 node.leadership(),
                 node.my_term(),
                 node.joined(now) && node.in_sync(),
+                node.replication_tracked_from(),
             )
         };
         for t in frames {
@@ -804,8 +832,7 @@ impl Run {
                 }
                 Event::Durable { write } => {
                     let mut acks = self.shared.acks();
-                    acks.durable.insert(write);
-                    acks.bound();
+                    acks.durable_upto = acks.durable_upto.max(write);
                     acks_changed = true;
                 }
                 Event::PeerDown { incarnation, cause } => {
@@ -818,6 +845,14 @@ impl Run {
                     tracing::info!(leader = ?l.leader, term = ?l.term, "leadership")
                 }
                 Event::Elected { .. } | Event::Deposed { .. } | Event::Refuted(_) => {}
+            }
+        }
+        {
+            // After the events: a write's last holders are counted before it is untracked.
+            let mut acks = self.shared.acks();
+            if acks.tracked_from != tracked_from {
+                acks.tracked_from = tracked_from;
+                acks_changed = true;
             }
         }
         if acks_changed {

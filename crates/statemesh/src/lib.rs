@@ -27,7 +27,7 @@ mod mesh;
 pub mod metrics;
 pub mod store;
 
-pub use mesh::{Lead, LeadershipInfo, Member, Mesh, MeshBuilder, MeshError, Pending};
+pub use mesh::{AckError, Lead, LeadershipInfo, Member, Mesh, MeshBuilder, MeshError, Pending};
 pub use metrics::Metrics;
 pub use statemesh_core::{
     Config, DeathCause, EntryChange as Change, EntryKind, Explanation, PeerId, PeerStatus,

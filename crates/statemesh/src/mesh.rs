@@ -80,6 +80,33 @@ pub enum MeshError {
     /// A wait ended before it was satisfied.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    /// An acknowledgement that will never come (the write itself was applied).
+    #[error(transparent)]
+    Ack(#[from] AckError),
+    /// A tunable is out of range (a zero or day-long timer, a suspect timeout not longer than
+    /// the heartbeat interval, a frame limit under 4 KiB).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+}
+
+/// Why a write's acknowledgement ([`Pending::durable`], [`Pending::replicated`]) will never
+/// come. The write itself was applied to this window's document and still spreads.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AckError {
+    /// Persistence is off ([`MeshBuilder::persist`]`(false)`): no write is ever on disk.
+    #[error("persistence is off: no write is ever durable")]
+    PersistenceOff,
+    /// Writing state to disk failed: this write is not on disk, and no later one will be
+    /// reported durable (the store stops at its first failure; see `Metrics::persist_errors`).
+    #[error("the store failed, so the write is not durable: {0}")]
+    StoreFailed(String),
+    /// The write is no longer watched for replication: it is older than 600 s, or 4,096 newer
+    /// writes are watched (`statemesh_core::node::PENDING_TTL`, `MAX_PENDING_WRITES`).
+    #[error(
+        "the write is no longer watched for replication (older than 600 s, or 4,096 newer writes)"
+    )]
+    Untracked,
 }
 
 impl From<WriteError> for MeshError {
@@ -111,10 +138,17 @@ impl From<ReadError> for MeshError {
 /// | [`heartbeat_interval`](Self::heartbeat_interval) | 200 ms |
 /// | [`suspect_timeout`](Self::suspect_timeout) | 1 s |
 /// | [`max_frame`](Self::max_frame) | 16 MiB |
+/// | [`config`](Self::config) | [`Config::default`] (all the timers and limits at once) |
+/// | [`join_timeout`](Self::join_timeout) | 5 s |
+/// | [`ack_timeout`](Self::ack_timeout) | 10 s |
 #[derive(Debug, Clone)]
 pub struct MeshBuilder {
     pub(crate) name: String,
     pub(crate) config: Config,
+    /// Whether `hint_timeout` was set (else it follows `heartbeat_interval`).
+    pub(crate) hint_set: bool,
+    pub(crate) join_timeout: Duration,
+    pub(crate) ack_timeout: Duration,
     pub(crate) secret: Option<Secret>,
     pub(crate) secret_path: Option<PathBuf>,
     pub(crate) runtime_dir: Option<PathBuf>,
@@ -142,6 +176,9 @@ impl MeshBuilder {
         Self {
             name: name.to_owned(),
             config: Config::default(),
+            hint_set: false,
+            join_timeout: DEFAULT_JOIN_TIMEOUT,
+            ack_timeout: DEFAULT_ACK_TIMEOUT,
             secret: None,
             secret_path: None,
             runtime_dir: None,
@@ -261,9 +298,42 @@ impl MeshBuilder {
         self
     }
 
-    /// Heartbeat interval (default 200 ms).
+    /// Heartbeat interval (default 200 ms). The timers derived from it follow, unless set on
+    /// their own through [`config`](Self::config): the hint timeout (after a closed QUIC link,
+    /// how long without news before the peer is judged dead) is 2 × the interval + 50 ms.
+    /// Checked at join: more than zero, below the suspect timeout.
     pub fn heartbeat_interval(mut self, d: Duration) -> Self {
         self.config.heartbeat_interval = d;
+        if !self.hint_set {
+            self.config.hint_timeout = derived_hint_timeout(d);
+        }
+        self
+    }
+
+    /// Every node tunable at once (default [`Config::default`]), for the knobs without a
+    /// method of their own (`hint_timeout`, `join_grace`, `sync_stall_timeout`,
+    /// `compact_every`, `tombstone_gossip`). The methods called after it change its fields.
+    /// A `hint_timeout` other than the one derived from its `heartbeat_interval` is kept when
+    /// [`heartbeat_interval`](Self::heartbeat_interval) is called later. Checked at join
+    /// ([`MeshError::InvalidConfig`]).
+    pub fn config(mut self, config: Config) -> Self {
+        self.hint_set = config.hint_timeout != derived_hint_timeout(config.heartbeat_interval);
+        self.config = config;
+        self
+    }
+
+    /// How long [`join`](Self::join) waits, at most, until this window holds what the peers it
+    /// found hold (default 5 s; zero: return at once). Whether it got there is
+    /// [`Mesh::synced_on_join`]; [`Mesh::synced`] waits for it later.
+    pub fn join_timeout(mut self, d: Duration) -> Self {
+        self.join_timeout = d;
+        self
+    }
+
+    /// How long [`Pending::durable`] and [`Pending::replicated`] wait before they fail with
+    /// [`MeshError::Timeout`] (default 10 s; [`Pending::timeout`] sets it for one write).
+    pub fn ack_timeout(mut self, d: Duration) -> Self {
+        self.ack_timeout = d;
         self
     }
 
@@ -280,6 +350,7 @@ impl MeshBuilder {
     }
 
     async fn start(self) -> Result<(Arc<Shared>, driver::Driver), MeshError> {
+        check_config(&self.config)?;
         let secret = match (&self.secret, &self.secret_path) {
             (Some(s), _) => s.clone(),
             (None, Some(p)) => Secret::load_or_create(p)?,
@@ -326,13 +397,26 @@ impl MeshBuilder {
             counts: Mutex::new(DriverCounts::default()),
             synced: watch::channel(false).0,
             first_changes: Mutex::new(Some(first_changes)),
+            persist: self.persist,
+            ack_timeout: self.ack_timeout,
+            synced_on_join: std::sync::atomic::AtomicBool::new(false),
         });
+        let join_timeout = self.join_timeout;
         let driver = driver::start(self, secret, store, shared.clone()).await?;
+        // Reads right after `join` must not take "not synced yet" for "absent": wait (bounded)
+        // until this window holds what the peers it found hold.
+        let synced = wait_synced(&shared, join_timeout).await;
+        shared
+            .synced_on_join
+            .store(synced, std::sync::atomic::Ordering::Release);
         Ok((shared, driver))
     }
 
-    /// Joins the mesh: binds, loads state, starts discovery. Must be called inside a tokio
-    /// runtime.
+    /// Joins the mesh: binds, loads state, starts discovery, and waits (at most the
+    /// [`join_timeout`](Self::join_timeout), 5 s by default) until this window has joined and
+    /// holds what every peer it found holds, so that a read right after `join` does not miss
+    /// the mesh's state. [`Mesh::synced_on_join`] says whether it got there. Must be called
+    /// inside a tokio runtime.
     pub async fn join(self) -> Result<Mesh, MeshError> {
         let (shared, driver) = self.start().await?;
         Ok(Mesh {
@@ -385,6 +469,12 @@ pub(crate) struct Shared {
     /// Subscribed before the mesh started: the first [`Mesh::changes`] call gets it, so that
     /// no change made between `join` and that call is missed.
     pub(crate) first_changes: Mutex<Option<broadcast::Receiver<EntryChange>>>,
+    /// Whether state is persisted (else no write is ever durable).
+    pub(crate) persist: bool,
+    /// The default wait of acknowledgements.
+    pub(crate) ack_timeout: Duration,
+    /// Whether `join` returned synced (see [`Mesh::synced_on_join`]).
+    pub(crate) synced_on_join: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -457,6 +547,7 @@ pub struct Mesh {
 pub struct Pending {
     shared: Arc<Shared>,
     written: Written,
+    timeout: Duration,
 }
 
 impl Pending {
@@ -470,46 +561,86 @@ impl Pending {
         self.written.changed
     }
 
-    /// Resolves once the write is on this machine's disk (synced).
+    /// How long [`durable`](Self::durable) or [`replicated`](Self::replicated) waits for this
+    /// write (default: the mesh's [`ack_timeout`](MeshBuilder::ack_timeout), 10 s).
+    #[must_use]
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+
+    /// Resolves once the write is on this machine's disk (fsynced); a write that changed
+    /// nothing at once. Fails, the write still applied, with [`AckError::PersistenceOff`]
+    /// when persistence is off (at once), [`AckError::StoreFailed`] once writing to disk
+    /// failed, [`MeshError::Timeout`] after the [`timeout`](Self::timeout), or
+    /// [`MeshError::Closed`] if the mesh shuts down first.
     pub async fn durable(self) -> Result<(), MeshError> {
+        if !self.shared.persist {
+            return Err(AckError::PersistenceOff.into());
+        }
         if !self.written.changed {
             return Ok(());
         }
-        loop {
-            let notified = self.shared.acks_changed.notified();
-            if self.shared.acks().durable.contains(&self.written.id) {
-                return Ok(());
+        let id = self.written.id;
+        self.wait("the write to be durable", |acks| {
+            if acks.is_durable(id) {
+                Some(Ok(()))
+            } else {
+                acks.store_failed
+                    .as_ref()
+                    .map(|e| Err(AckError::StoreFailed(e.clone()).into()))
             }
-            if self
-                .shared
-                .closed
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
-                return Err(MeshError::Closed);
-            }
-            notified.await;
-        }
+        })
+        .await
     }
 
-    /// Resolves once `k` other peers hold the write.
+    /// Resolves once `k` other peers hold the write; a write that changed nothing, or `k` of
+    /// zero, at once. Fails, the write still applied, with [`AckError::Untracked`] once the
+    /// write is no longer watched for replication (older than 600 s, or 4,096 newer writes),
+    /// [`MeshError::Timeout`] after the [`timeout`](Self::timeout), or [`MeshError::Closed`]
+    /// if the mesh shuts down first.
     pub async fn replicated(self, k: usize) -> Result<(), MeshError> {
         if !self.written.changed || k == 0 {
             return Ok(());
         }
-        loop {
-            let notified = self.shared.acks_changed.notified();
-            if self.shared.acks().holders(self.written.id) >= k {
-                return Ok(());
+        let id = self.written.id;
+        self.wait("the write to be replicated", |acks| {
+            if acks.holders(id) >= k {
+                Some(Ok(()))
+            } else if acks.untracked(id) {
+                Some(Err(AckError::Untracked.into()))
+            } else {
+                None
             }
-            if self
-                .shared
-                .closed
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
-                return Err(MeshError::Closed);
+        })
+        .await
+    }
+
+    /// Waits until `done` decides, the mesh closes or the timeout runs out.
+    async fn wait(
+        &self,
+        what: &'static str,
+        done: impl Fn(&Acks) -> Option<Result<(), MeshError>>,
+    ) -> Result<(), MeshError> {
+        let wait = async {
+            loop {
+                let notified = self.shared.acks_changed.notified();
+                if let Some(r) = done(&self.shared.acks()) {
+                    return r;
+                }
+                if self
+                    .shared
+                    .closed
+                    .load(std::sync::atomic::Ordering::Acquire)
+                {
+                    return Err(MeshError::Closed);
+                }
+                notified.await;
             }
-            notified.await;
-        }
+        };
+        tokio::time::timeout(self.timeout, wait)
+            .await
+            .unwrap_or(Err(MeshError::Timeout(what)))
     }
 }
 
@@ -615,6 +746,7 @@ impl Mesh {
         Ok(Pending {
             shared: self.shared().clone(),
             written,
+            timeout: self.shared().ack_timeout,
         })
     }
 
@@ -653,7 +785,10 @@ impl Mesh {
         self.write(|n| n.delete(channel, key))
     }
 
-    /// Adds `by` to counter `name`.
+    /// Adds `by` to counter `name` (this window's share of it, of the given scope). Refused
+    /// with [`WriteError::CounterOverflow`], nothing written, if this window's share would
+    /// leave the signed 64-bit range; the counter's value (several windows' shares) saturates
+    /// instead.
     pub fn add(&self, name: &str, by: i64, scope: Scope) -> Result<Pending, MeshError> {
         self.write(|n| n.add(name, by, scope))
     }
@@ -681,9 +816,16 @@ impl Mesh {
         self.shared().node().channels()
     }
 
-    /// The value of counter `name`.
+    /// The value of counter `name`: every writer's share added up (0 for a counter never
+    /// written). Beyond the signed 64-bit range, it saturates at `i64::MIN` or `i64::MAX`.
     pub fn counter(&self, name: &str) -> i64 {
         self.shared().node().counter(name)
+    }
+
+    /// The names of every counter ever written, sorted (read each with
+    /// [`counter`](Self::counter)).
+    pub fn counters(&self) -> Vec<String> {
+        self.shared().node().counter_names()
     }
 
     /// Reads leader record `key` of `channel` (with its term), if a live leader of the newest
@@ -767,6 +909,22 @@ impl Mesh {
                 return Err(MeshError::Closed);
             }
         }
+    }
+
+    /// Whether [`join`](MeshBuilder::join) returned holding what every peer it found held;
+    /// `false` if its [`join_timeout`](MeshBuilder::join_timeout) ran out first. Until
+    /// [`synced`](Self::synced) resolves (or [`is_synced`](Self::is_synced) is true), a key
+    /// that reads as absent may only not have arrived yet.
+    pub fn synced_on_join(&self) -> bool {
+        self.shared()
+            .synced_on_join
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether this window has joined and holds what every peer it is linked to holds, now
+    /// (what [`synced`](Self::synced) waits for).
+    pub fn is_synced(&self) -> bool {
+        *self.shared().synced.borrow()
     }
 
     /// Peers this window has a link to now.
@@ -865,6 +1023,82 @@ impl Mesh {
     }
 }
 
+/// How long `join` waits for this window to hold what its peers hold, by default.
+const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long acknowledgements wait, by default (as the sidecar's `--ack-timeout-ms`).
+const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The hint timeout that follows a heartbeat interval (see `Config::hint_timeout`).
+fn derived_hint_timeout(heartbeat_interval: Duration) -> Duration {
+    heartbeat_interval.saturating_mul(2) + Duration::from_millis(50)
+}
+
+/// The longest any timer may be: longer ones are surely a mistake (a unit mix-up).
+const MAX_TIMER: Duration = Duration::from_secs(24 * 3600);
+
+/// The smallest frame limit: hellos, views and sync messages must fit.
+const MIN_FRAME: usize = 4096;
+
+/// Checks the node's tunables before joining.
+fn check_config(c: &Config) -> Result<(), MeshError> {
+    let invalid = |m: String| Err(MeshError::InvalidConfig(m));
+    for (name, d) in [
+        ("heartbeat_interval", c.heartbeat_interval),
+        ("suspect_timeout", c.suspect_timeout),
+        ("hint_timeout", c.hint_timeout),
+        ("sync_stall_timeout", c.sync_stall_timeout),
+        ("tombstone_gossip", c.tombstone_gossip),
+    ] {
+        if d.is_zero() || d > MAX_TIMER {
+            return invalid(format!(
+                "{name} is {d:?}: it must be more than zero and at most a day"
+            ));
+        }
+    }
+    if c.join_grace > MAX_TIMER {
+        return invalid(format!(
+            "join_grace is {:?}: it must be at most a day",
+            c.join_grace
+        ));
+    }
+    if c.suspect_timeout <= c.heartbeat_interval {
+        return invalid(format!(
+            "suspect_timeout ({:?}) must be longer than heartbeat_interval ({:?}), or every peer is judged dead between two heartbeats",
+            c.suspect_timeout, c.heartbeat_interval
+        ));
+    }
+    if c.max_frame < MIN_FRAME {
+        return invalid(format!(
+            "max_frame is {} bytes: it must be at least {MIN_FRAME}",
+            c.max_frame
+        ));
+    }
+    if c.compact_every == 0 {
+        return invalid("compact_every must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// Waits, at most `within`, until the node has joined and holds what its linked peers hold;
+/// whether it did.
+async fn wait_synced(shared: &Shared, within: Duration) -> bool {
+    let mut rx = shared.synced.subscribe();
+    let wait = async {
+        loop {
+            if *rx.borrow_and_update() {
+                return true;
+            }
+            if shared.closed.load(std::sync::atomic::Ordering::Acquire)
+                || rx.changed().await.is_err()
+            {
+                return false;
+            }
+        }
+    };
+    tokio::time::timeout(within, wait).await.unwrap_or(false)
+}
+
 /// The phase that puts a node's heartbeats (its clock starting now) on multiples of `interval`
 /// of the machine's monotonic clock, which every process of the machine reads alike: windows
 /// of one machine then beat together (see `Node::align_heartbeats`). Only an optimisation:
@@ -875,4 +1109,27 @@ fn heartbeat_phase(interval: Duration) -> Duration {
         + u128::from(now.tv_nsec.unsigned_abs()) / 1_000;
     let i = interval.as_micros().max(1);
     Duration::from_micros(u64::try_from((i - abs % i) % i).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14, item 8: the hint timeout stayed at 450 ms whatever the heartbeat interval.
+    #[test]
+    fn the_hint_timeout_follows_the_heartbeat_interval_unless_set() {
+        let b = Mesh::builder("m").heartbeat_interval(Duration::from_secs(1));
+        assert_eq!(b.config.hint_timeout, Duration::from_millis(2_050));
+        let mut c = Config::default();
+        c.hint_timeout = Duration::from_millis(300);
+        let b = Mesh::builder("m")
+            .config(c)
+            .heartbeat_interval(Duration::from_millis(100));
+        assert_eq!(b.config.hint_timeout, Duration::from_millis(300), "kept");
+        let b = Mesh::builder("m")
+            .config(Config::default())
+            .heartbeat_interval(Duration::from_millis(100));
+        assert_eq!(b.config.hint_timeout, Duration::from_millis(250), "derived");
+        assert!(check_config(&Config::default()).is_ok());
+    }
 }

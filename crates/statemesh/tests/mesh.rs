@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use statemesh::discovery::MemoryRegistry;
-use statemesh::{LeadershipInfo, Mesh, PeerId, Scope, Secret};
+use statemesh::{AckError, LeadershipInfo, Mesh, MeshError, PeerId, Scope, Secret};
 
 /// A generous safety net; the events themselves take milliseconds.
 const WITHIN: Duration = Duration::from_secs(15);
@@ -462,4 +462,110 @@ async fn a_graceful_leave_reaches_peers_linked_only_by_quic() {
         Some(statemesh_core::liveness::DeathCause::Left),
         "the leave message arrived before the connection closed"
     );
+}
+
+/// Issue 14, item 2: a window that read right after `join` missed the mesh's state (8-10 of 10
+/// tries, through the sidecar). `join` now returns once it holds what the peers it found hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_returns_holding_what_the_peers_hold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = window(dir.path(), "joins").await;
+    a.transact(|tx| {
+        for i in 0..200i64 {
+            tx.put("big", &format!("k{i:03}"), &i, Scope::Durable)?;
+        }
+        Ok(())
+    })
+    .expect("writes");
+    a.add("jobs", 7, Scope::Durable).expect("adds");
+    for trial in 0..3 {
+        // In memory: it can only get the state from `a`.
+        let b = Mesh::builder("joins")
+            .secret(Secret::from_bytes([9; 32]))
+            .runtime_dir(dir.path().join("run"))
+            .persist(false)
+            .join()
+            .await
+            .expect("joins");
+        assert!(b.synced_on_join(), "trial {trial}");
+        assert_eq!(b.keys("big").len(), 200, "trial {trial}");
+        assert_eq!(b.get::<i64>("big", "k199").expect("reads"), Some(199));
+        assert_eq!(b.counter("jobs"), 7);
+        b.shutdown().await.expect("leaves");
+    }
+    // Not waiting is allowed, and said.
+    let c = Mesh::builder("joins")
+        .secret(Secret::from_bytes([9; 32]))
+        .runtime_dir(dir.path().join("run"))
+        .persist(false)
+        .join_timeout(Duration::ZERO)
+        .join()
+        .await
+        .expect("joins");
+    assert!(!c.synced_on_join());
+    tokio::time::timeout(WITHIN, c.synced())
+        .await
+        .expect("in time")
+        .expect("synced");
+    assert!(c.is_synced());
+    assert_eq!(c.keys("big").len(), 200);
+}
+
+/// Issue 14, item 5: `durable()` resolved Ok with persistence off, and waits had no timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_fail_with_a_reason_or_time_out() {
+    let m = Mesh::builder("acks")
+        .secret(Secret::from_bytes([9; 32]))
+        .local_discovery(false)
+        .persist(false)
+        .ack_timeout(Duration::from_millis(50))
+        .join()
+        .await
+        .expect("joins");
+    let e = m.put("c", "k", &1i64).expect("writes").durable().await;
+    assert!(
+        matches!(e, Err(MeshError::Ack(AckError::PersistenceOff))),
+        "{e:?}"
+    );
+    // No peer: the builder's timeout ends the wait; a write's own timeout overrides it.
+    let e = m.put("c", "k", &2i64).expect("writes").replicated(1).await;
+    assert!(matches!(e, Err(MeshError::Timeout(_))), "{e:?}");
+    let started = std::time::Instant::now();
+    let e = m
+        .put("c", "k", &3i64)
+        .expect("writes")
+        .timeout(Duration::from_millis(300))
+        .replicated(1)
+        .await;
+    assert!(matches!(e, Err(MeshError::Timeout(_))), "{e:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(m.get::<i64>("c", "k").expect("reads"), Some(3), "applied");
+}
+
+/// Issue 14, item 8: timers are checked at join, and `Config` is taken whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_are_checked_and_config_is_taken_whole() {
+    let base = || {
+        Mesh::builder("timers")
+            .secret(Secret::from_bytes([9; 32]))
+            .local_discovery(false)
+            .persist(false)
+    };
+    for bad in [
+        base().heartbeat_interval(Duration::ZERO),
+        base().suspect_timeout(Duration::from_millis(100)),
+        base().max_frame(10),
+    ] {
+        let e = bad.join().await.expect_err("refused");
+        assert!(matches!(e, MeshError::InvalidConfig(_)), "{e}");
+    }
+    let mut config = statemesh::Config::default();
+    config.heartbeat_interval = Duration::from_millis(100);
+    config.suspect_timeout = Duration::from_millis(50);
+    let e = base().config(config).join().await.expect_err("refused");
+    assert!(e.to_string().contains("suspect_timeout"), "{e}");
+    let mut config = statemesh::Config::default();
+    config.join_grace = Duration::from_millis(10);
+    let m = base().config(config).join().await.expect("joins");
+    assert!(m.synced_on_join());
 }

@@ -9,10 +9,11 @@
 //!   in step and the next message is read normally;
 //! - a malformed header block (a line that is not `Name: value`, an invalid or missing
 //!   `Content-Length`, a header block longer than [`MAX_HEADER_BYTES`]) makes the decoder
-//!   discard input up to the next occurrence of `Content-Length:` (any case, anywhere — also
-//!   right behind the garbage, without a line break), where it starts reading headers again.
-//!   For a header block too long, the search starts at its first byte past the limit. One
-//!   error is reported per resynchronisation.
+//!   discard input up to the next occurrence of `Content-Length:` (any case, anywhere), where
+//!   it starts reading headers again. The search starts at the second byte of the offending
+//!   line — so a message right behind garbage on the same line is found — or, for a block
+//!   without `Content-Length`, at the block's second byte; for a header block too long, at its
+//!   first byte past the limit. One error is reported per malformed block.
 //!
 //! How the input is cut into chunks never changes what is decoded.
 //!
@@ -105,10 +106,10 @@ enum State {
 pub struct FrameDecoder {
     max_body: usize,
     state: State,
-    /// The current, incomplete header line (or body).
+    /// The current header block, complete lines and the current partial line (or the body).
     buf: Vec<u8>,
-    /// Bytes of the current header block, complete lines included.
-    header_bytes: usize,
+    /// Where the current header line starts in `buf`.
+    line_start: usize,
     /// Whether the current header block has any header line yet.
     in_block: bool,
     /// The Content-Length seen in the current header block.
@@ -124,7 +125,7 @@ impl FrameDecoder {
             max_body,
             state: State::Header,
             buf: Vec::new(),
-            header_bytes: 0,
+            line_start: 0,
             in_block: false,
             length: None,
             resync: None,
@@ -136,7 +137,7 @@ impl FrameDecoder {
         self.max_body
     }
 
-    /// Bytes currently held (a partial header line or body): never more than
+    /// Bytes currently held (a partial header block or body): never more than
     /// [`MAX_HEADER_BYTES`] or the announced body length.
     pub fn buffered(&self) -> usize {
         self.buf.len()
@@ -152,49 +153,83 @@ impl FrameDecoder {
     }
 
     /// Feeds `input` (any chunk of the stream) and returns what it completed, in order.
-    pub fn feed(&mut self, mut input: &[u8]) -> Vec<Decoded> {
+    pub fn feed(&mut self, input: &[u8]) -> Vec<Decoded> {
         let mut out = Vec::new();
-        while !input.is_empty() {
-            match self.state {
-                State::Skip(left) => {
-                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
-                    input = &input[n..];
-                    let left = left - n as u64;
-                    self.state = if left == 0 {
-                        State::Header
-                    } else {
-                        State::Skip(left)
-                    };
+        // Bytes of malformed header blocks to search again (see `header_chunk`), each with how
+        // far it was read; the innermost last. Each is read before the rest of what held it.
+        let mut again: Vec<(Vec<u8>, usize)> = Vec::new();
+        let mut at = 0;
+        loop {
+            let (bytes, from) = match again.last() {
+                Some((b, from)) => (b.as_slice(), *from),
+                None => (input, at),
+            };
+            if from >= bytes.len() {
+                if again.pop().is_none() {
+                    return out;
                 }
-                State::Body(len) => {
-                    let n = (len - self.buf.len()).min(input.len());
-                    self.buf.extend_from_slice(&input[..n]);
-                    input = &input[n..];
-                    if self.buf.len() == len {
-                        out.push(Decoded::Body(std::mem::take(&mut self.buf)));
-                        self.state = State::Header;
-                    }
-                }
-                State::Header => {
-                    let (line_end, consumed) = match input.iter().position(|b| *b == b'\n') {
-                        Some(i) => (true, i + 1),
-                        None => (false, input.len()),
-                    };
-                    let chunk = &input[..consumed];
-                    input = &input[consumed..];
-                    self.header_chunk(chunk, line_end, &mut out);
-                }
+                continue;
+            }
+            let (used, rescan) = self.step(&bytes[from..], &mut out);
+            match again.last_mut() {
+                Some((_, from)) => *from += used,
+                None => at += used,
+            }
+            if let Some(rescan) = rescan {
+                again.push((rescan, 0));
             }
         }
-        out
     }
 
-    /// Handles part of a header line (`line_end`: the chunk ends with the line's `\n`).
+    /// Reads the start of `input` (not empty): part of a body, or up to one header line end.
+    /// Returns how many bytes it used, and bytes to search again for `Content-Length:` before
+    /// the rest of the input (after a malformed header block).
+    fn step(&mut self, input: &[u8], out: &mut Vec<Decoded>) -> (usize, Option<Vec<u8>>) {
+        match self.state {
+            State::Skip(left) => {
+                let n = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
+                let left = left - n as u64;
+                self.state = if left == 0 {
+                    State::Header
+                } else {
+                    State::Skip(left)
+                };
+                (n, None)
+            }
+            State::Body(len) => {
+                let n = (len - self.buf.len()).min(input.len());
+                self.buf.extend_from_slice(&input[..n]);
+                if self.buf.len() == len {
+                    out.push(Decoded::Body(std::mem::take(&mut self.buf)));
+                    self.state = State::Header;
+                }
+                (n, None)
+            }
+            State::Header => {
+                let (line_end, used) = match input.iter().position(|b| *b == b'\n') {
+                    Some(i) => (true, i + 1),
+                    None => (false, input.len()),
+                };
+                (used, self.header_chunk(&input[..used], line_end, out))
+            }
+        }
+    }
+
+    /// Handles part of a header line (`line_end`: the chunk ends with the line's `\n`). Returns
+    /// the bytes to search again when this completed a malformed header block: from the second
+    /// byte of the offending line, or of a block without `Content-Length` (a message may start
+    /// right behind garbage, on the same line).
     ///
     /// What is found does not depend on how the stream was cut into chunks: in particular,
     /// the bytes of a header block past [`MAX_HEADER_BYTES`] are searched for the next
-    /// `Content-Length:` exactly as if a chunk had ended at the limit.
-    fn header_chunk(&mut self, mut chunk: &[u8], line_end: bool, out: &mut Vec<Decoded>) {
+    /// `Content-Length:` exactly as if a chunk had ended at the limit, and only complete lines
+    /// are searched again.
+    fn header_chunk(
+        &mut self,
+        mut chunk: &[u8],
+        line_end: bool,
+        out: &mut Vec<Decoded>,
+    ) -> Option<Vec<u8>> {
         loop {
             if let Some(matched) = self.resync {
                 match resync_scan(matched, chunk) {
@@ -203,16 +238,16 @@ impl FrameDecoder {
                         self.resync = None;
                         self.buf.clear();
                         self.buf.extend_from_slice(RESYNC_ON);
-                        self.header_bytes = RESYNC_ON.len();
+                        self.line_start = 0;
                         chunk = &chunk[found..];
                     }
                     Err(matched) => {
                         self.resync = Some(matched);
-                        return;
+                        return None;
                     }
                 }
             }
-            let room = MAX_HEADER_BYTES - self.header_bytes;
+            let room = MAX_HEADER_BYTES - self.buf.len();
             if chunk.len() > room {
                 out.push(Decoded::Error(FrameError::HeaderTooLarge));
                 self.start_resync();
@@ -220,102 +255,113 @@ impl FrameDecoder {
                 chunk = &chunk[room..];
                 continue;
             }
-            self.header_bytes += chunk.len();
             self.buf.extend_from_slice(chunk);
             if !line_end {
-                return;
+                return None;
             }
-            let mut line = std::mem::take(&mut self.buf);
-            line.pop(); // '\n'
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
+            let mut line = &self.buf[self.line_start..];
+            line = line.strip_suffix(b"\n").unwrap_or(line);
+            line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.is_empty() {
-                self.end_of_block(out);
-            } else if let Err(e) = self.header_line(&line) {
-                out.push(Decoded::Error(e));
-                self.start_resync();
-            } else {
-                self.in_block = true;
+                return self.end_of_block(out);
             }
-            return;
+            match parse_header_line(line) {
+                Ok(Some((n, _))) if self.length.is_none_or(|m| m == n) => self.length = Some(n),
+                Ok(Some((_, value))) => {
+                    let e = FrameError::InvalidContentLength {
+                        value: excerpt(value),
+                    };
+                    return Some(self.malformed(e, self.line_start + 1, out));
+                }
+                Ok(None) => {}
+                Err(e) => return Some(self.malformed(e, self.line_start + 1, out)),
+            }
+            self.in_block = true;
+            self.line_start = self.buf.len();
+            return None;
         }
     }
 
-    fn header_line(&mut self, line: &[u8]) -> Result<(), FrameError> {
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            return Err(FrameError::InvalidHeader {
-                line: excerpt(line),
-            });
-        };
-        let name = line[..colon].trim_ascii();
-        if name.is_empty() || !name.iter().all(|b| is_token(*b)) {
-            return Err(FrameError::InvalidHeader {
-                line: excerpt(line),
-            });
-        }
-        if !name.eq_ignore_ascii_case(CONTENT_LENGTH) {
-            return Ok(()); // Content-Type and the like: tolerated, ignored.
-        }
-        let value = line[colon + 1..].trim_ascii();
-        let invalid = || FrameError::InvalidContentLength {
-            value: excerpt(value),
-        };
-        if value.is_empty() || value.len() > 20 || !value.iter().all(u8::is_ascii_digit) {
-            return Err(invalid());
-        }
-        let n = std::str::from_utf8(value)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(invalid)?;
-        match self.length {
-            Some(m) if m != n => Err(invalid()),
-            _ => {
-                self.length = Some(n);
-                Ok(())
-            }
-        }
+    /// Reports `e` for the current header block and starts resynchronising; returns the
+    /// block's bytes from `from` on, to be searched again.
+    fn malformed(&mut self, e: FrameError, from: usize, out: &mut Vec<Decoded>) -> Vec<u8> {
+        out.push(Decoded::Error(e));
+        let rescan = self.buf.get(from..).unwrap_or_default().to_vec();
+        self.start_resync();
+        rescan
     }
 
-    fn end_of_block(&mut self, out: &mut Vec<Decoded>) {
+    fn end_of_block(&mut self, out: &mut Vec<Decoded>) -> Option<Vec<u8>> {
         if !self.in_block {
             // A stray empty line between messages.
-            self.header_bytes = 0;
-            return;
+            self.buf.clear();
+            self.line_start = 0;
+            return None;
         }
-        let length = self.length.take();
+        let Some(n) = self.length.take() else {
+            // The block held no Content-Length header: one may still start inside it, behind
+            // garbage that made a valid header name (`garbageContent-Length: 2`).
+            return Some(self.malformed(FrameError::MissingContentLength, 1, out));
+        };
         self.in_block = false;
-        self.header_bytes = 0;
-        match length {
-            None => {
-                out.push(Decoded::Error(FrameError::MissingContentLength));
-                self.start_resync();
+        self.line_start = 0;
+        self.buf.clear();
+        match usize::try_from(n) {
+            Ok(0) => out.push(Decoded::Body(Vec::new())),
+            Ok(n) if n <= self.max_body => {
+                // Grown as bytes arrive: the announced length is not trusted up front.
+                self.buf = Vec::with_capacity(n.min(64 * 1024));
+                self.state = State::Body(n);
             }
-            Some(n) => match usize::try_from(n) {
-                Ok(0) => out.push(Decoded::Body(Vec::new())),
-                Ok(n) if n <= self.max_body => {
-                    // Grown as bytes arrive: the announced length is not trusted up front.
-                    self.buf = Vec::with_capacity(n.min(64 * 1024));
-                    self.state = State::Body(n);
-                }
-                _ => {
-                    out.push(Decoded::Error(FrameError::TooLarge {
-                        length: n,
-                        max: self.max_body,
-                    }));
-                    self.state = State::Skip(n);
-                }
-            },
+            _ => {
+                out.push(Decoded::Error(FrameError::TooLarge {
+                    length: n,
+                    max: self.max_body,
+                }));
+                self.state = State::Skip(n);
+            }
         }
+        None
     }
 
     fn start_resync(&mut self) {
         self.resync = Some(0);
         self.buf.clear();
+        self.line_start = 0;
         self.in_block = false;
         self.length = None;
-        self.header_bytes = 0;
     }
+}
+
+/// Parses one header line (without its line end): `Ok(Some((length, value)))` for a
+/// `Content-Length` header, `Ok(None)` for another header.
+fn parse_header_line(line: &[u8]) -> Result<Option<(u64, &[u8])>, FrameError> {
+    let Some(colon) = line.iter().position(|b| *b == b':') else {
+        return Err(FrameError::InvalidHeader {
+            line: excerpt(line),
+        });
+    };
+    let name = line[..colon].trim_ascii();
+    if name.is_empty() || !name.iter().all(|b| is_token(*b)) {
+        return Err(FrameError::InvalidHeader {
+            line: excerpt(line),
+        });
+    }
+    if !name.eq_ignore_ascii_case(CONTENT_LENGTH) {
+        return Ok(None); // Content-Type and the like: tolerated, ignored.
+    }
+    let value = line[colon + 1..].trim_ascii();
+    let invalid = || FrameError::InvalidContentLength {
+        value: excerpt(value),
+    };
+    if value.is_empty() || value.len() > 20 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(invalid());
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|n| Some((n, value)))
+        .ok_or_else(invalid)
 }
 
 /// Searches `chunk` for the rest of [`RESYNC_ON`], `matched` bytes of which ended the previous
@@ -432,6 +478,47 @@ mod tests {
         assert_eq!(errors(&out).len(), 1, "{out:?}");
         assert!(matches!(errors(&out)[0], FrameError::InvalidHeader { .. }));
         assert_eq!(bodies(&out), vec![b"1".as_slice()]);
+    }
+
+    /// Issue 14: garbage followed on the same line by a valid message lost the message (the
+    /// search for `Content-Length:` started after the offending line) and reported nothing
+    /// more.
+    #[test]
+    fn a_message_right_behind_garbage_on_the_same_line_is_found() {
+        for garbage in [
+            b"garbage ".as_slice(),
+            b"{\"jsonrpc\":\"2.0\",\"id\":1}",
+            b"X-Foo",
+            b"X-Foo: bar",
+            b"Content-Length: 3",
+            b"Content-Length: x",
+            b"content-length:",
+            b"\x01",
+        ] {
+            let mut input = garbage.to_vec();
+            input.extend(encode(b"next"));
+            let label = String::from_utf8_lossy(garbage);
+            for cut in [input.len(), 1, 5] {
+                let mut d = FrameDecoder::new(1024);
+                let out: Vec<Decoded> = input.chunks(cut).flat_map(|c| d.feed(c)).collect();
+                assert_eq!(
+                    bodies(&out),
+                    vec![b"next".as_slice()],
+                    "{label:?} in chunks of {cut}: {out:?}"
+                );
+                assert!(!errors(&out).is_empty(), "{label:?}: {out:?}");
+                assert!(d.is_idle(), "{label:?}");
+            }
+        }
+        // Each malformed block is reported once: two pieces of garbage, two errors.
+        let mut d = FrameDecoder::new(1024);
+        let mut input = b"junk ".to_vec();
+        input.extend(encode(b"a"));
+        input.extend_from_slice(b"more junk\r\n\r\nstill junk");
+        input.extend(encode(b"b"));
+        let out = d.feed(&input);
+        assert_eq!(bodies(&out), vec![b"a".as_slice(), b"b".as_slice()]);
+        assert_eq!(errors(&out).len(), 2, "{out:?}");
     }
 
     #[test]

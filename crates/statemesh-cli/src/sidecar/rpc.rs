@@ -38,6 +38,9 @@ pub mod code {
     pub const JOIN_FAILED: i64 = -32007;
     /// The client asked for a protocol version this sidecar does not speak.
     pub const UNSUPPORTED_PROTOCOL: i64 = -32008;
+    /// An acknowledgement asked for will never come (persistence off, the store failed, the
+    /// write no longer watched for replication). The write itself was applied locally.
+    pub const NOT_ACKNOWLEDGED: i64 = -32009;
     /// The input stream's framing was malformed (the sidecar resynchronised).
     pub const FRAMING_ERROR: i64 = -32020;
     /// A message was longer than the limit (it was skipped).
@@ -128,8 +131,15 @@ pub fn parse_request(body: &[u8]) -> Result<Request, Rejected> {
             format!("body is not UTF-8: {e}"),
         )
     })?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| reject(Value::Null, code::PARSE_ERROR, format!("invalid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        // Well-formed JSON that serde_json cannot hold (a number out of range, `1e400`) still
+        // has a readable id: answer with it, so that the client knows which request failed.
+        reject(
+            readable_id(text).unwrap_or(Value::Null),
+            code::PARSE_ERROR,
+            format!("invalid JSON: {e}"),
+        )
+    })?;
     let mut obj = match value {
         Value::Object(o) => o,
         Value::Array(_) => {
@@ -185,6 +195,19 @@ pub fn parse_request(body: &[u8]) -> Result<Request, Rejected> {
         }
     };
     Ok(Request { id, method, params })
+}
+
+/// The id of a request whose JSON is well-formed but could not be read whole: its other
+/// members are skipped without being converted. `None` if there is none, or it is unreadable.
+fn readable_id(text: &str) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<Value>,
+    }
+    let parsed: IdOnly = serde_json::from_str(text).ok()?;
+    parsed
+        .id
+        .filter(|id| matches!(id, Value::String(_) | Value::Number(_)))
 }
 
 /// The body of a success response.
@@ -266,6 +289,39 @@ mod tests {
             let e = parse_request(body).expect_err("rejected");
             assert_eq!(e.error.code, *code, "{}", String::from_utf8_lossy(body));
             assert_eq!(&e.id, id, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    /// Issue 14: a number out of range made the answer's id null though it was readable.
+    #[test]
+    fn a_number_out_of_range_is_a_parse_error_with_the_id() {
+        for (body, id) in [
+            (
+                &br#"{"jsonrpc":"2.0","id":7,"method":"put","params":{"value":1e400}}"#[..],
+                json!(7),
+            ),
+            (
+                br#"{"params":{"value":-1e400},"id":"a","jsonrpc":"2.0","method":"put"}"#,
+                json!("a"),
+            ),
+            (
+                br#"{"jsonrpc":"2.0","method":"put","params":1e400}"#,
+                Value::Null,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1e400,"method":"put"}"#,
+                Value::Null,
+            ),
+            (br#"{"jsonrpc":"2.0","id":7,"method":"put","#, Value::Null),
+        ] {
+            let e = parse_request(body).expect_err("refused");
+            assert_eq!(
+                e.error.code,
+                code::PARSE_ERROR,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(e.id, id, "{}", String::from_utf8_lossy(body));
         }
     }
 

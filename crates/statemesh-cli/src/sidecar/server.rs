@@ -15,7 +15,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json, json};
-use statemesh::{Change, EntryKind, Lead, LeadershipInfo, Mesh, MeshError, Pending, Scope, Value};
+use statemesh::{
+    AckError, Change, EntryKind, Lead, LeadershipInfo, Mesh, MeshError, Pending, Scope, Value,
+};
 use statemesh_core::{DeathCause, WriteError};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinSet};
@@ -234,6 +236,8 @@ struct Counters {
 struct Outbox {
     tx: mpsc::Sender<Out>,
     counters: Arc<Counters>,
+    /// `--max-message`: no answer longer than this is sent.
+    max: usize,
 }
 
 impl Outbox {
@@ -243,10 +247,27 @@ impl Outbox {
     }
 
     async fn answer(&self, id: &Id, result: Result<Json, RpcError>) {
+        let result = result.map(|r| rpc::response(id, r)).and_then(|body| {
+            // The limit holds in both directions: a result too long is refused like a request
+            // too long, so that a client may size its buffers by it.
+            if body.len() > self.max {
+                Err(RpcError::new(
+                    code::MESSAGE_TOO_LARGE,
+                    format!(
+                        "the answer of {} bytes exceeds --max-message ({} bytes); ask for less (e.g. one key at a time)",
+                        body.len(),
+                        self.max
+                    ),
+                )
+                .with_data(json!({"length": body.len(), "max": self.max})))
+            } else {
+                Ok(body)
+            }
+        });
         match result {
-            Ok(r) => {
+            Ok(body) => {
                 self.counters.responses_out.fetch_add(1, Ordering::Relaxed);
-                self.send(rpc::response(id, r)).await;
+                self.send(body).await;
             }
             Err(e) => {
                 self.counters.errors_out.fetch_add(1, Ordering::Relaxed);
@@ -326,6 +347,7 @@ async fn serve(args: SidecarArgs, parent: Option<rustix::process::Pid>) -> i32 {
         out: Outbox {
             tx: out_tx,
             counters,
+            max: args.max_message,
         },
         mesh: None,
         join_error: None,
@@ -580,6 +602,8 @@ struct LeadDeleteParams {
     term: Option<u64>,
 }
 
+use params as parse_params;
+
 fn params<T: DeserializeOwned>(p: Map<String, Json>) -> Result<T, RpcError> {
     serde_json::from_value(Json::Object(p)).map_err(|e| RpcError::invalid_params(e.to_string()))
 }
@@ -752,7 +776,8 @@ impl Session {
             .mesh
             .builder()
             .eligible(!a.not_eligible)
-            .persist(!a.no_persist);
+            .persist(!a.no_persist)
+            .ack_timeout(Duration::from_millis(a.ack_timeout_ms));
         if let Some(d) = &a.state_dir {
             b = b.state_dir(d);
         }
@@ -805,7 +830,14 @@ impl Session {
         if method == "initialize" {
             return self.initialize(id, params).await;
         }
-        let action = if !self.initialized {
+        let action = if method == "shutdown" && !self.initialized {
+            // Leaving needs no session: a client that gives up before `initialize` must not
+            // leave the sidecar running.
+            match parse_params::<NoParams>(params) {
+                Ok(NoParams {}) => Action::Stop(Stop::Shutdown(None)),
+                Err(e) => Action::Reply(Err(e)),
+            }
+        } else if !self.initialized {
             Action::Reply(Err(RpcError::new(
                 code::NOT_INITIALIZED,
                 "not initialized: send `initialize` first",
@@ -917,6 +949,7 @@ impl Session {
             "peer": mesh.id().to_string(),
             "mesh": self.args.mesh.mesh,
             "leadership": leadership_json(&now),
+            "synced": mesh.synced_on_join(),
             "limits": {
                 "max_message": self.args.max_message,
                 "max_name": statemesh_core::replica::MAX_NAME_LEN,
@@ -1287,7 +1320,7 @@ fn written(pending: Result<Pending, MeshError>, ack: Ack, extra: Map<String, Jso
         Ack::Durable(within) => {
             result.insert("durable".into(), json!(true));
             (
-                Box::pin(pending.durable())
+                Box::pin(pending.timeout(within).durable())
                     as std::pin::Pin<Box<dyn Future<Output = Result<(), MeshError>> + Send>>,
                 within,
                 "durable".to_owned(),
@@ -1296,17 +1329,16 @@ fn written(pending: Result<Pending, MeshError>, ack: Ack, extra: Map<String, Jso
         Ack::Replicated(k, within) => {
             result.insert("replicated".into(), json!(k));
             (
-                Box::pin(pending.replicated(k)) as _,
+                Box::pin(pending.timeout(within).replicated(k)) as _,
                 within,
                 format!("replicated to {k} peers"),
             )
         }
     };
     Action::Wait(Box::pin(async move {
-        match tokio::time::timeout(within, wait).await {
-            Ok(Ok(())) => Ok(Json::Object(result)),
-            Ok(Err(e)) => Err(mesh_error(&e).with_data(json!({"applied": true}))),
-            Err(_) => Err(RpcError::new(
+        match wait.await {
+            Ok(()) => Ok(Json::Object(result)),
+            Err(MeshError::Timeout(_)) => Err(RpcError::new(
                 code::TIMEOUT,
                 format!(
                     "timed out after {} ms waiting for the write to be {what}; it was applied locally",
@@ -1314,6 +1346,20 @@ fn written(pending: Result<Pending, MeshError>, ack: Ack, extra: Map<String, Jso
                 ),
             )
             .with_data(json!({"applied": true}))),
+            Err(MeshError::Ack(a)) => {
+                let reason = match a {
+                    AckError::PersistenceOff => "persistence_off",
+                    AckError::StoreFailed(_) => "store_failed",
+                    AckError::Untracked => "untracked",
+                    _ => "other",
+                };
+                Err(RpcError::new(
+                    code::NOT_ACKNOWLEDGED,
+                    format!("{a}; the write was applied locally"),
+                )
+                .with_data(json!({"applied": true, "reason": reason})))
+            }
+            Err(e) => Err(mesh_error(&e).with_data(json!({"applied": true}))),
         }
     }))
 }
