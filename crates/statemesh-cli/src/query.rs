@@ -126,17 +126,27 @@ pub(crate) async fn run(query: Query) -> anyhow::Result<ExitCode> {
         .await?;
     let synced = tokio::time::timeout(SYNC_WAIT, mesh.synced()).await;
     if !matches!(synced, Ok(Ok(()))) || mesh.linked() == 0 {
+        // In LAN mode, finding nobody by mDNS is the likely cause: say so, with the remedy.
+        let hint = (mesh.metrics().mdns_peers_found == Some(0)).then_some(
+            "LAN mode found no peer by mDNS: if windows run on other machines, multicast is \
+             likely blocked between them (UDP port 5353 dropped, or a network filtering \
+             multicast); give one window's address with --peer host:port",
+        );
         let _ = mesh.shutdown().await;
         if args.json {
             println!(
                 "{}",
-                json!({"error": "no running window answered", "mesh": args.mesh.mesh})
+                json!({"error": "no running window answered", "mesh": args.mesh.mesh,
+                       "discovery_warning": hint})
             );
         } else {
             eprintln!(
                 "no running window of mesh {:?} answered (same mesh name, secret file and runtime directory?)",
                 args.mesh.mesh
             );
+            if let Some(hint) = hint {
+                eprintln!("{hint}");
+            }
         }
         return Ok(ExitCode::from(EXIT_NO_WINDOWS));
     }
@@ -228,11 +238,14 @@ fn status(mesh: &Mesh) -> Json {
         .iter()
         .filter(|m| m["live"] == json!(true))
         .count();
+    let metrics = mesh.metrics();
     json!({
         "leader": l.leader.map(|p| p.to_string()),
         "term": l.term,
         "live_members": live,
         "channels": channels,
+        "mdns_peers_found": metrics.mdns_peers_found,
+        "discovery_warning": metrics.discovery_warning,
     })
 }
 

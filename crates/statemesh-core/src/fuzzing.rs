@@ -1396,7 +1396,20 @@ fn kind(m: &Message) -> &'static str {
 fn frame_seeds() -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let hello = Message::Hello(hello_of(peer_ids()[1], 0, true));
-    for (i, m) in std::iter::once(hello).chain(peer_exchange()).enumerate() {
+    let peers = Message::Peers(
+        peer_ids()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| codec::PeerAddress {
+                peer: *p,
+                addr: std::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 7411)),
+            })
+            .collect(),
+    );
+    let messages = std::iter::once(hello)
+        .chain(peer_exchange())
+        .chain(std::iter::once(peers));
+    for (i, m) in messages.enumerate() {
         let frame =
             codec::encode_frame(&m, MAX).unwrap_or_else(|e| panic!("a seed frame encodes: {e}"));
         out.push((format!("{i:02}-{}", kind(&m)), frame));

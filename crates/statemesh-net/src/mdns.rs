@@ -34,7 +34,7 @@ use crate::discovery::{
 pub const SERVICE: &str = "_statemesh._udp.local.";
 
 /// The version announced in TXT `v`.
-pub const PROTOCOL_VERSION: &str = "1";
+pub const PROTOCOL_VERSION: &str = "2";
 
 /// Longest TXT value accepted from others (ours are at most 36 bytes).
 pub const MAX_TXT_VALUE: usize = 64;
@@ -316,7 +316,7 @@ mod tests {
 
     fn props(id: &str, port: &str, t: &str) -> Vec<(&'static str, Vec<u8>)> {
         vec![
-            ("v", b"1".to_vec()),
+            ("v", PROTOCOL_VERSION.as_bytes().to_vec()),
             ("id", id.as_bytes().to_vec()),
             ("port", port.as_bytes().to_vec()),
             ("tag", t.as_bytes().to_vec()),
@@ -365,7 +365,7 @@ mod tests {
             .collect();
         assert_eq!(check(&many, 4000), Err(Ignored::Oversize));
         let mut v2 = props(ID, "4000", &t);
-        v2[0].1 = b"2".to_vec();
-        assert_eq!(check(&v2, 4000), Err(Ignored::Version("2".into())));
+        v2[0].1 = b"1".to_vec();
+        assert_eq!(check(&v2, 4000), Err(Ignored::Version("1".into())));
     }
 }

@@ -1215,8 +1215,17 @@ impl Session {
                 let mesh = self.mesh()?;
                 let c = &self.out.counters;
                 let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                let metrics = mesh.metrics();
                 reply(json!({
                     "mesh": mesh.stats(),
+                    "discovery": {
+                        "links": metrics.links,
+                        "mdns_peers_found": metrics.mdns_peers_found,
+                        "warning": metrics.discovery_warning,
+                        "probes": metrics.probes,
+                        "probe_failures": metrics.probe_failures,
+                        "dial_candidates": metrics.dial_candidates,
+                    },
                     "sidecar": {
                         "messages_in": load(&c.messages_in),
                         "framing_errors": load(&c.framing_errors),
