@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod demo;
+mod keys;
 mod node;
 mod query;
 mod top;
@@ -60,6 +61,10 @@ enum Command {
     /// Writes a new mesh secret (32 random bytes, mode 0600); refuses to replace one without
     /// --force.
     Keygen(query::KeygenArgs),
+    /// The mesh keyring: list, install, use, remove keys (rotating the secret without
+    /// stopping a window; see docs/security.md). Running windows of this machine using the
+    /// file apply each change.
+    Keys(keys::KeysArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -91,6 +96,7 @@ fn main() -> anyhow::Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Query(q) => tokio::runtime::Runtime::new()?.block_on(query::run(q)),
         Command::Keygen(args) => query::keygen(&args),
+        Command::Keys(args) => keys::run(&args),
         Command::Top(args) => tokio::runtime::Runtime::new()?.block_on(top::run(args)),
         Command::Sidecar(args) => std::process::exit(statemesh_cli::sidecar::run(args)?),
     }

@@ -13,7 +13,8 @@
 //! - `{"op":"state"}`: answered by `{"event":"state","records":{C:{K:V}},"counters":{N:I},
 //!   "leader":L,"term":T,"links":N,"mdns_peers_found":M,"discovery_warning":W}` (N: QUIC links
 //!   up now; M: peers found by mDNS, null without `--lan`; W: null, or what is wrong with
-//!   discovery);
+//!   discovery), plus `"keys":{"primary":ID,"accepted":[ID]}`, `"link_keys":{PEER:ID}` (the key
+//!   each linked peer proved with), `"auth_failures":N`, `"key_renewals":N`;
 //! - `{"op":"lead_put","channel":C,"key":K,"value":V}`: writes a leader record through this
 //!   window's lead guard (the latest one it obtained, kept even once its leadership is over, so
 //!   that the library's fencing is what refuses a stale write); answered by
@@ -21,6 +22,9 @@
 //!   led, or the guard's leadership is over);
 //! - `{"op":"leader_get","channel":C,"key":K}`: answered by `{"event":"leader_get",
 //!   "value":V,"term":T}` (both null unless a live leader of the newest term wrote it).
+//!
+//! A `{"event":"keys","primary":ID,"accepted":[ID]}` line is printed whenever this window
+//! applies a change of its keyring (see `statemesh keys`).
 //!
 //! The end of stdin is not a signal to stop (a window may run detached from any input).
 
@@ -81,6 +85,8 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     leadership.mark_changed();
     let mut lead = None;
     let mut changes = mesh.changes();
+    let mut keys = mesh.keyring().watch();
+    keys.borrow_and_update();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut stdin = stdin_lines();
     let (later, mut acks) = tokio::sync::mpsc::unbounded_channel();
@@ -92,6 +98,15 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 }
             }
             Some(ack) = acks.recv() => out.emit(&ack),
+            Ok(()) = keys.changed() => {
+                let ring = keys.borrow_and_update().clone();
+                out.emit(&json!({
+                    "event": "keys",
+                    "primary": ring.primary_id().to_string(),
+                    "accepted": ring.ids().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "t_ms": ms(),
+                }));
+            }
             changed = leadership.changed() => {
                 if changed.is_err() {
                     break;
@@ -300,6 +315,11 @@ fn try_command(
                 "links": metrics.links,
                 "mdns_peers_found": metrics.mdns_peers_found,
                 "discovery_warning": metrics.discovery_warning,
+                "keys": {"primary": metrics.keys.primary, "accepted": metrics.keys.accepted},
+                "link_keys": metrics.link_keys,
+                "auth_failures": metrics.auth_failures,
+                "key_renewals": metrics.key_renewals,
+                "leadership_changes": metrics.leadership_changes,
             }))
         }
         "lead_put" => {

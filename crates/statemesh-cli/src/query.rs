@@ -246,6 +246,9 @@ fn status(mesh: &Mesh) -> Json {
         "channels": channels,
         "mdns_peers_found": metrics.mdns_peers_found,
         "discovery_warning": metrics.discovery_warning,
+        "keys": {"primary": metrics.keys.primary, "accepted": metrics.keys.accepted},
+        "link_keys": metrics.link_keys,
+        "auth_failures": metrics.auth_failures,
     })
 }
 

@@ -254,6 +254,8 @@ pub const MAX_PENDING_WRITES: usize = 4096;
 pub struct Node {
     config: Config,
     mesh: MeshTag,
+    /// Further tags accepted in a peer's hello (the mesh under other keys of a keyring).
+    also_accepted: Vec<MeshTag>,
     live: Liveness,
     election: Election,
     replica: Replica,
@@ -323,6 +325,7 @@ impl Node {
             stats: Stats::default(),
             scratch: std::cell::RefCell::default(),
             mesh,
+            also_accepted: Vec::new(),
             config,
         }
     }
@@ -347,6 +350,14 @@ impl Node {
         }
     }
 
+    /// Changes the mesh tag this node sends in its hellos to `primary`, and accepts hellos
+    /// under `primary` or any of `accepted` (a keyring's tags, see `statemesh_net::keyring`;
+    /// links already up are not affected).
+    pub fn set_mesh_tags(&mut self, primary: MeshTag, accepted: &[MeshTag]) {
+        self.mesh = primary;
+        self.also_accepted = accepted.iter().copied().filter(|t| *t != primary).collect();
+    }
+
     /// Checks a peer's hello before its link is brought up.
     pub fn check_hello(&self, hello: &Hello) -> Result<(), HelloError> {
         if hello.version != codec::PROTOCOL_VERSION {
@@ -355,7 +366,7 @@ impl Node {
                 ours: codec::PROTOCOL_VERSION,
             });
         }
-        if hello.mesh != self.mesh {
+        if hello.mesh != self.mesh && !self.also_accepted.contains(&hello.mesh) {
             return Err(HelloError::OtherMesh);
         }
         if hello.incarnation.peer == self.live.me().peer {
@@ -1303,6 +1314,13 @@ mod tests {
         let a = node(1);
         let mut h = node(2).hello();
         h.mesh = MeshTag::derive(&[1; 32], "other");
+        assert_eq!(a.check_hello(&h), Err(HelloError::OtherMesh));
+        // Under a keyring: the hello of a peer proving with another key this node holds.
+        let mut a = a;
+        let own = a.hello().mesh;
+        a.set_mesh_tags(own, &[own, h.mesh]);
+        assert_eq!(a.check_hello(&h), Ok(()));
+        a.set_mesh_tags(own, &[own]);
         assert_eq!(a.check_hello(&h), Err(HelloError::OtherMesh));
         let mut h = node(2).hello();
         h.version += 1;

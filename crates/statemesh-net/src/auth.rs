@@ -7,11 +7,23 @@
 //! middle, who holds two different sessions), and the role differs between the two sides (so a
 //! proof cannot be echoed back). On a local socket, fresh random nonces from both sides take the
 //! exporter's place. Proofs are compared in constant time.
+//!
+//! # Keyrings
+//!
+//! A window proves with its keyring's primary key and accepts a proof under any of its keys
+//! (see [`crate::keyring`]). The proof does not name its key: the verifier computes the MAC under
+//! every accepted key (at most [`MAX_KEYS`](crate::keyring::MAX_KEYS)), compares each in
+//! constant time and never stops early, so the time taken depends on how many keys it holds,
+//! not on which one matched nor on how much of a proof was right. The wire is the one of a
+//! single secret: a window holding a keyring and one of an older version holding that key as
+//! its secret authenticate each other. The server of a QUIC link answers with the key the
+//! client proved with, which both hold.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use statemesh_core::PeerId;
 
+use crate::keyring::{KeyId, Keyring};
 use crate::secret::Secret;
 
 /// Length of a proof.
@@ -50,6 +62,24 @@ pub fn prove(secret: &Secret, role: Role, b: &Binding<'_>) -> [u8; PROOF_LEN] {
 /// Checks, in constant time, the proof the peer in `role` sent.
 pub fn verify(secret: &Secret, role: Role, b: &Binding<'_>, proof: &[u8]) -> bool {
     mac(secret, role, b).verify_slice(proof).is_ok()
+}
+
+/// Checks the proof the peer in `role` sent against every key of `ring` (all of them, each in
+/// constant time, see the module docs). Returns the key it proved with.
+pub fn verify_any<'r>(
+    ring: &'r Keyring,
+    role: Role,
+    b: &Binding<'_>,
+    proof: &[u8],
+) -> Option<(KeyId, &'r Secret)> {
+    let mut found = None;
+    for key in ring.keys() {
+        let ok = verify(key, role, b, proof);
+        if ok && found.is_none() {
+            found = Some(key);
+        }
+    }
+    found.map(|k| (KeyId::of(k), k))
 }
 
 fn mac(secret: &Secret, role: Role, b: &Binding<'_>) -> Hmac<Sha256> {
@@ -129,5 +159,33 @@ mod tests {
             "wrong secret"
         );
         assert!(!verify(&secret, Role::Client, &b, &p[..31]));
+    }
+
+    #[test]
+    fn any_key_of_a_keyring_is_accepted_and_named() {
+        let (c, s) = ids();
+        let b = Binding {
+            channel: b"exporter",
+            client: c,
+            server: s,
+            mesh: "ws",
+        };
+        let (a, k2) = (Secret::from_bytes([1; 32]), Secret::from_bytes([2; 32]));
+        let mut ring = Keyring::single(a.clone());
+        ring.install(k2.clone()).expect("installs");
+        let by_a = prove(&a, Role::Client, &b);
+        let by_b = prove(&k2, Role::Client, &b);
+        assert_eq!(
+            verify_any(&ring, Role::Client, &b, &by_a).map(|(id, _)| id),
+            Some(KeyId::of(&a))
+        );
+        assert_eq!(
+            verify_any(&ring, Role::Client, &b, &by_b).map(|(id, _)| id),
+            Some(KeyId::of(&k2))
+        );
+        assert!(verify_any(&ring, Role::Server, &b, &by_b).is_none());
+        let other = prove(&Secret::from_bytes([3; 32]), Role::Client, &b);
+        assert!(verify_any(&ring, Role::Client, &b, &other).is_none());
+        assert!(verify_any(&Keyring::single(k2), Role::Client, &b, &by_a).is_none());
     }
 }

@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex};
 use statemesh_core::PeerId;
 use tokio::sync::mpsc;
 
+use crate::keyring::SharedKeyring;
 #[cfg(unix)]
 use crate::local::{LocalError, LocalEvent, LocalPresence};
-use crate::secret::Secret;
 
 /// Why an address offered by discovery (or shared by a peer) is never dialled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -128,8 +128,8 @@ pub struct Announce {
     pub quic: SocketAddr,
     /// The mesh name.
     pub mesh: String,
-    /// The mesh secret.
-    pub secret: Secret,
+    /// The mesh keyring (its primary key proves; a discovery may watch it change).
+    pub keys: SharedKeyring,
 }
 
 /// What a running discovery can tell about itself, for diagnostics.
@@ -282,7 +282,7 @@ impl Discovery for LocalDiscovery {
             &me.mesh,
             me.me,
             me.quic_on_this_machine(),
-            me.secret.clone(),
+            me.keys.clone(),
         )?;
         let forward = tokio::spawn(async move {
             while let Some(ev) = rx.recv().await {
@@ -439,10 +439,7 @@ impl Discovery for MemoryDiscovery {
         events: mpsc::UnboundedSender<Discovered>,
     ) -> Result<Box<dyn Running>, DiscoveryError> {
         // Meshes are kept apart by name and secret, as mDNS does with its tag.
-        let tag = format!(
-            "{:?}",
-            statemesh_core::MeshTag::derive(me.secret.as_bytes(), &me.mesh).0
-        );
+        let tag = format!("{:?}", me.keys.current().primary_tag(&me.mesh).0);
         let addr = me.quic_on_this_machine();
         let mut entries = self.registry.entries();
         for (peer, other) in entries.iter().filter(|(_, e)| e.tag == tag) {

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod discovery;
+pub mod keyring;
 #[cfg(unix)]
 pub mod local;
 pub mod mdns;

@@ -33,8 +33,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::auth::{self, Binding, PROOF_LEN, Role};
+use crate::keyring::{KeyId, SharedKeyring};
 use crate::quic::AUDIT_TARGET;
-use crate::secret::Secret;
 
 /// The longest socket path this platform accepts.
 #[cfg(target_os = "linux")]
@@ -167,7 +167,7 @@ impl Drop for LocalPresence {
 struct Shared {
     me: PeerId,
     quic: SocketAddr,
-    secret: Secret,
+    keys: SharedKeyring,
     mesh: String,
     dir: PathBuf,
     uid: u32,
@@ -180,13 +180,15 @@ struct Shared {
 
 impl LocalPresence {
     /// Binds this peer's socket in the mesh directory under `runtime_dir` and starts finding
-    /// the other local peers of mesh `mesh`. Events arrive on the returned receiver.
+    /// the other local peers of mesh `mesh`, proving with the primary key of `keys` and
+    /// accepting any of its keys (read anew at every handshake). Events arrive on the returned
+    /// receiver.
     pub fn start(
         runtime_dir: &Path,
         mesh: &str,
         me: PeerId,
         quic: SocketAddr,
-        secret: Secret,
+        keys: impl Into<SharedKeyring>,
     ) -> Result<(Self, mpsc::UnboundedReceiver<LocalEvent>), LocalError> {
         ensure_private_dir(runtime_dir)?;
         let dir = mesh_dir(runtime_dir, mesh);
@@ -215,7 +217,7 @@ impl LocalPresence {
         let shared = Arc::new(Shared {
             me,
             quic,
-            secret,
+            keys: keys.into(),
             mesh: mesh.to_owned(),
             dir,
             uid: rustix::process::getuid().as_raw(),
@@ -358,7 +360,7 @@ async fn establish(
         }
     }
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, role, &shared)).await {
-        Ok(Ok((peer, quic))) if expected.is_none_or(|e| e == peer) => {
+        Ok(Ok((peer, quic, key))) if expected.is_none_or(|e| e == peer) => {
             let fresh = shared
                 .connected
                 .lock()
@@ -368,6 +370,7 @@ async fn establish(
                 // Both sides dialled each other: one presence connection is enough.
                 return None;
             }
+            tracing::debug!(target: AUDIT_TARGET, peer = %peer.short(), %key, "local peer authenticated");
             let _ = shared.events.send(LocalEvent::Found { peer, quic });
             Some((stream, peer))
         }
@@ -408,7 +411,7 @@ async fn handshake(
     stream: &mut UnixStream,
     role: Role,
     shared: &Shared,
-) -> Result<(PeerId, SocketAddr), String> {
+) -> Result<(PeerId, SocketAddr, KeyId), String> {
     let mut nonce = [0u8; 32];
     rand::rng().fill_bytes(&mut nonce);
     let quic = shared.quic.to_string();
@@ -451,8 +454,9 @@ async fn handshake(
         server,
         mesh: &shared.mesh,
     };
+    let ring = shared.keys.current();
     stream
-        .write_all(&auth::prove(&shared.secret, role, &binding))
+        .write_all(&auth::prove(ring.primary(), role, &binding))
         .await
         .map_err(|e| e.to_string())?;
     let mut proof = [0u8; PROOF_LEN];
@@ -464,8 +468,8 @@ async fn handshake(
         Role::Client => Role::Server,
         Role::Server => Role::Client,
     };
-    if !auth::verify(&shared.secret, their_role, &binding, &proof) {
+    let Some((key, _)) = auth::verify_any(&ring, their_role, &binding, &proof) else {
         return Err("wrong mesh secret or mesh".into());
-    }
-    Ok((peer, their_quic))
+    };
+    Ok((peer, their_quic, key))
 }

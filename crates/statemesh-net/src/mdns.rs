@@ -8,13 +8,19 @@
 //! | `v` | protocol version ([`PROTOCOL_VERSION`]) |
 //! | `id` | the peer id (a UUID) |
 //! | `port` | the QUIC port (also in the SRV record) |
-//! | `tag` | 32 hex digits: HMAC-SHA-256 of the mesh name under the mesh secret, truncated |
+//! | `tag` | 32 hex digits: HMAC-SHA-256 of the mesh name under the primary key, truncated |
 //!
 //! The mesh name is never announced and the tag cannot be reversed to it, nor computed without
 //! the secret. Instances with another tag (other meshes, or ours under another secret), another
 //! version, malformed or oversized values are ignored without connecting. Loopback and IPv6 are
 //! not used (QUIC listens on IPv4 in LAN mode). Dropping the running discovery withdraws the
 //! record (an mDNS goodbye) and stops the daemon thread.
+//!
+//! With a keyring (see [`crate::keyring`]) a window announces the tag of its primary key, and
+//! re-announces when its primary key changes; it accepts announcements under the tag of any key
+//! it holds. Mid-rotation, windows that already prove with the new key and those that still
+//! prove with the old one find each other, since each holds both; once the old key is removed,
+//! an announcement under it is ignored like another mesh's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -89,11 +95,12 @@ pub enum Ignored {
     OtherMesh,
 }
 
-/// Checks an instance's TXT properties (`(key, value)` pairs) against our mesh `tag`.
+/// Checks an instance's TXT properties (`(key, value)` pairs) against our mesh's `tags` (one
+/// per accepted key).
 pub fn check_instance<'a>(
     props: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     srv_port: u16,
-    tag: &MeshTag,
+    tags: &[MeshTag],
 ) -> Result<Instance, Ignored> {
     let mut found: BTreeMap<&str, &str> = BTreeMap::new();
     for (n, (key, value)) in props.into_iter().enumerate() {
@@ -108,7 +115,8 @@ pub fn check_instance<'a>(
     if *version != PROTOCOL_VERSION {
         return Err(Ignored::Version((*version).to_owned()));
     }
-    if found.get("tag").copied() != Some(hex(&tag.0).as_str()) {
+    let theirs = found.get("tag").copied().unwrap_or_default();
+    if !tags.iter().any(|t| hex(&t.0) == theirs) {
         return Err(Ignored::OtherMesh);
     }
     let peer = found
@@ -128,6 +136,8 @@ struct MdnsRunning {
     daemon: ServiceDaemon,
     fullname: String,
     counts: Arc<Counts>,
+    /// Re-announces under a new primary key.
+    reannounce: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What the browsing thread has seen, for [`Running::report`].
@@ -168,6 +178,9 @@ impl Running for MdnsRunning {
 
 impl Drop for MdnsRunning {
     fn drop(&mut self) {
+        if let Some(t) = self.reannounce.take() {
+            t.abort();
+        }
         let _ = self.daemon.stop_browse(SERVICE);
         if let Ok(done) = self.daemon.unregister(&self.fullname) {
             // The daemon sends the goodbye before answering; wait briefly so that a process
@@ -195,39 +208,65 @@ impl Discovery for MdnsDiscovery {
         events: mpsc::UnboundedSender<Discovered>,
     ) -> Result<Box<dyn Running>, DiscoveryError> {
         let err = |e: mdns_sd::Error| DiscoveryError::Mdns(e.to_string());
-        let tag = MeshTag::derive(me.secret.as_bytes(), &me.mesh);
         let instance = me.me.as_uuid().simple().to_string();
         let port = me.quic.port();
-        let props = [
-            ("v", PROTOCOL_VERSION.to_owned()),
-            ("id", me.me.to_string()),
-            ("port", port.to_string()),
-            ("tag", hex(&tag.0)),
-        ];
-        let mut info = ServiceInfo::new(
-            SERVICE,
-            &instance,
-            &format!("{instance}.local."),
-            (),
-            port,
-            &props[..],
-        )
-        .map_err(err)?
-        .enable_addr_auto();
-        // Instance names are unique peer ids: no need to probe for conflicts first.
-        info.set_requires_probe(false);
+        let my_id = me.me.to_string();
+        let info_for = move |tag: MeshTag| -> Result<ServiceInfo, mdns_sd::Error> {
+            let props = [
+                ("v", PROTOCOL_VERSION.to_owned()),
+                ("id", my_id.clone()),
+                ("port", port.to_string()),
+                ("tag", hex(&tag.0)),
+            ];
+            let mut info = ServiceInfo::new(
+                SERVICE,
+                &instance,
+                &format!("{instance}.local."),
+                (),
+                port,
+                &props[..],
+            )?
+            .enable_addr_auto();
+            // Instance names are unique peer ids: no need to probe for conflicts first.
+            info.set_requires_probe(false);
+            Ok(info)
+        };
+        let ring = me.keys.current();
+        let info = info_for(ring.primary_tag(&me.mesh)).map_err(err)?;
         let fullname = info.get_fullname().to_owned();
         let daemon = ServiceDaemon::new().map_err(err)?;
         let counts = Arc::new(Counts::default());
+        let mut keys_rx = me.keys.subscribe();
+        let mesh = me.mesh.clone();
+        let (re_daemon, mut announced) = (daemon.clone(), ring.primary_id());
+        let reannounce = tokio::spawn(async move {
+            while keys_rx.changed().await.is_ok() {
+                let ring = keys_rx.borrow_and_update().clone();
+                if ring.primary_id() == announced {
+                    continue;
+                }
+                announced = ring.primary_id();
+                match info_for(ring.primary_tag(&mesh)).map(|i| re_daemon.register(i)) {
+                    Ok(Ok(())) => {
+                        tracing::info!(key = %announced, "mDNS: announcing under the new primary key")
+                    }
+                    Ok(Err(e)) | Err(e) => {
+                        tracing::warn!(error = %e, "mDNS: could not re-announce under the new primary key")
+                    }
+                }
+            }
+        });
         let running = MdnsRunning {
             daemon: daemon.clone(),
             fullname,
             counts: counts.clone(),
+            reannounce: Some(reannounce),
         };
         daemon
             .disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6, IfKind::IPv6])
             .map_err(err)?;
         daemon.register(info).map_err(err)?;
+        let (keys, mesh) = (me.keys.clone(), me.mesh.clone());
         let browse = daemon.browse(SERVICE).map_err(err)?;
         let myself = me.me;
         // mdns-sd has its own thread; this one turns its events into ours and ends when the
@@ -243,7 +282,8 @@ impl Discovery for MdnsDiscovery {
                                 .get_properties()
                                 .iter()
                                 .map(|p| (p.key(), p.val().unwrap_or_default()));
-                            match check_instance(props, svc.get_port(), &tag) {
+                            let tags = keys.current().accepted_tags(&mesh);
+                            match check_instance(props, svc.get_port(), &tags) {
                                 Ok(inst) if inst.peer == myself => {}
                                 Ok(inst) => {
                                     names.insert(svc.get_fullname().to_owned(), inst.peer);
@@ -324,7 +364,7 @@ mod tests {
     }
 
     fn check(p: &[(&'static str, Vec<u8>)], srv: u16) -> Result<Instance, Ignored> {
-        check_instance(p.iter().map(|(k, v)| (*k, v.as_slice())), srv, &tag())
+        check_instance(p.iter().map(|(k, v)| (*k, v.as_slice())), srv, &[tag()])
     }
 
     const ID: &str = "01890a5d-ac96-774b-bcce-b302099a8057";
@@ -340,6 +380,10 @@ mod tests {
             check(&props(ID, "4000", &other), 4000),
             Err(Ignored::OtherMesh)
         );
+        // Any accepted key's tag is ours.
+        let p = props(ID, "4000", &other);
+        let tags = [tag(), MeshTag::derive(&[8; 32], "mesh")];
+        assert!(check_instance(p.iter().map(|(k, v)| (*k, v.as_slice())), 4000, &tags).is_ok());
     }
 
     #[test]

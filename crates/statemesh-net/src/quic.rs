@@ -25,7 +25,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use statemesh_core::PeerId;
 
 use crate::auth::{self, Binding, PROOF_LEN, Role};
-use crate::secret::Secret;
+use crate::keyring::{KeyId, SharedKeyring};
 
 /// The ALPN protocol of statemesh links.
 pub const ALPN: &[u8] = b"statemesh/1";
@@ -48,6 +48,11 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const AUDIT_TARGET: &str = "statemesh::audit";
 
 const PREAMBLE: &[u8; 8] = b"SMESH\x01\x00\x00";
+const RENEW_PREAMBLE: &[u8; 8] = b"SMRNW\x01\x00\x00";
+
+/// The label under which keying material is exported for renewed proofs (see
+/// [`Endpoint::renew`]): a renewed proof can never pass for a setup proof, nor the reverse.
+pub const RENEW_EXPORTER_LABEL: &[u8] = b"EXPORTER-statemesh-renew-v1";
 
 /// Application close code: authentication failed.
 pub const CLOSE_AUTH_FAILED: u32 = 0x5501;
@@ -111,6 +116,8 @@ pub enum LinkError {
 pub struct Link {
     /// The peer's id, proven with the mesh secret.
     pub peer: PeerId,
+    /// The key of this side's keyring the peer proved with.
+    pub key: KeyId,
     /// The peer's address.
     pub remote: SocketAddr,
     /// Whether this side dialled.
@@ -128,18 +135,20 @@ pub struct Link {
 pub struct Endpoint {
     endpoint: quinn::Endpoint,
     me: PeerId,
-    secret: Arc<Secret>,
+    keys: SharedKeyring,
     mesh: Arc<str>,
     client: quinn::ClientConfig,
 }
 
 impl Endpoint {
     /// Binds a UDP socket at `addr` (port 0 for an ephemeral port) for peer `me` of mesh
-    /// `mesh`.
+    /// `mesh`, proving with `keys` (a [`Secret`](crate::secret::Secret), a
+    /// [`Keyring`](crate::keyring::Keyring), or a [`SharedKeyring`] that the caller may change
+    /// while the endpoint runs: every handshake reads it anew).
     pub fn bind(
         addr: SocketAddr,
         me: PeerId,
-        secret: Secret,
+        keys: impl Into<SharedKeyring>,
         mesh: &str,
     ) -> Result<Self, LinkError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -177,7 +186,7 @@ impl Endpoint {
         Ok(Self {
             endpoint,
             me,
-            secret: Arc::new(secret),
+            keys: keys.into(),
             mesh: mesh.into(),
             client,
         })
@@ -243,7 +252,7 @@ impl Endpoint {
         let prober = Self {
             endpoint,
             me: self.me,
-            secret: self.secret.clone(),
+            keys: self.keys.clone(),
             mesh: self.mesh.clone(),
             client: self.client.clone(),
         };
@@ -302,21 +311,25 @@ impl Endpoint {
         connection: quinn::Connection,
         role: Role,
         result: Result<
-            Result<(PeerId, quinn::SendStream, quinn::RecvStream), LinkError>,
+            Result<(PeerId, KeyId, quinn::SendStream, quinn::RecvStream), LinkError>,
             tokio::time::error::Elapsed,
         >,
     ) -> Result<Link, LinkError> {
         let remote = connection.remote_address();
         let outcome = result.map_err(|_| LinkError::Timeout).and_then(|r| r);
         match outcome {
-            Ok((peer, send, recv)) => Ok(Link {
-                peer,
-                remote,
-                role,
-                connection,
-                send,
-                recv,
-            }),
+            Ok((peer, key, send, recv)) => {
+                tracing::debug!(target: AUDIT_TARGET, %remote, ?role, peer = %peer.short(), %key, "peer authenticated");
+                Ok(Link {
+                    peer,
+                    key,
+                    remote,
+                    role,
+                    connection,
+                    send,
+                    recv,
+                })
+            }
             Err(e) => {
                 if matches!(e, LinkError::AuthFailed { .. }) {
                     tracing::warn!(target: AUDIT_TARGET, %remote, ?role, "peer refused: failed to prove the mesh secret");
@@ -344,7 +357,7 @@ impl Endpoint {
     async fn client_exchange(
         &self,
         connection: &quinn::Connection,
-    ) -> Result<(PeerId, quinn::SendStream, quinn::RecvStream), LinkError> {
+    ) -> Result<(PeerId, KeyId, quinn::SendStream, quinn::RecvStream), LinkError> {
         let remote = connection.remote_address();
         let (mut send, mut recv) = connection.open_bi().await?;
         let mut hello = PREAMBLE.to_vec();
@@ -360,23 +373,24 @@ impl Endpoint {
             server,
             mesh: &self.mesh,
         };
-        send.write_all(&auth::prove(&self.secret, Role::Client, &binding))
+        let ring = self.keys.current();
+        send.write_all(&auth::prove(ring.primary(), Role::Client, &binding))
             .await
             .map_err(|e| LinkError::Exchange(e.to_string()))?;
         let mut proof = [0u8; PROOF_LEN];
         recv.read_exact(&mut proof)
             .await
             .map_err(|e| proof_not_read(e, remote))?;
-        if !auth::verify(&self.secret, Role::Server, &binding, &proof) {
+        let Some((key, _)) = auth::verify_any(&ring, Role::Server, &binding, &proof) else {
             return Err(LinkError::AuthFailed { addr: remote });
-        }
-        Ok((server, send, recv))
+        };
+        Ok((server, key, send, recv))
     }
 
     async fn server_exchange(
         &self,
         connection: &quinn::Connection,
-    ) -> Result<(PeerId, quinn::SendStream, quinn::RecvStream), LinkError> {
+    ) -> Result<(PeerId, KeyId, quinn::SendStream, quinn::RecvStream), LinkError> {
         let remote = connection.remote_address();
         let (mut send, mut recv) = connection.accept_bi().await?;
         let mut preamble = [0u8; 8];
@@ -401,14 +415,139 @@ impl Endpoint {
         recv.read_exact(&mut proof)
             .await
             .map_err(|e| proof_not_read(e, remote))?;
-        if !auth::verify(&self.secret, Role::Client, &binding, &proof) {
+        let ring = self.keys.current();
+        // Answer with the key the client proved with: both sides hold it.
+        let Some((key, secret)) = auth::verify_any(&ring, Role::Client, &binding, &proof) else {
             return Err(LinkError::AuthFailed { addr: remote });
-        }
-        send.write_all(&auth::prove(&self.secret, Role::Server, &binding))
+        };
+        send.write_all(&auth::prove(secret, Role::Server, &binding))
             .await
             .map_err(|e| LinkError::Exchange(e.to_string()))?;
-        Ok((client, send, recv))
+        Ok((client, key, send, recv))
     }
+
+    /// The keyring this endpoint proves and verifies with.
+    pub fn keys(&self) -> &SharedKeyring {
+        &self.keys
+    }
+
+    /// Proves again, on the established link `connection` (where this side has `role` and the
+    /// other side is `peer`), with the current primary key, and checks the peer's answer
+    /// against the current keyring: after a change of keys, a link set up under a key that is
+    /// being retired moves to a key both sides hold, without being dropped. Opens a stream of
+    /// its own beside the link's; the peer answers it with
+    /// [`answer_renewal`](Self::answer_renewal). Returns the key the peer answered with (the
+    /// primary key of this side). At most [`AUTH_TIMEOUT`].
+    pub async fn renew(
+        &self,
+        connection: &quinn::Connection,
+        role: Role,
+        peer: PeerId,
+    ) -> Result<KeyId, LinkError> {
+        let remote = connection.remote_address();
+        let exchange = async {
+            let (mut send, mut recv) = connection.open_bi().await?;
+            let ring = self.keys.current();
+            let exporter = renew_material(connection)?;
+            let binding = self.binding(&exporter, role, peer);
+            let mut out = RENEW_PREAMBLE.to_vec();
+            out.extend_from_slice(&auth::prove(ring.primary(), role, &binding));
+            send.write_all(&out)
+                .await
+                .map_err(|e| LinkError::Exchange(e.to_string()))?;
+            let mut answer = [0u8; 1 + PROOF_LEN];
+            recv.read_exact(&mut answer[..1])
+                .await
+                .map_err(|e| LinkError::Exchange(e.to_string()))?;
+            if answer[0] != 1 {
+                return Err(LinkError::AuthFailed { addr: remote });
+            }
+            recv.read_exact(&mut answer[1..])
+                .await
+                .map_err(|e| LinkError::Exchange(e.to_string()))?;
+            let _ = send.finish();
+            auth::verify_any(&ring, other(role), &binding, &answer[1..])
+                .map(|(key, _)| key)
+                .ok_or(LinkError::AuthFailed { addr: remote })
+        };
+        tokio::time::timeout(AUTH_TIMEOUT, exchange)
+            .await
+            .map_err(|_| LinkError::Timeout)?
+    }
+
+    /// Answers a renewal (see [`renew`](Self::renew)) that the peer opened as stream
+    /// `send`/`recv` of link `connection`: checks its proof against the current keyring and
+    /// answers with the key it proved with, or refuses. Returns the key the peer proved with.
+    /// At most [`AUTH_TIMEOUT`].
+    pub async fn answer_renewal(
+        &self,
+        connection: &quinn::Connection,
+        role: Role,
+        peer: PeerId,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> Result<KeyId, LinkError> {
+        let remote = connection.remote_address();
+        let exchange = async {
+            let mut request = [0u8; 8 + PROOF_LEN];
+            recv.read_exact(&mut request)
+                .await
+                .map_err(|e| LinkError::Exchange(e.to_string()))?;
+            if &request[..8] != RENEW_PREAMBLE {
+                return Err(LinkError::Protocol("not a renewal"));
+            }
+            let ring = self.keys.current();
+            let exporter = renew_material(connection)?;
+            let binding = self.binding(&exporter, role, peer);
+            let found = auth::verify_any(&ring, other(role), &binding, &request[8..]);
+            let mut answer = Vec::with_capacity(1 + PROOF_LEN);
+            match found {
+                Some((_, secret)) => {
+                    answer.push(1);
+                    answer.extend_from_slice(&auth::prove(secret, role, &binding));
+                }
+                None => answer.push(0),
+            }
+            send.write_all(&answer)
+                .await
+                .map_err(|e| LinkError::Exchange(e.to_string()))?;
+            let _ = send.finish();
+            found
+                .map(|(key, _)| key)
+                .ok_or(LinkError::AuthFailed { addr: remote })
+        };
+        tokio::time::timeout(AUTH_TIMEOUT, exchange)
+            .await
+            .map_err(|_| LinkError::Timeout)?
+    }
+
+    fn binding<'a>(&'a self, channel: &'a [u8], role: Role, peer: PeerId) -> Binding<'a> {
+        let (client, server) = match role {
+            Role::Client => (self.me, peer),
+            Role::Server => (peer, self.me),
+        };
+        Binding {
+            channel,
+            client,
+            server,
+            mesh: &self.mesh,
+        }
+    }
+}
+
+fn other(role: Role) -> Role {
+    match role {
+        Role::Client => Role::Server,
+        Role::Server => Role::Client,
+    }
+}
+
+fn renew_material(connection: &quinn::Connection) -> Result<[u8; 32], LinkError> {
+    let mut out = [0u8; 32];
+    connection
+        .export_keying_material(&mut out, RENEW_EXPORTER_LABEL, b"")
+        .map_err(|_| LinkError::Tls("keying material export failed".into()))?;
+    Ok(out)
 }
 
 /// Why the other side's proof never came: a refusal of ours (it closed the connection as
@@ -447,8 +586,9 @@ fn transport() -> Arc<quinn::TransportConfig> {
             .try_into()
             .unwrap_or_else(|_| unreachable!("2 s fits a VarInt")),
     ));
-    // One bidirectional stream per link, opened by the dialler.
-    t.max_concurrent_bidi_streams(1u32.into());
+    // One bidirectional stream per link, opened by the dialler, and one at a time for
+    // renewed proofs (either side, see `Endpoint::renew`).
+    t.max_concurrent_bidi_streams(2u32.into());
     t.max_concurrent_uni_streams(0u32.into());
     Arc::new(t)
 }

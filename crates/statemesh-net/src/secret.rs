@@ -57,6 +57,43 @@ pub enum SecretError {
     /// The file exists and overwriting was not asked for.
     #[error("secret file {0} already exists")]
     Exists(PathBuf),
+    /// A keyring file with an entry that cannot be read (see [`crate::keyring`]).
+    #[error("keyring file {path}{}: {reason}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The line, when one is to blame.
+        line: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Removing the only key of a keyring.
+    #[error(
+        "key {0} is the last key of the keyring: install and use another key before removing it"
+    )]
+    LastKey(crate::keyring::KeyId),
+    /// Removing the primary key.
+    #[error("key {0} is the primary key: `use` another installed key first, then remove it")]
+    RemovePrimary(crate::keyring::KeyId),
+    /// Using or removing a key that is not installed.
+    #[error("key {0} is not installed (see `statemesh keys list`)")]
+    NotInstalled(crate::keyring::KeyId),
+    /// Installing a key beyond [`crate::keyring::MAX_KEYS`].
+    #[error(
+        "the keyring holds {} keys already: remove one first",
+        crate::keyring::MAX_KEYS
+    )]
+    TooManyKeys,
+    /// A key id that is not 16 hex digits.
+    #[error("{0:?} is not a key id (16 hex digits, as `statemesh keys list` shows)")]
+    BadKeyId(String),
+    /// A key given as text that is not 64 hex digits (nor a 32-byte secret file).
+    #[error("{0}: not a key (64 hex digits, or a 32-byte secret file)")]
+    BadKey(String),
+    /// The keyring is held in memory only (the mesh was built with a secret, not a file), or
+    /// the change could not be applied to this window.
+    #[error("keyring: {0}")]
+    Unavailable(&'static str),
 }
 
 impl Secret {
@@ -132,6 +169,14 @@ impl Secret {
     /// Writes a fresh secret to `path` with mode 0600 (set at creation, so there is no moment
     /// when another user could read it). Refuses to overwrite unless `force`.
     pub fn create(path: &Path, force: bool) -> Result<Self, SecretError> {
+        let secret = Self::generate();
+        secret.write(path, force)?;
+        Ok(secret)
+    }
+
+    /// Writes this secret to `path` with mode 0600 (set at creation), as 32 raw bytes: what
+    /// [`create`](Self::create) does with a fresh one. Refuses to overwrite unless `force`.
+    pub fn write(&self, path: &Path, force: bool) -> Result<(), SecretError> {
         let io_err = |source| SecretError::Io {
             path: path.to_owned(),
             source,
@@ -143,7 +188,7 @@ impl Secret {
                 .create(dir)
                 .map_err(io_err)?;
         }
-        let secret = Self::generate();
+        let secret = self;
         // Write to a private temporary file, then move it into place: readers never see a
         // partial secret.
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
@@ -170,7 +215,7 @@ impl Secret {
         };
         let _ = fs::remove_file(&tmp);
         match placed {
-            Ok(()) => Ok(secret),
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 Err(SecretError::Exists(path.to_owned()))
             }

@@ -10,9 +10,9 @@ use statemesh_core::codec::{self, FrameDecoder, Hello, Message, PeerAddress};
 use statemesh_core::{DeathCause, Event, LinkDown, PeerId, Persist, WriteId};
 use statemesh_net::auth::Role;
 use statemesh_net::discovery::{Announce, Discovered, Running, check_dialable};
+use statemesh_net::keyring::{KeyId, Keyring};
 use statemesh_net::quic::{self, Endpoint, Link, LinkError};
-use statemesh_net::secret::Secret;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::dialer::{Dial, Dialer, Via};
@@ -118,6 +118,14 @@ enum LinkEvent {
         conn: usize,
         payload: Vec<u8>,
     },
+    /// A renewed proof on connection `conn` to `peer` (see `Endpoint::renew`) ended: the key
+    /// the peer proved with, or why it did not. `ours`: this side asked for it.
+    Renewed {
+        peer: PeerId,
+        conn: usize,
+        ours: bool,
+        result: Result<KeyId, String>,
+    },
     /// Connection `conn` to `peer` ended (`error`: it sent something invalid).
     Closed {
         peer: PeerId,
@@ -139,6 +147,10 @@ struct LinkState {
     eligible: bool,
     /// The incarnation that said hello.
     incarnation: statemesh_core::Incarnation,
+    /// This side's role on the connection.
+    role: Role,
+    /// The key the peer proved with (at setup, or when it last proved again).
+    key: KeyId,
 }
 
 /// After this long in LAN mode without a peer found by mDNS, a window says so (see
@@ -147,12 +159,11 @@ pub(crate) const ALONE_WARNING: Duration = Duration::from_secs(10);
 
 pub(crate) async fn start(
     builder: MeshBuilder,
-    secret: Secret,
     store: Option<Store>,
     shared: Arc<Shared>,
 ) -> Result<Driver, MeshError> {
     let listen = builder.listen_addr();
-    let endpoint = Endpoint::bind(listen, shared.me, secret.clone(), &builder.name)?;
+    let endpoint = Endpoint::bind(listen, shared.me, shared.keys.clone(), &builder.name)?;
     let quic_addr = endpoint.local_addr().map_err(|source| {
         MeshError::Link(LinkError::Bind {
             addr: listen,
@@ -164,7 +175,7 @@ pub(crate) async fn start(
         me: shared.me,
         quic: quic_addr,
         mesh: builder.name.clone(),
-        secret,
+        keys: shared.keys.clone(),
     };
     let (found_tx, found_rx) = mpsc::unbounded_channel();
     let mut running = Vec::new();
@@ -216,7 +227,16 @@ pub(crate) async fn start(
     };
     let (stop_tx, stop_rx) = oneshot::channel();
     let span = tracing::info_span!("mesh", peer = %shared.me.short());
+    let mut tasks = JoinSet::new();
+    if let Some(path) = shared.key_file.clone() {
+        tasks.spawn(crate::keys::watch_file(path, shared.keys.clone()));
+    }
+    let mut keys_rx = shared.keys.subscribe();
+    let ring = keys_rx.borrow_and_update().clone();
     let run = Run {
+        name: builder.name.clone(),
+        keys_rx,
+        ring,
         shared,
         endpoint,
         writer,
@@ -226,7 +246,7 @@ pub(crate) async fn start(
         mdns,
         started: Instant::now(),
         alone_warned: false,
-        tasks: JoinSet::new(),
+        tasks,
         writers: JoinSet::new(),
         events,
         views,
@@ -246,6 +266,12 @@ pub(crate) async fn start(
 }
 
 struct Run {
+    /// The mesh name.
+    name: String,
+    /// Changes of the keyring.
+    keys_rx: watch::Receiver<Arc<Keyring>>,
+    /// The keyring as last applied.
+    ring: Arc<Keyring>,
     shared: Arc<Shared>,
     endpoint: Endpoint,
     writer: Option<Writer>,
@@ -309,6 +335,7 @@ impl Run {
                     self.dial_due();
                 }
                 () = self.shared.wake.notified() => {}
+                Ok(()) = self.keys_rx.changed() => self.on_keys_changed(),
                 () = tokio::time::sleep_until(deadline.into()) => self.tick(),
                 () = async {
                     match redial {
@@ -670,8 +697,18 @@ impl Run {
                     connection,
                     send,
                     recv,
+                    key,
+                    role,
                     ..
                 } = link;
+                self.tasks.spawn(serve_renewals(
+                    self.endpoint.clone(),
+                    connection.clone(),
+                    role,
+                    peer,
+                    conn,
+                    self.events.clone(),
+                ));
                 self.writers.spawn(write_loop(send, rx));
                 self.links.insert(
                     peer,
@@ -683,6 +720,8 @@ impl Run {
                         remote,
                         eligible: hello.eligible,
                         incarnation: hello.incarnation,
+                        role,
+                        key,
                     },
                 );
                 self.shared.node().handle_link_up(now, &hello);
@@ -715,11 +754,98 @@ impl Run {
                     self.close_link(peer, conn);
                 }
             }
+            LinkEvent::Renewed {
+                peer,
+                conn,
+                ours,
+                result,
+            } => self.on_renewed(peer, conn, ours, result),
             LinkEvent::Closed { peer, conn, error } => {
                 if let Some(e) = error {
                     self.shared.counts().framing_errors += 1;
                     tracing::warn!(peer = %peer.short(), error = %e, "closing link after a bad frame");
                 }
+                self.close_link(peer, conn);
+            }
+        }
+    }
+
+    /// The keyring changed: hellos carry the new primary's tag and accept every key's, and
+    /// every link proves again if this window's primary key changed or the key the link was
+    /// proven with is no longer accepted (see `docs/security.md`, "Rotating the mesh secret").
+    fn on_keys_changed(&mut self) {
+        let ring = self.keys_rx.borrow_and_update().clone();
+        let primary_changed = ring.primary_id() != self.ring.primary_id();
+        let removed: Vec<KeyId> = self
+            .ring
+            .ids()
+            .into_iter()
+            .filter(|k| !ring.contains(*k))
+            .collect();
+        tracing::info!(
+            target: quic::AUDIT_TARGET,
+            primary = %ring.primary_id(),
+            accepted = ?ring.ids().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            removed = ?removed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "keyring applied"
+        );
+        self.shared.node().set_mesh_tags(
+            ring.primary_tag(&self.name),
+            &ring.accepted_tags(&self.name),
+        );
+        for (peer, link) in &self.links {
+            if primary_changed || !ring.contains(link.key) {
+                let (endpoint, connection, role, peer, conn, events) = (
+                    self.endpoint.clone(),
+                    link.connection.clone(),
+                    link.role,
+                    *peer,
+                    link.conn,
+                    self.events.clone(),
+                );
+                self.tasks.spawn(async move {
+                    let result = endpoint
+                        .renew(&connection, role, peer)
+                        .await
+                        .map_err(|e| e.to_string());
+                    let _ = events.send(LinkEvent::Renewed {
+                        peer,
+                        conn,
+                        ours: true,
+                        result,
+                    });
+                });
+            }
+        }
+        self.ring = ring;
+    }
+
+    /// A renewed proof ended. A link whose key this window no longer accepts and that failed to
+    /// prove another is closed as failing authentication.
+    fn on_renewed(&mut self, peer: PeerId, conn: usize, ours: bool, result: Result<KeyId, String>) {
+        let Some(link) = self.links.get_mut(&peer).filter(|l| l.conn == conn) else {
+            return;
+        };
+        match result {
+            Ok(key) => {
+                self.shared.counts().key_renewals += 1;
+                if key != link.key {
+                    tracing::info!(target: quic::AUDIT_TARGET, peer = %peer.short(), %key, was = %link.key, ours, "link proved again under another key");
+                }
+                link.key = key;
+            }
+            Err(e) => {
+                self.shared.counts().key_renewal_failures += 1;
+                if self.shared.keys.current().contains(link.key) {
+                    tracing::info!(target: quic::AUDIT_TARGET, peer = %peer.short(), key = %link.key, ours, error = %e, "renewed proof failed; the link keeps its key, still accepted");
+                    return;
+                }
+                tracing::warn!(target: quic::AUDIT_TARGET, peer = %peer.short(), remote = %link.remote, key = %link.key, error = %e, "peer refused: its key was removed and it proved no other; link closed");
+                self.shared.counts().auth_failures_quic += 1;
+                link.connection.close(
+                    quinn::VarInt::from_u32(quic::CLOSE_AUTH_FAILED),
+                    b"key removed",
+                );
                 self.close_link(peer, conn);
             }
         }
@@ -793,6 +919,18 @@ impl Run {
                 node.replication_tracked_from(),
             )
         };
+        {
+            let mut keys = self
+                .shared
+                .link_keys
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if keys.len() != self.links.len()
+                || self.links.iter().any(|(p, l)| keys.get(p) != Some(&l.key))
+            {
+                *keys = self.links.iter().map(|(p, l)| (*p, l.key)).collect();
+            }
+        }
         for t in frames {
             if let Some(link) = self.links.get(&t.to) {
                 let _ = link.tx.send(t.frame);
@@ -964,6 +1102,35 @@ async fn exchange_hellos(
         .close(quinn::VarInt::from_u32(quic::CLOSE_PROTOCOL), b"bad hello");
     if let Some(addr) = addr {
         let _ = events.send(LinkEvent::DialFailed { addr });
+    }
+}
+
+/// Answers the renewed proofs the peer of link `conn` asks for (see `Endpoint::renew`), one at
+/// a time, until the connection ends.
+async fn serve_renewals(
+    endpoint: Endpoint,
+    connection: quinn::Connection,
+    role: Role,
+    peer: PeerId,
+    conn: usize,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) {
+    while let Ok((send, recv)) = connection.accept_bi().await {
+        let result = endpoint
+            .answer_renewal(&connection, role, peer, send, recv)
+            .await
+            .map_err(|e| e.to_string());
+        if events
+            .send(LinkEvent::Renewed {
+                peer,
+                conn,
+                ours: false,
+                result,
+            })
+            .is_err()
+        {
+            return;
+        }
     }
 }
 

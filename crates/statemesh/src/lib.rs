@@ -23,6 +23,7 @@
 
 mod dialer;
 mod driver;
+pub mod keys;
 mod mesh;
 pub mod metrics;
 pub mod store;
@@ -41,4 +42,6 @@ pub use automerge;
 /// paths under `autosurgeon`, so a crate deriving them still lists `autosurgeon` among its own
 /// dependencies, at this version.
 pub use autosurgeon;
-pub use statemesh_net::secret::Secret;
+pub use keys::{KeyringHandle, KeyringInfo};
+pub use statemesh_net::keyring::{KeyId, Keyring, read_key_file};
+pub use statemesh_net::secret::{Secret, SecretError};

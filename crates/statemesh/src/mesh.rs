@@ -9,10 +9,11 @@ use autosurgeon::{Hydrate, Reconcile};
 use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 use statemesh_core::{
-    Config, EntryChange, Explanation, MeshTag, Node, PeerId, ReadError, Scope, Stats, Time,
-    WriteError, WriteId, Written,
+    Config, EntryChange, Explanation, Node, PeerId, ReadError, Scope, Stats, Time, WriteError,
+    WriteId, Written,
 };
 use statemesh_net::discovery::Discovery;
+use statemesh_net::keyring::{KeyId, Keyring, SharedKeyring};
 use statemesh_net::secret::{Secret, SecretError};
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -50,7 +51,8 @@ pub struct Member {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MeshError {
-    /// The secret file could not be read or created.
+    /// The secret (keyring) file could not be read or created, or a keyring change was
+    /// refused.
     #[error(transparent)]
     Secret(#[from] SecretError),
     /// Persistence failed.
@@ -126,7 +128,7 @@ impl From<ReadError> for MeshError {
 ///
 /// | knob | default |
 /// |---|---|
-/// | [`secret_file`](Self::secret_file) | `<config dir>/statemesh/secret`, created 0600 on first use |
+/// | [`secret_file`](Self::secret_file) | `<config dir>/statemesh/secret`, created 0600 on first use (a keyring file, watched for changes) |
 /// | [`runtime_dir`](Self::runtime_dir) | `$XDG_RUNTIME_DIR/statemesh`, else `/tmp/statemesh-<uid>` |
 /// | [`state_dir`](Self::state_dir) | `<state dir>/statemesh` (e.g. `~/.local/state/statemesh`) |
 /// | [`persist`](Self::persist) | on |
@@ -149,7 +151,7 @@ pub struct MeshBuilder {
     pub(crate) hint_set: bool,
     pub(crate) join_timeout: Duration,
     pub(crate) ack_timeout: Duration,
-    pub(crate) secret: Option<Secret>,
+    pub(crate) keyring: Option<Keyring>,
     pub(crate) secret_path: Option<PathBuf>,
     pub(crate) runtime_dir: Option<PathBuf>,
     pub(crate) state_dir: Option<PathBuf>,
@@ -179,7 +181,7 @@ impl MeshBuilder {
             hint_set: false,
             join_timeout: DEFAULT_JOIN_TIMEOUT,
             ack_timeout: DEFAULT_ACK_TIMEOUT,
-            secret: None,
+            keyring: None,
             secret_path: None,
             runtime_dir: None,
             state_dir: None,
@@ -225,13 +227,22 @@ impl MeshBuilder {
         out
     }
 
-    /// The secret itself (instead of the secret file).
+    /// The secret itself (instead of the secret file): a keyring of that one key, held in
+    /// memory ([`Mesh::keyring`] changes it for this window only).
     pub fn secret(mut self, secret: Secret) -> Self {
-        self.secret = Some(secret);
+        self.keyring = Some(Keyring::single(secret));
         self
     }
 
-    /// The secret file (default: `<config dir>/statemesh/secret`, created on first use).
+    /// A keyring held in memory (instead of the secret file).
+    pub fn keyring(mut self, keyring: Keyring) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    /// The secret file (default: `<config dir>/statemesh/secret`, created on first use): a
+    /// 32-byte secret or a keyring (see `statemesh_net::keyring`). The window watches it and
+    /// applies every readable change (see [`Mesh::keyring`]).
     pub fn secret_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.secret_path = Some(path.into());
         self
@@ -351,19 +362,23 @@ impl MeshBuilder {
 
     async fn start(self) -> Result<(Arc<Shared>, driver::Driver), MeshError> {
         check_config(&self.config)?;
-        let secret = match (&self.secret, &self.secret_path) {
-            (Some(s), _) => s.clone(),
-            (None, Some(p)) => Secret::load_or_create(p)?,
-            (None, None) => Secret::load_or_create(&Secret::default_path()?)?,
+        let (ring, key_file) = match (&self.keyring, &self.secret_path) {
+            (Some(r), _) => (r.clone(), None),
+            (None, Some(p)) => (Keyring::load_or_create(p)?, Some(p.clone())),
+            (None, None) => {
+                let p = Secret::default_path()?;
+                (Keyring::load_or_create(&p)?, Some(p))
+            }
         };
         let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let me = PeerId::generate(unix_ms, &mut rng);
-        let tag = MeshTag::derive(secret.as_bytes(), &self.name);
+        let tag = ring.primary_tag(&self.name);
         let epoch = Instant::now();
         let mut node = Node::new(self.config.clone(), tag, me, &mut rng, Time::ZERO);
+        node.set_mesh_tags(tag, &ring.accepted_tags(&self.name));
         node.align_heartbeats(heartbeat_phase(self.config.heartbeat_interval));
         let (store, loaded) = if self.persist {
             let base = match &self.state_dir {
@@ -400,9 +415,12 @@ impl MeshBuilder {
             persist: self.persist,
             ack_timeout: self.ack_timeout,
             synced_on_join: std::sync::atomic::AtomicBool::new(false),
+            keys: SharedKeyring::new(ring),
+            key_file,
+            link_keys: Mutex::new(std::collections::BTreeMap::new()),
         });
         let join_timeout = self.join_timeout;
-        let driver = driver::start(self, secret, store, shared.clone()).await?;
+        let driver = driver::start(self, store, shared.clone()).await?;
         // Reads right after `join` must not take "not synced yet" for "absent": wait (bounded)
         // until this window holds what the peers it found hold.
         let synced = wait_synced(&shared, join_timeout).await;
@@ -475,6 +493,12 @@ pub(crate) struct Shared {
     pub(crate) ack_timeout: Duration,
     /// Whether `join` returned synced (see [`Mesh::synced_on_join`]).
     pub(crate) synced_on_join: std::sync::atomic::AtomicBool,
+    /// The keyring every handshake reads.
+    pub(crate) keys: SharedKeyring,
+    /// The keyring file, watched, if the mesh has one.
+    pub(crate) key_file: Option<PathBuf>,
+    /// The key each linked peer proved with.
+    pub(crate) link_keys: Mutex<std::collections::BTreeMap<PeerId, KeyId>>,
 }
 
 impl Shared {
@@ -985,8 +1009,28 @@ impl Mesh {
             mdns_peers_found: counts.mdns_peers_found,
             discovery_warning: counts.discovery_warning.clone(),
             links: counts.links,
+            keys: crate::KeyringInfo::of(
+                &self.shared().keys.current(),
+                self.shared().key_file.as_deref(),
+            ),
+            link_keys: self
+                .keyring()
+                .peer_keys()
+                .into_iter()
+                .map(|(p, k)| (p.to_string(), k))
+                .collect(),
+            key_renewals: counts.key_renewals,
+            key_renewal_failures: counts.key_renewal_failures,
             persist_errors: counts.persist_errors,
             propagation: counts.propagation.summary(),
+        }
+    }
+
+    /// This window's keyring: which key it proves with, which it accepts, which each linked
+    /// peer proved with; install, use and remove keys (see [`crate::keys`]).
+    pub fn keyring(&self) -> crate::KeyringHandle {
+        crate::KeyringHandle {
+            shared: self.shared().clone(),
         }
     }
 

@@ -48,6 +48,16 @@ pub struct Metrics {
     pub discovery_warning: Option<String>,
     /// Links up now.
     pub links: usize,
+    /// This window's keyring, by key ids.
+    pub keys: crate::KeyringInfo,
+    /// The key (id) each linked peer proved with, by peer id.
+    pub link_keys: std::collections::BTreeMap<String, String>,
+    /// Links that proved again after a change of keys (see `docs/security.md`).
+    pub key_renewals: u64,
+    /// Renewed proofs that failed (the peer does not hold this window's primary key, or this
+    /// window does not hold the peer's); a link whose key was removed and that failed to prove
+    /// again is closed, and counted in `auth_failures`.
+    pub key_renewal_failures: u64,
     /// Failures to persist state (after one, writes are no longer reported durable).
     pub persist_errors: u64,
     /// How long this window's writes took to be held by a peer: from the write until the
@@ -122,6 +132,8 @@ pub(crate) struct DriverCounts {
     pub(crate) mdns_peers_found: Option<u64>,
     pub(crate) discovery_warning: Option<String>,
     pub(crate) links: usize,
+    pub(crate) key_renewals: u64,
+    pub(crate) key_renewal_failures: u64,
     pub(crate) persist_errors: u64,
     pub(crate) propagation: DelaySamples,
 }
