@@ -14,7 +14,8 @@
 //!   "leader":L,"term":T,"links":N,"mdns_peers_found":M,"discovery_warning":W}` (N: QUIC links
 //!   up now; M: peers found by mDNS, null without `--lan`; W: null, or what is wrong with
 //!   discovery), plus `"keys":{"primary":ID,"accepted":[ID]}`, `"link_keys":{PEER:ID}` (the key
-//!   each linked peer proved with), `"auth_failures":N`, `"key_renewals":N`;
+//!   each linked peer proved with), `"auth_failures":N`, `"key_renewals":N`, `"links_opened":N` (links brought up since
+//!   it joined), `"leadership_changes":N`;
 //! - `{"op":"lead_put","channel":C,"key":K,"value":V}`: writes a leader record through this
 //!   window's lead guard (the latest one it obtained, kept even once its leadership is over, so
 //!   that the library's fencing is what refuses a stale write); answered by
@@ -319,6 +320,7 @@ fn try_command(
                 "link_keys": metrics.link_keys,
                 "auth_failures": metrics.auth_failures,
                 "key_renewals": metrics.key_renewals,
+                "links_opened": metrics.links_opened,
                 "leadership_changes": metrics.leadership_changes,
             }))
         }

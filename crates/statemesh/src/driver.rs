@@ -724,6 +724,7 @@ impl Run {
                         key,
                     },
                 );
+                self.shared.counts().links_opened += 1;
                 self.shared.node().handle_link_up(now, &hello);
                 self.share_addresses(peer);
                 self.tasks.spawn(read_loop(

@@ -1019,6 +1019,7 @@ impl Mesh {
                 .into_iter()
                 .map(|(p, k)| (p.to_string(), k))
                 .collect(),
+            links_opened: counts.links_opened,
             key_renewals: counts.key_renewals,
             key_renewal_failures: counts.key_renewal_failures,
             persist_errors: counts.persist_errors,

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub discovery_warning: Option<String>,
     /// Links up now.
     pub links: usize,
+    /// Links brought up since this window joined (a link dropped and set up again counts
+    /// twice): what shows that no link was dropped, e.g. during a rotation of keys.
+    pub links_opened: u64,
     /// This window's keyring, by key ids.
     pub keys: crate::KeyringInfo,
     /// The key (id) each linked peer proved with, by peer id.
@@ -132,6 +135,7 @@ pub(crate) struct DriverCounts {
     pub(crate) mdns_peers_found: Option<u64>,
     pub(crate) discovery_warning: Option<String>,
     pub(crate) links: usize,
+    pub(crate) links_opened: u64,
     pub(crate) key_renewals: u64,
     pub(crate) key_renewal_failures: u64,
     pub(crate) persist_errors: u64,
