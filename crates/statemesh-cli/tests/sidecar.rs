@@ -967,3 +967,84 @@ fn limits_ids_same_values_and_early_shutdown_behave_as_documented() {
         true
     );
 }
+
+#[test]
+fn keyring_methods_change_the_file_and_refuse_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Sidecar::spawn(dir.path(), "keyring", &[]);
+    s.initialize();
+    let list = s.ok("keyring_list", json!({}));
+    let a = list["primary"].as_str().expect("id").to_owned();
+    assert_eq!(list["accepted"], json!([a]));
+    assert_eq!(
+        list["file"],
+        dir.path().join("secret").display().to_string()
+    );
+
+    // Refusals change nothing.
+    let e = s.err("keyring_remove", json!({"id": a}));
+    assert_eq!(e["code"], -32010, "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("last key")),
+        "{e}"
+    );
+    let e = s.err("keyring_use", json!({"id": "00000000000000ff"}));
+    assert_eq!(e["code"], -32010);
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not installed")),
+        "{e}"
+    );
+    assert_eq!(s.err("keyring_use", json!({"id": "nope"}))["code"], -32602);
+    assert_eq!(s.err("keyring_install", json!({}))["code"], -32602);
+    assert_eq!(
+        s.err(
+            "keyring_install",
+            json!({"generate": true, "key_file": "x"})
+        )["code"],
+        -32602
+    );
+    let open = dir.path().join("open.key");
+    std::fs::write(&open, [7u8; 32]).expect("writes");
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let e = s.err("keyring_install", json!({"key_file": open}));
+    assert_eq!(e["code"], -32010);
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("chmod 600")),
+        "{e}"
+    );
+
+    // Install, use, remove: the file follows.
+    let b_file = dir.path().join("b.key");
+    std::fs::write(&b_file, "ab".repeat(32)).expect("writes");
+    std::fs::set_permissions(&b_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let out = s.ok("keyring_install", json!({"key_file": b_file}));
+    let b = out["installed"].as_str().expect("id").to_owned();
+    assert_eq!(out["primary"], a.as_str());
+    assert_eq!(out["accepted"], json!([a, b]));
+    assert_eq!(s.ok("keyring_use", json!({"id": b}))["primary"], b.as_str());
+    let e = s.err("keyring_remove", json!({"id": b}));
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("primary key")),
+        "{e}"
+    );
+    let out = s.ok("keyring_remove", json!({"id": a}));
+    assert_eq!(out["accepted"], json!([b]));
+    let file = std::fs::read_to_string(dir.path().join("secret")).expect("reads");
+    assert!(file.starts_with("statemesh-keyring v1"), "{file}");
+    assert!(
+        file.contains(&format!("primary {}", "ab".repeat(32))),
+        "{file}"
+    );
+    let stats = s.ok("stats", json!({}));
+    assert_eq!(stats["keys"]["primary"], b.as_str(), "{stats}");
+}

@@ -41,6 +41,9 @@ pub mod code {
     /// An acknowledgement asked for will never come (persistence off, the store failed, the
     /// write no longer watched for replication). The write itself was applied locally.
     pub const NOT_ACKNOWLEDGED: i64 = -32009;
+    /// A keyring change was refused (the last key, the primary key, a key not installed, a
+    /// keyring or key file refused), changing nothing.
+    pub const KEYRING_REFUSED: i64 = -32010;
     /// The input stream's framing was malformed (the sidecar resynchronised).
     pub const FRAMING_ERROR: i64 = -32020;
     /// A message was longer than the limit (it was skipped).

@@ -500,6 +500,44 @@ struct NameOnly {
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
+struct KeyIdParam {
+    id: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct KeyInstallParams {
+    #[serde(default)]
+    key_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    generate: bool,
+}
+
+fn keyring_json(mesh: &statemesh::Mesh) -> Json {
+    let info = mesh.keyring().list();
+    let links: Map<String, Json> = mesh
+        .keyring()
+        .peer_keys()
+        .into_iter()
+        .map(|(p, k)| (p.to_string(), json!(k)))
+        .collect();
+    json!({
+        "primary": info.primary,
+        "accepted": info.accepted,
+        "file": info.file,
+        "link_keys": links,
+    })
+}
+
+fn keyring_error(e: &MeshError) -> RpcError {
+    match e {
+        MeshError::Secret(s) => RpcError::new(code::KEYRING_REFUSED, s.to_string()),
+        other => mesh_error(other),
+    }
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
 struct PutParams {
     channel: String,
     key: String,
@@ -767,6 +805,10 @@ const METHODS: &[&str] = &[
     "lead_release",
     "stats",
     "explain",
+    "keyring_list",
+    "keyring_install",
+    "keyring_use",
+    "keyring_remove",
 ];
 
 impl Session {
@@ -1210,6 +1252,42 @@ impl Session {
                 }
                 reply(json!({"released": released}))
             }
+            "keyring_list" => {
+                let NoParams {} = params(p)?;
+                reply(keyring_json(self.mesh()?))
+            }
+            "keyring_install" => {
+                let KeyInstallParams { key_file, generate } = params(p)?;
+                let key = match (key_file, generate) {
+                    (Some(f), false) => statemesh::read_key_file(&f)
+                        .map_err(|e| RpcError::new(code::KEYRING_REFUSED, e.to_string()))?,
+                    (None, true) => statemesh::Secret::generate(),
+                    _ => {
+                        return Err(RpcError::invalid_params(
+                            "give exactly one of `key_file` and `generate: true`",
+                        ));
+                    }
+                };
+                let mesh = self.mesh()?;
+                let id = mesh.keyring().install(key).map_err(|e| keyring_error(&e))?;
+                let mut out = keyring_json(mesh);
+                out["installed"] = json!(id.to_string());
+                reply(out)
+            }
+            "keyring_use" | "keyring_remove" => {
+                let KeyIdParam { id } = params(p)?;
+                let id: statemesh::KeyId = id
+                    .parse()
+                    .map_err(|e: statemesh::SecretError| RpcError::invalid_params(e.to_string()))?;
+                let mesh = self.mesh()?;
+                if method == "keyring_use" {
+                    mesh.keyring().use_key(id)
+                } else {
+                    mesh.keyring().remove(id)
+                }
+                .map_err(|e| keyring_error(&e))?;
+                reply(keyring_json(mesh))
+            }
             "stats" => {
                 let NoParams {} = params(p)?;
                 let mesh = self.mesh()?;
@@ -1225,6 +1303,14 @@ impl Session {
                         "probes": metrics.probes,
                         "probe_failures": metrics.probe_failures,
                         "dial_candidates": metrics.dial_candidates,
+                        "auth_failures": metrics.auth_failures,
+                    },
+                    "keys": {
+                        "primary": metrics.keys.primary,
+                        "accepted": metrics.keys.accepted,
+                        "link_keys": metrics.link_keys,
+                        "renewals": metrics.key_renewals,
+                        "renewal_failures": metrics.key_renewal_failures,
                     },
                     "sidecar": {
                         "messages_in": load(&c.messages_in),
