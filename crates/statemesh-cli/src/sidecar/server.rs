@@ -508,12 +508,12 @@ struct KeyIdParam {
 #[serde(deny_unknown_fields)]
 struct KeyInstallParams {
     #[serde(default)]
-    key_file: Option<std::path::PathBuf>,
+    key_file: Option<PathBuf>,
     #[serde(default)]
     generate: bool,
 }
 
-fn keyring_json(mesh: &statemesh::Mesh) -> Json {
+fn keyring_json(mesh: &Mesh) -> Json {
     let info = mesh.keyring().list();
     let links: Map<String, Json> = mesh
         .keyring()
