@@ -369,8 +369,8 @@ impl Keyring {
     /// keyring as written and what `change` returned.
     pub fn edit<T>(
         path: &Path,
-        change: impl FnOnce(&mut Keyring) -> Result<T, SecretError>,
-    ) -> Result<(Keyring, T), SecretError> {
+        change: impl FnOnce(&mut Self) -> Result<T, SecretError>,
+    ) -> Result<(Self, T), SecretError> {
         let _lock = FileLock::take(path)?;
         let mut ring = Self::load_or_create(path)?;
         let before = ring.clone();

@@ -111,6 +111,9 @@ pub enum LinkError {
     Closed,
 }
 
+/// What an authentication exchange yields: the peer, the key it proved with, the link's stream.
+type Exchanged = (PeerId, KeyId, quinn::SendStream, quinn::RecvStream);
+
 /// An authenticated QUIC link to one peer: a connection and its one bidirectional stream.
 #[derive(Debug)]
 pub struct Link {
@@ -310,10 +313,7 @@ impl Endpoint {
         &self,
         connection: quinn::Connection,
         role: Role,
-        result: Result<
-            Result<(PeerId, KeyId, quinn::SendStream, quinn::RecvStream), LinkError>,
-            tokio::time::error::Elapsed,
-        >,
+        result: Result<Result<Exchanged, LinkError>, tokio::time::error::Elapsed>,
     ) -> Result<Link, LinkError> {
         let remote = connection.remote_address();
         let outcome = result.map_err(|_| LinkError::Timeout).and_then(|r| r);
@@ -357,7 +357,7 @@ impl Endpoint {
     async fn client_exchange(
         &self,
         connection: &quinn::Connection,
-    ) -> Result<(PeerId, KeyId, quinn::SendStream, quinn::RecvStream), LinkError> {
+    ) -> Result<Exchanged, LinkError> {
         let remote = connection.remote_address();
         let (mut send, mut recv) = connection.open_bi().await?;
         let mut hello = PREAMBLE.to_vec();
@@ -390,7 +390,7 @@ impl Endpoint {
     async fn server_exchange(
         &self,
         connection: &quinn::Connection,
-    ) -> Result<(PeerId, KeyId, quinn::SendStream, quinn::RecvStream), LinkError> {
+    ) -> Result<Exchanged, LinkError> {
         let remote = connection.remote_address();
         let (mut send, mut recv) = connection.accept_bi().await?;
         let mut preamble = [0u8; 8];
