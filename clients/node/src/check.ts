@@ -36,6 +36,10 @@ const SCHEMAS: Record<Method, Schema> = {
   leader_keys: { channel: req('name') },
   stats: {},
   explain: {},
+  keyring_list: {},
+  keyring_install: { key_file: opt('name'), generate: opt('bool') },
+  keyring_use: { id: req('name') },
+  keyring_remove: { id: req('name') },
 };
 
 const OP_SCHEMAS: Record<string, Schema> = {

@@ -18,6 +18,8 @@ export const ErrorCode = {
   READ_FAILED: -32006,
   JOIN_FAILED: -32007,
   UNSUPPORTED_PROTOCOL: -32008,
+  /** A `keyring_*` change was refused (the last key, the primary, a key not installed...). */
+  KEYRING_REFUSED: -32010,
   FRAMING_ERROR: -32020,
   /** Also used for requests this package does not send because they exceed the limit. */
   MESSAGE_TOO_LARGE: -32021,

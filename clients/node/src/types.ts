@@ -68,6 +68,15 @@ export interface Stats {
   [more: string]: unknown;
 }
 
+/** The mesh keyring by key ids (`keyring_*` methods; see docs/security.md, *Keyrings*). */
+export interface KeyringInfo {
+  primary: string;
+  accepted: string[];
+  file: string | null;
+  link_keys: Record<string, string>;
+  [more: string]: unknown;
+}
+
 export interface Explanation {
   me: { peer: string; incarnation: number };
   leader: string | null;
@@ -137,6 +146,10 @@ export interface Methods {
   leader_keys: { params: { channel: string }; result: string[] };
   stats: { params: Record<string, never>; result: Stats };
   explain: { params: Record<string, never>; result: Explanation };
+  keyring_list: { params: Record<string, never>; result: KeyringInfo };
+  keyring_install: { params: { key_file?: string; generate?: boolean }; result: KeyringInfo & { installed: string } };
+  keyring_use: { params: { id: string }; result: KeyringInfo };
+  keyring_remove: { params: { id: string }; result: KeyringInfo };
 }
 
 export type Method = keyof Methods;
