@@ -158,7 +158,8 @@ impl FileStamp {
 /// task is aborted). A version that cannot be read is refused (logged once per version) and the
 /// window keeps its keyring.
 pub(crate) async fn watch_file(path: PathBuf, keys: SharedKeyring) {
-    let mut seen = FileStamp::of(&path);
+    // Not read yet: the first look applies whatever changed since the window loaded it.
+    let mut seen = None;
     let mut interval = tokio::time::interval(KEYRING_POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
