@@ -353,11 +353,11 @@ fn sidecar_seeds() -> Vec<(String, Vec<u8>)> {
         ("leader_keys", json!({"channel": "probes"})),
         ("stats", json!({})),
         ("explain", json!({})),
+        ("shutdown", json!({})),
         ("keyring_list", json!({})),
         ("keyring_install", json!({"key_file": "/home/me/new.key"})),
         ("keyring_use", json!({"id": "0c3a77e1b2d4a690"})),
         ("keyring_remove", json!({"id": "6b1f0c3a9d2e4f51"})),
-        ("shutdown", json!({})),
     ];
     let mut seeds: Vec<(String, Vec<u8>)> = methods
         .iter()
