@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use statemesh_core::sim::{CrashSignal, Sim, SimConfig, Slot};
-use statemesh_core::{Config, PeerId, Scope, Time};
+use statemesh_core::{Config, PeerId, Scope, Term, Time};
 
 fn seeds() -> Vec<u64> {
     if let Some(seed) = std::env::var("SEED").ok().and_then(|s| s.parse().ok()) {
@@ -646,7 +646,8 @@ fn frozen_leader_is_fenced_on_waking() {
                     .leader_get::<String>("probes", "api")
                     .expect("read");
                 if let Some((value, t)) = got {
-                    assert!(t >= new_term, "seed {seed}: stale term {t} visible");
+                    let successor = Term::new(new_term, next.expect("a successor"));
+                    assert!(t >= successor, "seed {seed}: stale term {t} visible");
                     assert_eq!(value, "down", "seed {seed}");
                 }
             }
