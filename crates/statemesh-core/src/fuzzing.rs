@@ -1691,8 +1691,7 @@ mod tests {
         // The peer's last sync message: the one that carries its changes.
         let (_, last_sync) = seeds("sync_receive")
             .into_iter()
-            .filter(|(n, _)| n.ends_with("-sync-payload"))
-            .next_back()
+            .rfind(|(n, _)| n.ends_with("-sync-payload"))
             .expect("a sync payload seed");
         node.handle_payload(T0, peer, &last_sync).expect("accepted");
         assert_ne!(
