@@ -573,10 +573,17 @@ impl Node {
                     };
                     let writer_known_dead = self.live.incarnation_of(&r.writer).is_some()
                         && !self.live.is_live(&r.writer);
-                    if !writer_known_dead && self.leader.merge(r) {
+                    if writer_known_dead {
+                        continue;
+                    }
+                    // A record is proof that its writer led under its term: known from now on,
+                    // even before the writer's claim arrives in a view.
+                    self.election.observe(crate::leader::term_of(&r));
+                    if self.leader.merge(r) {
                         self.events.push_back(Event::Changed(change));
                     }
                 }
+                self.reelect(now);
             }
         }
         Ok(())

@@ -434,7 +434,7 @@ impl Sim {
         let id = p.node.me().peer;
         // Persists in flight: the crash fell after the fsync of some prefix of them.
         while let Some((_, persist)) = p.inflight.pop_front() {
-            if self.disk_rng.next_u64() % 2 == 0 {
+            if self.disk_rng.next_u64().is_multiple_of(2) {
                 break;
             }
             store(&mut p.disk, persist);
