@@ -910,4 +910,41 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn one_number_claimed_twice_names_two_ordered_terms() {
+        // p0 < p1 < p2. p1 and p2 each claimed term 1 before hearing the other.
+        let p = ids(3);
+        let mut ch = Vec::new();
+        let mut l1 = Liveness::new(p[1], &Config::default());
+        l1.observe_beat(p[2], Beat::default(), true, t(0), &mut ch);
+        let mut e1 = Election::default();
+        let mut alone = Liveness::new(p[1], &Config::default());
+        alone.observe_beat(p[0], Beat::default(), false, t(0), &mut ch);
+        assert_eq!(e1.update(&alone, true).new_term, Some(1));
+        // p1, the lower id, hears p2's claim of the same number: (1, p2) is the newer term, so
+        // p1's leadership under (1, p1) is over and it starts term 2.
+        e1.observe_claim(p[2], 1);
+        assert_eq!(e1.newest(), Some(Term::new(1, p[2])));
+        let out = e1.update(&l1, true);
+        assert!(out.lost);
+        assert_eq!(out.new_term, Some(2));
+        assert_eq!(e1.newest(), Some(Term::new(2, p[1])));
+        // p2, the higher id, hears p1's claim of 1: an older term than its own, so it would keep
+        // (1, p2) if it still led; it does not (p1 is lower), and shows p1's term once newest.
+        let mut l2 = Liveness::new(p[2], &Config::default());
+        l2.observe_beat(p[1], Beat::default(), true, t(0), &mut ch);
+        let mut e2 = Election::default();
+        e2.observe_claim(p[2], 1);
+        e2.observe_claim(p[1], 1);
+        assert_eq!(e2.newest(), Some(Term::new(1, p[2])));
+        e2.update(&l2, true);
+        assert_eq!(e2.current().term, None, "(1, p1) is older than (1, p2)");
+        e2.observe_claim(p[1], 2);
+        e2.update(&l2, true);
+        assert_eq!(e2.current().term_id(), Some(Term::new(2, p[1])));
+        // Terms order by number, then leader.
+        assert!(Term::new(1, p[2]) < Term::new(2, p[0]));
+        assert!(Term::new(1, p[0]) < Term::new(1, p[1]));
+    }
 }
