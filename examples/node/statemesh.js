@@ -121,7 +121,7 @@ function sidecarArgs(o) {
  * One sidecar process: one peer of the mesh.
  *
  * Events: 'change' ({channel, key, kind, by}), 'leadership' ({leader, term, is_me}),
- * 'lead_lost' ({term}), 'lagged' ({missed}), 'protocol_error' (an error answer with a null id),
+ * 'lead_lost' ({term, term_leader}), 'lagged' ({missed}), 'protocol_error' (an error answer with a null id),
  * 'exit' (code, signal), 'error' (the process could not be spawned or its output was garbled).
  */
 class Sidecar extends EventEmitter {
