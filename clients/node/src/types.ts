@@ -32,8 +32,8 @@ export interface InitializeResult {
 
 export type GetResult<V = Value> = { found: true; value: V } | { found: false; value: null };
 export type LeaderGetResult<V = Value> =
-  | { found: true; value: V; term: number }
-  | { found: false; value: null; term: null };
+  | { found: true; value: V; term: number; term_leader: string }
+  | { found: false; value: null; term: null; term_leader: null };
 
 export interface Member {
   peer: string;
@@ -77,11 +77,23 @@ export interface KeyringInfo {
   [more: string]: unknown;
 }
 
+/**
+ * A term: its number and the window that leads under it. Two windows may have led under one
+ * number (they claimed at the same moment), never under one term; terms order by number, then
+ * by leader id.
+ */
+export interface TermId {
+  term: number;
+  term_leader: string;
+}
+
 export interface Explanation {
   me: { peer: string; incarnation: number };
   leader: string | null;
   term: number | null;
   max_term: number | null;
+  /** The leader of the newest term this window knows (with `max_term`). */
+  max_term_leader: string | null;
   me_candidate: boolean;
   peers: Array<{
     peer: string;
@@ -138,9 +150,9 @@ export interface Methods {
   transact: { params: { ops: Op[] } & WireAck; result: WriteResult };
   leader: { params: Record<string, never>; result: Leadership };
   members: { params: Record<string, never>; result: Member[] };
-  lead_acquire: { params: { timeout_ms?: number }; result: { term: number } };
-  lead_put: { params: { channel: string; key: string; value: Value; term?: number }; result: { term: number } };
-  lead_delete: { params: { channel: string; key: string; term?: number }; result: { term: number } };
+  lead_acquire: { params: { timeout_ms?: number }; result: TermId };
+  lead_put: { params: { channel: string; key: string; value: Value; term?: number }; result: TermId };
+  lead_delete: { params: { channel: string; key: string; term?: number }; result: TermId };
   lead_release: { params: Record<string, never>; result: { released: boolean } };
   leader_get: { params: { channel: string; key: string }; result: LeaderGetResult };
   leader_keys: { params: { channel: string }; result: string[] };

@@ -31,7 +31,13 @@ test('one leader, the lowest peer id; a SIGKILLed leader is replaced and the nex
   assert.equal(first.leadGuard, guard);
   await guard.put('probes', 'api', { up: true });
   await allSee(windows, (w) => w.leaderGet('probes', 'api'), (r) => r.found, 'the first probe');
-  assert.deepEqual(await third.leaderGet('probes', 'api'), { found: true, value: { up: true }, term: guard.term });
+  // A term is its number and its leader: the first window's.
+  assert.deepEqual(await third.leaderGet('probes', 'api'), {
+    found: true,
+    value: { up: true },
+    term: guard.term,
+    term_leader: first.peer,
+  });
 
   // The others wait for leadership; a wait can time out or be aborted.
   await assert.rejects(third.lead({ timeoutMs: 50 }), { code: ErrorCode.TIMEOUT });
@@ -67,7 +73,12 @@ test('one leader, the lowest peer id; a SIGKILLed leader is replaced and the nex
     (r) => r.found && r.term === next.term,
     'the second probe',
   );
-  assert.deepEqual(await third.leaderGet('probes', 'api'), { found: true, value: { up: true, by: 'second' }, term: next.term });
+  assert.deepEqual(await third.leaderGet('probes', 'api'), {
+    found: true,
+    value: { up: true, by: 'second' },
+    term: next.term,
+    term_leader: second.peer,
+  });
 
   // Closing the leader gracefully hands over: its guard aborts, the last window leads.
   const lost = next.whenLost();
@@ -87,7 +98,10 @@ test('a guard of a stale term is refused by the sidecar, and released guards sto
   const m = await freshMesh(t);
   const mesh = await m.join();
   const guard = await mesh.lead({ timeoutMs: 10_000 });
-  assert.deepEqual(await mesh.request('lead_put', { channel: 'p', key: 'k', value: 1, term: guard.term }), { term: guard.term });
+  assert.deepEqual(await mesh.request('lead_put', { channel: 'p', key: 'k', value: 1, term: guard.term }), {
+    term: guard.term,
+    term_leader: mesh.peer,
+  });
   await assert.rejects(mesh.request('lead_put', { channel: 'p', key: 'k', value: 1, term: guard.term + 1 }), (e) => {
     assert.ok(e instanceof StatemeshError);
     assert.equal(e.code, ErrorCode.NOT_LEADER);

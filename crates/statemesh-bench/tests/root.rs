@@ -45,7 +45,12 @@ fn check(line: &Value) {
     assert_eq!(line["leadership_changes"], 0, "{line}");
     assert_eq!(line["dual_leader_observations"], 0, "{line}");
     assert_eq!(line["links_intact"], true, "{line}");
-    assert_eq!(line["max_link_socket_tx_queue_b"], 0, "{line}");
+    // Nothing piles up on the socket that carries the links: a packet or two in flight at a
+    // sample, never the buffer-filling backlog (208 KiB here) that stopped heartbeats before.
+    let queued = line["max_link_socket_tx_queue_b"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    assert!(queued < 16 * 1024, "{queued} B queued: {line}");
     // The flood was seen and probed, within the bounds.
     assert!(line["probes"].as_u64().unwrap_or(0) > 0, "{line}");
     assert!(

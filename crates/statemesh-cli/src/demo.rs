@@ -116,7 +116,10 @@ fn statuses(mesh: &Mesh) -> Json {
         .into_iter()
         .filter_map(|k| {
             let (v, term) = mesh.leader_get::<String>("probes", &k).ok()??;
-            Some((k, json!({"status": v, "term": term})))
+            Some((
+                k,
+                json!({"status": v, "term": term.number, "term_leader": term.leader.to_string()}),
+            ))
         })
         .collect();
     json!({"event": "statuses", "statuses": statuses})

@@ -329,7 +329,7 @@ fn try_command(
             let value = from_json(&cmd["value"])?;
             let (term, result) = match lead_guard(mesh, lead) {
                 Some(guard) => (
-                    Some(guard.term()),
+                    Some(guard.term_id()),
                     guard.put(&channel, &key, &value).map_err(|e| e.to_string()),
                 ),
                 None => (None, Err("this window never led".to_owned())),
@@ -338,7 +338,8 @@ fn try_command(
                 "event": "lead_put",
                 "id": cmd["id"],
                 "ok": result.is_ok(),
-                "term": term,
+                "term": term.map(|t| t.number),
+                "term_leader": term.map(|t| t.leader.to_string()),
                 "error": result.err(),
             }))
         }
@@ -350,7 +351,8 @@ fn try_command(
                 "event": "leader_get",
                 "id": cmd["id"],
                 "value": found.as_ref().map(|(v, _)| to_json(v)),
-                "term": found.map(|(_, t)| t),
+                "term": found.as_ref().map(|(_, t)| t.number),
+                "term_leader": found.map(|(_, t)| t.leader.to_string()),
             }))
         }
         other => Err(format!("unknown op {other:?}")),

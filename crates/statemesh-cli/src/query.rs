@@ -265,6 +265,7 @@ fn leader(mesh: &Mesh) -> Json {
         "leader": why.leadership.leader.map(|p| p.to_string()),
         "term": why.leadership.term,
         "max_term": why.max_term,
+        "max_term_leader": why.max_term_leader().map(|p| p.to_string()),
         "rule": "the lowest live eligible peer id leads",
         "live_eligible": candidates,
         "members": members(mesh),
@@ -277,7 +278,11 @@ fn get(mesh: &Mesh, as_json: bool, channel: &str, key: Option<&str>) -> ExitCode
             return Some(json!({"value": to_json(&v)}));
         }
         match mesh.leader_get::<Value>(channel, k) {
-            Ok(Some((v, term))) => Some(json!({"value": to_json(&v), "term": term})),
+            Ok(Some((v, term))) => Some(json!({
+                "value": to_json(&v),
+                "term": term.number,
+                "term_leader": term.leader.to_string(),
+            })),
             _ => None,
         }
     };

@@ -173,7 +173,10 @@ fn draw(f: &mut Frame<'_>, mesh: &Mesh, name: &str) {
     for channel in ["probes"] {
         for key in mesh.leader_keys(channel) {
             if let Ok(Some((v, t))) = mesh.leader_get::<statemesh::Value>(channel, &key) {
-                lines.push(Line::from(format!("{channel}/{key} = {v:?} (term {t})")));
+                lines.push(Line::from(format!(
+                    "{channel}/{key} = {v:?} (term {})",
+                    t.number
+                )));
             }
         }
     }

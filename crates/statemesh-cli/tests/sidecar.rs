@@ -490,18 +490,18 @@ fn every_method_against_one_window() {
     );
     assert_eq!(
         s.ok("lead_acquire", json!({"timeout_ms": 10_000})),
-        json!({"term": term})
+        json!({"term": term, "term_leader": me})
     );
     assert_eq!(
         s.ok(
             "lead_put",
             json!({"channel": "probes", "key": "api", "value": "up", "term": term})
         ),
-        json!({"term": term})
+        json!({"term": term, "term_leader": me})
     );
     assert_eq!(
         s.ok("leader_get", json!({"channel": "probes", "key": "api"})),
-        json!({"found": true, "value": "up", "term": term})
+        json!({"found": true, "value": "up", "term": term, "term_leader": me})
     );
     assert_eq!(
         s.ok("leader_keys", json!({"channel": "probes"})),

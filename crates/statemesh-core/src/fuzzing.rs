@@ -24,7 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
 use crate::codec::{self, FrameDecoder, HEADER_LEN, Message, View};
-use crate::liveness::{GossipBeat, Tombstone};
+use crate::liveness::{GossipBeat, Term, Tombstone};
 use crate::vv::Beat;
 use crate::{
     Config, DeathCause, Event, Explanation, Hello, Incarnation, Leadership, LinkDown, MeshTag,
@@ -955,10 +955,12 @@ struct Watch {
     me: PeerId,
     eligible: bool,
     config: Config,
-    /// The greatest term seen so far.
+    /// The greatest term number seen so far.
     max_term: u64,
-    /// The greatest term shown in the leadership so far.
-    shown_term: u64,
+    /// The newest term seen so far.
+    newest: Option<Term>,
+    /// The newest term shown in the leadership so far.
+    shown_term: Option<Term>,
     /// The term this node leads under, as the Elected and Deposed events say.
     my_term: Option<u64>,
     /// This node's incarnation, as the Refuted events say.
@@ -979,7 +981,8 @@ impl Watch {
             eligible: node.config().eligible,
             config: node.config().clone(),
             max_term: 0,
-            shown_term: 0,
+            newest: None,
+            shown_term: None,
             my_term: None,
             incarnation: 0,
             dead: BTreeMap::new(),
@@ -1077,13 +1080,22 @@ impl Watch {
             "the greatest term seen went backwards"
         );
         self.max_term = ex.max_term;
-        if let Some(t) = lead.term {
-            assert!(t >= self.shown_term, "the leadership's term went backwards");
+        assert!(
+            ex.newest_term >= self.newest,
+            "the newest term seen went backwards"
+        );
+        self.newest = ex.newest_term;
+        if let Some(t) = lead.term_id() {
+            assert!(
+                Some(t) >= self.shown_term,
+                "the leadership's term went backwards"
+            );
             assert_eq!(
-                t, ex.max_term,
+                Some(t),
+                ex.newest_term,
                 "a leadership shown under a term that is not the newest"
             );
-            self.shown_term = t;
+            self.shown_term = Some(t);
         }
 
         // An incarnation judged dead is never seen live again.
@@ -1141,7 +1153,15 @@ impl Watch {
                 },
                 "leads under {t} but shows another leadership"
             );
-            assert_eq!(t, ex.max_term, "leads under a term that is not the newest");
+            assert_eq!(
+                t, ex.max_term,
+                "leads under a number that is not the greatest"
+            );
+            assert_eq!(
+                Some(Term::new(t, me)),
+                ex.newest_term,
+                "leads under a term that is not the newest"
+            );
             assert!(
                 self.settled || now >= self.grace_ends,
                 "leads during its join grace"
@@ -1325,7 +1345,12 @@ fn leader_put(node: &mut Node, now: Time, b: u8, left: bool) {
             let got = node
                 .leader_get::<i64>("probes", "api:443")
                 .unwrap_or_else(|e| panic!("reading a leader record failed: {e}"));
-            assert_eq!(got, Some((value, term)), "a leader write is not visible");
+            let me = node.me().peer;
+            assert_eq!(
+                got,
+                Some((value, Term::new(term, me))),
+                "a leader write is not visible"
+            );
         }
         Err(WriteError::NotLeader { .. }) => assert!(
             left || node.my_term() != Some(term),
@@ -1677,8 +1702,12 @@ mod tests {
     fn sync_seeds_carry_accepted_changes() {
         let SyncFixture { mut node, peer, .. } = sync_fixture();
         let before = node.heads();
-        node.handle_payload(T0, peer, &seed("sync_receive", "05-sync-payload"))
-            .expect("accepted");
+        // The peer's last sync message: the one that carries its changes.
+        let (_, last_sync) = seeds("sync_receive")
+            .into_iter()
+            .rfind(|(n, _)| n.ends_with("-sync-payload"))
+            .expect("a sync payload seed");
+        node.handle_payload(T0, peer, &last_sync).expect("accepted");
         assert_ne!(
             node.heads(),
             before,

@@ -3,7 +3,8 @@
 //! A probe leader may rewrite every probed endpoint every second. In the Automerge document that
 //! would grow history without bound (every change is kept forever), so leader records live in a
 //! small last-writer-wins store instead: one entry per (channel, key), ordered by
-//! (term, writer, sequence number), gossiped to every link and repaired by digest comparison.
+//! (term, writer, sequence number) — a record's term is the pair (term number, writer), see
+//! [`Term`] — gossiped to every link and repaired by digest comparison.
 //! An entry is visible only while its writer is live and its term is the newest known: the probe
 //! results of a dead or deposed leader disappear with it, and a leader that lost leadership
 //! cannot overwrite what its successor wrote.
@@ -14,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::PeerId;
 use crate::codec::LeaderRecord;
+use crate::liveness::Term;
 
 /// The store of leader records of one peer.
 #[derive(Clone, Debug, Default)]
@@ -25,8 +27,19 @@ pub struct LeaderStore {
     digest: [u8; 8],
 }
 
-fn order(r: &LeaderRecord) -> (u64, PeerId, u64) {
-    (r.term, r.writer, r.seq)
+fn order(r: &LeaderRecord) -> (Term, u64) {
+    (term_of(r), r.seq)
+}
+
+/// The term a record was written under: its number, led by its writer.
+pub fn term_of(r: &LeaderRecord) -> Term {
+    Term::new(r.term, r.writer)
+}
+
+/// Whether `r` is visible to a reader whose newest known term is `newest`: a value, written
+/// under that very term (or a newer one, not yet known as a claim), by a live writer.
+fn shown(r: &LeaderRecord, newest: Option<Term>, is_live: &impl Fn(&PeerId) -> bool) -> bool {
+    r.value.is_some() && Some(term_of(r)) >= newest && is_live(&r.writer)
 }
 
 fn record_hash(r: &LeaderRecord) -> [u8; 8] {
@@ -82,26 +95,31 @@ impl LeaderStore {
         self.records.get(channel)?.get(key)
     }
 
-    /// The current value of (channel, key) if present, not deleted, written under `term` or a
-    /// newer one, and by a live writer.
+    /// The current value of (channel, key) if present, not deleted, written under term `newest`
+    /// (the newest the reader knows) or a newer one, and by a live writer.
     pub fn visible(
         &self,
         channel: &str,
         key: &str,
-        term: u64,
+        newest: Option<Term>,
         is_live: impl Fn(&PeerId) -> bool,
     ) -> Option<&LeaderRecord> {
         self.get(channel, key)
-            .filter(|r| r.value.is_some() && r.term >= term && is_live(&r.writer))
+            .filter(|r| shown(r, newest, &is_live))
     }
 
     /// Visible keys of `channel`, in order.
-    pub fn keys(&self, channel: &str, term: u64, is_live: impl Fn(&PeerId) -> bool) -> Vec<String> {
+    pub fn keys(
+        &self,
+        channel: &str,
+        newest: Option<Term>,
+        is_live: impl Fn(&PeerId) -> bool,
+    ) -> Vec<String> {
         self.records
             .get(channel)
             .into_iter()
             .flat_map(|c| c.iter())
-            .filter(|(_, r)| r.value.is_some() && r.term >= term && is_live(&r.writer))
+            .filter(|(_, r)| shown(r, newest, &is_live))
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -198,17 +216,44 @@ mod tests {
         assert!(s.merge(record(1, 1, 6, 1)));
         assert_eq!(s.get("probes", "k1").map(|r| r.writer), Some(peer(1)));
         assert!(
-            s.visible("probes", "k1", 7, |_| true).is_none(),
+            s.visible("probes", "k1", Some(Term::new(7, peer(0))), |_| true)
+                .is_none(),
             "stale term hidden"
         );
         assert!(
-            s.visible("probes", "k1", 6, |p| *p != peer(1)).is_none(),
+            s.visible("probes", "k1", Some(Term::new(6, peer(1))), |p| *p
+                != peer(1))
+                .is_none(),
             "dead writer hidden"
+        );
+        assert!(
+            s.visible("probes", "k1", Some(Term::new(6, peer(1))), |_| true)
+                .is_some()
         );
         let before = s.digest();
         s.prune(|p| *p == peer(1));
         assert!(s.is_empty());
         assert_ne!(s.digest(), before);
         assert_eq!(s.digest(), LeaderStore::default().digest());
+    }
+
+    #[test]
+    fn one_number_claimed_by_two_leaders_names_two_terms() {
+        // Two peers led under term number 3 (they claimed at the same moment): the records of
+        // the older term, (3, peer 1), are hidden from a reader that knows (3, peer 2), and
+        // never overwrite the newer term's.
+        let mut s = LeaderStore::default();
+        assert!(s.merge(record(1, 2, 3, 1)));
+        assert!(
+            !s.merge(record(1, 1, 3, 50)),
+            "the older term never overwrites"
+        );
+        assert!(s.merge(record(2, 1, 3, 51)));
+        let newest = Some(Term::new(3, peer(2)));
+        assert_eq!(s.keys("probes", newest, |_| true), vec!["k1".to_string()]);
+        assert!(s.visible("probes", "k2", newest, |_| true).is_none());
+        // A reader that knows only (3, peer 1) shows it: it is the newest term it knows.
+        let older = Some(Term::new(3, peer(1)));
+        assert_eq!(s.keys("probes", older, |_| true).len(), 2);
     }
 }

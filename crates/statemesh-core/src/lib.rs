@@ -49,7 +49,7 @@ pub mod vv;
 pub use codec::{DecodeError, EncodeError, FrameDecoder, Hello, Message};
 pub use config::Config;
 pub use id::{Incarnation, InvalidPeerId, MeshTag, PeerId};
-pub use liveness::{DeathCause, Leadership, LinkDown, PeerStatus};
+pub use liveness::{DeathCause, Leadership, LinkDown, PeerStatus, Term};
 pub use node::{
     Event, Explanation, HelloError, Node, Persist, ReceiveError, Stats, Transmit, WriteId, Written,
 };

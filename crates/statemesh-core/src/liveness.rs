@@ -446,25 +446,73 @@ pub struct GossipBeat {
     pub eligible: bool,
 }
 
-/// The greatest term accepted from another peer (gossip or the document). Terms grow by one per
-/// leadership change, so a greater one can only come from a broken or hostile peer; it is
-/// ignored, so that a term above every term seen always exists.
+/// The greatest term number accepted from another peer (gossip or the document). Term numbers
+/// grow by one per leadership change, so a greater one can only come from a broken or hostile
+/// peer; it is ignored, so that a term above every term seen always exists.
 pub const MAX_TERM: u64 = 1 << 53;
 
-/// Who leads, as one peer sees it.
+/// A leadership term: the fencing token of one leadership.
+///
+/// A term is a (number, leader) pair, ordered by number, then by leader id. A peer that starts
+/// leading takes a number above every number it has seen, and never claims the same number
+/// twice; its id is fresh at every process start. So a term names exactly one leadership, ever:
+/// two peers that claim at the same moment (a fresh mesh, the sides of a partition) claim the
+/// same *number* but distinct terms, and every peer orders the two the same way. The newer term
+/// wins everywhere: readers ignore leader records of any older term, and a leader that learns
+/// of a newer term than its own stops leading under it (if it is still the leader, it starts a
+/// term above it).
+///
+/// On the wire, in the document (`m.terms`: leader id → number) and in leader records (writer,
+/// number) a term was always stored as this pair; only the comparison changed (it used to compare
+/// numbers alone).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct Term {
+    /// The term number: above every number its leader had seen when it claimed.
+    pub number: u64,
+    /// The peer that leads under it.
+    pub leader: PeerId,
+}
+
+impl Term {
+    /// The term `number` of `leader`.
+    pub fn new(number: u64, leader: PeerId) -> Self {
+        Self { number, leader }
+    }
+}
+
+impl std::fmt::Display for Term {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.number, self.leader.short())
+    }
+}
+
+/// Who leads, as one peer sees it. Together, `leader` and `term` are the leadership's [`Term`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct Leadership {
     /// The leader, if any peer is a candidate.
     pub leader: Option<PeerId>,
-    /// The leader's term, once its claim is known to be the newest; `None` while pending.
+    /// The number of the leader's term, once its claim is known to be the newest; `None` while
+    /// pending.
     pub term: Option<u64>,
 }
 
-/// The election: the lowest live eligible peer id leads, under a term greater than every term
+impl Leadership {
+    /// The leader's term, once known.
+    pub fn term_id(&self) -> Option<Term> {
+        Some(Term::new(self.term?, self.leader?))
+    }
+}
+
+/// The election: the lowest live eligible peer id leads, under a term newer than every term
 /// seen.
 #[derive(Clone, Debug, Default)]
 pub struct Election {
+    /// The highest term number claimed by each peer.
     claims: BTreeMap<PeerId, u64>,
+    /// The newest term seen anywhere.
+    newest: Option<Term>,
+    /// The greatest term number seen anywhere (that of `newest`, or a number stored in the
+    /// document under a key that names no peer).
     max_term: u64,
     my_term: Option<u64>,
     current: Leadership,
@@ -475,7 +523,7 @@ pub struct Election {
 pub struct ElectionOutcome {
     /// The leadership changed (leader or term) to this.
     pub changed: Option<Leadership>,
-    /// This peer started leading under this new term.
+    /// This peer started leading under a new term of this number.
     pub new_term: Option<u64>,
     /// This peer stopped leading.
     pub lost: bool,
@@ -487,29 +535,40 @@ impl Election {
         self.current
     }
 
-    /// The greatest term seen anywhere.
+    /// The greatest term number seen anywhere.
     pub fn max_term(&self) -> u64 {
         self.max_term
     }
 
-    /// The term under which this peer leads, if it does.
+    /// The newest term seen anywhere (this peer's own included).
+    pub fn newest(&self) -> Option<Term> {
+        self.newest
+    }
+
+    /// The number of the term under which this peer leads, if it does.
     pub fn my_term(&self) -> Option<u64> {
         self.my_term
     }
 
-    /// Records a term claimed by `peer` (from gossip or from stored records). A term above
-    /// [`MAX_TERM`] is ignored.
-    pub fn observe_claim(&mut self, peer: PeerId, term: u64) {
-        if term > MAX_TERM {
+    /// Records a term seen, claimed or stored. Numbers above [`MAX_TERM`] are ignored.
+    pub fn observe(&mut self, term: Term) {
+        if term.number > MAX_TERM {
             return;
         }
-        let e = self.claims.entry(peer).or_default();
-        *e = (*e).max(term);
-        self.max_term = self.max_term.max(term);
+        let e = self.claims.entry(term.leader).or_default();
+        *e = (*e).max(term.number);
+        self.newest = self.newest.max(Some(term));
+        self.max_term = self.max_term.max(term.number);
     }
 
-    /// Records a term seen in stored records, whoever claimed it. A term above [`MAX_TERM`] is
-    /// ignored.
+    /// Records term `term` claimed by `peer` (from gossip or from stored records). A term above
+    /// [`MAX_TERM`] is ignored.
+    pub fn observe_claim(&mut self, peer: PeerId, term: u64) {
+        self.observe(Term::new(term, peer));
+    }
+
+    /// Records a term number seen in stored records whose leader is unknown (new claims go above
+    /// it). A number above [`MAX_TERM`] is ignored.
     pub fn observe_term(&mut self, term: u64) {
         if term > MAX_TERM {
             return;
@@ -522,13 +581,10 @@ impl Election {
         let mut out: Vec<(PeerId, u64)> = peers
             .filter_map(|p| self.claims.get(&p).map(|t| (p, *t)))
             .collect();
-        if let Some((p, t)) = self
-            .claims
-            .iter()
-            .max_by_key(|(p, t)| (**t, std::cmp::Reverse(**p)))
-            && !out.iter().any(|(q, _)| q == p)
+        if let Some(t) = self.newest
+            && !out.iter().any(|(q, _)| *q == t.leader)
         {
-            out.push((*p, *t));
+            out.push((t.leader, t.number));
         }
         out
     }
@@ -550,18 +606,17 @@ impl Election {
         };
         let term = match leader {
             Some(l) if l == me => {
-                // Another peer claiming this very term led under it too (each side of a healed
-                // partition, or a woken peer that claimed before hearing its successor's
-                // claim): records of both would carry the same fencing token, so start a
-                // newer term.
+                // A newer term than this peer's own exists (a partition healed, another peer
+                // claimed the same number with a higher id, or it was wrongly judged dead and
+                // someone else led meanwhile): its leadership under its term is over, and it
+                // starts a newer one.
                 let stale = self.my_term.is_none_or(|t| {
-                    t < self.max_term || self.claims.iter().any(|(p, c)| *p != me && *c == t)
+                    t < self.max_term || self.newest.is_some_and(|n| Term::new(t, me) < n)
                 });
                 if stale {
                     // Terms seen are at most MAX_TERM, so this cannot saturate in practice.
                     let term = self.max_term.saturating_add(1);
-                    self.max_term = term;
-                    self.claims.insert(me, term);
+                    self.observe(Term::new(term, me));
                     outcome.lost = self.my_term.is_some();
                     self.my_term = Some(term);
                     outcome.new_term = Some(term);
@@ -570,7 +625,10 @@ impl Election {
             }
             Some(l) => {
                 outcome.lost = self.my_term.take().is_some();
-                self.claims.get(&l).copied().filter(|t| *t == self.max_term)
+                self.claims
+                    .get(&l)
+                    .copied()
+                    .filter(|t| Some(Term::new(*t, l)) == self.newest)
             }
             None => {
                 outcome.lost = self.my_term.take().is_some();
@@ -851,5 +909,42 @@ mod tests {
                 term: Some(11)
             }
         );
+    }
+
+    #[test]
+    fn one_number_claimed_twice_names_two_ordered_terms() {
+        // p0 < p1 < p2. p1 and p2 each claimed term 1 before hearing the other.
+        let p = ids(3);
+        let mut ch = Vec::new();
+        let mut l1 = Liveness::new(p[1], &Config::default());
+        l1.observe_beat(p[2], Beat::default(), true, t(0), &mut ch);
+        let mut e1 = Election::default();
+        let mut alone = Liveness::new(p[1], &Config::default());
+        alone.observe_beat(p[0], Beat::default(), false, t(0), &mut ch);
+        assert_eq!(e1.update(&alone, true).new_term, Some(1));
+        // p1, the lower id, hears p2's claim of the same number: (1, p2) is the newer term, so
+        // p1's leadership under (1, p1) is over and it starts term 2.
+        e1.observe_claim(p[2], 1);
+        assert_eq!(e1.newest(), Some(Term::new(1, p[2])));
+        let out = e1.update(&l1, true);
+        assert!(out.lost);
+        assert_eq!(out.new_term, Some(2));
+        assert_eq!(e1.newest(), Some(Term::new(2, p[1])));
+        // p2, the higher id, hears p1's claim of 1: an older term than its own, so it would keep
+        // (1, p2) if it still led; it does not (p1 is lower), and shows p1's term once newest.
+        let mut l2 = Liveness::new(p[2], &Config::default());
+        l2.observe_beat(p[1], Beat::default(), true, t(0), &mut ch);
+        let mut e2 = Election::default();
+        e2.observe_claim(p[2], 1);
+        e2.observe_claim(p[1], 1);
+        assert_eq!(e2.newest(), Some(Term::new(1, p[2])));
+        e2.update(&l2, true);
+        assert_eq!(e2.current().term, None, "(1, p1) is older than (1, p2)");
+        e2.observe_claim(p[1], 2);
+        e2.update(&l2, true);
+        assert_eq!(e2.current().term_id(), Some(Term::new(2, p[1])));
+        // Terms order by number, then leader.
+        assert!(Term::new(1, p[2]) < Term::new(2, p[0]));
+        assert!(Term::new(1, p[0]) < Term::new(1, p[1]));
     }
 }

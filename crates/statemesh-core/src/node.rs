@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, DecodeError, Hello, LeaderRecord, Message, View};
 use crate::leader::LeaderStore;
 use crate::liveness::{
-    DeathCause, Election, Leadership, LinkDown, Liveness, LivenessChange, PeerStatus, Tombstone,
+    DeathCause, Election, Leadership, LinkDown, Liveness, LivenessChange, PeerStatus, Term,
+    Tombstone,
 };
 use crate::replica::{
     ApplyError, EntryChange, EntryKind, LoadReport, ReadError, Replica, Scope, Tx, WriteError,
@@ -48,15 +49,16 @@ pub struct Written {
 pub enum Event {
     /// The leadership (leader or term) changed, as this peer sees it.
     Leadership(Leadership),
-    /// This peer became the leader under `term`.
+    /// This peer became the leader under the term numbered `term` (the [`Term`] of this number
+    /// led by this peer: no other peer ever leads under it).
     Elected {
-        /// The new term.
+        /// The new term's number.
         term: u64,
     },
     /// This peer stopped leading: it learned or must suspect that the leadership of `term` is
     /// over. Writes under that term are refused from now on.
     Deposed {
-        /// The term that ended.
+        /// The number of the term that ended (led by this peer).
         term: u64,
     },
     /// An incarnation became live.
@@ -176,12 +178,25 @@ pub struct Explanation {
     pub me: Incarnation,
     /// The current leadership.
     pub leadership: Leadership,
-    /// The greatest term seen.
+    /// The greatest term number seen.
     pub max_term: u64,
+    /// The newest term seen (its number is `max_term`, unless that came from a stored entry
+    /// that names no peer).
+    pub newest_term: Option<Term>,
     /// Whether this peer may claim leadership now (eligible and past its join grace).
     pub me_candidate: bool,
     /// Every known peer, this one first.
     pub peers: Vec<PeerStatus>,
+}
+
+impl Explanation {
+    /// The leader of the newest term seen, when that term's number is the greatest seen (so
+    /// that `max_term` and this make the newest term).
+    pub fn max_term_leader(&self) -> Option<PeerId> {
+        self.newest_term
+            .filter(|t| t.number == self.max_term)
+            .map(|t| t.leader)
+    }
 }
 
 /// Counters of what a node did, for metrics.
@@ -379,7 +394,7 @@ impl Node {
     /// salvaging what can be read from a damaged file (see [`LoadReport`]).
     pub fn load(&mut self, bytes: &[u8]) -> Result<LoadReport, ApplyError> {
         let report = self.replica.load_stored(bytes)?;
-        self.election.observe_term(self.replica.max_stored_term());
+        self.observe_stored_terms();
         // What was loaded is on disk already; the next persist compacts it all into a snapshot.
         self.appends = self.config.compact_every;
         Ok(report)
@@ -583,10 +598,17 @@ impl Node {
                     };
                     let writer_known_dead = self.live.incarnation_of(&r.writer).is_some()
                         && !self.live.is_live(&r.writer);
-                    if !writer_known_dead && self.leader.merge(r) {
+                    if writer_known_dead {
+                        continue;
+                    }
+                    // A record is proof that its writer led under its term: known from now on,
+                    // even before the writer's claim arrives in a view.
+                    self.election.observe(crate::leader::term_of(&r));
+                    if self.leader.merge(r) {
                         self.events.push_back(Event::Changed(change));
                     }
                 }
+                self.reelect(now);
             }
         }
         Ok(())
@@ -794,16 +816,16 @@ impl Node {
         self.replica.counter_names()
     }
 
-    /// Reads leader record `key` of `channel`: present only if written by a live leader under
-    /// the newest known term.
+    /// Reads leader record `key` of `channel`, with the term it was written under: present only
+    /// if written by a live leader under the newest known term.
     pub fn leader_get<T: Hydrate>(
         &self,
         channel: &str,
         key: &str,
-    ) -> Result<Option<(T, u64)>, ReadError> {
+    ) -> Result<Option<(T, Term)>, ReadError> {
         let Some(r) = self
             .leader
-            .visible(channel, key, self.election.max_term(), |p| {
+            .visible(channel, key, self.election.newest(), |p| {
                 self.live.is_live(p)
             })
         else {
@@ -818,13 +840,16 @@ impl Node {
                 "a malformed value".into(),
             ))
         })?;
-        Ok(Some((self.scratch.borrow_mut().hydrate(&value)?, r.term)))
+        Ok(Some((
+            self.scratch.borrow_mut().hydrate(&value)?,
+            crate::leader::term_of(r),
+        )))
     }
 
     /// The visible keys of leader channel `channel`.
     pub fn leader_keys(&self, channel: &str) -> Vec<String> {
         self.leader
-            .keys(channel, self.election.max_term(), |p| self.live.is_live(p))
+            .keys(channel, self.election.newest(), |p| self.live.is_live(p))
     }
 
     /// Leader channels holding records.
@@ -837,9 +862,19 @@ impl Node {
         self.election.current()
     }
 
-    /// The term under which this peer leads, if it does.
+    /// The number of the term under which this peer leads, if it does.
     pub fn my_term(&self) -> Option<u64> {
         self.election.my_term()
+    }
+
+    /// The term under which this peer leads, if it does: its number, led by this peer.
+    pub fn my_term_id(&self) -> Option<Term> {
+        Some(Term::new(self.election.my_term()?, self.live.me().peer))
+    }
+
+    /// The newest term this peer knows of (its own included).
+    pub fn newest_term(&self) -> Option<Term> {
+        self.election.newest()
     }
 
     /// Whether `peer`'s highest known incarnation is live.
@@ -894,6 +929,7 @@ impl Node {
             me: self.live.me(),
             leadership: self.election.current(),
             max_term: self.election.max_term(),
+            newest_term: self.election.newest(),
             me_candidate: self.me_candidate(now),
             peers: self.live.explain(now),
         }
@@ -979,6 +1015,15 @@ impl Node {
         {
             self.pending.pop_first();
         }
+    }
+
+    /// Takes in the terms recorded in the document: the newest stored term, and the greatest
+    /// stored number (so that a new claim goes above every number ever stored).
+    fn observe_stored_terms(&mut self) {
+        if let Some(t) = self.replica.newest_stored_term() {
+            self.election.observe(t);
+        }
+        self.election.observe_term(self.replica.max_stored_term());
     }
 
     fn reelect(&mut self, now: Time) {
@@ -1123,7 +1168,7 @@ impl Node {
             for change in self.replica.touched_since(&before) {
                 self.events.push_back(Event::Changed(change));
             }
-            self.election.observe_term(self.replica.max_stored_term());
+            self.observe_stored_terms();
             self.reelect(now);
         }
         if let Some(link) = self.links.get_mut(&from) {

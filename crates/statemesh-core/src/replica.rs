@@ -430,19 +430,36 @@ impl Replica {
         .map(|(_, h)| h)
     }
 
-    /// The greatest term stored by any leader (terms above
+    /// The greatest term number stored by any leader (terms above
     /// [`MAX_TERM`](crate::liveness::MAX_TERM), which no leader can have reached, are ignored).
     pub fn max_stored_term(&self) -> u64 {
+        self.stored_terms().map(|(_, t)| t).max().unwrap_or(0)
+    }
+
+    /// The newest term stored: the greatest (number, leader) pair among entries whose key is a
+    /// peer id (every version of statemesh has stored `"<leader id>" -> number`, so files written
+    /// before terms were compared as pairs load as they are).
+    pub fn newest_stored_term(&self) -> Option<crate::liveness::Term> {
+        self.stored_terms()
+            .filter_map(|(k, number)| {
+                let leader = k.parse().ok()?;
+                Some(crate::liveness::Term { number, leader })
+            })
+            .max()
+    }
+
+    fn stored_terms(&self) -> impl Iterator<Item = (String, u64)> + '_ {
         self.doc
             .map_range(&self.layout.terms, ..)
             .filter_map(|item| {
+                let key = item.key.to_string();
                 let v = automerge::Value::from(item.value);
-                v.as_u64()
-                    .or_else(|| v.as_i64().and_then(|i| u64::try_from(i).ok()))
+                let t = v
+                    .as_u64()
+                    .or_else(|| v.as_i64().and_then(|i| u64::try_from(i).ok()))?;
+                Some((key, t))
             })
-            .filter(|t| *t <= crate::liveness::MAX_TERM)
-            .max()
-            .unwrap_or(0)
+            .filter(|(_, t)| *t <= crate::liveness::MAX_TERM)
     }
 
     /// Reads record `key` of `channel`, hiding presence-scoped records whose writer is not live.

@@ -6,15 +6,30 @@
 //! through the codec, ticks at [`Node::poll_timeout`], persisted bytes fed back on restart. Every
 //! random choice comes from one ChaCha RNG seeded by [`SimConfig::seed`], so a seed replays a
 //! run exactly. [`SimConfig::from_env`] reads `SEED` and `PEERS` from the environment.
+//!
+//! Persistence takes time: bytes a node asks to persist reach its disk (written and fsynced)
+//! after a delay of [`SimConfig::persist_delay`], in order, and only then is the node told
+//! ([`Node::persisted`]). A process that crashes with persists in flight keeps a random prefix of
+//! them on its disk (the crash fell before or after each fsync). Delays and the fate of in-flight
+//! persists are drawn from a second RNG seeded from the same seed, so the network's schedule of
+//! a seed does not depend on them.
+//!
+//! The simulator records what every peer was told, including peers that later died: every term
+//! granted ([`Sim::grants`]), every durable and replicated acknowledgement ([`Sim::durable`],
+//! [`Sim::replicated`]). After every step it checks that no term was granted twice, that no peer
+//! leads under a term older than one it knows, and that no peer shows a leader record of a term
+//! other than the newest it knows (see [`Sim::violations`]).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::Duration;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::{Config, Event, Incarnation, LinkDown, MeshTag, Node, PeerId, Persist, Time};
+use crate::{
+    Config, Event, Incarnation, LinkDown, MeshTag, Node, PeerId, Persist, Term, Time, WriteId,
+};
 
 /// Settings of a simulated network.
 #[derive(Clone, Debug)]
@@ -36,6 +51,14 @@ pub struct SimConfig {
     /// Whether all peers share one machine: a crash then closes its local sockets, a certain
     /// death signal to its peers.
     pub same_machine: bool,
+    /// The largest delay before a new process's links come up (discovery, dialling): each link
+    /// of a starting process comes up after a delay uniform up to this. Zero: at once.
+    pub connect_delay: Duration,
+    /// Time to write and fsync persisted bytes: uniform between the two.
+    pub persist_delay: (Duration, Duration),
+    /// A deliberate bug, for testing the tests: the runtime reports bytes persisted as soon as
+    /// it takes them, before they are on disk, so writes are acknowledged durable too early.
+    pub bug_ack_before_fsync: bool,
 }
 
 impl SimConfig {
@@ -50,6 +73,9 @@ impl SimConfig {
             drop: 0.0,
             duplicate: 0.0,
             same_machine: false,
+            connect_delay: Duration::ZERO,
+            persist_delay: (Duration::from_micros(200), Duration::from_millis(30)),
+            bug_ack_before_fsync: false,
         }
     }
 
@@ -94,6 +120,10 @@ enum Delivery {
         peer: PeerId,
         how: LinkDown,
     },
+    Connect {
+        a: PeerId,
+        b: PeerId,
+    },
 }
 
 struct Process {
@@ -101,6 +131,30 @@ struct Process {
     frozen_until: Option<Time>,
     /// Persisted bytes, replayed into the next process of this slot on restart.
     disk: Vec<Vec<u8>>,
+    /// Persists written but not yet fsynced, in order, with when each completes.
+    inflight: VecDeque<(Time, Persist)>,
+}
+
+impl Process {
+    /// When the next in-flight persist completes (a stopped process completes nothing).
+    fn next_persist(&self) -> Option<Time> {
+        let (at, _) = self.inflight.front()?;
+        Some(self.frozen_until.map_or(*at, |u| u.max(*at)))
+    }
+}
+
+/// Puts persisted bytes on a disk.
+fn store(disk: &mut Vec<Vec<u8>>, p: Persist) -> u64 {
+    match p {
+        Persist::Append { seq, bytes } => {
+            disk.push(bytes);
+            seq
+        }
+        Persist::Snapshot { seq, bytes } => {
+            *disk = vec![bytes];
+            seq
+        }
+    }
 }
 
 /// One application event seen by one peer, with when.
@@ -123,6 +177,8 @@ pub struct Sim {
     /// The settings.
     pub config: SimConfig,
     rng: ChaCha8Rng,
+    /// Draws persistence delays and crash outcomes, apart from the network's schedule.
+    disk_rng: ChaCha8Rng,
     now: Time,
     wall_ms: u64,
     mesh: MeshTag,
@@ -140,7 +196,15 @@ pub struct Sim {
     /// Every liveness and leadership event every peer emitted, in order.
     pub log: Vec<Observed>,
     /// Replication acknowledgements seen: (write, peer that holds it).
-    pub acks: Vec<(crate::WriteId, PeerId)>,
+    pub acks: Vec<(WriteId, PeerId)>,
+    /// Every write acknowledged as durable: (writer, write), of every process that ever ran.
+    pub durable: BTreeSet<(PeerId, WriteId)>,
+    /// Every write acknowledged as replicated: (writer, write) → the peers said to hold it, of
+    /// every process that ever ran.
+    pub replicated: BTreeMap<(PeerId, WriteId), BTreeSet<PeerId>>,
+    /// Every term granted (an `Elected` event: the term's number, led by the peer that was told)
+    /// and when, over all peers and all time, restarted processes included.
+    pub grants: BTreeMap<Term, Time>,
     judged_dead: BTreeMap<PeerId, BTreeSet<Incarnation>>,
     /// Invariant violations seen so far.
     pub violations: Vec<Violation>,
@@ -152,8 +216,10 @@ impl Sim {
     /// A simulation with `config.peers` peers started and linked.
     pub fn new(config: SimConfig) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let disk_rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x6469_736b_5f72_6e67);
         let mut sim = Self {
             rng,
+            disk_rng,
             now: Time::ZERO,
             wall_ms: 1_750_000_000_000,
             mesh: MeshTag::derive(&[7; 32], "sim"),
@@ -170,6 +236,9 @@ impl Sim {
             next_slot: 0,
             log: Vec::new(),
             acks: Vec::new(),
+            durable: BTreeSet::new(),
+            replicated: BTreeMap::new(),
+            grants: BTreeMap::new(),
             judged_dead: BTreeMap::new(),
             violations: Vec::new(),
             receive_errors: 0,
@@ -203,14 +272,31 @@ impl Sim {
     /// Starts a new process (with a fresh peer id) in a new slot and links it to every
     /// reachable live peer.
     pub fn spawn(&mut self) -> Slot {
+        self.spawn_in(0)
+    }
+
+    /// Starts a new process in a new slot on side `side` of a partition (see
+    /// [`Sim::partition`]: side `i` is the `i`-th list given), linked to the live peers there.
+    pub fn spawn_in(&mut self, side: u32) -> Slot {
         let slot = Slot(self.next_slot);
         self.next_slot += 1;
-        self.start(slot, Vec::new());
+        self.start(slot, Vec::new(), side);
         slot
     }
 
+    /// Tells the process in `slot` that discovery has settled (it found every peer it could
+    /// at first; a window alone at its first scan settles at once).
+    pub fn settle(&mut self, slot: Slot) {
+        let now = self.now;
+        let Some(id) = self.id(slot) else { return };
+        if let Some(p) = self.procs.get_mut(&slot) {
+            p.node.handle_settled(now);
+        }
+        self.drain(id);
+    }
+
     /// Starts a process in `slot` with `disk` as its stored state.
-    fn start(&mut self, slot: Slot, disk: Vec<Vec<u8>>) {
+    fn start(&mut self, slot: Slot, disk: Vec<Vec<u8>>, side: u32) {
         self.wall_ms += 1 + self.random(5);
         let id = PeerId::generate(self.wall_ms, &mut self.rng);
         let mut node = Node::new(
@@ -228,18 +314,25 @@ impl Sim {
             }
         }
         self.ids.insert(id, slot);
-        self.side.insert(id, 0);
+        self.side.insert(id, side);
         self.procs.insert(
             slot,
             Process {
                 node,
                 frozen_until: None,
                 disk,
+                inflight: VecDeque::new(),
             },
         );
         let others: Vec<PeerId> = self.live_ids().into_iter().filter(|p| *p != id).collect();
         for other in others {
-            self.connect(id, other);
+            if self.config.connect_delay.is_zero() {
+                self.connect(id, other);
+            } else {
+                let max = self.config.connect_delay.as_micros() as u64;
+                let at = self.now + Duration::from_micros(self.random(max + 1));
+                self.schedule(at, Delivery::Connect { a: id, b: other });
+            }
         }
         self.drain(id);
     }
@@ -335,10 +428,17 @@ impl Sim {
     }
 
     fn crash_with(&mut self, slot: Slot, signal: CrashSignal, graceful: bool) {
-        let Some(p) = self.procs.remove(&slot) else {
+        let Some(mut p) = self.procs.remove(&slot) else {
             return;
         };
         let id = p.node.me().peer;
+        // Persists in flight: the crash fell after the fsync of some prefix of them.
+        while let Some((_, persist)) = p.inflight.pop_front() {
+            if self.disk_rng.next_u64().is_multiple_of(2) {
+                break;
+            }
+            store(&mut p.disk, persist);
+        }
         self.dead_disks.insert(slot, p.disk);
         let how = match signal {
             CrashSignal::Eof => Some(LinkDown::Certain),
@@ -409,7 +509,7 @@ impl Sim {
         let Some(disk) = self.dead_disks.remove(&slot) else {
             return false;
         };
-        self.start(slot, disk);
+        self.start(slot, disk, 0);
         true
     }
 
@@ -505,16 +605,16 @@ impl Sim {
                 frames.push(t);
             }
             while let Some(persist) = p.node.poll_persist() {
-                match persist {
-                    Persist::Append { seq, bytes } => {
-                        p.disk.push(bytes);
-                        p.node.persisted(seq);
-                    }
-                    Persist::Snapshot { seq, bytes } => {
-                        p.disk = vec![bytes];
-                        p.node.persisted(seq);
-                    }
+                let (min, max) = self.config.persist_delay;
+                let (min, max) = (min.as_micros() as u64, max.as_micros() as u64);
+                let d = min + self.disk_rng.next_u64() % (max.saturating_sub(min) + 1);
+                let last = p.inflight.back().map_or(now, |(t, _)| *t);
+                let done = last.max(now + Duration::from_micros(d));
+                if self.config.bug_ack_before_fsync {
+                    let (Persist::Append { seq, .. } | Persist::Snapshot { seq, .. }) = &persist;
+                    p.node.persisted(*seq);
                 }
+                p.inflight.push_back((done, persist));
             }
             while let Some(e) = p.node.poll_event() {
                 events.push(e);
@@ -562,10 +662,36 @@ impl Sim {
             }
             Event::Replicated { write, peer, .. } => {
                 self.acks.push((*write, *peer));
+                self.replicated
+                    .entry((by, *write))
+                    .or_default()
+                    .insert(*peer);
                 return;
             }
+            Event::Durable { write } => {
+                self.durable.insert((by, *write));
+                return;
+            }
+            Event::Elected { term } => {
+                let t = Term::new(*term, by);
+                if let Some(at) = self.grants.insert(t, self.now) {
+                    self.violations.push(Violation(format!(
+                        "term {t} granted again at {:?} (first at {at:?})",
+                        self.now
+                    )));
+                }
+            }
+            Event::Leadership(l) => {
+                if let Some(t) = l.term_id()
+                    && !self.grants.contains_key(&t)
+                {
+                    self.violations.push(Violation(format!(
+                        "{by:?} shows term {t}, which was never granted"
+                    )));
+                }
+            }
             // Data events are many and checked through the nodes' state instead.
-            Event::Changed(_) | Event::Durable { .. } | Event::PeerAddresses { .. } => return,
+            Event::Changed(_) | Event::PeerAddresses { .. } => return,
             _ => {}
         }
         self.log.push(Observed {
@@ -584,6 +710,37 @@ impl Sim {
                     if !p.node.is_dead(&inc.peer, inc.number) {
                         self.violations
                             .push(Violation(format!("{me:?} no longer holds {inc} dead")));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks, for every running peer, the fencing of terms against what it knows: it leads
+    /// under no term older than the newest it knows, and shows no leader record of another term.
+    pub fn check_terms(&mut self) {
+        for p in self.procs.values() {
+            let n = &p.node;
+            let me = n.me().peer;
+            let newest = n.newest_term();
+            if let Some(t) = n.my_term_id()
+                && Some(t) != newest
+            {
+                self.violations.push(Violation(format!(
+                    "{me:?} leads under {t} although it knows {newest:?}"
+                )));
+            }
+            let store = n.leader_store();
+            for channel in store.channels() {
+                for key in store.keys(&channel, newest, |w| n.is_live(w)) {
+                    let Some(r) = store.get(&channel, &key) else {
+                        continue;
+                    };
+                    let t = crate::leader::term_of(r);
+                    if Some(t) != newest {
+                        self.violations.push(Violation(format!(
+                            "{me:?} shows {channel}/{key} of term {t}, newest known {newest:?}"
+                        )));
                     }
                 }
             }
@@ -636,10 +793,14 @@ impl Sim {
         let ticks = self
             .procs
             .values()
-            .map(|p| match p.frozen_until {
-                Some(until) => until.max(p.node.poll_timeout()),
-                None => p.node.poll_timeout(),
+            .flat_map(|p| {
+                let tick = match p.frozen_until {
+                    Some(until) => until.max(p.node.poll_timeout()),
+                    None => p.node.poll_timeout(),
+                };
+                [Some(tick), p.next_persist()]
             })
+            .flatten()
             .min();
         match (net, ticks) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -668,6 +829,16 @@ impl Sim {
             let to = match &d {
                 Delivery::Frame { to, .. } => *to,
                 Delivery::LinkDown { at, .. } => *at,
+                Delivery::Connect { a, b } => {
+                    // Discovery found the peer: both are still running, or nothing happens.
+                    let (a, b) = (*a, *b);
+                    if self.ids.get(&a).is_some_and(|s| self.procs.contains_key(s))
+                        && self.ids.get(&b).is_some_and(|s| self.procs.contains_key(s))
+                    {
+                        self.connect(a, b);
+                    }
+                    continue;
+                }
             };
             let Some(slot) = self.ids.get(&to).copied() else {
                 continue;
@@ -707,8 +878,30 @@ impl Sim {
                     }
                     p.node.handle_link_down(at, peer, how);
                 }
+                Delivery::Connect { .. } => {}
             }
             self.drain(to);
+        }
+        // Persists whose fsync completes now: on disk, then the node is told.
+        let done: Vec<PeerId> = self
+            .procs
+            .values_mut()
+            .filter(|p| p.frozen_until.is_none())
+            .filter_map(|p| {
+                let mut any = false;
+                while p.inflight.front().is_some_and(|(t, _)| *t <= at) {
+                    let Some((_, persist)) = p.inflight.pop_front() else {
+                        break;
+                    };
+                    let seq = store(&mut p.disk, persist);
+                    p.node.persisted(seq);
+                    any = true;
+                }
+                any.then(|| p.node.me().peer)
+            })
+            .collect();
+        for id in done {
+            self.drain(id);
         }
         // Ticks due now.
         let due: Vec<PeerId> = self
@@ -727,6 +920,7 @@ impl Sim {
         }
         // Survivors of a silent crash keep a link entry; drop links to peers that are gone.
         self.check_dead_stay_dead();
+        self.check_terms();
     }
 
     /// The lowest id among running, unfrozen, eligible peers reachable from `slot`'s side.

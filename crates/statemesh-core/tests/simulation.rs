@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use statemesh_core::sim::{CrashSignal, Sim, SimConfig, Slot};
-use statemesh_core::{Config, PeerId, Scope, Time};
+use std::collections::{BTreeMap, BTreeSet};
+
+use statemesh_core::{Config, PeerId, Scope, Term, Time, WriteId};
 
 fn seeds() -> Vec<u64> {
     if let Some(seed) = std::env::var("SEED").ok().and_then(|s| s.parse().ok()) {
@@ -51,15 +53,42 @@ fn check_violations(sim: &Sim, test: &str, seed: u64) {
     }
 }
 
+/// A local write the test made: its writer, its key in channel `writes`, its id.
+type Write = (PeerId, String, WriteId);
+
 /// Random faults for a while: crashes (EOF, hint or silent), restarts, partitions, freezes,
 /// loss and duplication, and bursts of writes. Returns the writes each process made.
-fn chaos(sim: &mut Sim, steps: usize) -> Vec<(PeerId, String)> {
+fn chaos(sim: &mut Sim, steps: usize) -> Vec<Write> {
+    chaos_with(sim, steps, false)
+}
+
+/// [`chaos`], and with `write_then_crash` one more kind of step: a process writes, then crashes
+/// within 40 ms — before or after its write was fsynced, before or after its peers got it.
+fn chaos_with(sim: &mut Sim, steps: usize, write_then_crash: bool) -> Vec<Write> {
     let mut writes = Vec::new();
     for step in 0..steps {
         let wait = Duration::from_millis(50 + sim.random(900));
         sim.run_for(wait);
         let slots = sim.slots();
-        match sim.random(7) {
+        match sim.random(if write_then_crash { 8 } else { 7 }) {
+            7 if slots.len() > 1 => {
+                let victim = slots[sim.random(slots.len() as u64) as usize];
+                let node = sim.node_mut(victim).expect("runs");
+                let me = node.me().peer;
+                let key = format!("{}-{step}-last", me.short());
+                if let Ok(w) = node.put("writes", &key, &(step as i64), Scope::Durable) {
+                    writes.push((me, key, w.id));
+                }
+                sim.flush(victim);
+                let d = Duration::from_micros(sim.random(40_000));
+                sim.run_for(d);
+                let signal = match sim.random(3) {
+                    0 => CrashSignal::Eof,
+                    1 => CrashSignal::Hint,
+                    _ => CrashSignal::Silent,
+                };
+                sim.crash(victim, signal);
+            }
             0 if slots.len() > 1 => {
                 let victim = slots[sim.random(slots.len() as u64) as usize];
                 let signal = match sim.random(3) {
@@ -101,11 +130,8 @@ fn chaos(sim: &mut Sim, steps: usize) -> Vec<(PeerId, String)> {
                     };
                     let me = node.me().peer;
                     let key = format!("{}-{step}", me.short());
-                    if node
-                        .put("writes", &key, &(step as i64), Scope::Durable)
-                        .is_ok()
-                    {
-                        writes.push((me, key));
+                    if let Ok(w) = node.put("writes", &key, &(step as i64), Scope::Durable) {
+                        writes.push((me, key, w.id));
                     }
                     let _ = node.add("total", 1, Scope::Durable);
                     sim.flush(s);
@@ -411,128 +437,312 @@ fn partitions_elect_per_side_and_heal_to_one() {
     );
 }
 
-/// Property 5: after quiescence all live documents are equal, and no write acknowledged to a
-/// writer that stayed alive is lost — concurrent creation and counter increments included.
+/// What the acknowledgement check of property 5 covered in one run.
+#[derive(Default, Debug, Clone, Copy)]
+struct AckCounts {
+    /// Writes acknowledged as durable (each checked).
+    durable: usize,
+    /// ... of them, made by a process that crashed (checked after its slot restarted from disk).
+    durable_dead: usize,
+    /// Writes acknowledged as replicated by at least one peer (each checked while a process
+    /// known to hold it survives).
+    replicated: usize,
+    /// ... of them, made by a process that crashed and held by a survivor.
+    replicated_dead: usize,
+}
+
+/// One run of property 5: concurrent creation, chaos with writes and crashes right after
+/// writes, then every crashed slot restarted from its disk and the faults stopped. Checks
+/// convergence and that no acknowledged write is lost: every write acknowledged as durable (its
+/// writer's slot restarted from its disk), every write acknowledged as replicated by a peer
+/// that is still running, every write of a process still running, of every process that ever
+/// ran. `Err` says what failed.
+fn acknowledged_writes_run(seed: u64, peers: usize, bug: bool) -> Result<AckCounts, String> {
+    let mut config = lossy(seed, peers);
+    config.bug_ack_before_fsync = bug;
+    let mut sim = Sim::new(config);
+    sim.run_for(Duration::from_secs(1));
+    // Concurrent creation: every window writes the same new channel, the same key and the
+    // same counter at the same instant.
+    let mut first = Vec::new();
+    for s in sim.slots() {
+        let node = sim.node_mut(s).expect("runs");
+        let me = node.me().peer;
+        node.put("fresh", &me.to_string(), &1i64, Scope::Durable)
+            .expect("write");
+        node.put("same", "key", &me.to_string(), Scope::Durable)
+            .expect("write");
+        node.add("shared", 1, Scope::Durable).expect("write");
+        first.push(me);
+    }
+    for s in sim.slots() {
+        sim.flush(s);
+    }
+    let writes = chaos_with(&mut sim, 6, true);
+    stop_faults(&mut sim);
+    // Every process that died comes back from its disk: what it acknowledged as durable must
+    // be there.
+    for s in sim.crashed() {
+        sim.restart(s);
+    }
+    let converged = sim.run_until_true(Duration::from_secs(15), |s| {
+        let heads: Vec<_> = s
+            .slots()
+            .iter()
+            .filter_map(|x| s.node(*x))
+            .map(|n| {
+                let mut h = n.heads();
+                h.sort();
+                h
+            })
+            .collect();
+        heads.windows(2).all(|w| w[0] == w[1])
+    });
+    if converged.is_none() {
+        for x in sim.slots() {
+            let n = sim.node(x).expect("runs");
+            eprintln!(
+                "{:?}: heads {:?} linked {:?} live {:?} stats {:?}",
+                n.me(),
+                n.heads(),
+                n.linked_peers(),
+                n.live_peers(),
+                n.stats()
+            );
+        }
+        return Err("documents did not converge".into());
+    }
+    let slots = sim.slots();
+    // Processes running now that never crashed (a restarted slot runs under a new id).
+    let alive: BTreeSet<PeerId> = slots.iter().filter_map(|s| sim.id(*s)).collect();
+    let nodes: Vec<_> = slots.iter().filter_map(|s| sim.node(*s)).collect();
+    let mut counts = AckCounts::default();
+    let mut must: BTreeMap<&str, String> = BTreeMap::new();
+    for (writer, key, id) in &writes {
+        let durable = sim.durable.contains(&(*writer, *id));
+        let holders = sim.replicated.get(&(*writer, *id));
+        let held_by_survivor = holders.is_some_and(|h| h.iter().any(|p| alive.contains(p)));
+        let writer_alive = alive.contains(writer);
+        if durable {
+            counts.durable += 1;
+            counts.durable_dead += usize::from(!writer_alive);
+            must.insert(key, format!("acknowledged durable by {writer:?}"));
+        }
+        if holders.is_some_and(|h| !h.is_empty()) {
+            counts.replicated += 1;
+        }
+        if held_by_survivor {
+            counts.replicated_dead += usize::from(!writer_alive);
+            must.insert(
+                key,
+                format!("acknowledged replicated to {holders:?} (some still running)"),
+            );
+        }
+        if writer_alive {
+            must.insert(key, format!("written by {writer:?}, still running"));
+        }
+    }
+    for n in &nodes {
+        for (key, why) in &must {
+            if n.get::<i64>("writes", key).ok().flatten().is_none() {
+                return Err(format!("write {key} lost ({why}), seen from {:?}", n.me()));
+            }
+        }
+        for w in &first {
+            if alive.contains(w) && n.get::<i64>("fresh", &w.to_string()).ok().flatten() != Some(1)
+            {
+                return Err("a concurrently created key was lost".into());
+            }
+        }
+        let shared = n.counter("shared");
+        let live_first = first.iter().filter(|w| alive.contains(w)).count() as i64;
+        if shared < live_first || shared > first.len() as i64 {
+            return Err(format!(
+                "shared counter {shared}, {live_first} live writers"
+            ));
+        }
+    }
+    let same: Vec<Option<String>> = nodes
+        .iter()
+        .map(|n| n.get::<String>("same", "key").ok().flatten())
+        .collect();
+    if same.windows(2).any(|w| w[0] != w[1]) || same.first().is_some_and(|v| v.is_none()) {
+        return Err(format!("register diverged: {same:?}"));
+    }
+    let totals: Vec<i64> = nodes.iter().map(|n| n.counter("total")).collect();
+    if totals.windows(2).any(|w| w[0] != w[1]) {
+        return Err(format!("counters diverged: {totals:?}"));
+    }
+    if let Some(v) = sim.violations.first() {
+        return Err(format!("invariant violated: {}", v.0));
+    }
+    Ok(counts)
+}
+
+/// Property 5: after quiescence all live documents are equal, and no acknowledged write is
+/// lost — of any process, including those that died (a write acknowledged as durable survives
+/// its writer's restart from disk; one acknowledged as replicated survives while a peer that
+/// held it runs) — concurrent creation and counter increments included. Persistence takes
+/// time in the simulator, and processes crash between a write and its fsync.
 #[test]
 fn documents_converge_and_keep_acknowledged_writes() {
     let seeds = seeds();
+    let mut total = AckCounts::default();
     for &seed in &seeds {
         let peers = peers_for(seed, 2, 5);
-        let mut sim = Sim::new(lossy(seed, peers));
-        sim.run_for(Duration::from_secs(1));
-        // Concurrent creation: every window writes the same new channel, the same key and the
-        // same counter at the same instant.
-        let mut first = Vec::new();
-        for s in sim.slots() {
-            let node = sim.node_mut(s).expect("runs");
-            let me = node.me().peer;
-            node.put("fresh", &me.to_string(), &1i64, Scope::Durable)
-                .expect("write");
-            node.put("same", "key", &me.to_string(), Scope::Durable)
-                .expect("write");
-            node.add("shared", 1, Scope::Durable).expect("write");
-            first.push(me);
-        }
-        for s in sim.slots() {
-            sim.flush(s);
-        }
-        let writes = chaos(&mut sim, 6);
-        stop_faults(&mut sim);
-        let converged = sim.run_until_true(Duration::from_secs(15), |s| {
-            let heads: Vec<_> = s
-                .slots()
-                .iter()
-                .filter_map(|x| s.node(*x))
-                .map(|n| {
-                    let mut h = n.heads();
-                    h.sort();
-                    h
-                })
-                .collect();
-            heads.windows(2).all(|w| w[0] == w[1])
-        });
-        if converged.is_none() {
-            for x in sim.slots() {
-                let n = sim.node(x).expect("runs");
-                eprintln!(
-                    "{:?}: heads {:?} linked {:?} live {:?} stats {:?}",
-                    n.me(),
-                    n.heads(),
-                    n.linked_peers(),
-                    n.live_peers(),
-                    n.stats()
-                );
+        match acknowledged_writes_run(seed, peers, false) {
+            Ok(c) => {
+                total.durable += c.durable;
+                total.durable_dead += c.durable_dead;
+                total.replicated += c.replicated;
+                total.replicated_dead += c.replicated_dead;
             }
-            fail(
+            Err(e) => fail(
                 "documents_converge_and_keep_acknowledged_writes",
                 seed,
                 peers,
-                "documents did not converge",
-            );
+                e,
+            ),
         }
-        let slots = sim.slots();
-        let alive: Vec<PeerId> = slots.iter().filter_map(|s| sim.id(*s)).collect();
-        let nodes: Vec<_> = slots.iter().filter_map(|s| sim.node(*s)).collect();
-        for n in &nodes {
-            for (writer, key) in &writes {
-                if alive.contains(writer) && n.get::<i64>("writes", key).ok().flatten().is_none() {
-                    fail(
-                        "documents_converge_and_keep_acknowledged_writes",
-                        seed,
-                        peers,
-                        format!("write {key} of live {writer:?} lost"),
-                    );
-                }
-            }
-            for w in &first {
-                if alive.contains(w)
-                    && n.get::<i64>("fresh", &w.to_string()).ok().flatten() != Some(1)
-                {
-                    fail(
-                        "documents_converge_and_keep_acknowledged_writes",
-                        seed,
-                        peers,
-                        "a concurrently created key was lost",
-                    );
-                }
-            }
-            let shared = n.counter("shared");
-            let live_first = first.iter().filter(|w| alive.contains(w)).count() as i64;
-            if shared < live_first || shared > first.len() as i64 {
-                fail(
-                    "documents_converge_and_keep_acknowledged_writes",
-                    seed,
-                    peers,
-                    format!("shared counter {shared}, {live_first} live writers"),
-                );
-            }
+    }
+    eprintln!(
+        "property 5: {} seeds, {} durable acknowledgements checked ({} of writers that died), \
+         {} replicated ({} of writers that died, held by a survivor)",
+        seeds.len(),
+        total.durable,
+        total.durable_dead,
+        total.replicated,
+        total.replicated_dead
+    );
+}
+
+/// The check of property 5 can fail: with a deliberate bug that acknowledges durability before
+/// the bytes are fsynced, writes acknowledged durable are lost when their writer crashes in
+/// between, and the property catches it.
+#[test]
+fn property_5_catches_durability_acknowledged_before_fsync() {
+    let seeds: Vec<u64> = seeds().into_iter().take(300).collect();
+    let mut caught = Vec::new();
+    for &seed in &seeds {
+        let peers = peers_for(seed, 2, 5);
+        if let Err(e) = acknowledged_writes_run(seed, peers, true) {
+            caught.push((seed, e));
         }
-        let same: Vec<Option<String>> = nodes
-            .iter()
-            .map(|n| n.get::<String>("same", "key").ok().flatten())
-            .collect();
-        if same.windows(2).any(|w| w[0] != w[1]) || same.first().is_some_and(|v| v.is_none()) {
-            fail(
-                "documents_converge_and_keep_acknowledged_writes",
-                seed,
-                peers,
-                format!("register diverged: {same:?}"),
-            );
-        }
-        let totals: Vec<i64> = nodes.iter().map(|n| n.counter("total")).collect();
-        if totals.windows(2).any(|w| w[0] != w[1]) {
-            fail(
-                "documents_converge_and_keep_acknowledged_writes",
-                seed,
-                peers,
-                format!("counters diverged: {totals:?}"),
-            );
-        }
-        check_violations(
-            &sim,
-            "documents_converge_and_keep_acknowledged_writes",
-            seed,
+    }
+    eprintln!(
+        "deliberate bug (durable before fsync): property 5 failed on {} of {} seeds{}",
+        caught.len(),
+        seeds.len(),
+        caught
+            .first()
+            .map(|(s, e)| format!(", first seed {s}: {e}"))
+            .unwrap_or_default()
+    );
+    if std::env::var("SEED").is_err() {
+        assert!(
+            !caught.is_empty(),
+            "property 5 did not notice writes acknowledged durable before they were on disk"
         );
+    }
+}
+
+/// A term names exactly one leadership, ever: windows started at once whose links come up late
+/// (some settling at once, as a window alone at its first scan does), windows joining during a
+/// partition, crashes and restarts from disk, freezes, loss. Checked across all peers and all
+/// time, restarted processes included: no term is granted twice (`Sim::grants`), no observer
+/// shows a term that was not granted to the leader it names, no peer leads under a term older
+/// than one it knows or shows a leader record of a term other than the newest it knows (after
+/// every step); and at the end all agree on one leader under one term.
+#[test]
+fn terms_name_one_leadership() {
+    let seeds = seeds();
+    let mut granted = 0;
+    let mut numbers_shared = 0;
+    let mut seeds_sharing = 0;
+    for &seed in &seeds {
+        let peers = peers_for(seed, 3, 4);
+        let mut config = SimConfig::new(seed, peers);
+        config.connect_delay = Duration::from_millis(1500);
+        config.drop = 0.02;
+        config.same_machine = seed.is_multiple_of(2);
+        let mut sim = Sim::new(config);
+        // Simultaneous starts: some windows find nobody at their first scan and settle at once.
+        for s in sim.slots() {
+            if sim.random(2) == 0 {
+                sim.settle(s);
+            }
+        }
+        for s in sim.slots() {
+            let now = sim.now();
+            leader_write(&mut sim, s, now);
+        }
+        let wait = Duration::from_millis(300 + sim.random(1500));
+        sim.run_for(wait);
+        // Joins during a partition.
+        let mut sides = [Vec::new(), Vec::new()];
+        for s in sim.slots() {
+            sides[sim.random(2) as usize].push(s);
+        }
+        sim.partition(&sides);
+        for _ in 0..1 + sim.random(2) {
+            let side = sim.random(2) as u32;
+            let s = sim.spawn_in(side);
+            if sim.random(2) == 0 {
+                sim.settle(s);
+            }
+        }
+        for _ in 0..3 {
+            let wait = Duration::from_millis(200 + sim.random(800));
+            sim.run_for(wait);
+            for s in sim.slots() {
+                let now = sim.now();
+                leader_write(&mut sim, s, now);
+            }
+        }
+        // Restarts from disk, then more faults.
+        let slots = sim.slots();
+        let victim = slots[sim.random(slots.len() as u64) as usize];
+        sim.crash(victim, CrashSignal::Eof);
+        let wait = Duration::from_millis(sim.random(1200));
+        sim.run_for(wait);
+        sim.restart(victim);
+        chaos(&mut sim, 4);
+        stop_faults(&mut sim);
+        let agreed = sim.run_until_true(Duration::from_secs(10), |s| {
+            let all = s.slots();
+            s.agree_on(&all, s.expected_leader(&all))
+        });
+        if agreed.is_none() {
+            fail("terms_name_one_leadership", seed, peers, "no agreement");
+        }
+        check_violations(&sim, "terms_name_one_leadership", seed);
+        let mut leaders_by_number: BTreeMap<u64, usize> = BTreeMap::new();
+        for t in sim.grants.keys() {
+            *leaders_by_number.entry(t.number).or_default() += 1;
+        }
+        granted += sim.grants.len();
+        let shared = leaders_by_number.values().filter(|n| **n > 1).count();
+        numbers_shared += shared;
+        seeds_sharing += usize::from(shared > 0);
+    }
+    eprintln!(
+        "terms: {} seeds, {granted} terms granted, all distinct; {seeds_sharing} seeds had one \
+         term number claimed by several leaders ({numbers_shared} numbers in all), as distinct \
+         terms",
+        seeds.len()
+    );
+}
+
+/// The leader of `slot`, if it leads, writes a leader record under its term.
+fn leader_write(sim: &mut Sim, slot: Slot, now: Time) {
+    let Some(node) = sim.node_mut(slot) else {
+        return;
+    };
+    if let Some(term) = node.my_term() {
+        let me = node.me().peer.to_string();
+        node.leader_put(now, term, "probes", "who", Some(&me))
+            .expect("a leader writes under its own term");
+        sim.flush(slot);
     }
 }
 
@@ -646,7 +856,8 @@ fn frozen_leader_is_fenced_on_waking() {
                     .leader_get::<String>("probes", "api")
                     .expect("read");
                 if let Some((value, t)) = got {
-                    assert!(t >= new_term, "seed {seed}: stale term {t} visible");
+                    let successor = Term::new(new_term, next.expect("a successor"));
+                    assert!(t >= successor, "seed {seed}: stale term {t} visible");
                     assert_eq!(value, "down", "seed {seed}");
                 }
             }

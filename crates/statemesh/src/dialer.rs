@@ -42,13 +42,13 @@ use statemesh_core::PeerId;
 /// Most probes in flight at once.
 pub(crate) const MAX_PROBES: usize = 8;
 /// Most probes started per second (in bursts of at most [`MAX_PROBES`]).
-pub(crate) const PROBE_RATE: u32 = 20;
+pub(crate) const PROBE_RATE: u32 = 10;
 /// How long a successful probe lets the main endpoint dial its address.
 pub(crate) const PROVEN_FOR: Duration = Duration::from_secs(2);
 /// Failed probes after which an address that only an unproven discovery offers is parked.
 pub(crate) const UNPROVEN_FAILURES: u32 = 3;
 /// First wait of a parked address.
-pub(crate) const PARKED_BACKOFF: Duration = Duration::from_secs(30);
+pub(crate) const PARKED_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest wait of a parked address.
 pub(crate) const PARKED_MAX: Duration = Duration::from_secs(300);
 /// How long the higher id waits for the lower to dial before dialling itself.
@@ -506,6 +506,71 @@ impl Dialer {
     }
 }
 
+/// Of two links to one peer (both sides dialled), whether the new one replaces the existing
+/// one: the link dialled by the lower id is kept, on both sides alike.
+pub(crate) fn new_link_wins(me: PeerId, peer: PeerId, existing: PeerId, new: PeerId) -> bool {
+    let lower = me.min(peer);
+    existing != lower && new == lower
+}
+
+/// When a window may count itself a leader candidate before its join grace is over: once every
+/// discovery that can tell it has seen all there is ([`Discovered::Settled`]) and every peer
+/// found by then (or after) has a link. With a discovery that never settles (mDNS, static
+/// peers), the join grace alone decides.
+///
+/// [`Discovered::Settled`]: statemesh_net::discovery::Discovered::Settled
+#[derive(Debug)]
+pub(crate) struct Settle {
+    /// Discoveries yet to settle; `None` once all have, or when some never will.
+    unsettled: Option<BTreeSet<usize>>,
+    /// Once they have: peers found with no link yet.
+    waiting: Option<BTreeSet<PeerId>>,
+}
+
+impl Settle {
+    /// `settling`: the discoveries that settle; `all_settle`: whether every discovery does.
+    pub(crate) fn new(settling: BTreeSet<usize>, all_settle: bool) -> Self {
+        Self {
+            unsettled: (all_settle && !settling.is_empty()).then_some(settling),
+            waiting: None,
+        }
+    }
+
+    /// A discovery found `peer` (it has no link yet).
+    pub(crate) fn found(&mut self, peer: PeerId) {
+        if let Some(w) = self.waiting.as_mut() {
+            w.insert(peer);
+        }
+    }
+
+    /// `peer` has a link, or is gone: it is no longer waited for.
+    pub(crate) fn done_with(&mut self, peer: PeerId) {
+        if let Some(w) = self.waiting.as_mut() {
+            w.remove(&peer);
+        }
+    }
+
+    /// Discovery `index` settled; `unlinked`: the peers known so far without a link.
+    pub(crate) fn settled(&mut self, index: usize, unlinked: impl Iterator<Item = PeerId>) {
+        if let Some(u) = self.unsettled.as_mut() {
+            u.remove(&index);
+            if u.is_empty() {
+                self.unsettled = None;
+                self.waiting = Some(unlinked.collect());
+            }
+        }
+    }
+
+    /// Whether the window may now count itself a candidate; true once, then never again.
+    pub(crate) fn take_ready(&mut self) -> bool {
+        if self.waiting.as_ref().is_some_and(BTreeSet::is_empty) {
+            self.waiting = None;
+            return true;
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -678,16 +743,20 @@ mod tests {
             20,
             "parked, not forgotten: discovery withdraws them"
         );
-        // Three tries each within the first seconds, then one every 30 s or more.
-        assert_eq!(
-            probes_per_10s[0],
-            20 * UNPROVEN_FAILURES as usize,
+        // Three tries each within the first seconds, then parked: 10 s doubling (jitter
+        // 0.5..1.5), so at most five more each in two minutes.
+        assert!(
+            probes_per_10s[0] >= 20 * UNPROVEN_FAILURES as usize,
             "{probes_per_10s:?}"
         );
-        let later: usize = probes_per_10s[1..].iter().sum();
+        let total: usize = probes_per_10s.iter().sum();
         assert!(
-            later <= 20 * 4,
-            "{later} probes of parked addresses in 110 s"
+            total <= 20 * (UNPROVEN_FAILURES as usize + 5),
+            "{total} probes of 20 dead addresses in 120 s: {probes_per_10s:?}"
+        );
+        assert!(
+            probes_per_10s[6..].iter().sum::<usize>() <= 20 * 2,
+            "parked addresses are retried ever more rarely: {probes_per_10s:?}"
         );
         // Discovery withdraws them (an mDNS record expires): gone.
         for n in 2..6 {
@@ -785,5 +854,38 @@ mod tests {
         d.found(t, 2, Some(peer(4)), addr(4));
         d.forget_peer(peer(4));
         assert_eq!(d.len(), 1);
+    }
+
+    #[test]
+    fn the_link_dialled_by_the_lower_id_is_kept_on_both_sides() {
+        let (low, high) = (peer(1), peer(2));
+        // Seen from the lower side and from the higher side, whatever arrived first.
+        for (me, other) in [(low, high), (high, low)] {
+            assert!(new_link_wins(me, other, high, low));
+            assert!(!new_link_wins(me, other, low, high));
+            assert!(!new_link_wins(me, other, low, low));
+            assert!(!new_link_wins(me, other, high, high));
+        }
+    }
+
+    #[test]
+    fn settling_waits_for_every_discovery_then_every_peer_found() {
+        let mut s = Settle::new(BTreeSet::from([0, 1]), true);
+        s.found(peer(2)); // before settling: counted from the known peers at settle time
+        s.settled(0, std::iter::empty());
+        assert!(!s.take_ready(), "discovery 1 has not settled");
+        s.settled(1, [peer(2), peer(3)].into_iter());
+        assert!(!s.take_ready(), "two peers without a link");
+        s.done_with(peer(2));
+        s.found(peer(4)); // found after settling: waited for too
+        s.done_with(peer(3));
+        assert!(!s.take_ready());
+        s.done_with(peer(4));
+        assert!(s.take_ready());
+        assert!(!s.take_ready(), "once");
+        // A discovery that never settles: only the join grace decides.
+        let mut never = Settle::new(BTreeSet::from([0]), false);
+        never.settled(0, std::iter::empty());
+        assert!(!never.take_ready());
     }
 }

@@ -15,7 +15,7 @@ use statemesh_net::quic::{self, Endpoint, Link, LinkError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::dialer::{Dial, Dialer, Via};
+use crate::dialer::{Dial, Dialer, Settle, Via, new_link_wins};
 use crate::mesh::{LeadershipInfo, MeshBuilder, MeshError, Shared};
 use crate::store::{Store, StoreError, Writer};
 
@@ -251,8 +251,7 @@ pub(crate) async fn start(
         events,
         views,
         next_conn: 0,
-        unsettled: (all_settle && !unsettled.is_empty()).then_some(unsettled),
-        settling: None,
+        settle: Settle::new(unsettled, all_settle),
         running,
     };
     let task = tokio::spawn(tracing::Instrument::instrument(
@@ -291,12 +290,8 @@ struct Run {
     /// Heartbeat views, handled ahead of `events` (see `statemesh_core::codec::is_view`).
     views: mpsc::UnboundedSender<LinkEvent>,
     next_conn: usize,
-    /// Discoveries that settle and have not yet; `None` once all have, or when some never will
-    /// (then the node's join grace applies).
-    unsettled: Option<BTreeSet<usize>>,
-    /// Peers reported before every discovery settled that have no link yet; the node counts
-    /// itself as a leader candidate once this empties.
-    settling: Option<BTreeSet<PeerId>>,
+    /// When this window may count itself a leader candidate before its join grace is over.
+    settle: Settle,
     /// The running discoveries; dropping them withdraws this peer's announcements.
     running: Vec<Box<dyn Running>>,
 }
@@ -412,10 +407,10 @@ impl Run {
         match ev {
             Discovered::Found { peer, addr } => {
                 self.dialer.found(Instant::now(), index, peer, addr);
-                if let (Some(s), Some(p)) = (self.settling.as_mut(), peer)
+                if let Some(p) = peer
                     && !self.links.contains_key(&p)
                 {
-                    s.insert(p);
+                    self.settle.found(p);
                 }
             }
             Discovered::Gone { peer, certain } => {
@@ -430,31 +425,22 @@ impl Run {
                     }
                 }
                 self.dialer.gone(index, peer);
-                if let Some(s) = self.settling.as_mut() {
-                    s.remove(&peer);
-                }
+                self.settle.done_with(peer);
             }
             Discovered::Settled => {
-                if let Some(unsettled) = self.unsettled.as_mut() {
-                    unsettled.remove(&index);
-                    if unsettled.is_empty() {
-                        self.unsettled = None;
-                        let pending: BTreeSet<PeerId> = self
-                            .dialer
-                            .known_peers()
-                            .filter(|p| !self.links.contains_key(p))
-                            .collect();
-                        self.settling = Some(pending);
-                    }
-                }
+                let unlinked: Vec<PeerId> = self
+                    .dialer
+                    .known_peers()
+                    .filter(|p| !self.links.contains_key(p))
+                    .collect();
+                self.settle.settled(index, unlinked.into_iter());
             }
         }
         self.check_settled();
     }
 
     fn check_settled(&mut self) {
-        if self.settling.as_ref().is_some_and(BTreeSet::is_empty) {
-            self.settling = None;
+        if self.settle.take_ready() {
             let now = self.shared.now();
             self.shared.node().handle_settled(now);
         }
@@ -676,8 +662,7 @@ impl Run {
                 };
                 if let Some(existing) = self.links.get(&peer) {
                     // Both dialled: keep the link dialled by the lower id, on both sides alike.
-                    let lower = self.shared.me.min(peer);
-                    if existing.dialer == lower || dialer != lower {
+                    if !new_link_wins(self.shared.me, peer, existing.dialer, dialer) {
                         link.connection.close(
                             quinn::VarInt::from_u32(quic::CLOSE_DUPLICATE),
                             b"duplicate link",
@@ -736,9 +721,7 @@ impl Run {
                     self.events.clone(),
                     self.views.clone(),
                 ));
-                if let Some(s) = self.settling.as_mut() {
-                    s.remove(&peer);
-                }
+                self.settle.done_with(peer);
                 self.check_settled();
             }
             LinkEvent::Frame {

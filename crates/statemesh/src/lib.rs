@@ -32,7 +32,7 @@ pub use mesh::{AckError, Lead, LeadershipInfo, Member, Mesh, MeshBuilder, MeshEr
 pub use metrics::Metrics;
 pub use statemesh_core::{
     Config, DeathCause, EntryChange as Change, EntryKind, Explanation, PeerId, PeerStatus,
-    ReadError, Scope, Stats, Tx, Value, WriteError, WriteId,
+    ReadError, Scope, Stats, Term, Tx, Value, WriteError, WriteId,
 };
 pub use statemesh_net::discovery;
 

@@ -9,8 +9,8 @@ use autosurgeon::{Hydrate, Reconcile};
 use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 use statemesh_core::{
-    Config, EntryChange, Explanation, Node, PeerId, ReadError, Scope, Stats, Time, WriteError,
-    WriteId, Written,
+    Config, EntryChange, Explanation, Node, PeerId, ReadError, Scope, Stats, Term, Time,
+    WriteError, WriteId, Written,
 };
 use statemesh_net::discovery::Discovery;
 use statemesh_net::keyring::{KeyId, Keyring, SharedKeyring};
@@ -26,10 +26,19 @@ use crate::store::{LoadSummary, Store, StoreError};
 pub struct LeadershipInfo {
     /// The leader, if any.
     pub leader: Option<PeerId>,
-    /// Its term, once known.
+    /// The number of its term, once known. A term is the pair (number, leader): two leaders
+    /// may have held the same number (they claimed at the same moment, or on two sides of a
+    /// partition), never the same term. See [`Term`].
     pub term: Option<u64>,
     /// Whether this window leads.
     pub is_me: bool,
+}
+
+impl LeadershipInfo {
+    /// The leader's term, once known.
+    pub fn term_id(&self) -> Option<Term> {
+        Some(Term::new(self.term?, self.leader?))
+    }
 }
 
 /// One member of the mesh, as this window sees it.
@@ -678,9 +687,16 @@ pub struct Lead {
 }
 
 impl Lead {
-    /// The term of this leadership (the fencing token).
+    /// The number of this leadership's term. Another window may have led under the same number
+    /// (see [`Term`]); the fencing token is [`term_id`](Self::term_id).
     pub fn term(&self) -> u64 {
         self.term
+    }
+
+    /// The term of this leadership, the fencing token: its number, led by this window. No other
+    /// leadership, of any window, ever has it.
+    pub fn term_id(&self) -> Term {
+        Term::new(self.term, self.shared.me)
     }
 
     /// Writes leader record `key` of `channel` under this term. Refused once the leadership is
@@ -852,13 +868,13 @@ impl Mesh {
         self.shared().node().counter_names()
     }
 
-    /// Reads leader record `key` of `channel` (with its term), if a live leader of the newest
-    /// term wrote it.
+    /// Reads leader record `key` of `channel` (with its term: the number and the leader that
+    /// wrote it), if a live leader of the newest term wrote it.
     pub fn leader_get<T: Hydrate>(
         &self,
         channel: &str,
         key: &str,
-    ) -> Result<Option<(T, u64)>, MeshError> {
+    ) -> Result<Option<(T, Term)>, MeshError> {
         Ok(self.shared().node().leader_get(channel, key)?)
     }
 

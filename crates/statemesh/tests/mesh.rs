@@ -118,7 +118,8 @@ async fn windows_share_state_elect_the_lowest_and_fail_over() {
             .leader_get::<String>("probes", "api:443")
             .expect("read")
             .expect("present");
-        assert_eq!((v.as_str(), Some(t)), ("up", terms[0]));
+        assert_eq!((v.as_str(), Some(t.number)), ("up", terms[0]));
+        assert_eq!(t, lead.term_id(), "the record carries its writer's term");
     }
 
     // Kill the leader abruptly (no leave): its local socket closes, the others take over.

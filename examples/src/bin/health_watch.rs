@@ -144,7 +144,7 @@ fn print_status(mesh: &Mesh, endpoint: &str) -> Result<(), MeshError> {
     match mesh.leader_get::<Status>(CHANNEL, endpoint)? {
         Some((s, term)) => {
             let state = if s.up { "up" } else { "down" };
-            println!("[term {term}] {endpoint} {state} ({})", s.detail);
+            println!("[term {}] {endpoint} {state} ({})", term.number, s.detail);
         }
         None => println!("{endpoint}: no status"),
     }

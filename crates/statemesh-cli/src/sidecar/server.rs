@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json, json};
 use statemesh::{
-    AckError, Change, EntryKind, Lead, LeadershipInfo, Mesh, MeshError, Pending, Scope, Value,
+    AckError, Change, EntryKind, Lead, LeadershipInfo, Mesh, MeshError, Pending, Scope, Term, Value,
 };
 use statemesh_core::{DeathCause, WriteError};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -742,13 +742,19 @@ async fn forward(
     }
 }
 
+/// A term as the sidecar shows it: `term` (its number) and `term_leader` (the window leading
+/// under it; with the number, the fencing token).
+fn term_json(term: Term) -> Json {
+    json!({"term": term.number, "term_leader": term.leader.to_string()})
+}
+
 /// Keeps `lead` as the held guard (unless one of the same term is held already) and watches
 /// it: once it is lost, the client gets `lead_lost`. Returns the term.
-fn hold(slot_: &LeadSlot, lead: Lead, out: &Outbox) -> u64 {
-    let term = lead.term();
+fn hold(slot_: &LeadSlot, lead: Lead, out: &Outbox) -> Term {
+    let term = lead.term_id();
     let mut held = slot(slot_);
     if let Some(h) = held.as_ref()
-        && h.lead.term() == term
+        && h.lead.term_id() == term
         && h.lead.is_valid()
     {
         return term;
@@ -773,8 +779,8 @@ fn hold(slot_: &LeadSlot, lead: Lead, out: &Outbox) -> u64 {
                 }
             };
             if was_held {
-                tracing::info!(term, "lead lost");
-                out.notify("lead_lost", json!({"term": term})).await;
+                tracing::info!(%term, "lead lost");
+                out.notify("lead_lost", term_json(term)).await;
             }
         }
     })
@@ -1154,10 +1160,15 @@ impl Session {
                     .leader_get::<Value>(&channel, &key)
                     .map_err(|e| mesh_error(&e))?;
                 reply(match v {
-                    Some((v, term)) => {
-                        json!({"found": true, "value": values::to_json(&v), "term": term})
+                    Some((v, term)) => json!({
+                        "found": true,
+                        "value": values::to_json(&v),
+                        "term": term.number,
+                        "term_leader": term.leader.to_string(),
+                    }),
+                    None => {
+                        json!({"found": false, "value": null, "term": null, "term_leader": null})
                     }
-                    None => json!({"found": false, "value": null, "term": null}),
                 })
             }
             "leader_keys" => {
@@ -1206,7 +1217,7 @@ impl Session {
                     };
                     let lead = lead.ok_or_else(|| mesh_error(&MeshError::Closed))?;
                     let term = hold(&slot_, lead, &out);
-                    Ok(json!({"term": term}))
+                    Ok(term_json(term))
                 })))
             }
             "lead_put" | "lead_delete" => {
@@ -1241,7 +1252,7 @@ impl Session {
                     None => h.lead.delete(&channel, &key),
                 }
                 .map_err(|e| mesh_error(&e))?;
-                reply(json!({"term": mine}))
+                reply(term_json(h.lead.term_id()))
             }
             "lead_release" => {
                 let NoParams {} = params(p)?;
@@ -1348,6 +1359,7 @@ impl Session {
                     "leader": x.leadership.leader.map(|p| p.to_string()),
                     "term": x.leadership.term,
                     "max_term": x.max_term,
+                    "max_term_leader": x.max_term_leader().map(|p| p.to_string()),
                     "me_candidate": x.me_candidate,
                     "peers": peers,
                 }))
