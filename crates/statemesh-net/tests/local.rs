@@ -153,3 +153,36 @@ async fn stale_socket_files_are_removed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_keyring_accepts_peers_proving_any_of_its_keys() {
+    use statemesh_net::keyring::Keyring;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = dir.path().join("run");
+    let p = ids(3);
+    let (ka, kb) = (Secret::from_bytes([1; 32]), Secret::from_bytes([2; 32]));
+    // Mid-rotation: the first proves with A and accepts B, the second proves with B and
+    // accepts A: they find each other. A third holding only B finds the second, and refuses
+    // the first (whose proof is under A), as the first refuses it.
+    let mut a_ring = Keyring::single(ka.clone());
+    a_ring.install(kb.clone()).expect("installs");
+    let (a, mut a_rx) = LocalPresence::start(&run, "ws", p[0], quic(1), a_ring).expect("starts");
+    assert!(found_until_settled(&mut a_rx).await.is_empty());
+    let mut b_ring = Keyring::single(kb.clone());
+    b_ring.install(ka.clone()).expect("installs");
+    let (_b, mut b_rx) = LocalPresence::start(&run, "ws", p[1], quic(2), b_ring).expect("starts");
+    let found = found_until_settled(&mut b_rx).await;
+    assert_eq!(found.keys().copied().collect::<Vec<_>>(), vec![p[0]]);
+    assert!(matches!(next(&mut a_rx).await, LocalEvent::Found { peer, .. } if peer == p[1]));
+    // Holding only B: A proves with A, which it does not hold: refused both ways.
+    let (c, mut c_rx) =
+        LocalPresence::start(&run, "ws", p[2], quic(3), Keyring::single(kb)).expect("starts");
+    let found = found_until_settled(&mut c_rx).await;
+    assert_eq!(
+        found.keys().copied().collect::<Vec<_>>(),
+        vec![p[1]],
+        "found the peer proving with B only"
+    );
+    assert_eq!(c.auth_failures(), 1, "the first peer refused, counted");
+    drop(a);
+}
