@@ -33,7 +33,7 @@
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,7 +41,7 @@ use sha2::{Digest, Sha256};
 use statemesh_core::MeshTag;
 use tokio::sync::watch;
 
-use crate::secret::{SECRET_LEN, Secret, SecretError};
+use crate::secret::{SECRET_LEN, Secret, SecretError, create_parent, open_private};
 
 /// The first line of a keyring file.
 pub const HEADER: &str = "statemesh-keyring v1";
@@ -295,14 +295,7 @@ impl Keyring {
             path: path.to_owned(),
             source,
         };
-        let mut file = fs::File::open(path).map_err(io_err)?;
-        let mode = file.metadata().map_err(io_err)?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(SecretError::TooOpen {
-                path: path.to_owned(),
-                mode,
-            });
-        }
+        let mut file = open_private(path)?;
         let mut buf = Vec::new();
         Read::by_ref(&mut file)
             .take(MAX_FILE + 1)
@@ -339,13 +332,7 @@ impl Keyring {
             path: path.to_owned(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io_err)?;
-        }
+        create_parent(path, path)?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let _ = fs::remove_file(&tmp);
         let written = (|| {
@@ -416,13 +403,7 @@ impl FileLock {
             path: lock.clone(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io_err)?;
-        }
+        create_parent(path, &lock)?;
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -495,6 +476,8 @@ impl From<Keyring> for SharedKeyring {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn key(b: u8) -> Secret {

@@ -143,14 +143,7 @@ impl Secret {
             path: path.to_owned(),
             source,
         };
-        let mut file = fs::File::open(path).map_err(io_err)?;
-        let mode = file.metadata().map_err(io_err)?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(SecretError::TooOpen {
-                path: path.to_owned(),
-                mode,
-            });
-        }
+        let mut file = open_private(path)?;
         let mut buf = Vec::with_capacity(SECRET_LEN + 1);
         Read::by_ref(&mut file)
             .take(SECRET_LEN as u64 + 1)
@@ -181,13 +174,7 @@ impl Secret {
             path: path.to_owned(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io_err)?;
-        }
+        create_parent(path, path)?;
         let secret = self;
         // Write to a private temporary file, then move it into place: readers never see a
         // partial secret.
@@ -222,6 +209,40 @@ impl Secret {
             Err(e) => Err(io_err(e)),
         }
     }
+}
+
+/// Opens the secret or keyring file at `path` for reading, refusing it if group or others may
+/// read or write it.
+pub(crate) fn open_private(path: &Path) -> Result<fs::File, SecretError> {
+    let io_err = |source| SecretError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(io_err)?;
+    let mode = file.metadata().map_err(io_err)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(SecretError::TooOpen {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(file)
+}
+
+/// Creates the directory that will hold `path` (mode 0700) if it is missing; an error names
+/// `blame`.
+pub(crate) fn create_parent(path: &Path, blame: &Path) -> Result<(), SecretError> {
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| SecretError::Io {
+                path: blame.to_owned(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -113,8 +113,6 @@ struct Target {
     fixed: bool,
     /// Reported by a discovery whose peers are proven.
     trusted: bool,
-    /// Dialled by either side whatever the ids (static or learned).
-    by_address: bool,
     failures: u32,
     backoff: Duration,
     next: Instant,
@@ -137,7 +135,6 @@ impl Target {
             sources: BTreeSet::new(),
             fixed: false,
             trusted: false,
-            by_address: false,
             failures: 0,
             backoff: BACKOFF_MIN,
             next: now,
@@ -148,6 +145,12 @@ impl Target {
             ever_proven: false,
             failing_since: None,
         }
+    }
+
+    /// Dialled by either side whatever the ids: static or learned, so the peer at it may have
+    /// changed.
+    fn by_address(&self) -> bool {
+        self.fixed || self.sources.contains(&Source::Learned)
     }
 
     /// Known only from unproven discoveries, and never proven.
@@ -225,10 +228,7 @@ impl Dialer {
         target.reported = now;
         match trust {
             Trust::Proven => target.trusted = true,
-            Trust::Static => {
-                target.fixed = true;
-                target.by_address = true;
-            }
+            Trust::Static => target.fixed = true,
             _ => {}
         }
         Self::set_peer(target, peer, now);
@@ -242,7 +242,6 @@ impl Dialer {
         }
         let target = self.targets.entry(addr).or_insert_with(|| Target::new(now));
         target.sources.insert(Source::Learned);
-        target.by_address = true;
         target.reported = now;
         Self::set_peer(target, Some(peer), now);
     }
@@ -318,15 +317,14 @@ impl Dialer {
         t.failing_since = None;
     }
 
-    /// A dial or probe of `addr` failed.
-    pub(crate) fn failed(&mut self, now: Instant, addr: SocketAddr) {
-        let Some(t) = self.targets.get_mut(&addr) else {
-            return;
-        };
-        if t.dialing == Some(Via::Probe) {
+    /// A dial or probe of `addr` failed; returns which it was (`None`: nothing was in flight
+    /// there, e.g. the address was forgotten meanwhile).
+    pub(crate) fn failed(&mut self, now: Instant, addr: SocketAddr) -> Option<Via> {
+        let t = self.targets.get_mut(&addr)?;
+        let via = t.dialing.take();
+        if via == Some(Via::Probe) {
             self.counts.probe_failures += 1;
         }
-        t.dialing = None;
         t.proven_until = None;
         t.failures += 1;
         t.failing_since.get_or_insert(now);
@@ -337,7 +335,7 @@ impl Dialer {
         if forget {
             self.targets.remove(&addr);
             self.counts.forgotten += 1;
-            return;
+            return via;
         }
         let wait = if !t.unproven() {
             let wait = t.backoff;
@@ -352,6 +350,7 @@ impl Dialer {
                 .min(PARKED_MAX)
         };
         t.next = now + wait.mul_f64(self.rng.random_range(0.5..1.5));
+        via
     }
 
     /// Evicts the worst never-proven addresses beyond [`MAX_UNPROVEN`]: most failures first,
@@ -379,14 +378,14 @@ impl Dialer {
     fn wanted(&self, t: &Target, now: Instant) -> bool {
         t.dialing.is_none()
             && !t.peer.is_some_and(|p| self.links.contains(&p))
-            && (t.by_address
+            && (t.by_address()
                 || t.peer.is_none_or(|p| self.me < p)
                 || now.saturating_duration_since(t.known_since) >= FALLBACK_AFTER)
     }
 
     /// When the other side's turn to dial `t` ends.
     fn fallback_at(&self, t: &Target) -> Option<Instant> {
-        (!t.by_address && t.peer.is_some_and(|p| p < self.me))
+        (!t.by_address() && t.peer.is_some_and(|p| p < self.me))
             .then_some(t.known_since + FALLBACK_AFTER)
     }
 

@@ -598,9 +598,7 @@ impl Run {
         let now = self.shared.now();
         match ev {
             LinkEvent::DialFailed { addr } => {
-                let probe = self.dialer.counts().probe_failures;
-                self.dialer.failed(Instant::now(), addr);
-                if self.dialer.counts().probe_failures == probe {
+                if self.dialer.failed(Instant::now(), addr) != Some(Via::Probe) {
                     self.shared.counts().dial_failures += 1;
                 }
                 self.dial_due();
