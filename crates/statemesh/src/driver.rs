@@ -882,7 +882,7 @@ impl Run {
         let mut frames = Vec::new();
         let mut events = Vec::new();
         let mut persists = Vec::new();
-        let (info, term, synced, tracked_from) = {
+        let (info, term, synced, tracked_from, live) = {
             let mut node = self.shared.node();
             while let Some(t) = node.poll_transmit() {
                 frames.push(t);
@@ -899,6 +899,9 @@ impl Run {
                 node.my_term(),
                 node.joined(now) && node.in_sync(),
                 node.replication_tracked_from(),
+                // Links to peers judged dead are not counted while their connection winds
+                // down (those this turn closes are to dead peers too).
+                self.links.keys().filter(|p| node.is_live(p)).count(),
             )
         };
         {
@@ -979,14 +982,9 @@ impl Run {
             self.shared.acks_changed.notify_waiters();
         }
         {
-            let live = {
-                let node = self.shared.node();
-                self.links.keys().filter(|p| node.is_live(p)).count()
-            };
             let dialer = self.dialer.counts();
             let candidates = self.dialer.len();
             let mut counts = self.shared.counts();
-            // Links to peers judged dead are not counted while their connection winds down.
             counts.links = live;
             counts.probes = dialer.probes;
             counts.probe_failures = dialer.probe_failures;
