@@ -220,6 +220,12 @@ pub struct Stats {
     pub leadership_changes: u64,
     /// Sync exchanges restarted after a stall.
     pub sync_resets: u64,
+    /// Times this peer found its own ticks starved past the suspect timeout (a freeze, or a
+    /// runtime too busy to tick) and moved to a new incarnation.
+    pub freezes: u64,
+    /// Times this peer learned it was judged dead while alive (a false suspicion, seen from
+    /// its subject) and refuted with a new incarnation.
+    pub suspicions_refuted: u64,
 }
 
 #[derive(Debug)]
@@ -971,6 +977,7 @@ impl Node {
                 self.events.push_back(Event::Deposed { term });
             }
             let inc = self.live.new_incarnation(0);
+            self.stats.freezes += 1;
             self.events.push_back(Event::Refuted(inc));
             self.candidate_at = now + self.config.join_grace;
             self.settled = false;
@@ -1069,6 +1076,7 @@ impl Node {
                     self.leader.prune(|w| !live.is_live(w));
                 }
                 LivenessChange::Refuted(inc) => {
+                    self.stats.suspicions_refuted += 1;
                     self.events.push_back(Event::Refuted(inc));
                     self.send_views(now);
                 }

@@ -153,6 +153,9 @@ struct LinkState {
     key: KeyId,
 }
 
+/// A driver turn this long is logged (debug level): it delays heartbeats and views.
+const SLOW_TURN: Duration = Duration::from_millis(50);
+
 /// After this long in LAN mode without a peer found by mDNS, a window says so (see
 /// [`Run::check_discovery`]).
 pub(crate) const ALONE_WARNING: Duration = Duration::from_secs(10);
@@ -312,34 +315,50 @@ impl Run {
             // failure detection runs on time however busy the links are.
             let mut deadline = self.deadline();
             if Instant::now() >= deadline {
-                self.tick();
+                let t0 = Instant::now();
+                self.tick(deadline);
                 self.flush();
+                self.turn_done(t0, "tick");
                 deadline = self.deadline();
             }
             let redial = self
                 .dialer
                 .next_wake(Instant::now())
                 .map(tokio::time::Instant::from_std);
-            tokio::select! {
+            let what = tokio::select! {
                 biased;
                 _ = &mut stop => break true,
-                Some(ev) = views_rx.recv() => self.on_link_event(ev),
-                Some(ev) = events_rx.recv() => self.on_link_event(ev),
+                Some(ev) = views_rx.recv() => (Instant::now(), self.on_link_event(ev)),
+                Some(ev) = events_rx.recv() => (Instant::now(), self.on_link_event(ev)),
                 Some((index, ev)) = found_rx.recv() => {
+                    let t0 = Instant::now();
                     self.on_discovered(index, ev);
                     self.dial_due();
+                    (t0, "discovery")
                 }
-                () = self.shared.wake.notified() => {}
-                Ok(()) = self.keys_rx.changed() => self.on_keys_changed(),
-                () = tokio::time::sleep_until(deadline.into()) => self.tick(),
+                () = self.shared.wake.notified() => (Instant::now(), "wake"),
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    let t0 = Instant::now();
+                    self.tick(deadline);
+                    (t0, "tick")
+                }
+                Ok(()) = self.keys_rx.changed() => {
+                    let t0 = Instant::now();
+                    self.on_keys_changed();
+                    (t0, "keys")
+                }
                 () = async {
                     match redial {
                         Some(at) => tokio::time::sleep_until(at).await,
                         None => std::future::pending().await,
                     }
-                } => self.dial_due(),
-            }
+                } => {
+                    self.dial_due();
+                    (Instant::now(), "redial")
+                }
+            };
             self.flush();
+            self.turn_done(what.0, what.1);
         };
         if shutdown {
             self.leave().await;
@@ -355,10 +374,22 @@ impl Run {
             .send_modify(|l| *l = LeadershipInfo::default());
     }
 
-    fn tick(&mut self) {
+    /// Runs the tick that was due at `due`.
+    fn tick(&mut self, due: Instant) {
+        let late = Instant::now().saturating_duration_since(due);
+        self.shared.counts().tick_late.record(late);
         let now = self.shared.now();
         self.shared.node().handle_tick(now);
         self.check_discovery();
+    }
+
+    /// Records how long a turn of the driver (started at `t0`, handling `what`) took.
+    fn turn_done(&self, t0: Instant, what: &'static str) {
+        let took = t0.elapsed();
+        self.shared.counts().driver_turns.record(took);
+        if took >= SLOW_TURN {
+            tracing::debug!(what, took_ms = took.as_secs_f64() * 1e3, "slow driver turn");
+        }
     }
 
     /// When the node next needs a tick.
@@ -594,7 +625,21 @@ impl Run {
         counts.discovery_warning = warning;
     }
 
-    fn on_link_event(&mut self, ev: LinkEvent) {
+    /// Handles one link event; returns what it was (for the slow-turn log).
+    fn on_link_event(&mut self, ev: LinkEvent) -> &'static str {
+        let what = match &ev {
+            LinkEvent::Frame { payload, .. } if codec::is_view(payload) => "view",
+            LinkEvent::Frame { .. } => "frame",
+            LinkEvent::Ready { .. } => "link up",
+            LinkEvent::Closed { .. } => "link closed",
+            LinkEvent::Persisted(_) => "persisted",
+            _ => "dial",
+        };
+        self.handle_link_event(ev);
+        what
+    }
+
+    fn handle_link_event(&mut self, ev: LinkEvent) {
         let now = self.shared.now();
         match ev {
             LinkEvent::DialFailed { addr } => {

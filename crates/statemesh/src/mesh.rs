@@ -1040,6 +1040,10 @@ impl Mesh {
             key_renewal_failures: counts.key_renewal_failures,
             persist_errors: counts.persist_errors,
             propagation: counts.propagation.summary(),
+            freezes: stats.freezes,
+            suspicions_refuted: stats.suspicions_refuted,
+            tick_late: counts.tick_late.summary(),
+            driver_turns: counts.driver_turns.summary(),
         }
     }
 

@@ -67,6 +67,17 @@ pub struct Metrics {
     /// peer's sync showed it has it, on this window's clock alone (a trip there and a trip
     /// back; no clocks are compared). Over the most recent [`DELAY_WINDOW`] samples.
     pub propagation: Delays,
+    /// Times this window found its own ticks starved past the suspect timeout (frozen, or its
+    /// runtime too busy to tick) and moved to a new incarnation.
+    pub freezes: u64,
+    /// Times this window learned it had been judged dead while alive (a false suspicion) and
+    /// refuted it with a new incarnation.
+    pub suspicions_refuted: u64,
+    /// How late the driver ran each heartbeat tick after it was due: what bulk work (applying
+    /// received changes, generating sync messages, a writer holding the node) costs liveness.
+    pub tick_late: Delays,
+    /// How long each turn of the driver took (one input handled, its outputs carried out).
+    pub driver_turns: Delays,
 }
 
 /// How many recent delay samples the summaries cover.
@@ -140,6 +151,8 @@ pub(crate) struct DriverCounts {
     pub(crate) key_renewal_failures: u64,
     pub(crate) persist_errors: u64,
     pub(crate) propagation: DelaySamples,
+    pub(crate) tick_late: DelaySamples,
+    pub(crate) driver_turns: DelaySamples,
 }
 
 #[cfg(test)]

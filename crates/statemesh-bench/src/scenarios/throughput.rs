@@ -86,14 +86,8 @@ pub(crate) fn run(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     };
     // Side effects of the load: windows wrongly judged dead (each refutes with a new
     // incarnation) and restarted sync exchanges.
-    let (mut refutations, mut resets) = (0, 0);
-    for s in &slots {
-        let info = f.ask(*s, &json!({"op": "info"}), "info")?;
-        refutations += info["incarnation"].as_u64().unwrap_or(0);
-        resets += info["sync_resets"].as_u64().unwrap_or(0);
-    }
-    out.insert("refutations".into(), json!(refutations));
-    out.insert("sync_resets".into(), json!(resets));
+    let load = super::load_report(&mut f, &slots)?;
+    out.extend(load);
     let secs = (t_end.saturating_sub(t_start)) as f64 / 1e9;
     let write_secs = (t_written.saturating_sub(t_start)) as f64 / 1e9;
     out.insert("join_failures".into(), json!(f.join_failures));
