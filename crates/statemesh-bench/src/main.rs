@@ -75,6 +75,15 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         batch: u64,
     },
+    /// Every window writes as fast as the API returns for 30 s (`--quick`: 5 s), then the mesh
+    /// converges: writes/s, convergence time, liveness under load, peak memory per window.
+    Overload {
+        #[command(flatten)]
+        common: Common,
+        /// Keys per write (`transact`).
+        #[arg(long, default_value_t = 1)]
+        batch: u64,
+    },
     /// Peak RSS of each window with 100 channels, and of a process that never joins.
     Memory(Common),
     /// 24 h of a probe leader rewriting 100 channels every second (simulator, virtual time):
@@ -114,6 +123,7 @@ impl Command {
             Self::FailoverGraceful(_) => "failover-graceful",
             Self::FailoverCut(_) => "failover-cut",
             Self::Throughput { .. } => "throughput",
+            Self::Overload { .. } => "overload",
             Self::Memory(_) => "memory",
             Self::History(_) => "history",
             Self::Scale(_) => "scale",
@@ -159,7 +169,9 @@ fn main() {
         other => other,
     };
     let (common, batch) = match &command {
-        Command::Throughput { common, batch } => (common.clone(), *batch),
+        Command::Throughput { common, batch } | Command::Overload { common, batch } => {
+            (common.clone(), *batch)
+        }
         Command::Forger { common, .. } => (common.clone(), 100),
         Command::Propagation(c)
         | Command::FailoverKill(c)
@@ -198,6 +210,7 @@ fn main() {
             Command::FailoverGraceful(_) => scenarios::failover::run(&opts, &mut out, Fault::Leave),
             Command::FailoverCut(_) => scenarios::failover::run(&opts, &mut out, Fault::Cut),
             Command::Throughput { .. } => scenarios::throughput::run(&opts, &mut out),
+            Command::Overload { .. } => scenarios::overload::run(&opts, &mut out),
             Command::Memory(_) => scenarios::resources::run_memory(&opts, &mut out),
             Command::History(_) => scenarios::history::run(&opts, &mut out),
             Command::Scale(_) => scenarios::scale(&opts, &mut out),

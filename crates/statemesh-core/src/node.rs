@@ -240,6 +240,40 @@ struct Link {
     /// stall is a peer that keeps talking without progressing, not one too busy to talk.
     stalled_views: u32,
     leader_pushed: Option<Time>,
+    /// Since when a sync message carrying changes is on its way to the peer, unanswered (see
+    /// [`Node::push_changes`]).
+    changes_in_flight: Option<Time>,
+    /// Local changes wait for the peer's answer to the message in flight.
+    push_pending: bool,
+    /// Since when our last sync message to the peer is unanswered (no sync message came back).
+    awaiting_answer: Option<Time>,
+    /// A sync message of this peer is being applied away from the node (a [`SyncJob`]):
+    /// nothing else touches its sync state until the job comes back.
+    busy: bool,
+    /// Which link this is (a link that went down and came up again is another).
+    serial: u64,
+}
+
+/// A received sync message carrying changes, applied away from the node: see
+/// [`Node::handle_payload_deferred`].
+#[derive(Debug)]
+pub struct SyncJob {
+    from: PeerId,
+    serial: u64,
+    apply: crate::replica::SyncApply,
+}
+
+impl SyncJob {
+    /// Applies the message to the job's copy of the document (the CRDT library's work: the
+    /// bulk of a receive), anywhere, without the node.
+    pub fn run(&mut self) {
+        self.apply.run();
+    }
+
+    /// The peer that sent the message.
+    pub fn from(&self) -> PeerId {
+        self.from
+    }
 }
 
 #[derive(Debug)]
@@ -261,6 +295,10 @@ impl PendingWrite {
 
 /// Unchanged views of a peer, on top of the stall timeout, before its sync exchange is reset.
 const STALLED_VIEWS: u32 = 3;
+
+/// How many stall timeouts a peer that has not answered our last sync message is taken for
+/// busy rather than stalled.
+const BUSY_STALLS: u32 = 10;
 
 /// How long a local write is watched for replication acknowledgements (peers that join or
 /// reconnect within this time still acknowledge it). See [`Node::replication_tracked_from`].
@@ -302,6 +340,7 @@ pub struct Node {
     in_persist: VecDeque<(u64, Vec<WriteId>)>,
     stats: Stats,
     scratch: std::cell::RefCell<Scratch>,
+    next_link_serial: u64,
 }
 
 impl Node {
@@ -345,6 +384,7 @@ impl Node {
             in_persist: VecDeque::new(),
             stats: Stats::default(),
             scratch: std::cell::RefCell::default(),
+            next_link_serial: 0,
             mesh,
             also_accepted: Vec::new(),
             config,
@@ -446,6 +486,14 @@ impl Node {
         Time::from_micros(next)
     }
 
+    /// Moves the node's clock to `now` without ticking: the runtime calls it before a local
+    /// write, so that the write is stamped with the time it was made (its replication delays
+    /// are measured from it) rather than with the last tick's, up to a heartbeat earlier. Like
+    /// every input, it notices a freeze (no input for longer than the suspect timeout).
+    pub fn handle_time(&mut self, now: Time) {
+        self.advance(now);
+    }
+
     /// Advances time: heartbeats, failure detection, election, sync stall recovery.
     pub fn handle_tick(&mut self, now: Time) {
         self.advance(now);
@@ -462,6 +510,15 @@ impl Node {
         self.live.judge(now, &mut changes);
         self.apply_liveness(changes, now);
         self.reelect(now);
+        let waiting: Vec<PeerId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.push_pending && !l.busy)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in waiting {
+            self.push_changes(peer, now);
+        }
         let stall = self.config.sync_stall_timeout;
         // A sync exchange that has made no progress (no new heads on either side) for the
         // stall timeout while the documents differ is restarted from a fresh sync state: lost,
@@ -471,7 +528,15 @@ impl Node {
             .links
             .iter()
             .filter(|(_, l)| {
-                l.stalled_views >= STALLED_VIEWS
+                // A peer that has not answered our last sync message is busy (it applies a
+                // backlog, and keeps sending views meanwhile), not stalled: a reset would make
+                // Automerge send it everything again. Up to a bound: a message lost on a lossy
+                // network is never answered.
+                !l.busy
+                    && !l
+                        .awaiting_answer
+                        .is_some_and(|t| now.saturating_since(t) < stall * BUSY_STALLS)
+                    && l.stalled_views >= STALLED_VIEWS
                     && l.mismatch_since
                         .is_some_and(|t| now.saturating_since(t) > stall)
             })
@@ -497,12 +562,19 @@ impl Node {
         if !self.settled && self.candidate_at > self.last_tick {
             t = t.min(self.candidate_at);
         }
+        let hb = self.config.heartbeat_interval;
+        for link in self.links.values().filter(|l| l.push_pending && !l.busy) {
+            if let Some(since) = link.changes_in_flight {
+                t = t.min(since + hb);
+            }
+        }
         t
     }
 
     /// A link to `peer` (whose hello passed [`check_hello`](Self::check_hello)) is up.
     pub fn handle_link_up(&mut self, now: Time, hello: &Hello) {
         self.advance(now);
+        self.next_link_serial += 1;
         let peer = hello.incarnation.peer;
         self.links.insert(
             peer,
@@ -513,6 +585,11 @@ impl Node {
                 mismatch_since: None,
                 stalled_views: 0,
                 leader_pushed: None,
+                changes_in_flight: None,
+                push_pending: false,
+                awaiting_answer: None,
+                busy: false,
+                serial: self.next_link_serial,
             },
         );
         let mut changes = Vec::new();
@@ -561,6 +638,94 @@ impl Node {
         let message =
             codec::decode_message(payload).inspect_err(|_| self.stats.decode_errors += 1)?;
         self.handle_message(now, from, message)
+    }
+
+    /// Handles one frame payload like [`handle_payload`](Self::handle_payload), except a sync
+    /// message that carries changes: that one is returned as a [`SyncJob`] to be
+    /// [run](SyncJob::run) anywhere (another thread) and given back to
+    /// [`finish_sync`](Self::finish_sync). Meanwhile the node takes every other input — ticks,
+    /// views, local writes — so liveness never waits for the CRDT library's apply, however
+    /// large the message. The runtime runs one job at a time and keeps the sender's later
+    /// frames until it finished (they may depend on it).
+    pub fn handle_payload_deferred(
+        &mut self,
+        now: Time,
+        from: PeerId,
+        payload: &[u8],
+    ) -> Result<Option<SyncJob>, ReceiveError> {
+        self.stats.bytes_in += (payload.len() + codec::HEADER_LEN) as u64;
+        self.stats.frames_in += 1;
+        let message =
+            codec::decode_message(payload).inspect_err(|_| self.stats.decode_errors += 1)?;
+        let Message::Sync(bytes) = message else {
+            return self.handle_message(now, from, message).map(|()| None);
+        };
+        self.advance(now);
+        let Some(link) = self.links.get_mut(&from) else {
+            return Err(ReceiveError::NoLink(from));
+        };
+        let decoded =
+            Replica::decode_sync(&bytes).inspect_err(|_| self.stats.decode_errors += 1)?;
+        if decoded.changes.is_empty() {
+            let before = self
+                .replica
+                .receive_decoded(&mut link.sync, decoded)
+                .inspect_err(|_| self.stats.decode_errors += 1)?;
+            self.after_sync(now, from, before, Vec::new());
+            return Ok(None);
+        }
+        link.busy = true;
+        Ok(Some(SyncJob {
+            from,
+            serial: link.serial,
+            apply: self.replica.start_sync(&link.sync, decoded),
+        }))
+    }
+
+    /// Takes back a [`SyncJob`] that ran: its changes join the document (with the local writes
+    /// made meanwhile), the sender's sync state moves on, and the node answers it. An error
+    /// means the message was malformed: the link should be closed, as for
+    /// [`handle_payload`](Self::handle_payload). A job whose link went down meanwhile is
+    /// dropped.
+    ///
+    /// Returns the job again when local writes made while it ran are many: they are applied to
+    /// the job's copy off the node too (run it again and give it back), so that what the node
+    /// does under its lock stays small however fast the application writes.
+    pub fn finish_sync(
+        &mut self,
+        now: Time,
+        job: SyncJob,
+    ) -> Result<Option<SyncJob>, ReceiveError> {
+        self.advance(now);
+        let SyncJob {
+            from,
+            serial,
+            apply,
+        } = job;
+        let Some(link) = self.links.get_mut(&from).filter(|l| l.serial == serial) else {
+            return Ok(None);
+        };
+        link.busy = false;
+        let applied = match self
+            .replica
+            .finish_sync(apply)
+            .inspect_err(|_| self.stats.decode_errors += 1)?
+        {
+            crate::replica::SyncFinish::Done(applied) => applied,
+            crate::replica::SyncFinish::Again(apply) => {
+                link.busy = true;
+                return Ok(Some(SyncJob {
+                    from,
+                    serial,
+                    apply,
+                }));
+            }
+        };
+        if let Some(link) = self.links.get_mut(&from) {
+            link.sync = applied.state;
+        }
+        self.after_sync(now, from, applied.before, applied.changes);
+        Ok(None)
     }
 
     /// Handles one decoded message received from `from`.
@@ -651,8 +816,9 @@ impl Node {
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         if self.doc_dirty {
             self.doc_dirty = false;
+            let now = self.last_tick;
             for peer in self.links.keys().copied().collect::<Vec<_>>() {
-                self.sync_with(peer);
+                self.push_changes(peer, now);
             }
         }
         if !self.leader_dirty.is_empty() {
@@ -997,6 +1163,8 @@ impl Node {
             self.events.push_back(Event::Changed(change));
         }
         self.unpersisted.push(id);
+        // The time of the last input: the runtime gives the write's own time with
+        // `handle_time` just before it.
         let now = self.last_tick;
         self.expire_pending(now);
         if self.pending.len() >= MAX_PENDING_WRITES {
@@ -1170,12 +1338,36 @@ impl Node {
             return Err(ReceiveError::NoLink(from));
         };
         let before = self.replica.receive_sync(&mut link.sync, bytes)?;
+        let after = self.replica.heads();
+        let changes = if before == after {
+            Vec::new()
+        } else {
+            self.replica.touched_since(&before)
+        };
+        self.after_sync(now, from, before, changes);
+        Ok(())
+    }
+
+    /// What follows a sync message from `from` applied on top of heads `before`, the entries
+    /// its changes touched being `changes`.
+    fn after_sync(
+        &mut self,
+        now: Time,
+        from: PeerId,
+        before: Vec<ChangeHash>,
+        changes: Vec<EntryChange>,
+    ) {
+        if let Some(link) = self.links.get_mut(&from) {
+            // The peer answered: whatever local changes waited for it leave with the reply
+            // below.
+            link.changes_in_flight = None;
+            link.push_pending = false;
+            link.awaiting_answer = None;
+        }
         self.stats.sync_in += 1;
         let after = self.replica.heads();
         if before != after {
-            for change in self.replica.touched_since(&before) {
-                self.events.push_back(Event::Changed(change));
-            }
+            self.events.extend(changes.into_iter().map(Event::Changed));
             self.observe_stored_terms();
             self.reelect(now);
         }
@@ -1189,7 +1381,6 @@ impl Node {
         }
         self.sync_with(from);
         self.check_replicated(now, from);
-        Ok(())
     }
 
     fn check_replicated(&mut self, now: Time, peer: PeerId) {
@@ -1218,13 +1409,47 @@ impl Node {
     }
 
     fn sync_with(&mut self, peer: PeerId) {
+        let now = self.last_tick;
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
-        if let Some(bytes) = self.replica.generate_sync(&mut link.sync) {
+        if link.busy {
+            // Its sync state is with a job: the answer to the job's message carries it all.
+            link.push_pending = true;
+            return;
+        }
+        if let Some((bytes, carries)) = self.replica.generate_sync_counted(&mut link.sync) {
+            if carries {
+                link.changes_in_flight.get_or_insert(now);
+            }
+            link.awaiting_answer.get_or_insert(now);
+            link.push_pending = false;
             self.stats.sync_out += 1;
             self.send(peer, &Message::Sync(bytes));
         }
+    }
+
+    /// Sends `peer` the local changes it lacks, coalesced: while a message carrying changes
+    /// is on its way, unanswered, new local changes wait for the peer's answer (they leave
+    /// with the reply to it, all in one message) or for a heartbeat interval to pass. A lone
+    /// write leaves at once; a burst leaves as one message per round trip per peer, which the
+    /// receiver applies in one batch (Automerge's apply costs far less per change in batches)
+    /// instead of one turn per change.
+    fn push_changes(&mut self, peer: PeerId, now: Time) {
+        let hb = self.config.heartbeat_interval;
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        if link
+            .changes_in_flight
+            .is_some_and(|t| now.saturating_since(t) < hb)
+        {
+            link.push_pending = true;
+            return;
+        }
+        link.changes_in_flight = None;
+        link.push_pending = false;
+        self.sync_with(peer);
     }
 
     fn push_leader(&mut self, peer: PeerId, now: Time) {
@@ -1427,6 +1652,123 @@ mod tests {
         b.handle_payload(Time::ZERO, a.me().peer, &payload)
             .expect("accepted");
         assert_eq!(b.keys("c").len(), 100);
+    }
+
+    fn payload_of(frame: &[u8]) -> Vec<u8> {
+        let mut d = FrameDecoder::new(1 << 24);
+        d.extend(frame);
+        d.next_payload().expect("ok").expect("complete")
+    }
+
+    /// Issue 13: a window applying a large sync message is never taken for frozen. The apply
+    /// runs as a job away from the node; meanwhile the node ticks past several heartbeats and
+    /// the suspect timeout, sends its views, judges its peer's views, and takes local writes
+    /// (to the peer whose message is being applied, too); then the job's changes join the
+    /// document and both sides converge.
+    #[test]
+    fn a_sync_job_leaves_liveness_and_writes_going() {
+        let (mut a, mut b) = linked();
+        for i in 0..300 {
+            b.put("c", &format!("b{i}"), &(i as i64), Scope::Durable)
+                .expect("write");
+        }
+        let frames: Vec<Transmit> = std::iter::from_fn(|| b.poll_transmit()).collect();
+        assert_eq!(frames.len(), 1, "one sync message");
+        let mut job = a
+            .handle_payload_deferred(Time::ZERO, b.me().peer, &payload_of(&frames[0].frame))
+            .expect("accepted")
+            .expect("a message with changes becomes a job");
+        // The job is out. Time passes well beyond the suspect timeout: heartbeats go out, the
+        // peer's views are judged, nobody is suspected, and local writes are taken.
+        let hb = Config::default().heartbeat_interval;
+        let mut now = Time::ZERO;
+        let mut views_sent = 0;
+        for i in 0..10 {
+            now = now + hb;
+            a.handle_tick(now);
+            b.handle_tick(now);
+            a.put("c", &format!("a{i}"), &i64::from(i), Scope::Durable)
+                .expect("write");
+            while let Some(t) = a.poll_transmit() {
+                let payload = payload_of(&t.frame);
+                if codec::is_view(&payload) {
+                    views_sent += 1;
+                    b.handle_payload(now, a.me().peer, &payload).expect("view");
+                } else {
+                    panic!("no sync message to the peer whose message is being applied");
+                }
+            }
+            while let Some(t) = b.poll_transmit() {
+                let payload = payload_of(&t.frame);
+                if codec::is_view(&payload) {
+                    a.handle_payload(now, b.me().peer, &payload).expect("view");
+                }
+            }
+        }
+        assert!(views_sent >= 10, "a beat every heartbeat: {views_sent}");
+        assert_eq!(a.me().number, 0, "a never refuted nor found itself frozen");
+        assert_eq!(b.me().number, 0);
+        assert!(a.is_live(&b.me().peer) && b.is_live(&a.me().peer));
+        assert_eq!(a.keys("c").len(), 10, "only the local writes so far");
+        job.run();
+        let mut again = a.finish_sync(now, job).expect("applied");
+        while let Some(mut j) = again {
+            // Ten local writes were made meanwhile: they join the job's copy off the node.
+            j.run();
+            again = a.finish_sync(now, j).expect("applied");
+        }
+        assert_eq!(
+            a.keys("c").len(),
+            310,
+            "the job's changes and the writes made meanwhile"
+        );
+        assert!(
+            std::iter::from_fn(|| a.poll_event())
+                .filter(|e| matches!(e, Event::Changed(c) if c.key.starts_with('b')))
+                .count()
+                == 300,
+            "one change event per received record"
+        );
+        pump(&mut a, &mut b, now);
+        assert_eq!(a.heads(), b.heads());
+        assert_eq!(b.keys("c").len(), 310);
+    }
+
+    /// A job whose link went down (and came up again) meanwhile is dropped; the new link syncs.
+    #[test]
+    fn a_sync_job_of_a_link_gone_is_dropped() {
+        let (mut a, mut b) = linked();
+        b.put("c", "k", &1i64, Scope::Durable).expect("write");
+        // The change leaves once the exchange asks for it: pump until a message carries it.
+        let mut job = None;
+        for _ in 0..10 {
+            while let Some(t) = b.poll_transmit() {
+                if let Some(j) = a
+                    .handle_payload_deferred(Time::ZERO, b.me().peer, &payload_of(&t.frame))
+                    .expect("accepted")
+                {
+                    job = Some(j);
+                }
+            }
+            if job.is_some() {
+                break;
+            }
+            deliver(&mut a, &mut b, Time::ZERO);
+        }
+        let mut job = job.expect("a message carrying the change");
+        a.handle_link_down(Time::ZERO, b.me().peer, LinkDown::Hint);
+        a.handle_link_up(Time::ZERO, &b.hello());
+        b.handle_link_down(Time::ZERO, a.me().peer, LinkDown::Hint);
+        b.handle_link_up(Time::ZERO, &a.hello());
+        job.run();
+        assert!(
+            a.finish_sync(Time::ZERO, job)
+                .expect("dropped quietly")
+                .is_none()
+        );
+        assert!(a.keys("c").is_empty(), "nothing applied from the old link");
+        pump(&mut a, &mut b, Time::ZERO);
+        assert_eq!(a.keys("c"), vec!["k".to_owned()]);
     }
 
     #[test]

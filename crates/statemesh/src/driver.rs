@@ -1,13 +1,13 @@
 //! The driver: one task per mesh that owns the links and carries out the node's outputs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use statemesh_core::codec::{self, FrameDecoder, Hello, Message, PeerAddress};
-use statemesh_core::{DeathCause, Event, LinkDown, PeerId, Persist, WriteId};
+use statemesh_core::{DeathCause, Event, LinkDown, PeerId, Persist, SyncJob, WriteId};
 use statemesh_net::auth::Role;
 use statemesh_net::discovery::{Announce, Discovered, Running, check_dialable};
 use statemesh_net::keyring::{KeyId, Keyring};
@@ -256,6 +256,8 @@ pub(crate) async fn start(
         next_conn: 0,
         settle: Settle::new(unsettled, all_settle),
         running,
+        new_job: None,
+        held: VecDeque::new(),
     };
     let task = tokio::spawn(tracing::Instrument::instrument(
         run.run(events_rx, views_rx, found_rx, stop_rx),
@@ -274,6 +276,12 @@ struct Run {
     keys_rx: watch::Receiver<Arc<Keyring>>,
     /// The keyring as last applied.
     ring: Arc<Keyring>,
+    /// A sync job the last frame started (see [`statemesh_core::Node::handle_payload_deferred`]), for the
+    /// loop to run; with the connection it came on.
+    new_job: Option<(usize, SyncJob)>,
+    /// Frames (other than views) that arrived while a sync job ran: handled, in order, once it
+    /// is done (they may depend on it).
+    held: VecDeque<LinkEvent>,
     shared: Arc<Shared>,
     endpoint: Endpoint,
     writer: Option<Writer>,
@@ -309,6 +317,9 @@ impl Run {
     ) {
         self.spawn_accept_loop();
         self.flush();
+        // The sync job running, if any: (peer, connection, the task applying it). One at a
+        // time; the node keeps ticking, judging views and taking local writes meanwhile.
+        let mut job: Option<(PeerId, usize, JoinHandle<SyncJob>)> = None;
         let shutdown = loop {
             // Under a stream of frames (a large sync exchange) the select below keeps choosing
             // them over the timer: a tick that is due runs first, so heartbeats go out and
@@ -316,10 +327,26 @@ impl Run {
             let mut deadline = self.deadline();
             if Instant::now() >= deadline {
                 let t0 = Instant::now();
+                // Views that arrived while the last turn ran are judged before the tick, which
+                // would otherwise find their senders silent.
+                while let Ok(ev) = views_rx.try_recv() {
+                    self.on_link_event(ev);
+                }
                 self.tick(deadline);
                 self.flush();
                 self.turn_done(t0, "tick");
                 deadline = self.deadline();
+            }
+            if job.is_none()
+                && let Some(ev) = self.held.pop_front()
+            {
+                // Frames held while the last job ran, one per turn, before newer ones.
+                let t0 = Instant::now();
+                let what = self.on_link_event(ev);
+                self.start_job(&mut job);
+                self.flush();
+                self.turn_done(t0, what);
+                continue;
             }
             let redial = self
                 .dialer
@@ -329,7 +356,27 @@ impl Run {
                 biased;
                 _ = &mut stop => break true,
                 Some(ev) = views_rx.recv() => (Instant::now(), self.on_link_event(ev)),
-                Some(ev) = events_rx.recv() => (Instant::now(), self.on_link_event(ev)),
+                done = async {
+                    match job.as_mut() {
+                        Some((_, _, task)) => task.await,
+                        None => std::future::pending().await,
+                    }
+                }, if job.is_some() => {
+                    let t0 = Instant::now();
+                    if let Some((peer, conn, _)) = job.take() {
+                        self.finish_job(peer, conn, done);
+                    }
+                    (t0, "sync applied")
+                }
+                Some(ev) = events_rx.recv() => {
+                    let t0 = Instant::now();
+                    if job.is_some() && matches!(ev, LinkEvent::Frame { .. }) {
+                        self.held.push_back(ev);
+                        (t0, "held")
+                    } else {
+                        (t0, self.on_link_event(ev))
+                    }
+                }
                 Some((index, ev)) = found_rx.recv() => {
                     let t0 = Instant::now();
                     self.on_discovered(index, ev);
@@ -357,6 +404,7 @@ impl Run {
                     (Instant::now(), "redial")
                 }
             };
+            self.start_job(&mut job);
             self.flush();
             self.turn_done(what.0, what.1);
         };
@@ -372,6 +420,46 @@ impl Run {
         self.shared
             .leadership
             .send_modify(|l| *l = LeadershipInfo::default());
+    }
+
+    /// Starts the sync job the last frame made, if any, on a blocking thread: the CRDT
+    /// library's apply runs there, without the node, while this task keeps the node ticking.
+    fn start_job(&mut self, job: &mut Option<(PeerId, usize, JoinHandle<SyncJob>)>) {
+        if let Some((conn, mut j)) = self.new_job.take() {
+            let peer = j.from();
+            let task = tokio::task::spawn_blocking(move || {
+                j.run();
+                j
+            });
+            *job = Some((peer, conn, task));
+        }
+    }
+
+    /// A sync job is done: its changes join the node's document.
+    fn finish_job(
+        &mut self,
+        peer: PeerId,
+        conn: usize,
+        done: Result<SyncJob, tokio::task::JoinError>,
+    ) {
+        let now = self.shared.now();
+        let result = match done {
+            Ok(j) => self
+                .shared
+                .node()
+                .finish_sync(now, j)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("applying a sync message failed: {e}")),
+        };
+        match result {
+            // Local writes made meanwhile join the job's copy off the node too.
+            Ok(Some(again)) => self.new_job = Some((conn, again)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(peer = %peer.short(), error = %e, "closing link after a bad frame");
+                self.close_link(peer, conn);
+            }
+        }
     }
 
     /// Runs the tick that was due at `due`.
@@ -775,10 +863,17 @@ impl Run {
                 if self.links.get(&peer).is_none_or(|l| l.conn != conn) {
                     return;
                 }
-                let result = self.shared.node().handle_payload(now, peer, &payload);
-                if let Err(e) = result {
-                    tracing::warn!(peer = %peer.short(), error = %e, "closing link after a bad frame");
-                    self.close_link(peer, conn);
+                let result = self
+                    .shared
+                    .node()
+                    .handle_payload_deferred(now, peer, &payload);
+                match result {
+                    Ok(Some(job)) => self.new_job = Some((conn, job)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(peer = %peer.short(), error = %e, "closing link after a bad frame");
+                        self.close_link(peer, conn);
+                    }
                 }
             }
             LinkEvent::Renewed {
@@ -928,12 +1023,24 @@ impl Run {
         let mut events = Vec::new();
         let mut persists = Vec::new();
         let (info, term, synced, tracked_from, live) = {
+            let t0 = Instant::now();
             let mut node = self.shared.node();
+            let t_lock = t0.elapsed();
             while let Some(t) = node.poll_transmit() {
                 frames.push(t);
             }
+            let t_tx = t0.elapsed();
             while let Some(p) = node.poll_persist() {
                 persists.push(p);
+            }
+            let t_persist = t0.elapsed();
+            if t_persist >= SLOW_TURN {
+                tracing::debug!(
+                    lock_ms = t_lock.as_secs_f64() * 1e3,
+                    transmit_ms = (t_tx - t_lock).as_secs_f64() * 1e3,
+                    persist_ms = (t_persist - t_tx).as_secs_f64() * 1e3,
+                    "slow flush"
+                );
             }
             while let Some(e) = node.poll_event() {
                 events.push(e);

@@ -407,7 +407,7 @@ impl MeshBuilder {
         let (leadership, _) = watch::channel(LeadershipInfo::default());
         let (changes, first_changes) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
-            node: Mutex::new(node),
+            node: parking_lot::Mutex::new(node),
             wake: Notify::new(),
             leadership,
             changes,
@@ -479,7 +479,10 @@ impl MeshBuilder {
 /// State shared by the handles and the driver task.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) node: Mutex<Node>,
+    /// The node. A `parking_lot` mutex: writers hand it over fairly to a waiting driver (see
+    /// [`Mesh::write`]); `std`'s lets a thread that writes in a loop take it back at once, and
+    /// the driver (heartbeats, views) waited behind whole bursts.
+    pub(crate) node: parking_lot::Mutex<Node>,
     pub(crate) wake: Notify,
     pub(crate) leadership: watch::Sender<LeadershipInfo>,
     pub(crate) changes: broadcast::Sender<EntryChange>,
@@ -515,12 +518,10 @@ impl Shared {
         Time::from_duration(self.epoch.elapsed())
     }
 
-    pub(crate) fn node(&self) -> MutexGuard<'_, Node> {
-        // A panic while holding the lock can only come from a bug in statemesh itself; the
-        // node's state is still consistent between inputs, so keep going.
-        self.node
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    pub(crate) fn node(&self) -> parking_lot::MutexGuard<'_, Node> {
+        // No poisoning: a panic while holding the lock can only come from a bug in statemesh
+        // itself; the node's state is still consistent between inputs, so keep going.
+        self.node.lock()
     }
 
     pub(crate) fn counts(&self) -> MutexGuard<'_, DriverCounts> {
@@ -781,7 +782,14 @@ impl Mesh {
         {
             return Err(MeshError::Closed);
         }
-        let written = f(&mut self.shared().node())?;
+        let mut node = self.shared().node();
+        // The write's own time (taken once the node is ours), not the last tick's.
+        node.handle_time(self.shared().now());
+        let written = f(&mut node);
+        // Handed over fairly: a driver waiting for the node (a heartbeat due, views to judge)
+        // gets it before this thread's next write, however fast the application writes.
+        parking_lot::MutexGuard::unlock_fair(node);
+        let written = written?;
         self.shared().wake.notify_one();
         Ok(Pending {
             shared: self.shared().clone(),

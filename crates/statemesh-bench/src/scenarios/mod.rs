@@ -11,6 +11,7 @@ use crate::stats::round3;
 pub(crate) mod failover;
 pub(crate) mod forger;
 pub(crate) mod history;
+pub(crate) mod overload;
 pub(crate) mod propagation;
 pub(crate) mod resources;
 pub(crate) mod throughput;
@@ -27,7 +28,7 @@ pub(crate) struct Opts {
     pub(crate) net: Net,
     /// Shortened run (CI smoke).
     pub(crate) quick: bool,
-    /// Keys per atomic change in `throughput`.
+    /// Keys per atomic change in `throughput` and `overload`.
     pub(crate) batch: u64,
 }
 
@@ -74,7 +75,8 @@ pub(crate) fn scale(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
 /// restarted sync exchanges; and the worst heartbeat tick lateness and driver turn.
 pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out> {
     let mut out = Out::new();
-    let (mut refutations, mut suspicions, mut freezes, mut resets, mut leadership) = (0, 0, 0, 0, 0);
+    let (mut refutations, mut suspicions, mut freezes, mut resets, mut leadership) =
+        (0, 0, 0, 0, 0);
     let (mut late_p99, mut late_max, mut turn_p99, mut turn_max) = (0u64, 0u64, 0u64, 0u64);
     for s in slots {
         let info = f.ask(*s, &json!({"op": "info"}), "info")?;
@@ -94,9 +96,21 @@ pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out>
     out.insert("freezes".into(), json!(freezes));
     out.insert("sync_resets".into(), json!(resets));
     out.insert("leadership_changes".into(), json!(leadership));
-    out.insert("tick_late_p99_ms".into(), json!(round3(late_p99 as f64 / 1e3)));
-    out.insert("tick_late_max_ms".into(), json!(round3(late_max as f64 / 1e3)));
-    out.insert("driver_turn_p99_ms".into(), json!(round3(turn_p99 as f64 / 1e3)));
-    out.insert("driver_turn_max_ms".into(), json!(round3(turn_max as f64 / 1e3)));
+    out.insert(
+        "tick_late_p99_ms".into(),
+        json!(round3(late_p99 as f64 / 1e3)),
+    );
+    out.insert(
+        "tick_late_max_ms".into(),
+        json!(round3(late_max as f64 / 1e3)),
+    );
+    out.insert(
+        "driver_turn_p99_ms".into(),
+        json!(round3(turn_p99 as f64 / 1e3)),
+    );
+    out.insert(
+        "driver_turn_max_ms".into(),
+        json!(round3(turn_max as f64 / 1e3)),
+    );
     Ok(out)
 }
