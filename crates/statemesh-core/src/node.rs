@@ -247,6 +247,8 @@ struct Link {
     push_pending: bool,
     /// Since when our last sync message to the peer is unanswered (no sync message came back).
     awaiting_answer: Option<Time>,
+    /// Sync messages received since the documents last progressed, while they differ.
+    unproductive_syncs: u32,
     /// A sync message of this peer is being applied away from the node (a [`SyncJob`]):
     /// nothing else touches its sync state until the job comes back.
     busy: bool,
@@ -295,6 +297,11 @@ impl PendingWrite {
 
 /// Unchanged views of a peer, on top of the stall timeout, before its sync exchange is reset.
 const STALLED_VIEWS: u32 = 3;
+
+/// Sync messages received without progress while the documents differ after which a peer
+/// is taken as stalled even if it looks busy (two peers can exchange messages for ever without
+/// progress once their sync states are confused).
+const UNPRODUCTIVE_SYNCS: u32 = 50;
 
 /// How many stall timeouts a peer that has not answered our last sync message is taken for
 /// busy rather than stalled.
@@ -528,14 +535,19 @@ impl Node {
             .links
             .iter()
             .filter(|(_, l)| {
-                // A peer that has not answered our last sync message is busy (it applies a
-                // backlog, and keeps sending views meanwhile), not stalled: a reset would make
-                // Automerge send it everything again. Up to a bound: a message lost on a lossy
-                // network is never answered.
+                // A peer that has not answered our last sync message for a heartbeat is busy
+                // (it applies a backlog, and keeps sending views meanwhile), not stalled: a
+                // reset would make Automerge send it everything again. Up to a bound: a message
+                // lost on a lossy network is never answered. (A peer that answers at once but
+                // makes no progress is stalled: the exchange is reset.)
+                let unanswered = |since: Option<Time>| {
+                    since.is_some_and(|t| now.saturating_since(t) < stall * BUSY_STALLS)
+                };
+                // A peer that keeps answering without progress is stalled whatever else.
+                let busy = l.unproductive_syncs < UNPRODUCTIVE_SYNCS
+                    && (unanswered(l.awaiting_answer) || unanswered(l.changes_in_flight));
                 !l.busy
-                    && !l
-                        .awaiting_answer
-                        .is_some_and(|t| now.saturating_since(t) < stall * BUSY_STALLS)
+                    && !busy
                     && l.stalled_views >= STALLED_VIEWS
                     && l.mismatch_since
                         .is_some_and(|t| now.saturating_since(t) > stall)
@@ -547,6 +559,7 @@ impl Node {
                 link.sync = Replica::new_sync_state();
                 link.mismatch_since = Some(now);
                 link.stalled_views = 0;
+                link.unproductive_syncs = 0;
                 self.stats.sync_resets += 1;
             }
             self.sync_with(peer);
@@ -588,6 +601,7 @@ impl Node {
                 changes_in_flight: None,
                 push_pending: false,
                 awaiting_answer: None,
+                unproductive_syncs: 0,
                 busy: false,
                 serial: self.next_link_serial,
             },
@@ -711,13 +725,13 @@ impl Node {
             .finish_sync(apply)
             .inspect_err(|_| self.stats.decode_errors += 1)?
         {
-            crate::replica::SyncFinish::Done(applied) => applied,
+            crate::replica::SyncFinish::Done(applied) => *applied,
             crate::replica::SyncFinish::Again(apply) => {
                 link.busy = true;
                 return Ok(Some(SyncJob {
                     from,
                     serial,
-                    apply,
+                    apply: *apply,
                 }));
             }
         };
@@ -1309,6 +1323,7 @@ impl Node {
             if progressed || link.mismatch_since.is_none() {
                 link.mismatch_since = Some(now);
                 link.stalled_views = 0;
+                link.unproductive_syncs = 0;
             } else {
                 link.stalled_views = link.stalled_views.saturating_add(1);
             }
@@ -1374,9 +1389,13 @@ impl Node {
         if let Some(link) = self.links.get_mut(&from) {
             if link.their_doc == Some(heads_digest(&after)) {
                 link.mismatch_since = None;
+                link.unproductive_syncs = 0;
             } else if before != after && link.mismatch_since.is_some() {
                 link.mismatch_since = Some(now);
                 link.stalled_views = 0;
+                link.unproductive_syncs = 0;
+            } else if before == after {
+                link.unproductive_syncs = link.unproductive_syncs.saturating_add(1);
             }
         }
         self.sync_with(from);

@@ -746,7 +746,7 @@ impl Replica {
                 job.catch_up = self.doc.get_changes(&job.base);
                 job.base = before;
                 job.rounds += 1;
-                return Ok(SyncFinish::Again(job));
+                return Ok(SyncFinish::Again(Box::new(job)));
             }
             let local = self.doc.get_changes(&job.base);
             let doc = &mut job.doc;
@@ -755,11 +755,11 @@ impl Replica {
         }
         self.doc = job.doc;
         let changes = self.report_touched(job.touched);
-        Ok(SyncFinish::Done(SyncApplied {
+        Ok(SyncFinish::Done(Box::new(SyncApplied {
             before,
             state: job.state,
             changes,
-        }))
+        })))
     }
 
     /// Applies a decoded sync message (see [`receive_sync`](Self::receive_sync)).
@@ -984,9 +984,9 @@ pub const CATCH_UP_ROUNDS: u32 = 3;
 #[derive(Debug)]
 pub enum SyncFinish {
     /// The job's changes joined the document.
-    Done(SyncApplied),
+    Done(Box<SyncApplied>),
     /// The job must run again (local changes to apply to its copy) and come back.
-    Again(SyncApply),
+    Again(Box<SyncApply>),
 }
 
 /// What [`Replica::finish_sync`] did.
