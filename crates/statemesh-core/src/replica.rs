@@ -780,7 +780,7 @@ impl Replica {
         let result = catch_unwind(AssertUnwindSafe(|| {
             target.receive_sync_message(&mut new_state, message)?;
             if checked {
-                check_new_changes(target, &before)?;
+                check_new_changes(target, &before, None)?;
             }
             Ok(())
         }));
@@ -868,7 +868,7 @@ impl Replica {
         let before = doc.get_heads();
         let loaded = catch_unwind(AssertUnwindSafe(|| {
             doc.load_incremental(bytes)?;
-            check_new_changes(&doc, &before)
+            check_new_changes(&doc, &before, None)
         }));
         match loaded {
             Ok(Ok(())) => {
@@ -915,45 +915,76 @@ impl Replica {
 /// reads the changes' operations, run wherever the document is (a sync job's copy, off the
 /// node).
 fn touched_keys(doc: &Automerge, layout: &Layout, before: &[ChangeHash]) -> Touched {
-    let mut records: Vec<String> = Vec::new();
-    let mut counters: Vec<String> = Vec::new();
-    let mut seen: HashSet<(EntryKind, String)> = HashSet::new();
-    // The record each object (a record, or a value nested in one) lives under.
-    let mut record_of: HashMap<ObjId, Option<String>> = HashMap::new();
+    let mut touched = TouchedKeys::new(layout);
     for change in doc.get_changes(before) {
         for op in change.decode().operations {
-            let automerge::legacy::ObjectId::Id(id) = &op.obj else {
-                continue;
+            touched.add(doc, &op);
+        }
+    }
+    touched.finish()
+}
+
+/// Collects the record and counter keys that operations touch, one operation at a time, so
+/// that a pass over new changes that reads their operations for another reason (the checks of
+/// [`check_new_changes`]) collects them too, without rebuilding and decoding the changes again.
+struct TouchedKeys<'a> {
+    layout: &'a Layout,
+    records: Vec<String>,
+    counters: Vec<String>,
+    seen: HashSet<(EntryKind, String)>,
+    /// The record each object (a record, or a value nested in one) lives under.
+    record_of: HashMap<ObjId, Option<String>>,
+}
+
+impl<'a> TouchedKeys<'a> {
+    fn new(layout: &'a Layout) -> Self {
+        Self {
+            layout,
+            records: Vec::new(),
+            counters: Vec::new(),
+            seen: HashSet::new(),
+            record_of: HashMap::new(),
+        }
+    }
+
+    /// Notes the entry `op` (an operation of `doc`) touches, if any.
+    fn add(&mut self, doc: &Automerge, op: &automerge::legacy::Op) {
+        let automerge::legacy::ObjectId::Id(id) = &op.obj else {
+            return;
+        };
+        let layout = self.layout;
+        let obj = ObjId::Id(id.counter(), id.actor().clone(), usize::MAX);
+        let entry = if obj == layout.records || obj == layout.counters {
+            let automerge::legacy::Key::Map(key) = &op.key else {
+                return;
             };
-            let obj = ObjId::Id(id.counter(), id.actor().clone(), usize::MAX);
-            let entry = if obj == layout.records || obj == layout.counters {
-                let automerge::legacy::Key::Map(key) = &op.key else {
-                    continue;
-                };
-                let kind = if obj == layout.records {
-                    EntryKind::Record
-                } else {
-                    EntryKind::Counter
-                };
-                (kind, key.to_string())
+            let kind = if obj == layout.records {
+                EntryKind::Record
             } else {
-                let flat = record_of
-                    .entry(obj)
-                    .or_insert_with_key(|obj| record_holding(doc, layout, obj));
-                match flat {
-                    Some(flat) => (EntryKind::Record, flat.clone()),
-                    None => continue,
-                }
+                EntryKind::Counter
             };
-            if seen.insert(entry.clone()) {
-                match entry.0 {
-                    EntryKind::Record => records.push(entry.1),
-                    _ => counters.push(entry.1),
-                }
+            (kind, key.to_string())
+        } else {
+            let flat = self
+                .record_of
+                .entry(obj)
+                .or_insert_with_key(|obj| record_holding(doc, layout, obj));
+            match flat {
+                Some(flat) => (EntryKind::Record, flat.clone()),
+                None => return,
+            }
+        };
+        if self.seen.insert(entry.clone()) {
+            match entry.0 {
+                EntryKind::Record => self.records.push(entry.1),
+                _ => self.counters.push(entry.1),
             }
         }
     }
-    (records, counters)
+
+    fn finish(self) -> Touched {
+        (self.records, self.counters)
+    }
 }
 
 /// Touched record and counter keys: see [`touched_keys`].
@@ -1038,9 +1069,11 @@ impl SyncApply {
         let (layout, touched) = (&self.layout, &mut self.touched);
         let result = catch_unwind(AssertUnwindSafe(|| {
             doc.receive_sync_message(state, message)?;
-            check_new_changes(doc, base)?;
-            // The change notifications' reading of the new operations, here too.
-            *touched = touched_keys(doc, layout, base);
+            // The checks read every new operation; the change notifications' reading of them
+            // rides along (one rebuild and one decode per received change).
+            let mut keys = TouchedKeys::new(layout);
+            check_new_changes(doc, base, Some(&mut keys))?;
+            *touched = keys.finish();
             Ok(())
         }));
         self.outcome = Some(result.unwrap_or(Err(ApplyError::Panicked)));
@@ -1060,8 +1093,13 @@ impl SyncApply {
 /// - each operation must be one statemesh could have made (see [`check_operation`]).
 ///
 /// Without this, one such message would break every peer it reached, and their state files.
-/// Call it under `catch_unwind`: rebuilding a change may panic.
-fn check_new_changes(doc: &Automerge, before: &[ChangeHash]) -> Result<(), ApplyError> {
+/// Call it under `catch_unwind`: rebuilding a change may panic. With `touched`, the entries the
+/// new operations touch are collected in the same pass.
+fn check_new_changes(
+    doc: &Automerge,
+    before: &[ChangeHash],
+    mut touched: Option<&mut TouchedKeys<'_>>,
+) -> Result<(), ApplyError> {
     let new = doc.get_changes_meta(before);
     for change in &new {
         if change.deps.is_empty() {
@@ -1093,6 +1131,9 @@ fn check_new_changes(doc: &Automerge, before: &[ChangeHash]) -> Result<(), Apply
     for change in &rebuilt {
         for op in change.decode().operations {
             check_operation(doc, &op)?;
+            if let Some(touched) = touched.as_deref_mut() {
+                touched.add(doc, &op);
+            }
         }
     }
     Ok(())
