@@ -1508,9 +1508,7 @@ fn persisted(node: &mut Node, rounds: usize) -> Vec<Persist> {
 }
 
 fn bytes_of(p: &Persist) -> &[u8] {
-    match p {
-        Persist::Append { bytes, .. } | Persist::Snapshot { bytes, .. } => bytes,
-    }
+    p.bytes()
 }
 
 fn state_seeds() -> Vec<(String, Vec<u8>)> {

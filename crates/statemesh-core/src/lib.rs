@@ -51,8 +51,8 @@ pub use config::Config;
 pub use id::{Incarnation, InvalidPeerId, MeshTag, PeerId};
 pub use liveness::{DeathCause, Leadership, LinkDown, PeerStatus, Term};
 pub use node::{
-    Event, Explanation, HelloError, Node, Persist, ReceiveError, Stats, SyncJob, Transmit, WriteId,
-    Written,
+    Event, Explanation, HelloError, Node, Persist, ReceiveError, Snapshot, Stats, SyncJob,
+    Transmit, WriteId, Written,
 };
 pub use replica::{
     ApplyError, EntryChange, EntryKind, LoadReport, ReadError, Scope, Tx, WriteError,

@@ -151,7 +151,7 @@ fn store(disk: &mut Vec<Vec<u8>>, p: Persist) -> u64 {
             seq
         }
         Persist::Snapshot { seq, bytes } => {
-            *disk = vec![bytes];
+            *disk = vec![bytes.bytes().to_vec()];
             seq
         }
     }
@@ -642,7 +642,7 @@ impl Sim {
                     Delivery::Frame {
                         from: id,
                         to: t.to,
-                        frame: t.frame.clone(),
+                        frame: t.frame.to_vec(),
                         link_epoch: epoch,
                     },
                 );

@@ -138,7 +138,7 @@ struct LinkState {
     conn: usize,
     connection: quinn::Connection,
     dialer: PeerId,
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: mpsc::UnboundedSender<bytes::Bytes>,
     /// The peer's address on this link: where it listens (links are dialled from, and
     /// accepted on, each peer's one main endpoint).
     remote: SocketAddr,
@@ -1266,9 +1266,9 @@ async fn serve_renewals(
     }
 }
 
-async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<bytes::Bytes>) {
     while let Some(frame) = rx.recv().await {
-        if send.write_all(&frame).await.is_err() {
+        if send.write_chunk(frame).await.is_err() {
             return;
         }
     }

@@ -174,7 +174,9 @@ impl Store {
                     .mode(0o600)
                     .open(&tmp)
                     .map_err(io(&tmp))?;
-                f.write_all(bytes)
+                // Encoded here, on the store's thread: a full save of a large document takes
+                // long, and the node is not held meanwhile (see `Snapshot`).
+                f.write_all(bytes.bytes())
                     .and_then(|()| f.sync_all())
                     .map_err(io(&tmp))?;
                 fs::rename(&tmp, &self.file).map_err(io(&self.file))?;
