@@ -51,7 +51,7 @@ pub use config::Config;
 pub use id::{Incarnation, InvalidPeerId, MeshTag, PeerId};
 pub use liveness::{DeathCause, Leadership, LinkDown, PeerStatus, Term};
 pub use node::{
-    Event, Explanation, HelloError, Node, Persist, ReceiveError, Snapshot, Stats, SyncJob,
+    Event, Explanation, HelloError, Node, PUSH_AT_ONCE, Persist, PushJob, ReceiveError, Snapshot, Stats, SyncJob,
     Transmit, WriteId, Written,
 };
 pub use replica::{

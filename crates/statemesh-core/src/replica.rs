@@ -666,7 +666,16 @@ impl Replica {
         &self,
         state: &mut automerge::sync::State,
     ) -> Option<(Vec<u8>, bool)> {
-        match catch_unwind(AssertUnwindSafe(|| self.doc.generate_sync_message(state))) {
+        Self::generate_sync_on(&self.doc, state)
+    }
+
+    /// [`generate_sync_counted`](Self::generate_sync_counted) on a copy of a replica's
+    /// document (a push generated away from the node).
+    pub(crate) fn generate_sync_on(
+        doc: &Automerge,
+        state: &mut automerge::sync::State,
+    ) -> Option<(Vec<u8>, bool)> {
+        match catch_unwind(AssertUnwindSafe(|| doc.generate_sync_message(state))) {
             Ok(message) => message.map(|m| {
                 let carries = !m.changes.is_empty();
                 (m.encode(), carries)

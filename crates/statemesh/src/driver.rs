@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use statemesh_core::codec::{self, FrameDecoder, Hello, Message, PeerAddress};
-use statemesh_core::{DeathCause, Event, LinkDown, PeerId, Persist, SyncJob, WriteId};
+use statemesh_core::{DeathCause, Event, LinkDown, PeerId, Persist, PushJob, SyncJob, WriteId};
 use statemesh_net::auth::Role;
 use statemesh_net::discovery::{Announce, Discovered, Running, check_dialable};
 use statemesh_net::keyring::{KeyId, Keyring};
@@ -269,6 +269,29 @@ pub(crate) async fn start(
     })
 }
 
+/// Work of the CRDT library that runs on a blocking thread, one at a time (see
+/// [`Run::start_job`]).
+enum Job {
+    /// A received sync message to apply, from `peer` on connection `conn`.
+    Receive {
+        peer: PeerId,
+        conn: usize,
+        job: SyncJob,
+    },
+    /// Sync messages carrying a burst of local writes to generate.
+    Push(PushJob),
+}
+
+impl Job {
+    fn run(mut self) -> Self {
+        match &mut self {
+            Job::Receive { job, .. } => job.run(),
+            Job::Push(p) => p.run(),
+        }
+        self
+    }
+}
+
 struct Run {
     /// The mesh name.
     name: String,
@@ -317,9 +340,9 @@ impl Run {
     ) {
         self.spawn_accept_loop();
         self.flush();
-        // The sync job running, if any: (peer, connection, the task applying it). One at a
-        // time; the node keeps ticking, judging views and taking local writes meanwhile.
-        let mut job: Option<(PeerId, usize, JoinHandle<SyncJob>)> = None;
+        // The job running, if any. One at a time; the node keeps ticking, judging views and
+        // taking local writes meanwhile.
+        let mut job: Option<JoinHandle<Job>> = None;
         let shutdown = loop {
             // Under a stream of frames (a large sync exchange) the select below keeps choosing
             // them over the timer: a tick that is due runs first, so heartbeats go out and
@@ -358,15 +381,13 @@ impl Run {
                 Some(ev) = views_rx.recv() => (Instant::now(), self.on_link_event(ev)),
                 done = async {
                     match job.as_mut() {
-                        Some((_, _, task)) => task.await,
+                        Some(task) => task.await,
                         None => std::future::pending().await,
                     }
                 }, if job.is_some() => {
                     let t0 = Instant::now();
-                    if let Some((peer, conn, _)) = job.take() {
-                        self.finish_job(peer, conn, done);
-                    }
-                    (t0, "sync applied")
+                    job = None;
+                    (t0, self.finish_job(done))
                 }
                 Some(ev) = events_rx.recv() => {
                     let t0 = Instant::now();
@@ -406,6 +427,8 @@ impl Run {
             };
             self.start_job(&mut job);
             self.flush();
+            // The flush may have left a push to generate.
+            self.start_job(&mut job);
             self.turn_done(what.0, what.1);
         };
         if shutdown {
@@ -422,34 +445,48 @@ impl Run {
             .send_modify(|l| *l = LeadershipInfo::default());
     }
 
-    /// Starts the sync job the last frame made, if any, on a blocking thread: the CRDT
-    /// library's apply runs there, without the node, while this task keeps the node ticking.
-    fn start_job(&mut self, job: &mut Option<(PeerId, usize, JoinHandle<SyncJob>)>) {
-        if let Some((conn, mut j)) = self.new_job.take() {
-            let peer = j.from();
-            let task = tokio::task::spawn_blocking(move || {
-                j.run();
-                j
-            });
-            *job = Some((peer, conn, task));
+    /// Starts the next job, if none runs, on a blocking thread: the sync message the last
+    /// frame carried, to apply (see [`statemesh_core::Node::handle_payload_deferred`]), or else
+    /// the push of a burst of local writes, to generate (see
+    /// [`statemesh_core::Node::set_push_jobs`]). The CRDT library's work runs there, without
+    /// the node, while this task keeps the node ticking.
+    fn start_job(&mut self, job: &mut Option<JoinHandle<Job>>) {
+        if job.is_some() {
+            return;
         }
+        let next = match self.new_job.take() {
+            Some((conn, j)) => Job::Receive {
+                peer: j.from(),
+                conn,
+                job: j,
+            },
+            None => match self.shared.node().start_push() {
+                Some(p) => Job::Push(p),
+                None => return,
+            },
+        };
+        *job = Some(tokio::task::spawn_blocking(move || next.run()));
     }
 
-    /// A sync job is done: its changes join the node's document.
-    fn finish_job(
-        &mut self,
-        peer: PeerId,
-        conn: usize,
-        done: Result<SyncJob, tokio::task::JoinError>,
-    ) {
+    /// A job is done: a received message's changes join the node's document, or generated
+    /// sync messages leave. Returns what the turn did (for the slow-turn log).
+    fn finish_job(&mut self, done: Result<Job, tokio::task::JoinError>) -> &'static str {
         let now = self.shared.now();
-        let result = match done {
-            Ok(j) => self
-                .shared
-                .node()
-                .finish_sync(now, j)
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(format!("applying a sync message failed: {e}")),
+        let (peer, conn, result) = match done {
+            Ok(Job::Push(p)) => {
+                self.shared.node().finish_push(now, p);
+                return "push generated";
+            }
+            Ok(Job::Receive { peer, conn, job }) => {
+                let result = self.shared.node().finish_sync(now, job);
+                (peer, conn, result.map_err(|e| e.to_string()))
+            }
+            Err(e) => {
+                // A job panicked outside the CRDT library's guarded calls: nothing of it can
+                // be trusted, and the peers it covered stay busy. Unreachable in practice.
+                tracing::error!(error = %e, "a sync job failed");
+                return "job failed";
+            }
         };
         match result {
             // Local writes made meanwhile join the job's copy off the node too.
@@ -460,6 +497,7 @@ impl Run {
                 self.close_link(peer, conn);
             }
         }
+        "sync applied"
     }
 
     /// Runs the tick that was due at `due`.

@@ -389,6 +389,8 @@ impl MeshBuilder {
         let mut node = Node::new(self.config.clone(), tag, me, &mut rng, Time::ZERO);
         node.set_mesh_tags(tag, &ring.accepted_tags(&self.name));
         node.align_heartbeats(heartbeat_phase(self.config.heartbeat_interval));
+        // Bursts of local writes leave through push jobs, generated off the node (driver).
+        node.set_push_jobs(true);
         let (store, loaded) = if self.persist {
             let base = match &self.state_dir {
                 Some(d) => d.clone(),
