@@ -33,10 +33,11 @@
 
 pub mod codec;
 pub mod config;
+pub mod election;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod id;
-pub mod leader;
+pub mod leader_records;
 pub mod liveness;
 pub mod node;
 pub mod replica;
@@ -46,10 +47,15 @@ pub mod time;
 pub mod value;
 pub mod vv;
 
+// `crate::leader`, the old name of `leader_records`, still named by node.rs (being rewritten
+// separately); to go once node.rs names `leader_records`.
+use leader_records as leader;
+
 pub use codec::{DecodeError, EncodeError, FrameDecoder, Hello, Message};
 pub use config::Config;
+pub use election::{Leadership, Term};
 pub use id::{Incarnation, InvalidPeerId, MeshTag, PeerId};
-pub use liveness::{DeathCause, Leadership, LinkDown, PeerStatus, Term};
+pub use liveness::{DeathCause, LinkDown, PeerStatus};
 pub use node::{
     Event, Explanation, HelloError, Node, Persist, ReceiveError, Stats, Transmit, WriteId, Written,
 };

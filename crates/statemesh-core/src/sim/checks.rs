@@ -106,7 +106,7 @@ impl Sim {
                     let Some(r) = store.get(&channel, &key) else {
                         continue;
                     };
-                    let t = crate::leader::term_of(r);
+                    let t = crate::leader_records::term_of(r);
                     if Some(t) != newest {
                         self.violations.push(Violation(format!(
                             "{me:?} shows {channel}/{key} of term {t}, newest known {newest:?}"
