@@ -117,7 +117,7 @@ impl Sim {
         }
     }
 
-    /// The lowest id among running, unfrozen, eligible peers reachable from `slot`'s side.
+    /// The lowest id among the running, unfrozen, eligible peers of `among`.
     pub fn expected_leader(&self, among: &[Slot]) -> Option<PeerId> {
         among
             .iter()

@@ -317,7 +317,9 @@ impl Sim {
             }
             self.drain(id);
         }
-        // Survivors of a silent crash keep a link entry; drop links to peers that are gone.
+        // The invariants checked after every step: no running peer holds live an incarnation it
+        // judged dead, leads under a term older than the newest it knows, or shows a leader
+        // record of another term.
         self.check_dead_stay_dead();
         self.check_terms();
     }
