@@ -8,6 +8,13 @@
 //! actor id from the OS whenever it constructs a document; statemesh replaces it with one drawn
 //! from the injected RNG before any change is made, so no outcome depends on it.
 //!
+//! Modules: [`node`], the state machine; [`liveness`], who is live (heartbeat version vectors,
+//! tombstones, refutation); [`election`], who leads (the lowest live eligible peer, under a
+//! [`Term`]); [`leader_records`], what the leader writes under its term, kept out of the
+//! document; [`replica`], the Automerge document and its sync; [`codec`], the wire; [`id`],
+//! [`vv`], [`value`], [`time`] and [`config`]. Behind features: `sim` (`test-utils`), the
+//! simulator, and `fuzzing` (`fuzzing`), the bodies of the fuzz targets, one module per target.
+//!
 //! ```
 //! use rand_chacha::ChaCha8Rng;
 //! use rand_chacha::rand_core::SeedableRng;
