@@ -14,7 +14,8 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 use statemesh_core::codec::{self, HEADER_LEN, Message};
-use statemesh_core::liveness::{Election, Liveness};
+use statemesh_core::election::Election;
+use statemesh_core::liveness::Liveness;
 use statemesh_core::vv::Beat;
 use statemesh_core::{Config, LinkDown, MeshTag, Node, PeerId, Persist, Scope, Time};
 

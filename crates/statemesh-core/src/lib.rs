@@ -8,6 +8,13 @@
 //! actor id from the OS whenever it constructs a document; statemesh replaces it with one drawn
 //! from the injected RNG before any change is made, so no outcome depends on it.
 //!
+//! Modules: [`node`], the state machine; [`liveness`], who is live (heartbeat version vectors,
+//! tombstones, refutation); [`election`], who leads (the lowest live eligible peer, under a
+//! [`Term`]); [`leader_records`], what the leader writes under its term, kept out of the
+//! document; [`replica`], the Automerge document and its sync; [`codec`], the wire; [`id`],
+//! [`vv`], [`value`], [`time`] and [`config`]. Behind features: `sim` (`test-utils`), the
+//! simulator, and `fuzzing` (`fuzzing`), the bodies of the fuzz targets, one module per target.
+//!
 //! ```
 //! use rand_chacha::ChaCha8Rng;
 //! use rand_chacha::rand_core::SeedableRng;
@@ -33,10 +40,11 @@
 
 pub mod codec;
 pub mod config;
+pub mod election;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod id;
-pub mod leader;
+pub mod leader_records;
 pub mod liveness;
 pub mod node;
 pub mod replica;
@@ -48,11 +56,12 @@ pub mod vv;
 
 pub use codec::{DecodeError, EncodeError, FrameDecoder, Hello, Message};
 pub use config::Config;
+pub use election::{Leadership, Term};
 pub use id::{Incarnation, InvalidPeerId, MeshTag, PeerId};
-pub use liveness::{DeathCause, Leadership, LinkDown, PeerStatus, Term};
+pub use liveness::{DeathCause, LinkDown, PeerStatus};
 pub use node::{
-    Event, Explanation, HelloError, Node, PUSH_AT_ONCE, Persist, PushJob, ReceiveError, Snapshot, Stats, SyncJob,
-    Transmit, WriteId, Written,
+    Event, Explanation, HelloError, Node, PUSH_AT_ONCE, Persist, PushJob, ReceiveError, Snapshot,
+    Stats, SyncJob, Transmit, WriteId, Written,
 };
 pub use replica::{
     ApplyError, EntryChange, EntryKind, LoadReport, ReadError, Scope, Tx, WriteError,

@@ -19,11 +19,9 @@ use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, DecodeError, Hello, LeaderRecord, Message, View};
-use crate::leader::LeaderStore;
-use crate::liveness::{
-    DeathCause, Election, Leadership, LinkDown, Liveness, LivenessChange, PeerStatus, Term,
-    Tombstone,
-};
+use crate::election::{Election, Leadership, Term};
+use crate::leader_records::LeaderStore;
+use crate::liveness::{DeathCause, LinkDown, Liveness, LivenessChange, PeerStatus, Tombstone};
 use crate::replica::{
     ApplyError, EntryChange, EntryKind, LoadReport, ReadError, Replica, Scope, Tx, WriteError,
     heads_digest,
@@ -896,7 +894,10 @@ impl Node {
         self.advance(now);
         let now = self.last_tick;
         for to in job.peers {
-            let Some(link) = self.links.get_mut(&to.peer).filter(|l| l.serial == to.serial)
+            let Some(link) = self
+                .links
+                .get_mut(&to.peer)
+                .filter(|l| l.serial == to.serial)
             else {
                 continue;
             };
@@ -965,7 +966,7 @@ impl Node {
                     }
                     // A record is proof that its writer led under its term: known from now on,
                     // even before the writer's claim arrives in a view.
-                    self.election.observe(crate::leader::term_of(&r));
+                    self.election.observe(crate::leader_records::term_of(&r));
                     if self.leader.merge(r) {
                         self.events.push_back(Event::Changed(change));
                     }
@@ -1204,7 +1205,7 @@ impl Node {
         })?;
         Ok(Some((
             self.scratch.borrow_mut().hydrate(&value)?,
-            crate::leader::term_of(r),
+            crate::leader_records::term_of(r),
         )))
     }
 
@@ -1894,10 +1895,9 @@ mod tests {
                 .expect("write");
         }
         assert!(
-            std::iter::from_fn(|| a.poll_transmit()).all(|t| codec::decode_message(
-                &payload_of(&t.frame)
-            )
-            .is_ok_and(|m| !matches!(m, Message::Sync(_)))),
+            std::iter::from_fn(|| a.poll_transmit())
+                .all(|t| codec::decode_message(&payload_of(&t.frame))
+                    .is_ok_and(|m| !matches!(m, Message::Sync(_)))),
             "the burst is not generated under the node"
         );
         let mut job = a.start_push().expect("a push job");
@@ -1915,7 +1915,11 @@ mod tests {
             }
             pump(&mut a, &mut b, Time::ZERO);
         }
-        assert_eq!(b.keys("c").len(), 52, "the burst and the late write arrived");
+        assert_eq!(
+            b.keys("c").len(),
+            52,
+            "the burst and the late write arrived"
+        );
         assert_eq!(a.heads(), b.heads());
     }
 

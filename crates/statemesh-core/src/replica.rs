@@ -431,7 +431,7 @@ impl Replica {
     }
 
     /// The greatest term number stored by any leader (terms above
-    /// [`MAX_TERM`](crate::liveness::MAX_TERM), which no leader can have reached, are ignored).
+    /// [`MAX_TERM`](crate::election::MAX_TERM), which no leader can have reached, are ignored).
     pub fn max_stored_term(&self) -> u64 {
         self.stored_terms().map(|(_, t)| t).max().unwrap_or(0)
     }
@@ -439,11 +439,11 @@ impl Replica {
     /// The newest term stored: the greatest (number, leader) pair among entries whose key is a
     /// peer id (every version of statemesh has stored `"<leader id>" -> number`, so files written
     /// before terms were compared as pairs load as they are).
-    pub fn newest_stored_term(&self) -> Option<crate::liveness::Term> {
+    pub fn newest_stored_term(&self) -> Option<crate::election::Term> {
         self.stored_terms()
             .filter_map(|(k, number)| {
                 let leader = k.parse().ok()?;
-                Some(crate::liveness::Term { number, leader })
+                Some(crate::election::Term { number, leader })
             })
             .max()
     }
@@ -459,7 +459,7 @@ impl Replica {
                     .or_else(|| v.as_i64().and_then(|i| u64::try_from(i).ok()))?;
                 Some((key, t))
             })
-            .filter(|(_, t)| *t <= crate::liveness::MAX_TERM)
+            .filter(|(_, t)| *t <= crate::election::MAX_TERM)
     }
 
     /// Reads record `key` of `channel`, hiding presence-scoped records whose writer is not live.

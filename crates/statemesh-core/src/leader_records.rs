@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::PeerId;
 use crate::codec::LeaderRecord;
-use crate::liveness::Term;
+use crate::election::Term;
 
 /// The store of leader records of one peer.
 #[derive(Clone, Debug, Default)]
