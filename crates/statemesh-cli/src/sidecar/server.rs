@@ -16,9 +16,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json, json};
 use statemesh::{
-    AckError, Change, EntryKind, Lead, LeadershipInfo, Mesh, MeshError, Pending, Scope, Term, Value,
+    AckError, Change, DeathCause, EntryKind, Lead, LeadershipInfo, Mesh, MeshError, Pending, Scope,
+    Term, Value, WriteError,
 };
-use statemesh_core::{DeathCause, WriteError};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
@@ -1000,8 +1000,8 @@ impl Session {
             "synced": mesh.synced_on_join(),
             "limits": {
                 "max_message": self.args.max_message,
-                "max_name": statemesh_core::replica::MAX_NAME_LEN,
-                "max_depth": statemesh_core::value::MAX_VALUE_DEPTH,
+                "max_name": statemesh::MAX_NAME_LEN,
+                "max_depth": statemesh::MAX_VALUE_DEPTH,
             },
         });
         self.initialized = true;
