@@ -6,6 +6,7 @@
 //! | `health_watch` | the probe leader probes TCP endpoints under its lead guard; every window shows the results live |
 //! | `orchestration` | per-window workspaces with `desired` (durable) and `running` (presence) counters, global totals |
 //! | `two_windows` | the sans-IO core wired by hand, in memory |
+//! | `simulated_demo` | the `statemesh demo` story on the core's deterministic simulator (virtual time; a seed replays a run) |
 //!
 //! The embedding guide (`docs/guide.md`) is included below as [`guide`], so its code blocks are
 //! compiled by `cargo test --doc`.

@@ -1,5 +1,6 @@
 //! The example binaries, run for real: several windows of each at once in a temporary directory
-//! (their own secret, sockets and state), on loopback only, checked by what they print.
+//! (their own secret, sockets and state), on loopback only, checked by what they print; and
+//! `simulated_demo`, which runs no window, checked by the story it tells.
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener};
@@ -238,4 +239,27 @@ fn health_watch_leader_probes_and_the_next_leader_takes_over() {
     });
     let (u, d) = statuses(&mut follower, &|t| t > t1);
     assert_eq!(u, d);
+}
+
+#[test]
+fn simulated_demo_tells_the_failover_story() {
+    let out = Command::new(env!("CARGO_BIN_EXE_simulated_demo"))
+        .args(["--windows", "5", "--seed", "7"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("all 5 windows agree: window A leads (term 1)"),
+        "{text}"
+    );
+    assert!(text.contains("SIGKILL window A"), "{text}");
+    assert!(
+        text.contains("all 4 survivors agree: window B leads (term 2)"),
+        "{text}"
+    );
 }

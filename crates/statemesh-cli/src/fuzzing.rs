@@ -493,7 +493,7 @@ fn sidecar_seeds() -> Vec<(String, Vec<u8>)> {
 
     // Values: bytes, big and negative integers, floats, unicode, too deep, bad base64.
     let mut deep = json!(1);
-    for _ in 0..=statemesh_core::value::MAX_VALUE_DEPTH {
+    for _ in 0..=values::MAX_VALUE_DEPTH {
         deep = json!([deep]);
     }
     seeds.push((

@@ -1,5 +1,5 @@
-//! The demo runs end to end with real window processes and tells the failover story; the
-//! simulated variant does too.
+//! The demo runs end to end with real window processes and tells the failover story. (The same
+//! story on the simulator, `simulated_demo`, is an example binary, tested with the examples.)
 
 use std::process::Command;
 
@@ -33,20 +33,6 @@ fn demo_tells_the_failover_story_with_real_windows() {
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
-}
-
-#[test]
-fn the_simulated_demo_tells_the_same_story() {
-    let text = demo(&["--simulated", "--windows", "5", "--seed", "7"]);
-    assert!(
-        text.contains("all 5 windows agree: window A leads (term 1)"),
-        "{text}"
-    );
-    assert!(text.contains("SIGKILL window A"), "{text}");
-    assert!(
-        text.contains("all 4 survivors agree: window B leads (term 2)"),
-        "{text}"
-    );
 }
 
 #[test]

@@ -35,6 +35,8 @@ pub use statemesh_core::{
     ReadError, Scope, Stats, Term, Tx, Value, WriteError, WriteId,
 };
 pub use statemesh_net::discovery;
+// The bounds every window enforces on names and values (the sidecar reports them to clients).
+pub use statemesh_core::{replica::MAX_NAME_LEN, value::MAX_VALUE_DEPTH};
 
 /// The CRDT library, at the version statemesh uses (for `automerge` types in typed records).
 pub use automerge;

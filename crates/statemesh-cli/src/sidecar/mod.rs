@@ -6,12 +6,30 @@
 //! The pieces that handle untrusted input are pure and public so that tests and fuzz targets
 //! can drive them: [`framing`] (bytes to message bodies), [`rpc`] (bodies to requests) and
 //! [`values`] (JSON to mesh values).
+//!
+//! The server, built with the feature `runtime`, is private:
+//!
+//! | module | what |
+//! |---|---|
+//! | `process` | the options, stdin and stdout threads, signals and the parent's death, the main loop, the exit status |
+//! | `session` | dispatching each message, answering it, the held lead guard, notifications, leaving |
+//! | `methods` | the table of methods and one function per method |
+//! | `params` | the parameters of each method |
+//! | `answers` | the JSON of what the mesh reports, its errors as JSON-RPC errors, a write's answer |
 
+#[cfg(feature = "runtime")]
+mod answers;
 pub mod framing;
+#[cfg(feature = "runtime")]
+mod methods;
+#[cfg(feature = "runtime")]
+mod params;
+#[cfg(feature = "runtime")]
+mod process;
 pub mod rpc;
 #[cfg(feature = "runtime")]
-mod server;
+mod session;
 pub mod values;
 
 #[cfg(feature = "runtime")]
-pub use server::{SidecarArgs, run};
+pub use process::{SidecarArgs, run};

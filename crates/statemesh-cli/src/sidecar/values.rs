@@ -11,8 +11,13 @@ use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
 use serde_json::{Map, Number, Value as Json};
-use statemesh_core::Value;
-use statemesh_core::value::MAX_VALUE_DEPTH;
+// The mesh's value type and its nesting bound, from the `statemesh` library; in a build
+// without the runtime (feature `fuzzing` alone, for fuzz/) from the core, whose items
+// `statemesh` re-exports: the same type either way.
+#[cfg(feature = "runtime")]
+pub use statemesh::{MAX_VALUE_DEPTH, Value};
+#[cfg(not(feature = "runtime"))]
+pub use statemesh_core::{Value, value::MAX_VALUE_DEPTH};
 
 /// The key of the object standing for bytes.
 pub const BYTES_KEY: &str = "$bytes";
