@@ -276,7 +276,7 @@ enum Job {
     Receive {
         peer: PeerId,
         conn: usize,
-        job: SyncJob,
+        job: Box<SyncJob>,
     },
     /// Sync messages carrying a burst of local writes to generate.
     Push(PushJob),
@@ -285,8 +285,8 @@ enum Job {
 impl Job {
     fn run(mut self) -> Self {
         match &mut self {
-            Job::Receive { job, .. } => job.run(),
-            Job::Push(p) => p.run(),
+            Self::Receive { job, .. } => job.run(),
+            Self::Push(p) => p.run(),
         }
         self
     }
@@ -458,7 +458,7 @@ impl Run {
             Some((conn, j)) => Job::Receive {
                 peer: j.from(),
                 conn,
-                job: j,
+                job: Box::new(j),
             },
             None => match self.shared.node().start_push() {
                 Some(p) => Job::Push(p),
@@ -478,7 +478,7 @@ impl Run {
                 return "push generated";
             }
             Ok(Job::Receive { peer, conn, job }) => {
-                let result = self.shared.node().finish_sync(now, job);
+                let result = self.shared.node().finish_sync(now, *job);
                 (peer, conn, result.map_err(|e| e.to_string()))
             }
             Err(e) => {

@@ -1,0 +1,157 @@
+//! What one change costs as the document grows (issue 13, item 1): the receive of a sync
+//! message carrying one record written by a peer, and the local write of one record, at 1,000,
+//! 10,000 and 100,000 records spread over channels of 100 records each (an app's shape: many
+//! channels, each a list of endpoints or jobs).
+//!
+//! `cargo bench -p statemesh-core --bench receive` (add `-- --quick` for a short run). The
+//! target is a cost independent of the document's size: the three sizes within 2x of each
+//! other. Figures and their reading are in `docs/performance.md`.
+
+#![allow(missing_docs)] // criterion_group! generates undocumented items.
+#![allow(clippy::unwrap_used)] // Benchmark set-up: a failure is a bug to see at once.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::SeedableRng;
+use statemesh_core::codec::HEADER_LEN;
+use statemesh_core::{Config, MeshTag, Node, PeerId, Scope, Time};
+
+/// Document sizes, in records.
+const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
+
+/// Records per channel.
+const PER_CHANNEL: usize = 100;
+
+/// Records written per transaction while building a document (set-up only).
+const BUILD_BATCH: usize = 500;
+
+/// Two linked nodes (`a` writes, `b` receives) holding the same `records` records.
+fn pair(records: usize) -> (Node, Node) {
+    let mut rng = ChaCha8Rng::seed_from_u64(records as u64);
+    let tag = MeshTag::derive(b"bench secret", "bench");
+    let mut make = |i: u64| {
+        let id = PeerId::generate(1_750_000_000_000 + i, &mut rng);
+        Node::new(Config::default(), tag, id, &mut rng, Time::ZERO)
+    };
+    let (mut a, mut b) = (make(0), make(1));
+    for start in (0..records).step_by(BUILD_BATCH) {
+        a.transact(|tx| {
+            for i in start..(start + BUILD_BATCH).min(records) {
+                let value = format!("10.0.{}.{}:443 up", i / 250, i % 250);
+                tx.put(
+                    &format!("ch{}", i / PER_CHANNEL),
+                    &format!("k{i}"),
+                    &value,
+                    Scope::Durable,
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        drain(&mut a);
+    }
+    let (ha, hb) = (a.hello(), b.hello());
+    a.handle_link_up(Time::ZERO, &hb);
+    b.handle_link_up(Time::ZERO, &ha);
+    pump(&mut a, &mut b);
+    assert_eq!(a.heads(), b.heads(), "set-up: both hold the document");
+    (a, b)
+}
+
+/// Empties a node's event and persistence queues (as the runtime does).
+fn drain(n: &mut Node) {
+    while n.poll_event().is_some() {}
+    while let Some(p) = n.poll_persist() {
+        n.persisted(p.seq());
+    }
+}
+
+/// Frames `from` has for `to`, as payloads.
+fn outgoing(from: &mut Node, to: PeerId) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| from.poll_transmit())
+        .filter(|t| t.to == to)
+        .map(|t| t.frame[HEADER_LEN..].to_vec())
+        .collect()
+}
+
+/// Exchanges frames until both nodes are quiet.
+fn pump(a: &mut Node, b: &mut Node) {
+    let (ia, ib) = (a.me().peer, b.me().peer);
+    loop {
+        let to_b = outgoing(a, ib);
+        for p in &to_b {
+            b.handle_payload(Time::ZERO, ia, p).unwrap();
+        }
+        let to_a = outgoing(b, ia);
+        for p in &to_a {
+            a.handle_payload(Time::ZERO, ib, p).unwrap();
+        }
+        drain(a);
+        drain(b);
+        if to_a.is_empty() && to_b.is_empty() {
+            return;
+        }
+    }
+}
+
+fn one_change(c: &mut Criterion) {
+    let mut group = c.benchmark_group("one_change");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(5));
+    for records in SIZES {
+        let (mut a, mut b) = pair(records);
+        let ia = a.me().peer;
+        let ib = b.me().peer;
+        let mut n = 0u64;
+        // The receive alone: `a`'s write and the exchange that settles it are set-up.
+        group.bench_with_input(
+            BenchmarkId::new("receive", records),
+            &records,
+            |bench, _| {
+                bench.iter_custom(|iters| {
+                    let mut spent = Duration::ZERO;
+                    for _ in 0..iters {
+                        n += 1;
+                        let ch = format!("ch{}", n as usize % (records / PER_CHANNEL));
+                        a.put(&ch, &format!("new{n}"), &"10.9.9.9:443 up", Scope::Durable)
+                            .unwrap();
+                        drain(&mut a);
+                        let frames = outgoing(&mut a, ib);
+                        let started = Instant::now();
+                        for p in &frames {
+                            b.handle_payload(Time::ZERO, ia, black_box(p)).unwrap();
+                        }
+                        spent += started.elapsed();
+                        pump(&mut a, &mut b);
+                    }
+                    spent
+                });
+            },
+        );
+        // The local write alone (a transaction, its commit and the change notification).
+        group.bench_with_input(BenchmarkId::new("write", records), &records, |bench, _| {
+            bench.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    n += 1;
+                    let ch = format!("ch{}", n as usize % (records / PER_CHANNEL));
+                    let key = format!("w{n}");
+                    let started = Instant::now();
+                    a.put(&ch, &key, &"10.9.9.9:443 up", Scope::Durable)
+                        .unwrap();
+                    spent += started.elapsed();
+                    drain(&mut a);
+                    pump(&mut a, &mut b);
+                }
+                spent
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, one_change);
+criterion_main!(benches);
