@@ -131,7 +131,7 @@ impl Persist {
     /// The sequence number to report back with [`Node::persisted`].
     pub fn seq(&self) -> u64 {
         match self {
-            Persist::Append { seq, .. } | Persist::Snapshot { seq, .. } => *seq,
+            Self::Append { seq, .. } | Self::Snapshot { seq, .. } => *seq,
         }
     }
 
@@ -140,8 +140,8 @@ impl Persist {
     /// node.
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Persist::Append { bytes, .. } => bytes,
-            Persist::Snapshot { bytes, .. } => bytes.bytes(),
+            Self::Append { bytes, .. } => bytes,
+            Self::Snapshot { bytes, .. } => bytes.bytes(),
         }
     }
 }
@@ -153,14 +153,15 @@ impl Persist {
 /// not.
 #[derive(Clone)]
 pub struct Snapshot {
-    doc: automerge::Automerge,
+    /// Boxed: a document is large, and [`Persist`] holds a snapshot in one variant.
+    doc: Box<automerge::Automerge>,
     bytes: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Snapshot {
     fn new(doc: automerge::Automerge) -> Self {
         Self {
-            doc,
+            doc: Box::new(doc),
             bytes: std::sync::OnceLock::new(),
         }
     }
