@@ -8,10 +8,13 @@
 //! actor id from the OS whenever it constructs a document; statemesh replaces it with one drawn
 //! from the injected RNG before any change is made, so no outcome depends on it.
 //!
-//! Modules: [`node`], the state machine; [`liveness`], who is live (heartbeat version vectors,
+//! Modules: [`node`], the state machine (one file per job: persistence, replication
+//! acknowledgements, the sync exchange of each link, the jobs run off the node, views and
+//! election, writes, reads); [`liveness`], who is live (heartbeat version vectors,
 //! tombstones, refutation); [`election`], who leads (the lowest live eligible peer, under a
 //! [`Term`]); [`leader_records`], what the leader writes under its term, kept out of the
-//! document; [`replica`], the Automerge document and its sync; [`codec`], the wire; [`id`],
+//! document; [`replica`], the Automerge document (its sync, the validation of received
+//! changes and the change notifications in files of their own); [`codec`], the wire; [`id`],
 //! [`vv`], [`value`], [`time`] and [`config`]. Behind features: `sim` (`test-utils`), the
 //! simulator, and `fuzzing` (`fuzzing`), the bodies of the fuzz targets, one module per target.
 //!

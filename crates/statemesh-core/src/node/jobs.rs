@@ -1,0 +1,228 @@
+//! Receives and pushes run away from the node: a received sync message carrying changes is
+//! applied by a [`SyncJob`], a burst of local changes is generated for the linked peers by a
+//! [`PushJob`], on another thread, while the node keeps taking every other input.
+
+use super::{Node, ReceiveError};
+use crate::codec::{self, Message};
+use crate::replica::Replica;
+use crate::{PeerId, Time};
+
+/// A received sync message carrying changes, applied away from the node: see
+/// [`Node::handle_payload_deferred`].
+#[derive(Debug)]
+pub struct SyncJob {
+    from: PeerId,
+    serial: u64,
+    apply: crate::replica::SyncApply,
+}
+
+impl SyncJob {
+    /// Applies the message to the job's copy of the document (the CRDT library's work: the
+    /// bulk of a receive), anywhere, without the node.
+    pub fn run(&mut self) {
+        self.apply.run();
+    }
+
+    /// The peer that sent the message.
+    pub fn from(&self) -> PeerId {
+        self.from
+    }
+}
+
+/// Sync messages carrying local changes, generated away from the node: see
+/// [`Node::set_push_jobs`].
+#[derive(Debug)]
+pub struct PushJob {
+    doc: Box<automerge::Automerge>,
+    peers: Vec<PushTo>,
+}
+
+#[derive(Debug)]
+struct PushTo {
+    peer: PeerId,
+    serial: u64,
+    state: automerge::sync::State,
+    message: Option<(Vec<u8>, bool)>,
+}
+
+impl PushJob {
+    /// Generates the sync messages on the job's copy of the document (the CRDT library's work:
+    /// the bulk of a push to many peers), anywhere, without the node.
+    pub fn run(&mut self) {
+        for to in &mut self.peers {
+            to.message = Replica::generate_sync_on(&self.doc, &mut to.state);
+        }
+    }
+
+    /// How many peers the job generates for.
+    pub fn peers(&self) -> usize {
+        self.peers.len()
+    }
+}
+
+/// Local changes since the last push up to which, in the mode of [`Node::set_push_jobs`], the
+/// push is generated at once, under the node (a lone write leaves without a thread hop); more
+/// make a [`PushJob`].
+pub const PUSH_AT_ONCE: usize = 4;
+
+impl Node {
+    /// Handles one frame payload like [`handle_payload`](Self::handle_payload), except a sync
+    /// message that carries changes: that one is returned as a [`SyncJob`] to be
+    /// [run](SyncJob::run) anywhere (another thread) and given back to
+    /// [`finish_sync`](Self::finish_sync). Meanwhile the node takes every other input — ticks,
+    /// views, local writes — so liveness never waits for the CRDT library's apply, however
+    /// large the message. The runtime runs one job at a time and keeps the sender's later
+    /// frames until it finished (they may depend on it).
+    pub fn handle_payload_deferred(
+        &mut self,
+        now: Time,
+        from: PeerId,
+        payload: &[u8],
+    ) -> Result<Option<SyncJob>, ReceiveError> {
+        self.stats.bytes_in += (payload.len() + codec::HEADER_LEN) as u64;
+        self.stats.frames_in += 1;
+        let message =
+            codec::decode_message(payload).inspect_err(|_| self.stats.decode_errors += 1)?;
+        let Message::Sync(bytes) = message else {
+            return self.handle_message(now, from, message).map(|()| None);
+        };
+        self.advance(now);
+        let Some(link) = self.links.get_mut(&from) else {
+            return Err(ReceiveError::NoLink(from));
+        };
+        let decoded =
+            Replica::decode_sync(&bytes).inspect_err(|_| self.stats.decode_errors += 1)?;
+        if decoded.changes.is_empty() {
+            let before = self
+                .replica
+                .receive_decoded(&mut link.sync, decoded)
+                .inspect_err(|_| self.stats.decode_errors += 1)?;
+            self.after_sync(now, from, before, Vec::new());
+            return Ok(None);
+        }
+        link.busy = true;
+        Ok(Some(SyncJob {
+            from,
+            serial: link.serial,
+            apply: self.replica.start_sync(&link.sync, decoded),
+        }))
+    }
+
+    /// Takes back a [`SyncJob`] that ran: its changes join the document (with the local writes
+    /// made meanwhile), the sender's sync state moves on, and the node answers it. An error
+    /// means the message was malformed: the link should be closed, as for
+    /// [`handle_payload`](Self::handle_payload). A job whose link went down meanwhile is
+    /// dropped.
+    ///
+    /// Returns the job again when local writes made while it ran are many: they are applied to
+    /// the job's copy off the node too (run it again and give it back), so that what the node
+    /// does under its lock stays small however fast the application writes.
+    pub fn finish_sync(
+        &mut self,
+        now: Time,
+        job: SyncJob,
+    ) -> Result<Option<SyncJob>, ReceiveError> {
+        self.advance(now);
+        let SyncJob {
+            from,
+            serial,
+            apply,
+        } = job;
+        let Some(link) = self.links.get_mut(&from).filter(|l| l.serial == serial) else {
+            return Ok(None);
+        };
+        link.busy = false;
+        let applied = match self
+            .replica
+            .finish_sync(apply)
+            .inspect_err(|_| self.stats.decode_errors += 1)?
+        {
+            crate::replica::SyncFinish::Done(applied) => *applied,
+            crate::replica::SyncFinish::Again(apply) => {
+                link.busy = true;
+                return Ok(Some(SyncJob {
+                    from,
+                    serial,
+                    apply: *apply,
+                }));
+            }
+        };
+        if let Some(link) = self.links.get_mut(&from) {
+            link.sync = applied.state;
+        }
+        self.after_sync(now, from, applied.before, applied.changes);
+        Ok(None)
+    }
+
+    /// In this mode (off by default) a push of many local changes to the linked peers (the
+    /// sync messages that carry a burst of writes) is not generated under the node: it is
+    /// taken with [`start_push`](Self::start_push) as a [`PushJob`], [run](PushJob::run)
+    /// anywhere, and given back to [`finish_push`](Self::finish_push). Up to [`PUSH_AT_ONCE`]
+    /// local changes still leave at once from [`poll_transmit`](Self::poll_transmit).
+    pub fn set_push_jobs(&mut self, on: bool) {
+        self.push_jobs = on;
+    }
+
+    /// The push waiting to be generated off the node, if any (see
+    /// [`set_push_jobs`](Self::set_push_jobs)). Call it after
+    /// [`poll_transmit`](Self::poll_transmit) has run dry; the peers it covers are busy until
+    /// [`finish_push`](Self::finish_push).
+    pub fn start_push(&mut self) -> Option<PushJob> {
+        let mut peers = Vec::new();
+        for (peer, link) in &mut self.links {
+            if link.push_ready && !link.busy {
+                link.push_ready = false;
+                link.busy = true;
+                peers.push(PushTo {
+                    peer: *peer,
+                    serial: link.serial,
+                    state: link.sync.clone(),
+                    message: None,
+                });
+            }
+        }
+        if peers.is_empty() {
+            return None;
+        }
+        if !self.links.values().any(|l| l.push_ready) {
+            self.unpushed = 0;
+        }
+        Some(PushJob {
+            doc: Box::new(self.replica.doc().clone()),
+            peers,
+        })
+    }
+
+    /// Takes back a [`PushJob`] that ran: the peers' sync states move on and the messages
+    /// leave (through [`poll_transmit`](Self::poll_transmit)). Peers whose link went down
+    /// meanwhile are skipped.
+    pub fn finish_push(&mut self, now: Time, job: PushJob) {
+        self.advance(now);
+        let now = self.last_tick;
+        for to in job.peers {
+            let Some(link) = self
+                .links
+                .get_mut(&to.peer)
+                .filter(|l| l.serial == to.serial)
+            else {
+                continue;
+            };
+            link.busy = false;
+            link.sync = to.state;
+            // Local changes made while the job ran (they asked for a push meanwhile) go with
+            // the next flush, coalesced with the answer to this message.
+            if link.push_pending {
+                self.doc_dirty = true;
+            }
+            if let Some((bytes, carries)) = to.message {
+                if carries {
+                    link.changes_in_flight.get_or_insert(now);
+                }
+                link.awaiting_answer.get_or_insert(now);
+                link.push_pending = false;
+                self.stats.sync_out += 1;
+                self.send(to.peer, &Message::Sync(bytes));
+            }
+        }
+    }
+}

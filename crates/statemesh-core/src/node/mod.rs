@@ -1,0 +1,700 @@
+//! The per-peer state machine: inputs in, outputs out, no IO.
+//!
+//! Inputs are [`Node::handle_tick`], [`Node::handle_link_up`], [`Node::handle_link_down`],
+//! [`Node::handle_payload`] (bytes received from a peer) and local writes ([`Node::put`],
+//! [`Node::add`], [`Node::transact`], [`Node::leader_put`], ...). Every input takes the current
+//! local monotonic time. Outputs are drained with [`Node::poll_transmit`] (frames to send to a
+//! peer), [`Node::poll_event`] (application events) and [`Node::poll_persist`] (bytes to store);
+//! [`Node::poll_timeout`] says when the next tick is due.
+//!
+//! Local writes made between two calls to [`Node::poll_transmit`] are coalesced into one sync
+//! round per peer.
+//!
+//! The node's parts, each in its own file beside this one (which holds the node, its inputs
+//! and its outputs): `persist`, the bytes to store and the writes they make durable
+//! ([`Persist`], [`Snapshot`]); `acks`, the replication acknowledgements of local writes;
+//! `link`, the sync exchange with each linked peer (coalesced pushes, stall recovery); `jobs`,
+//! receives and pushes run away from the node ([`SyncJob`], [`PushJob`]); `gossip`, views,
+//! liveness and election; `writes` and `reads`, the application's entries; `tests`.
+
+mod acks;
+mod gossip;
+mod jobs;
+mod link;
+mod persist;
+mod reads;
+mod writes;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use automerge::ChangeHash;
+use rand_core::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, DecodeError, Hello, LeaderRecord, Message};
+use crate::election::{Election, Leadership, Term};
+use crate::leader_records::LeaderStore;
+use crate::liveness::{DeathCause, LinkDown, Liveness, PeerStatus, Tombstone};
+use crate::replica::{ApplyError, EntryChange, EntryKind, LoadReport, Replica};
+use crate::{Config, Incarnation, MeshTag, PeerId, Time};
+
+use acks::PendingWrite;
+pub use acks::{MAX_PENDING_WRITES, PENDING_TTL};
+pub use jobs::{PUSH_AT_ONCE, PushJob, SyncJob};
+use link::Link;
+pub use persist::{Persist, Snapshot};
+use reads::Scratch;
+
+/// Identifies one local write, for durability and replication acknowledgements.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct WriteId(pub u64);
+
+/// The result of a local write.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Written {
+    /// The write's id.
+    pub id: WriteId,
+    /// Whether it changed the document. A write equal to what is stored changes nothing; it is
+    /// then already as durable and replicated as the stored value.
+    pub changed: bool,
+}
+
+/// An application event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The leadership (leader or term) changed, as this peer sees it.
+    Leadership(Leadership),
+    /// This peer became the leader under the term numbered `term` (the [`Term`] of this number
+    /// led by this peer: no other peer ever leads under it).
+    Elected {
+        /// The new term's number.
+        term: u64,
+    },
+    /// This peer stopped leading: it learned or must suspect that the leadership of `term` is
+    /// over. Writes under that term are refused from now on.
+    Deposed {
+        /// The number of the term that ended (led by this peer).
+        term: u64,
+    },
+    /// An incarnation became live.
+    PeerUp(Incarnation),
+    /// An incarnation was judged dead.
+    PeerDown {
+        /// The dead incarnation.
+        incarnation: Incarnation,
+        /// Why.
+        cause: DeathCause,
+    },
+    /// This peer learned it had been judged dead (or woke from a freeze) and moved to a new
+    /// incarnation.
+    Refuted(Incarnation),
+    /// An entry changed (locally or by a peer), or appeared/vanished with its writer's presence.
+    Changed(EntryChange),
+    /// `peer` now holds local write `write`.
+    Replicated {
+        /// The write.
+        write: WriteId,
+        /// The peer that holds it.
+        peer: PeerId,
+        /// Time from the write to this acknowledgement, on this node's clock: the write's trip
+        /// to the peer and the acknowledgement's trip back (no clocks are compared).
+        after: Duration,
+    },
+    /// Local write `write` is in bytes the runtime reported as persisted.
+    Durable {
+        /// The write.
+        write: WriteId,
+    },
+    /// Peer exchange: linked peer `from` says where its other peers can be reached (see
+    /// [`Node::share_peers`]). Discovery's business, not the node's: the runtime decides
+    /// whether to dial them.
+    PeerAddresses {
+        /// The peer that shared them.
+        from: PeerId,
+        /// The addresses, as `from` reaches them.
+        peers: Vec<codec::PeerAddress>,
+    },
+}
+
+/// A frame to send to a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// The peer.
+    pub to: PeerId,
+    /// The frame, header included. A broadcast is encoded once: its transmits share one buffer.
+    pub frame: bytes::Bytes,
+}
+
+/// A received frame that could not be handled. The runtime should close the link it came on;
+/// the node's state is unchanged by the offending message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiveError {
+    /// The bytes are not a valid message.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The sync message could not be applied.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// A hello arrived on a link that was already up.
+    #[error("unexpected hello on an established link")]
+    UnexpectedHello,
+    /// A frame arrived from a peer with no link up.
+    #[error("no link to peer {0}")]
+    NoLink(PeerId),
+}
+
+/// A hello that must be refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HelloError {
+    /// The peer speaks another protocol version.
+    #[error("peer speaks protocol version {theirs}, this build speaks {ours}")]
+    Version {
+        /// Their version.
+        theirs: u16,
+        /// Ours.
+        ours: u16,
+    },
+    /// The peer belongs to another mesh (or holds another secret).
+    #[error("peer belongs to another mesh")]
+    OtherMesh,
+    /// The hello carries this peer's own id.
+    #[error("connected to itself")]
+    SelfConnection,
+    /// The hello announces an incarnation already judged dead.
+    #[error("incarnation {0} was judged dead")]
+    DeadIncarnation(Incarnation),
+}
+
+/// Why this peer leads or not, for the CLI's `leader` command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// This peer.
+    pub me: Incarnation,
+    /// The current leadership.
+    pub leadership: Leadership,
+    /// The greatest term number seen.
+    pub max_term: u64,
+    /// The newest term seen (its number is `max_term`, unless that came from a stored entry
+    /// that names no peer).
+    pub newest_term: Option<Term>,
+    /// Whether this peer may claim leadership now (eligible and past its join grace).
+    pub me_candidate: bool,
+    /// Every known peer, this one first.
+    pub peers: Vec<PeerStatus>,
+}
+
+impl Explanation {
+    /// The leader of the newest term seen, when that term's number is the greatest seen (so
+    /// that `max_term` and this make the newest term).
+    pub fn max_term_leader(&self) -> Option<PeerId> {
+        self.newest_term
+            .filter(|t| t.number == self.max_term)
+            .map(|t| t.leader)
+    }
+}
+
+/// Counters of what a node did, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames sent.
+    pub frames_out: u64,
+    /// Bytes received (frames, headers included).
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Sync messages sent.
+    pub sync_out: u64,
+    /// Sync messages received.
+    pub sync_in: u64,
+    /// Frames refused as malformed.
+    pub decode_errors: u64,
+    /// Leadership changes seen.
+    pub leadership_changes: u64,
+    /// Sync exchanges restarted after a stall.
+    pub sync_resets: u64,
+    /// Times this peer found its own ticks starved past the suspect timeout (a freeze, or a
+    /// runtime too busy to tick) and moved to a new incarnation.
+    pub freezes: u64,
+    /// Times this peer learned it was judged dead while alive (a false suspicion, seen from
+    /// its subject) and refuted with a new incarnation.
+    pub suspicions_refuted: u64,
+}
+
+/// The state machine of one peer.
+#[derive(Debug)]
+pub struct Node {
+    config: Config,
+    mesh: MeshTag,
+    /// Further tags accepted in a peer's hello (the mesh under other keys of a keyring).
+    also_accepted: Vec<MeshTag>,
+    live: Liveness,
+    election: Election,
+    replica: Replica,
+    leader: LeaderStore,
+    links: BTreeMap<PeerId, Link>,
+    candidate_at: Time,
+    settled: bool,
+    left: bool,
+    last_tick: Time,
+    next_heartbeat: Time,
+    /// Heartbeats fall on a grid of this phase (see [`Node::align_heartbeats`]), if set.
+    heartbeat_phase: Option<Duration>,
+    out: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    doc_dirty: bool,
+    /// Pushes of local changes are generated by [`PushJob`]s (see [`Node::set_push_jobs`]).
+    push_jobs: bool,
+    /// Local changes made since the last push left (or its job was taken).
+    unpushed: usize,
+    leader_dirty: Vec<LeaderRecord>,
+    next_write: u64,
+    pending: BTreeMap<WriteId, PendingWrite>,
+    persisted_heads: Vec<ChangeHash>,
+    appends: usize,
+    persist_seq: u64,
+    unpersisted: Vec<WriteId>,
+    in_persist: VecDeque<(u64, Vec<WriteId>)>,
+    stats: Stats,
+    scratch: std::cell::RefCell<Scratch>,
+    next_link_serial: u64,
+}
+
+impl Node {
+    /// A node for peer `me` of mesh `mesh`, started at local time `now`. The Automerge actor id
+    /// is drawn from `rng`.
+    pub fn new(
+        config: Config,
+        mesh: MeshTag,
+        me: PeerId,
+        rng: &mut impl RngCore,
+        now: Time,
+    ) -> Self {
+        let mut actor = [0u8; 16];
+        rng.fill_bytes(&mut actor);
+        let replica = Replica::new(me, actor);
+        let persisted_heads = replica.heads();
+        Self {
+            live: Liveness::new(me, &config),
+            election: Election::default(),
+            replica,
+            leader: LeaderStore::default(),
+            links: BTreeMap::new(),
+            candidate_at: now + config.join_grace,
+            settled: false,
+            left: false,
+            last_tick: now,
+            next_heartbeat: now,
+            heartbeat_phase: None,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            doc_dirty: false,
+            push_jobs: false,
+            unpushed: 0,
+            leader_dirty: Vec::new(),
+            next_write: 0,
+            pending: BTreeMap::new(),
+            persisted_heads,
+            // The first bytes persisted are a whole snapshot, genesis included, so that every
+            // state file loads on its own.
+            appends: config.compact_every,
+            persist_seq: 0,
+            unpersisted: Vec::new(),
+            in_persist: VecDeque::new(),
+            stats: Stats::default(),
+            scratch: std::cell::RefCell::default(),
+            next_link_serial: 0,
+            mesh,
+            also_accepted: Vec::new(),
+            config,
+        }
+    }
+
+    /// This peer's current incarnation.
+    pub fn me(&self) -> Incarnation {
+        self.live.me()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The hello this peer sends first on every link.
+    pub fn hello(&self) -> Hello {
+        Hello {
+            version: codec::PROTOCOL_VERSION,
+            mesh: self.mesh,
+            incarnation: self.live.me(),
+            eligible: self.live.my_eligible(),
+        }
+    }
+
+    /// Changes the mesh tag this node sends in its hellos to `primary`, and accepts hellos
+    /// under `primary` or any of `accepted` (a keyring's tags, see `statemesh_net::keyring`;
+    /// links already up are not affected).
+    pub fn set_mesh_tags(&mut self, primary: MeshTag, accepted: &[MeshTag]) {
+        self.mesh = primary;
+        self.also_accepted = accepted.iter().copied().filter(|t| *t != primary).collect();
+    }
+
+    /// Checks a peer's hello before its link is brought up.
+    pub fn check_hello(&self, hello: &Hello) -> Result<(), HelloError> {
+        if hello.version != codec::PROTOCOL_VERSION {
+            return Err(HelloError::Version {
+                theirs: hello.version,
+                ours: codec::PROTOCOL_VERSION,
+            });
+        }
+        if hello.mesh != self.mesh && !self.also_accepted.contains(&hello.mesh) {
+            return Err(HelloError::OtherMesh);
+        }
+        if hello.incarnation.peer == self.live.me().peer {
+            return Err(HelloError::SelfConnection);
+        }
+        Ok(())
+    }
+
+    /// Merges stored bytes (a snapshot and incremental saves found on disk) into the document,
+    /// salvaging what can be read from a damaged file (see [`LoadReport`]).
+    pub fn load(&mut self, bytes: &[u8]) -> Result<LoadReport, ApplyError> {
+        let report = self.replica.load_stored(bytes)?;
+        self.observe_stored_terms();
+        // What was loaded is on disk already; the next persist compacts it all into a snapshot.
+        self.appends = self.config.compact_every;
+        Ok(report)
+    }
+
+    /// The runtime's discovery has found every peer it could initially: this peer may count
+    /// itself as a leader candidate without waiting for the rest of its join grace.
+    pub fn handle_settled(&mut self, now: Time) {
+        self.advance(now);
+        self.settled = true;
+        self.reelect(now);
+    }
+
+    /// Puts this node's heartbeats, after the next one, on the instants `phase + k *
+    /// heartbeat_interval` of its clock instead of one interval after each beat.
+    ///
+    /// Windows of one machine that align on the machine's monotonic clock send their views at
+    /// the same instants, so each wakes once per interval for all the views it receives (and
+    /// once for their acknowledgements) instead of once per peer: idle CPU falls, failure
+    /// detection is unchanged (still one view per interval from each peer).
+    pub fn align_heartbeats(&mut self, phase: Duration) {
+        self.heartbeat_phase = Some(phase);
+    }
+
+    /// When the heartbeat after one sent at `now` is due.
+    fn next_beat_after(&self, now: Time) -> Time {
+        let interval = self.config.heartbeat_interval;
+        let Some(phase) = self.heartbeat_phase else {
+            return now + interval;
+        };
+        let i = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let phase = u64::try_from(phase.as_micros()).unwrap_or(0) % i;
+        let t = now.as_micros();
+        let next = if t < phase {
+            phase
+        } else {
+            ((t - phase) / i + 1)
+                .saturating_mul(i)
+                .saturating_add(phase)
+        };
+        Time::from_micros(next)
+    }
+
+    /// Moves the node's clock to `now` without ticking: the runtime calls it before a local
+    /// write, so that the write is stamped with the time it was made (its replication delays
+    /// are measured from it) rather than with the last tick's, up to a heartbeat earlier. Like
+    /// every input, it notices a freeze (no input for longer than the suspect timeout).
+    pub fn handle_time(&mut self, now: Time) {
+        self.advance(now);
+    }
+
+    /// Advances time: heartbeats, failure detection, election, sync stall recovery.
+    pub fn handle_tick(&mut self, now: Time) {
+        self.advance(now);
+        self.expire_pending(now);
+        if self.left {
+            return;
+        }
+        if now >= self.next_heartbeat {
+            self.live.beat();
+            self.next_heartbeat = self.next_beat_after(now);
+            self.send_views(now);
+        }
+        let mut changes = Vec::new();
+        self.live.judge(now, &mut changes);
+        self.apply_liveness(changes, now);
+        self.reelect(now);
+        let waiting: Vec<PeerId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.push_pending && !l.busy)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in waiting {
+            self.push_changes(peer, now);
+        }
+        self.reset_stalled_syncs(now);
+    }
+
+    /// The next time [`handle_tick`](Self::handle_tick) must be called.
+    pub fn poll_timeout(&self) -> Time {
+        let mut t = self.next_heartbeat;
+        if let Some(d) = self.live.next_deadline() {
+            t = t.min(d);
+        }
+        if !self.settled && self.candidate_at > self.last_tick {
+            t = t.min(self.candidate_at);
+        }
+        let hb = self.config.heartbeat_interval;
+        for link in self.links.values().filter(|l| l.push_pending && !l.busy) {
+            if let Some(since) = link.changes_in_flight {
+                t = t.min(since + hb);
+            }
+        }
+        t
+    }
+
+    /// A link to `peer` (whose hello passed [`check_hello`](Self::check_hello)) is up.
+    pub fn handle_link_up(&mut self, now: Time, hello: &Hello) {
+        self.advance(now);
+        self.next_link_serial += 1;
+        let peer = hello.incarnation.peer;
+        self.links.insert(
+            peer,
+            Link {
+                sync: Replica::new_sync_state(),
+                their_doc: None,
+                their_leader: None,
+                mismatch_since: None,
+                stalled_views: 0,
+                leader_pushed: None,
+                changes_in_flight: None,
+                push_pending: false,
+                awaiting_answer: None,
+                unproductive_syncs: 0,
+                busy: false,
+                push_ready: false,
+                serial: self.next_link_serial,
+            },
+        );
+        let mut changes = Vec::new();
+        let beat = crate::vv::Beat {
+            incarnation: hello.incarnation.number,
+            counter: 0,
+        };
+        self.live
+            .observe_beat(peer, beat, hello.eligible, now, &mut changes);
+        self.apply_liveness(changes, now);
+        if self.left {
+            self.send(peer, &Message::Leave(self.live.me()));
+            return;
+        }
+        let view = self.view(now);
+        self.send(peer, &Message::View(view));
+        self.sync_with(peer);
+        self.push_leader(peer, now);
+        self.reelect(now);
+    }
+
+    /// The link to `peer` went down.
+    ///
+    /// A [`LinkDown::Certain`] signal (the peer's local socket closed) counts even when no sync
+    /// link is up: the presence connection is separate from the link.
+    pub fn handle_link_down(&mut self, now: Time, peer: PeerId, how: LinkDown) {
+        self.advance(now);
+        if self.links.remove(&peer).is_none() && how == LinkDown::Hint {
+            return;
+        }
+        let mut changes = Vec::new();
+        self.live.link_down(peer, how, now, &mut changes);
+        self.apply_liveness(changes, now);
+        self.reelect(now);
+    }
+
+    /// Handles one frame payload (without its length header) received from `from`.
+    pub fn handle_payload(
+        &mut self,
+        now: Time,
+        from: PeerId,
+        payload: &[u8],
+    ) -> Result<(), ReceiveError> {
+        self.stats.bytes_in += (payload.len() + codec::HEADER_LEN) as u64;
+        self.stats.frames_in += 1;
+        let message =
+            codec::decode_message(payload).inspect_err(|_| self.stats.decode_errors += 1)?;
+        self.handle_message(now, from, message)
+    }
+
+    /// Handles one decoded message received from `from`.
+    pub fn handle_message(
+        &mut self,
+        now: Time,
+        from: PeerId,
+        message: Message,
+    ) -> Result<(), ReceiveError> {
+        self.advance(now);
+        if !self.links.contains_key(&from) {
+            return Err(ReceiveError::NoLink(from));
+        }
+        match message {
+            Message::Hello(_) => return Err(ReceiveError::UnexpectedHello),
+            Message::View(view) => self.on_view(now, from, view),
+            Message::Leave(inc) => {
+                let mut changes = Vec::new();
+                let tomb = Tombstone {
+                    incarnation: inc.number,
+                    cause: DeathCause::Left,
+                };
+                self.live
+                    .observe_received_tombstone(inc.peer, tomb, now, &mut changes);
+                self.apply_liveness(changes, now);
+                self.reelect(now);
+            }
+            Message::Sync(bytes) => self
+                .on_sync(now, from, &bytes)
+                .inspect_err(|_| self.stats.decode_errors += 1)?,
+            Message::Peers(peers) => {
+                self.events.push_back(Event::PeerAddresses { from, peers });
+            }
+            Message::Leader(records) => {
+                for r in records {
+                    let change = EntryChange {
+                        kind: EntryKind::Leader,
+                        channel: r.channel.clone(),
+                        key: r.key.clone(),
+                        by: Some(r.writer),
+                    };
+                    let writer_known_dead = self.live.incarnation_of(&r.writer).is_some()
+                        && !self.live.is_live(&r.writer);
+                    if writer_known_dead {
+                        continue;
+                    }
+                    // A record is proof that its writer led under its term: known from now on,
+                    // even before the writer's claim arrives in a view.
+                    self.election.observe(crate::leader_records::term_of(&r));
+                    if self.leader.merge(r) {
+                        self.events.push_back(Event::Changed(change));
+                    }
+                }
+                self.reelect(now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Peer exchange: tells linked peer `to` where `peers` can be reached. Frames beyond
+    /// [`codec::MAX_PEER_ADDRESSES`] addresses are split.
+    pub fn share_peers(&mut self, to: PeerId, peers: &[codec::PeerAddress]) {
+        if !self.links.contains_key(&to) {
+            return;
+        }
+        for chunk in peers.chunks(codec::MAX_PEER_ADDRESSES) {
+            self.send(to, &Message::Peers(chunk.to_vec()));
+        }
+    }
+
+    /// Announces a graceful leave to every linked peer and stops leading. The node should be
+    /// dropped once the leave frames are sent.
+    pub fn leave(&mut self, now: Time) {
+        self.advance(now);
+        self.left = true;
+        let me = self.live.me();
+        self.broadcast(&Message::Leave(me));
+        if let Some(term) = self.election.my_term() {
+            self.election.step_down();
+            self.events.push_back(Event::Deposed { term });
+        }
+        self.reelect(now);
+    }
+
+    /// The next frame to send. Flushes coalesced local writes first: one sync round per peer.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.doc_dirty {
+            self.doc_dirty = false;
+            let now = self.last_tick;
+            for peer in self.links.keys().copied().collect::<Vec<_>>() {
+                self.push_changes(peer, now);
+            }
+            if !self.links.values().any(|l| l.push_ready) {
+                self.unpushed = 0;
+            }
+        }
+        if !self.leader_dirty.is_empty() {
+            let records = std::mem::take(&mut self.leader_dirty);
+            self.broadcast(&Message::Leader(records));
+        }
+        let t = self.out.pop_front()?;
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += t.frame.len() as u64;
+        Some(t)
+    }
+
+    /// The next application event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn me_candidate(&self, now: Time) -> bool {
+        self.live.my_eligible() && !self.left && (self.settled || now >= self.candidate_at)
+    }
+
+    /// Moves the clock; detects that this process was frozen (no tick for longer than the
+    /// suspect timeout): its leadership is over, its silence was its own, and it rejoins.
+    fn advance(&mut self, now: Time) {
+        if now.saturating_since(self.last_tick) > self.config.suspect_timeout {
+            self.live.refresh_all(now);
+            if let Some(term) = self.election.my_term() {
+                self.election.step_down();
+                self.events.push_back(Event::Deposed { term });
+            }
+            let inc = self.live.new_incarnation(0);
+            self.stats.freezes += 1;
+            self.events.push_back(Event::Refuted(inc));
+            self.candidate_at = now + self.config.join_grace;
+            self.settled = false;
+            self.next_heartbeat = now;
+        }
+        self.last_tick = self.last_tick.max(now);
+    }
+
+    fn send(&mut self, to: PeerId, message: &Message) {
+        match codec::encode_frame(message, self.config.max_frame) {
+            Ok(frame) => self.out.push_back(Transmit {
+                to,
+                frame: frame.into(),
+            }),
+            Err(e) => tracing::error!(peer = %to, error = %e, "dropping an outgoing message"),
+        }
+    }
+
+    /// Sends `message` to every linked peer, encoded once.
+    fn broadcast(&mut self, message: &Message) {
+        if self.links.is_empty() {
+            return;
+        }
+        match codec::encode_frame(message, self.config.max_frame) {
+            Ok(frame) => {
+                let frame = bytes::Bytes::from(frame);
+                for &to in self.links.keys() {
+                    self.out.push_back(Transmit {
+                        to,
+                        frame: frame.clone(),
+                    });
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "dropping an outgoing broadcast"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+//! Reads: the application's entries (records, counters, leader records), the leadership, and
+//! what the node knows of its peers and of itself.
+
+use automerge::ChangeHash;
+use autosurgeon::Hydrate;
+
+use super::{Explanation, Node, Stats};
+use crate::election::{Leadership, Term};
+use crate::leader_records::LeaderStore;
+use crate::replica::{ReadError, Replica, heads_digest};
+use crate::{PeerId, Time, Value};
+
+impl Node {
+    /// Reads record `key` of `channel`.
+    pub fn get<T: Hydrate>(&self, channel: &str, key: &str) -> Result<Option<T>, ReadError> {
+        self.replica.get(channel, key, |p| self.live.is_live(p))
+    }
+
+    /// The visible keys of `channel`.
+    pub fn keys(&self, channel: &str) -> Vec<String> {
+        self.replica.keys(channel, |p| self.live.is_live(p))
+    }
+
+    /// Channels holding records.
+    pub fn channels(&self) -> Vec<String> {
+        self.replica.channels()
+    }
+
+    /// The value of counter `name` (presence-scoped entries of dead writers left out).
+    pub fn counter(&self, name: &str) -> i64 {
+        self.replica.counter(name, |p| self.live.is_live(p))
+    }
+
+    /// Names of all counters.
+    pub fn counter_names(&self) -> Vec<String> {
+        self.replica.counter_names()
+    }
+
+    /// Reads leader record `key` of `channel`, with the term it was written under: present only
+    /// if written by a live leader under the newest known term.
+    pub fn leader_get<T: Hydrate>(
+        &self,
+        channel: &str,
+        key: &str,
+    ) -> Result<Option<(T, Term)>, ReadError> {
+        let Some(r) = self
+            .leader
+            .visible(channel, key, self.election.newest(), |p| {
+                self.live.is_live(p)
+            })
+        else {
+            return Ok(None);
+        };
+        let Some(tokens) = &r.value else {
+            return Ok(None);
+        };
+        let value = Value::from_tokens(tokens).map_err(|_| {
+            ReadError::Hydrate(autosurgeon::HydrateError::unexpected(
+                "a value",
+                "a malformed value".into(),
+            ))
+        })?;
+        Ok(Some((
+            self.scratch.borrow_mut().hydrate(&value)?,
+            crate::leader_records::term_of(r),
+        )))
+    }
+
+    /// The visible keys of leader channel `channel`.
+    pub fn leader_keys(&self, channel: &str) -> Vec<String> {
+        self.leader
+            .keys(channel, self.election.newest(), |p| self.live.is_live(p))
+    }
+
+    /// Leader channels holding records.
+    pub fn leader_channels(&self) -> Vec<String> {
+        self.leader.channels()
+    }
+
+    /// The current leadership.
+    pub fn leadership(&self) -> Leadership {
+        self.election.current()
+    }
+
+    /// The number of the term under which this peer leads, if it does.
+    pub fn my_term(&self) -> Option<u64> {
+        self.election.my_term()
+    }
+
+    /// The term under which this peer leads, if it does: its number, led by this peer.
+    pub fn my_term_id(&self) -> Option<Term> {
+        Some(Term::new(self.election.my_term()?, self.live.me().peer))
+    }
+
+    /// The newest term this peer knows of (its own included).
+    pub fn newest_term(&self) -> Option<Term> {
+        self.election.newest()
+    }
+
+    /// Whether `peer`'s highest known incarnation is live.
+    pub fn is_live(&self, peer: &PeerId) -> bool {
+        self.live.is_live(peer)
+    }
+
+    /// Whether incarnation `number` of `peer` was judged dead.
+    pub fn is_dead(&self, peer: &PeerId, number: u64) -> bool {
+        self.live.is_dead(peer, number)
+    }
+
+    /// Live peers other than this one.
+    pub fn live_peers(&self) -> Vec<PeerId> {
+        self.live.live_peers().collect()
+    }
+
+    /// Peers with a link up.
+    pub fn linked_peers(&self) -> Vec<PeerId> {
+        self.links.keys().copied().collect()
+    }
+
+    /// Whether this node is past joining: discovery settled, or its join grace is over. The
+    /// peers it knows by then are the ones that were there when it started.
+    pub fn joined(&self, now: Time) -> bool {
+        self.settled || now >= self.candidate_at
+    }
+
+    /// Whether every linked peer's last view showed the same document and leader records as
+    /// this node holds (true with no links).
+    pub fn in_sync(&self) -> bool {
+        let doc = heads_digest(&self.replica.heads());
+        let leader = self.leader.digest();
+        self.links
+            .values()
+            .all(|l| l.their_doc == Some(doc) && l.their_leader == Some(leader))
+    }
+
+    /// Why this peer leads or not, at local time `now`.
+    pub fn explain(&self, now: Time) -> Explanation {
+        Explanation {
+            me: self.live.me(),
+            leadership: self.election.current(),
+            max_term: self.election.max_term(),
+            newest_term: self.election.newest(),
+            me_candidate: self.me_candidate(now),
+            peers: self.live.explain(now),
+        }
+    }
+
+    /// The document heads.
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.replica.heads()
+    }
+
+    /// The replicated document (read-only).
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// The leader record store (read-only).
+    pub fn leader_store(&self) -> &LeaderStore {
+        &self.leader
+    }
+
+    /// Counters of what this node did.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+}
+
+/// Converts between typed values and [`Value`] through autosurgeon, using a scratch document
+/// whose transactions are always rolled back (so it never grows).
+#[derive(Debug)]
+pub(super) struct Scratch(automerge::Automerge);
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self(automerge::Automerge::new().with_actor(automerge::ActorId::from([0u8; 16].as_slice())))
+    }
+}
+
+impl Scratch {
+    fn hydrate<T: Hydrate>(&mut self, value: &Value) -> Result<T, ReadError> {
+        let mut tx = self.0.transaction();
+        let out = autosurgeon::reconcile_prop(&mut tx, automerge::ROOT, "v", value)
+            .map_err(|e| {
+                ReadError::Hydrate(autosurgeon::HydrateError::unexpected(
+                    "a storable value",
+                    e.to_string(),
+                ))
+            })
+            .and_then(|()| Ok(autosurgeon::hydrate_prop(&tx, automerge::ROOT, "v")?));
+        tx.rollback();
+        out
+    }
+}

@@ -1,0 +1,613 @@
+use automerge::ChangeHash;
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+
+use super::*;
+use crate::codec::{FrameDecoder, encode_frame};
+use crate::replica::{Scope, WriteError};
+
+fn node(seed: u64) -> Node {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let id = PeerId::generate(1_000 + seed, &mut rng);
+    Node::new(
+        Config::default(),
+        MeshTag::derive(&[1; 32], "t"),
+        id,
+        &mut rng,
+        Time::ZERO,
+    )
+}
+
+fn deliver(from: &mut Node, to: &mut Node, now: Time) -> bool {
+    let from_id = from.me().peer;
+    let mut moved = false;
+    while let Some(t) = from.poll_transmit() {
+        moved = true;
+        let mut d = FrameDecoder::new(1 << 24);
+        d.extend(&t.frame);
+        let payload = d.next_payload().expect("valid").expect("complete");
+        to.handle_payload(now, from_id, &payload).expect("accepted");
+    }
+    moved
+}
+
+fn pump(a: &mut Node, b: &mut Node, now: Time) {
+    for _ in 0..50 {
+        let ab = deliver(a, b, now);
+        let ba = deliver(b, a, now);
+        if !ab && !ba {
+            return;
+        }
+    }
+    panic!("sync did not settle");
+}
+
+fn linked() -> (Node, Node) {
+    let (mut a, mut b) = (node(1), node(2));
+    let (ha, hb) = (a.hello(), b.hello());
+    a.check_hello(&hb).expect("same mesh");
+    a.handle_link_up(Time::ZERO, &hb);
+    b.handle_link_up(Time::ZERO, &ha);
+    pump(&mut a, &mut b, Time::ZERO);
+    (a, b)
+}
+
+/// Issue 14: a write that left the tracking window was never reported either way, so a
+/// runtime waiting for its replication waited for ever. The window now moves on ticks too.
+#[test]
+fn writes_leave_the_replication_window_by_count_and_by_age() {
+    let mut a = node(1);
+    let first = a.put("c", "k", &0i64, Scope::Durable).expect("write").id;
+    assert_eq!(a.replication_tracked_from(), first);
+    let mut last = first;
+    for i in 1..=MAX_PENDING_WRITES as i64 {
+        last = a.put("c", "k", &i, Scope::Durable).expect("write").id;
+    }
+    assert!(
+        a.replication_tracked_from() > first,
+        "the oldest left by count"
+    );
+    assert!(a.replication_tracked_from() <= last);
+    // By age: no further write needed, a tick moves the window.
+    a.handle_tick(Time::ZERO + PENDING_TTL);
+    assert!(
+        a.replication_tracked_from() > last,
+        "every write left by age"
+    );
+}
+
+#[test]
+fn genesis_is_identical_everywhere() {
+    assert_eq!(node(1).heads(), node(2).heads());
+}
+
+#[test]
+fn hellos_of_other_meshes_and_versions_are_refused() {
+    let a = node(1);
+    let mut h = node(2).hello();
+    h.mesh = MeshTag::derive(&[1; 32], "other");
+    assert_eq!(a.check_hello(&h), Err(HelloError::OtherMesh));
+    // Under a keyring: the hello of a peer proving with another key this node holds.
+    let mut a = a;
+    let own = a.hello().mesh;
+    a.set_mesh_tags(own, &[own, h.mesh]);
+    assert_eq!(a.check_hello(&h), Ok(()));
+    a.set_mesh_tags(own, &[own]);
+    assert_eq!(a.check_hello(&h), Err(HelloError::OtherMesh));
+    let mut h = node(2).hello();
+    h.version += 1;
+    assert!(matches!(a.check_hello(&h), Err(HelloError::Version { .. })));
+    assert_eq!(a.check_hello(&a.hello()), Err(HelloError::SelfConnection));
+}
+
+#[test]
+fn writes_sync_and_equal_writes_change_nothing() {
+    let (mut a, mut b) = linked();
+    let w = a
+        .put("probes", "api:443", &"up".to_string(), Scope::Durable)
+        .expect("write");
+    assert!(w.changed);
+    assert!(
+        !a.put("probes", "api:443", &"up".to_string(), Scope::Durable)
+            .expect("write")
+            .changed
+    );
+    a.add("ws/desired", 2, Scope::Durable).expect("write");
+    b.add("ws/desired", 3, Scope::Durable).expect("write");
+    pump(&mut a, &mut b, Time::ZERO);
+    assert_eq!(
+        b.get::<String>("probes", "api:443").expect("read"),
+        Some("up".into())
+    );
+    assert_eq!(a.counter("ws/desired"), 5);
+    assert_eq!(b.counter("ws/desired"), 5);
+    let mut replicated = false;
+    while let Some(e) = a.poll_event() {
+        replicated |= matches!(e, Event::Replicated { write, peer, .. } if write == w.id && peer == b.me().peer);
+    }
+    assert!(replicated);
+}
+
+#[test]
+fn a_burst_of_writes_is_one_sync_round() {
+    let (mut a, mut b) = linked();
+    for i in 0..100 {
+        a.put("c", &format!("k{i}"), &(i as i64), Scope::Durable)
+            .expect("write");
+    }
+    let mut frames = Vec::new();
+    while let Some(t) = a.poll_transmit() {
+        frames.push(t);
+    }
+    assert_eq!(frames.len(), 1, "one sync message for the whole burst");
+    let mut d = FrameDecoder::new(1 << 24);
+    d.extend(&frames[0].frame);
+    let payload = d.next_payload().expect("ok").expect("complete");
+    b.handle_payload(Time::ZERO, a.me().peer, &payload)
+        .expect("accepted");
+    assert_eq!(b.keys("c").len(), 100);
+}
+
+/// Issue 13: with push jobs on, a burst of writes is generated off the node (nothing
+/// leaves from `poll_transmit` until the job comes back), a lone write still leaves at
+/// once, and a write made while the job ran follows it.
+#[test]
+fn a_burst_leaves_through_a_push_job_and_a_lone_write_at_once() {
+    let (mut a, mut b) = linked();
+    a.set_push_jobs(true);
+    let from = a.me().peer;
+    a.put("c", "lone", &1i64, Scope::Durable).expect("write");
+    let lone: Vec<Transmit> = std::iter::from_fn(|| a.poll_transmit()).collect();
+    assert_eq!(lone.len(), 1, "a lone write leaves at once");
+    assert!(a.start_push().is_none());
+    b.handle_payload(Time::ZERO, from, &payload_of(&lone[0].frame))
+        .expect("accepted");
+    deliver(&mut b, &mut a, Time::ZERO);
+    for i in 0..50 {
+        a.put("c", &format!("k{i}"), &(i as i64), Scope::Durable)
+            .expect("write");
+    }
+    assert!(
+        std::iter::from_fn(|| a.poll_transmit())
+            .all(|t| codec::decode_message(&payload_of(&t.frame))
+                .is_ok_and(|m| !matches!(m, Message::Sync(_)))),
+        "the burst is not generated under the node"
+    );
+    let mut job = a.start_push().expect("a push job");
+    assert_eq!(job.peers(), 1);
+    assert!(a.start_push().is_none(), "the peer is busy with the job");
+    // A write while the job runs: it follows the job's message.
+    a.put("c", "late", &2i64, Scope::Durable).expect("write");
+    job.run();
+    a.finish_push(Time::ZERO, job);
+    pump(&mut a, &mut b, Time::ZERO);
+    for _ in 0..10 {
+        if let Some(mut job) = a.start_push() {
+            job.run();
+            a.finish_push(Time::ZERO, job);
+        }
+        pump(&mut a, &mut b, Time::ZERO);
+    }
+    assert_eq!(
+        b.keys("c").len(),
+        52,
+        "the burst and the late write arrived"
+    );
+    assert_eq!(a.heads(), b.heads());
+}
+
+fn payload_of(frame: &[u8]) -> Vec<u8> {
+    let mut d = FrameDecoder::new(1 << 24);
+    d.extend(frame);
+    d.next_payload().expect("ok").expect("complete")
+}
+
+/// Issue 13: a window applying a large sync message is never taken for frozen. The apply
+/// runs as a job away from the node; meanwhile the node ticks past several heartbeats and
+/// the suspect timeout, sends its views, judges its peer's views, and takes local writes
+/// (to the peer whose message is being applied, too); then the job's changes join the
+/// document and both sides converge.
+#[test]
+fn a_sync_job_leaves_liveness_and_writes_going() {
+    let (mut a, mut b) = linked();
+    for i in 0..300 {
+        b.put("c", &format!("b{i}"), &(i as i64), Scope::Durable)
+            .expect("write");
+    }
+    let frames: Vec<Transmit> = std::iter::from_fn(|| b.poll_transmit()).collect();
+    assert_eq!(frames.len(), 1, "one sync message");
+    let mut job = a
+        .handle_payload_deferred(Time::ZERO, b.me().peer, &payload_of(&frames[0].frame))
+        .expect("accepted")
+        .expect("a message with changes becomes a job");
+    // The job is out. Time passes well beyond the suspect timeout: heartbeats go out, the
+    // peer's views are judged, nobody is suspected, and local writes are taken.
+    let hb = Config::default().heartbeat_interval;
+    let mut now = Time::ZERO;
+    let mut views_sent = 0;
+    for i in 0..10 {
+        now = now + hb;
+        a.handle_tick(now);
+        b.handle_tick(now);
+        a.put("c", &format!("a{i}"), &i64::from(i), Scope::Durable)
+            .expect("write");
+        while let Some(t) = a.poll_transmit() {
+            let payload = payload_of(&t.frame);
+            if codec::is_view(&payload) {
+                views_sent += 1;
+                b.handle_payload(now, a.me().peer, &payload).expect("view");
+            } else {
+                panic!("no sync message to the peer whose message is being applied");
+            }
+        }
+        while let Some(t) = b.poll_transmit() {
+            let payload = payload_of(&t.frame);
+            if codec::is_view(&payload) {
+                a.handle_payload(now, b.me().peer, &payload).expect("view");
+            }
+        }
+    }
+    assert!(views_sent >= 10, "a beat every heartbeat: {views_sent}");
+    assert_eq!(a.me().number, 0, "a never refuted nor found itself frozen");
+    assert_eq!(b.me().number, 0);
+    assert!(a.is_live(&b.me().peer) && b.is_live(&a.me().peer));
+    assert_eq!(a.keys("c").len(), 10, "only the local writes so far");
+    job.run();
+    let mut again = a.finish_sync(now, job).expect("applied");
+    while let Some(mut j) = again {
+        // Ten local writes were made meanwhile: they join the job's copy off the node.
+        j.run();
+        again = a.finish_sync(now, j).expect("applied");
+    }
+    assert_eq!(
+        a.keys("c").len(),
+        310,
+        "the job's changes and the writes made meanwhile"
+    );
+    assert!(
+        std::iter::from_fn(|| a.poll_event())
+            .filter(|e| matches!(e, Event::Changed(c) if c.key.starts_with('b')))
+            .count()
+            == 300,
+        "one change event per received record"
+    );
+    pump(&mut a, &mut b, now);
+    assert_eq!(a.heads(), b.heads());
+    assert_eq!(b.keys("c").len(), 310);
+}
+
+/// A job whose link went down (and came up again) meanwhile is dropped; the new link syncs.
+#[test]
+fn a_sync_job_of_a_link_gone_is_dropped() {
+    let (mut a, mut b) = linked();
+    b.put("c", "k", &1i64, Scope::Durable).expect("write");
+    // The change leaves once the exchange asks for it: pump until a message carries it.
+    let mut job = None;
+    for _ in 0..10 {
+        while let Some(t) = b.poll_transmit() {
+            if let Some(j) = a
+                .handle_payload_deferred(Time::ZERO, b.me().peer, &payload_of(&t.frame))
+                .expect("accepted")
+            {
+                job = Some(j);
+            }
+        }
+        if job.is_some() {
+            break;
+        }
+        deliver(&mut a, &mut b, Time::ZERO);
+    }
+    let mut job = job.expect("a message carrying the change");
+    a.handle_link_down(Time::ZERO, b.me().peer, LinkDown::Hint);
+    a.handle_link_up(Time::ZERO, &b.hello());
+    b.handle_link_down(Time::ZERO, a.me().peer, LinkDown::Hint);
+    b.handle_link_up(Time::ZERO, &a.hello());
+    job.run();
+    assert!(
+        a.finish_sync(Time::ZERO, job)
+            .expect("dropped quietly")
+            .is_none()
+    );
+    assert!(a.keys("c").is_empty(), "nothing applied from the old link");
+    pump(&mut a, &mut b, Time::ZERO);
+    assert_eq!(a.keys("c"), vec!["k".to_owned()]);
+}
+
+#[test]
+fn malformed_sync_input_leaves_the_document_untouched() {
+    let (mut a, mut b) = linked();
+    b.put("c", "k", &1i64, Scope::Durable).expect("write");
+    let from = b.me().peer;
+    let mut with_changes = 0;
+    for _ in 0..10 {
+        // Every sync frame from b reaches a first in corrupted forms, then intact.
+        while let Some(t) = b.poll_transmit() {
+            let mut d = FrameDecoder::new(1 << 24);
+            d.extend(&t.frame);
+            let Some(Message::Sync(good)) = d.next_message().expect("valid") else {
+                let payload = t.frame[codec::HEADER_LEN..].to_vec();
+                a.handle_payload(Time::ZERO, from, &payload)
+                    .expect("accepted");
+                continue;
+            };
+            let message = automerge::sync::Message::decode(&good).expect("decodes");
+            with_changes += usize::from(!message.changes.is_empty());
+            let before = a.heads();
+            let mut flipped = good.clone();
+            let n = flipped.len();
+            flipped[n - 3] ^= 0x55;
+            for bad in [
+                vec![0x42],
+                vec![0xff; 40],
+                good[..good.len() / 2].to_vec(),
+                flipped,
+            ] {
+                let frame = encode_frame(&Message::Sync(bad), 1 << 24).expect("fits");
+                assert!(
+                    a.handle_payload(Time::ZERO, from, &frame[codec::HEADER_LEN..])
+                        .is_err()
+                );
+                assert_eq!(a.heads(), before, "a refused message changed the document");
+            }
+            let frame = encode_frame(&Message::Sync(good), 1 << 24).expect("fits");
+            a.handle_payload(Time::ZERO, from, &frame[codec::HEADER_LEN..])
+                .expect("accepted");
+        }
+        deliver(&mut a, &mut b, Time::ZERO);
+    }
+    assert!(with_changes > 0, "no sync message carried changes");
+    assert_eq!(a.get::<i64>("c", "k").expect("read"), Some(1));
+}
+
+/// A sync message carrying one change made from `operations`, numbered from `start_op`,
+/// on top of `heads`.
+fn raw_change_payload(
+    heads: &[ChangeHash],
+    start_op: u64,
+    operations: Vec<automerge::legacy::Op>,
+) -> Vec<u8> {
+    let change = automerge::Change::from(automerge::ExpandedChange {
+        operations,
+        actor_id: automerge::ActorId::from([9u8; 16].as_slice()),
+        hash: None,
+        seq: 1,
+        start_op: std::num::NonZeroU64::new(start_op).expect("nonzero"),
+        time: 0,
+        message: None,
+        deps: heads.to_vec(),
+        extra_bytes: Vec::new(),
+        author: None,
+    });
+    let message = automerge::sync::Message {
+        heads: vec![change.hash()],
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: vec![change.raw_bytes().to_vec()].into(),
+        flags: None,
+        version: automerge::sync::MessageVersion::V1,
+    };
+    let frame = encode_frame(&Message::Sync(message.encode()), 1 << 20).expect("fits");
+    frame[codec::HEADER_LEN..].to_vec()
+}
+
+#[test]
+fn changes_the_crdt_library_accepts_but_cannot_keep_are_refused() {
+    use automerge::legacy::{ElementId, Key, ObjectId, Op, OpId, OpType};
+    let (mut a, b) = linked();
+    let heads = a.heads();
+    let doc = a.replica().doc();
+    let max_op = heads
+        .iter()
+        .filter_map(|h| doc.get_change_meta_by_hash(h))
+        .map(|c| c.max_op)
+        .max()
+        .expect("known heads");
+    // The genesis change made the meta map ("m") with its third operation.
+    let meta = OpId(3, automerge::ActorId::from([0u8; 16].as_slice()));
+    let bad = [
+        // Numbered below, or with a gap after, its dependency: Automerge would then save a
+        // document it refuses to load.
+        raw_change_payload(&heads, max_op, Vec::new()),
+        raw_change_payload(&heads, max_op + 5, Vec::new()),
+        // Not descending from the genesis change: the same.
+        raw_change_payload(&[], max_op + 1, Vec::new()),
+        // An insertion into a map: Automerge would then fail to send or save it.
+        raw_change_payload(
+            &heads,
+            max_op + 1,
+            vec![Op {
+                action: OpType::Delete,
+                obj: ObjectId::Id(meta.clone()),
+                key: Key::Seq(ElementId::Id(meta.clone())),
+                pred: vec![meta.clone()].into(),
+                insert: true,
+            }],
+        ),
+        // An element key on a map: Automerge would then save a document it cannot load.
+        raw_change_payload(
+            &heads,
+            max_op + 1,
+            vec![Op {
+                action: OpType::Make(automerge::ObjType::Map),
+                obj: ObjectId::Id(meta.clone()),
+                key: Key::Seq(ElementId::Head),
+                pred: Vec::new().into(),
+                insert: false,
+            }],
+        ),
+        // A text mark ending in a map: Automerge would then save a document it refuses to
+        // load.
+        raw_change_payload(
+            &heads,
+            max_op + 1,
+            vec![Op {
+                action: OpType::MarkEnd(true),
+                obj: ObjectId::Id(meta),
+                key: Key::Map("k".into()),
+                pred: Vec::new().into(),
+                insert: false,
+            }],
+        ),
+    ];
+    for payload in bad {
+        let r = a.handle_payload(Time::ZERO, b.me().peer, &payload);
+        assert!(matches!(r, Err(ReceiveError::Apply(_))), "accepted: {r:?}");
+        assert_eq!(a.heads(), heads);
+        assert!(automerge::Automerge::load(&a.replica().save()).is_ok());
+        assert!(!a.replica().doc().get_changes(&[]).is_empty());
+    }
+}
+
+#[test]
+fn persisted_state_reloads_with_its_terms() {
+    let mut a = node(1);
+    a.handle_settled(Time::ZERO);
+    assert!(a.my_term().is_some());
+    a.put("c", "k", &"v".to_string(), Scope::Durable)
+        .expect("write");
+    let mut stored = Vec::new();
+    while let Some(p) = a.poll_persist() {
+        stored.push(p.bytes().to_vec());
+        a.persisted(p.seq());
+    }
+    let durable = std::iter::from_fn(|| a.poll_event()).any(|e| matches!(e, Event::Durable { .. }));
+    assert!(durable);
+    let mut b = node(9);
+    for s in &stored {
+        assert!(b.load(s).expect("loads").complete);
+    }
+    assert_eq!(b.get::<String>("c", "k").expect("read"), Some("v".into()));
+    b.handle_settled(Time::ZERO);
+    assert!(
+        b.my_term() > a.my_term(),
+        "a restarted mesh never reuses a term"
+    );
+    let before = b.heads();
+    assert!(b.load(b"not an automerge file").is_err());
+    assert_eq!(b.heads(), before);
+    // A file cut short keeps what it can and says it was damaged.
+    let whole: Vec<u8> = stored.concat();
+    let mut c = node(10);
+    let report = c.load(&whole[..whole.len() - 3]).expect("salvages");
+    assert!(!report.complete);
+}
+
+#[test]
+fn a_freeze_ends_leadership() {
+    let mut a = node(1);
+    a.handle_settled(Time::ZERO);
+    let term = a.my_term().expect("leads alone");
+    let later = Time::ZERO + a.config().suspect_timeout * 3;
+    let r = a.leader_put(later, term, "probes", "x", Some(&1i64));
+    assert!(matches!(r, Err(WriteError::NotLeader { .. })));
+    let events: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+    assert!(events.contains(&Event::Deposed { term }));
+    assert!(events.iter().any(|e| matches!(e, Event::Refuted(_))));
+}
+
+#[test]
+fn explanation_lists_every_peer() {
+    let (mut a, b) = linked();
+    a.handle_tick(Time::from_micros(1000));
+    let ex = a.explain(Time::from_micros(2000));
+    assert_eq!(ex.me, a.me());
+    assert_eq!(ex.peers.len(), 2);
+    assert!(ex.peers.iter().any(|p| p.peer == b.me().peer && p.live));
+}
+
+/// Delivers every frame the nodes send to the node it is for, except those `drop` names
+/// (as `(from, to)` indexes), until none is left.
+fn route(nodes: &mut [Node], now: Time, drop: &[(usize, usize)]) {
+    let index = |nodes: &[Node], id: PeerId| {
+        nodes
+            .iter()
+            .position(|n| n.me().peer == id)
+            .expect("a node")
+    };
+    for _ in 0..50 {
+        let mut moved = false;
+        for from in 0..nodes.len() {
+            let from_id = nodes[from].me().peer;
+            while let Some(t) = nodes[from].poll_transmit() {
+                moved = true;
+                let to = index(nodes, t.to);
+                if drop.contains(&(from, to)) {
+                    continue;
+                }
+                let mut d = FrameDecoder::new(1 << 24);
+                d.extend(&t.frame);
+                let payload = d.next_payload().expect("valid").expect("complete");
+                nodes[to]
+                    .handle_payload(now, from_id, &payload)
+                    .expect("accepted");
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+    panic!("the nodes kept talking");
+}
+
+#[test]
+fn a_peer_whose_view_shows_our_document_holds_our_pending_writes() {
+    let mut n = [node(1), node(2), node(3)];
+    for a in 0..3 {
+        for b in 0..3 {
+            if a != b {
+                let hello = n[b].hello();
+                n[a].handle_link_up(Time::ZERO, &hello);
+            }
+        }
+    }
+    route(&mut n, Time::ZERO, &[]);
+    // The writer's messages to peer 1 are still on their way; peer 1 gets the write from
+    // peer 2 (their views differ, so they sync), and sends no sync message of its own to
+    // the writer: only its next view (equal documents) tells.
+    let write = n[0].put("c", "k", &1i64, Scope::Durable).expect("write").id;
+    route(&mut n, Time::ZERO, &[(0, 1)]);
+    let beat = Config::default().heartbeat_interval;
+    let later = Time::from_duration(beat);
+    n[1].handle_tick(later);
+    n[2].handle_tick(later);
+    route(&mut n, later, &[(0, 1)]);
+    assert_eq!(n[1].get::<i64>("c", "k").expect("read"), Some(1));
+    let p1 = n[1].me().peer;
+    let held_by_1 = |node: &mut Node| {
+        std::iter::from_fn(|| node.poll_event()).any(
+            |e| matches!(e, Event::Replicated { write: w, peer, .. } if w == write && peer == p1),
+        )
+    };
+    assert!(!held_by_1(&mut n[0]), "no message of peer 1 said so yet");
+    let later = Time::from_duration(beat * 2);
+    n[1].handle_tick(later);
+    route(&mut n, later, &[(0, 1)]);
+    assert!(
+        held_by_1(&mut n[0]),
+        "its view says its document is the writer's"
+    );
+}
+
+#[test]
+fn aligned_heartbeats_fall_on_the_grid() {
+    let mut n = node(1);
+    let beat = Config::default().heartbeat_interval;
+    n.align_heartbeats(Duration::from_millis(70));
+    let views_at = |n: &mut Node| std::iter::from_fn(|| n.poll_transmit()).count();
+    let hello = node(2).hello();
+    n.handle_link_up(Time::ZERO, &hello);
+    while n.poll_transmit().is_some() {}
+    // The first beat is due at once; the next on the grid (70 ms), not one interval later.
+    n.handle_tick(Time::from_micros(5_000));
+    assert!(views_at(&mut n) > 0);
+    assert!(n.poll_timeout() <= Time::from_micros(70_000));
+    // A late tick does not shift the grid.
+    n.handle_tick(Time::from_micros(95_000));
+    assert!(views_at(&mut n) > 0);
+    let next = Time::from_micros(70_000) + beat;
+    assert!(n.poll_timeout() <= next);
+    n.handle_tick(next - Duration::from_micros(1));
+    assert_eq!(views_at(&mut n), 0, "no view before the grid point");
+    n.handle_tick(next);
+    assert!(views_at(&mut n) > 0, "a view on the grid point");
+}

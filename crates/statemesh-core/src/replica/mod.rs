@@ -1,0 +1,714 @@
+//! The replicated state: one Automerge document per mesh, laid out so that no two peers ever
+//! create competing containers.
+//!
+//! Layout (every container below is created by the *genesis* change, which every peer builds
+//! byte for byte identically — same actor, sequence number, time and operations — so all peers
+//! share the very same objects):
+//!
+//! ```text
+//! ROOT
+//! ├── "r": map   records:  "<channel>\u{1f}<key>" -> { "v": value, "w": writer id, "p": presence? }
+//! ├── "c": map   counters: "<name>\u{1f}<writer id>\u{1f}d|p" -> Counter  (one entry per writer)
+//! └── "m": map   meta:     "schema" -> 1, "terms" -> map { "<leader id>" -> term }
+//! ```
+//!
+//! Records are flat keys of one shared map, so two peers writing different keys of one channel
+//! at once never race to create a channel container. A record is a last-writer-wins register
+//! whose fields merge when updated concurrently. Counters are per-writer entries combined on
+//! read: each writer only ever creates its own entry, so `desired += 1` from two windows at once
+//! adds up.
+//!
+//! The replica's parts, each in its own file beside this one (which holds the replica, its
+//! layout, its reads and writes, the presence index, load and save): `sync`, sync messages
+//! generated and received, and received changes applied away from the replica
+//! ([`SyncApply`]); `validate`, the checks received changes must pass before they join the
+//! document (the security boundary); `touched`, change notifications (the entries new changes
+//! touched); `tests`.
+
+mod sync;
+mod touched;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use automerge::transaction::{CommitOptions, Transactable, Transaction};
+use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue};
+use autosurgeon::{Hydrate, Reconcile};
+use serde::{Deserialize, Serialize};
+
+use crate::PeerId;
+
+pub use sync::{CATCH_UP_AT_ONCE, CATCH_UP_ROUNDS, SyncApplied, SyncApply, SyncFinish};
+use validate::check_new_changes;
+
+/// Separator between the parts of a flat key. Channel names, keys and counter names may not
+/// contain it.
+pub const SEP: char = '\u{1f}';
+
+/// The longest channel name, key or counter name, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// How long an entry lives.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub enum Scope {
+    /// Stays until overwritten or deleted, whatever happens to its writer.
+    #[default]
+    Durable,
+    /// Disappears from every view as soon as its writer's incarnation is judged dead (e.g. the
+    /// `running` count of a window that crashed).
+    Presence,
+}
+
+/// What kind of entry changed.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A record of a channel.
+    Record,
+    /// A counter.
+    Counter,
+    /// A leader record (written under a leadership term, not stored in the document).
+    Leader,
+}
+
+/// Which entry changed, and who wrote it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct EntryChange {
+    /// The kind of entry.
+    pub kind: EntryKind,
+    /// The channel (for counters: empty).
+    pub channel: String,
+    /// The key within the channel (for counters: the counter's name).
+    pub key: String,
+    /// The peer whose write this is, when known.
+    pub by: Option<PeerId>,
+}
+
+/// A write that could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// A channel name, key or counter name is empty, too long, or holds a control character.
+    #[error("invalid name {0:?}: names are 1 to 256 bytes without control characters")]
+    InvalidName(String),
+    /// The value could not be written into the document.
+    #[error("could not write the value: {0}")]
+    Reconcile(Box<autosurgeon::ReconcileError>),
+    /// The document refused the operation.
+    #[error(transparent)]
+    Automerge(Box<automerge::AutomergeError>),
+    /// The value could not be converted to the dynamic form leader records travel in.
+    #[error("could not convert the value: {0}")]
+    Build(String),
+    /// A leader write was made without leadership, or under a term that is no longer current.
+    #[error("not the leader under term {term}: leadership was lost or is stale")]
+    NotLeader {
+        /// The term the write was made under.
+        term: u64,
+    },
+    /// An addition would take this writer's share of a counter (its own entry, of the scope
+    /// written) beyond the signed 64-bit range. Nothing was written. (Reads of a counter whose
+    /// shares add up beyond the range saturate at `i64::MIN`/`i64::MAX`.)
+    #[error(
+        "counter {name:?}: adding {by} to this window's share of {share} would leave the signed 64-bit range; nothing was written"
+    )]
+    CounterOverflow {
+        /// The counter.
+        name: String,
+        /// This writer's share before the addition.
+        share: i64,
+        /// The addition refused.
+        by: i64,
+    },
+}
+
+impl From<autosurgeon::ReconcileError> for WriteError {
+    fn from(e: autosurgeon::ReconcileError) -> Self {
+        Self::Reconcile(Box::new(e))
+    }
+}
+
+impl From<automerge::AutomergeError> for WriteError {
+    fn from(e: automerge::AutomergeError) -> Self {
+        Self::Automerge(Box::new(e))
+    }
+}
+
+/// A read that could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// A channel name or key is invalid.
+    #[error("invalid name {0:?}: names are 1 to 256 bytes without control characters")]
+    InvalidName(String),
+    /// The stored value does not have the shape of the requested type.
+    #[error("stored value does not match the requested type: {0}")]
+    Hydrate(#[from] autosurgeon::HydrateError),
+}
+
+/// A sync message that could not be applied. The document is left exactly as it was.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The bytes are not an Automerge sync message.
+    #[error("malformed sync message: {0}")]
+    Decode(#[from] automerge::sync::ReadMessageError),
+    /// Automerge refused the message.
+    #[error("sync message refused: {0}")]
+    Refused(#[from] automerge::AutomergeError),
+    /// Stored bytes hold nothing Automerge can read.
+    #[error("no readable Automerge data")]
+    Unreadable,
+    /// Automerge panicked on the message; the panic was contained and the message dropped.
+    #[error("sync message made the CRDT library panic; message dropped")]
+    Panicked,
+    /// A change that Automerge accepts but that no Automerge peer makes, and that would make
+    /// the saved document unloadable.
+    #[error("invalid change: {0}")]
+    Invalid(&'static str),
+}
+
+/// What loading stored bytes found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LoadReport {
+    /// Whether the bytes were read whole. `false`: the file was damaged and only what could
+    /// be read was kept; the caller should move the file aside and report it.
+    pub complete: bool,
+    /// Whether the document gained anything.
+    pub changed: bool,
+}
+
+/// Checks a channel name, key or counter name.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(name.to_owned());
+    }
+    Ok(())
+}
+
+fn record_key(channel: &str, key: &str) -> Result<String, String> {
+    check_name(channel)?;
+    check_name(key)?;
+    Ok(format!("{channel}{SEP}{key}"))
+}
+
+fn counter_key(name: &str, writer: PeerId, scope: Scope) -> String {
+    let s = match scope {
+        Scope::Durable => 'd',
+        Scope::Presence => 'p',
+    };
+    format!("{name}{SEP}{writer}{SEP}{s}")
+}
+
+/// The object ids of the three genesis containers.
+#[derive(Clone, Debug)]
+struct Layout {
+    records: ObjId,
+    counters: ObjId,
+    terms: ObjId,
+}
+
+/// Builds the genesis document: identical, byte for byte, on every peer.
+fn genesis() -> (Automerge, Layout) {
+    let mut doc = Automerge::new().with_actor(ActorId::from([0u8; 16].as_slice()));
+    let mut tx = doc.transaction();
+    let layout = (|| -> Result<Layout, automerge::AutomergeError> {
+        let records = tx.put_object(ROOT, "r", ObjType::Map)?;
+        let counters = tx.put_object(ROOT, "c", ObjType::Map)?;
+        let meta = tx.put_object(ROOT, "m", ObjType::Map)?;
+        tx.put(&meta, "schema", 1u64)?;
+        let terms = tx.put_object(&meta, "terms", ObjType::Map)?;
+        Ok(Layout {
+            records,
+            counters,
+            terms,
+        })
+    })()
+    .unwrap_or_else(|e| unreachable!("genesis operations on a fresh document cannot fail: {e}"));
+    tx.commit_with(CommitOptions::default().with_time(0));
+    (doc, layout)
+}
+
+/// The replicated document of one peer.
+#[derive(Debug)]
+pub struct Replica {
+    doc: Automerge,
+    layout: Layout,
+    me: PeerId,
+    presence: PresenceIndex,
+}
+
+/// The presence-scoped entries of each writer, kept up to date with every change to the
+/// document, so that a writer's death costs a lookup of its own entries, not a scan of all.
+#[derive(Debug, Default)]
+struct PresenceIndex {
+    /// Flat record keys and counter names, by writer.
+    by_writer: BTreeMap<PeerId, BTreeSet<(EntryKind, String)>>,
+    /// The writer each indexed record is filed under (records can change hands or scope).
+    record_writer: HashMap<String, PeerId>,
+}
+
+impl PresenceIndex {
+    /// Files record `flat` under `writer` when it is presence-scoped, and nowhere otherwise.
+    fn set_record(&mut self, flat: &str, presence_writer: Option<PeerId>) {
+        let old = self.record_writer.get(flat).copied();
+        if old == presence_writer {
+            return;
+        }
+        if let Some(old) = old {
+            self.record_writer.remove(flat);
+            if let Some(set) = self.by_writer.get_mut(&old) {
+                set.remove(&(EntryKind::Record, flat.to_owned()));
+                if set.is_empty() {
+                    self.by_writer.remove(&old);
+                }
+            }
+        }
+        if let Some(w) = presence_writer {
+            self.record_writer.insert(flat.to_owned(), w);
+            self.by_writer
+                .entry(w)
+                .or_default()
+                .insert((EntryKind::Record, flat.to_owned()));
+        }
+    }
+
+    /// Files counter `name`'s presence-scoped entry of `writer` (counter entries are never
+    /// deleted).
+    fn add_counter(&mut self, name: &str, writer: PeerId) {
+        self.by_writer
+            .entry(writer)
+            .or_default()
+            .insert((EntryKind::Counter, name.to_owned()));
+    }
+}
+
+/// A counter entry's flat key, split: `(name, writer, scope)`.
+fn split_counter_key(flat: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = flat.split(SEP);
+    let parsed = (parts.next()?, parts.next()?, parts.next()?);
+    parts.next().is_none().then_some(parsed)
+}
+
+/// A handle to make several writes in one atomic change (see [`Replica::transact`]).
+pub struct Tx<'a> {
+    tx: Transaction<'a>,
+    layout: &'a Layout,
+    me: PeerId,
+}
+
+impl Tx<'_> {
+    /// Writes record `key` of `channel`.
+    pub fn put<T: Reconcile>(
+        &mut self,
+        channel: &str,
+        key: &str,
+        value: &T,
+        scope: Scope,
+    ) -> Result<(), WriteError> {
+        let flat = record_key(channel, key).map_err(WriteError::InvalidName)?;
+        let (rec, existed) = match self.tx.get(&self.layout.records, flat.as_str())? {
+            Some((automerge::Value::Object(ObjType::Map), id)) => (id, true),
+            _ => (
+                self.tx
+                    .put_object(&self.layout.records, flat.as_str(), ObjType::Map)?,
+                false,
+            ),
+        };
+        let ops = self.tx.pending_ops();
+        autosurgeon::reconcile_prop(&mut self.tx, &rec, "v", value)?;
+        let presence = scope == Scope::Presence;
+        if existed
+            && !presence
+            && self.tx.pending_ops() == ops
+            && self.tx.get(&rec, "p")?.and_then(|(v, _)| v.as_bool()) == Some(false)
+        {
+            // The value stored, durable as stored: not a change, whoever writes it. The record
+            // keeps its writer (only a presence-scoped record depends on who wrote it).
+            return Ok(());
+        }
+        let me = self.me.to_string();
+        if self
+            .tx
+            .get(&rec, "w")?
+            .and_then(|(v, _)| v.into_string().ok())
+            .as_deref()
+            != Some(me.as_str())
+        {
+            self.tx.put(&rec, "w", me)?;
+        }
+        if self.tx.get(&rec, "p")?.and_then(|(v, _)| v.as_bool()) != Some(presence) {
+            self.tx.put(&rec, "p", presence)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes record `key` of `channel` (whoever wrote it).
+    pub fn delete(&mut self, channel: &str, key: &str) -> Result<(), WriteError> {
+        let flat = record_key(channel, key).map_err(WriteError::InvalidName)?;
+        if self.tx.get(&self.layout.records, flat.as_str())?.is_some() {
+            self.tx.delete(&self.layout.records, flat.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// Adds `by` to counter `name` (this writer's entry of the given scope).
+    pub fn add(&mut self, name: &str, by: i64, scope: Scope) -> Result<(), WriteError> {
+        check_name(name).map_err(WriteError::InvalidName)?;
+        if by == 0 {
+            return Ok(());
+        }
+        let key = counter_key(name, self.me, scope);
+        let share = match self.tx.get(&self.layout.counters, key.as_str())? {
+            Some((automerge::Value::Scalar(s), _)) => match s.as_ref() {
+                ScalarValue::Counter(c) => Some(i64::from(c)),
+                _ => None,
+            },
+            _ => None,
+        };
+        match share {
+            // Refused rather than wrapped: Automerge's counters wrap silently.
+            Some(share) if share.checked_add(by).is_none() => {
+                return Err(WriteError::CounterOverflow {
+                    name: name.to_owned(),
+                    share,
+                    by,
+                });
+            }
+            Some(_) => self.tx.increment(&self.layout.counters, key.as_str(), by)?,
+            None => self.tx.put(
+                &self.layout.counters,
+                key.as_str(),
+                ScalarValue::counter(by),
+            )?,
+        }
+        Ok(())
+    }
+}
+
+impl Replica {
+    /// A replica holding only the genesis change, writing as `actor`.
+    pub fn new(me: PeerId, actor: [u8; 16]) -> Self {
+        let (doc, layout) = genesis();
+        Self {
+            doc: doc.with_actor(ActorId::from(actor.as_slice())),
+            layout,
+            me,
+            presence: PresenceIndex::default(),
+        }
+    }
+
+    /// The underlying document (read-only).
+    pub fn doc(&self) -> &Automerge {
+        &self.doc
+    }
+
+    /// The current heads.
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// Makes several writes as one atomic change. Returns the change's hash, or `None` when the
+    /// writes changed nothing (writing a value equal to the stored one is not a change). On an
+    /// error nothing is written.
+    pub fn transact<R>(
+        &mut self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, WriteError>,
+    ) -> Result<(R, Option<ChangeHash>), WriteError> {
+        let mut tx = Tx {
+            tx: self.doc.transaction(),
+            layout: &self.layout,
+            me: self.me,
+        };
+        match f(&mut tx) {
+            Ok(r) => {
+                let (hash, _) = tx.tx.commit_with(CommitOptions::default().with_time(0));
+                Ok((r, hash))
+            }
+            Err(e) => {
+                tx.tx.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Records that this peer led under `term` (kept so a restarted mesh never reuses a term).
+    pub fn record_term(&mut self, term: u64) -> Result<Option<ChangeHash>, WriteError> {
+        let terms = self.layout.terms.clone();
+        let me = self.me.to_string();
+        self.transact(|tx| {
+            tx.tx.put(&terms, me.as_str(), term)?;
+            Ok(())
+        })
+        .map(|(_, h)| h)
+    }
+
+    /// The greatest term number stored by any leader (terms above
+    /// [`MAX_TERM`](crate::election::MAX_TERM), which no leader can have reached, are ignored).
+    pub fn max_stored_term(&self) -> u64 {
+        self.stored_terms().map(|(_, t)| t).max().unwrap_or(0)
+    }
+
+    /// The newest term stored: the greatest (number, leader) pair among entries whose key is a
+    /// peer id (every version of statemesh has stored `"<leader id>" -> number`, so files written
+    /// before terms were compared as pairs load as they are).
+    pub fn newest_stored_term(&self) -> Option<crate::election::Term> {
+        self.stored_terms()
+            .filter_map(|(k, number)| {
+                let leader = k.parse().ok()?;
+                Some(crate::election::Term { number, leader })
+            })
+            .max()
+    }
+
+    fn stored_terms(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        self.doc
+            .map_range(&self.layout.terms, ..)
+            .filter_map(|item| {
+                let key = item.key.to_string();
+                let v = automerge::Value::from(item.value);
+                let t = v
+                    .as_u64()
+                    .or_else(|| v.as_i64().and_then(|i| u64::try_from(i).ok()))?;
+                Some((key, t))
+            })
+            .filter(|(_, t)| *t <= crate::election::MAX_TERM)
+    }
+
+    /// Reads record `key` of `channel`, hiding presence-scoped records whose writer is not live.
+    pub fn get<T: Hydrate>(
+        &self,
+        channel: &str,
+        key: &str,
+        is_live: impl Fn(&PeerId) -> bool,
+    ) -> Result<Option<T>, ReadError> {
+        let flat = record_key(channel, key).map_err(ReadError::InvalidName)?;
+        let Some(rec) = self.record_obj(&flat) else {
+            return Ok(None);
+        };
+        if !self.visible(&rec, &is_live) {
+            return Ok(None);
+        }
+        Ok(Some(autosurgeon::hydrate_prop(&self.doc, &rec, "v")?))
+    }
+
+    /// The writer of record `key` of `channel`.
+    pub fn writer(&self, channel: &str, key: &str) -> Option<PeerId> {
+        let flat = record_key(channel, key).ok()?;
+        let rec = self.record_obj(&flat)?;
+        self.writer_of(&rec)
+    }
+
+    /// The visible keys of `channel`, in order.
+    pub fn keys(&self, channel: &str, is_live: impl Fn(&PeerId) -> bool) -> Vec<String> {
+        let prefix = format!("{channel}{SEP}");
+        self.doc
+            .map_range(&self.layout.records, prefix.clone()..)
+            .take_while(|item| item.key.starts_with(&prefix))
+            .filter_map(|item| {
+                let key = item.key[prefix.len()..].to_owned();
+                let rec = self.record_obj(&item.key)?;
+                self.visible(&rec, &is_live).then_some(key)
+            })
+            .collect()
+    }
+
+    /// The names of channels holding at least one record, in order.
+    pub fn channels(&self) -> Vec<String> {
+        let set: BTreeSet<String> = self
+            .doc
+            .map_range(&self.layout.records, ..)
+            .filter_map(|item| item.key.split_once(SEP).map(|(c, _)| c.to_owned()))
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// The value of counter `name`: the sum of every writer's entry, leaving out presence-scoped
+    /// entries of writers that are not live. A sum beyond the signed 64-bit range (shares of
+    /// several writers adding up) saturates at `i64::MIN` or `i64::MAX`; a sum within it is
+    /// exact, whatever the order of the entries.
+    pub fn counter(&self, name: &str, is_live: impl Fn(&PeerId) -> bool) -> i64 {
+        let prefix = format!("{name}{SEP}");
+        self.doc
+            .map_range(&self.layout.counters, prefix.clone()..)
+            .take_while(|item| item.key.starts_with(&prefix))
+            .filter(|item| {
+                let rest = &item.key[prefix.len()..];
+                match rest.split_once(SEP) {
+                    Some((_, "d")) => true,
+                    Some((writer, "p")) => writer.parse::<PeerId>().is_ok_and(|w| is_live(&w)),
+                    _ => false,
+                }
+            })
+            .filter_map(|item| match automerge::Value::from(item.value) {
+                automerge::Value::Scalar(s) => match s.as_ref() {
+                    ScalarValue::Counter(c) => Some(i64::from(c)),
+                    ScalarValue::Int(i) => Some(*i),
+                    _ => None,
+                },
+                automerge::Value::Object(_) => None,
+            })
+            .map(i128::from)
+            .sum::<i128>()
+            .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+    }
+
+    /// The names of all counters, in order.
+    pub fn counter_names(&self) -> Vec<String> {
+        let set: BTreeSet<String> = self
+            .doc
+            .map_range(&self.layout.counters, ..)
+            .filter_map(|item| item.key.split_once(SEP).map(|(c, _)| c.to_owned()))
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// Entries whose visibility depends on `writer`'s presence (from an index kept with the
+    /// document: this costs the writer's own entries, not a scan of the document).
+    pub fn presence_entries_of(&self, writer: PeerId) -> Vec<EntryChange> {
+        let Some(entries) = self.presence.by_writer.get(&writer) else {
+            return Vec::new();
+        };
+        entries
+            .iter()
+            .filter_map(|(kind, flat)| match kind {
+                EntryKind::Record => flat.split_once(SEP).map(|(c, k)| EntryChange {
+                    kind: EntryKind::Record,
+                    channel: c.into(),
+                    key: k.into(),
+                    by: Some(writer),
+                }),
+                _ => Some(EntryChange {
+                    kind: EntryKind::Counter,
+                    channel: String::new(),
+                    key: flat.clone(),
+                    by: Some(writer),
+                }),
+            })
+            .collect()
+    }
+
+    /// Rebuilds the presence index from the whole document (after a load).
+    fn reindex_presence(&mut self) {
+        let mut index = PresenceIndex::default();
+        for item in self.doc.map_range(&self.layout.records, ..) {
+            if let Some(rec) = self.record_obj(&item.key)
+                && self.is_presence(&rec)
+                && let Some(w) = self.writer_of(&rec)
+            {
+                index.set_record(&item.key, Some(w));
+            }
+        }
+        for item in self.doc.map_range(&self.layout.counters, ..) {
+            if let Some((name, writer, "p")) = split_counter_key(&item.key)
+                && let Ok(w) = writer.parse()
+            {
+                index.add_counter(name, w);
+            }
+        }
+        self.presence = index;
+    }
+
+    /// An incremental save of the changes after `heads`.
+    pub fn save_after(&self, heads: &[ChangeHash]) -> Vec<u8> {
+        self.doc.save_after(heads)
+    }
+
+    /// A full, compacted save.
+    pub fn save(&self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// Merges stored bytes (a snapshot, possibly followed by incremental saves) into the
+    /// document, under the same containment as sync messages.
+    ///
+    /// A damaged file is salvaged: every chunk that can still be read is merged, and the report
+    /// says the file was incomplete so the caller can move it aside. Bytes with nothing readable
+    /// are refused and change nothing.
+    pub fn load_stored(&mut self, bytes: &[u8]) -> Result<LoadReport, ApplyError> {
+        use automerge::{LoadOptions, OnPartialLoad, VerificationMode};
+        // Every Automerge chunk (document or change) starts with this magic number.
+        const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+        if !bytes.starts_with(&MAGIC) {
+            return Err(ApplyError::Unreadable);
+        }
+        // A strict parse says whether the file is whole; the merge below keeps every readable
+        // chunk either way.
+        let strict = catch_unwind(|| {
+            Automerge::load_with_options(
+                bytes,
+                LoadOptions::new()
+                    .on_partial_load(OnPartialLoad::Error)
+                    .verification_mode(VerificationMode::DontCheck),
+            )
+        });
+        // Changes whose dependencies live in another file (or the genesis) parse whole but load
+        // as "missing dependencies": that file is complete.
+        let complete = matches!(
+            strict,
+            Ok(Ok(_) | Err(automerge::AutomergeError::MissingDeps))
+        );
+        let mut doc = self.doc.clone();
+        let before = doc.get_heads();
+        let loaded = catch_unwind(AssertUnwindSafe(|| {
+            doc.load_incremental(bytes)?;
+            check_new_changes(&doc, &before, None)
+        }));
+        match loaded {
+            Ok(Ok(())) => {
+                let changed = doc.get_heads() != before;
+                self.doc = doc;
+                if changed {
+                    self.reindex_presence();
+                }
+                Ok(LoadReport { complete, changed })
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ApplyError::Panicked),
+        }
+    }
+
+    fn record_obj(&self, flat: &str) -> Option<ObjId> {
+        match self.doc.get(&self.layout.records, flat).ok()? {
+            Some((automerge::Value::Object(ObjType::Map), id)) => Some(id),
+            _ => None,
+        }
+    }
+
+    fn writer_of(&self, rec: &ObjId) -> Option<PeerId> {
+        let (v, _) = self.doc.get(rec, "w").ok()??;
+        v.into_string().ok()?.parse().ok()
+    }
+
+    fn is_presence(&self, rec: &ObjId) -> bool {
+        self.doc
+            .get(rec, "p")
+            .ok()
+            .flatten()
+            .and_then(|(v, _)| v.as_bool())
+            == Some(true)
+    }
+
+    fn visible(&self, rec: &ObjId, is_live: &impl Fn(&PeerId) -> bool) -> bool {
+        !self.is_presence(rec) || self.writer_of(rec).is_some_and(|w| is_live(&w))
+    }
+}
+
+/// A digest of a set of heads: equal digests mean (with overwhelming probability) equal
+/// documents.
+pub fn heads_digest(heads: &[ChangeHash]) -> [u8; 8] {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&ChangeHash> = heads.iter().collect();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for head in sorted {
+        h.update(head.0);
+    }
+    let d = h.finalize();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d[..8]);
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,156 @@
+//! Change notifications: the entries (records, counters) that new changes touched, read from
+//! the changes' operations, and the presence index kept up to date with them.
+
+use std::collections::{HashMap, HashSet};
+
+use automerge::{Automerge, ChangeHash, ObjId, ReadDoc};
+
+use super::{EntryChange, EntryKind, Layout, Replica, SEP, split_counter_key};
+use crate::PeerId;
+
+impl Replica {
+    /// The entries touched by the changes the document gained since the heads `before`, in
+    /// the order the changes touched them; updates the presence index to match.
+    ///
+    /// This reads the new changes' operations (it costs what they hold, not what the document
+    /// holds). An entry is reported when any of its operations is new, also one that lost a
+    /// concurrent conflict or was overwritten since: readers re-read the entry.
+    pub fn touched_since(&mut self, before: &[ChangeHash]) -> Vec<EntryChange> {
+        let touched = touched_keys(&self.doc, &self.layout, before);
+        self.report_touched(touched)
+    }
+
+    /// The entry changes of touched keys (from [`touched_keys`]); updates the presence index.
+    pub(super) fn report_touched(&mut self, (records, counters): Touched) -> Vec<EntryChange> {
+        let mut out = Vec::with_capacity(records.len() + counters.len());
+        for flat in records {
+            let Some((c, k)) = flat.split_once(SEP) else {
+                continue;
+            };
+            let rec = self.record_obj(&flat);
+            let by = rec.as_ref().and_then(|r| self.writer_of(r));
+            let presence_writer = rec.filter(|r| self.is_presence(r)).and(by);
+            self.presence.set_record(&flat, presence_writer);
+            out.push(EntryChange {
+                kind: EntryKind::Record,
+                channel: c.into(),
+                key: k.into(),
+                by,
+            });
+        }
+        // A writer's durable and presence-scoped entries of one counter are one change.
+        let mut counted: HashSet<(&str, Option<PeerId>)> = HashSet::new();
+        for flat in &counters {
+            let Some((name, writer, scope)) = split_counter_key(flat) else {
+                continue;
+            };
+            let by: Option<PeerId> = writer.parse().ok();
+            if let (Some(w), "p") = (by, scope) {
+                self.presence.add_counter(name, w);
+            }
+            if counted.insert((name, by)) {
+                out.push(EntryChange {
+                    kind: EntryKind::Counter,
+                    channel: String::new(),
+                    key: name.into(),
+                    by,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Flat keys of records and counters touched by the changes `doc` gained since the heads
+/// `before` (in the order the changes touched them): the part of a change notification that
+/// reads the changes' operations, run wherever the document is (a sync job's copy, off the
+/// node).
+fn touched_keys(doc: &Automerge, layout: &Layout, before: &[ChangeHash]) -> Touched {
+    let mut touched = TouchedKeys::new(layout);
+    for change in doc.get_changes(before) {
+        for op in change.decode().operations {
+            touched.add(doc, &op);
+        }
+    }
+    touched.finish()
+}
+
+/// Collects the record and counter keys that operations touch, one operation at a time, so
+/// that a pass over new changes that reads their operations for another reason (the checks of
+/// [`check_new_changes`](super::validate::check_new_changes)) collects them too, without
+/// rebuilding and decoding the changes again.
+pub(super) struct TouchedKeys<'a> {
+    layout: &'a Layout,
+    records: Vec<String>,
+    counters: Vec<String>,
+    seen: HashSet<(EntryKind, String)>,
+    /// The record each object (a record, or a value nested in one) lives under.
+    record_of: HashMap<ObjId, Option<String>>,
+}
+
+impl<'a> TouchedKeys<'a> {
+    pub(super) fn new(layout: &'a Layout) -> Self {
+        Self {
+            layout,
+            records: Vec::new(),
+            counters: Vec::new(),
+            seen: HashSet::new(),
+            record_of: HashMap::new(),
+        }
+    }
+
+    /// Notes the entry `op` (an operation of `doc`) touches, if any.
+    pub(super) fn add(&mut self, doc: &Automerge, op: &automerge::legacy::Op) {
+        let automerge::legacy::ObjectId::Id(id) = &op.obj else {
+            return;
+        };
+        let layout = self.layout;
+        let obj = ObjId::Id(id.counter(), id.actor().clone(), usize::MAX);
+        let entry = if obj == layout.records || obj == layout.counters {
+            let automerge::legacy::Key::Map(key) = &op.key else {
+                return;
+            };
+            let kind = if obj == layout.records {
+                EntryKind::Record
+            } else {
+                EntryKind::Counter
+            };
+            (kind, key.to_string())
+        } else {
+            let flat = self
+                .record_of
+                .entry(obj)
+                .or_insert_with_key(|obj| record_holding(doc, layout, obj));
+            match flat {
+                Some(flat) => (EntryKind::Record, flat.clone()),
+                None => return,
+            }
+        };
+        if self.seen.insert(entry.clone()) {
+            match entry.0 {
+                EntryKind::Record => self.records.push(entry.1),
+                _ => self.counters.push(entry.1),
+            }
+        }
+    }
+
+    pub(super) fn finish(self) -> Touched {
+        (self.records, self.counters)
+    }
+}
+
+/// Touched record and counter keys: see [`touched_keys`].
+pub(super) type Touched = (Vec<String>, Vec<String>);
+
+/// The flat key of the record `obj` is, or lives in (at any depth).
+fn record_holding(doc: &Automerge, layout: &Layout, obj: &ObjId) -> Option<String> {
+    for parent in doc.parents(obj).ok()? {
+        if parent.obj == layout.records {
+            return match parent.prop {
+                automerge::Prop::Map(flat) => Some(flat),
+                automerge::Prop::Seq(_) => None,
+            };
+        }
+    }
+    None
+}

@@ -1,0 +1,118 @@
+//! The security boundary: the checks that changes received from a peer (in a sync message, or
+//! in a stored file) must pass, once Automerge accepted them, before they join the document.
+//!
+//! The promise: a message that makes Automerge panic, or that Automerge accepts but cannot
+//! keep (it would fail, or panic, whenever the document is next sent, saved or loaded), leaves
+//! the document exactly as it was. Received changes are applied to a copy of the document
+//! under `catch_unwind` ([`Replica::receive_decoded`](super::Replica::receive_decoded),
+//! [`SyncApply::run`](super::SyncApply::run),
+//! [`Replica::load_stored`](super::Replica::load_stored)), and the copy replaces the
+//! document only if [`check_new_changes`] passes too. (Before that,
+//! [`Replica::decode_sync`](super::Replica::decode_sync) refuses what the peer's sync state
+//! would keep and trip on later.)
+
+use std::collections::BTreeSet;
+
+use automerge::{Automerge, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue};
+
+use super::ApplyError;
+use super::touched::TouchedKeys;
+
+/// Checks the changes `doc` gained since the heads `before`, which Automerge accepted:
+///
+/// - each must descend from the genesis change, like every change a peer makes (Automerge
+///   saves some changes without dependencies as a document it refuses to load);
+/// - each must number its operations right after those of the changes it depends on, as
+///   Automerge does for every change made on a document's current heads, which is how
+///   statemesh makes all of them (otherwise Automerge may save a document it refuses to load);
+/// - Automerge must rebuild each from the document as it was received (otherwise it fails, or
+///   panics, whenever it sends or saves them: operations that make no sense, like an insertion
+///   into a map, are accepted but not kept as they came);
+/// - each operation must be one statemesh could have made (see [`check_operation`]).
+///
+/// Without this, one such message would break every peer it reached, and their state files.
+/// Call it under `catch_unwind`: rebuilding a change may panic. With `touched`, the entries the
+/// new operations touch are collected in the same pass.
+pub(super) fn check_new_changes(
+    doc: &Automerge,
+    before: &[ChangeHash],
+    mut touched: Option<&mut TouchedKeys<'_>>,
+) -> Result<(), ApplyError> {
+    let new = doc.get_changes_meta(before);
+    for change in &new {
+        if change.deps.is_empty() {
+            return Err(ApplyError::Invalid(
+                "a change that does not descend from the shared genesis change",
+            ));
+        }
+        let mut deps_max_op = 0;
+        for dep in &change.deps {
+            let dep = doc
+                .get_change_meta_by_hash(dep)
+                .ok_or(ApplyError::Invalid("a change depends on a missing change"))?;
+            deps_max_op = deps_max_op.max(dep.max_op);
+        }
+        if deps_max_op.checked_add(1) != Some(change.start_op) {
+            return Err(ApplyError::Invalid(
+                "a change whose operations are not numbered right after those of the changes \
+                 it depends on",
+            ));
+        }
+    }
+    let received: BTreeSet<ChangeHash> = new.iter().map(|c| c.hash).collect();
+    let rebuilt = doc.get_changes(before);
+    if rebuilt.iter().map(|c| c.hash()).collect::<BTreeSet<_>>() != received {
+        return Err(ApplyError::Invalid(
+            "a change the CRDT library cannot reproduce as it came",
+        ));
+    }
+    for change in &rebuilt {
+        for op in change.decode().operations {
+            check_operation(doc, &op)?;
+            if let Some(touched) = touched.as_deref_mut() {
+                touched.add(doc, &op);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that an operation received from a peer is one statemesh (through autosurgeon) could
+/// have made: on an existing object, with a key of the kind its object takes (a name in a map,
+/// an element in a list or text, inserting only into a sequence), no text marks, no value of
+/// unknown type. Automerge accepts some such operations and then fails to save, send or load
+/// the document holding them.
+fn check_operation(doc: &Automerge, op: &automerge::legacy::Op) -> Result<(), ApplyError> {
+    use automerge::legacy::{ElementId, Key, ObjectId, OpType};
+    let obj_type = match &op.obj {
+        ObjectId::Root => ObjType::Map,
+        ObjectId::Id(id) => {
+            // The actor index is looked up from the actor id when it does not match.
+            let id = ObjId::Id(id.counter(), id.actor().clone(), usize::MAX);
+            doc.object_type(&id)
+                .map_err(|_| ApplyError::Invalid("an operation on an object that does not exist"))?
+        }
+    };
+    let key_fits = match (obj_type, &op.key) {
+        (ObjType::Map | ObjType::Table, Key::Map(_)) => !op.insert,
+        (ObjType::List | ObjType::Text, Key::Seq(elem)) => op.insert || *elem != ElementId::Head,
+        _ => false,
+    };
+    if !key_fits {
+        return Err(ApplyError::Invalid(
+            "an operation whose key does not fit its object",
+        ));
+    }
+    match &op.action {
+        OpType::MarkBegin(_) | OpType::MarkEnd(_) => Err(ApplyError::Invalid(
+            "a text mark, which statemesh never makes",
+        )),
+        OpType::Put(ScalarValue::Unknown { .. }) => {
+            Err(ApplyError::Invalid("a value of unknown type"))
+        }
+        OpType::Delete | OpType::Increment(_) if op.insert => {
+            Err(ApplyError::Invalid("an insertion that inserts nothing"))
+        }
+        _ => Ok(()),
+    }
+}
