@@ -17,7 +17,8 @@ use statemesh_net::keyring::{KeyId, Keyring, SharedKeyring};
 use statemesh_net::secret::{Secret, SecretError};
 use tokio::sync::watch;
 
-use crate::mesh::{MeshError, Shared};
+use crate::error::MeshError;
+use crate::shared::Shared;
 
 /// How often a window looks at its keyring file for changes made by another process.
 pub const KEYRING_POLL: Duration = Duration::from_millis(250);
@@ -54,12 +55,12 @@ pub struct KeyringHandle {
 
 impl KeyringHandle {
     fn keys(&self) -> &SharedKeyring {
-        &self.shared.keys
+        self.shared.keys()
     }
 
     /// The keyring now, by key ids.
     pub fn list(&self) -> KeyringInfo {
-        KeyringInfo::of(&self.keys().current(), self.shared.key_file.as_deref())
+        KeyringInfo::of(&self.keys().current(), self.shared.key_file())
     }
 
     /// Installs `key` as an accepted key (not primary; installing it again changes nothing).
@@ -86,13 +87,9 @@ impl KeyringHandle {
     /// that cannot be read (bad permissions, a corrupt entry) is refused with its error and
     /// the window keeps its keyring.
     pub fn reload(&self) -> Result<KeyringInfo, MeshError> {
-        let path = self
-            .shared
-            .key_file
-            .as_deref()
-            .ok_or(SecretError::Unavailable(
-                "this mesh has no keyring file (built with a secret or keyring in memory)",
-            ))?;
+        let path = self.shared.key_file().ok_or(SecretError::Unavailable(
+            "this mesh has no keyring file (built with a secret or keyring in memory)",
+        ))?;
         let ring = Keyring::load(path)?;
         self.keys().set(ring);
         Ok(self.list())
@@ -102,11 +99,9 @@ impl KeyringHandle {
     /// proved again after a change of keys).
     pub fn peer_keys(&self) -> Vec<(PeerId, String)> {
         self.shared
-            .link_keys
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(p, k)| (*p, k.to_string()))
+            .link_keys()
+            .into_iter()
+            .map(|(p, k)| (p, k.to_string()))
             .collect()
     }
 
@@ -119,7 +114,7 @@ impl KeyringHandle {
         &self,
         change: impl FnOnce(&mut Keyring) -> Result<T, SecretError>,
     ) -> Result<T, MeshError> {
-        let (ring, out) = match self.shared.key_file.as_deref() {
+        let (ring, out) = match self.shared.key_file() {
             Some(path) => Keyring::edit(path, change)?,
             None => {
                 let mut ring = (*self.keys().current()).clone();

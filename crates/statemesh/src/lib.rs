@@ -21,15 +21,21 @@
 //! # Ok(()) }
 //! ```
 
+mod builder;
 mod dialer;
 mod driver;
+mod error;
 pub mod keys;
 mod mesh;
 pub mod metrics;
+mod shared;
 pub mod store;
 
-pub use mesh::{AckError, Lead, LeadershipInfo, Member, Mesh, MeshBuilder, MeshError, Pending};
+pub use builder::MeshBuilder;
+pub use error::{AckError, MeshError};
+pub use mesh::{Lead, Member, Mesh, Pending};
 pub use metrics::Metrics;
+pub use shared::LeadershipInfo;
 pub use statemesh_core::{
     Config, DeathCause, EntryChange as Change, EntryKind, Explanation, PeerId, PeerStatus,
     ReadError, Scope, Stats, Term, Tx, Value, WriteError, WriteId,

@@ -1,0 +1,491 @@
+//! The driver: one task per mesh that owns the links and carries out the node's outputs.
+//!
+//! [`start`] binds the QUIC endpoint, starts the discoveries and the store's writer, and spawns
+//! the driver's task, [`Run::run`]: a loop that feeds the node its inputs (ticks, frames, link
+//! ups and downs, discoveries' reports) and carries out its outputs ([`Run::flush`]: frames to
+//! the links, events to the shared state, persistence to the store). It owns every task of the
+//! mesh (in its [`JoinSet`]s, or through the running discoveries it holds): they end with it.
+//! It is started from plain [`Params`] and shares with the handles only [`Shared`].
+//!
+//! - `links`: setting links up (accepting, dialling, probing, the hellos), each link's reader,
+//!   writer and renewed proofs, and what the driver does with their events ([`LinkEvent`]);
+//! - `jobs`: the CRDT library's work, on a blocking thread, one job at a time;
+//! - `discovery`: the discoveries' reports, settling, peer exchange, and the "no peer found by
+//!   mDNS" diagnostic.
+
+mod discovery;
+mod jobs;
+mod links;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use statemesh_core::{Event, PeerId, Persist, SyncJob};
+use statemesh_net::discovery::Discovery;
+use statemesh_net::keyring::Keyring;
+use statemesh_net::quic::{self, Endpoint, LinkError};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use self::discovery::Discoveries;
+use self::jobs::Job;
+use self::links::{LinkEvent, LinkState};
+use crate::dialer::{Dialer, Settle};
+use crate::error::MeshError;
+use crate::shared::{LeadershipInfo, Shared};
+use crate::store::{Store, Writer};
+
+/// The running driver. Dropping it stops everything at once (no leave announced).
+#[derive(Debug)]
+pub(crate) struct Driver {
+    task: Option<JoinHandle<()>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// How long a graceful shutdown waits for the driver to leave before stopping it.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
+
+impl Driver {
+    /// Announces a graceful leave, flushes, and waits for the driver to finish (stopping it if
+    /// it takes longer than [`SHUTDOWN_WAIT`]).
+    pub(crate) async fn shutdown(mut self) -> Result<(), MeshError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(SHUTDOWN_WAIT, &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+        }
+        Ok(())
+    }
+}
+
+/// What the driver is started with.
+pub(crate) struct Params {
+    /// The mesh name.
+    pub(crate) name: String,
+    /// Where the QUIC endpoint listens.
+    pub(crate) listen: SocketAddr,
+    /// LAN mode: peer exchange on, the "no peer found by mDNS" diagnostic armed.
+    pub(crate) lan: bool,
+    /// The discoveries to start, in order.
+    pub(crate) discoveries: Vec<Box<dyn Discovery>>,
+    /// Where to persist the node's outputs, if anywhere.
+    pub(crate) store: Option<Store>,
+}
+
+/// A driver turn this long is logged (debug level): it delays heartbeats and views.
+const SLOW_TURN: Duration = Duration::from_millis(50);
+
+/// Binds the QUIC endpoint, starts the discoveries and the store's writer, and spawns the
+/// driver's task.
+pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver, MeshError> {
+    let Params {
+        name,
+        listen,
+        lan,
+        discoveries,
+        store,
+    } = params;
+    let me = shared.me();
+    let endpoint = Endpoint::bind(listen, me, shared.keys().clone(), &name)?;
+    let quic_addr = endpoint.local_addr().map_err(|source| {
+        MeshError::Link(LinkError::Bind {
+            addr: listen,
+            source,
+        })
+    })?;
+    shared.set_quic_addr(quic_addr);
+    let mut keys_rx = shared.keys().subscribe();
+    let ring = keys_rx.borrow_and_update().clone();
+    let seed = rand::random::<u64>();
+    let mut dialer = Dialer::new(me, lan, Instant::now(), seed);
+    let (discoveries, settle) = Discoveries::start(
+        discoveries,
+        &name,
+        me,
+        quic_addr,
+        shared.keys(),
+        &mut dialer,
+    )?;
+    if discoveries.is_empty() {
+        // Nothing to wait for.
+        shared.node().handle_settled(shared.now());
+    }
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let (views, views_rx) = mpsc::unbounded_channel();
+    let writer = match store {
+        Some(store) => {
+            let tx = events.clone();
+            let writer = Writer::spawn(store, move |r| {
+                let _ = tx.send(LinkEvent::Persisted(r));
+            })
+            .map_err(|e| MeshError::Runtime(format!("cannot start the store thread: {e}")))?;
+            Some(writer)
+        }
+        None => None,
+    };
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let span = tracing::info_span!("mesh", peer = %me.short());
+    let mut tasks = JoinSet::new();
+    if let Some(path) = shared.key_file() {
+        tasks.spawn(crate::keys::watch_file(
+            path.to_owned(),
+            shared.keys().clone(),
+        ));
+    }
+    let run = Run {
+        name,
+        keys_rx,
+        ring,
+        shared,
+        endpoint,
+        writer,
+        links: BTreeMap::new(),
+        dialer,
+        lan,
+        tasks,
+        writers: JoinSet::new(),
+        events,
+        views,
+        next_conn: 0,
+        settle,
+        discoveries,
+        new_job: None,
+        held: VecDeque::new(),
+    };
+    let task = tokio::spawn(tracing::Instrument::instrument(
+        run.run(events_rx, views_rx, stop_rx),
+        span,
+    ));
+    Ok(Driver {
+        task: Some(task),
+        stop: Some(stop_tx),
+    })
+}
+
+/// The driver's task: what it holds, and its loop.
+struct Run {
+    /// The mesh name.
+    name: String,
+    /// Changes of the keyring.
+    keys_rx: watch::Receiver<Arc<Keyring>>,
+    /// The keyring as last applied.
+    ring: Arc<Keyring>,
+    /// A sync job the last frame started (see
+    /// [`statemesh_core::Node::handle_payload_deferred`]), for the loop to run; with the
+    /// connection it came on.
+    new_job: Option<(usize, SyncJob)>,
+    /// Frames (other than views) that arrived while a sync job ran: handled, in order, once it
+    /// is done (they may depend on it).
+    held: VecDeque<LinkEvent>,
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    writer: Option<Writer>,
+    links: BTreeMap<PeerId, LinkState>,
+    /// Which addresses to dial, when, and from which endpoint.
+    dialer: Dialer,
+    /// LAN mode: peer exchange on, the "no peer found by mDNS" diagnostic armed.
+    lan: bool,
+    /// The running discoveries and their reports.
+    discoveries: Discoveries,
+    /// Helper tasks: accepting, setting links up, probing, reading links, renewed proofs, the
+    /// keyring file's watch.
+    tasks: JoinSet<()>,
+    /// The tasks writing to each link: a graceful leave waits for them to drain.
+    writers: JoinSet<()>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    /// Heartbeat views, handled ahead of `events` (see `statemesh_core::codec::is_view`).
+    views: mpsc::UnboundedSender<LinkEvent>,
+    next_conn: usize,
+    /// When this window may count itself a leader candidate before its join grace is over.
+    settle: Settle,
+}
+
+impl Run {
+    async fn run(
+        mut self,
+        mut events_rx: mpsc::UnboundedReceiver<LinkEvent>,
+        mut views_rx: mpsc::UnboundedReceiver<LinkEvent>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        self.spawn_accept_loop();
+        self.flush();
+        // The job running, if any. One at a time; the node keeps ticking, judging views and
+        // taking local writes meanwhile.
+        let mut job: Option<JoinHandle<Job>> = None;
+        let shutdown = loop {
+            // Under a stream of frames (a large sync exchange) the select below keeps choosing
+            // them over the timer: a tick that is due runs first, so heartbeats go out and
+            // failure detection runs on time however busy the links are.
+            let mut deadline = self.deadline();
+            if Instant::now() >= deadline {
+                let t0 = Instant::now();
+                // Views that arrived while the last turn ran are judged before the tick, which
+                // would otherwise find their senders silent.
+                while let Ok(ev) = views_rx.try_recv() {
+                    self.on_link_event(ev);
+                }
+                self.tick(deadline);
+                self.flush();
+                self.turn_done(t0, "tick");
+                deadline = self.deadline();
+            }
+            if job.is_none()
+                && let Some(ev) = self.held.pop_front()
+            {
+                // Frames held while the last job ran, one per turn, before newer ones.
+                let t0 = Instant::now();
+                let what = self.on_link_event(ev);
+                self.start_job(&mut job);
+                self.flush();
+                self.turn_done(t0, what);
+                continue;
+            }
+            let redial = self
+                .dialer
+                .next_wake(Instant::now())
+                .map(tokio::time::Instant::from_std);
+            let what = tokio::select! {
+                biased;
+                _ = &mut stop => break true,
+                Some(ev) = views_rx.recv() => (Instant::now(), self.on_link_event(ev)),
+                done = async {
+                    match job.as_mut() {
+                        Some(task) => task.await,
+                        None => std::future::pending().await,
+                    }
+                }, if job.is_some() => {
+                    let t0 = Instant::now();
+                    job = None;
+                    (t0, self.finish_job(done))
+                }
+                Some(ev) = events_rx.recv() => {
+                    let t0 = Instant::now();
+                    if job.is_some() && matches!(ev, LinkEvent::Frame { .. }) {
+                        self.held.push_back(ev);
+                        (t0, "held")
+                    } else {
+                        (t0, self.on_link_event(ev))
+                    }
+                }
+                (index, ev) = self.discoveries.next() => {
+                    let t0 = Instant::now();
+                    self.on_discovered(index, ev);
+                    self.dial_due();
+                    (t0, "discovery")
+                }
+                () = self.shared.woken() => (Instant::now(), "wake"),
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    let t0 = Instant::now();
+                    self.tick(deadline);
+                    (t0, "tick")
+                }
+                Ok(()) = self.keys_rx.changed() => {
+                    let t0 = Instant::now();
+                    self.on_keys_changed();
+                    (t0, "keys")
+                }
+                () = async {
+                    match redial {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.dial_due();
+                    (Instant::now(), "redial")
+                }
+            };
+            self.start_job(&mut job);
+            self.flush();
+            // The flush may have left a push to generate.
+            self.start_job(&mut job);
+            self.turn_done(what.0, what.1);
+        };
+        if shutdown {
+            self.leave().await;
+        }
+        // Withdraw the announcements (mDNS goodbye, local socket removed) before reporting the
+        // mesh closed.
+        self.discoveries.withdraw();
+        self.shared.close();
+    }
+
+    /// Runs the tick that was due at `due`.
+    fn tick(&mut self, due: Instant) {
+        let late = Instant::now().saturating_duration_since(due);
+        self.shared.counts().tick_late.record(late);
+        let now = self.shared.now();
+        self.shared.node().handle_tick(now);
+        self.check_discovery();
+    }
+
+    /// Records how long a turn of the driver (started at `t0`, handling `what`) took.
+    fn turn_done(&self, t0: Instant, what: &'static str) {
+        let took = t0.elapsed();
+        self.shared.counts().driver_turns.record(took);
+        if took >= SLOW_TURN {
+            tracing::debug!(what, took_ms = took.as_secs_f64() * 1e3, "slow driver turn");
+        }
+    }
+
+    /// When the node next needs a tick.
+    fn deadline(&self) -> Instant {
+        let due = self.shared.node().poll_timeout();
+        self.shared.instant(due)
+    }
+
+    /// Carries out the node's outputs: frames, events, persistence.
+    fn flush(&mut self) {
+        let mut frames = Vec::new();
+        let mut events = Vec::new();
+        let mut persists = Vec::new();
+        let (info, term, synced, tracked_from, live) = {
+            let t0 = Instant::now();
+            let mut node = self.shared.node();
+            let t_lock = t0.elapsed();
+            while let Some(t) = node.poll_transmit() {
+                frames.push(t);
+            }
+            let t_tx = t0.elapsed();
+            while let Some(p) = node.poll_persist() {
+                persists.push(p);
+            }
+            let t_persist = t0.elapsed();
+            if t_persist >= SLOW_TURN {
+                tracing::debug!(
+                    lock_ms = t_lock.as_secs_f64() * 1e3,
+                    transmit_ms = (t_tx - t_lock).as_secs_f64() * 1e3,
+                    persist_ms = (t_persist - t_tx).as_secs_f64() * 1e3,
+                    "slow flush"
+                );
+            }
+            while let Some(e) = node.poll_event() {
+                events.push(e);
+            }
+            let now = self.shared.now();
+            (
+                node.leadership(),
+                node.my_term(),
+                node.joined(now) && node.in_sync(),
+                node.replication_tracked_from(),
+                // Links to peers judged dead are not counted while their connection winds
+                // down (those this turn closes are to dead peers too).
+                self.links.keys().filter(|p| node.is_live(p)).count(),
+            )
+        };
+        self.shared
+            .set_link_keys(self.links.iter().map(|(p, l)| (p, l.key)));
+        for t in frames {
+            if let Some(link) = self.links.get(&t.to) {
+                let _ = link.tx.send(t.frame);
+            }
+        }
+        let mut unstored = None;
+        for p in persists {
+            match &self.writer {
+                Some(w) => w.write(p),
+                // Persistence is off: nothing more will make these writes durable.
+                None => {
+                    unstored = Some(match p {
+                        Persist::Append { seq, .. } | Persist::Snapshot { seq, .. } => seq,
+                    })
+                }
+            }
+        }
+        if let Some(seq) = unstored {
+            let mut node = self.shared.node();
+            node.persisted(seq);
+            while let Some(e) = node.poll_event() {
+                events.push(e);
+            }
+        }
+        let mut replicated = Vec::new();
+        let mut durable = None;
+        for e in events {
+            match e {
+                Event::Changed(c) => self.shared.publish_change(c),
+                Event::Replicated { write, after, .. } => {
+                    self.shared.counts().propagation.record(after);
+                    replicated.push(write);
+                }
+                Event::Durable { write } => durable = durable.max(Some(write)),
+                Event::PeerDown { incarnation, cause } => {
+                    tracing::info!(peer = %incarnation, ?cause, "peer down");
+                    self.on_peer_down(incarnation, cause);
+                }
+                Event::PeerAddresses { from, peers } => self.on_peer_addresses(from, peers),
+                Event::PeerUp(inc) => tracing::debug!(peer = %inc, "peer up"),
+                Event::Leadership(l) => {
+                    tracing::info!(leader = ?l.leader, term = ?l.term, "leadership")
+                }
+                Event::Elected { .. } | Event::Deposed { .. } | Event::Refuted(_) => {}
+            }
+        }
+        self.shared.update_acks(|acks| {
+            for write in &replicated {
+                acks.replicated(*write);
+            }
+            if let Some(write) = durable {
+                acks.durable(write);
+            }
+            // Last: a write's last holders are counted before it is untracked.
+            let untracked = acks.track_from(tracked_from);
+            untracked || !replicated.is_empty() || durable.is_some()
+        });
+        {
+            let dialer = self.dialer.counts();
+            let candidates = self.dialer.len();
+            let mut counts = self.shared.counts();
+            counts.links = live;
+            counts.probes = dialer.probes;
+            counts.probe_failures = dialer.probe_failures;
+            counts.candidates_forgotten = dialer.forgotten;
+            counts.dial_candidates = candidates;
+            counts.auth_failures_discovery = self.discoveries.auth_failures();
+        }
+        let me = self.shared.me();
+        self.shared.set_leadership(LeadershipInfo {
+            leader: info.leader,
+            term: info.term,
+            is_me: info.leader == Some(me) && term.is_some() && term == info.term,
+        });
+        // Last: whoever waits for `synced` then finds every change already broadcast.
+        self.shared.set_synced(synced);
+    }
+
+    /// Graceful leave: tell every peer, let the frames drain, close.
+    async fn leave(&mut self) {
+        let now = self.shared.now();
+        self.shared.node().leave(now);
+        self.flush();
+        let links = std::mem::take(&mut self.links);
+        // Dropping the senders ends each writer after it wrote what was queued.
+        let connections: Vec<quinn::Connection> =
+            links.into_values().map(|l| l.connection).collect();
+        let drain = async { while self.writers.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+        for c in connections {
+            c.close(quinn::VarInt::from_u32(quic::CLOSE_LEAVING), b"leaving");
+        }
+        self.endpoint.close();
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+        // Everything written so far reaches the disk before shutdown returns.
+        if let Some(writer) = self.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || writer.finish()).await;
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! What a mesh's handles and its driver share ([`Shared`]), and the only ways to touch it.
+//!
+//! Each piece of state has one writer. The handles ([`Mesh`](crate::Mesh), its guards and
+//! acknowledgements) write to the node and wake the driver; the driver publishes what came of
+//! it: leadership, changes, acknowledgements, whether the window is in sync, its counters and
+//! the keys its links proved with. Whoever ends the mesh ([`Shared::close`], from the driver's
+//! last turn or from the last handle's drop) tells every waiter at once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use statemesh_core::{EntryChange, Node, PeerId, Term, Time, WriteError, WriteId, Written};
+use statemesh_net::keyring::{KeyId, SharedKeyring};
+use tokio::sync::futures::Notified;
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::error::MeshError;
+use crate::metrics::DriverCounts;
+use crate::store::LoadSummary;
+
+/// Who leads, as this window sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LeadershipInfo {
+    /// The leader, if any.
+    pub leader: Option<PeerId>,
+    /// The number of its term, once known. A term is the pair (number, leader): two leaders
+    /// may have held the same number (they claimed at the same moment, or on two sides of a
+    /// partition), never the same term. See [`Term`].
+    pub term: Option<u64>,
+    /// Whether this window leads.
+    pub is_me: bool,
+}
+
+impl LeadershipInfo {
+    /// The leader's term, once known.
+    pub fn term_id(&self) -> Option<Term> {
+        Some(Term::new(self.term?, self.leader?))
+    }
+}
+
+/// Acknowledgements of local writes, for [`Pending`](crate::Pending).
+#[derive(Debug)]
+pub(crate) struct Acks {
+    /// The newest local write reported durable: writes become durable in id order (the node
+    /// persists them in the order they were made), so every older one is durable too.
+    durable_upto: WriteId,
+    holders: BTreeMap<WriteId, usize>,
+    /// Why no further write will be reported durable: the store failed (it stops there).
+    store_failed: Option<String>,
+    /// Local writes below this id are no longer watched for replication by the node.
+    tracked_from: WriteId,
+}
+
+impl Default for Acks {
+    fn default() -> Self {
+        Self {
+            durable_upto: WriteId(0),
+            holders: BTreeMap::new(),
+            store_failed: None,
+            tracked_from: WriteId(0),
+        }
+    }
+}
+
+/// How many replication counts of acknowledged writes are remembered (far more than the node
+/// tracks: see `statemesh_core::node::MAX_PENDING_WRITES`).
+const ACKS_KEPT: usize = 65_536;
+
+impl Acks {
+    /// How many other peers are known to hold write `id`.
+    pub(crate) fn holders(&self, id: WriteId) -> usize {
+        self.holders.get(&id).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn is_durable(&self, id: WriteId) -> bool {
+        id <= self.durable_upto
+    }
+
+    /// Whether the node stopped watching write `id` for replication: no more holders come.
+    pub(crate) fn untracked(&self, id: WriteId) -> bool {
+        id < self.tracked_from
+    }
+
+    /// Why no further write will be reported durable, if the store failed.
+    pub(crate) fn store_failed(&self) -> Option<&str> {
+        self.store_failed.as_deref()
+    }
+
+    /// One more peer holds write `id`.
+    pub(crate) fn replicated(&mut self, id: WriteId) {
+        *self.holders.entry(id).or_default() += 1;
+        while self.holders.len() > ACKS_KEPT {
+            self.holders.pop_first();
+        }
+    }
+
+    /// Every write up to `id` is on disk.
+    pub(crate) fn durable(&mut self, id: WriteId) {
+        self.durable_upto = self.durable_upto.max(id);
+    }
+
+    /// The node watches writes from `id` on; whether that changed.
+    pub(crate) fn track_from(&mut self, id: WriteId) -> bool {
+        let changed = self.tracked_from != id;
+        self.tracked_from = id;
+        changed
+    }
+
+    /// The store failed: no further write will be reported durable (the first failure stays).
+    pub(crate) fn fail_store(&mut self, error: String) {
+        self.store_failed.get_or_insert(error);
+    }
+}
+
+/// What is fixed when a mesh starts, besides its node.
+#[derive(Debug)]
+pub(crate) struct Fixed {
+    /// The start of the node's clock.
+    pub(crate) epoch: Instant,
+    /// What loading state from disk found.
+    pub(crate) loaded: LoadSummary,
+    /// Whether state is persisted (else no write is ever durable).
+    pub(crate) persist: bool,
+    /// The default wait of acknowledgements.
+    pub(crate) ack_timeout: Duration,
+    /// The keyring every handshake reads.
+    pub(crate) keys: SharedKeyring,
+    /// The keyring file, watched, if the mesh has one.
+    pub(crate) key_file: Option<PathBuf>,
+}
+
+/// State shared by the handles and the driver task (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The node. A `parking_lot` mutex: writers hand it over fairly to a waiting driver (see
+    /// [`Shared::write`]); `std`'s lets a thread that writes in a loop take it back at once, and
+    /// the driver (heartbeats, views) waited behind whole bursts.
+    node: parking_lot::Mutex<Node>,
+    /// This window's peer id.
+    me: PeerId,
+    fixed: Fixed,
+    /// Wakes the driver: the node has outputs to carry out.
+    wake: Notify,
+    leadership: watch::Sender<LeadershipInfo>,
+    changes: broadcast::Sender<EntryChange>,
+    /// Subscribed before the mesh started: the first [`Shared::changes`] call gets it, so that
+    /// no change made between `join` and that call is missed.
+    first_changes: Mutex<Option<broadcast::Receiver<EntryChange>>>,
+    acks: Mutex<Acks>,
+    acks_changed: Notify,
+    /// Whether the node has joined and holds what every linked peer holds.
+    synced: watch::Sender<bool>,
+    /// Whether `join` returned synced (see [`Mesh::synced_on_join`](crate::Mesh::synced_on_join)).
+    synced_on_join: AtomicBool,
+    closed: AtomicBool,
+    quic_addr: OnceLock<SocketAddr>,
+    counts: Mutex<DriverCounts>,
+    /// The key each linked peer proved with.
+    link_keys: Mutex<BTreeMap<PeerId, KeyId>>,
+}
+
+/// How many changes a subscriber may fall behind before it is told it lagged.
+const CHANGES_KEPT: usize = 4096;
+
+impl Shared {
+    pub(crate) fn new(node: Node, fixed: Fixed) -> Self {
+        let (changes, first_changes) = broadcast::channel(CHANGES_KEPT);
+        Self {
+            me: node.me().peer,
+            node: parking_lot::Mutex::new(node),
+            fixed,
+            wake: Notify::new(),
+            leadership: watch::Sender::new(LeadershipInfo::default()),
+            changes,
+            first_changes: Mutex::new(Some(first_changes)),
+            acks: Mutex::new(Acks::default()),
+            acks_changed: Notify::new(),
+            synced: watch::Sender::new(false),
+            synced_on_join: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            quic_addr: OnceLock::new(),
+            counts: Mutex::new(DriverCounts::default()),
+            link_keys: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    // What is fixed at start.
+
+    /// This window's peer id.
+    pub(crate) fn me(&self) -> PeerId {
+        self.me
+    }
+
+    /// The node's clock now.
+    pub(crate) fn now(&self) -> Time {
+        Time::from_duration(self.fixed.epoch.elapsed())
+    }
+
+    /// The instant the node's clock reads `t`.
+    pub(crate) fn instant(&self, t: Time) -> Instant {
+        self.fixed.epoch + Duration::from_micros(t.as_micros())
+    }
+
+    pub(crate) fn loaded(&self) -> &LoadSummary {
+        &self.fixed.loaded
+    }
+
+    pub(crate) fn persist(&self) -> bool {
+        self.fixed.persist
+    }
+
+    pub(crate) fn ack_timeout(&self) -> Duration {
+        self.fixed.ack_timeout
+    }
+
+    pub(crate) fn keys(&self) -> &SharedKeyring {
+        &self.fixed.keys
+    }
+
+    pub(crate) fn key_file(&self) -> Option<&Path> {
+        self.fixed.key_file.as_deref()
+    }
+
+    // The node.
+
+    pub(crate) fn node(&self) -> parking_lot::MutexGuard<'_, Node> {
+        // No poisoning: a panic while holding the lock can only come from a bug in statemesh
+        // itself; the node's state is still consistent between inputs, so keep going.
+        self.node.lock()
+    }
+
+    /// Runs local write `f` on the node at the write's own time (not the last tick's), hands
+    /// the node back fairly, and wakes the driver; refused once the mesh is closed.
+    pub(crate) fn write(
+        &self,
+        f: impl FnOnce(&mut Node) -> Result<Written, WriteError>,
+    ) -> Result<Written, MeshError> {
+        self.ensure_open()?;
+        let mut node = self.node();
+        // The write's own time, taken once the node is ours.
+        node.handle_time(self.now());
+        let written = f(&mut node);
+        // Handed over fairly: a driver waiting for the node (a heartbeat due, views to judge)
+        // gets it before this thread's next write, however fast the application writes.
+        parking_lot::MutexGuard::unlock_fair(node);
+        let written = written?;
+        self.wake();
+        Ok(written)
+    }
+
+    /// Tells the driver that the node has outputs to carry out.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves once [`wake`](Self::wake) was called (for the driver).
+    pub(crate) fn woken(&self) -> Notified<'_> {
+        self.wake.notified()
+    }
+
+    // Open or closed.
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// `Err(Closed)` once the mesh is closed.
+    pub(crate) fn ensure_open(&self) -> Result<(), MeshError> {
+        if self.is_closed() {
+            return Err(MeshError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Marks the mesh closed and tells every waiter: acknowledgements fail with `Closed`,
+    /// leadership reads "nobody", the window is no longer in sync.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.acks_changed.notify_waiters();
+        self.synced.send_replace(false);
+        self.leadership.send_replace(LeadershipInfo::default());
+    }
+
+    // What the driver publishes.
+
+    /// The current leadership, and its changes.
+    pub(crate) fn leadership(&self) -> watch::Receiver<LeadershipInfo> {
+        self.leadership.subscribe()
+    }
+
+    pub(crate) fn set_leadership(&self, new: LeadershipInfo) {
+        self.leadership.send_if_modified(|l| {
+            let changed = *l != new;
+            *l = new;
+            changed
+        });
+    }
+
+    /// A stream of changes: the first call's starts when the mesh started, later ones now.
+    pub(crate) fn changes(&self) -> broadcast::Receiver<EntryChange> {
+        let first = lock(&self.first_changes).take();
+        first.unwrap_or_else(|| self.changes.subscribe())
+    }
+
+    pub(crate) fn publish_change(&self, change: EntryChange) {
+        let _ = self.changes.send(change);
+    }
+
+    pub(crate) fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    pub(crate) fn set_synced(&self, synced: bool) {
+        self.synced.send_if_modified(|s| {
+            let changed = *s != synced;
+            *s = synced;
+            changed
+        });
+    }
+
+    /// Waits until the node has joined and holds what every linked peer holds; `Err(Closed)`
+    /// if the mesh closes first.
+    pub(crate) async fn synced(&self) -> Result<(), MeshError> {
+        let mut rx = self.synced.subscribe();
+        loop {
+            self.ensure_open()?;
+            if *rx.borrow_and_update() {
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return Err(MeshError::Closed);
+            }
+        }
+    }
+
+    pub(crate) fn synced_on_join(&self) -> bool {
+        self.synced_on_join.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_synced_on_join(&self, synced: bool) {
+        self.synced_on_join.store(synced, Ordering::Release);
+    }
+
+    pub(crate) fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic_addr.get().copied()
+    }
+
+    pub(crate) fn set_quic_addr(&self, addr: SocketAddr) {
+        let _ = self.quic_addr.set(addr);
+    }
+
+    /// What the driver counts.
+    pub(crate) fn counts(&self) -> MutexGuard<'_, DriverCounts> {
+        lock(&self.counts)
+    }
+
+    /// The key each linked peer proved with.
+    pub(crate) fn link_keys(&self) -> BTreeMap<PeerId, KeyId> {
+        lock(&self.link_keys).clone()
+    }
+
+    /// Records the key each linked peer proved with (when it differs from what is recorded).
+    pub(crate) fn set_link_keys<'a>(
+        &self,
+        links: impl ExactSizeIterator<Item = (&'a PeerId, KeyId)> + Clone,
+    ) {
+        let mut keys = lock(&self.link_keys);
+        if keys.len() != links.len() || links.clone().any(|(p, k)| keys.get(p) != Some(&k)) {
+            *keys = links.map(|(p, k)| (*p, k)).collect();
+        }
+    }
+
+    // Acknowledgements.
+
+    /// Changes the acknowledgements with `change`, and wakes their waiters if it says they
+    /// changed.
+    pub(crate) fn update_acks(&self, change: impl FnOnce(&mut Acks) -> bool) {
+        let changed = change(&mut lock(&self.acks));
+        if changed {
+            self.acks_changed.notify_waiters();
+        }
+    }
+
+    /// Waits until `done` decides on the acknowledgements, the mesh closes (`Err(Closed)`) or
+    /// `within` runs out (`Err(Timeout(what))`).
+    pub(crate) async fn wait_acks(
+        &self,
+        within: Duration,
+        what: &'static str,
+        done: impl Fn(&Acks) -> Option<Result<(), MeshError>>,
+    ) -> Result<(), MeshError> {
+        let wait = async {
+            loop {
+                let notified = self.acks_changed.notified();
+                if let Some(r) = done(&lock(&self.acks)) {
+                    return r;
+                }
+                self.ensure_open()?;
+                notified.await;
+            }
+        };
+        tokio::time::timeout(within, wait)
+            .await
+            .unwrap_or(Err(MeshError::Timeout(what)))
+    }
+}
+
+/// Locks `m`; a poisoned lock (a panic elsewhere while holding it) still holds plain data.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
