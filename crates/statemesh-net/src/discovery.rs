@@ -1,14 +1,20 @@
 //! Discovery: how a peer learns where the other peers of its mesh are.
 //!
-//! A [`Discovery`] announces this peer and reports the peers it finds as [`Discovered`] events.
-//! The mesh runtime starts one or more of them and dials what they report; discovery never
-//! carries state, and everything it reports is checked again by the QUIC handshake, so a lying
-//! discovery can waste dial attempts but never inject a peer.
+//! A [`Discovery`] announces this peer and reports the peers it finds as [`Discovered`] events,
+//! on a channel of its own that the mesh runtime's driver reads. The runtime starts one or more
+//! of them and dials what they report; discovery never carries state, and everything it reports
+//! is checked again by the QUIC handshake, so a lying discovery can waste dial attempts but never
+//! inject a peer.
+//!
+//! A discovery is not handed the mesh secret: what it announces and accepts is the mesh's
+//! [`MeshTags`] (derived from the secret and the mesh name, revealing neither), in
+//! [`Announce`]. One that must prove the secret itself (local presence) is given the keyring
+//! when it is made.
 //!
 //! Implementations:
-//! - [`LocalDiscovery`]: local sockets in a per-user runtime directory (peers of this machine;
-//!   see [`crate::local`]); its presence connections also make a crash a certain, immediate
-//!   death signal;
+//! - [`crate::local::LocalDiscovery`]: local sockets in a per-user runtime directory (peers of
+//!   this machine; see [`crate::local`]); its presence connections also make a crash a
+//!   certain, immediate death signal;
 //! - [`crate::mdns::MdnsDiscovery`]: mDNS on the LAN (LAN mode only);
 //! - [`StaticPeers`]: fixed addresses, for networks where multicast is blocked;
 //! - [`MemoryDiscovery`]: an in-process registry, for tests and for several meshes in one
@@ -17,15 +23,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use statemesh_core::PeerId;
-use tokio::sync::mpsc;
+use statemesh_core::{MeshTag, PeerId};
+use tokio::sync::{mpsc, watch};
 
-use crate::keyring::SharedKeyring;
+use crate::keyring::Keyring;
 #[cfg(unix)]
-use crate::local::{LocalError, LocalEvent, LocalPresence};
+use crate::local::LocalError;
 
 /// Why an address offered by discovery (or shared by a peer) is never dialled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -128,8 +133,30 @@ pub struct Announce {
     pub quic: SocketAddr,
     /// The mesh name.
     pub mesh: String,
-    /// The mesh keyring (its primary key proves; a discovery may watch it change).
-    pub keys: SharedKeyring,
+    /// The mesh's tags now, and their changes (the mesh's keys changed): what to announce and
+    /// which announcements are of this mesh. Never the secret itself.
+    pub tags: watch::Receiver<MeshTags>,
+}
+
+/// The tags of a mesh under its keys (see [`MeshTag`]): a peer announces the primary one and
+/// accepts announcements under any. They tell this mesh's announcements from others' without
+/// revealing its name or secret, and cannot prove anything (the handshake does).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshTags {
+    /// The tag under the key this peer proves with: the one to announce.
+    pub primary: MeshTag,
+    /// The tags under every key this peer accepts, the primary's first.
+    pub accepted: Vec<MeshTag>,
+}
+
+impl MeshTags {
+    /// The tags of mesh `mesh` under `ring`.
+    pub fn of(ring: &Keyring, mesh: &str) -> Self {
+        Self {
+            primary: ring.primary_tag(mesh),
+            accepted: ring.accepted_tags(mesh),
+        }
+    }
 }
 
 /// What a running discovery can tell about itself, for diagnostics.
@@ -210,100 +237,14 @@ pub trait Discovery: Send + fmt::Debug {
     /// settle may lead as soon as they have; otherwise it waits its join grace first.
     fn settles(&self) -> bool;
 
-    /// Announces `me` and starts reporting peers on `events`. Must be called inside a tokio
-    /// runtime.
+    /// Announces `me` and starts reporting peers on `events`, a channel of this discovery's own
+    /// (events need not say where they come from); tasks and threads it starts must end when
+    /// the returned [`Running`] is dropped. Must be called inside a tokio runtime.
     fn start(
         self: Box<Self>,
         me: &Announce,
         events: mpsc::UnboundedSender<Discovered>,
     ) -> Result<Box<dyn Running>, DiscoveryError>;
-}
-
-#[cfg(unix)]
-/// Peers of this machine, through local sockets (see [`crate::local`]).
-#[derive(Debug, Clone)]
-pub struct LocalDiscovery {
-    runtime_dir: PathBuf,
-}
-
-#[cfg(unix)]
-impl LocalDiscovery {
-    /// Local discovery in `runtime_dir` (see [`crate::local::default_runtime_dir`]).
-    pub fn new(runtime_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            runtime_dir: runtime_dir.into(),
-        }
-    }
-}
-
-#[cfg(unix)]
-#[derive(Debug)]
-struct LocalRunning {
-    presence: LocalPresence,
-    forward: tokio::task::JoinHandle<()>,
-}
-
-#[cfg(unix)]
-impl Drop for LocalRunning {
-    fn drop(&mut self) {
-        self.forward.abort();
-    }
-}
-
-#[cfg(unix)]
-impl Running for LocalRunning {
-    fn auth_failures(&self) -> u64 {
-        self.presence.auth_failures()
-    }
-}
-
-#[cfg(unix)]
-impl Discovery for LocalDiscovery {
-    fn name(&self) -> &'static str {
-        "local"
-    }
-
-    /// A local peer proves the mesh secret on its socket before it is reported.
-    fn provenance(&self) -> Provenance {
-        Provenance::Proven
-    }
-
-    fn settles(&self) -> bool {
-        true
-    }
-
-    fn start(
-        self: Box<Self>,
-        me: &Announce,
-        events: mpsc::UnboundedSender<Discovered>,
-    ) -> Result<Box<dyn Running>, DiscoveryError> {
-        let (presence, mut rx) = LocalPresence::start(
-            &self.runtime_dir,
-            &me.mesh,
-            me.me,
-            me.quic_on_this_machine(),
-            me.keys.clone(),
-        )?;
-        let forward = tokio::spawn(async move {
-            while let Some(ev) = rx.recv().await {
-                let ev = match ev {
-                    LocalEvent::Found { peer, quic } => Discovered::Found {
-                        peer: Some(peer),
-                        addr: quic,
-                    },
-                    LocalEvent::Gone { peer } => Discovered::Gone {
-                        peer,
-                        certain: true,
-                    },
-                    LocalEvent::Settled => Discovered::Settled,
-                };
-                if events.send(ev).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Box::new(LocalRunning { presence, forward }))
-    }
 }
 
 /// Fixed peer addresses (`--peer host:port`), for networks where multicast is blocked. They are
@@ -368,7 +309,7 @@ pub struct MemoryRegistry {
 #[derive(Debug)]
 struct Entry {
     addr: SocketAddr,
-    tag: String,
+    tag: MeshTag,
     events: mpsc::UnboundedSender<Discovered>,
 }
 
@@ -439,7 +380,7 @@ impl Discovery for MemoryDiscovery {
         events: mpsc::UnboundedSender<Discovered>,
     ) -> Result<Box<dyn Running>, DiscoveryError> {
         // Meshes are kept apart by name and secret, as mDNS does with its tag.
-        let tag = format!("{:?}", me.keys.current().primary_tag(&me.mesh).0);
+        let tag = me.tags.borrow().primary;
         let addr = me.quic_on_this_machine();
         let mut entries = self.registry.entries();
         for (peer, other) in entries.iter().filter(|(_, e)| e.tag == tag) {

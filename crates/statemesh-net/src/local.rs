@@ -13,6 +13,9 @@
 //! other's id and QUIC address, and the connection stays open: its EOF is a certain, immediate
 //! death signal, since only the kernel closing a dead process's sockets produces it.
 //!
+//! [`LocalDiscovery`] is this presence as a [`Discovery`]: it reports the peers found as
+//! [`Discovered`] events, a closed connection as certainly gone.
+//!
 //! Not supported yet: Windows (named pipes). This module is compiled on Unix only (Linux,
 //! macOS, the BSDs); elsewhere a mesh has no local discovery and needs static peers.
 
@@ -33,6 +36,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::auth::{self, Binding, PROOF_LEN, Role};
+use crate::discovery::{Announce, Discovered, Discovery, DiscoveryError, Provenance, Running};
 use crate::keyring::{KeyId, SharedKeyring};
 use crate::quic::AUDIT_TARGET;
 
@@ -48,25 +52,6 @@ pub const RESCAN: Duration = Duration::from_secs(1);
 
 const PREAMBLE: &[u8; 8] = b"SMLOC\x01\x00\x00";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What local presence reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LocalEvent {
-    /// A peer of this mesh on this machine, authenticated, with its QUIC address.
-    Found {
-        /// The peer.
-        peer: PeerId,
-        /// Where its QUIC endpoint listens.
-        quic: SocketAddr,
-    },
-    /// The presence connection to a peer closed: it is certainly dead (or left).
-    Gone {
-        /// The peer.
-        peer: PeerId,
-    },
-    /// The first scan of the directory is done and every peer found then has been contacted.
-    Settled,
-}
 
 /// Local presence could not start.
 #[derive(Debug, thiserror::Error)]
@@ -175,21 +160,24 @@ struct Shared {
     connected: Mutex<BTreeSet<PeerId>>,
     /// Connections refused for a foreign uid or a failed proof.
     auth_failures: AtomicU64,
-    events: mpsc::UnboundedSender<LocalEvent>,
+    events: mpsc::UnboundedSender<Discovered>,
 }
 
 impl LocalPresence {
     /// Binds this peer's socket in the mesh directory under `runtime_dir` and starts finding
     /// the other local peers of mesh `mesh`, proving with the primary key of `keys` and
-    /// accepting any of its keys (read anew at every handshake). Events arrive on the returned
-    /// receiver.
+    /// accepting any of its keys (read anew at every handshake). It reports on `events`: each
+    /// peer authenticated ([`Discovered::Found`], with its QUIC address), each presence
+    /// connection closed ([`Discovered::Gone`], certain: the peer is dead or left), and the end
+    /// of the first scan ([`Discovered::Settled`], every peer found then contacted).
     pub fn start(
         runtime_dir: &Path,
         mesh: &str,
         me: PeerId,
         quic: SocketAddr,
         keys: impl Into<SharedKeyring>,
-    ) -> Result<(Self, mpsc::UnboundedReceiver<LocalEvent>), LocalError> {
+        events: mpsc::UnboundedSender<Discovered>,
+    ) -> Result<Self, LocalError> {
         ensure_private_dir(runtime_dir)?;
         let dir = mesh_dir(runtime_dir, mesh);
         ensure_private_dir(&dir)?;
@@ -213,7 +201,6 @@ impl LocalPresence {
                 let _ = std::fs::remove_file(&binding);
                 io(e)
             })?;
-        let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             me,
             quic,
@@ -223,19 +210,16 @@ impl LocalPresence {
             uid: rustix::process::getuid().as_raw(),
             connected: Mutex::new(BTreeSet::new()),
             auth_failures: AtomicU64::new(0),
-            events: tx,
+            events,
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(listener, shared.clone()));
         tasks.spawn(scan_loop(shared.clone()));
-        Ok((
-            Self {
-                path,
-                tasks,
-                shared,
-            },
-            rx,
-        ))
+        Ok(Self {
+            path,
+            tasks,
+            shared,
+        })
     }
 
     /// The path of this peer's socket.
@@ -246,6 +230,61 @@ impl LocalPresence {
     /// Local connections refused so far: a foreign uid, or a failed proof of the secret.
     pub fn auth_failures(&self) -> u64 {
         self.shared.auth_failures.load(Ordering::Relaxed)
+    }
+}
+
+impl Running for LocalPresence {
+    fn auth_failures(&self) -> u64 {
+        Self::auth_failures(self)
+    }
+}
+
+/// Peers of this machine, through local sockets: a [`LocalPresence`] as a [`Discovery`].
+#[derive(Debug, Clone)]
+pub struct LocalDiscovery {
+    runtime_dir: PathBuf,
+    keys: SharedKeyring,
+}
+
+impl LocalDiscovery {
+    /// Local discovery in `runtime_dir` (see [`default_runtime_dir`]), proving with the primary
+    /// key of `keys` and accepting any of its keys.
+    pub fn new(runtime_dir: impl Into<PathBuf>, keys: impl Into<SharedKeyring>) -> Self {
+        Self {
+            runtime_dir: runtime_dir.into(),
+            keys: keys.into(),
+        }
+    }
+}
+
+impl Discovery for LocalDiscovery {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    /// A local peer proves the mesh secret on its socket before it is reported.
+    fn provenance(&self) -> Provenance {
+        Provenance::Proven
+    }
+
+    fn settles(&self) -> bool {
+        true
+    }
+
+    fn start(
+        self: Box<Self>,
+        me: &Announce,
+        events: mpsc::UnboundedSender<Discovered>,
+    ) -> Result<Box<dyn Running>, DiscoveryError> {
+        let presence = LocalPresence::start(
+            &self.runtime_dir,
+            &me.mesh,
+            me.me,
+            me.quic_on_this_machine(),
+            self.keys,
+            events,
+        )?;
+        Ok(Box::new(presence))
     }
 }
 
@@ -309,7 +348,7 @@ async fn scan_loop(shared: Arc<Shared>) {
         }
         if first {
             first = false;
-            let _ = shared.events.send(LocalEvent::Settled);
+            let _ = shared.events.send(Discovered::Settled);
         }
         let sleep = tokio::time::sleep(RESCAN);
         tokio::pin!(sleep);
@@ -371,7 +410,10 @@ async fn establish(
                 return None;
             }
             tracing::debug!(target: AUDIT_TARGET, peer = %peer.short(), %key, "local peer authenticated");
-            let _ = shared.events.send(LocalEvent::Found { peer, quic });
+            let _ = shared.events.send(Discovered::Found {
+                peer: Some(peer),
+                addr: quic,
+            });
             Some((stream, peer))
         }
         Ok(Ok(_)) => {
@@ -404,7 +446,10 @@ async fn hold(mut stream: UnixStream, peer: PeerId, shared: Arc<Shared>) {
     if let Ok(mut c) = shared.connected.lock() {
         c.remove(&peer);
     }
-    let _ = shared.events.send(LocalEvent::Gone { peer });
+    let _ = shared.events.send(Discovered::Gone {
+        peer,
+        certain: true,
+    });
 }
 
 async fn handshake(

@@ -18,7 +18,7 @@
 //!
 //! With a keyring (see [`crate::keyring`]) a window announces the tag of its primary key, and
 //! re-announces when its primary key changes; it accepts announcements under the tag of any key
-//! it holds. Mid-rotation, windows that already prove with the new key and those that still
+//! it holds. The discovery sees those tags ([`Announce::tags`]), never the keys. Mid-rotation, windows that already prove with the new key and those that still
 //! prove with the old one find each other, since each holds both; once the old key is removed,
 //! an announcement under it is ignored like another mesh's.
 
@@ -231,24 +231,24 @@ impl Discovery for MdnsDiscovery {
             info.set_requires_probe(false);
             Ok(info)
         };
-        let ring = me.keys.current();
-        let info = info_for(ring.primary_tag(&me.mesh)).map_err(err)?;
+        let mut tags_rx = me.tags.clone();
+        let mut announced = tags_rx.borrow_and_update().primary;
+        let info = info_for(announced).map_err(err)?;
         let fullname = info.get_fullname().to_owned();
         let daemon = ServiceDaemon::new().map_err(err)?;
         let counts = Arc::new(Counts::default());
-        let mut keys_rx = me.keys.subscribe();
-        let mesh = me.mesh.clone();
-        let (re_daemon, mut announced) = (daemon.clone(), ring.primary_id());
+        let re_daemon = daemon.clone();
+        // Owned by the running discovery, aborted when it is dropped.
         let reannounce = tokio::spawn(async move {
-            while keys_rx.changed().await.is_ok() {
-                let ring = keys_rx.borrow_and_update().clone();
-                if ring.primary_id() == announced {
+            while tags_rx.changed().await.is_ok() {
+                let primary = tags_rx.borrow_and_update().primary;
+                if primary == announced {
                     continue;
                 }
-                announced = ring.primary_id();
-                match info_for(ring.primary_tag(&mesh)).map(|i| re_daemon.register(i)) {
+                announced = primary;
+                match info_for(primary).map(|i| re_daemon.register(i)) {
                     Ok(Ok(())) => {
-                        tracing::info!(key = %announced, "mDNS: announcing under the new primary key")
+                        tracing::info!(tag = ?announced, "mDNS: announcing under the new primary key")
                     }
                     Ok(Err(e)) | Err(e) => {
                         tracing::warn!(error = %e, "mDNS: could not re-announce under the new primary key")
@@ -266,7 +266,7 @@ impl Discovery for MdnsDiscovery {
             .disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6, IfKind::IPv6])
             .map_err(err)?;
         daemon.register(info).map_err(err)?;
-        let (keys, mesh) = (me.keys.clone(), me.mesh.clone());
+        let tags = me.tags.clone();
         let browse = daemon.browse(SERVICE).map_err(err)?;
         let myself = me.me;
         // mdns-sd has its own thread; this one turns its events into ours and ends when the
@@ -282,8 +282,8 @@ impl Discovery for MdnsDiscovery {
                                 .get_properties()
                                 .iter()
                                 .map(|p| (p.key(), p.val().unwrap_or_default()));
-                            let tags = keys.current().accepted_tags(&mesh);
-                            match check_instance(props, svc.get_port(), &tags) {
+                            let accepted = tags.borrow().accepted.clone();
+                            match check_instance(props, svc.get_port(), &accepted) {
                                 Ok(inst) if inst.peer == myself => {}
                                 Ok(inst) => {
                                     names.insert(svc.get_fullname().to_owned(), inst.peer);

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use statemesh_core::PeerId;
-use statemesh_net::local::{LocalEvent, LocalPresence, mesh_dir};
+use statemesh_net::discovery::Discovered;
+use statemesh_net::keyring::SharedKeyring;
+use statemesh_net::local::{LocalPresence, mesh_dir};
 use statemesh_net::secret::Secret;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{self, UnboundedReceiver};
 
 /// A generous bound for events that normally take milliseconds.
 const WITHIN: Duration = Duration::from_secs(10);
@@ -26,7 +28,20 @@ fn quic(port: u16) -> SocketAddr {
     ([127, 0, 0, 1], port).into()
 }
 
-async fn next(rx: &mut UnboundedReceiver<LocalEvent>) -> LocalEvent {
+/// Starts the presence of `me` in mesh `mesh`, with the receiver of what it reports.
+fn start(
+    run: &std::path::Path,
+    mesh: &str,
+    me: PeerId,
+    quic: SocketAddr,
+    keys: impl Into<SharedKeyring>,
+) -> (LocalPresence, UnboundedReceiver<Discovered>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let presence = LocalPresence::start(run, mesh, me, quic, keys, tx).expect("starts");
+    (presence, rx)
+}
+
+async fn next(rx: &mut UnboundedReceiver<Discovered>) -> Discovered {
     tokio::time::timeout(WITHIN, rx.recv())
         .await
         .expect("an event in time")
@@ -34,16 +49,19 @@ async fn next(rx: &mut UnboundedReceiver<LocalEvent>) -> LocalEvent {
 }
 
 async fn found_until_settled(
-    rx: &mut UnboundedReceiver<LocalEvent>,
+    rx: &mut UnboundedReceiver<Discovered>,
 ) -> BTreeMap<PeerId, SocketAddr> {
     let mut found = BTreeMap::new();
     loop {
         match next(rx).await {
-            LocalEvent::Found { peer, quic } => {
-                found.insert(peer, quic);
+            Discovered::Found {
+                peer: Some(peer),
+                addr,
+            } => {
+                found.insert(peer, addr);
             }
-            LocalEvent::Settled => return found,
-            LocalEvent::Gone { peer } => panic!("unexpected departure of {peer:?}"),
+            Discovered::Settled => return found,
+            other => panic!("unexpected {other:?}"),
         }
     }
 }
@@ -54,28 +72,33 @@ async fn peers_find_each_other_and_see_a_death_at_once() {
     let run = dir.path().join("run");
     let secret = Secret::from_bytes([1; 32]);
     let p = ids(3);
-    let (a, mut a_rx) =
-        LocalPresence::start(&run, "ws", p[0], quic(1000), secret.clone()).expect("starts");
+    let (a, mut a_rx) = start(&run, "ws", p[0], quic(1000), secret.clone());
     assert!(found_until_settled(&mut a_rx).await.is_empty());
-    let (b, mut b_rx) =
-        LocalPresence::start(&run, "ws", p[1], quic(1001), secret.clone()).expect("starts");
-    let (c, mut c_rx) =
-        LocalPresence::start(&run, "ws", p[2], quic(1002), secret.clone()).expect("starts");
+    let (b, mut b_rx) = start(&run, "ws", p[1], quic(1001), secret.clone());
+    let (c, mut c_rx) = start(&run, "ws", p[2], quic(1002), secret.clone());
 
     // The newcomers find the existing peers by scanning; the existing ones notice them connect.
     let b_found = found_until_settled(&mut b_rx).await;
     assert_eq!(b_found.get(&p[0]), Some(&quic(1000)));
     let mut c_found = found_until_settled(&mut c_rx).await;
     while c_found.len() < 2 {
-        if let LocalEvent::Found { peer, quic } = next(&mut c_rx).await {
-            c_found.insert(peer, quic);
+        if let Discovered::Found {
+            peer: Some(peer),
+            addr,
+        } = next(&mut c_rx).await
+        {
+            c_found.insert(peer, addr);
         }
     }
     assert_eq!(c_found.get(&p[1]), Some(&quic(1001)));
     let mut a_found = BTreeMap::new();
     while a_found.len() < 2 {
-        if let LocalEvent::Found { peer, quic } = next(&mut a_rx).await {
-            a_found.insert(peer, quic);
+        if let Discovered::Found {
+            peer: Some(peer),
+            addr,
+        } = next(&mut a_rx).await
+        {
+            a_found.insert(peer, addr);
         }
     }
     assert_eq!(a_found.get(&p[2]), Some(&quic(1002)));
@@ -90,9 +113,13 @@ async fn peers_find_each_other_and_see_a_death_at_once() {
     let path = b.path().to_owned();
     drop(b);
     assert!(!path.exists());
-    assert_eq!(next(&mut a_rx).await, LocalEvent::Gone { peer: p[1] });
+    let gone = Discovered::Gone {
+        peer: p[1],
+        certain: true,
+    };
+    assert_eq!(next(&mut a_rx).await, gone);
     loop {
-        if next(&mut c_rx).await == (LocalEvent::Gone { peer: p[1] }) {
+        if next(&mut c_rx).await == gone {
             break;
         }
     }
@@ -104,21 +131,15 @@ async fn other_meshes_and_wrong_secrets_are_never_found() {
     let dir = tempfile::tempdir().expect("tempdir");
     let run = dir.path().join("run");
     let p = ids(3);
-    let (_a, mut a_rx) =
-        LocalPresence::start(&run, "ws", p[0], quic(1), Secret::from_bytes([1; 32]))
-            .expect("starts");
+    let (_a, mut a_rx) = start(&run, "ws", p[0], quic(1), Secret::from_bytes([1; 32]));
     assert!(found_until_settled(&mut a_rx).await.is_empty());
     assert_ne!(mesh_dir(&run, "ws"), mesh_dir(&run, "other"));
-    let (_b, mut b_rx) =
-        LocalPresence::start(&run, "other", p[1], quic(2), Secret::from_bytes([1; 32]))
-            .expect("starts");
+    let (_b, mut b_rx) = start(&run, "other", p[1], quic(2), Secret::from_bytes([1; 32]));
     assert!(
         found_until_settled(&mut b_rx).await.is_empty(),
         "another mesh lives in another directory"
     );
-    let (_c, mut c_rx) =
-        LocalPresence::start(&run, "ws", p[2], quic(3), Secret::from_bytes([2; 32]))
-            .expect("starts");
+    let (_c, mut c_rx) = start(&run, "ws", p[2], quic(3), Secret::from_bytes([2; 32]));
     assert!(
         found_until_settled(&mut c_rx).await.is_empty(),
         "a wrong secret finds nobody"
@@ -136,9 +157,7 @@ async fn stale_socket_files_are_removed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let run = dir.path().join("run");
     let p = ids(2);
-    let (_a, mut a_rx) =
-        LocalPresence::start(&run, "ws", p[0], quic(1), Secret::from_bytes([1; 32]))
-            .expect("starts");
+    let (_a, mut a_rx) = start(&run, "ws", p[0], quic(1), Secret::from_bytes([1; 32]));
     assert!(found_until_settled(&mut a_rx).await.is_empty());
     // A process that died without cleaning up leaves its socket file behind.
     let stale = mesh_dir(&run, "ws").join(format!("{}.s", p[1].as_uuid().simple()));
@@ -166,17 +185,16 @@ async fn a_keyring_accepts_peers_proving_any_of_its_keys() {
     // the first (whose proof is under A), as the first refuses it.
     let mut a_ring = Keyring::single(ka.clone());
     a_ring.install(kb.clone()).expect("installs");
-    let (a, mut a_rx) = LocalPresence::start(&run, "ws", p[0], quic(1), a_ring).expect("starts");
+    let (a, mut a_rx) = start(&run, "ws", p[0], quic(1), a_ring);
     assert!(found_until_settled(&mut a_rx).await.is_empty());
     let mut b_ring = Keyring::single(kb.clone());
     b_ring.install(ka.clone()).expect("installs");
-    let (_b, mut b_rx) = LocalPresence::start(&run, "ws", p[1], quic(2), b_ring).expect("starts");
+    let (_b, mut b_rx) = start(&run, "ws", p[1], quic(2), b_ring);
     let found = found_until_settled(&mut b_rx).await;
     assert_eq!(found.keys().copied().collect::<Vec<_>>(), vec![p[0]]);
-    assert!(matches!(next(&mut a_rx).await, LocalEvent::Found { peer, .. } if peer == p[1]));
+    assert!(matches!(next(&mut a_rx).await, Discovered::Found { peer, .. } if peer == Some(p[1])));
     // Holding only B: A proves with A, which it does not hold: refused both ways.
-    let (c, mut c_rx) =
-        LocalPresence::start(&run, "ws", p[2], quic(3), Keyring::single(kb)).expect("starts");
+    let (c, mut c_rx) = start(&run, "ws", p[2], quic(3), Keyring::single(kb));
     let found = found_until_settled(&mut c_rx).await;
     assert_eq!(
         found.keys().copied().collect::<Vec<_>>(),

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use statemesh_core::PeerId;
-use statemesh_net::local::{LocalEvent, LocalPresence, mesh_dir};
+use statemesh_net::discovery::Discovered;
+use statemesh_net::local::{LocalPresence, mesh_dir};
 use statemesh_net::secret::Secret;
 
 const NOBODY: u32 = 65534;
@@ -30,15 +31,17 @@ async fn a_foreign_uid_is_refused_on_the_local_socket() {
     let run = dir.path().join("run");
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
     let me = PeerId::generate(1, &mut rng);
-    let (presence, mut rx) = LocalPresence::start(
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let presence = LocalPresence::start(
         &run,
         "ws",
         me,
         ([127, 0, 0, 1], 9).into(),
         Secret::from_bytes([1; 32]),
+        tx,
     )
     .expect("starts");
-    assert_eq!(rx.recv().await, Some(LocalEvent::Settled));
+    assert_eq!(rx.recv().await, Some(Discovered::Settled));
     // Open the path to the other user (the directories are private by design) so that only the
     // peer-credential check stands in its way.
     for d in [dir.path(), run.as_path(), mesh_dir(&run, "ws").as_path()] {

@@ -106,8 +106,9 @@ impl MeshBuilder {
         })
     }
 
-    /// The discoveries to start, in order.
-    fn discoveries(&self) -> Vec<Box<dyn Discovery>> {
+    /// The discoveries to start, in order. Local presence proves the mesh secret with `keys`
+    /// (no discovery is handed the secret: see `statemesh_net::discovery::Announce`).
+    fn discoveries(&self, keys: &SharedKeyring) -> Vec<Box<dyn Discovery>> {
         let mut out: Vec<Box<dyn Discovery>> = Vec::new();
         #[cfg(unix)]
         if self.local_discovery {
@@ -115,7 +116,10 @@ impl MeshBuilder {
                 .runtime_dir
                 .clone()
                 .unwrap_or_else(statemesh_net::local::default_runtime_dir);
-            out.push(Box::new(statemesh_net::discovery::LocalDiscovery::new(dir)));
+            out.push(Box::new(statemesh_net::local::LocalDiscovery::new(
+                dir,
+                keys.clone(),
+            )));
         }
         if self.lan {
             out.push(Box::new(statemesh_net::mdns::MdnsDiscovery::new()));
@@ -300,6 +304,7 @@ impl MeshBuilder {
         } else {
             (None, LoadSummary::default())
         };
+        let keys = SharedKeyring::new(ring);
         let shared = Arc::new(Shared::new(
             node,
             Fixed {
@@ -307,7 +312,7 @@ impl MeshBuilder {
                 loaded,
                 persist: self.persist,
                 ack_timeout: self.ack_timeout,
-                keys: SharedKeyring::new(ring),
+                keys: keys.clone(),
                 key_file,
             },
         ));
@@ -315,7 +320,7 @@ impl MeshBuilder {
             name: self.name.clone(),
             listen: self.listen_addr(),
             lan: self.lan,
-            discoveries: self.discoveries(),
+            discoveries: self.discoveries(&keys),
             store,
         };
         let driver = driver::start(params, shared.clone()).await?;

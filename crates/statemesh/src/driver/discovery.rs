@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 
 use statemesh_core::codec::PeerAddress;
 use statemesh_core::{LinkDown, PeerId};
-use statemesh_net::discovery::{Announce, Discovered, Discovery, Running, check_dialable};
-use statemesh_net::keyring::SharedKeyring;
+use statemesh_net::discovery::{
+    Announce, Discovered, Discovery, MeshTags, Running, check_dialable,
+};
+use statemesh_net::keyring::Keyring;
 use statemesh_net::quic;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::Run;
 use crate::dialer::{Dialer, Settle};
@@ -32,6 +34,8 @@ pub(super) struct Discoveries {
     /// Where [`next`](Self::next) starts looking, so that no discovery's reports starve
     /// another's.
     first: usize,
+    /// The mesh's tags, as the discoveries see them (see [`Announce::tags`]).
+    tags: watch::Sender<MeshTags>,
     /// Indices of the mDNS discoveries.
     mdns: Vec<usize>,
     /// When they started.
@@ -41,22 +45,23 @@ pub(super) struct Discoveries {
 }
 
 impl Discoveries {
-    /// Starts `list`, announcing peer `me` of mesh `mesh`, listening at `quic`, proving with
-    /// `keys`; tells the dialler how far each is trusted. Returns them with what settling waits
-    /// for.
+    /// Starts `list`, announcing peer `me` of mesh `mesh`, listening at `quic`, under the tags
+    /// of `ring`; tells the dialler how far each is trusted. Returns them with what settling
+    /// waits for.
     pub(super) fn start(
         list: Vec<Box<dyn Discovery>>,
         mesh: &str,
         me: PeerId,
         quic: SocketAddr,
-        keys: &SharedKeyring,
+        ring: &Keyring,
         dialer: &mut Dialer,
     ) -> Result<(Self, Settle), MeshError> {
+        let (tags, tags_rx) = watch::channel(MeshTags::of(ring, mesh));
         let announce = Announce {
             me,
             quic,
             mesh: mesh.to_owned(),
-            keys: keys.clone(),
+            tags: tags_rx,
         };
         let mut running = Vec::new();
         let mut reports = Vec::new();
@@ -83,6 +88,7 @@ impl Discoveries {
             running,
             reports,
             first: 0,
+            tags,
             mdns,
             started: Instant::now(),
             alone_warned: false,
@@ -115,6 +121,15 @@ impl Discoveries {
             }
             Poll::Pending
         })
+    }
+
+    /// The mesh's keys changed: the discoveries announce and accept `tags` from now on.
+    pub(super) fn retag(&self, tags: MeshTags) {
+        self.tags.send_if_modified(|t| {
+            let changed = *t != tags;
+            *t = tags;
+            changed
+        });
     }
 
     /// Connections the discoveries refused for failing authentication.

@@ -10,6 +10,7 @@ use std::time::Instant;
 use statemesh_core::codec::{self, FrameDecoder, Hello, Message};
 use statemesh_core::{DeathCause, Incarnation, LinkDown, PeerId, Time};
 use statemesh_net::auth::Role;
+use statemesh_net::discovery::MeshTags;
 use statemesh_net::keyring::KeyId;
 use statemesh_net::quic::{self, Endpoint, Link, LinkError};
 use tokio::sync::mpsc;
@@ -365,10 +366,12 @@ impl Run {
             removed = ?removed.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "keyring applied"
         );
-        self.shared.node().set_mesh_tags(
-            ring.primary_tag(&self.name),
-            &ring.accepted_tags(&self.name),
-        );
+        let tags = MeshTags::of(&ring, &self.name);
+        self.shared
+            .node()
+            .set_mesh_tags(tags.primary, &tags.accepted);
+        // Discoveries announce and accept the new tags too (mDNS re-announces).
+        self.discoveries.retag(tags);
         for (peer, link) in &self.links {
             if primary_changed || !ring.contains(link.key) {
                 let (endpoint, connection, role, peer, conn, events) = (

@@ -113,14 +113,8 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
     let ring = keys_rx.borrow_and_update().clone();
     let seed = rand::random::<u64>();
     let mut dialer = Dialer::new(me, lan, Instant::now(), seed);
-    let (discoveries, settle) = Discoveries::start(
-        discoveries,
-        &name,
-        me,
-        quic_addr,
-        shared.keys(),
-        &mut dialer,
-    )?;
+    let (discoveries, settle) =
+        Discoveries::start(discoveries, &name, me, quic_addr, &ring, &mut dialer)?;
     if discoveries.is_empty() {
         // Nothing to wait for.
         shared.node().handle_settled(shared.now());
