@@ -20,6 +20,10 @@
 //! mesh.shutdown().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Inside, one driver task per mesh owns every link, task and discovery, and carries out what the
+//! node (`statemesh_core::Node`) says; the handles share only the node and what the driver
+//! publishes (see `docs/architecture.md`, "The runtime").
 
 mod builder;
 mod dialer;
