@@ -184,7 +184,7 @@ impl Node {
         if peers.is_empty() {
             return None;
         }
-        if !self.links.values().any(|l| l.push_ready) {
+        if !self.links.values().any(|l| l.push_ready || l.push_pending) {
             self.unpushed = 0;
         }
         Some(PushJob {

@@ -153,6 +153,10 @@ impl Node {
             }
         }
         self.sync_with(from);
+        if !self.links.values().any(|l| l.push_ready || l.push_pending) {
+            // The reply carried what waited: no push is owed to anyone.
+            self.unpushed = 0;
+        }
         self.check_replicated(now, from);
     }
 

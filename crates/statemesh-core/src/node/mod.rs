@@ -624,7 +624,9 @@ impl Node {
             for peer in self.links.keys().copied().collect::<Vec<_>>() {
                 self.push_changes(peer, now);
             }
-            if !self.links.values().any(|l| l.push_ready) {
+            // Everything left at once: the count starts again. (A push that waits for a
+            // peer's answer, or for a job, keeps the count: when it leaves it carries them all.)
+            if !self.links.values().any(|l| l.push_ready || l.push_pending) {
                 self.unpushed = 0;
             }
         }
