@@ -187,24 +187,27 @@ async fn window(args: WindowArgs) -> anyhow::Result<()> {
     let mut stdin = stdin_lines();
     let (later, mut answers) = mpsc::unbounded_channel::<Json>();
     let mut tracked: Option<Tracked> = None;
-    let lead_line = |l: statemesh::LeadershipInfo, t: u64| {
+    let lead_line = |l: statemesh::Leadership, t: u64| {
         json!({"ev": "lead", "leader": l.leader.map(|p| p.to_string()), "term": l.term,
                "me": l.is_me, "t": t})
     };
-    emit(&lead_line(*leadership.borrow_and_update(), now_ns()));
+    // The stream starts with the snapshot printed here.
+    let mut shown = leadership.current();
+    emit(&lead_line(shown, now_ns()));
     loop {
         tokio::select! {
-            changed = leadership.changed() => {
+            l = leadership.recv() => {
                 let t = now_ns();
-                if changed.is_err() {
-                    break;
+                let Some(l) = l else { break };
+                if l != shown {
+                    shown = l;
+                    emit(&lead_line(l, t));
                 }
-                emit(&lead_line(*leadership.borrow_and_update(), t));
             }
             change = changes.recv() => {
                 let t = now_ns();
                 match change {
-                    Ok(c) => {
+                    Some(Ok(c)) => {
                         if c.channel == "prop"
                             && c.by != Some(me)
                             && let Ok(Some(stamp)) = mesh.get::<i64>("prop", &c.key)
@@ -219,7 +222,7 @@ async fn window(args: WindowArgs) -> anyhow::Result<()> {
                             }
                         }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    Some(Err(_lagged)) => {
                         if let Some(tr) = &mut tracked {
                             tr.lagged += 1;
                             tr.rescan(&mesh);
@@ -228,7 +231,7 @@ async fn window(args: WindowArgs) -> anyhow::Result<()> {
                             }
                         }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    None => break,
                 }
             }
             Some(answer) = answers.recv() => emit(&answer),
@@ -243,7 +246,7 @@ async fn window(args: WindowArgs) -> anyhow::Result<()> {
                 };
                 if cmd["op"] == "shutdown" {
                     emit(&json!({"ev": "leaving", "t": now_ns()}));
-                    mesh.shutdown().await?;
+                    mesh.shutdown().await;
                     emit(&json!({"ev": "left", "t": now_ns()}));
                     return Ok(());
                 }
@@ -280,12 +283,13 @@ fn command(
         "stamp" => {
             let key = text("key")?;
             let t = now_ns() as i64;
-            mesh.put("prop", &key, &t).map_err(|e| e.to_string())?;
+            mesh.put("prop", &key, &t, Scope::Durable)
+                .map_err(|e| e.to_string())?;
             Ok(None)
         }
         "put" => {
             let value = text("value")?;
-            mesh.put(&text("channel")?, &text("key")?, &value)
+            mesh.put(&text("channel")?, &text("key")?, &value, Scope::Durable)
                 .map_err(|e| e.to_string())?;
             Ok(None)
         }
@@ -352,7 +356,7 @@ fn command(
             let metrics = mesh.metrics();
             Ok(Some(json!({
                 "ev": "info",
-                "incarnation": explain.me.number,
+                "incarnation": explain.incarnation,
                 "live": explain.peers.iter().filter(|p| p.live).count(),
                 "links": metrics.links,
                 "leadership_changes": metrics.leadership_changes,
@@ -373,7 +377,7 @@ fn command(
                 "dial_candidates": metrics.dial_candidates,
                 "candidates_forgotten": metrics.candidates_forgotten,
                 "mdns_peers_found": metrics.mdns_peers_found,
-                "quic_port": mesh.quic_addr().map(|a| a.port()),
+                "quic_port": mesh.quic_addr().port(),
             })))
         }
         other => Err(format!("unknown op {other:?}")),

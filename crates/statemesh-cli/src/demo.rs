@@ -80,32 +80,30 @@ pub(crate) async fn window(args: WindowArgs) -> anyhow::Result<()> {
             }
         })
     };
+    // The current leadership first (it may have settled while joining), then its changes.
     let mut leadership = mesh.leadership();
-    // The leadership may have settled before this subscription: report the current one too.
-    leadership.mark_changed();
     let mut changes = mesh.changes();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            r = leadership.changed() => {
-                if r.is_err() {
-                    break;
-                }
-                let l = *leadership.borrow_and_update();
+            l = leadership.recv() => {
+                let Some(l) = l else { break };
                 say(json!({"event": "leadership", "leader": l.leader.map(|p| p.to_string()), "term": l.term}));
                 // Records are shown once their writer's term is known to be the newest.
                 say(statuses(&mesh));
             }
             c = changes.recv() => match c {
-                Ok(c) if c.kind == EntryKind::Leader && c.channel == "probes" => say(statuses(&mesh)),
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(_) => break,
+                Some(Ok(c)) if c.kind == EntryKind::Leader && c.channel == "probes" => say(statuses(&mesh)),
+                // After a lag, show everything again.
+                Some(Err(_)) => say(statuses(&mesh)),
+                Some(Ok(_)) => {}
+                None => break,
             },
             _ = terminate.recv() => break,
         }
     }
     prober.abort();
-    mesh.shutdown().await?;
+    mesh.shutdown().await;
     Ok(())
 }
 

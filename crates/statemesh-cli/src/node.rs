@@ -77,13 +77,10 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         "t_ms": ms(),
     }));
     if args.announce {
-        mesh.put_presence("windows", &mesh.id().to_string(), &true)?;
+        mesh.put("windows", &mesh.id().to_string(), &true, Scope::Presence)?;
     }
-    let mut leadership = mesh.leadership();
-    // The leadership may have settled before this subscription: report the current one too.
-    leadership.mark_changed();
     // The leadership may have settled while joining: print it as it is now, then its changes.
-    leadership.mark_changed();
+    let mut leadership = mesh.leadership();
     let mut lead = None;
     let mut changes = mesh.changes();
     let mut keys = mesh.keyring().watch();
@@ -108,11 +105,8 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
                     "t_ms": ms(),
                 }));
             }
-            changed = leadership.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let l = *leadership.borrow_and_update();
+            l = leadership.recv() => {
+                let Some(l) = l else { break };
                 out.emit(&json!({
                     "event": "leadership",
                     "leader": l.leader.map(|p| p.to_string()),
@@ -122,7 +116,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 }));
             }
             change = changes.recv() => match change {
-                Ok(c) => out.emit(&json!({
+                Some(Ok(c)) => out.emit(&json!({
                     "event": "change",
                     "kind": format!("{:?}", c.kind).to_lowercase(),
                     "channel": c.channel,
@@ -130,16 +124,16 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
                     "by": c.by.map(|p| p.to_string()),
                     "t_ms": ms(),
                 })),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    out.emit(&json!({"event": "lagged", "missed": n}));
+                Some(Err(lagged)) => {
+                    out.emit(&json!({"event": "lagged", "missed": lagged.missed}));
                 }
-                Err(_) => break,
+                None => break,
             },
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
     }
-    mesh.shutdown().await?;
+    mesh.shutdown().await;
     out.emit(&json!({"event": "left", "t_ms": ms()}));
     Ok(())
 }
@@ -225,7 +219,7 @@ fn command(mesh: &Mesh, lead: &mut Option<Lead>, line: &str, later: &Later) -> J
 /// The lead guard to write through: a new one if this window leads under a term newer than
 /// the held guard's, else the held one (possibly stale: its writes are then refused).
 fn lead_guard<'a>(mesh: &Mesh, held: &'a mut Option<Lead>) -> Option<&'a Lead> {
-    let now = *mesh.leadership().borrow();
+    let now = mesh.leadership().current();
     if now.is_me && now.term.is_some() && held.as_ref().map(Lead::term) != now.term {
         // `lead` answers at once while this window leads; never wait for it here.
         let mut wait = std::pin::pin!(mesh.lead());
@@ -265,12 +259,14 @@ fn try_command(
         "put" => {
             let (channel, key) = (text("channel")?, text("key")?);
             let value = from_json(&cmd["value"])?;
-            let pending = if cmd["presence"].as_bool().unwrap_or(false) {
-                mesh.put_presence(&channel, &key, &value)
+            let scope = if cmd["presence"].as_bool().unwrap_or(false) {
+                Scope::Presence
             } else {
-                mesh.put(&channel, &key, &value)
-            }
-            .map_err(|e| e.to_string())?;
+                Scope::Durable
+            };
+            let pending = mesh
+                .put(&channel, &key, &value, scope)
+                .map_err(|e| e.to_string())?;
             written(pending)
         }
         "delete" => {
@@ -305,7 +301,7 @@ fn try_command(
                     (name, json!(v))
                 })
                 .collect();
-            let l = *mesh.leadership().borrow();
+            let l = mesh.leadership().current();
             let metrics = mesh.metrics();
             Ok(json!({
                 "event": "state",

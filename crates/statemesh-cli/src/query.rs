@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
-use statemesh::{Change, EntryKind, Mesh, Secret, Value};
+use statemesh::{Change, EntryKind, Member, Mesh, Scope, Secret, Value};
 use statemesh_cli::args::MeshArgs;
 use statemesh_cli::sidecar::values::{from_json, to_json};
 
@@ -132,7 +132,7 @@ pub(crate) async fn run(query: Query) -> anyhow::Result<ExitCode> {
              likely blocked between them (UDP port 5353 dropped, or a network filtering \
              multicast); give one window's address with --peer host:port",
         );
-        let _ = mesh.shutdown().await;
+        mesh.shutdown().await;
         if args.json {
             println!(
                 "{}",
@@ -153,7 +153,7 @@ pub(crate) async fn run(query: Query) -> anyhow::Result<ExitCode> {
     let json_out = args.json;
     let code = match &query {
         Query::Status(_) => print(json_out, status(&mesh)),
-        Query::Members(_) => print(json_out, json!(members(&mesh))),
+        Query::Members(_) => print(json_out, to_value(&members(&mesh))),
         Query::Leader(_) => print(json_out, leader(&mesh)),
         Query::Get { channel, key, .. } => get(&mesh, json_out, channel, key.as_deref()),
         Query::Counter { name, .. } => print(json_out, counter(&mesh, name.as_deref())),
@@ -165,7 +165,7 @@ pub(crate) async fn run(query: Query) -> anyhow::Result<ExitCode> {
         } => set(&mesh, json_out, channel, key, value).await?,
         Query::Watch(_) => watch(&mesh, json_out).await,
     };
-    mesh.shutdown().await?;
+    mesh.shutdown().await;
     Ok(code)
 }
 
@@ -206,26 +206,24 @@ fn print_text(value: &Json, depth: usize) {
     }
 }
 
-fn members(mesh: &Mesh) -> Vec<Json> {
+/// The members as the asking peer sees them, itself excluded (`Member`'s own JSON).
+fn members(mesh: &Mesh) -> Vec<Member> {
     let me = mesh.id();
-    mesh.explain()
-        .peers
+    mesh.members()
         .into_iter()
-        .filter(|p| p.peer != me)
-        .map(|p| {
-            json!({
-                "peer": p.peer.to_string(),
-                "incarnation": p.incarnation,
-                "live": p.live,
-                "eligible": p.eligible,
-                "silent_ms": p.silent_for.as_secs_f64() * 1e3,
-            })
-        })
+        .filter(|m| m.peer != me)
         .collect()
 }
 
+/// A value of one of statemesh's public types as JSON (their own `serde` rendering).
+fn to_value<T: serde::Serialize>(value: &T) -> Json {
+    // These types hold no map with non-string keys, so this cannot fail.
+    serde_json::to_value(value).unwrap_or(Json::Null)
+}
+
+/// The leadership's fields (`leader`, `term`, `is_me`), the live members, the channels with
+/// their number of keys, and the asking peer's metrics.
 fn status(mesh: &Mesh) -> Json {
-    let l = *mesh.leadership().borrow();
     let channels: serde_json::Map<String, Json> = mesh
         .channels()
         .into_iter()
@@ -234,24 +232,16 @@ fn status(mesh: &Mesh) -> Json {
             (c, json!(n))
         })
         .collect();
-    let live = members(mesh)
-        .iter()
-        .filter(|m| m["live"] == json!(true))
-        .count();
-    let metrics = mesh.metrics();
-    json!({
-        "leader": l.leader.map(|p| p.to_string()),
-        "term": l.term,
-        "live_members": live,
-        "channels": channels,
-        "mdns_peers_found": metrics.mdns_peers_found,
-        "discovery_warning": metrics.discovery_warning,
-        "keys": {"primary": metrics.keys.primary, "accepted": metrics.keys.accepted},
-        "link_keys": metrics.link_keys,
-        "auth_failures": metrics.auth_failures,
-    })
+    let live = members(mesh).iter().filter(|m| m.live).count();
+    let mut out = to_value(&mesh.leadership().current());
+    out["live_members"] = json!(live);
+    out["channels"] = Json::Object(channels);
+    out["metrics"] = to_value(&mesh.metrics());
+    out
 }
 
+/// The explanation (`Explanation`'s JSON) with the rule, the live eligible peers, and the
+/// members other than the asking peer in place of `peers`.
 fn leader(mesh: &Mesh) -> Json {
     let why = mesh.explain();
     let me = mesh.id();
@@ -261,15 +251,15 @@ fn leader(mesh: &Mesh) -> Json {
         .filter(|p| p.live && p.eligible && p.peer != me)
         .map(|p| p.peer.to_string())
         .collect();
-    json!({
-        "leader": why.leadership.leader.map(|p| p.to_string()),
-        "term": why.leadership.term,
-        "max_term": why.max_term,
-        "max_term_leader": why.max_term_leader().map(|p| p.to_string()),
-        "rule": "the lowest live eligible peer id leads",
-        "live_eligible": candidates,
-        "members": members(mesh),
-    })
+    let members: Vec<Member> = why.peers.iter().filter(|p| p.peer != me).cloned().collect();
+    let mut out = to_value(&why);
+    if let Some(o) = out.as_object_mut() {
+        o.remove("peers");
+    }
+    out["rule"] = json!("the lowest live eligible peer id leads");
+    out["live_eligible"] = json!(candidates);
+    out["members"] = to_value(&members);
+    out
 }
 
 fn get(mesh: &Mesh, as_json: bool, channel: &str, key: Option<&str>) -> ExitCode {
@@ -344,7 +334,7 @@ async fn set(
     let parsed: Json = serde_json::from_str(value).unwrap_or_else(|_| json!(value));
     let value = from_json(&parsed).map_err(|e| anyhow::anyhow!(e))?;
     let holders = mesh.linked();
-    let pending = mesh.put(channel, key, &value)?;
+    let pending = mesh.put(channel, key, &value, Scope::Durable)?;
     tokio::time::timeout(SYNC_WAIT, pending.replicated(holders))
         .await
         .map_err(|_| anyhow::anyhow!("the running windows did not acknowledge the write"))??;
@@ -372,22 +362,19 @@ async fn watch(mesh: &Mesh, as_json: bool) -> ExitCode {
     loop {
         tokio::select! {
             c = changes.recv() => match c {
-                Ok(c) => emit(change_json(mesh, &c)),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    emit(json!({"event": "lagged", "missed": n}));
+                Some(Ok(c)) => emit(change_json(mesh, &c)),
+                Some(Err(lagged)) => {
+                    emit(json!({"event": "lagged", "missed": lagged.missed}));
                 }
-                Err(_) => return ExitCode::SUCCESS,
+                None => return ExitCode::SUCCESS,
             },
-            r = leadership.changed() => {
-                if r.is_err() {
-                    return ExitCode::SUCCESS;
+            l = leadership.recv() => {
+                let Some(l) = l else { return ExitCode::SUCCESS };
+                let mut event = json!({"event": "leadership"});
+                if let (Some(e), Json::Object(l)) = (event.as_object_mut(), to_value(&l)) {
+                    e.extend(l);
                 }
-                let l = *leadership.borrow_and_update();
-                emit(json!({
-                    "event": "leadership",
-                    "leader": l.leader.map(|p| p.to_string()),
-                    "term": l.term,
-                }));
+                emit(event);
             }
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
         }

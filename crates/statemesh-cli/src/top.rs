@@ -16,7 +16,7 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Row, Table};
 use ratatui::{DefaultTerminal, Frame};
-use statemesh::Mesh;
+use statemesh::{Mesh, Scope};
 
 use crate::query::QueryArgs;
 
@@ -72,7 +72,7 @@ pub(crate) async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     let mut terminal = ratatui::init();
     let result = view(&mut terminal, &mesh, &args.mesh.mesh, &mut keys).await;
     ratatui::restore();
-    mesh.shutdown().await?;
+    mesh.shutdown().await;
     result.map(|()| ExitCode::SUCCESS)
 }
 
@@ -95,7 +95,7 @@ async fn view(
             _ = changes.recv() => {}
             _ = probe.tick() => {
                 n += 1;
-                let _ = mesh.put_presence("statemesh-top", &me, &n);
+                let _ = mesh.put("statemesh-top", &me, &n, Scope::Presence);
             }
         }
     }

@@ -1046,5 +1046,5 @@ fn keyring_methods_change_the_file_and_refuse_clearly() {
         "{file}"
     );
     let stats = s.ok("stats", json!({}));
-    assert_eq!(stats["keys"]["primary"], b.as_str(), "{stats}");
+    assert_eq!(stats["mesh"]["keys"]["primary"], b.as_str(), "{stats}");
 }

@@ -13,7 +13,7 @@ use statemesh_net::keyring::{Keyring, SharedKeyring};
 use statemesh_net::secret::Secret;
 
 use crate::driver::{self, Driver};
-use crate::error::MeshError;
+use crate::error::JoinError;
 use crate::mesh::Mesh;
 use crate::shared::{Fixed, Shared};
 use crate::store::{LoadSummary, Store};
@@ -232,7 +232,7 @@ impl MeshBuilder {
     /// `compact_every`, `tombstone_gossip`). The methods called after it change its fields.
     /// A `hint_timeout` other than the one derived from its `heartbeat_interval` is kept when
     /// [`heartbeat_interval`](Self::heartbeat_interval) is called later. Checked at join
-    /// ([`MeshError::InvalidConfig`]).
+    /// ([`JoinError::InvalidConfig`]).
     pub fn config(mut self, config: Config) -> Self {
         self.hint_set = config.hint_timeout != derived_hint_timeout(config.heartbeat_interval);
         self.config = config;
@@ -249,7 +249,7 @@ impl MeshBuilder {
 
     /// How long [`Pending::durable`](crate::Pending::durable) and
     /// [`Pending::replicated`](crate::Pending::replicated) wait before they fail with
-    /// [`MeshError::Timeout`] (default 10 s; [`Pending::timeout`](crate::Pending::timeout) sets
+    /// [`AckError::Timeout`](crate::AckError::Timeout) (default 10 s; [`Pending::timeout`](crate::Pending::timeout) sets
     /// it for one write).
     pub fn ack_timeout(mut self, d: Duration) -> Self {
         self.ack_timeout = d;
@@ -267,7 +267,7 @@ impl MeshBuilder {
         self.config.max_frame = bytes;
         self
     }
-    async fn start(self) -> Result<(Arc<Shared>, Driver), MeshError> {
+    async fn start(self) -> Result<(Arc<Shared>, Driver), JoinError> {
         check_config(&self.config)?;
         let (ring, key_file) = match (&self.keyring, &self.secret_path) {
             (Some(r), _) => (r.clone(), None),
@@ -294,7 +294,7 @@ impl MeshBuilder {
                 Some(d) => d.clone(),
                 None => dirs::state_dir()
                     .or_else(dirs::data_local_dir)
-                    .ok_or(MeshError::NoStateDir)?
+                    .ok_or(JoinError::NoStateDir)?
                     .join("statemesh"),
             };
             let dir = statemesh_net::local::mesh_dir(&base, &self.name);
@@ -336,7 +336,7 @@ impl MeshBuilder {
     /// holds what every peer it found holds, so that a read right after `join` does not miss
     /// the mesh's state. [`Mesh::synced_on_join`] says whether it got there. Must be called
     /// inside a tokio runtime.
-    pub async fn join(self) -> Result<Mesh, MeshError> {
+    pub async fn join(self) -> Result<Mesh, JoinError> {
         let (shared, driver) = self.start().await?;
         Ok(Mesh::new(shared, driver, None))
     }
@@ -344,13 +344,16 @@ impl MeshBuilder {
     /// Joins the mesh from code that is not async (an egui window, a plain thread): the mesh
     /// runs on its own runtime thread, kept alive as long as the returned handle (or a clone).
     /// Use [`Mesh::block_on`] to wait for acknowledgements or leadership.
-    pub fn join_blocking(self) -> Result<Mesh, MeshError> {
+    pub fn join_blocking(self) -> Result<Mesh, JoinError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("statemesh")
             .enable_all()
             .build()
-            .map_err(|e| MeshError::Runtime(e.to_string()))?;
+            .map_err(|source| JoinError::Runtime {
+                what: "runtime",
+                source,
+            })?;
         let (shared, driver) = runtime.block_on(self.start())?;
         Ok(Mesh::new(shared, driver, Some(runtime)))
     }
@@ -374,8 +377,8 @@ const MAX_TIMER: Duration = Duration::from_secs(24 * 3600);
 const MIN_FRAME: usize = 4096;
 
 /// Checks the node's tunables before joining.
-fn check_config(c: &Config) -> Result<(), MeshError> {
-    let invalid = |m: String| Err(MeshError::InvalidConfig(m));
+fn check_config(c: &Config) -> Result<(), JoinError> {
+    let invalid = |m: String| Err(JoinError::InvalidConfig(m));
     for (name, d) in [
         ("heartbeat_interval", c.heartbeat_interval),
         ("suspect_timeout", c.suspect_timeout),

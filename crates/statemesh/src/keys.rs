@@ -17,7 +17,7 @@ use statemesh_net::keyring::{KeyId, Keyring, SharedKeyring};
 use statemesh_net::secret::{Secret, SecretError};
 use tokio::sync::watch;
 
-use crate::error::MeshError;
+use crate::error::KeyringError;
 use crate::shared::Shared;
 
 /// How often a window looks at its keyring file for changes made by another process.
@@ -65,13 +65,13 @@ impl KeyringHandle {
 
     /// Installs `key` as an accepted key (not primary; installing it again changes nothing).
     /// Returns its id. Refused beyond [`MAX_KEYS`](statemesh_net::keyring::MAX_KEYS) keys.
-    pub fn install(&self, key: Secret) -> Result<KeyId, MeshError> {
+    pub fn install(&self, key: Secret) -> Result<KeyId, KeyringError> {
         self.edit(|r| r.install(key))
     }
 
     /// Makes installed key `id` the one this window proves with (the former primary stays
     /// accepted). Refused, changing nothing, if `id` is not installed.
-    pub fn use_key(&self, id: KeyId) -> Result<(), MeshError> {
+    pub fn use_key(&self, id: KeyId) -> Result<(), KeyringError> {
         self.edit(|r| r.use_key(id))
     }
 
@@ -79,17 +79,15 @@ impl KeyringHandle {
     /// they set up with it are closed unless they prove another key this window holds. Refused,
     /// changing nothing, for the last key, the primary key (use another first) or a key not
     /// installed.
-    pub fn remove(&self, id: KeyId) -> Result<(), MeshError> {
+    pub fn remove(&self, id: KeyId) -> Result<(), KeyringError> {
         self.edit(|r| r.remove(id))
     }
 
     /// Reads the keyring file again now (a window also does every [`KEYRING_POLL`]). A file
     /// that cannot be read (bad permissions, a corrupt entry) is refused with its error and
     /// the window keeps its keyring.
-    pub fn reload(&self) -> Result<KeyringInfo, MeshError> {
-        let path = self.shared.key_file().ok_or(SecretError::Unavailable(
-            "this mesh has no keyring file (built with a secret or keyring in memory)",
-        ))?;
+    pub fn reload(&self) -> Result<KeyringInfo, KeyringError> {
+        let path = self.shared.key_file().ok_or(KeyringError::NoFile)?;
         let ring = Keyring::load(path)?;
         self.keys().set(ring);
         Ok(self.list())
@@ -113,7 +111,7 @@ impl KeyringHandle {
     fn edit<T>(
         &self,
         change: impl FnOnce(&mut Keyring) -> Result<T, SecretError>,
-    ) -> Result<T, MeshError> {
+    ) -> Result<T, KeyringError> {
         let (ring, out) = match self.shared.key_file() {
             Some(path) => Keyring::edit(path, change)?,
             None => {

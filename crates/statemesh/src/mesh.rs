@@ -7,32 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use autosurgeon::{Hydrate, Reconcile};
-use serde::{Deserialize, Serialize};
-use statemesh_core::{
-    EntryChange, Explanation, Node, PeerId, Scope, Stats, Term, Value, WriteError, WriteId, Written,
-};
-use tokio::sync::{broadcast, watch};
+use statemesh_core::{Node, PeerId, ReadError, Scope, Term, Value, WriteId, Written};
+use tokio::sync::watch;
 
 use crate::driver::Driver;
-use crate::error::{AckError, MeshError};
+use crate::error::{AckError, Closed, NoRuntime, WriteError};
 use crate::metrics::Metrics;
-use crate::shared::{Acks, LeadershipInfo, Shared};
+use crate::shared::{Acks, Shared};
+use crate::status::{Explanation, Leadership, Member};
 use crate::store::LoadSummary;
-
-/// One member of the mesh, as this window sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    /// Its id.
-    pub peer: PeerId,
-    /// Its incarnation.
-    pub incarnation: u64,
-    /// Whether it is live.
-    pub live: bool,
-    /// Whether it may lead.
-    pub eligible: bool,
-    /// Time since fresh news of it, on this machine's clock.
-    pub silent_for: Duration,
-}
+use crate::subscribe::{ChangeStream, LeadershipStream};
 
 #[derive(Debug)]
 struct Inner {
@@ -114,22 +98,22 @@ impl Pending {
     /// Resolves once the write is on this machine's disk (fsynced); a write that changed
     /// nothing at once. Fails, the write still applied, with [`AckError::PersistenceOff`]
     /// when persistence is off (at once), [`AckError::StoreFailed`] once writing to disk
-    /// failed, [`MeshError::Timeout`] after the [`timeout`](Self::timeout), or
-    /// [`MeshError::Closed`] if the mesh shuts down first.
-    pub async fn durable(self) -> Result<(), MeshError> {
+    /// failed, [`AckError::Timeout`] after the [`timeout`](Self::timeout), or
+    /// [`AckError::Closed`] if the mesh shuts down first.
+    pub async fn durable(self) -> Result<(), AckError> {
         if !self.shared.persist() {
-            return Err(AckError::PersistenceOff.into());
+            return Err(AckError::PersistenceOff);
         }
         if !self.written.changed {
             return Ok(());
         }
         let id = self.written.id;
-        self.wait("the write to be durable", |acks| {
+        self.wait(|acks| {
             if acks.is_durable(id) {
                 Some(Ok(()))
             } else {
                 acks.store_failed()
-                    .map(|e| Err(AckError::StoreFailed(e.to_owned()).into()))
+                    .map(|e| Err(AckError::StoreFailed(e.to_owned())))
             }
         })
         .await
@@ -138,18 +122,18 @@ impl Pending {
     /// Resolves once `k` other peers hold the write; a write that changed nothing, or `k` of
     /// zero, at once. Fails, the write still applied, with [`AckError::Untracked`] once the
     /// write is no longer watched for replication (older than 600 s, or 4,096 newer writes),
-    /// [`MeshError::Timeout`] after the [`timeout`](Self::timeout), or [`MeshError::Closed`]
+    /// [`AckError::Timeout`] after the [`timeout`](Self::timeout), or [`AckError::Closed`]
     /// if the mesh shuts down first.
-    pub async fn replicated(self, k: usize) -> Result<(), MeshError> {
+    pub async fn replicated(self, k: usize) -> Result<(), AckError> {
         if !self.written.changed || k == 0 {
             return Ok(());
         }
         let id = self.written.id;
-        self.wait("the write to be replicated", |acks| {
+        self.wait(|acks| {
             if acks.holders(id) >= k {
                 Some(Ok(()))
             } else if acks.untracked(id) {
-                Some(Err(AckError::Untracked.into()))
+                Some(Err(AckError::Untracked))
             } else {
                 None
             }
@@ -160,10 +144,9 @@ impl Pending {
     /// Waits until `done` decides, the mesh closes or the timeout runs out.
     async fn wait(
         &self,
-        what: &'static str,
-        done: impl Fn(&Acks) -> Option<Result<(), MeshError>>,
-    ) -> Result<(), MeshError> {
-        self.shared.wait_acks(self.timeout, what, done).await
+        done: impl Fn(&Acks) -> Option<Result<(), AckError>>,
+    ) -> Result<(), AckError> {
+        self.shared.wait_acks(self.timeout, done).await
     }
 }
 
@@ -173,7 +156,7 @@ impl Pending {
 pub struct Lead {
     shared: Arc<Shared>,
     term: u64,
-    leadership: watch::Receiver<LeadershipInfo>,
+    leadership: watch::Receiver<Leadership>,
 }
 
 impl Lead {
@@ -189,9 +172,10 @@ impl Lead {
         Term::new(self.term, self.shared.me())
     }
 
-    /// Writes leader record `key` of `channel` under this term. Refused once the leadership is
-    /// over (including after this process was frozen).
-    pub fn put<T: Reconcile>(&self, channel: &str, key: &str, value: &T) -> Result<(), MeshError> {
+    /// Writes leader record `key` of `channel` under this term. Refused with
+    /// [`WriteError::NotLeader`] once the leadership is over (including after this process was
+    /// frozen), [`WriteError::Closed`] once the mesh is shut down.
+    pub fn put<T: Reconcile>(&self, channel: &str, key: &str, value: &T) -> Result<(), WriteError> {
         self.shared.ensure_open()?;
         let now = self.shared.now();
         self.shared
@@ -201,8 +185,8 @@ impl Lead {
         Ok(())
     }
 
-    /// Deletes leader record `key` of `channel`.
-    pub fn delete(&self, channel: &str, key: &str) -> Result<(), MeshError> {
+    /// Deletes leader record `key` of `channel` (refused as [`put`](Self::put) is).
+    pub fn delete(&self, channel: &str, key: &str) -> Result<(), WriteError> {
         self.shared.ensure_open()?;
         let now = self.shared.now();
         self.shared
@@ -239,9 +223,9 @@ impl Mesh {
 
     fn write(
         &self,
-        f: impl FnOnce(&mut Node) -> Result<Written, WriteError>,
-    ) -> Result<Pending, MeshError> {
-        let written = self.shared().write(f)?;
+        f: impl FnOnce(&mut Node) -> Result<Written, statemesh_core::WriteError>,
+    ) -> Result<Pending, WriteError> {
+        let written = self.shared().write(|n| f(n).map_err(WriteError::from))?;
         Ok(Pending {
             shared: self.shared().clone(),
             written,
@@ -255,32 +239,24 @@ impl Mesh {
     }
 
     /// The address this window's QUIC endpoint listens on (for other machines' static peers).
-    pub fn quic_addr(&self) -> Option<SocketAddr> {
+    pub fn quic_addr(&self) -> SocketAddr {
         self.shared().quic_addr()
     }
 
-    /// Writes record `key` of `channel`.
+    /// Writes record `key` of `channel`, of the given scope: [`Scope::Durable`] stays until
+    /// overwritten or deleted, [`Scope::Presence`] is visible only while this window lives.
     pub fn put<T: Reconcile>(
         &self,
         channel: &str,
         key: &str,
         value: &T,
-    ) -> Result<Pending, MeshError> {
-        self.write(|n| n.put(channel, key, value, Scope::Durable))
-    }
-
-    /// Writes record `key` of `channel`, visible only while this window lives.
-    pub fn put_presence<T: Reconcile>(
-        &self,
-        channel: &str,
-        key: &str,
-        value: &T,
-    ) -> Result<Pending, MeshError> {
-        self.write(|n| n.put(channel, key, value, Scope::Presence))
+        scope: Scope,
+    ) -> Result<Pending, WriteError> {
+        self.write(|n| n.put(channel, key, value, scope))
     }
 
     /// Deletes record `key` of `channel`.
-    pub fn delete(&self, channel: &str, key: &str) -> Result<Pending, MeshError> {
+    pub fn delete(&self, channel: &str, key: &str) -> Result<Pending, WriteError> {
         self.write(|n| n.delete(channel, key))
     }
 
@@ -288,21 +264,36 @@ impl Mesh {
     /// with [`WriteError::CounterOverflow`], nothing written, if this window's share would
     /// leave the signed 64-bit range; the counter's value (several windows' shares) saturates
     /// instead.
-    pub fn add(&self, name: &str, by: i64, scope: Scope) -> Result<Pending, MeshError> {
+    pub fn add(&self, name: &str, by: i64, scope: Scope) -> Result<Pending, WriteError> {
         self.write(|n| n.add(name, by, scope))
     }
 
-    /// Makes several writes as one atomic change.
+    /// Makes several writes as one atomic change: every write of `f` is applied, or (when one
+    /// is refused, or `f` returns an error) none.
     pub fn transact(
         &self,
-        f: impl FnOnce(&mut statemesh_core::Tx<'_>) -> Result<(), WriteError>,
-    ) -> Result<Pending, MeshError> {
-        self.write(|n| n.transact(f).map(|((), w)| w))
+        f: impl FnOnce(&mut Tx<'_, '_>) -> Result<(), WriteError>,
+    ) -> Result<Pending, WriteError> {
+        let mut refused = None;
+        let pending = self.write(|n| {
+            n.transact(|tx| {
+                f(&mut Tx { inner: tx }).map_err(|e| {
+                    refused = Some(e);
+                    // Only to roll the transaction back; `refused` is what the caller gets.
+                    statemesh_core::WriteError::Build("transaction refused".into())
+                })
+            })
+            .map(|((), w)| w)
+        });
+        match (pending, refused) {
+            (Err(_), Some(e)) => Err(e),
+            (pending, _) => pending,
+        }
     }
 
     /// Reads record `key` of `channel`.
-    pub fn get<T: Hydrate>(&self, channel: &str, key: &str) -> Result<Option<T>, MeshError> {
-        Ok(self.shared().node().get(channel, key)?)
+    pub fn get<T: Hydrate>(&self, channel: &str, key: &str) -> Result<Option<T>, ReadError> {
+        self.shared().node().get(channel, key)
     }
 
     /// The visible keys of `channel`.
@@ -333,8 +324,8 @@ impl Mesh {
         &self,
         channel: &str,
         key: &str,
-    ) -> Result<Option<(T, Term)>, MeshError> {
-        Ok(self.shared().node().leader_get(channel, key)?)
+    ) -> Result<Option<(T, Term)>, ReadError> {
+        self.shared().node().leader_get(channel, key)
     }
 
     /// The visible keys of leader channel `channel`.
@@ -342,21 +333,25 @@ impl Mesh {
         self.shared().node().leader_keys(channel)
     }
 
-    /// A stream of changes: which channel and key, written by whom. The first call returns a
-    /// stream that starts at `join` (so nothing that arrived since is missed, up to 4,096
-    /// changes — older ones are reported as `Lagged`); later calls start at the call.
-    pub fn changes(&self) -> broadcast::Receiver<EntryChange> {
+    /// The changes of the mesh, as a [`Stream`](futures_core::Stream): which channel and key,
+    /// written by whom. The first call's stream starts at `join` (so nothing that arrived since
+    /// is missed); later calls' start at the call. A subscriber more than 4,096 changes behind
+    /// gets [`Lagged`](crate::Lagged) for the missed ones. Ends once the mesh is shut down.
+    pub fn changes(&self) -> ChangeStream {
         self.shared().changes()
     }
 
-    /// The current leadership, and its changes.
-    pub fn leadership(&self) -> watch::Receiver<LeadershipInfo> {
+    /// The leadership as this window sees it, as a [`Stream`](futures_core::Stream) of
+    /// snapshots: the current one first, then one at each change;
+    /// [`current`](LeadershipStream::current) reads it without waiting. Ends once the mesh is
+    /// shut down.
+    pub fn leadership(&self) -> LeadershipStream {
         self.shared().leadership()
     }
 
     /// Waits until this window leads and returns the guard; `None` once the mesh is shut down.
     pub async fn lead(&self) -> Option<Lead> {
-        let mut rx = self.leadership();
+        let mut rx = self.shared().leadership_rx();
         loop {
             if self.shared().is_closed() {
                 return None;
@@ -381,7 +376,7 @@ impl Mesh {
     /// holds the same document and leader records as every peer it is linked to: what a
     /// short-lived reader (a CLI command) waits for before reading. Resolves at once for a
     /// window alone once it has joined; `Err(Closed)` if the mesh shuts down first.
-    pub async fn synced(&self) -> Result<(), MeshError> {
+    pub async fn synced(&self) -> Result<(), Closed> {
         self.shared().synced().await
     }
 
@@ -406,37 +401,21 @@ impl Mesh {
 
     /// Members with their liveness, this window first.
     pub fn members(&self) -> Vec<Member> {
-        let now = self.shared().now();
-        self.shared()
-            .node()
-            .explain(now)
-            .peers
-            .into_iter()
-            .map(|p| Member {
-                peer: p.peer,
-                incarnation: p.incarnation,
-                live: p.live,
-                eligible: p.eligible,
-                silent_for: p.silent_for,
-            })
-            .collect()
+        self.explain().peers
     }
 
-    /// Why this window leads or not: the live set and each peer's freshness.
+    /// Why this window leads or not: the leadership, the terms seen, and every member's
+    /// freshness (a diagnostic: see [`Explanation`]).
     pub fn explain(&self) -> Explanation {
         let now = self.shared().now();
-        self.shared().node().explain(now)
-    }
-
-    /// Counters of what this window's node did.
-    pub fn stats(&self) -> Stats {
-        self.shared().node().stats()
+        let node = self.shared().node();
+        Explanation::new(node.explain(now), node.my_term())
     }
 
     /// What this window's mesh did since it joined: leadership changes, sync rounds, bytes,
     /// propagation delays, refused connections and frames.
     pub fn metrics(&self) -> Metrics {
-        let stats = self.stats();
+        let stats = self.shared().node().stats();
         let counts = self.shared().counts();
         Metrics {
             leadership_changes: stats.leadership_changes,
@@ -492,27 +471,61 @@ impl Mesh {
     /// Runs `future` to completion from non-async code, on the mesh's own runtime (meshes joined
     /// with [`MeshBuilder::join_blocking`](crate::MeshBuilder::join_blocking)), e.g.
     /// `mesh.block_on(pending.durable())`. Must not be called from inside an async context.
-    pub fn block_on<F: Future>(&self, future: F) -> Result<F::Output, MeshError> {
+    pub fn block_on<F: Future>(&self, future: F) -> Result<F::Output, NoRuntime> {
         match &self.inner.runtime {
             Some(rt) => Ok(rt.block_on(future)),
-            None => Err(MeshError::Runtime(
-                "this mesh runs on the caller's runtime; await instead".into(),
-            )),
+            None => Err(NoRuntime),
         }
     }
 
     /// Leaves gracefully: announces the leave (the next leader takes over at once), flushes,
-    /// and stops every task.
-    pub async fn shutdown(&self) -> Result<(), MeshError> {
+    /// and stops every task (waiting at most 3 s for the leave to go out). Handles, guards and
+    /// subscriptions learn that the mesh is closed; a second call does nothing.
+    pub async fn shutdown(&self) {
         let driver = self
             .inner
             .driver
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        match driver {
-            Some(d) => d.shutdown().await,
-            None => Ok(()),
+        if let Some(d) = driver {
+            // A leave cannot fail: what it could not send, peers learn by timeout.
+            d.shutdown().await;
         }
+    }
+}
+
+/// The writes of one atomic change ([`Mesh::transact`]): what is written through it is applied
+/// together, or not at all.
+pub struct Tx<'t, 'a> {
+    inner: &'t mut statemesh_core::Tx<'a>,
+}
+
+impl std::fmt::Debug for Tx<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx").finish_non_exhaustive()
+    }
+}
+
+impl Tx<'_, '_> {
+    /// Writes record `key` of `channel`, of the given scope (as [`Mesh::put`]).
+    pub fn put<T: Reconcile>(
+        &mut self,
+        channel: &str,
+        key: &str,
+        value: &T,
+        scope: Scope,
+    ) -> Result<(), WriteError> {
+        Ok(self.inner.put(channel, key, value, scope)?)
+    }
+
+    /// Deletes record `key` of `channel` (as [`Mesh::delete`]).
+    pub fn delete(&mut self, channel: &str, key: &str) -> Result<(), WriteError> {
+        Ok(self.inner.delete(channel, key)?)
+    }
+
+    /// Adds `by` to counter `name` (as [`Mesh::add`]).
+    pub fn add(&mut self, name: &str, by: i64, scope: Scope) -> Result<(), WriteError> {
+        Ok(self.inner.add(name, by, scope)?)
     }
 }

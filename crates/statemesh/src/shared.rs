@@ -13,35 +13,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use statemesh_core::{EntryChange, Node, PeerId, Term, Time, WriteError, WriteId, Written};
+use statemesh_core::{EntryChange, Node, PeerId, Time, WriteId, Written};
 use statemesh_net::keyring::{KeyId, SharedKeyring};
 use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, broadcast, watch};
 
-use crate::error::MeshError;
+use crate::error::{AckError, Closed, WriteError};
 use crate::metrics::DriverCounts;
+use crate::status::Leadership;
 use crate::store::LoadSummary;
-
-/// Who leads, as this window sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct LeadershipInfo {
-    /// The leader, if any.
-    pub leader: Option<PeerId>,
-    /// The number of its term, once known. A term is the pair (number, leader): two leaders
-    /// may have held the same number (they claimed at the same moment, or on two sides of a
-    /// partition), never the same term. See [`Term`].
-    pub term: Option<u64>,
-    /// Whether this window leads.
-    pub is_me: bool,
-}
-
-impl LeadershipInfo {
-    /// The leader's term, once known.
-    pub fn term_id(&self) -> Option<Term> {
-        Some(Term::new(self.term?, self.leader?))
-    }
-}
+use crate::subscribe::{ChangeStream, LeadershipStream};
 
 /// Acknowledgements of local writes, for [`Pending`](crate::Pending).
 #[derive(Debug)]
@@ -146,7 +127,7 @@ pub(crate) struct Shared {
     fixed: Fixed,
     /// Wakes the driver: the node has outputs to carry out.
     wake: Notify,
-    leadership: watch::Sender<LeadershipInfo>,
+    leadership: watch::Sender<Leadership>,
     changes: broadcast::Sender<EntryChange>,
     /// Subscribed before the mesh started: the first [`Shared::changes`] call gets it, so that
     /// no change made between `join` and that call is missed.
@@ -158,6 +139,8 @@ pub(crate) struct Shared {
     /// Whether `join` returned synced (see [`Mesh::synced_on_join`](crate::Mesh::synced_on_join)).
     synced_on_join: AtomicBool,
     closed: AtomicBool,
+    /// `closed`, for subscriptions (they end once it is true).
+    closed_watch: watch::Sender<bool>,
     quic_addr: OnceLock<SocketAddr>,
     counts: Mutex<DriverCounts>,
     /// The key each linked peer proved with.
@@ -175,7 +158,7 @@ impl Shared {
             node: parking_lot::Mutex::new(node),
             fixed,
             wake: Notify::new(),
-            leadership: watch::Sender::new(LeadershipInfo::default()),
+            leadership: watch::Sender::new(Leadership::default()),
             changes,
             first_changes: Mutex::new(Some(first_changes)),
             acks: Mutex::new(Acks::default()),
@@ -183,6 +166,7 @@ impl Shared {
             synced: watch::Sender::new(false),
             synced_on_join: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            closed_watch: watch::Sender::new(false),
             quic_addr: OnceLock::new(),
             counts: Mutex::new(DriverCounts::default()),
             link_keys: Mutex::new(BTreeMap::new()),
@@ -239,7 +223,7 @@ impl Shared {
     pub(crate) fn write(
         &self,
         f: impl FnOnce(&mut Node) -> Result<Written, WriteError>,
-    ) -> Result<Written, MeshError> {
+    ) -> Result<Written, WriteError> {
         self.ensure_open()?;
         let mut node = self.node();
         // The write's own time, taken once the node is ours.
@@ -270,30 +254,37 @@ impl Shared {
     }
 
     /// `Err(Closed)` once the mesh is closed.
-    pub(crate) fn ensure_open(&self) -> Result<(), MeshError> {
+    pub(crate) fn ensure_open(&self) -> Result<(), Closed> {
         if self.is_closed() {
-            return Err(MeshError::Closed);
+            return Err(Closed);
         }
         Ok(())
     }
 
     /// Marks the mesh closed and tells every waiter: acknowledgements fail with `Closed`,
-    /// leadership reads "nobody", the window is no longer in sync.
+    /// leadership reads "nobody", the window is no longer in sync, subscriptions end (after
+    /// what was published before).
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.acks_changed.notify_waiters();
         self.synced.send_replace(false);
-        self.leadership.send_replace(LeadershipInfo::default());
+        self.leadership.send_replace(Leadership::default());
+        self.closed_watch.send_replace(true);
     }
 
     // What the driver publishes.
 
     /// The current leadership, and its changes.
-    pub(crate) fn leadership(&self) -> watch::Receiver<LeadershipInfo> {
+    pub(crate) fn leadership_rx(&self) -> watch::Receiver<Leadership> {
         self.leadership.subscribe()
     }
 
-    pub(crate) fn set_leadership(&self, new: LeadershipInfo) {
+    /// The current leadership, then its changes, until the mesh closes.
+    pub(crate) fn leadership(&self) -> LeadershipStream {
+        LeadershipStream::new(self.leadership.subscribe(), self.closed_watch.subscribe())
+    }
+
+    pub(crate) fn set_leadership(&self, new: Leadership) {
         self.leadership.send_if_modified(|l| {
             let changed = *l != new;
             *l = new;
@@ -302,9 +293,10 @@ impl Shared {
     }
 
     /// A stream of changes: the first call's starts when the mesh started, later ones now.
-    pub(crate) fn changes(&self) -> broadcast::Receiver<EntryChange> {
+    pub(crate) fn changes(&self) -> ChangeStream {
         let first = lock(&self.first_changes).take();
-        first.unwrap_or_else(|| self.changes.subscribe())
+        let rx = first.unwrap_or_else(|| self.changes.subscribe());
+        ChangeStream::new(rx, self.closed_watch.subscribe())
     }
 
     pub(crate) fn publish_change(&self, change: EntryChange) {
@@ -325,7 +317,7 @@ impl Shared {
 
     /// Waits until the node has joined and holds what every linked peer holds; `Err(Closed)`
     /// if the mesh closes first.
-    pub(crate) async fn synced(&self) -> Result<(), MeshError> {
+    pub(crate) async fn synced(&self) -> Result<(), Closed> {
         let mut rx = self.synced.subscribe();
         loop {
             self.ensure_open()?;
@@ -333,7 +325,7 @@ impl Shared {
                 return Ok(());
             }
             if rx.changed().await.is_err() {
-                return Err(MeshError::Closed);
+                return Err(Closed);
             }
         }
     }
@@ -346,8 +338,12 @@ impl Shared {
         self.synced_on_join.store(synced, Ordering::Release);
     }
 
-    pub(crate) fn quic_addr(&self) -> Option<SocketAddr> {
-        self.quic_addr.get().copied()
+    /// The QUIC endpoint's address (set by the driver's start, before any handle exists).
+    pub(crate) fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+            .get()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     pub(crate) fn set_quic_addr(&self, addr: SocketAddr) {
@@ -387,13 +383,12 @@ impl Shared {
     }
 
     /// Waits until `done` decides on the acknowledgements, the mesh closes (`Err(Closed)`) or
-    /// `within` runs out (`Err(Timeout(what))`).
+    /// `within` runs out (`Err(Timeout)`).
     pub(crate) async fn wait_acks(
         &self,
         within: Duration,
-        what: &'static str,
-        done: impl Fn(&Acks) -> Option<Result<(), MeshError>>,
-    ) -> Result<(), MeshError> {
+        done: impl Fn(&Acks) -> Option<Result<(), AckError>>,
+    ) -> Result<(), AckError> {
         let wait = async {
             loop {
                 let notified = self.acks_changed.notified();
@@ -406,7 +401,7 @@ impl Shared {
         };
         tokio::time::timeout(within, wait)
             .await
-            .unwrap_or(Err(MeshError::Timeout(what)))
+            .unwrap_or(Err(AckError::Timeout { waited: within }))
     }
 }
 

@@ -16,7 +16,6 @@
 use clap::Parser;
 use statemesh::{EntryKind, Scope};
 use statemesh_examples::WindowArgs;
-use tokio::sync::broadcast::error::RecvError;
 
 #[derive(Parser)]
 struct Args {
@@ -33,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     println!("joined as {me}");
     let mut changes = mesh.changes(); // subscribed before writing: we see our own writes too
 
-    mesh.put_presence("windows", &me, &"hello")?;
+    mesh.put("windows", &me, &"hello", Scope::Presence)?;
     mesh.add("embed/joins", 1, Scope::Durable)?
         .durable()
         .await?;
@@ -41,15 +40,16 @@ async fn main() -> anyhow::Result<()> {
     let watch = async {
         loop {
             match changes.recv().await {
-                Ok(c) if c.kind == EntryKind::Counter => {
+                Some(Ok(c)) if c.kind == EntryKind::Counter => {
                     println!("counter {} = {}", c.key, mesh.counter(&c.key));
                 }
-                Ok(c) if c.kind == EntryKind::Record => {
+                Some(Ok(c)) if c.kind == EntryKind::Record => {
                     let value = mesh.get::<String>(&c.channel, &c.key)?;
                     println!("record {}/{} = {value:?}", c.channel, c.key);
                 }
-                Ok(_) | Err(RecvError::Lagged(_)) => {} // after a lag: re-read what you show
-                Err(RecvError::Closed) => return anyhow::Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(_lagged)) => {} // after a lag: re-read what you show
+                None => return anyhow::Ok(()), // the mesh was shut down
             }
         }
     };
@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         () = args.window.done() => {}
     }
     println!("windows here: {}", mesh.keys("windows").len());
-    mesh.shutdown().await?;
+    mesh.shutdown().await;
     println!("left");
     Ok(())
 }

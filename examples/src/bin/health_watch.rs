@@ -19,9 +19,8 @@ use std::time::Duration;
 
 use autosurgeon::{Hydrate, Reconcile};
 use clap::Parser;
-use statemesh::{EntryKind, Lead, LeadershipInfo, Mesh, MeshError};
+use statemesh::{EntryKind, Lead, Leadership, Mesh, ReadError, WriteError};
 use statemesh_examples::WindowArgs;
-use tokio::sync::broadcast::error::RecvError;
 
 /// The leader channel holding one status per endpoint.
 const CHANNEL: &str = "health";
@@ -57,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
         r = show(&mesh) => r?,
         () = args.window.done() => {}
     }
-    mesh.shutdown().await?;
+    mesh.shutdown().await;
     println!("left");
     Ok(())
 }
@@ -76,7 +75,7 @@ async fn probe_while_leading(mesh: &Mesh, args: &Args) {
 }
 
 /// Probes every endpoint each interval; returns only when a leader write is refused.
-async fn probe_forever(lead: &Lead, args: &Args) -> MeshError {
+async fn probe_forever(lead: &Lead, args: &Args) -> WriteError {
     let timeout = Duration::from_millis(args.timeout_ms);
     let mut every = tokio::time::interval(Duration::from_millis(args.interval_ms));
     loop {
@@ -102,30 +101,30 @@ async fn probe(endpoint: &str, timeout: Duration) -> Status {
 
 /// Prints the leadership and every status as they change.
 async fn show(mesh: &Mesh) -> anyhow::Result<()> {
-    // Subscribe first, then show the current state: nothing falls in between.
+    // Subscribe first, then show the current state: nothing falls in between. The leadership
+    // stream starts with the current snapshot.
     let mut leadership = mesh.leadership();
     let mut changes = mesh.changes();
-    print_leader(*leadership.borrow_and_update());
     print_all(mesh)?;
     loop {
         tokio::select! {
-            r = leadership.changed() => {
-                r?;
-                print_leader(*leadership.borrow_and_update());
-            }
-            r = changes.recv() => match r {
-                Ok(c) if c.kind == EntryKind::Leader && c.channel == CHANNEL => {
+            l = leadership.recv() => match l {
+                Some(l) => print_leader(l),
+                None => return Ok(()), // the mesh was shut down
+            },
+            c = changes.recv() => match c {
+                Some(Ok(c)) if c.kind == EntryKind::Leader && c.channel == CHANNEL => {
                     print_status(mesh, &c.key)?;
                 }
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => print_all(mesh)?,
-                Err(RecvError::Closed) => return Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(_lagged)) => print_all(mesh)?,
+                None => return Ok(()),
             },
         }
     }
 }
 
-fn print_leader(l: LeadershipInfo) {
+fn print_leader(l: Leadership) {
     let me = if l.is_me { " (this window)" } else { "" };
     match (l.leader, l.term) {
         (Some(p), Some(t)) => println!("leader {p} term {t}{me}"),
@@ -134,13 +133,13 @@ fn print_leader(l: LeadershipInfo) {
     }
 }
 
-fn print_all(mesh: &Mesh) -> Result<(), MeshError> {
+fn print_all(mesh: &Mesh) -> Result<(), ReadError> {
     mesh.leader_keys(CHANNEL)
         .iter()
         .try_for_each(|key| print_status(mesh, key))
 }
 
-fn print_status(mesh: &Mesh, endpoint: &str) -> Result<(), MeshError> {
+fn print_status(mesh: &Mesh, endpoint: &str) -> Result<(), ReadError> {
     match mesh.leader_get::<Status>(CHANNEL, endpoint)? {
         Some((s, term)) => {
             let state = if s.up { "up" } else { "down" };

@@ -20,9 +20,9 @@ use std::fmt::Write as _;
 use std::io::BufRead;
 
 use clap::Parser;
-use statemesh::{Mesh, MeshError, Scope};
+use statemesh::{Mesh, Scope, WriteError};
 use statemesh_examples::WindowArgs;
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::mpsc;
 
 #[derive(Parser)]
 struct Args {
@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     println!("joined as {}, owning {ws}", mesh.id());
     let mut changes = mesh.changes();
     // Listed while this window lives: a crashed window's workspace leaves the listing.
-    mesh.put_presence("workspaces", ws, &mesh.id().to_string())?;
+    mesh.put("workspaces", ws, &mesh.id().to_string(), Scope::Presence)?;
     for b in &args.bumps {
         bump(&mesh, b, 1)?;
     }
@@ -60,7 +60,8 @@ async fn main() -> anyhow::Result<()> {
             shown = line;
         }
         tokio::select! {
-            r = changes.recv() => if let Err(RecvError::Closed) = r { break },
+            // Any change (or a lag): reconcile again; the end of the stream: the mesh closed.
+            c = changes.recv() => if c.is_none() { break },
             Some(cmd) = commands.recv() => match cmd.split_whitespace().collect::<Vec<_>>()[..] {
                 ["+", w] => bump(&mesh, w, 1)?,
                 ["-", w] => bump(&mesh, w, -1)?,
@@ -71,13 +72,13 @@ async fn main() -> anyhow::Result<()> {
             () = &mut done => break,
         }
     }
-    mesh.shutdown().await?;
+    mesh.shutdown().await;
     println!("left");
     Ok(())
 }
 
 /// `desired/<ws> += by`, and the global total with it, in one atomic change.
-fn bump(mesh: &Mesh, ws: &str, by: i64) -> Result<(), MeshError> {
+fn bump(mesh: &Mesh, ws: &str, by: i64) -> Result<(), WriteError> {
     mesh.transact(|tx| {
         tx.add(&format!("desired/{ws}"), by, Scope::Durable)?;
         tx.add("total/desired", by, Scope::Durable)
@@ -87,7 +88,7 @@ fn bump(mesh: &Mesh, ws: &str, by: i64) -> Result<(), MeshError> {
 
 /// Starts or stops this window's workers to match `desired/<ws>`; returns how many now run.
 /// Only the owner writes `running/<ws>`, presence-scoped: its entry vanishes with it.
-fn reconcile(mesh: &Mesh, ws: &str, running: i64) -> Result<i64, MeshError> {
+fn reconcile(mesh: &Mesh, ws: &str, running: i64) -> Result<i64, WriteError> {
     let desired = mesh.counter(&format!("desired/{ws}")).max(0);
     let delta = desired - running;
     if delta != 0 {

@@ -4,35 +4,41 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::{Map, Value as Json, json};
 use statemesh::{
-    AckError, Change, EntryKind, LeadershipInfo, Mesh, MeshError, Pending, Term, WriteError,
+    AckError, Change, Closed, EntryKind, KeyringError, Mesh, Pending, ReadError, Term, WriteError,
 };
 
 use super::params::Ack;
 use super::rpc::{RpcError, code};
 use super::session::Action;
 
-/// The JSON-RPC error for a mesh error; the message is statemesh's own.
-pub(super) fn mesh_error(e: &MeshError) -> RpcError {
+/// The JSON-RPC error for a refused write; the message is statemesh's own.
+pub(super) fn write_error(e: &WriteError) -> RpcError {
     let code = match e {
-        MeshError::Write(w) if matches!(**w, WriteError::NotLeader { .. }) => code::NOT_LEADER,
-        MeshError::Write(_) => code::WRITE_REFUSED,
-        MeshError::Read(_) => code::READ_FAILED,
-        MeshError::Closed => code::MESH_CLOSED,
-        MeshError::Timeout(_) => code::TIMEOUT,
-        _ => code::INTERNAL_ERROR,
+        WriteError::NotLeader { .. } => code::NOT_LEADER,
+        WriteError::Closed => code::MESH_CLOSED,
+        _ => code::WRITE_REFUSED,
     };
     RpcError::new(code, e.to_string())
 }
 
-/// Leadership as `leader`, `term` and `is_me` (`leader`, the `leadership` notification).
-pub(super) fn leadership_json(l: &LeadershipInfo) -> Json {
-    json!({
-        "leader": l.leader.map(|p| p.to_string()),
-        "term": l.term,
-        "is_me": l.is_me,
-    })
+/// The JSON-RPC error for a failed read.
+pub(super) fn read_error(e: &ReadError) -> RpcError {
+    RpcError::new(code::READ_FAILED, e.to_string())
+}
+
+/// The JSON-RPC error for a mesh that is shut down.
+pub(super) fn closed_error(e: Closed) -> RpcError {
+    RpcError::new(code::MESH_CLOSED, e.to_string())
+}
+
+/// The JSON of one of statemesh's public types (leadership, members, an explanation,
+/// metrics): their own `serde` rendering, the one every command prints.
+pub(super) fn to_json<T: Serialize>(value: &T) -> Json {
+    // These types hold no map with non-string keys, so this cannot fail.
+    serde_json::to_value(value).unwrap_or(Json::Null)
 }
 
 /// A change as its `kind`, `channel`, `key` and writer `by` (the `change` notification).
@@ -79,22 +85,19 @@ pub(super) fn keyring_json(mesh: &Mesh) -> Json {
 }
 
 /// The JSON-RPC error for a keyring change the mesh refused.
-pub(super) fn keyring_error(e: &MeshError) -> RpcError {
-    match e {
-        MeshError::Secret(s) => RpcError::new(code::KEYRING_REFUSED, s.to_string()),
-        other => mesh_error(other),
-    }
+pub(super) fn keyring_error(e: &KeyringError) -> RpcError {
+    RpcError::new(code::KEYRING_REFUSED, e.to_string())
 }
 
 /// The action for a write: answered now, or once acknowledged.
 pub(super) fn written(
-    pending: Result<Pending, MeshError>,
+    pending: Result<Pending, WriteError>,
     ack: Ack,
     extra: Map<String, Json>,
 ) -> Action {
     let pending = match pending {
         Ok(p) => p,
-        Err(e) => return Action::Reply(Err(mesh_error(&e))),
+        Err(e) => return Action::Reply(Err(write_error(&e))),
     };
     let mut result = extra;
     result.insert("changed".into(), json!(pending.changed()));
@@ -104,7 +107,7 @@ pub(super) fn written(
             result.insert("durable".into(), json!(true));
             (
                 Box::pin(pending.timeout(within).durable())
-                    as std::pin::Pin<Box<dyn Future<Output = Result<(), MeshError>> + Send>>,
+                    as std::pin::Pin<Box<dyn Future<Output = Result<(), AckError>> + Send>>,
                 within,
                 "durable".to_owned(),
             )
@@ -121,7 +124,7 @@ pub(super) fn written(
     Action::Wait(Box::pin(async move {
         match wait.await {
             Ok(()) => Ok(Json::Object(result)),
-            Err(MeshError::Timeout(_)) => Err(RpcError::new(
+            Err(AckError::Timeout { .. }) => Err(RpcError::new(
                 code::TIMEOUT,
                 format!(
                     "timed out after {} ms waiting for the write to be {what}; it was applied locally",
@@ -129,7 +132,8 @@ pub(super) fn written(
                 ),
             )
             .with_data(json!({"applied": true}))),
-            Err(MeshError::Ack(a)) => {
+            Err(AckError::Closed) => Err(closed_error(Closed).with_data(json!({"applied": true}))),
+            Err(a) => {
                 let reason = match a {
                     AckError::PersistenceOff => "persistence_off",
                     AckError::StoreFailed(_) => "store_failed",
@@ -142,7 +146,6 @@ pub(super) fn written(
                 )
                 .with_data(json!({"applied": true, "reason": reason})))
             }
-            Err(e) => Err(mesh_error(&e).with_data(json!({"applied": true}))),
         }
     }))
 }

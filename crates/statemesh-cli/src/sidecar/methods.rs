@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Map, Value as Json, json};
-use statemesh::{DeathCause, MeshError, Value, WriteError};
+use statemesh::{Closed, KeyringError, Scope, Value, WriteError};
 
 use super::answers::{
-    keyring_error, keyring_json, leadership_json, mesh_error, millis, term_json, written,
+    closed_error, keyring_error, keyring_json, read_error, term_json, to_json, write_error, written,
 };
 use super::params::{
     self, AddParams, ChannelKey, ChannelOnly, DeleteParams, KeyIdParam, KeyInstallParams,
@@ -92,7 +92,7 @@ fn get(s: &Session, p: Params) -> Result<Action, RpcError> {
     let v = s
         .mesh()?
         .get::<Value>(&channel, &key)
-        .map_err(|e| mesh_error(&e))?;
+        .map_err(|e| read_error(&e))?;
     reply(json!({
         "found": v.is_some(),
         "value": v.as_ref().map_or(Json::Null, values::to_json),
@@ -141,10 +141,7 @@ fn put_record(s: &Session, p: Params, presence: bool) -> Result<Action, RpcError
     let ack = ack(durable, replicated, timeout_ms, default_ack(s))?;
     let value = params::value(&value)?;
     let mesh = s.mesh()?;
-    let pending = match scope {
-        ScopeParam::Durable => mesh.put(&channel, &key, &value),
-        ScopeParam::Presence => mesh.put_presence(&channel, &key, &value),
-    };
+    let pending = mesh.put(&channel, &key, &value, Scope::from(scope));
     Ok(written(pending, ack, Map::new()))
 }
 
@@ -229,7 +226,7 @@ fn leader_get(s: &Session, p: Params) -> Result<Action, RpcError> {
     let v = s
         .mesh()?
         .leader_get::<Value>(&channel, &key)
-        .map_err(|e| mesh_error(&e))?;
+        .map_err(|e| read_error(&e))?;
     reply(match v {
         Some((v, term)) => json!({
             "found": true,
@@ -250,27 +247,12 @@ fn leader_keys(s: &Session, p: Params) -> Result<Action, RpcError> {
 
 fn members(s: &Session, p: Params) -> Result<Action, RpcError> {
     let NoParams {} = params::parse(p)?;
-    let members: Vec<Json> = s
-        .mesh()?
-        .members()
-        .iter()
-        .map(|m| {
-            json!({
-                "peer": m.peer.to_string(),
-                "incarnation": m.incarnation,
-                "live": m.live,
-                "eligible": m.eligible,
-                "silent_for_ms": millis(m.silent_for),
-            })
-        })
-        .collect();
-    reply(Json::Array(members))
+    reply(to_json(&s.mesh()?.members()))
 }
 
 fn leader(s: &Session, p: Params) -> Result<Action, RpcError> {
     let NoParams {} = params::parse(p)?;
-    let l = *s.mesh()?.leadership().borrow();
-    reply(leadership_json(&l))
+    reply(to_json(&s.mesh()?.leadership().current()))
 }
 
 fn lead_acquire(s: &Session, p: Params) -> Result<Action, RpcError> {
@@ -290,7 +272,7 @@ fn lead_acquire(s: &Session, p: Params) -> Result<Action, RpcError> {
                 })?,
             None => mesh.lead().await,
         };
-        let lead = lead.ok_or_else(|| mesh_error(&MeshError::Closed))?;
+        let lead = lead.ok_or_else(|| closed_error(Closed))?;
         let term = hold(&slot_, lead, &out);
         Ok(term_json(term))
     })))
@@ -332,14 +314,14 @@ fn lead_write(
     if let Some(t) = term
         && t != mine
     {
-        let e = MeshError::from(WriteError::NotLeader { term: t });
-        return Err(mesh_error(&e).with_data(json!({"held_term": mine})));
+        let e = WriteError::NotLeader { term: t };
+        return Err(write_error(&e).with_data(json!({"held_term": mine})));
     }
     match value {
         Some(v) => h.lead.put(channel, key, v),
         None => h.lead.delete(channel, key),
     }
-    .map_err(|e| mesh_error(&e))?;
+    .map_err(|e| write_error(&e))?;
     reply(term_json(h.lead.term_id()))
 }
 
@@ -358,25 +340,8 @@ fn stats(s: &Session, p: Params) -> Result<Action, RpcError> {
     let mesh = s.mesh()?;
     let c = &s.out.counters;
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let metrics = mesh.metrics();
     reply(json!({
-        "mesh": mesh.stats(),
-        "discovery": {
-            "links": metrics.links,
-            "mdns_peers_found": metrics.mdns_peers_found,
-            "warning": metrics.discovery_warning,
-            "probes": metrics.probes,
-            "probe_failures": metrics.probe_failures,
-            "dial_candidates": metrics.dial_candidates,
-            "auth_failures": metrics.auth_failures,
-        },
-        "keys": {
-            "primary": metrics.keys.primary,
-            "accepted": metrics.keys.accepted,
-            "link_keys": metrics.link_keys,
-            "renewals": metrics.key_renewals,
-            "renewal_failures": metrics.key_renewal_failures,
-        },
+        "mesh": to_json(&mesh.metrics()),
         "sidecar": {
             "messages_in": load(&c.messages_in),
             "framing_errors": load(&c.framing_errors),
@@ -389,35 +354,7 @@ fn stats(s: &Session, p: Params) -> Result<Action, RpcError> {
 
 fn explain(s: &Session, p: Params) -> Result<Action, RpcError> {
     let NoParams {} = params::parse(p)?;
-    let x = s.mesh()?.explain();
-    let peers: Vec<Json> = x
-        .peers
-        .iter()
-        .map(|s| {
-            json!({
-                "peer": s.peer.to_string(),
-                "incarnation": s.incarnation,
-                "counter": s.counter,
-                "live": s.live,
-                "eligible": s.eligible,
-                "silent_for_ms": millis(s.silent_for),
-                "death": s.death.map(|d| match d {
-                    DeathCause::Timeout => "timeout",
-                    DeathCause::LinkClosed => "link_closed",
-                    DeathCause::Left => "left",
-                }),
-            })
-        })
-        .collect();
-    reply(json!({
-        "me": {"peer": x.me.peer.to_string(), "incarnation": x.me.number},
-        "leader": x.leadership.leader.map(|p| p.to_string()),
-        "term": x.leadership.term,
-        "max_term": x.max_term,
-        "max_term_leader": x.max_term_leader().map(|p| p.to_string()),
-        "me_candidate": x.me_candidate,
-        "peers": peers,
-    }))
+    reply(to_json(&s.mesh()?.explain()))
 }
 
 fn keyring_list(s: &Session, p: Params) -> Result<Action, RpcError> {
@@ -456,7 +393,7 @@ fn keyring_remove(s: &Session, p: Params) -> Result<Action, RpcError> {
 fn keyring_change(
     s: &Session,
     p: Params,
-    change: fn(&statemesh::KeyringHandle, statemesh::KeyId) -> Result<(), MeshError>,
+    change: fn(&statemesh::KeyringHandle, statemesh::KeyId) -> Result<(), KeyringError>,
 ) -> Result<Action, RpcError> {
     let KeyIdParam { id } = params::parse(p)?;
     let id: statemesh::KeyId = id

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
-use statemesh::{Change, Lead, LeadershipInfo, Mesh, MeshError, Term};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use statemesh::{ChangeStream, JoinError, Lead, LeadershipStream, Mesh, Term};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 
-use super::answers::{change_json, leadership_json, mesh_error, term_json};
+use super::answers::{change_json, term_json, to_json};
 use super::framing::FrameError;
 use super::methods::{self, Serve};
 use super::params::{self, InitializeParams, Params};
@@ -196,29 +196,34 @@ pub(super) fn hold(slot_: &LeadSlot, lead: Lead, out: &Outbox) -> Term {
     term
 }
 
-/// Forwards the mesh's changes and leadership to the client as notifications.
+/// Forwards the mesh's changes and leadership to the client as notifications; the client
+/// was last told of leadership `told` (in the answer to `initialize`).
 async fn forward(
-    mut changes: broadcast::Receiver<Change>,
-    mut leadership: watch::Receiver<LeadershipInfo>,
+    mut changes: ChangeStream,
+    mut leadership: LeadershipStream,
+    mut told: statemesh::Leadership,
     out: Outbox,
 ) {
     let mut leadership_open = true;
     loop {
         tokio::select! {
-            changed = leadership.changed(), if leadership_open => {
-                if changed.is_err() {
+            l = leadership.recv(), if leadership_open => {
+                let Some(l) = l else {
                     leadership_open = false;
                     continue;
+                };
+                // The stream starts with the snapshot the client already has.
+                if l != told {
+                    told = l;
+                    out.notify("leadership", to_json(&l)).await;
                 }
-                let l = *leadership.borrow_and_update();
-                out.notify("leadership", leadership_json(&l)).await;
             }
             change = changes.recv() => match change {
-                Ok(c) => out.notify("change", change_json(&c)).await,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    out.notify("lagged", json!({"missed": n})).await;
+                Some(Ok(c)) => out.notify("change", change_json(&c)).await,
+                Some(Err(lagged)) => {
+                    out.notify("lagged", json!({"missed": lagged.missed})).await;
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+                None => return,
             },
         }
     }
@@ -241,7 +246,7 @@ impl Session {
     }
 
     /// Takes the outcome of joining the mesh (`initialize` answers with it).
-    pub(super) fn joined(&mut self, result: Result<Mesh, MeshError>) {
+    pub(super) fn joined(&mut self, result: Result<Mesh, JoinError>) {
         match result {
             Ok(mesh) => {
                 tracing::info!(peer = %mesh.id(), mesh = %self.args.mesh.mesh, "joined");
@@ -412,14 +417,14 @@ impl Session {
         };
         // Subscribe before answering: every change after the answer is notified.
         let changes = mesh.changes();
-        let mut leadership = mesh.leadership();
-        let now = *leadership.borrow_and_update();
+        let leadership = mesh.leadership();
+        let now = leadership.current();
         let result = json!({
             "protocol": PROTOCOL_VERSION,
             "server": {"name": "statemesh", "version": env!("CARGO_PKG_VERSION")},
             "peer": mesh.id().to_string(),
             "mesh": self.args.mesh.mesh,
-            "leadership": leadership_json(&now),
+            "leadership": to_json(&now),
             "synced": mesh.synced_on_join(),
             "limits": {
                 "max_message": self.args.max_message,
@@ -430,7 +435,7 @@ impl Session {
         self.initialized = true;
         self.out.answer(&id, Ok(result)).await;
         let out = self.out.clone();
-        self.forwarder = Some(tokio::spawn(forward(changes, leadership, out)).abort_handle());
+        self.forwarder = Some(tokio::spawn(forward(changes, leadership, now, out)).abort_handle());
         None
     }
 
@@ -447,10 +452,9 @@ impl Session {
         let status = stop.status(self.join_error.is_some());
         let mut left = Ok(());
         if let Some(mesh) = &self.mesh {
-            left = match tokio::time::timeout(LEAVE_WITHIN, mesh.shutdown()).await {
-                Ok(r) => r.map_err(|e| mesh_error(&e)),
-                Err(_) => Err(RpcError::new(code::TIMEOUT, "timed out leaving the mesh")),
-            };
+            left = tokio::time::timeout(LEAVE_WITHIN, mesh.shutdown())
+                .await
+                .map_err(|_| RpcError::new(code::TIMEOUT, "timed out leaving the mesh"));
             if let Err(e) = &left {
                 tracing::warn!(error = %e.message, "leaving the mesh");
             }

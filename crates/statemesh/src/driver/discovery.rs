@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::Run;
 use crate::dialer::{Dialer, Settle};
-use crate::error::MeshError;
+use crate::error::JoinError;
 
 /// After this long in LAN mode without a peer found by mDNS, a window says so (see
 /// [`Run::check_discovery`]).
@@ -55,7 +55,7 @@ impl Discoveries {
         quic: SocketAddr,
         ring: &Keyring,
         dialer: &mut Dialer,
-    ) -> Result<(Self, Settle), MeshError> {
+    ) -> Result<(Self, Settle), JoinError> {
         let (tags, tags_rx) = watch::channel(MeshTags::of(ring, mesh));
         let announce = Announce {
             me,

@@ -33,8 +33,9 @@ use self::discovery::Discoveries;
 use self::jobs::Job;
 use self::links::{LinkEvent, LinkState};
 use crate::dialer::{Dialer, Settle};
-use crate::error::MeshError;
-use crate::shared::{LeadershipInfo, Shared};
+use crate::error::JoinError;
+use crate::shared::Shared;
+use crate::status::Leadership;
 use crate::store::{Store, Writer};
 
 /// The running driver. Dropping it stops everything at once (no leave announced).
@@ -58,7 +59,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 impl Driver {
     /// Announces a graceful leave, flushes, and waits for the driver to finish (stopping it if
     /// it takes longer than [`SHUTDOWN_WAIT`]).
-    pub(crate) async fn shutdown(mut self) -> Result<(), MeshError> {
+    pub(crate) async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -69,7 +70,6 @@ impl Driver {
         {
             task.abort();
         }
-        Ok(())
     }
 }
 
@@ -92,7 +92,7 @@ const SLOW_TURN: Duration = Duration::from_millis(50);
 
 /// Binds the QUIC endpoint, starts the discoveries and the store's writer, and spawns the
 /// driver's task.
-pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver, MeshError> {
+pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver, JoinError> {
     let Params {
         name,
         listen,
@@ -103,7 +103,7 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
     let me = shared.me();
     let endpoint = Endpoint::bind(listen, me, shared.keys().clone(), &name)?;
     let quic_addr = endpoint.local_addr().map_err(|source| {
-        MeshError::Link(LinkError::Bind {
+        JoinError::Link(LinkError::Bind {
             addr: listen,
             source,
         })
@@ -127,7 +127,10 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
             let writer = Writer::spawn(store, move |r| {
                 let _ = tx.send(LinkEvent::Persisted(r));
             })
-            .map_err(|e| MeshError::Runtime(format!("cannot start the store thread: {e}")))?;
+            .map_err(|source| JoinError::Runtime {
+                what: "store thread",
+                source,
+            })?;
             Some(writer)
         }
         None => None,
@@ -452,7 +455,7 @@ impl Run {
             counts.auth_failures_discovery = self.discoveries.auth_failures();
         }
         let me = self.shared.me();
-        self.shared.set_leadership(LeadershipInfo {
+        self.shared.set_leadership(Leadership {
             leader: info.leader,
             term: info.term,
             is_me: info.leader == Some(me) && term.is_some() && term == info.term,
