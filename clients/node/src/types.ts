@@ -35,12 +35,22 @@ export type LeaderGetResult<V = Value> =
   | { found: true; value: V; term: number; term_leader: string }
   | { found: false; value: null; term: null; term_leader: null };
 
+/**
+ * One member of the mesh as this window sees it (the Rust crate's `Member`, rendered by serde:
+ * durations are whole milliseconds in `*_ms` fields).
+ */
 export interface Member {
   peer: string;
+  /** Its highest known incarnation. */
   incarnation: number;
+  /** Its highest known heartbeat counter. */
+  counter: number;
   live: boolean;
   eligible: boolean;
+  /** Time since fresh news of it, on this machine's clock (0 for this window itself). */
   silent_for_ms: number;
+  /** Why it was judged dead, if it was. */
+  death: null | 'timeout' | 'link_closed' | 'left';
 }
 
 export interface WriteResult {
@@ -62,8 +72,55 @@ export type Op =
   | { op: 'delete'; channel: string; key: string }
   | { op: 'add'; name: string; by: number; scope?: Scope };
 
+/** A summary of recent delays, in microseconds. */
+export interface Delays {
+  samples: number;
+  p50_us: number;
+  p99_us: number;
+  max_us: number;
+}
+
+/**
+ * What this window's mesh did since it joined (the Rust crate's `Metrics`). Its fields are not
+ * stable API: more may come, and some may go, in a minor release.
+ */
+export interface Metrics {
+  leadership_changes: number;
+  sync_in: number;
+  sync_out: number;
+  sync_resets: number;
+  frames_in: number;
+  frames_out: number;
+  bytes_in: number;
+  bytes_out: number;
+  decode_errors: number;
+  auth_failures: number;
+  dial_failures: number;
+  probes: number;
+  probe_failures: number;
+  dial_candidates: number;
+  candidates_forgotten: number;
+  mdns_peers_found: number | null;
+  discovery_warning: string | null;
+  links: number;
+  links_opened: number;
+  keys: { primary: string; accepted: string[]; file: string | null };
+  link_keys: Record<string, string>;
+  key_renewals: number;
+  key_renewal_failures: number;
+  persist_errors: number;
+  propagation: Delays;
+  freezes: number;
+  suspicions_refuted: number;
+  tick_late: Delays;
+  driver_turns: Delays;
+  [more: string]: unknown;
+}
+
 export interface Stats {
-  mesh: Record<string, number>;
+  /** The mesh's metrics. */
+  mesh: Metrics;
+  /** The sidecar's own counters. */
   sidecar: Record<string, number>;
   [more: string]: unknown;
 }
@@ -87,23 +144,21 @@ export interface TermId {
   term_leader: string;
 }
 
-export interface Explanation {
-  me: { peer: string; incarnation: number };
-  leader: string | null;
-  term: number | null;
-  max_term: number | null;
+/**
+ * Why this window leads or not (the Rust crate's `Explanation`): the leadership's fields
+ * inline, the terms seen, every member. A diagnostic: its fields are not stable API.
+ */
+export interface Explanation extends Leadership {
+  /** This window's peer id. */
+  me: string;
+  /** This window's incarnation. */
+  incarnation: number;
+  max_term: number;
   /** The leader of the newest term this window knows (with `max_term`). */
   max_term_leader: string | null;
   me_candidate: boolean;
-  peers: Array<{
-    peer: string;
-    incarnation: number;
-    counter: number;
-    live: boolean;
-    eligible: boolean;
-    silent_for_ms: number;
-    death: null | 'timeout' | 'link_closed' | 'left';
-  }>;
+  /** Every member, this window first. */
+  peers: Member[];
   [more: string]: unknown;
 }
 

@@ -68,3 +68,31 @@ test('durable and replicated writes are acknowledged, and a missing acknowledgem
   // A write that changes nothing is acknowledged at once.
   assert.deepEqual(await a.put('c', 'k', 3, { replicated: 2, timeoutMs: 200 }), { changed: false, replicated: 2 });
 });
+
+test('members, the explanation and the metrics have one rendering: integer *_ms, snake_case causes', async (t) => {
+  const m = await freshMesh(t);
+  const [a, b] = await Promise.all([m.join(), m.join()]);
+  await allSee([a, b], (w) => w.members(), (ms) => ms.length === 2 && ms.every((x) => x.live), 'two live members');
+  const members = await a.members();
+  assert.equal(members[0].peer, a.peer, 'this window first');
+  for (const x of members) {
+    assert.deepEqual(Object.keys(x).sort(), ['counter', 'death', 'eligible', 'incarnation', 'live', 'peer', 'silent_for_ms']);
+    assert.ok(Number.isInteger(x.silent_for_ms), `whole milliseconds: ${x.silent_for_ms}`);
+    assert.equal(x.death, null);
+  }
+  // Settled: the leadership no longer changes between the two reads below.
+  await allSee([a, b], (w) => w.leader(), (l) => l.term !== null, 'a leader under a term');
+  const why = await a.explain();
+  assert.equal(why.me, a.peer);
+  assert.deepEqual(why.peers.map((p) => p.peer).sort(), [a.peer, b.peer].sort());
+  const leader = await a.leader();
+  assert.deepEqual(
+    { leader: why.leader, term: why.term, is_me: why.is_me },
+    leader,
+    'the explanation carries the leadership as `leader` answers it',
+  );
+  const stats = await a.stats();
+  assert.equal(typeof stats.mesh.links, 'number');
+  assert.equal(typeof stats.mesh.keys.primary, 'string');
+  assert.ok(Number.isInteger(stats.mesh.propagation.p99_us));
+});
