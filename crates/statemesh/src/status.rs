@@ -53,8 +53,9 @@ pub struct Member {
     pub death: Option<DeathCause>,
 }
 
-impl From<PeerStatus> for Member {
-    fn from(p: PeerStatus) -> Self {
+impl Member {
+    /// The member the node's liveness table shows as `p`.
+    pub(crate) fn of(p: PeerStatus) -> Self {
         Self {
             peer: p.peer,
             incarnation: p.incarnation,
@@ -111,7 +112,7 @@ impl Explanation {
             max_term: x.max_term,
             max_term_leader,
             me_candidate: x.me_candidate,
-            peers: x.peers.into_iter().map(Member::from).collect(),
+            peers: x.peers.into_iter().map(Member::of).collect(),
         }
     }
 }
