@@ -6,6 +6,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Counters and delays of one window's mesh, since it joined.
+///
+/// A diagnostic, not stable API: which counters exist and what they count may change in any
+/// minor release (see the guide, "Which parts are stable"). Its JSON (`serde`) is what the
+/// sidecar's `stats` answers under `mesh` and `statemesh status --json` prints as `metrics`;
+/// delays are integers whose unit ends their name (`p99_us`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Metrics {
