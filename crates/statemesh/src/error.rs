@@ -44,6 +44,18 @@ pub enum MeshError {
     /// An acknowledgement that will never come (the write itself was applied).
     #[error(transparent)]
     Ack(#[from] AckError),
+    /// The write was refused, nothing written: this window's backlog (its local writes that
+    /// its linked peers have not all acknowledged, and the frames queued to its links) is at
+    /// the hard bound ([`MeshBuilder::backpressure`](crate::MeshBuilder::backpressure)). A UI
+    /// shows "busy" and retries once [`Mesh::backpressure`](crate::Mesh::backpressure)
+    /// resolves.
+    #[error("busy: {backlog} local writes and frames not yet taken by peers (limit {limit})")]
+    Backpressure {
+        /// The backlog when the write was refused.
+        backlog: usize,
+        /// The hard bound.
+        limit: usize,
+    },
     /// A tunable is out of range (a zero or day-long timer, a suspect timeout not longer than
     /// the heartbeat interval, a frame limit under 4 KiB).
     #[error("invalid configuration: {0}")]
