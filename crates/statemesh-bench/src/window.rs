@@ -317,10 +317,11 @@ fn command(
         "burst" => {
             let (ms, batch, prefix) = (number("ms")?, number("batch")?.max(1), text("prefix")?);
             let (mesh, later) = (mesh.clone(), later.clone());
+            let rt = tokio::runtime::Handle::current();
             std::thread::Builder::new()
                 .name("writer".into())
                 .spawn(move || {
-                    let _ = later.send(burst(&mesh, ms, batch, &prefix));
+                    let _ = later.send(burst(&mesh, &rt, ms, batch, &prefix));
                 })
                 .map_err(|e| e.to_string())?;
             Ok(None)
@@ -369,6 +370,9 @@ fn command(
                 "tick_late_max_us": metrics.tick_late.max_us,
                 "driver_turn_p99_us": metrics.driver_turns.p99_us,
                 "driver_turn_max_us": metrics.driver_turns.max_us,
+                "backlog_peak": metrics.backlog_peak,
+                "writes_refused": metrics.writes_refused,
+                "views_dropped": metrics.views_dropped,
                 "frames_in": metrics.frames_in,
                 "frames_out": metrics.frames_out,
                 "probes": metrics.probes,
@@ -384,12 +388,15 @@ fn command(
     }
 }
 
-/// Writes keys `tp/<prefix>-<n>` for `ms` milliseconds, `batch` per atomic change.
-fn burst(mesh: &Mesh, ms: u64, batch: u64, prefix: &str) -> Json {
+/// Writes keys `tp/<prefix>-<n>` for `ms` milliseconds, `batch` per atomic change, as fast
+/// as the API allows: a write refused for backpressure waits for the backlog to clear (on the
+/// mesh's runtime `rt`), then the loop goes on.
+fn burst(mesh: &Mesh, rt: &tokio::runtime::Handle, ms: u64, batch: u64, prefix: &str) -> Json {
     let t0 = now_ns();
     let end = t0 + ms * 1_000_000;
     let mut written = 0u64;
     let mut changes = 0u64;
+    let mut refused = 0u64;
     while now_ns() < end {
         let first = written;
         let result = mesh.transact(|tx| {
@@ -398,12 +405,20 @@ fn burst(mesh: &Mesh, ms: u64, batch: u64, prefix: &str) -> Json {
             }
             Ok(())
         });
-        if let Err(e) = result {
-            return json!({"ev": "error", "op": "burst", "error": e.to_string()});
+        match result {
+            Ok(_) => {}
+            Err(statemesh::WriteError::Backpressure { .. }) => {
+                refused += 1;
+                if let Err(e) = rt.block_on(mesh.backpressure()) {
+                    return json!({"ev": "error", "op": "burst", "error": e.to_string()});
+                }
+                continue;
+            }
+            Err(e) => return json!({"ev": "error", "op": "burst", "error": e.to_string()}),
         }
         written += batch;
         changes += 1;
     }
-    json!({"ev": "burst_done", "written": written, "changes": changes, "t0": t0,
-           "t1": now_ns()})
+    json!({"ev": "burst_done", "written": written, "changes": changes, "refused": refused,
+           "t0": t0, "t1": now_ns()})
 }

@@ -15,7 +15,7 @@ use statemesh_net::secret::Secret;
 use crate::driver::{self, Driver};
 use crate::error::JoinError;
 use crate::mesh::Mesh;
-use crate::shared::{Fixed, Shared};
+use crate::shared::{BacklogLimits, Fixed, Shared};
 use crate::store::{LoadSummary, Store};
 
 impl Mesh {
@@ -45,6 +45,7 @@ impl Mesh {
 /// | [`config`](Self::config) | [`Config::default`] (all the timers and limits at once) |
 /// | [`join_timeout`](Self::join_timeout) | 5 s |
 /// | [`ack_timeout`](Self::ack_timeout) | 10 s |
+/// | [`backpressure`](Self::backpressure) | soft 1,024, hard 2,048 |
 #[derive(Debug, Clone)]
 pub struct MeshBuilder {
     name: String,
@@ -53,6 +54,7 @@ pub struct MeshBuilder {
     hint_set: bool,
     join_timeout: Duration,
     ack_timeout: Duration,
+    backlog: BacklogLimits,
     keyring: Option<Keyring>,
     secret_path: Option<PathBuf>,
     runtime_dir: Option<PathBuf>,
@@ -83,6 +85,7 @@ impl MeshBuilder {
             hint_set: false,
             join_timeout: DEFAULT_JOIN_TIMEOUT,
             ack_timeout: DEFAULT_ACK_TIMEOUT,
+            backlog: DEFAULT_BACKLOG,
             keyring: None,
             secret_path: None,
             runtime_dir: None,
@@ -256,6 +259,20 @@ impl MeshBuilder {
         self
     }
 
+    /// The bounds of this window's backlog: its local writes that its live linked peers have
+    /// not all acknowledged, plus the frames queued to its links. From `soft` on,
+    /// [`Mesh::backpressure`](crate::Mesh::backpressure) waits until the backlog is back under
+    /// `soft / 2`; from `hard` on, writes are refused with
+    /// [`WriteError::Backpressure`](crate::WriteError::Backpressure), nothing written.
+    /// Defaults 1,024 and 2,048; `0 < soft <= hard <= MAX_PENDING_WRITES / 2` (the writes
+    /// counted are those watched for replication, `statemesh_core::node::MAX_PENDING_WRITES`, and a
+    /// write not yet acknowledged must never be pushed out of that watch), else `join` fails
+    /// with [`JoinError::InvalidConfig`].
+    pub fn backpressure(mut self, soft: usize, hard: usize) -> Self {
+        self.backlog = BacklogLimits { soft, hard };
+        self
+    }
+
     /// Suspect timeout (default 1 s).
     pub fn suspect_timeout(mut self, d: Duration) -> Self {
         self.config.suspect_timeout = d;
@@ -269,6 +286,13 @@ impl MeshBuilder {
     }
     async fn start(self) -> Result<(Arc<Shared>, Driver), JoinError> {
         check_config(&self.config)?;
+        let BacklogLimits { soft, hard } = self.backlog;
+        if soft == 0 || soft > hard || hard > statemesh_core::node::MAX_PENDING_WRITES / 2 {
+            return Err(JoinError::InvalidConfig(format!(
+                "backpressure bounds {soft} / {hard}: 0 < soft <= hard <= {}",
+                statemesh_core::node::MAX_PENDING_WRITES / 2
+            )));
+        }
         let (ring, key_file) = match (&self.keyring, &self.secret_path) {
             (Some(r), _) => (r.clone(), None),
             (None, Some(p)) => (Keyring::load_or_create(p)?, Some(p.clone())),
@@ -314,6 +338,7 @@ impl MeshBuilder {
                 ack_timeout: self.ack_timeout,
                 keys: keys.clone(),
                 key_file,
+                backlog: self.backlog,
             },
         ));
         let params = driver::Params {
@@ -364,6 +389,11 @@ const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long acknowledgements wait, by default (as the sidecar's `--ack-timeout-ms`).
 const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default backlog bounds (see [`MeshBuilder::backpressure`]).
+const DEFAULT_BACKLOG: BacklogLimits = BacklogLimits {
+    soft: 1024,
+    hard: 2048,
+};
 
 /// The hint timeout that follows a heartbeat interval (see `Config::hint_timeout`).
 fn derived_hint_timeout(heartbeat_interval: Duration) -> Duration {

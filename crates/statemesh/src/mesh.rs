@@ -388,6 +388,23 @@ impl Mesh {
         self.shared().synced_on_join()
     }
 
+    /// Waits while this window's writer is ahead of its peers: resolves at once unless the
+    /// backlog (local writes its live linked peers have not all acknowledged, plus frames
+    /// queued to its links) reached the soft bound of
+    /// [`MeshBuilder::backpressure`](crate::MeshBuilder::backpressure), and then once it is
+    /// back under half of it. Writes are never blocked: they return at once, and are refused
+    /// with [`WriteError::Backpressure`](crate::WriteError::Backpressure) (nothing written) only at the hard bound. A writer in a
+    /// loop awaits this between writes; `Err(Closed)` once the mesh is shut down.
+    pub async fn backpressure(&self) -> Result<(), Closed> {
+        self.shared().backpressure().await
+    }
+
+    /// Whether writes are pushed back now (see [`backpressure`](Self::backpressure)), as a
+    /// `watch` a UI loop can read each frame (`*rx.borrow()`) or await (`rx.changed()`).
+    pub fn backpressure_watch(&self) -> watch::Receiver<bool> {
+        self.shared().pressure()
+    }
+
     /// Whether this window has joined and holds what every peer it is linked to holds, now
     /// (what [`synced`](Self::synced) waits for).
     pub fn is_synced(&self) -> bool {
@@ -452,6 +469,10 @@ impl Mesh {
             suspicions_refuted: stats.suspicions_refuted,
             tick_late: counts.tick_late.summary(),
             driver_turns: counts.driver_turns.summary(),
+            backlog: counts.backlog,
+            backlog_peak: counts.backlog_peak,
+            writes_refused: counts.writes_refused,
+            views_dropped: counts.views_dropped,
         }
     }
 

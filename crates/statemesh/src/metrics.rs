@@ -83,6 +83,17 @@ pub struct Metrics {
     pub tick_late: Delays,
     /// How long each turn of the driver took (one input handled, its outputs carried out).
     pub driver_turns: Delays,
+    /// The backlog after the driver's last turn: local writes that the live linked peers have
+    /// not all acknowledged, plus frames queued to the links (see
+    /// [`Mesh::backpressure`](crate::Mesh::backpressure)).
+    pub backlog: usize,
+    /// The largest backlog seen after a driver turn.
+    pub backlog_peak: usize,
+    /// Writes refused with [`WriteError::Backpressure`](crate::WriteError::Backpressure).
+    pub writes_refused: u64,
+    /// Heartbeat views dropped unread because newer ones filled their queue (a newer view of
+    /// a peer supersedes an older one).
+    pub views_dropped: u64,
 }
 
 /// How many recent delay samples the summaries cover.
@@ -158,6 +169,10 @@ pub(crate) struct DriverCounts {
     pub(crate) propagation: DelaySamples,
     pub(crate) tick_late: DelaySamples,
     pub(crate) driver_turns: DelaySamples,
+    pub(crate) backlog: usize,
+    pub(crate) backlog_peak: usize,
+    pub(crate) writes_refused: u64,
+    pub(crate) views_dropped: u64,
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use statemesh_core::{EntryChange, Node, PeerId, Time, WriteId, Written};
@@ -113,6 +113,19 @@ pub(crate) struct Fixed {
     pub(crate) keys: SharedKeyring,
     /// The keyring file, watched, if the mesh has one.
     pub(crate) key_file: Option<PathBuf>,
+    /// The backlog's bounds (see [`Shared::write`] and [`Shared::backpressure`]).
+    pub(crate) backlog: BacklogLimits,
+}
+
+/// The bounds of a window's backlog: its local writes that its live linked peers have not all
+/// acknowledged (`Node::backlog`) plus the frames queued to its links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BacklogLimits {
+    /// From this backlog on, [`Mesh::backpressure`](crate::Mesh::backpressure) is pending,
+    /// until the backlog falls under half of it.
+    pub(crate) soft: usize,
+    /// From this backlog on, writes are refused with [`WriteError::Backpressure`].
+    pub(crate) hard: usize,
 }
 
 /// State shared by the handles and the driver task (see the module docs).
@@ -145,6 +158,11 @@ pub(crate) struct Shared {
     counts: Mutex<DriverCounts>,
     /// The key each linked peer proved with.
     link_keys: Mutex<BTreeMap<PeerId, KeyId>>,
+    /// Frames handed to the links' writer tasks and not yet taken by QUIC (part of the
+    /// backlog): counted up by the driver, down by the writers.
+    queued: Arc<AtomicUsize>,
+    /// Whether the backlog is over the soft bound (and not yet back under half of it).
+    pressed: watch::Sender<bool>,
 }
 
 /// How many changes a subscriber may fall behind before it is told it lagged.
@@ -170,6 +188,8 @@ impl Shared {
             quic_addr: OnceLock::new(),
             counts: Mutex::new(DriverCounts::default()),
             link_keys: Mutex::new(BTreeMap::new()),
+            queued: Arc::new(AtomicUsize::new(0)),
+            pressed: watch::Sender::new(false),
         }
     }
 
@@ -219,13 +239,26 @@ impl Shared {
     }
 
     /// Runs local write `f` on the node at the write's own time (not the last tick's), hands
-    /// the node back fairly, and wakes the driver; refused once the mesh is closed.
+    /// the node back fairly, and wakes the driver; refused once the mesh is closed, and,
+    /// nothing written, while the backlog is at its hard bound.
     pub(crate) fn write(
         &self,
         f: impl FnOnce(&mut Node) -> Result<Written, WriteError>,
     ) -> Result<Written, WriteError> {
         self.ensure_open()?;
         let mut node = self.node();
+        let limits = self.fixed.backlog;
+        let backlog = node.backlog() + self.queued.load(Ordering::Relaxed);
+        if backlog >= limits.hard {
+            parking_lot::MutexGuard::unlock_fair(node);
+            self.counts().writes_refused += 1;
+            self.pressed
+                .send_if_modified(|p| !std::mem::replace(p, true));
+            return Err(WriteError::Backpressure {
+                backlog,
+                limit: limits.hard,
+            });
+        }
         // The write's own time, taken once the node is ours.
         node.handle_time(self.now());
         let written = f(&mut node);
@@ -233,8 +266,50 @@ impl Shared {
         // gets it before this thread's next write, however fast the application writes.
         parking_lot::MutexGuard::unlock_fair(node);
         let written = written?;
+        if written.changed && backlog + 1 >= limits.soft {
+            self.pressed
+                .send_if_modified(|p| !std::mem::replace(p, true));
+        }
         self.wake();
         Ok(written)
+    }
+
+    // Backpressure.
+
+    /// The counter of frames queued to the links' writers, for the driver and the writers.
+    pub(crate) fn queued_frames(&self) -> &Arc<AtomicUsize> {
+        &self.queued
+    }
+
+    /// The driver's count of the backlog after a turn: backpressure starts at the soft bound
+    /// and ends under half of it.
+    pub(crate) fn set_backlog(&self, unacknowledged: usize) {
+        let backlog = unacknowledged + self.queued.load(Ordering::Relaxed);
+        let soft = self.fixed.backlog.soft;
+        self.pressed.send_if_modified(|p| {
+            let pressed = if *p {
+                backlog >= soft / 2
+            } else {
+                backlog >= soft
+            };
+            pressed != std::mem::replace(p, pressed)
+        });
+        let mut counts = self.counts();
+        counts.backlog = backlog;
+        counts.backlog_peak = counts.backlog_peak.max(backlog);
+    }
+
+    /// Whether writes are pushed back (see [`Shared::set_backlog`]), and its changes.
+    pub(crate) fn pressure(&self) -> watch::Receiver<bool> {
+        self.pressed.subscribe()
+    }
+
+    /// Resolves once the backlog is under half the soft bound (at once if it was never over
+    /// it); `Err(Closed)` once the mesh is closed.
+    pub(crate) async fn backpressure(&self) -> Result<(), Closed> {
+        let mut rx = self.pressed.subscribe();
+        let _ = rx.wait_for(|p| !*p || self.is_closed()).await;
+        self.ensure_open()
     }
 
     /// Tells the driver that the node has outputs to carry out.
@@ -270,6 +345,8 @@ impl Shared {
         self.synced.send_replace(false);
         self.leadership.send_replace(Leadership::default());
         self.closed_watch.send_replace(true);
+        // Whoever waits for the backlog to clear learns that the mesh is closed.
+        self.pressed.send_replace(false);
     }
 
     // What the driver publishes.

@@ -72,12 +72,14 @@ pub(crate) fn scale(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
 /// sum of incarnation numbers: every move to a new incarnation), of which `false_suspicions`
 /// (a window learned it was judged dead while alive) and `freezes` (a window found its own
 /// ticks starved past the suspect timeout); `leadership_changes` (the most any window saw);
-/// restarted sync exchanges; and the worst heartbeat tick lateness and driver turn.
+/// restarted sync exchanges; the largest backlog and the views dropped; and the worst heartbeat
+/// tick lateness and driver turn.
 pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out> {
     let mut out = Out::new();
     let (mut refutations, mut suspicions, mut freezes, mut resets, mut leadership) =
         (0, 0, 0, 0, 0);
     let (mut late_p99, mut late_max, mut turn_p99, mut turn_max) = (0u64, 0u64, 0u64, 0u64);
+    let (mut backlog_peak, mut views_dropped) = (0u64, 0u64);
     for s in slots {
         let info = f.ask(*s, &json!({"op": "info"}), "info")?;
         let n = |k: &str| info[k].as_u64().unwrap_or(0);
@@ -90,12 +92,18 @@ pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out>
         late_max = late_max.max(n("tick_late_max_us"));
         turn_p99 = turn_p99.max(n("driver_turn_p99_us"));
         turn_max = turn_max.max(n("driver_turn_max_us"));
+        backlog_peak = backlog_peak.max(n("backlog_peak"));
+        views_dropped += n("views_dropped");
     }
     out.insert("refutations".into(), json!(refutations));
     out.insert("false_suspicions".into(), json!(suspicions));
     out.insert("freezes".into(), json!(freezes));
     out.insert("sync_resets".into(), json!(resets));
     out.insert("leadership_changes".into(), json!(leadership));
+    // The largest backlog any window saw (local writes not acknowledged by every peer, and
+    // frames queued to links), and views dropped unread (superseded by newer ones).
+    out.insert("backlog_peak".into(), json!(backlog_peak));
+    out.insert("views_dropped".into(), json!(views_dropped));
     out.insert(
         "tick_late_p99_ms".into(),
         json!(round3(late_p99 as f64 / 1e3)),

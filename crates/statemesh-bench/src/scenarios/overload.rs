@@ -85,6 +85,7 @@ pub(crate) fn run(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
         )?;
     }
     let (mut written, mut changes, mut t_start, mut t_written) = (0u64, 0u64, u64::MAX, 0u64);
+    let mut refused = 0u64;
     for s in &slots {
         let done = wait_sampling(
             &mut f,
@@ -104,6 +105,7 @@ pub(crate) fn run(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
         };
         written += num("written")?;
         changes += num("changes")?;
+        refused += done.json["refused"].as_u64().unwrap_or(0);
         t_start = t_start.min(num("t0")?);
         t_written = t_written.max(num("t1")?);
     }
@@ -152,6 +154,8 @@ pub(crate) fn run(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     out.insert("batch".into(), json!(opts.batch));
     out.insert("written".into(), json!(written));
     out.insert("writes".into(), json!(changes));
+    // Writes refused for backpressure (each writer then waited for its backlog to clear).
+    out.insert("writes_refused".into(), json!(refused));
     out.insert("write_s".into(), json!(round3(write_secs)));
     out.insert(
         "writes_per_s".into(),

@@ -58,18 +58,38 @@ impl Node {
 
     /// `peer` holds every pending local write.
     pub(super) fn pending_held_by(&mut self, now: Time, peer: PeerId) {
-        for (write, w) in &mut self.pending {
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        let from = link.held_upto;
+        link.held_upto = WriteId(self.next_write);
+        for (write, w) in self.pending.range_mut(next_id(from)..) {
             w.held_by(*write, peer, now, &mut self.events);
         }
+    }
+
+    /// How many local writes the live linked peers have not all acknowledged yet: the
+    /// tracked writes after the newest one that every live linked peer holds (0 with no live
+    /// link). The runtime's backpressure counts it (see `docs/architecture.md`, *The
+    /// runtime*). It is at most [`MAX_PENDING_WRITES`], and costs one step per write counted.
+    pub fn backlog(&self) -> usize {
+        let floor = self
+            .links
+            .iter()
+            .filter(|(p, _)| self.live.is_live(p))
+            .map(|(_, l)| l.held_upto)
+            .min();
+        floor.map_or(0, |w| self.pending.range(next_id(w)..).count())
     }
 
     pub(super) fn check_replicated(&mut self, now: Time, peer: PeerId) {
         let Some(link) = self.links.get(&peer) else {
             return;
         };
+        // Writes up to `held_upto` are held (each depends on the one before it).
         let waiting: Vec<(WriteId, ChangeHash)> = self
             .pending
-            .iter()
+            .range(next_id(link.held_upto)..)
             .filter(|(_, w)| !w.holders.contains(&peer))
             .map(|(id, w)| (*id, w.hash))
             .collect();
@@ -78,13 +98,25 @@ impl Node {
         }
         let hashes: Vec<ChangeHash> = waiting.iter().map(|(_, h)| *h).collect();
         let held = self.replica.held_by(&link.sync, &hashes);
+        let mut newest = None;
         for ((write, _), held) in waiting.into_iter().zip(held) {
             if !held {
                 continue;
             }
+            newest = Some(write);
             if let Some(w) = self.pending.get_mut(&write) {
                 w.held_by(write, peer, now, &mut self.events);
             }
         }
+        if let Some(newest) = newest
+            && let Some(link) = self.links.get_mut(&peer)
+        {
+            link.held_upto = link.held_upto.max(newest);
+        }
     }
+}
+
+/// The write id after `w`.
+fn next_id(w: WriteId) -> WriteId {
+    WriteId(w.0.saturating_add(1))
 }

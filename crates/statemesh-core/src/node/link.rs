@@ -40,6 +40,10 @@ pub(super) struct Link {
     pub(super) push_ready: bool,
     /// Which link this is (a link that went down and came up again is another).
     pub(super) serial: u64,
+    /// The newest pending local write the peer is known to hold. It holds every earlier one
+    /// too: each change of this peer's actor depends on the one before it. See
+    /// [`Node::backlog`].
+    pub(super) held_upto: super::WriteId,
 }
 
 /// Unchanged views of a peer, on top of the stall timeout, before its sync exchange is reset.
@@ -77,7 +81,10 @@ impl Node {
                 // A peer that keeps answering without progress is stalled whatever else.
                 let busy = l.unproductive_syncs < UNPRODUCTIVE_SYNCS
                     && (unanswered(l.awaiting_answer) || unanswered(l.changes_in_flight));
+                // A peer owed a message that a push job is to generate is not stalled either:
+                // the message is on its way.
                 !l.busy
+                    && !l.push_ready
                     && !busy
                     && l.stalled_views >= STALLED_VIEWS
                     && l.mismatch_since

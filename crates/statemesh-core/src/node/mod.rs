@@ -484,6 +484,7 @@ impl Node {
                 busy: false,
                 push_ready: false,
                 serial: self.next_link_serial,
+                held_upto: WriteId(0),
             },
         );
         let mut changes = Vec::new();

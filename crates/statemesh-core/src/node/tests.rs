@@ -611,3 +611,36 @@ fn aligned_heartbeats_fall_on_the_grid() {
     n.handle_tick(next);
     assert!(views_at(&mut n) > 0, "a view on the grid point");
 }
+
+/// The backlog that backpressure counts: local writes not yet held by every live linked
+/// peer. It rises with writes, falls as the peer acknowledges them, and counts no peer that
+/// is gone.
+#[test]
+fn the_backlog_counts_writes_not_held_by_every_live_peer() {
+    let (mut a, mut b) = linked();
+    assert_eq!(a.backlog(), 0);
+    for i in 0..10 {
+        a.put("c", &format!("k{i}"), &(i as i64), Scope::Durable)
+            .expect("write");
+    }
+    assert_eq!(a.backlog(), 10);
+    assert!(
+        !a.put("c", "k0", &0i64, Scope::Durable)
+            .expect("write")
+            .changed
+    );
+    assert_eq!(
+        a.backlog(),
+        10,
+        "a write that changed nothing is not counted"
+    );
+    pump(&mut a, &mut b, Time::ZERO);
+    assert_eq!(a.backlog(), 0, "the peer holds them all");
+    for i in 0..3 {
+        a.put("c", &format!("m{i}"), &(i as i64), Scope::Durable)
+            .expect("write");
+    }
+    assert_eq!(a.backlog(), 3);
+    a.handle_link_down(Time::ZERO, b.me().peer, LinkDown::Certain);
+    assert_eq!(a.backlog(), 0, "no live linked peer: nothing to wait for");
+}

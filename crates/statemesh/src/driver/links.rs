@@ -5,6 +5,8 @@
 //! certainly gone.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use statemesh_core::codec::{self, FrameDecoder, Hello, Message};
@@ -13,7 +15,7 @@ use statemesh_net::auth::Role;
 use statemesh_net::discovery::MeshTags;
 use statemesh_net::keyring::KeyId;
 use statemesh_net::quic::{self, Endpoint, Link, LinkError};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 
 use super::Run;
@@ -41,7 +43,7 @@ pub(super) enum LinkEvent {
     Frame {
         peer: PeerId,
         conn: usize,
-        payload: Vec<u8>,
+        payload: bytes::Bytes,
     },
     /// A renewed proof on connection `conn` to `peer` (see `Endpoint::renew`) ended: the key
     /// the peer proved with, or why it did not. `ours`: this side asked for it.
@@ -57,6 +59,25 @@ pub(super) enum LinkEvent {
         conn: usize,
         error: Option<String>,
     },
+}
+
+/// A view (heartbeat) that arrived on connection `conn` from `peer`: it travels on a queue of
+/// its own, ahead of other frames (see `Run::views`).
+#[derive(Clone)]
+pub(super) struct ViewFrame {
+    peer: PeerId,
+    conn: usize,
+    payload: bytes::Bytes,
+}
+
+impl From<ViewFrame> for LinkEvent {
+    fn from(v: ViewFrame) -> Self {
+        Self::Frame {
+            peer: v.peer,
+            conn: v.conn,
+            payload: v.payload,
+        }
+    }
 }
 
 /// A link up, as the driver holds it.
@@ -316,7 +337,8 @@ impl Run {
             conn,
             self.events.clone(),
         ));
-        self.writers.spawn(write_loop(send, rx));
+        self.writers
+            .spawn(write_loop(send, rx, self.shared.queued_frames().clone()));
         self.links.insert(
             peer,
             LinkState {
@@ -340,7 +362,7 @@ impl Run {
             peer,
             conn,
             max_frame,
-            self.events.clone(),
+            self.frames.clone(),
             self.views.clone(),
         ));
         self.settle.done_with(peer);
@@ -555,9 +577,22 @@ async fn serve_renewals(
     }
 }
 
-async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<bytes::Bytes>) {
+/// Writes the frames queued to a link, counting each down from `queued` (the backlog's frames)
+/// once QUIC took it.
+async fn write_loop(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::UnboundedReceiver<bytes::Bytes>,
+    queued: Arc<AtomicUsize>,
+) {
     while let Some(frame) = rx.recv().await {
-        if send.write_chunk(frame).await.is_err() {
+        let result = send.write_chunk(frame).await;
+        queued.fetch_sub(1, Ordering::Relaxed);
+        if result.is_err() {
+            // What is still queued will never be sent: no longer part of the backlog.
+            rx.close();
+            while rx.try_recv().is_ok() {
+                queued.fetch_sub(1, Ordering::Relaxed);
+            }
             return;
         }
     }
@@ -575,8 +610,8 @@ async fn read_loop(
     peer: PeerId,
     conn: usize,
     max_frame: usize,
-    events: mpsc::UnboundedSender<LinkEvent>,
-    views: mpsc::UnboundedSender<LinkEvent>,
+    frames: mpsc::Sender<LinkEvent>,
+    views: broadcast::Sender<ViewFrame>,
 ) {
     let mut decoder = FrameDecoder::new(max_frame);
     decoder.extend(&buffered);
@@ -584,20 +619,29 @@ async fn read_loop(
     let error = loop {
         match decoder.next_payload() {
             Ok(Some(payload)) => {
-                // Views overtake queued frames; everything else keeps the link's order.
-                let queue = if codec::is_view(&payload) {
-                    &views
+                let payload = bytes::Bytes::from(payload);
+                // Views overtake queued frames (and never wait: a full queue drops its oldest);
+                // everything else keeps the link's order, and waits for room in its queue.
+                let sent = if codec::is_view(&payload) {
+                    // Fails only when the driver is gone.
+                    views
+                        .send(ViewFrame {
+                            peer,
+                            conn,
+                            payload,
+                        })
+                        .is_ok()
                 } else {
-                    &events
+                    frames
+                        .send(LinkEvent::Frame {
+                            peer,
+                            conn,
+                            payload,
+                        })
+                        .await
+                        .is_ok()
                 };
-                if queue
-                    .send(LinkEvent::Frame {
-                        peer,
-                        conn,
-                        payload,
-                    })
-                    .is_err()
-                {
+                if !sent {
                     return;
                 }
                 continue;
@@ -610,5 +654,6 @@ async fn read_loop(
             Ok(None) | Err(_) => break None,
         }
     };
-    let _ = events.send(LinkEvent::Closed { peer, conn, error });
+    // On the frames' queue: after this link's last frames (a leave among them).
+    let _ = frames.send(LinkEvent::Closed { peer, conn, error }).await;
 }

@@ -26,12 +26,12 @@ use statemesh_core::{Event, PeerId, Persist, SyncJob};
 use statemesh_net::discovery::Discovery;
 use statemesh_net::keyring::Keyring;
 use statemesh_net::quic::{self, Endpoint, LinkError};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use self::discovery::Discoveries;
 use self::jobs::Job;
-use self::links::{LinkEvent, LinkState};
+use self::links::{LinkEvent, LinkState, ViewFrame};
 use crate::dialer::{Dialer, Settle};
 use crate::error::JoinError;
 use crate::shared::Shared;
@@ -90,6 +90,20 @@ pub(crate) struct Params {
 /// A driver turn this long is logged (debug level): it delays heartbeats and views.
 const SLOW_TURN: Duration = Duration::from_millis(50);
 
+/// Frames (other than views) the links' readers may queue to the driver, all links together.
+/// A reader that finds the queue full waits, and stops reading its QUIC stream: QUIC's flow
+/// control then slows the sender, whose backlog rises and pushes back on its writer. Far more
+/// than a mesh queues in practice: sync is one message per round trip per peer.
+const FRAMES_QUEUED: usize = 256;
+
+/// Frames held while a job runs (see `Run::held`), at most: beyond, the driver stops taking
+/// frames from the readers' queue until the job is done.
+const HELD_MAX: usize = 256;
+
+/// Views the links' readers may queue to the driver: a full queue drops the oldest (a newer
+/// view of a peer supersedes an older one).
+const VIEWS_QUEUED: usize = 64;
+
 /// Binds the QUIC endpoint, starts the discoveries and the store's writer, and spawns the
 /// driver's task.
 pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver, JoinError> {
@@ -119,8 +133,11 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         // Nothing to wait for.
         shared.node().handle_settled(shared.now());
     }
+    // Events of the helper tasks and the store: bounded by construction (one per link set up,
+    // dial, probe, renewed proof or store write, each started by the driver itself).
     let (events, events_rx) = mpsc::unbounded_channel();
-    let (views, views_rx) = mpsc::unbounded_channel();
+    let (frames, frames_rx) = mpsc::channel(FRAMES_QUEUED);
+    let (views, views_rx) = broadcast::channel(VIEWS_QUEUED);
     let writer = match store {
         Some(store) => {
             let tx = events.clone();
@@ -157,6 +174,7 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         tasks,
         writers: JoinSet::new(),
         events,
+        frames,
         views,
         next_conn: 0,
         settle,
@@ -165,13 +183,38 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         held: VecDeque::new(),
     };
     let task = tokio::spawn(tracing::Instrument::instrument(
-        run.run(events_rx, views_rx, stop_rx),
+        run.run(events_rx, frames_rx, views_rx, stop_rx),
         span,
     ));
     Ok(Driver {
         task: Some(task),
         stop: Some(stop_tx),
     })
+}
+
+/// What a turn of the driver's loop has to do after its `select!`.
+enum Turn {
+    /// Handled already (what it was, for the slow-turn log).
+    Done(&'static str),
+    /// A job finished.
+    Finish(Result<Job, tokio::task::JoinError>),
+    /// A frame (other than a view) arrived.
+    Frame(LinkEvent),
+    /// Local writes (or a handle) woke the driver.
+    Wake,
+}
+
+/// Runs `f`, work on the node that may take long, so that the runtime's other tasks (the
+/// links' readers, which queue views, and their writers, and QUIC itself) keep running
+/// meanwhile: on a multi-thread runtime (the one `join_blocking` makes has one worker)
+/// `block_in_place` hands this worker's other tasks to another thread for the time of `f`;
+/// on a current-thread runtime `f` just runs. Without it a window whose driver spent a second
+/// on bulk work read no view meanwhile, and its next tick judged its peers silent.
+fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// The driver's task: what it holds, and its loop.
@@ -205,8 +248,11 @@ struct Run {
     /// The tasks writing to each link: a graceful leave waits for them to drain.
     writers: JoinSet<()>,
     events: mpsc::UnboundedSender<LinkEvent>,
-    /// Heartbeat views, handled ahead of `events` (see `statemesh_core::codec::is_view`).
-    views: mpsc::UnboundedSender<LinkEvent>,
+    /// The links' frames (other than views) and their ends, bounded ([`FRAMES_QUEUED`]).
+    frames: mpsc::Sender<LinkEvent>,
+    /// Heartbeat views, handled ahead of everything else (see
+    /// `statemesh_core::codec::is_view`); bounded, dropping the oldest ([`VIEWS_QUEUED`]).
+    views: broadcast::Sender<ViewFrame>,
     next_conn: usize,
     /// When this window may count itself a leader candidate before its join grace is over.
     settle: Settle,
@@ -216,7 +262,8 @@ impl Run {
     async fn run(
         mut self,
         mut events_rx: mpsc::UnboundedReceiver<LinkEvent>,
-        mut views_rx: mpsc::UnboundedReceiver<LinkEvent>,
+        mut frames_rx: mpsc::Receiver<LinkEvent>,
+        mut views_rx: broadcast::Receiver<ViewFrame>,
         mut stop: oneshot::Receiver<()>,
     ) {
         self.spawn_accept_loop();
@@ -233,11 +280,19 @@ impl Run {
                 let t0 = Instant::now();
                 // Views that arrived while the last turn ran are judged before the tick, which
                 // would otherwise find their senders silent.
-                while let Ok(ev) = views_rx.try_recv() {
-                    self.on_link_event(ev);
+                loop {
+                    match views_rx.try_recv() {
+                        Ok(v) => {
+                            self.on_link_event(v.into());
+                        }
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => self.views_dropped(n),
+                        Err(_) => break,
+                    }
                 }
                 self.tick(deadline);
                 self.flush();
+                // The tick may have left a push to generate.
+                self.start_job(&mut job);
                 self.turn_done(t0, "tick");
                 deadline = self.deadline();
             }
@@ -246,9 +301,13 @@ impl Run {
             {
                 // Frames held while the last job ran, one per turn, before newer ones.
                 let t0 = Instant::now();
-                let what = self.on_link_event(ev);
-                self.start_job(&mut job);
-                self.flush();
+                let what = off_worker(|| {
+                    let what = self.on_link_event(ev);
+                    self.start_job(&mut job);
+                    self.flush();
+                    self.start_job(&mut job);
+                    what
+                });
                 self.turn_done(t0, what);
                 continue;
             }
@@ -259,42 +318,54 @@ impl Run {
             let what = tokio::select! {
                 biased;
                 _ = &mut stop => break true,
-                Some(ev) = views_rx.recv() => (Instant::now(), self.on_link_event(ev)),
+                v = views_rx.recv() => match v {
+                    Ok(v) => (Instant::now(), Turn::Done(self.on_link_event(v.into()))),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        self.views_dropped(n);
+                        (Instant::now(), Turn::Done("views dropped"))
+                    }
+                    // The driver holds a sender: never closed.
+                    Err(broadcast::error::RecvError::Closed) => {
+                        (Instant::now(), Turn::Done("views closed"))
+                    }
+                },
                 done = async {
                     match job.as_mut() {
                         Some(task) => task.await,
                         None => std::future::pending().await,
                     }
                 }, if job.is_some() => {
-                    let t0 = Instant::now();
                     job = None;
-                    (t0, self.finish_job(done))
+                    (Instant::now(), Turn::Finish(done))
                 }
-                Some(ev) = events_rx.recv() => {
+                Some(ev) = events_rx.recv() => (Instant::now(), Turn::Done(self.on_link_event(ev))),
+                // While a job runs, frames are held (up to `HELD_MAX`, then left in the
+                // readers' queue, which then stops the readers).
+                Some(ev) = frames_rx.recv(), if self.held.len() < HELD_MAX => {
                     let t0 = Instant::now();
                     if job.is_some() && matches!(ev, LinkEvent::Frame { .. }) {
                         self.held.push_back(ev);
-                        (t0, "held")
+                        (t0, Turn::Done("held"))
                     } else {
-                        (t0, self.on_link_event(ev))
+                        (t0, Turn::Frame(ev))
                     }
                 }
                 (index, ev) = self.discoveries.next() => {
                     let t0 = Instant::now();
                     self.on_discovered(index, ev);
                     self.dial_due();
-                    (t0, "discovery")
+                    (t0, Turn::Done("discovery"))
                 }
-                () = self.shared.woken() => (Instant::now(), "wake"),
+                () = self.shared.woken() => (Instant::now(), Turn::Wake),
                 () = tokio::time::sleep_until(deadline.into()) => {
                     let t0 = Instant::now();
                     self.tick(deadline);
-                    (t0, "tick")
+                    (t0, Turn::Done("tick"))
                 }
                 Ok(()) = self.keys_rx.changed() => {
                     let t0 = Instant::now();
                     self.on_keys_changed();
-                    (t0, "keys")
+                    (t0, Turn::Done("keys"))
                 }
                 () = async {
                     match redial {
@@ -303,14 +374,32 @@ impl Run {
                     }
                 } => {
                     self.dial_due();
-                    (Instant::now(), "redial")
+                    (Instant::now(), Turn::Done("redial"))
                 }
             };
-            self.start_job(&mut job);
-            self.flush();
-            // The flush may have left a push to generate.
-            self.start_job(&mut job);
-            self.turn_done(what.0, what.1);
+            let (t0, turn) = what;
+            let mut rest = |this: &mut Self, turn: Turn| {
+                let what = match turn {
+                    Turn::Done(what) => what,
+                    Turn::Finish(done) => this.finish_job(done),
+                    Turn::Frame(ev) => this.on_link_event(ev),
+                    Turn::Wake => "wake",
+                };
+                this.start_job(&mut job);
+                this.flush();
+                // The flush may have left a push to generate.
+                this.start_job(&mut job);
+                what
+            };
+            // Work on the node that may take long (a job's result joining the document, a
+            // received frame, local writes to push) runs off the runtime's worker, so that
+            // the links' readers keep queueing views meanwhile (see `off_worker`).
+            let what = if matches!(turn, Turn::Done(_)) {
+                rest(&mut self, turn)
+            } else {
+                off_worker(|| rest(&mut self, turn))
+            };
+            self.turn_done(t0, what);
         };
         if shutdown {
             self.leave().await;
@@ -319,6 +408,12 @@ impl Run {
         // mesh closed.
         self.discoveries.withdraw();
         self.shared.close();
+    }
+
+    /// `n` views were dropped unread: newer ones filled their queue.
+    fn views_dropped(&self, n: u64) {
+        self.shared.counts().views_dropped += n;
+        tracing::debug!(n, "views dropped: newer ones filled the queue");
     }
 
     /// Runs the tick that was due at `due`.
@@ -350,7 +445,7 @@ impl Run {
         let mut frames = Vec::new();
         let mut events = Vec::new();
         let mut persists = Vec::new();
-        let (info, term, synced, tracked_from, live) = {
+        let (info, term, synced, tracked_from, live, backlog) = {
             let t0 = Instant::now();
             let mut node = self.shared.node();
             let t_lock = t0.elapsed();
@@ -382,13 +477,19 @@ impl Run {
                 // Links to peers judged dead are not counted while their connection winds
                 // down (those this turn closes are to dead peers too).
                 self.links.keys().filter(|p| node.is_live(p)).count(),
+                node.backlog(),
             )
         };
         self.shared
             .set_link_keys(self.links.iter().map(|(p, l)| (p, l.key)));
+        let queued = self.shared.queued_frames();
         for t in frames {
             if let Some(link) = self.links.get(&t.to) {
-                let _ = link.tx.send(t.frame);
+                // Counted before it is sent: the writer counts it down once QUIC took it.
+                queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if link.tx.send(t.frame).is_err() {
+                    queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         }
         let mut unstored = None;
@@ -460,6 +561,7 @@ impl Run {
             term: info.term,
             is_me: info.leader == Some(me) && term.is_some() && term == info.term,
         });
+        self.shared.set_backlog(backlog);
         // Last: whoever waits for `synced` then finds every change already broadcast.
         self.shared.set_synced(synced);
     }
