@@ -292,10 +292,11 @@ impl Mesh {
         self.write(|n| n.add(name, by, scope))
     }
 
-    /// Makes several writes as one atomic change.
+    /// Makes several writes as one atomic change. `f` runs once more when it writes to a
+    /// channel for the first time (see `statemesh_core::Replica::transact`).
     pub fn transact(
         &self,
-        f: impl FnOnce(&mut statemesh_core::Tx<'_>) -> Result<(), WriteError>,
+        f: impl FnMut(&mut statemesh_core::Tx<'_>) -> Result<(), WriteError>,
     ) -> Result<Pending, MeshError> {
         self.write(|n| n.transact(f).map(|((), w)| w))
     }

@@ -84,8 +84,8 @@ pub(super) struct TouchedKeys<'a> {
     records: Vec<String>,
     counters: Vec<String>,
     seen: HashSet<(EntryKind, String)>,
-    /// The record each object (a record, or a value nested in one) lives under.
-    record_of: HashMap<ObjId, Option<String>>,
+    /// Where each object operations touched lives (see [`Place`]).
+    place_of: HashMap<ObjId, Place>,
 }
 
 impl<'a> TouchedKeys<'a> {
@@ -95,7 +95,7 @@ impl<'a> TouchedKeys<'a> {
             records: Vec::new(),
             counters: Vec::new(),
             seen: HashSet::new(),
-            record_of: HashMap::new(),
+            place_of: HashMap::new(),
         }
     }
 
@@ -106,24 +106,26 @@ impl<'a> TouchedKeys<'a> {
         };
         let layout = self.layout;
         let obj = ObjId::Id(id.counter(), id.actor().clone(), usize::MAX);
-        let entry = if obj == layout.records || obj == layout.counters {
+        if obj == layout.records {
+            // A channel's map created: no record yet.
+            return;
+        }
+        let entry = if obj == layout.counters {
             let automerge::legacy::Key::Map(key) = &op.key else {
                 return;
             };
-            let kind = if obj == layout.records {
-                EntryKind::Record
-            } else {
-                EntryKind::Counter
-            };
-            (kind, key.to_string())
+            (EntryKind::Counter, key.to_string())
         } else {
-            let flat = self
-                .record_of
+            let place = self
+                .place_of
                 .entry(obj)
-                .or_insert_with_key(|obj| record_holding(doc, layout, obj));
-            match flat {
-                Some(flat) => (EntryKind::Record, flat.clone()),
-                None => return,
+                .or_insert_with_key(|obj| place_of(doc, layout, obj));
+            match (place, &op.key) {
+                (Place::Channel(channel), automerge::legacy::Key::Map(key)) => {
+                    (EntryKind::Record, format!("{channel}{SEP}{key}"))
+                }
+                (Place::Record(flat), _) => (EntryKind::Record, flat.clone()),
+                _ => return,
             }
         };
         if self.seen.insert(entry.clone()) {
@@ -142,15 +144,36 @@ impl<'a> TouchedKeys<'a> {
 /// Touched record and counter keys: see [`touched_keys`].
 pub(super) type Touched = (Vec<String>, Vec<String>);
 
-/// The flat key of the record `obj` is, or lives in (at any depth).
-fn record_holding(doc: &Automerge, layout: &Layout, obj: &ObjId) -> Option<String> {
-    for parent in doc.parents(obj).ok()? {
+/// Where an object lives, as far as change notifications go.
+enum Place {
+    /// It is the map of this channel: an operation on it touches the record it names.
+    Channel(String),
+    /// It is this record (flat key `"<channel>\u{1f}<key>"`), or lives in it at any depth.
+    Record(String),
+    /// Anywhere else.
+    Elsewhere,
+}
+
+/// Where `obj` lives: walks up its parents to the records map (channel map, record, value
+/// nested in a record).
+fn place_of(doc: &Automerge, layout: &Layout, obj: &ObjId) -> Place {
+    let Ok(parents) = doc.parents(obj) else {
+        return Place::Elsewhere;
+    };
+    // The property under which the previous object (one level down) sits in its parent.
+    let mut below: Option<automerge::Prop> = None;
+    for parent in parents {
         if parent.obj == layout.records {
-            return match parent.prop {
-                automerge::Prop::Map(flat) => Some(flat),
-                automerge::Prop::Seq(_) => None,
+            let automerge::Prop::Map(channel) = parent.prop else {
+                return Place::Elsewhere;
+            };
+            return match below {
+                None => Place::Channel(channel),
+                Some(automerge::Prop::Map(key)) => Place::Record(format!("{channel}{SEP}{key}")),
+                Some(automerge::Prop::Seq(_)) => Place::Elsewhere,
             };
         }
+        below = Some(parent.prop);
     }
-    None
+    Place::Elsewhere
 }
