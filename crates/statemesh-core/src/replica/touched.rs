@@ -68,8 +68,10 @@ impl Replica {
 fn touched_keys(doc: &Automerge, layout: &Layout, before: &[ChangeHash]) -> Touched {
     let mut touched = TouchedKeys::new(layout);
     for change in doc.get_changes(before) {
-        for op in change.decode().operations {
-            touched.add(doc, &op);
+        let (actor, start) = (change.actor_id().clone(), change.start_op().get());
+        for (i, op) in change.decode().operations.into_iter().enumerate() {
+            let id = ObjId::Id(start.saturating_add(i as u64), actor.clone(), usize::MAX);
+            touched.add(doc, &op, &id);
         }
     }
     touched.finish()
@@ -84,8 +86,11 @@ pub(super) struct TouchedKeys<'a> {
     records: Vec<String>,
     counters: Vec<String>,
     seen: HashSet<(EntryKind, String)>,
-    /// Where each object operations touched lives (see [`Place`]).
+    /// Where each object operations touched (or created) lives (see [`Place`]).
     place_of: HashMap<ObjId, Place>,
+    /// Whether the channels' maps are in `place_of` yet (read from the records map, one entry
+    /// per channel, the first time an object's place is not known).
+    channels_read: bool,
 }
 
 impl<'a> TouchedKeys<'a> {
@@ -96,16 +101,37 @@ impl<'a> TouchedKeys<'a> {
             counters: Vec::new(),
             seen: HashSet::new(),
             place_of: HashMap::new(),
+            channels_read: false,
         }
     }
 
-    /// Notes the entry `op` (an operation of `doc`) touches, if any.
-    pub(super) fn add(&mut self, doc: &Automerge, op: &automerge::legacy::Op) {
-        let automerge::legacy::ObjectId::Id(id) = &op.obj else {
+    /// Notes the entry `op` (an operation of `doc`, whose id is `id`) touches, if any.
+    ///
+    /// The place of an object made by an operation seen here is learnt from that operation,
+    /// and a channel's map is found in the records map: Automerge 0.12's `parents` searches
+    /// the whole document for an object's creating operation, so it is only asked about
+    /// objects made by earlier changes (a record updated in place).
+    pub(super) fn add(&mut self, doc: &Automerge, op: &automerge::legacy::Op, id: &ObjId) {
+        let automerge::legacy::ObjectId::Id(parent) = &op.obj else {
             return;
         };
         let layout = self.layout;
-        let obj = ObjId::Id(id.counter(), id.actor().clone(), usize::MAX);
+        let obj = ObjId::Id(parent.counter(), parent.actor().clone(), usize::MAX);
+        if let automerge::legacy::OpType::Make(_) = op.action {
+            let made = match (&op.key, obj == layout.records) {
+                (automerge::legacy::Key::Map(name), true) => Place::Channel(name.to_string()),
+                (_, true) => Place::Elsewhere,
+                (key, false) if obj != layout.counters => match (self.place(doc, &obj), key) {
+                    (Place::Channel(channel), automerge::legacy::Key::Map(key)) => {
+                        Place::Record(format!("{channel}{SEP}{key}"))
+                    }
+                    (Place::Record(flat), _) => Place::Record(flat),
+                    _ => Place::Elsewhere,
+                },
+                _ => Place::Elsewhere,
+            };
+            self.place_of.insert(id.clone(), made);
+        }
         if obj == layout.records {
             // A channel's map created: no record yet.
             return;
@@ -116,15 +142,11 @@ impl<'a> TouchedKeys<'a> {
             };
             (EntryKind::Counter, key.to_string())
         } else {
-            let place = self
-                .place_of
-                .entry(obj)
-                .or_insert_with_key(|obj| place_of(doc, layout, obj));
-            match (place, &op.key) {
+            match (self.place(doc, &obj), &op.key) {
                 (Place::Channel(channel), automerge::legacy::Key::Map(key)) => {
                     (EntryKind::Record, format!("{channel}{SEP}{key}"))
                 }
-                (Place::Record(flat), _) => (EntryKind::Record, flat.clone()),
+                (Place::Record(flat), _) => (EntryKind::Record, flat),
                 _ => return,
             }
         };
@@ -136,6 +158,28 @@ impl<'a> TouchedKeys<'a> {
         }
     }
 
+    /// Where `obj` lives: learnt from an operation seen, a channel's map, or (an object made
+    /// by an earlier change) asked of the document.
+    fn place(&mut self, doc: &Automerge, obj: &ObjId) -> Place {
+        if let Some(place) = self.place_of.get(obj) {
+            return place.clone();
+        }
+        if !self.channels_read {
+            self.channels_read = true;
+            for item in doc.map_range(&self.layout.records, ..) {
+                self.place_of
+                    .entry(item.id())
+                    .or_insert_with(|| Place::Channel(item.key.to_string()));
+            }
+            if let Some(place) = self.place_of.get(obj) {
+                return place.clone();
+            }
+        }
+        let place = place_of(doc, self.layout, obj);
+        self.place_of.insert(obj.clone(), place.clone());
+        place
+    }
+
     pub(super) fn finish(self) -> Touched {
         (self.records, self.counters)
     }
@@ -145,6 +189,7 @@ impl<'a> TouchedKeys<'a> {
 pub(super) type Touched = (Vec<String>, Vec<String>);
 
 /// Where an object lives, as far as change notifications go.
+#[derive(Clone)]
 enum Place {
     /// It is the map of this channel: an operation on it touches the record it names.
     Channel(String),

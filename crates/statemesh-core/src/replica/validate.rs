@@ -73,11 +73,13 @@ pub(super) fn check_new_changes(
         ));
     }
     for change in &rebuilt {
-        for op in change.decode().operations {
+        let (actor, start) = (change.actor_id().clone(), change.start_op().get());
+        for (i, op) in change.decode().operations.into_iter().enumerate() {
             check_operation(doc, &op)?;
             check_layout(layout, change, &op)?;
             if let Some(touched) = touched.as_deref_mut() {
-                touched.add(doc, &op);
+                let id = ObjId::Id(start.saturating_add(i as u64), actor.clone(), usize::MAX);
+                touched.add(doc, &op, &id);
             }
         }
     }
