@@ -300,6 +300,9 @@ pub struct Replica {
     layout: Layout,
     me: PeerId,
     presence: PresenceIndex,
+    /// The maps of the channels the last local transaction wrote to: the change notification
+    /// that follows it names them without a search ([`Replica::touched_since`]).
+    written: Vec<(ObjId, String)>,
 }
 
 /// The presence-scoped entries of each writer, kept up to date with every change to the
@@ -362,6 +365,8 @@ pub struct Tx<'a> {
     /// Channels written to that have no map yet: their writes are left out, and
     /// [`Replica::transact`] creates the maps and runs the transaction again.
     missing: BTreeSet<String>,
+    /// The maps of the channels written to, for the change notification that follows.
+    written: Vec<(ObjId, String)>,
 }
 
 impl Tx<'_> {
@@ -379,6 +384,9 @@ impl Tx<'_> {
             self.missing.insert(channel.to_owned());
             return Ok(());
         };
+        if !self.written.iter().any(|(_, c)| c == channel) {
+            self.written.push((ch.clone(), channel.to_owned()));
+        }
         let (rec, existed) = match self.tx.get(&ch, key)? {
             Some((automerge::Value::Object(ObjType::Map), id)) => (id, true),
             _ => (self.tx.put_object(&ch, key, ObjType::Map)?, false),
@@ -465,6 +473,7 @@ impl Replica {
             layout,
             me,
             presence: PresenceIndex::default(),
+            written: Vec::new(),
         }
     }
 
@@ -500,12 +509,19 @@ impl Replica {
                     layout: &self.layout,
                     me: self.me,
                     missing: BTreeSet::new(),
+                    written: Vec::new(),
                 };
                 let result = f(&mut tx);
-                let Tx { tx, missing, .. } = tx;
+                let Tx {
+                    tx,
+                    missing,
+                    written,
+                    ..
+                } = tx;
                 match result {
                     Ok(r) if missing.is_empty() => {
                         let (hash, _) = tx.commit_with(CommitOptions::default().with_time(0));
+                        self.written = written;
                         return Ok((r, hash));
                     }
                     Err(e) if missing.is_empty() => {

@@ -16,7 +16,8 @@ impl Replica {
     /// holds). An entry is reported when any of its operations is new, also one that lost a
     /// concurrent conflict or was overwritten since: readers re-read the entry.
     pub fn touched_since(&mut self, before: &[ChangeHash]) -> Vec<EntryChange> {
-        let touched = touched_keys(&self.doc, &self.layout, before);
+        let known = std::mem::take(&mut self.written);
+        let touched = touched_keys(&self.doc, &self.layout, before, known);
         self.report_touched(touched)
     }
 
@@ -65,8 +66,17 @@ impl Replica {
 /// `before` (in the order the changes touched them): the part of a change notification that
 /// reads the changes' operations, run wherever the document is (a sync job's copy, off the
 /// node).
-fn touched_keys(doc: &Automerge, layout: &Layout, before: &[ChangeHash]) -> Touched {
+fn touched_keys(
+    doc: &Automerge,
+    layout: &Layout,
+    before: &[ChangeHash],
+    known: Vec<(ObjId, String)>,
+) -> Touched {
     let mut touched = TouchedKeys::new(layout);
+    // Channel maps named by the local transaction: no search of the records map for them.
+    for (obj, channel) in known {
+        touched.place_of.insert(obj, Place::Channel(channel));
+    }
     for change in doc.get_changes(before) {
         let (actor, start) = (change.actor_id().clone(), change.start_op().get());
         for (i, op) in change.decode().operations.into_iter().enumerate() {
