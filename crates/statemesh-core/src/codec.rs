@@ -24,8 +24,10 @@ use crate::replica::check_name;
 use crate::value::Token;
 use crate::{Incarnation, MeshTag, PeerId};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The protocol version this build speaks. Version 3: the document gives each channel a map
+/// of its own (replica schema 2); peers of version 2 keep every record in one map, and the two
+/// layouts cannot share a document, so their hellos refuse each other.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Length of the frame header.
 pub const HEADER_LEN: usize = 4;

@@ -39,8 +39,9 @@ use crate::discovery::{
 /// The DNS-SD service type.
 pub const SERVICE: &str = "_statemesh._udp.local.";
 
-/// The version announced in TXT `v`.
-pub const PROTOCOL_VERSION: &str = "2";
+/// The version announced in TXT `v`: the core's wire protocol version
+/// (`statemesh_core::codec::PROTOCOL_VERSION`), which names the document layout too.
+pub const PROTOCOL_VERSION: &str = "3";
 
 /// Longest TXT value accepted from others (ours are at most 36 bytes).
 pub const MAX_TXT_VALUE: usize = 64;

@@ -269,10 +269,12 @@ impl Mesh {
     }
 
     /// Makes several writes as one atomic change: every write of `f` is applied, or (when one
-    /// is refused, or `f` returns an error) none.
+    /// is refused, or `f` returns an error) none. `f` runs once more when it writes to a
+    /// channel for the first time (the channel's map is created first), so it should only
+    /// write, not act on the world.
     pub fn transact(
         &self,
-        f: impl FnOnce(&mut Tx<'_, '_>) -> Result<(), WriteError>,
+        mut f: impl FnMut(&mut Tx<'_, '_>) -> Result<(), WriteError>,
     ) -> Result<Pending, WriteError> {
         let mut refused = None;
         let pending = self.write(|n| {

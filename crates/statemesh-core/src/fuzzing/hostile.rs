@@ -10,8 +10,8 @@ use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, S
 use super::common::{PEERS, Reader, peer_ids};
 use crate::PeerId;
 
-/// Names a hostile program may use as map keys: the layout's own, statemesh's flat keys, and
-/// arbitrary ones.
+/// Names a hostile program may use as map keys: the layout's own, channel names and record
+/// keys, statemesh's flat counter keys, and arbitrary ones.
 fn key(r: &mut Reader<'_>, ids: &[PeerId; PEERS]) -> String {
     let sep = crate::replica::SEP;
     let (me, peer) = (ids[0], ids[1]);
@@ -26,11 +26,11 @@ fn key(r: &mut Reader<'_>, ids: &[PeerId; PEERS]) -> String {
         7 => "p".into(),
         8 => me.to_string(),
         9 => peer.to_string(),
-        10 => format!("probes{sep}api:443"),
-        11 => format!("windows{sep}{me}"),
+        10 => "probes".into(),
+        11 => "api:443".into(),
         12 => format!("ws/desired{sep}{me}{sep}d"),
         13 => format!("ws/running{sep}{peer}{sep}p"),
-        14 => format!("config{sep}limits"),
+        14 => "limits".into(),
         _ => String::from_utf8_lossy(&r.bytes()).into_owned(),
     }
 }
@@ -113,8 +113,30 @@ fn make_changes(base: &Automerge, data: &[u8]) -> (Vec<Vec<u8>>, Vec<ChangeHash>
     let mut doc = base
         .clone()
         .with_actor(actors[usize::from(r.byte()) % 3].clone());
+    // The root, a channel's map, the counters, the meta map and its terms (the records map,
+    // where only a channel's own change may write, is reached by the encoded changes: genesis
+    // operation 1). A document without a channel gets one first, made as every peer makes it
+    // (its change is the first one sent).
+    let mut chunks = Vec::new();
+    let records = doc.get(ROOT, "r").ok().flatten().map(|(_, id)| id);
+    let mut channels: Vec<ObjId> = records
+        .iter()
+        .flat_map(|r| doc.map_range(r, ..).map(|item| item.id()).take(1))
+        .collect();
+    if channels.is_empty()
+        && let Some(records) = &records
+    {
+        let mut change = crate::replica::channel_change("probes");
+        if doc.apply_changes([change.clone()]).is_ok()
+            && let Ok(Some((_, ch))) = doc.get(records, "probes")
+        {
+            chunks.push(change.bytes().into_owned());
+            channels.push(ch);
+        }
+    }
     let mut objs: Vec<ObjId> = vec![ROOT];
-    for name in ["r", "c", "m"] {
+    objs.extend(channels.first().cloned().or_else(|| records.clone()));
+    for name in ["c", "m"] {
         if let Ok(Some((_, id))) = doc.get(ROOT, name) {
             objs.push(id);
         }
@@ -127,10 +149,18 @@ fn make_changes(base: &Automerge, data: &[u8]) -> (Vec<Vec<u8>>, Vec<ChangeHash>
     let mut raw = RawChanges {
         deps: doc.get_heads(),
         seqs: BTreeMap::new(),
-        next_op: doc.stats().num_ops + 1,
+        // Right after the operations of the changes the first one depends on (channels' own
+        // changes number their operations from the genesis change, so a count of the
+        // document's operations is not it).
+        next_op: doc
+            .get_heads()
+            .iter()
+            .filter_map(|h| doc.get_change_meta_by_hash(h).map(|c| c.max_op))
+            .max()
+            .unwrap_or(0)
+            + 1,
         made: Vec::new(),
     };
-    let mut chunks = Vec::new();
     let mut ops = 0;
     while ops < MAX_OPS && chunks.len() < MAX_CHANGES && !r.data.is_empty() {
         let time = r.number() as i64;

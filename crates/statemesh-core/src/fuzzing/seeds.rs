@@ -116,7 +116,7 @@ fn programs() -> Vec<(String, Vec<u8>)> {
         (
             "program-raw",
             vec![
-                2, 0, 0, 3, 2, 0, 0, 0, 1, 1, 0, 0, 2, 10, 5, 5, 9, 0, 0, 0, 0, 0,
+                2, 0, 0, 3, 2, 0, 0, 0, 1, 1, 0, 1, 2, 12, 5, 5, 9, 0, 0, 0, 0, 0,
             ],
         ),
     ]
@@ -153,6 +153,28 @@ fn persisted(node: &mut Node, rounds: usize) -> Vec<Persist> {
 
 fn bytes_of(p: &Persist) -> &[u8] {
     p.bytes()
+}
+
+/// A state file of the first layout (schema 1), which loads migrated: records of two channels
+/// (one nested, one presence-scoped), counter entries of both scopes, a term.
+fn schema1_seed() -> Vec<u8> {
+    use crate::value::Value;
+    let [a, ..] = peer_ids();
+    crate::replica::schema1_file(
+        a,
+        &[
+            ("probes", "api:443", Value::Str("up".into()), false),
+            (
+                "config",
+                "limits",
+                Value::Map([("max".to_owned(), Value::Int(8))].into()),
+                false,
+            ),
+            ("windows", "w1", Value::Bool(true), true),
+        ],
+        &[("ws/desired", "d", 2), ("ws/running", "p", 1)],
+        3,
+    )
 }
 
 fn state_seeds() -> Vec<(String, Vec<u8>)> {
@@ -197,6 +219,7 @@ fn state_seeds() -> Vec<(String, Vec<u8>)> {
         ("appends-truncated".into(), truncated),
         ("snapshot-flipped-byte".into(), flipped),
         ("not-automerge".into(), b"not an automerge file".to_vec()),
+        ("schema1-snapshot".into(), schema1_seed()),
     ]
     .into_iter()
     .chain(programs())
@@ -377,7 +400,12 @@ mod tests {
 
     #[test]
     fn state_seeds_load() {
-        for name in ["appends", "snapshot-then-appends", "two-peers-snapshot"] {
+        for name in [
+            "appends",
+            "snapshot-then-appends",
+            "two-peers-snapshot",
+            "schema1-snapshot",
+        ] {
             let mut node = new_node(peer_ids()[2], Config::default(), 5);
             let report = node.load(&seed("state_load", name)).expect("loads");
             assert!(report.complete && report.changed, "{name}: {report:?}");

@@ -34,10 +34,11 @@ impl Node {
         self.transact(|tx| tx.add(name, by, scope)).map(|(_, w)| w)
     }
 
-    /// Makes several writes as one atomic change.
+    /// Makes several writes as one atomic change. `f` runs once more when it writes to a
+    /// channel for the first time (see [`Replica::transact`](crate::Replica::transact)).
     pub fn transact<R>(
         &mut self,
-        f: impl FnOnce(&mut Tx<'_>) -> Result<R, WriteError>,
+        f: impl FnMut(&mut Tx<'_>) -> Result<R, WriteError>,
     ) -> Result<(R, Written), WriteError> {
         let before = self.replica.heads();
         let (r, hash) = self.replica.transact(f)?;

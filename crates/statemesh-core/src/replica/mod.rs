@@ -1,30 +1,42 @@
 //! The replicated state: one Automerge document per mesh, laid out so that no two peers ever
 //! create competing containers.
 //!
-//! Layout (every container below is created by the *genesis* change, which every peer builds
-//! byte for byte identically — same actor, sequence number, time and operations — so all peers
-//! share the very same objects):
+//! Layout (schema 2). The containers of the root are created by the *genesis* change, which
+//! every peer builds byte for byte identically — same actor, sequence number, time and
+//! operations — so all peers share the very same objects; each channel's map is created by
+//! the channel's own change, which every peer also builds byte for byte identically:
 //!
 //! ```text
 //! ROOT
-//! ├── "r": map   records:  "<channel>\u{1f}<key>" -> { "v": value, "w": writer id, "p": presence? }
+//! ├── "r": map   records:  "<channel>" -> map (the channel's own change)
+//! │                           "<key>" -> { "v": value, "w": writer id, "p": presence? }
 //! ├── "c": map   counters: "<name>\u{1f}<writer id>\u{1f}d|p" -> Counter  (one entry per writer)
-//! └── "m": map   meta:     "schema" -> 1, "terms" -> map { "<leader id>" -> term }
+//! └── "m": map   meta:     "schema" -> 2, "terms" -> map { "<leader id>" -> term }
 //! ```
 //!
-//! Records are flat keys of one shared map, so two peers writing different keys of one channel
-//! at once never race to create a channel container. A record is a last-writer-wins register
-//! whose fields merge when updated concurrently. Counters are per-writer entries combined on
-//! read: each writer only ever creates its own entry, so `desired += 1` from two windows at once
-//! adds up.
+//! A channel's map is made by a change built on a document holding only the genesis change,
+//! by an actor derived from the channel's name (a hash), at time 0, without a message, with
+//! the one operation `put_object(records, "<channel>", Map)`: its dependencies (the genesis
+//! change), sequence number (1) and first operation number (right after the genesis change's)
+//! do not depend on the local document's history, so two peers that write to a new channel
+//! at once make the very same change (Automerge keeps a change once, by its hash) and share
+//! one map. A received change may touch the records map only as such a change (`validate`).
+//! Applying a received record then walks the records of its channel, not of the mesh.
+//!
+//! A record is a last-writer-wins register whose fields merge when updated concurrently.
+//! Counters stay per-writer entries of one flat map, combined on read: each writer only ever
+//! creates its own entry, so `desired += 1` from two windows at once adds up. State files of
+//! schema 1 (every record a flat key `"<channel>\u{1f}<key>"` of the records map) are
+//! migrated on load (`legacy`).
 //!
 //! The replica's parts, each in its own file beside this one (which holds the replica, its
 //! layout, its reads and writes, the presence index, load and save): `sync`, sync messages
 //! generated and received, and received changes applied away from the replica
 //! ([`SyncApply`]); `validate`, the checks received changes must pass before they join the
 //! document (the security boundary); `touched`, change notifications (the entries new changes
-//! touched); `tests`.
+//! touched); `legacy`, state files of schema 1 and their migration; `tests`.
 
+mod legacy;
 mod sync;
 mod touched;
 mod validate;
@@ -39,6 +51,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::PeerId;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub use legacy::schema1_file;
 pub use sync::{CATCH_UP_AT_ONCE, CATCH_UP_ROUNDS, SyncApplied, SyncApply, SyncFinish};
 use validate::check_new_changes;
 
@@ -48,6 +62,18 @@ pub const SEP: char = '\u{1f}';
 
 /// The longest channel name, key or counter name, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
+
+/// How many times [`Replica::transact`] runs a transaction that keeps writing to channels
+/// without a map (each run creates the maps the previous one missed).
+const MAX_NEW_CHANNEL_RUNS: usize = 8;
+
+/// Channel `channel`'s map in `doc`, if it has one.
+fn channel_obj(doc: &impl ReadDoc, records: &ObjId, channel: &str) -> Option<ObjId> {
+    match doc.get(records, channel).ok()? {
+        Some((automerge::Value::Object(ObjType::Map), id)) => Some(id),
+        _ => None,
+    }
+}
 
 /// How long an entry lives.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
@@ -97,6 +123,10 @@ pub enum WriteError {
     /// The document refused the operation.
     #[error(transparent)]
     Automerge(Box<automerge::AutomergeError>),
+    /// A transaction kept writing to channels without a map, run after run (it names new
+    /// channels each time it runs; see [`Replica::transact`]). Nothing was written.
+    #[error("the transaction wrote to new channels (such as {0:?}) every time it ran")]
+    NewChannels(String),
     /// The value could not be converted to the dynamic form leader records travel in.
     #[error("could not convert the value: {0}")]
     Build(String),
@@ -200,7 +230,12 @@ fn counter_key(name: &str, writer: PeerId, scope: Scope) -> String {
     format!("{name}{SEP}{writer}{SEP}{s}")
 }
 
-/// The object ids of the three genesis containers.
+/// The layout version, stored in the genesis change as meta `"schema"`. Version 1 kept every
+/// record in one flat map (`"<channel>\u{1f}<key>"` -> record); version 2 gives each channel a
+/// map of its own. Files of version 1 are migrated on load (see `legacy`).
+pub const SCHEMA: u64 = 2;
+
+/// The object ids of the genesis containers.
 #[derive(Clone, Debug)]
 struct Layout {
     records: ObjId,
@@ -216,7 +251,7 @@ fn genesis() -> (Automerge, Layout) {
         let records = tx.put_object(ROOT, "r", ObjType::Map)?;
         let counters = tx.put_object(ROOT, "c", ObjType::Map)?;
         let meta = tx.put_object(ROOT, "m", ObjType::Map)?;
-        tx.put(&meta, "schema", 1u64)?;
+        tx.put(&meta, "schema", SCHEMA)?;
         let terms = tx.put_object(&meta, "terms", ObjType::Map)?;
         Ok(Layout {
             records,
@@ -229,6 +264,35 @@ fn genesis() -> (Automerge, Layout) {
     (doc, layout)
 }
 
+/// The actor that creates channel `channel`'s map: derived from the name alone, so every peer
+/// names it the same.
+fn channel_actor(channel: &str) -> ActorId {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"statemesh channel map\0");
+    h.update(channel.as_bytes());
+    let d = h.finalize();
+    ActorId::from(&d[..16])
+}
+
+/// The change that creates channel `channel`'s map, byte for byte the same on every peer: made
+/// on a document holding only the genesis change, by the channel's own actor
+/// ([`channel_actor`]), at time 0, without a message, with the one operation
+/// `put_object(records, channel, Map)`. Its dependencies (the genesis change), its sequence
+/// number (1) and its first operation number (right after the genesis change's) come from
+/// that document, not from the local one, so two peers creating the channel at once make the
+/// very same change, which Automerge keeps once (changes are known by their hash).
+pub(crate) fn channel_change(channel: &str) -> automerge::Change {
+    let (doc, layout) = genesis();
+    let mut doc = doc.with_actor(channel_actor(channel));
+    let mut tx = doc.transaction();
+    tx.put_object(&layout.records, channel, ObjType::Map)
+        .unwrap_or_else(|e| unreachable!("a put into the genesis records map cannot fail: {e}"));
+    tx.commit_with(CommitOptions::default().with_time(0));
+    doc.get_last_local_change()
+        .unwrap_or_else(|| unreachable!("the channel change was just committed"))
+}
+
 /// The replicated document of one peer.
 #[derive(Debug)]
 pub struct Replica {
@@ -236,6 +300,9 @@ pub struct Replica {
     layout: Layout,
     me: PeerId,
     presence: PresenceIndex,
+    /// The maps of the channels the last local transaction wrote to: the change notification
+    /// that follows it names them without a search ([`Replica::touched_since`]).
+    written: Vec<(ObjId, String)>,
 }
 
 /// The presence-scoped entries of each writer, kept up to date with every change to the
@@ -295,6 +362,11 @@ pub struct Tx<'a> {
     tx: Transaction<'a>,
     layout: &'a Layout,
     me: PeerId,
+    /// Channels written to that have no map yet: their writes are left out, and
+    /// [`Replica::transact`] creates the maps and runs the transaction again.
+    missing: BTreeSet<String>,
+    /// The maps of the channels written to, for the change notification that follows.
+    written: Vec<(ObjId, String)>,
 }
 
 impl Tx<'_> {
@@ -306,14 +378,18 @@ impl Tx<'_> {
         value: &T,
         scope: Scope,
     ) -> Result<(), WriteError> {
-        let flat = record_key(channel, key).map_err(WriteError::InvalidName)?;
-        let (rec, existed) = match self.tx.get(&self.layout.records, flat.as_str())? {
+        record_key(channel, key).map_err(WriteError::InvalidName)?;
+        let Some(ch) = channel_obj(&self.tx, &self.layout.records, channel) else {
+            // Written once the map exists: the transaction runs again (see `missing`).
+            self.missing.insert(channel.to_owned());
+            return Ok(());
+        };
+        if !self.written.iter().any(|(_, c)| c == channel) {
+            self.written.push((ch.clone(), channel.to_owned()));
+        }
+        let (rec, existed) = match self.tx.get(&ch, key)? {
             Some((automerge::Value::Object(ObjType::Map), id)) => (id, true),
-            _ => (
-                self.tx
-                    .put_object(&self.layout.records, flat.as_str(), ObjType::Map)?,
-                false,
-            ),
+            _ => (self.tx.put_object(&ch, key, ObjType::Map)?, false),
         };
         let ops = self.tx.pending_ops();
         autosurgeon::reconcile_prop(&mut self.tx, &rec, "v", value)?;
@@ -345,9 +421,11 @@ impl Tx<'_> {
 
     /// Deletes record `key` of `channel` (whoever wrote it).
     pub fn delete(&mut self, channel: &str, key: &str) -> Result<(), WriteError> {
-        let flat = record_key(channel, key).map_err(WriteError::InvalidName)?;
-        if self.tx.get(&self.layout.records, flat.as_str())?.is_some() {
-            self.tx.delete(&self.layout.records, flat.as_str())?;
+        record_key(channel, key).map_err(WriteError::InvalidName)?;
+        if let Some(ch) = channel_obj(&self.tx, &self.layout.records, channel)
+            && self.tx.get(&ch, key)?.is_some()
+        {
+            self.tx.delete(&ch, key)?;
         }
         Ok(())
     }
@@ -395,6 +473,7 @@ impl Replica {
             layout,
             me,
             presence: PresenceIndex::default(),
+            written: Vec::new(),
         }
     }
 
@@ -411,25 +490,64 @@ impl Replica {
     /// Makes several writes as one atomic change. Returns the change's hash, or `None` when the
     /// writes changed nothing (writing a value equal to the stored one is not a change). On an
     /// error nothing is written.
+    ///
+    /// `f` runs again when it wrote to channels that had no map yet: the transaction is rolled
+    /// back, the channel maps are created (each by its own change, the same on every peer, see
+    /// the module docs) and `f` runs on a transaction that sees them. A channel's first write
+    /// costs one more run of `f`; every later write, none.
     pub fn transact<R>(
         &mut self,
-        f: impl FnOnce(&mut Tx<'_>) -> Result<R, WriteError>,
+        mut f: impl FnMut(&mut Tx<'_>) -> Result<R, WriteError>,
     ) -> Result<(R, Option<ChangeHash>), WriteError> {
-        let mut tx = Tx {
-            tx: self.doc.transaction(),
-            layout: &self.layout,
-            me: self.me,
-        };
-        match f(&mut tx) {
-            Ok(r) => {
-                let (hash, _) = tx.tx.commit_with(CommitOptions::default().with_time(0));
-                Ok((r, hash))
+        // A run collects every channel it misses, so the second run sees them all, unless `f`
+        // names new channels on every run.
+        let mut last = String::new();
+        for _ in 0..MAX_NEW_CHANNEL_RUNS {
+            let missing = {
+                let mut tx = Tx {
+                    tx: self.doc.transaction(),
+                    layout: &self.layout,
+                    me: self.me,
+                    missing: BTreeSet::new(),
+                    written: Vec::new(),
+                };
+                let result = f(&mut tx);
+                let Tx {
+                    tx,
+                    missing,
+                    written,
+                    ..
+                } = tx;
+                match result {
+                    Ok(r) if missing.is_empty() => {
+                        let (hash, _) = tx.commit_with(CommitOptions::default().with_time(0));
+                        self.written = written;
+                        return Ok((r, hash));
+                    }
+                    Err(e) if missing.is_empty() => {
+                        tx.rollback();
+                        return Err(e);
+                    }
+                    _ => {
+                        tx.rollback();
+                        missing
+                    }
+                }
+            };
+            for channel in &missing {
+                self.create_channel(channel)?;
             }
-            Err(e) => {
-                tx.tx.rollback();
-                Err(e)
-            }
+            last = missing.into_iter().next().unwrap_or_default();
         }
+        Err(WriteError::NewChannels(last))
+    }
+
+    /// Creates channel `channel`'s map, unless it exists (see [`channel_change`]).
+    fn create_channel(&mut self, channel: &str) -> Result<(), WriteError> {
+        if channel_obj(&self.doc, &self.layout.records, channel).is_none() {
+            self.doc.apply_changes([channel_change(channel)])?;
+        }
+        Ok(())
     }
 
     /// Records that this peer led under `term` (kept so a restarted mesh never reuses a term).
@@ -501,26 +619,28 @@ impl Replica {
 
     /// The visible keys of `channel`, in order.
     pub fn keys(&self, channel: &str, is_live: impl Fn(&PeerId) -> bool) -> Vec<String> {
-        let prefix = format!("{channel}{SEP}");
+        let Some(ch) = channel_obj(&self.doc, &self.layout.records, channel) else {
+            return Vec::new();
+        };
         self.doc
-            .map_range(&self.layout.records, prefix.clone()..)
-            .take_while(|item| item.key.starts_with(&prefix))
-            .filter_map(|item| {
-                let key = item.key[prefix.len()..].to_owned();
-                let rec = self.record_obj(&item.key)?;
-                self.visible(&rec, &is_live).then_some(key)
+            .map_range(&ch, ..)
+            .filter_map(|item| match item.value {
+                automerge::ValueRef::Object(ObjType::Map) => {
+                    let rec = item.id();
+                    self.visible(&rec, &is_live).then(|| item.key.to_string())
+                }
+                _ => None,
             })
             .collect()
     }
 
     /// The names of channels holding at least one record, in order.
     pub fn channels(&self) -> Vec<String> {
-        let set: BTreeSet<String> = self
-            .doc
+        self.doc
             .map_range(&self.layout.records, ..)
-            .filter_map(|item| item.key.split_once(SEP).map(|(c, _)| c.to_owned()))
-            .collect();
-        set.into_iter().collect()
+            .filter(|item| self.doc.length(item.id()) > 0)
+            .map(|item| item.key.to_string())
+            .collect()
     }
 
     /// The value of counter `name`: the sum of every writer's entry, leaving out presence-scoped
@@ -591,12 +711,15 @@ impl Replica {
     /// Rebuilds the presence index from the whole document (after a load).
     fn reindex_presence(&mut self) {
         let mut index = PresenceIndex::default();
-        for item in self.doc.map_range(&self.layout.records, ..) {
-            if let Some(rec) = self.record_obj(&item.key)
-                && self.is_presence(&rec)
-                && let Some(w) = self.writer_of(&rec)
-            {
-                index.set_record(&item.key, Some(w));
+        for channel in self.doc.map_range(&self.layout.records, ..) {
+            let ch = channel.id();
+            for item in self.doc.map_range(&ch, ..) {
+                let rec = item.id();
+                if self.is_presence(&rec)
+                    && let Some(w) = self.writer_of(&rec)
+                {
+                    index.set_record(&format!("{}{SEP}{}", channel.key, item.key), Some(w));
+                }
             }
         }
         for item in self.doc.map_range(&self.layout.counters, ..) {
@@ -652,24 +775,43 @@ impl Replica {
         let before = doc.get_heads();
         let loaded = catch_unwind(AssertUnwindSafe(|| {
             doc.load_incremental(bytes)?;
-            check_new_changes(&doc, &before, None)
+            check_new_changes(&doc, &self.layout, &before, None)
         }));
-        match loaded {
+        let result = match loaded {
             Ok(Ok(())) => {
                 let changed = doc.get_heads() != before;
                 self.doc = doc;
-                if changed {
-                    self.reindex_presence();
-                }
                 Ok(LoadReport { complete, changed })
             }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ApplyError::Panicked),
+        };
+        // A file of the first layout does not load as it is (its genesis change is another
+        // change of the genesis actor, which Automerge refuses, and its other changes do not
+        // descend from today's): it is migrated.
+        let result = match result {
+            Ok(LoadReport { changed: false, .. })
+            | Err(ApplyError::Invalid(_) | ApplyError::Refused(_)) => {
+                match legacy::read_v1(bytes) {
+                    Some(old) => self
+                        .migrate_v1(&old)
+                        .map(|changed| LoadReport { complete, changed }),
+                    None => result,
+                }
+            }
+            other => other,
+        };
+        if let Ok(LoadReport { changed: true, .. }) = result {
+            self.reindex_presence();
         }
+        result
     }
 
+    /// The record behind flat key `"<channel>\u{1f}<key>"`.
     fn record_obj(&self, flat: &str) -> Option<ObjId> {
-        match self.doc.get(&self.layout.records, flat).ok()? {
+        let (channel, key) = flat.split_once(SEP)?;
+        let ch = channel_obj(&self.doc, &self.layout.records, channel)?;
+        match self.doc.get(&ch, key).ok()? {
             Some((automerge::Value::Object(ObjType::Map), id)) => Some(id),
             _ => None,
         }

@@ -157,7 +157,7 @@ impl Replica {
         let result = catch_unwind(AssertUnwindSafe(|| {
             target.receive_sync_message(&mut new_state, message)?;
             if checked {
-                check_new_changes(target, &before, None)?;
+                check_new_changes(target, &self.layout, &before, None)?;
             }
             Ok(())
         }));
@@ -272,7 +272,7 @@ impl SyncApply {
             // The checks read every new operation; the change notifications' reading of them
             // rides along (one rebuild and one decode per received change).
             let mut keys = TouchedKeys::new(layout);
-            check_new_changes(doc, base, Some(&mut keys))?;
+            check_new_changes(doc, layout, base, Some(&mut keys))?;
             *touched = keys.finish();
             Ok(())
         }));

@@ -109,12 +109,15 @@ fn counters_refuse_to_wrap_and_merged_sums_saturate() {
 /// What the presence index must say, found the slow way: a scan of the document.
 fn scanned_presence_entries(r: &Replica, writer: PeerId) -> BTreeSet<(EntryKind, String)> {
     let mut out = BTreeSet::new();
-    for item in r.doc.map_range(&r.layout.records, ..) {
-        if let Some(rec) = r.record_obj(&item.key)
-            && r.is_presence(&rec)
-            && r.writer_of(&rec) == Some(writer)
-        {
-            out.insert((EntryKind::Record, item.key.to_string()));
+    for channel in r.doc.map_range(&r.layout.records, ..) {
+        for item in r.doc.map_range(channel.id(), ..) {
+            let rec = item.id();
+            if r.is_presence(&rec) && r.writer_of(&rec) == Some(writer) {
+                out.insert((
+                    EntryKind::Record,
+                    format!("{}{SEP}{}", channel.key, item.key),
+                ));
+            }
         }
     }
     for item in r.doc.map_range(&r.layout.counters, ..) {
@@ -142,6 +145,22 @@ fn indexed(r: &Replica, writer: PeerId) -> BTreeSet<(EntryKind, String)> {
 fn diffed(r: &Replica, before: &[ChangeHash]) -> BTreeSet<(EntryKind, String)> {
     let mut out = BTreeSet::new();
     for patch in r.doc.diff(before, &r.heads()) {
+        // Records: ROOT -> "r" -> channel -> key; counters: ROOT -> "c" -> flat key.
+        if patch.path.len() >= 2 && patch.path[1].0 == r.layout.records {
+            let channel = patch.path[1].1.to_string();
+            let key = match (patch.path.get(2), &patch.action) {
+                (Some((_, key)), _) => key.to_string(),
+                (
+                    None,
+                    automerge::PatchAction::PutMap { key, .. }
+                    | automerge::PatchAction::DeleteMap { key },
+                ) => key.clone(),
+                (None, automerge::PatchAction::Conflict { prop }) => prop.to_string(),
+                _ => continue,
+            };
+            out.insert((EntryKind::Record, format!("{channel}{SEP}{key}")));
+            continue;
+        }
         let (obj, prop) = if patch.path.len() >= 2 {
             (patch.path[1].0.clone(), patch.path[1].1.to_string())
         } else {
@@ -154,9 +173,7 @@ fn diffed(r: &Replica, before: &[ChangeHash]) -> BTreeSet<(EntryKind, String)> {
             };
             (patch.obj.clone(), prop)
         };
-        if obj == r.layout.records {
-            out.insert((EntryKind::Record, prop));
-        } else if obj == r.layout.counters
+        if obj == r.layout.counters
             && let Some((name, _, _)) = split_counter_key(&prop)
         {
             out.insert((EntryKind::Counter, name.to_owned()));
@@ -332,4 +349,266 @@ fn a_write_inside_a_nested_value_is_reported_as_its_record() {
             by: Some(a.me),
         }]
     );
+}
+
+/// The change that made channel `channel`'s map in `r`.
+fn channel_change_in(r: &Replica, channel: &str) -> automerge::Change {
+    let ch = channel_obj(&r.doc, &r.layout.records, channel).expect("the channel has a map");
+    let hash = r.doc.hash_for_opid(&ch).expect("the map's change");
+    r.doc.get_change_by_hash(&hash).expect("the change")
+}
+
+/// Two peers with different histories that write to a new channel at once create one and the
+/// same map: the channel's change is byte for byte the same, and after a sync each holds one
+/// map with both records (no competing container hides one side's writes).
+#[test]
+fn a_channel_created_by_two_peers_at_once_is_one_map() {
+    let (mut a, mut b) = (replica(1), replica(2));
+    for i in 0..30 {
+        a.transact(|tx| tx.put("a-only", &format!("k{i}"), &i, Scope::Durable))
+            .expect("write");
+    }
+    b.transact(|tx| {
+        tx.add("n", 3, Scope::Durable)?;
+        tx.put("b-only", "k", &"x".to_owned(), Scope::Durable)
+    })
+    .expect("write");
+    a.transact(|tx| tx.put("both", "from-a", &1, Scope::Durable))
+        .expect("write");
+    b.transact(|tx| tx.put("both", "from-b", &2, Scope::Durable))
+        .expect("write");
+    let (ca, cb) = (channel_change_in(&a, "both"), channel_change_in(&b, "both"));
+    assert_eq!(ca.hash(), cb.hash(), "one change on both peers");
+    assert_eq!(ca.raw_bytes(), cb.raw_bytes(), "byte for byte");
+    assert_eq!(ca.raw_bytes(), channel_change("both").raw_bytes());
+    assert_eq!(
+        ca.deps(),
+        genesis().0.get_heads().as_slice(),
+        "on the genesis"
+    );
+    assert_eq!((ca.seq(), ca.start_op().get()), (1, 6));
+    assert_eq!(ca.actor_id(), &channel_actor("both"));
+    sync(&mut a, &mut b);
+    assert_eq!(a.heads(), b.heads());
+    for r in [&a, &b] {
+        assert_eq!(
+            r.doc
+                .get_all(&r.layout.records, "both")
+                .expect("read")
+                .len(),
+            1,
+            "one map, no conflict"
+        );
+        assert_eq!(r.keys("both", |_| true), ["from-a", "from-b"]);
+        assert_eq!(
+            r.get::<i64>("both", "from-b", |_| true).expect("read"),
+            Some(2)
+        );
+        assert_eq!(r.channels(), ["a-only", "b-only", "both"]);
+        assert_eq!(r.keys("a-only", |_| true).len(), 30);
+    }
+}
+
+/// A transaction that writes to several new channels, and to existing ones, is one change
+/// (run again once the maps exist); one that fails writes nothing.
+#[test]
+fn a_transaction_over_new_channels_is_one_change() {
+    let mut a = replica(1);
+    a.transact(|tx| tx.put("old", "k", &0, Scope::Durable))
+        .expect("write");
+    let before = a.heads();
+    let mut runs = 0;
+    let (_, hash) = a
+        .transact(|tx| {
+            runs += 1;
+            tx.put("old", "k", &1, Scope::Durable)?;
+            tx.put("new1", "k", &2, Scope::Durable)?;
+            tx.put("new2", "k", &3, Scope::Presence)?;
+            tx.delete("never-written", "k")
+        })
+        .expect("write");
+    assert_eq!(runs, 2, "one run to find the new channels, one to write");
+    let hash = hash.expect("a change");
+    let mine: Vec<_> = a
+        .doc
+        .get_changes_meta(&before)
+        .into_iter()
+        .filter(|c| *c.actor == *a.doc.get_actor())
+        .map(|c| c.hash)
+        .collect();
+    assert_eq!(mine, [hash], "the writes are one change");
+    assert_eq!(a.get::<i64>("new2", "k", |_| true).expect("read"), Some(3));
+    assert_eq!(a.get::<i64>("old", "k", |_| true).expect("read"), Some(1));
+    let heads = a.heads();
+    let err = a.transact(|tx| {
+        tx.put("new3", "k", &1, Scope::Durable)?;
+        tx.put("new3", "bad\u{1}", &1, Scope::Durable)
+    });
+    assert!(matches!(err, Err(WriteError::InvalidName(_))), "{err:?}");
+    assert_eq!(
+        a.keys("new3", |_| true),
+        Vec::<String>::new(),
+        "nothing written"
+    );
+    assert!(
+        a.doc
+            .get_changes_meta(&heads)
+            .iter()
+            .all(|c| *c.actor != *a.doc.get_actor()),
+        "no change of this peer"
+    );
+}
+
+/// A received change may create a channel's map only as the channel's own change: a
+/// competing map (which would hide the channel's records), a deletion or replacement of a
+/// channel's map, or any operation on the root, is refused and leaves the document as it was.
+#[test]
+fn a_forged_channel_container_is_refused() {
+    use automerge::sync::SyncDoc;
+    let (mut a, mut b) = (replica(1), replica(2));
+    a.transact(|tx| tx.put("probes", "api", &"up".to_owned(), Scope::Durable))
+        .expect("write");
+    sync(&mut a, &mut b);
+    type Forge = fn(&mut Transaction<'_>, &ObjId);
+    let forgeries: [(&str, Forge); 5] = [
+        ("a competing map for an existing channel", |tx, records| {
+            let ch = tx
+                .put_object(records, "probes", ObjType::Map)
+                .expect("forged");
+            tx.put_object(&ch, "api", ObjType::Map).expect("forged");
+        }),
+        ("a competing map for a new channel", |tx, records| {
+            tx.put_object(records, "jobs", ObjType::Map)
+                .expect("forged");
+        }),
+        ("a channel's map deleted", |tx, records| {
+            tx.delete(records, "probes").expect("forged");
+        }),
+        ("a channel's map replaced by a value", |tx, records| {
+            tx.put(records, "probes", 1).expect("forged");
+        }),
+        ("a new records map", |tx, _| {
+            tx.put_object(ROOT, "r", ObjType::Map).expect("forged");
+        }),
+    ];
+    for (what, forge) in forgeries {
+        let mut forged = b.doc.clone();
+        let records = b.layout.records.clone();
+        let mut tx = forged.transaction();
+        forge(&mut tx, &records);
+        tx.commit_with(CommitOptions::default().with_time(0));
+        let heads = a.heads();
+        let mut state = Replica::new_sync_state();
+        let mut hostile = Replica::new_sync_state();
+        let mut refused = false;
+        for _ in 0..10 {
+            let Some(msg) = forged.generate_sync_message(&mut hostile) else {
+                break;
+            };
+            match a.receive_sync(&mut state, &msg.encode()) {
+                Ok(_) => {}
+                Err(ApplyError::Invalid(_)) => {
+                    refused = true;
+                    break;
+                }
+                Err(e) => panic!("{what}: {e}"),
+            }
+            if let Some(reply) = a.generate_sync(&mut state) {
+                forged
+                    .receive_sync_message(
+                        &mut hostile,
+                        automerge::sync::Message::decode(&reply).expect("decodes"),
+                    )
+                    .expect("applies");
+            }
+        }
+        assert!(refused, "{what}: accepted");
+        assert_eq!(a.heads(), heads, "{what}: the document changed");
+        assert_eq!(
+            a.get::<String>("probes", "api", |_| true).expect("read"),
+            Some("up".to_owned()),
+            "{what}"
+        );
+        // The same change in a stored file is refused too.
+        let file = forged.save_after(&heads);
+        assert!(
+            matches!(a.load_stored(&file), Err(ApplyError::Invalid(_))),
+            "{what}: loaded from a file"
+        );
+    }
+}
+
+/// A state file of the first layout (every record in one flat map) loads: every record, with
+/// its writer and scope, every counter entry and the stored term are found in today's layout.
+#[test]
+fn a_schema_1_file_is_migrated_on_load() {
+    use crate::value::Value;
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let writer = PeerId::generate(900, &mut rng);
+    let nested = Value::Map(
+        [
+            ("state".to_owned(), Value::Str("running".into())),
+            ("tags".to_owned(), Value::List(vec![Value::Str("a".into())])),
+        ]
+        .into(),
+    );
+    let mut records = vec![
+        ("jobs", "j1", nested.clone(), false),
+        ("windows", "w1", Value::Str("open".into()), true),
+    ];
+    for i in 0..250 {
+        records.push((
+            "probes",
+            Box::leak(format!("ep{i}").into_boxed_str()),
+            Value::Int(i),
+            false,
+        ));
+    }
+    let file = schema1_file(
+        writer,
+        &records,
+        &[("desired", "d", 5), ("running", "p", 2)],
+        7,
+    );
+    let mut r = replica(3);
+    let report = r.load_stored(&file).expect("migrated");
+    assert!(report.complete && report.changed, "{report:?}");
+    assert_eq!(r.channels(), ["jobs", "probes", "windows"]);
+    assert_eq!(r.keys("probes", |_| true).len(), 250);
+    for (channel, key, value, _) in &records {
+        assert_eq!(
+            r.get::<Value>(channel, key, |_| true)
+                .expect("read")
+                .as_ref(),
+            Some(value),
+            "{channel}/{key}"
+        );
+        assert_eq!(r.writer(channel, key), Some(writer), "{channel}/{key}");
+    }
+    assert_eq!(
+        r.get::<Value>("windows", "w1", |_| false).expect("read"),
+        None,
+        "presence"
+    );
+    assert_eq!(r.counter("desired", |_| false), 5);
+    assert_eq!(r.counter("running", |_| true), 2);
+    assert_eq!(r.counter("running", |_| false), 0);
+    assert_eq!(r.max_stored_term(), 7);
+    assert_eq!(indexed(&r, writer), scanned_presence_entries(&r, writer));
+    assert_eq!(
+        indexed(&r, writer).len(),
+        2,
+        "the presence record and counter entry"
+    );
+    // Loading the same file again changes nothing.
+    let heads = r.heads();
+    let again = r.load_stored(&file).expect("migrated");
+    assert!(!again.changed, "{again:?}");
+    assert_eq!(r.heads(), heads);
+    // Saved in today's layout, it loads as it is on another peer.
+    let mut other = replica(4);
+    other.load_stored(&r.save()).expect("loads");
+    assert_eq!(other.heads(), r.heads());
+    // A file of today's layout is not taken for one of the first.
+    assert!(legacy::read_v1(&r.save()).is_none());
 }

@@ -16,7 +16,8 @@ impl Replica {
     /// holds). An entry is reported when any of its operations is new, also one that lost a
     /// concurrent conflict or was overwritten since: readers re-read the entry.
     pub fn touched_since(&mut self, before: &[ChangeHash]) -> Vec<EntryChange> {
-        let touched = touched_keys(&self.doc, &self.layout, before);
+        let known = std::mem::take(&mut self.written);
+        let touched = touched_keys(&self.doc, &self.layout, before, known);
         self.report_touched(touched)
     }
 
@@ -65,11 +66,22 @@ impl Replica {
 /// `before` (in the order the changes touched them): the part of a change notification that
 /// reads the changes' operations, run wherever the document is (a sync job's copy, off the
 /// node).
-fn touched_keys(doc: &Automerge, layout: &Layout, before: &[ChangeHash]) -> Touched {
+fn touched_keys(
+    doc: &Automerge,
+    layout: &Layout,
+    before: &[ChangeHash],
+    known: Vec<(ObjId, String)>,
+) -> Touched {
     let mut touched = TouchedKeys::new(layout);
+    // Channel maps named by the local transaction: no search of the records map for them.
+    for (obj, channel) in known {
+        touched.place_of.insert(obj, Place::Channel(channel));
+    }
     for change in doc.get_changes(before) {
-        for op in change.decode().operations {
-            touched.add(doc, &op);
+        let (actor, start) = (change.actor_id().clone(), change.start_op().get());
+        for (i, op) in change.decode().operations.into_iter().enumerate() {
+            let id = ObjId::Id(start.saturating_add(i as u64), actor.clone(), usize::MAX);
+            touched.add(doc, &op, &id);
         }
     }
     touched.finish()
@@ -84,8 +96,11 @@ pub(super) struct TouchedKeys<'a> {
     records: Vec<String>,
     counters: Vec<String>,
     seen: HashSet<(EntryKind, String)>,
-    /// The record each object (a record, or a value nested in one) lives under.
-    record_of: HashMap<ObjId, Option<String>>,
+    /// Where each object operations touched (or created) lives (see [`Place`]).
+    place_of: HashMap<ObjId, Place>,
+    /// Whether the channels' maps are in `place_of` yet (read from the records map, one entry
+    /// per channel, the first time an object's place is not known).
+    channels_read: bool,
 }
 
 impl<'a> TouchedKeys<'a> {
@@ -95,35 +110,54 @@ impl<'a> TouchedKeys<'a> {
             records: Vec::new(),
             counters: Vec::new(),
             seen: HashSet::new(),
-            record_of: HashMap::new(),
+            place_of: HashMap::new(),
+            channels_read: false,
         }
     }
 
-    /// Notes the entry `op` (an operation of `doc`) touches, if any.
-    pub(super) fn add(&mut self, doc: &Automerge, op: &automerge::legacy::Op) {
-        let automerge::legacy::ObjectId::Id(id) = &op.obj else {
+    /// Notes the entry `op` (an operation of `doc`, whose id is `id`) touches, if any.
+    ///
+    /// The place of an object made by an operation seen here is learnt from that operation,
+    /// and a channel's map is found in the records map: Automerge 0.12's `parents` searches
+    /// the whole document for an object's creating operation, so it is only asked about
+    /// objects made by earlier changes (a record updated in place).
+    pub(super) fn add(&mut self, doc: &Automerge, op: &automerge::legacy::Op, id: &ObjId) {
+        let automerge::legacy::ObjectId::Id(parent) = &op.obj else {
             return;
         };
         let layout = self.layout;
-        let obj = ObjId::Id(id.counter(), id.actor().clone(), usize::MAX);
-        let entry = if obj == layout.records || obj == layout.counters {
+        let obj = ObjId::Id(parent.counter(), parent.actor().clone(), usize::MAX);
+        if let automerge::legacy::OpType::Make(_) = op.action {
+            let made = match (&op.key, obj == layout.records) {
+                (automerge::legacy::Key::Map(name), true) => Place::Channel(name.to_string()),
+                (_, true) => Place::Elsewhere,
+                (key, false) if obj != layout.counters => match (self.place(doc, &obj), key) {
+                    (Place::Channel(channel), automerge::legacy::Key::Map(key)) => {
+                        Place::Record(format!("{channel}{SEP}{key}"))
+                    }
+                    (Place::Record(flat), _) => Place::Record(flat),
+                    _ => Place::Elsewhere,
+                },
+                _ => Place::Elsewhere,
+            };
+            self.place_of.insert(id.clone(), made);
+        }
+        if obj == layout.records {
+            // A channel's map created: no record yet.
+            return;
+        }
+        let entry = if obj == layout.counters {
             let automerge::legacy::Key::Map(key) = &op.key else {
                 return;
             };
-            let kind = if obj == layout.records {
-                EntryKind::Record
-            } else {
-                EntryKind::Counter
-            };
-            (kind, key.to_string())
+            (EntryKind::Counter, key.to_string())
         } else {
-            let flat = self
-                .record_of
-                .entry(obj)
-                .or_insert_with_key(|obj| record_holding(doc, layout, obj));
-            match flat {
-                Some(flat) => (EntryKind::Record, flat.clone()),
-                None => return,
+            match (self.place(doc, &obj), &op.key) {
+                (Place::Channel(channel), automerge::legacy::Key::Map(key)) => {
+                    (EntryKind::Record, format!("{channel}{SEP}{key}"))
+                }
+                (Place::Record(flat), _) => (EntryKind::Record, flat),
+                _ => return,
             }
         };
         if self.seen.insert(entry.clone()) {
@@ -134,6 +168,28 @@ impl<'a> TouchedKeys<'a> {
         }
     }
 
+    /// Where `obj` lives: learnt from an operation seen, a channel's map, or (an object made
+    /// by an earlier change) asked of the document.
+    fn place(&mut self, doc: &Automerge, obj: &ObjId) -> Place {
+        if let Some(place) = self.place_of.get(obj) {
+            return place.clone();
+        }
+        if !self.channels_read {
+            self.channels_read = true;
+            for item in doc.map_range(&self.layout.records, ..) {
+                self.place_of
+                    .entry(item.id())
+                    .or_insert_with(|| Place::Channel(item.key.to_string()));
+            }
+            if let Some(place) = self.place_of.get(obj) {
+                return place.clone();
+            }
+        }
+        let place = place_of(doc, self.layout, obj);
+        self.place_of.insert(obj.clone(), place.clone());
+        place
+    }
+
     pub(super) fn finish(self) -> Touched {
         (self.records, self.counters)
     }
@@ -142,15 +198,37 @@ impl<'a> TouchedKeys<'a> {
 /// Touched record and counter keys: see [`touched_keys`].
 pub(super) type Touched = (Vec<String>, Vec<String>);
 
-/// The flat key of the record `obj` is, or lives in (at any depth).
-fn record_holding(doc: &Automerge, layout: &Layout, obj: &ObjId) -> Option<String> {
-    for parent in doc.parents(obj).ok()? {
+/// Where an object lives, as far as change notifications go.
+#[derive(Clone)]
+enum Place {
+    /// It is the map of this channel: an operation on it touches the record it names.
+    Channel(String),
+    /// It is this record (flat key `"<channel>\u{1f}<key>"`), or lives in it at any depth.
+    Record(String),
+    /// Anywhere else.
+    Elsewhere,
+}
+
+/// Where `obj` lives: walks up its parents to the records map (channel map, record, value
+/// nested in a record).
+fn place_of(doc: &Automerge, layout: &Layout, obj: &ObjId) -> Place {
+    let Ok(parents) = doc.parents(obj) else {
+        return Place::Elsewhere;
+    };
+    // The property under which the previous object (one level down) sits in its parent.
+    let mut below: Option<automerge::Prop> = None;
+    for parent in parents {
         if parent.obj == layout.records {
-            return match parent.prop {
-                automerge::Prop::Map(flat) => Some(flat),
-                automerge::Prop::Seq(_) => None,
+            let automerge::Prop::Map(channel) = parent.prop else {
+                return Place::Elsewhere;
+            };
+            return match below {
+                None => Place::Channel(channel),
+                Some(automerge::Prop::Map(key)) => Place::Record(format!("{channel}{SEP}{key}")),
+                Some(automerge::Prop::Seq(_)) => Place::Elsewhere,
             };
         }
+        below = Some(parent.prop);
     }
-    None
+    Place::Elsewhere
 }

@@ -15,8 +15,8 @@ use std::collections::BTreeSet;
 
 use automerge::{Automerge, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue};
 
-use super::ApplyError;
 use super::touched::TouchedKeys;
+use super::{ApplyError, Layout, channel_change, check_name};
 
 /// Checks the changes `doc` gained since the heads `before`, which Automerge accepted:
 ///
@@ -28,13 +28,19 @@ use super::touched::TouchedKeys;
 /// - Automerge must rebuild each from the document as it was received (otherwise it fails, or
 ///   panics, whenever it sends or saves them: operations that make no sense, like an insertion
 ///   into a map, are accepted but not kept as they came);
-/// - each operation must be one statemesh could have made (see [`check_operation`]).
+/// - each operation must be one statemesh could have made (see [`check_operation`]);
+/// - nothing but the genesis change touches the root, and nothing but a channel's own change
+///   ([`channel_change`]) touches the records map: a change that creates, replaces or deletes
+///   a channel's map any other way would put a competing object beside the channel's map, or
+///   in its place, and hide the channel's records. The receiver rebuilds the expected change
+///   from the channel's name and compares hashes.
 ///
 /// Without this, one such message would break every peer it reached, and their state files.
 /// Call it under `catch_unwind`: rebuilding a change may panic. With `touched`, the entries the
 /// new operations touch are collected in the same pass.
 pub(super) fn check_new_changes(
     doc: &Automerge,
+    layout: &Layout,
     before: &[ChangeHash],
     mut touched: Option<&mut TouchedKeys<'_>>,
 ) -> Result<(), ApplyError> {
@@ -67,12 +73,45 @@ pub(super) fn check_new_changes(
         ));
     }
     for change in &rebuilt {
-        for op in change.decode().operations {
+        let (actor, start) = (change.actor_id().clone(), change.start_op().get());
+        for (i, op) in change.decode().operations.into_iter().enumerate() {
             check_operation(doc, &op)?;
+            check_layout(layout, change, &op)?;
             if let Some(touched) = touched.as_deref_mut() {
-                touched.add(doc, &op);
+                let id = ObjId::Id(start.saturating_add(i as u64), actor.clone(), usize::MAX);
+                touched.add(doc, &op, &id);
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks that an operation leaves the layout's containers alone: no operation on the root
+/// (the genesis change, which every replica starts from, is never received), and on the
+/// records map only the one operation of a channel's own change.
+fn check_layout(
+    layout: &Layout,
+    change: &automerge::Change,
+    op: &automerge::legacy::Op,
+) -> Result<(), ApplyError> {
+    use automerge::legacy::{Key, ObjectId};
+    let ObjectId::Id(id) = &op.obj else {
+        return Err(ApplyError::Invalid(
+            "an operation on the root of the document",
+        ));
+    };
+    if ObjId::Id(id.counter(), id.actor().clone(), usize::MAX) != layout.records {
+        return Ok(());
+    }
+    let Key::Map(channel) = &op.key else {
+        return Err(ApplyError::Invalid(
+            "an operation whose key does not fit its object",
+        ));
+    };
+    if check_name(channel).is_err() || change.hash() != channel_change(channel).hash() {
+        return Err(ApplyError::Invalid(
+            "a channel map made otherwise than by the channel's own change",
+        ));
     }
     Ok(())
 }
