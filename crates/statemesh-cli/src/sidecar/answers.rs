@@ -19,6 +19,10 @@ pub(super) fn write_error(e: &WriteError) -> RpcError {
     let code = match e {
         WriteError::NotLeader { .. } => code::NOT_LEADER,
         WriteError::Closed => code::MESH_CLOSED,
+        WriteError::Backpressure { backlog, limit } => {
+            return RpcError::new(code::BUSY, e.to_string())
+                .with_data(json!({"backlog": backlog, "limit": limit}));
+        }
         _ => code::WRITE_REFUSED,
     };
     RpcError::new(code, e.to_string())
@@ -148,4 +152,25 @@ pub(super) fn written(
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_refused_under_backpressure_is_busy_with_its_backlog() {
+        let e = write_error(&WriteError::Backpressure {
+            backlog: 2_050,
+            limit: 2_048,
+        });
+        assert_eq!(e.code, code::BUSY);
+        assert_eq!(e.data, Some(json!({"backlog": 2_050, "limit": 2_048})));
+        assert!(e.message.starts_with("busy"), "{}", e.message);
+        assert_eq!(write_error(&WriteError::Closed).code, code::MESH_CLOSED);
+        assert_eq!(
+            write_error(&WriteError::InvalidName("".into())).code,
+            code::WRITE_REFUSED
+        );
+    }
 }

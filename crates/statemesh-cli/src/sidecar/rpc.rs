@@ -44,6 +44,9 @@ pub mod code {
     /// A keyring change was refused (the last key, the primary key, a key not installed, a
     /// keyring or key file refused), changing nothing.
     pub const KEYRING_REFUSED: i64 = -32010;
+    /// A write was refused because this window is too far ahead of its peers (its backlog is
+    /// at the hard bound); nothing was written. Retry once the backlog has fallen.
+    pub const BUSY: i64 = -32011;
     /// The input stream's framing was malformed (the sidecar resynchronised).
     pub const FRAMING_ERROR: i64 = -32020;
     /// A message was longer than the limit (it was skipped).
