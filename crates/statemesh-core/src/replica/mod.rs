@@ -30,30 +30,39 @@
 //! migrated on load (`legacy`).
 //!
 //! The replica's parts, each in its own file beside this one (which holds the replica, its
-//! layout, its reads and writes, the presence index, load and save): `sync`, sync messages
+//! reads, the presence index, load and save): `layout`, the schema, the genesis change and
+//! the change that creates a channel's map; `tx`, the write transaction ([`Tx`]); `sync`, sync messages
 //! generated and received, and received changes applied away from the replica
 //! ([`SyncApply`]); `validate`, the checks received changes must pass before they join the
 //! document (the security boundary); `touched`, change notifications (the entries new changes
 //! touched); `legacy`, state files of schema 1 and their migration; `tests`.
 
+mod layout;
 mod legacy;
 mod sync;
 mod touched;
+mod tx;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use automerge::transaction::{CommitOptions, Transactable, Transaction};
-use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue};
-use autosurgeon::{Hydrate, Reconcile};
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue};
+use autosurgeon::Hydrate;
 use serde::{Deserialize, Serialize};
 
 use crate::PeerId;
 
+pub use layout::SCHEMA;
+#[cfg(test)]
+use layout::channel_actor;
+pub(crate) use layout::channel_change;
+use layout::{Layout, channel_obj, genesis};
 #[cfg(any(test, feature = "fuzzing"))]
 pub use legacy::schema1_file;
 pub use sync::{CATCH_UP_AT_ONCE, CATCH_UP_ROUNDS, SyncApplied, SyncApply, SyncFinish};
+pub use tx::Tx;
 use validate::check_new_changes;
 
 /// Separator between the parts of a flat key. Channel names, keys and counter names may not
@@ -66,14 +75,6 @@ pub const MAX_NAME_LEN: usize = 256;
 /// How many times [`Replica::transact`] runs a transaction that keeps writing to channels
 /// without a map (each run creates the maps the previous one missed).
 const MAX_NEW_CHANNEL_RUNS: usize = 8;
-
-/// Channel `channel`'s map in `doc`, if it has one.
-fn channel_obj(doc: &impl ReadDoc, records: &ObjId, channel: &str) -> Option<ObjId> {
-    match doc.get(records, channel).ok()? {
-        Some((automerge::Value::Object(ObjType::Map), id)) => Some(id),
-        _ => None,
-    }
-}
 
 /// How long an entry lives.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
@@ -230,69 +231,6 @@ fn counter_key(name: &str, writer: PeerId, scope: Scope) -> String {
     format!("{name}{SEP}{writer}{SEP}{s}")
 }
 
-/// The layout version, stored in the genesis change as meta `"schema"`. Version 1 kept every
-/// record in one flat map (`"<channel>\u{1f}<key>"` -> record); version 2 gives each channel a
-/// map of its own. Files of version 1 are migrated on load (see `legacy`).
-pub const SCHEMA: u64 = 2;
-
-/// The object ids of the genesis containers.
-#[derive(Clone, Debug)]
-struct Layout {
-    records: ObjId,
-    counters: ObjId,
-    terms: ObjId,
-}
-
-/// Builds the genesis document: identical, byte for byte, on every peer.
-fn genesis() -> (Automerge, Layout) {
-    let mut doc = Automerge::new().with_actor(ActorId::from([0u8; 16].as_slice()));
-    let mut tx = doc.transaction();
-    let layout = (|| -> Result<Layout, automerge::AutomergeError> {
-        let records = tx.put_object(ROOT, "r", ObjType::Map)?;
-        let counters = tx.put_object(ROOT, "c", ObjType::Map)?;
-        let meta = tx.put_object(ROOT, "m", ObjType::Map)?;
-        tx.put(&meta, "schema", SCHEMA)?;
-        let terms = tx.put_object(&meta, "terms", ObjType::Map)?;
-        Ok(Layout {
-            records,
-            counters,
-            terms,
-        })
-    })()
-    .unwrap_or_else(|e| unreachable!("genesis operations on a fresh document cannot fail: {e}"));
-    tx.commit_with(CommitOptions::default().with_time(0));
-    (doc, layout)
-}
-
-/// The actor that creates channel `channel`'s map: derived from the name alone, so every peer
-/// names it the same.
-fn channel_actor(channel: &str) -> ActorId {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(b"statemesh channel map\0");
-    h.update(channel.as_bytes());
-    let d = h.finalize();
-    ActorId::from(&d[..16])
-}
-
-/// The change that creates channel `channel`'s map, byte for byte the same on every peer: made
-/// on a document holding only the genesis change, by the channel's own actor
-/// ([`channel_actor`]), at time 0, without a message, with the one operation
-/// `put_object(records, channel, Map)`. Its dependencies (the genesis change), its sequence
-/// number (1) and its first operation number (right after the genesis change's) come from
-/// that document, not from the local one, so two peers creating the channel at once make the
-/// very same change, which Automerge keeps once (changes are known by their hash).
-pub(crate) fn channel_change(channel: &str) -> automerge::Change {
-    let (doc, layout) = genesis();
-    let mut doc = doc.with_actor(channel_actor(channel));
-    let mut tx = doc.transaction();
-    tx.put_object(&layout.records, channel, ObjType::Map)
-        .unwrap_or_else(|e| unreachable!("a put into the genesis records map cannot fail: {e}"));
-    tx.commit_with(CommitOptions::default().with_time(0));
-    doc.get_last_local_change()
-        .unwrap_or_else(|| unreachable!("the channel change was just committed"))
-}
-
 /// The replicated document of one peer.
 #[derive(Debug)]
 pub struct Replica {
@@ -355,113 +293,6 @@ fn split_counter_key(flat: &str) -> Option<(&str, &str, &str)> {
     let mut parts = flat.split(SEP);
     let parsed = (parts.next()?, parts.next()?, parts.next()?);
     parts.next().is_none().then_some(parsed)
-}
-
-/// A handle to make several writes in one atomic change (see [`Replica::transact`]).
-pub struct Tx<'a> {
-    tx: Transaction<'a>,
-    layout: &'a Layout,
-    me: PeerId,
-    /// Channels written to that have no map yet: their writes are left out, and
-    /// [`Replica::transact`] creates the maps and runs the transaction again.
-    missing: BTreeSet<String>,
-    /// The maps of the channels written to, for the change notification that follows.
-    written: Vec<(ObjId, String)>,
-}
-
-impl Tx<'_> {
-    /// Writes record `key` of `channel`.
-    pub fn put<T: Reconcile>(
-        &mut self,
-        channel: &str,
-        key: &str,
-        value: &T,
-        scope: Scope,
-    ) -> Result<(), WriteError> {
-        record_key(channel, key).map_err(WriteError::InvalidName)?;
-        let Some(ch) = channel_obj(&self.tx, &self.layout.records, channel) else {
-            // Written once the map exists: the transaction runs again (see `missing`).
-            self.missing.insert(channel.to_owned());
-            return Ok(());
-        };
-        if !self.written.iter().any(|(_, c)| c == channel) {
-            self.written.push((ch.clone(), channel.to_owned()));
-        }
-        let (rec, existed) = match self.tx.get(&ch, key)? {
-            Some((automerge::Value::Object(ObjType::Map), id)) => (id, true),
-            _ => (self.tx.put_object(&ch, key, ObjType::Map)?, false),
-        };
-        let ops = self.tx.pending_ops();
-        autosurgeon::reconcile_prop(&mut self.tx, &rec, "v", value)?;
-        let presence = scope == Scope::Presence;
-        if existed
-            && !presence
-            && self.tx.pending_ops() == ops
-            && self.tx.get(&rec, "p")?.and_then(|(v, _)| v.as_bool()) == Some(false)
-        {
-            // The value stored, durable as stored: not a change, whoever writes it. The record
-            // keeps its writer (only a presence-scoped record depends on who wrote it).
-            return Ok(());
-        }
-        let me = self.me.to_string();
-        if self
-            .tx
-            .get(&rec, "w")?
-            .and_then(|(v, _)| v.into_string().ok())
-            .as_deref()
-            != Some(me.as_str())
-        {
-            self.tx.put(&rec, "w", me)?;
-        }
-        if self.tx.get(&rec, "p")?.and_then(|(v, _)| v.as_bool()) != Some(presence) {
-            self.tx.put(&rec, "p", presence)?;
-        }
-        Ok(())
-    }
-
-    /// Deletes record `key` of `channel` (whoever wrote it).
-    pub fn delete(&mut self, channel: &str, key: &str) -> Result<(), WriteError> {
-        record_key(channel, key).map_err(WriteError::InvalidName)?;
-        if let Some(ch) = channel_obj(&self.tx, &self.layout.records, channel)
-            && self.tx.get(&ch, key)?.is_some()
-        {
-            self.tx.delete(&ch, key)?;
-        }
-        Ok(())
-    }
-
-    /// Adds `by` to counter `name` (this writer's entry of the given scope).
-    pub fn add(&mut self, name: &str, by: i64, scope: Scope) -> Result<(), WriteError> {
-        check_name(name).map_err(WriteError::InvalidName)?;
-        if by == 0 {
-            return Ok(());
-        }
-        let key = counter_key(name, self.me, scope);
-        let share = match self.tx.get(&self.layout.counters, key.as_str())? {
-            Some((automerge::Value::Scalar(s), _)) => match s.as_ref() {
-                ScalarValue::Counter(c) => Some(i64::from(c)),
-                _ => None,
-            },
-            _ => None,
-        };
-        match share {
-            // Refused rather than wrapped: Automerge's counters wrap silently.
-            Some(share) if share.checked_add(by).is_none() => {
-                return Err(WriteError::CounterOverflow {
-                    name: name.to_owned(),
-                    share,
-                    by,
-                });
-            }
-            Some(_) => self.tx.increment(&self.layout.counters, key.as_str(), by)?,
-            None => self.tx.put(
-                &self.layout.counters,
-                key.as_str(),
-                ScalarValue::counter(by),
-            )?,
-        }
-        Ok(())
-    }
 }
 
 impl Replica {

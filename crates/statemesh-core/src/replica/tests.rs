@@ -1,4 +1,7 @@
 use super::*;
+use automerge::ROOT;
+use automerge::transaction::Transaction;
+use autosurgeon::Reconcile;
 use proptest::prelude::*;
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;

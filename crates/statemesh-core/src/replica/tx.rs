@@ -1,0 +1,118 @@
+//! The write transaction: several writes made as one atomic change ([`Replica::transact`](super::Replica::transact)).
+
+use std::collections::BTreeSet;
+
+use automerge::transaction::{Transactable, Transaction};
+use automerge::{ObjId, ObjType, ReadDoc, ScalarValue};
+use autosurgeon::Reconcile;
+
+use super::layout::{Layout, channel_obj};
+use super::{Scope, WriteError, check_name, counter_key, record_key};
+use crate::PeerId;
+
+/// A handle to make several writes in one atomic change (see [`Replica::transact`](super::Replica::transact)).
+pub struct Tx<'a> {
+    pub(super) tx: Transaction<'a>,
+    pub(super) layout: &'a Layout,
+    pub(super) me: PeerId,
+    /// Channels written to that have no map yet: their writes are left out, and
+    /// [`Replica::transact`](super::Replica::transact) creates the maps and runs the transaction again.
+    pub(super) missing: BTreeSet<String>,
+    /// The maps of the channels written to, for the change notification that follows.
+    pub(super) written: Vec<(ObjId, String)>,
+}
+
+impl Tx<'_> {
+    /// Writes record `key` of `channel`.
+    pub fn put<T: Reconcile>(
+        &mut self,
+        channel: &str,
+        key: &str,
+        value: &T,
+        scope: Scope,
+    ) -> Result<(), WriteError> {
+        record_key(channel, key).map_err(WriteError::InvalidName)?;
+        let Some(ch) = channel_obj(&self.tx, &self.layout.records, channel) else {
+            // Written once the map exists: the transaction runs again (see `missing`).
+            self.missing.insert(channel.to_owned());
+            return Ok(());
+        };
+        if !self.written.iter().any(|(_, c)| c == channel) {
+            self.written.push((ch.clone(), channel.to_owned()));
+        }
+        let (rec, existed) = match self.tx.get(&ch, key)? {
+            Some((automerge::Value::Object(ObjType::Map), id)) => (id, true),
+            _ => (self.tx.put_object(&ch, key, ObjType::Map)?, false),
+        };
+        let ops = self.tx.pending_ops();
+        autosurgeon::reconcile_prop(&mut self.tx, &rec, "v", value)?;
+        let presence = scope == Scope::Presence;
+        if existed
+            && !presence
+            && self.tx.pending_ops() == ops
+            && self.tx.get(&rec, "p")?.and_then(|(v, _)| v.as_bool()) == Some(false)
+        {
+            // The value stored, durable as stored: not a change, whoever writes it. The record
+            // keeps its writer (only a presence-scoped record depends on who wrote it).
+            return Ok(());
+        }
+        let me = self.me.to_string();
+        if self
+            .tx
+            .get(&rec, "w")?
+            .and_then(|(v, _)| v.into_string().ok())
+            .as_deref()
+            != Some(me.as_str())
+        {
+            self.tx.put(&rec, "w", me)?;
+        }
+        if self.tx.get(&rec, "p")?.and_then(|(v, _)| v.as_bool()) != Some(presence) {
+            self.tx.put(&rec, "p", presence)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes record `key` of `channel` (whoever wrote it).
+    pub fn delete(&mut self, channel: &str, key: &str) -> Result<(), WriteError> {
+        record_key(channel, key).map_err(WriteError::InvalidName)?;
+        if let Some(ch) = channel_obj(&self.tx, &self.layout.records, channel)
+            && self.tx.get(&ch, key)?.is_some()
+        {
+            self.tx.delete(&ch, key)?;
+        }
+        Ok(())
+    }
+
+    /// Adds `by` to counter `name` (this writer's entry of the given scope).
+    pub fn add(&mut self, name: &str, by: i64, scope: Scope) -> Result<(), WriteError> {
+        check_name(name).map_err(WriteError::InvalidName)?;
+        if by == 0 {
+            return Ok(());
+        }
+        let key = counter_key(name, self.me, scope);
+        let share = match self.tx.get(&self.layout.counters, key.as_str())? {
+            Some((automerge::Value::Scalar(s), _)) => match s.as_ref() {
+                ScalarValue::Counter(c) => Some(i64::from(c)),
+                _ => None,
+            },
+            _ => None,
+        };
+        match share {
+            // Refused rather than wrapped: Automerge's counters wrap silently.
+            Some(share) if share.checked_add(by).is_none() => {
+                return Err(WriteError::CounterOverflow {
+                    name: name.to_owned(),
+                    share,
+                    by,
+                });
+            }
+            Some(_) => self.tx.increment(&self.layout.counters, key.as_str(), by)?,
+            None => self.tx.put(
+                &self.layout.counters,
+                key.as_str(),
+                ScalarValue::counter(by),
+            )?,
+        }
+        Ok(())
+    }
+}
