@@ -13,7 +13,7 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
-use statemesh_core::codec::{self, HEADER_LEN, Message};
+use statemesh_core::codec::{self, Message};
 use statemesh_core::election::Election;
 use statemesh_core::liveness::Liveness;
 use statemesh_core::vv::Beat;
@@ -51,7 +51,7 @@ fn deliver(from: &mut Node, to: &mut Node, now: Time) -> bool {
     let mut moved = false;
     while let Some(t) = from.poll_transmit() {
         if t.to == to.me().peer {
-            to.handle_payload(now, id, &t.frame[HEADER_LEN..]).unwrap();
+            to.handle_frame(now, id, &t.frame).unwrap();
         }
         moved = true;
     }
@@ -88,12 +88,11 @@ fn hub(n: usize) -> (Node, Vec<Node>) {
     (hub, ns)
 }
 
-/// The payload of the first frame `node` sends that decodes to a message matching `want`.
-fn payload(node: &mut Node, want: impl Fn(&Message) -> bool) -> Vec<u8> {
+/// The first frame `node` sends that decodes to a message matching `want`.
+fn frame(node: &mut Node, want: impl Fn(&Message) -> bool) -> Vec<u8> {
     while let Some(t) = node.poll_transmit() {
-        let p = t.frame[HEADER_LEN..].to_vec();
-        if codec::decode_message(&p).is_ok_and(|m| want(&m)) {
-            return p;
+        if codec::decode_frame(&t.frame, usize::MAX).is_ok_and(|m| want(&m)) {
+            return t.frame.to_vec();
         }
     }
     panic!("no such frame");
@@ -103,17 +102,17 @@ fn codec_benches(c: &mut Criterion) {
     let (mut node, _others) = hub(8);
     // A heartbeat tick makes every link's view carry all 9 live peers.
     node.handle_tick(Time::from_micros(200_000));
-    let view = payload(
+    let view = frame(
         &mut node,
         |m| matches!(m, Message::View(v) if v.beats.len() == 9),
     );
-    let message = codec::decode_message(&view).unwrap();
+    let message = codec::decode_frame(&view, usize::MAX).unwrap();
     let mut g = c.benchmark_group("codec");
     g.bench_function("encode_view_9_peers", |b| {
         b.iter(|| codec::encode_frame(black_box(&message), usize::MAX).unwrap())
     });
     g.bench_function("decode_view_9_peers", |b| {
-        b.iter(|| codec::decode_message(black_box(&view)).unwrap())
+        b.iter(|| codec::decode_frame(black_box(&view), usize::MAX).unwrap())
     });
     let (mut a, _b) = pair();
     a.put(
@@ -123,9 +122,9 @@ fn codec_benches(c: &mut Criterion) {
         Scope::Durable,
     )
     .unwrap();
-    let sync = payload(&mut a, |m| matches!(m, Message::Sync(_)));
+    let sync = frame(&mut a, |m| matches!(m, Message::Sync(_)));
     g.bench_function("decode_sync_one_change", |b| {
-        b.iter(|| codec::decode_message(black_box(&sync)).unwrap())
+        b.iter(|| codec::decode_frame(black_box(&sync), usize::MAX).unwrap())
     });
     let frames: Vec<u8> = (0..16)
         .flat_map(|_| codec::encode_frame(&message, usize::MAX).unwrap())
@@ -182,11 +181,11 @@ fn sync_benches(c: &mut Criterion) {
                         loaded_pair(records)
                     };
                     a.put("bench", "key", &42i64, Scope::Durable).unwrap();
-                    let p = payload(&mut a, |m| matches!(m, Message::Sync(_)));
+                    let p = frame(&mut a, |m| matches!(m, Message::Sync(_)));
                     (a.me().peer, b, p)
                 },
                 |(from, mut b, p)| {
-                    b.handle_payload(Time::ZERO, from, &p).unwrap();
+                    b.handle_frame(Time::ZERO, from, &p).unwrap();
                     b
                 },
                 batch,

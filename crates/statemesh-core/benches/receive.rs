@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
-use statemesh_core::codec::HEADER_LEN;
 use statemesh_core::{Config, MeshTag, Node, PeerId, Scope, Time};
 
 /// Document sizes, in records.
@@ -76,11 +75,11 @@ fn drain(n: &mut Node) {
     }
 }
 
-/// Frames `from` has for `to`, as payloads.
+/// Frames `from` has for `to`, whole, as they go on the wire.
 fn outgoing(from: &mut Node, to: PeerId) -> Vec<Vec<u8>> {
     std::iter::from_fn(|| from.poll_transmit())
         .filter(|t| t.to == to)
-        .map(|t| t.frame[HEADER_LEN..].to_vec())
+        .map(|t| t.frame.to_vec())
         .collect()
 }
 
@@ -90,11 +89,11 @@ fn pump(a: &mut Node, b: &mut Node) {
     loop {
         let to_b = outgoing(a, ib);
         for p in &to_b {
-            b.handle_payload(Time::ZERO, ia, p).unwrap();
+            b.handle_frame(Time::ZERO, ia, p).unwrap();
         }
         let to_a = outgoing(b, ia);
         for p in &to_a {
-            a.handle_payload(Time::ZERO, ib, p).unwrap();
+            a.handle_frame(Time::ZERO, ib, p).unwrap();
         }
         drain(a);
         drain(b);
@@ -129,7 +128,7 @@ fn one_change(c: &mut Criterion) {
                         let frames = outgoing(&mut a, ib);
                         let started = Instant::now();
                         for p in &frames {
-                            b.handle_payload(Time::ZERO, ia, black_box(p)).unwrap();
+                            b.handle_frame(Time::ZERO, ia, black_box(p)).unwrap();
                         }
                         spent += started.elapsed();
                         pump(&mut a, &mut b);

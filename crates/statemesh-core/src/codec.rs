@@ -11,6 +11,11 @@
 //! the Rust definitions below; the variant numbers are their declaration order. A payload with
 //! bytes left over after the message is refused.
 //!
+//! This module is the one place that knows the header's layout: [`encode_frame`] writes it,
+//! [`FrameDecoder`] cuts a byte stream into whole frames (header included), and
+//! [`decode_frame`] checks a frame's header and decodes its message. The node takes frames as
+//! they come off the wire (`Node::handle_frame`).
+//!
 //! The first message on every link is a [`Hello`], carrying [`PROTOCOL_VERSION`]; a peer
 //! refuses a hello of another version or another mesh. Every decoded message is validated
 //! (bounded counts, valid peer ids, bounded names) before anything acts on it.
@@ -116,6 +121,17 @@ pub struct LeaderRecord {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
+    /// The frame is shorter than its header.
+    #[error("frame of {0} bytes is shorter than its {HEADER_LEN}-byte header")]
+    Truncated(usize),
+    /// The header announces another payload length than the frame holds.
+    #[error("frame header announces {announced} payload bytes, the frame holds {actual}")]
+    LengthMismatch {
+        /// The payload length the header announces.
+        announced: usize,
+        /// The payload bytes the frame holds.
+        actual: usize,
+    },
     /// The header announces a payload larger than the limit.
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge {
@@ -171,17 +187,60 @@ pub fn encode_frame(message: &Message, max_frame: usize) -> Result<Vec<u8>, Enco
     Ok(out)
 }
 
-/// Whether a payload (a frame without its header) holds a [`Message::View`], judged from its
-/// first byte alone (postcard writes the variant index first). A runtime may handle views ahead
+/// Whether a frame holds a [`Message::View`], judged from its header and the first byte of its
+/// payload alone (postcard writes the variant index first). A runtime may handle views ahead
 /// of other frames, so that heartbeats queued behind a large sync exchange are not taken for
-/// silence. The payload is still decoded and validated in full when handled.
-pub fn is_view(payload: &[u8]) -> bool {
+/// silence. The frame is still checked and decoded in full when handled.
+pub fn is_view(frame: &[u8]) -> bool {
     // `Message::View` is variant 1 (a one-byte varint).
-    payload.first() == Some(&1)
+    frame.len() > HEADER_LEN && frame[HEADER_LEN] == 1
+}
+
+/// The payload length a frame's header announces (`None`: fewer than [`HEADER_LEN`] bytes).
+fn announced_len(bytes: &[u8]) -> Option<usize> {
+    let header: [u8; HEADER_LEN] = bytes.get(..HEADER_LEN)?.try_into().ok()?;
+    Some(u32::from_be_bytes(header) as usize)
+}
+
+/// Checks one whole frame's header — present, within `max_frame`, announcing exactly the
+/// payload the frame holds — and returns its payload.
+pub(crate) fn frame_payload(frame: &[u8], max_frame: usize) -> Result<&[u8], DecodeError> {
+    let len = announced_len(frame).ok_or(DecodeError::Truncated(frame.len()))?;
+    if len > max_frame {
+        return Err(DecodeError::TooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    let payload = &frame[HEADER_LEN..];
+    if payload.len() != len {
+        return Err(DecodeError::LengthMismatch {
+            announced: len,
+            actual: payload.len(),
+        });
+    }
+    Ok(payload)
+}
+
+/// A frame around arbitrary `payload` bytes (its header written, nothing else checked): how
+/// tests and fuzz targets feed a node payloads no encoder would make.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn frame_raw(payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Decodes and validates one whole frame (header included, as [`FrameDecoder`] returns it):
+/// its header is checked first (see [`DecodeError`]), then its message.
+pub fn decode_frame(frame: &[u8], max_frame: usize) -> Result<Message, DecodeError> {
+    decode_message(frame_payload(frame, max_frame)?)
 }
 
 /// Decodes and validates one message payload (a frame without its header).
-pub fn decode_message(payload: &[u8]) -> Result<Message, DecodeError> {
+fn decode_message(payload: &[u8]) -> Result<Message, DecodeError> {
     let (message, rest) = postcard::take_from_bytes::<Message>(payload)
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
@@ -235,10 +294,11 @@ fn validate(message: &Message) -> Result<(), DecodeError> {
     }
 }
 
-/// Splits a byte stream into frame payloads, enforcing the size limit before allocating.
+/// Cuts a byte stream into whole frames (header included), enforcing the size limit before
+/// allocating.
 #[derive(Debug)]
 pub struct FrameDecoder {
-    buf: Vec<u8>,
+    buf: bytes::BytesMut,
     max_frame: usize,
 }
 
@@ -246,7 +306,7 @@ impl FrameDecoder {
     /// A decoder refusing payloads larger than `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
         Self {
-            buf: Vec::new(),
+            buf: bytes::BytesMut::new(),
             max_frame,
         }
     }
@@ -256,44 +316,36 @@ impl FrameDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next complete payload, if one has arrived. After an error the stream is unusable and
-    /// the link must be closed.
-    pub fn next_payload(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
-        let Some(len) = self.announced()? else {
+    /// The next complete frame, header included, if one has arrived: what
+    /// [`decode_frame`] and `Node::handle_frame` take. After an error the stream is unusable
+    /// and the link must be closed.
+    pub fn next_frame(&mut self) -> Result<Option<bytes::Bytes>, DecodeError> {
+        let Some(len) = announced_len(&self.buf) else {
             return Ok(None);
         };
-        if self.buf.len() < HEADER_LEN + len {
-            return Ok(None);
-        }
-        let payload = self.buf[HEADER_LEN..HEADER_LEN + len].to_vec();
-        self.buf.drain(..HEADER_LEN + len);
-        Ok(Some(payload))
-    }
-
-    /// The next complete, validated message, if one has arrived.
-    pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
-        self.next_payload()?.map(|p| decode_message(&p)).transpose()
-    }
-
-    /// The bytes received but not yet returned as payloads (to hand a stream over to another
-    /// reader).
-    pub fn into_buffered(self) -> Vec<u8> {
-        self.buf
-    }
-
-    /// The payload length announced by the pending header, checked against the limit.
-    pub fn announced(&self) -> Result<Option<usize>, DecodeError> {
-        let Some(header) = self.buf.get(..HEADER_LEN) else {
-            return Ok(None);
-        };
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
         if len > self.max_frame {
             return Err(DecodeError::TooLarge {
                 len,
                 max: self.max_frame,
             });
         }
-        Ok(Some(len))
+        if self.buf.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        Ok(Some(self.buf.split_to(HEADER_LEN + len).freeze()))
+    }
+
+    /// The next complete, validated message, if one has arrived.
+    pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
+        self.next_frame()?
+            .map(|f| decode_frame(&f, self.max_frame))
+            .transpose()
+    }
+
+    /// The bytes received but not yet returned as frames (to hand a stream over to another
+    /// reader).
+    pub fn into_buffered(self) -> Vec<u8> {
+        self.buf.to_vec()
     }
 }
 
@@ -423,15 +475,18 @@ mod tests {
         #[test]
         fn is_view_tells_views_from_every_other_message(m in message()) {
             let frame = encode_frame(&m, 1 << 20).expect("fits");
-            prop_assert_eq!(is_view(&frame[HEADER_LEN..]), matches!(m, Message::View(_)));
+            prop_assert_eq!(is_view(&frame), matches!(m, Message::View(_)));
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode_message(&bytes);
+            let _ = decode_frame(&bytes, 128);
             let mut d = FrameDecoder::new(128);
             d.extend(&bytes);
-            while let Ok(Some(_)) = d.next_payload() {}
+            while let Ok(Some(f)) = d.next_frame() {
+                let _ = decode_frame(&f, 128);
+            }
         }
 
         #[test]
@@ -452,7 +507,7 @@ mod tests {
         let mut d = FrameDecoder::new(1024);
         d.extend(&u32::MAX.to_be_bytes());
         assert_eq!(
-            d.next_payload(),
+            d.next_frame(),
             Err(DecodeError::TooLarge {
                 len: u32::MAX as usize,
                 max: 1024
@@ -472,6 +527,14 @@ mod tests {
         assert_eq!(
             decode_message(&frame[HEADER_LEN..]),
             Err(DecodeError::Trailing(1))
+        );
+        // A header that does not announce the byte added is a header error first.
+        assert_eq!(
+            decode_frame(&frame, 1024),
+            Err(DecodeError::LengthMismatch {
+                announced: 4,
+                actual: 5
+            })
         );
         let empty_view = Message::View(View {
             beats: vec![],
@@ -518,5 +581,53 @@ mod tests {
             decode_message(&frame[HEADER_LEN..]),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn frame_headers_are_checked() {
+        let frame = encode_frame(&Message::Sync(vec![7; 10]), 1024).expect("fits");
+        assert_eq!(decode_frame(&frame, 1024), Ok(Message::Sync(vec![7; 10])));
+        // Shorter than a header, cut short, too long, over the limit.
+        assert_eq!(
+            decode_frame(&frame[..3], 1024),
+            Err(DecodeError::Truncated(3))
+        );
+        assert_eq!(
+            decode_frame(&frame[..frame.len() - 1], 1024),
+            Err(DecodeError::LengthMismatch {
+                announced: 12,
+                actual: 11
+            })
+        );
+        let mut long = frame.clone();
+        long.extend_from_slice(&[0; 5]);
+        assert!(matches!(
+            decode_frame(&long, 1024),
+            Err(DecodeError::LengthMismatch { .. })
+        ));
+        assert_eq!(
+            decode_frame(&frame, 8),
+            Err(DecodeError::TooLarge { len: 12, max: 8 })
+        );
+        // `is_view` reads the frame's header, not the payload's first byte: a sync message
+        // whose header happens to hold a 1 is not a view.
+        assert!(!is_view(&frame));
+        assert!(!is_view(&[0, 0, 0, 1]));
+    }
+
+    #[test]
+    fn frames_come_out_whole_and_in_order() {
+        let a = encode_frame(&Message::Sync(vec![1; 3]), 1024).expect("fits");
+        let b = encode_frame(&Message::Sync(vec![2; 300]), 1024).expect("fits");
+        let mut stream = a.clone();
+        stream.extend_from_slice(&b);
+        let mut d = FrameDecoder::new(1024);
+        for chunk in stream.chunks(7) {
+            d.extend(chunk);
+        }
+        assert_eq!(d.next_frame().expect("valid").as_deref(), Some(&a[..]));
+        assert_eq!(d.next_frame().expect("valid").as_deref(), Some(&b[..]));
+        assert_eq!(d.next_frame(), Ok(None));
+        assert!(d.into_buffered().is_empty());
     }
 }

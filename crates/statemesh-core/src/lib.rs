@@ -64,7 +64,7 @@ pub use id::{Incarnation, InvalidPeerId, MeshTag, PeerId};
 pub use liveness::{DeathCause, LinkDown, PeerStatus};
 pub use node::{
     Event, Explanation, HelloError, Node, PUSH_AT_ONCE, Persist, PushJob, ReceiveError, Snapshot,
-    Stats, SyncJob, Transmit, WriteId, Written,
+    Stats, SyncJob, Transmit, WriteId, WriteStatus, Written,
 };
 pub use replica::{
     ApplyError, EntryChange, EntryKind, LoadReport, ReadError, Scope, Tx, WriteError,

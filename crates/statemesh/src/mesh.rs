@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use autosurgeon::{Hydrate, Reconcile};
-use statemesh_core::{Node, PeerId, ReadError, Scope, Term, Value, WriteId, Written};
+use statemesh_core::{Node, PeerId, ReadError, Scope, Term, Value, WriteId, WriteStatus, Written};
 use tokio::sync::watch;
 
 use crate::driver::Driver;
 use crate::error::{AckError, Closed, NoRuntime, WriteError};
 use crate::metrics::Metrics;
-use crate::shared::{Acks, Shared};
+use crate::shared::Shared;
 use crate::status::{Explanation, Leadership, Member};
 use crate::store::LoadSummary;
 use crate::subscribe::{ChangeStream, LeadershipStream};
@@ -107,13 +107,11 @@ impl Pending {
         if !self.written.changed {
             return Ok(());
         }
-        let id = self.written.id;
-        self.wait(|acks| {
-            if acks.is_durable(id) {
+        self.wait(|status, store_failed| {
+            if status.durable {
                 Some(Ok(()))
             } else {
-                acks.store_failed()
-                    .map(|e| Err(AckError::StoreFailed(e.to_owned())))
+                store_failed.map(|e| Err(AckError::StoreFailed(e.to_owned())))
             }
         })
         .await
@@ -128,11 +126,10 @@ impl Pending {
         if !self.written.changed || k == 0 {
             return Ok(());
         }
-        let id = self.written.id;
-        self.wait(|acks| {
-            if acks.holders(id) >= k {
+        self.wait(|status, _| {
+            if status.holders >= k {
                 Some(Ok(()))
-            } else if acks.untracked(id) {
+            } else if !status.tracked {
                 Some(Err(AckError::Untracked))
             } else {
                 None
@@ -141,12 +138,15 @@ impl Pending {
         .await
     }
 
-    /// Waits until `done` decides, the mesh closes or the timeout runs out.
+    /// Waits until `done` decides on the write's acknowledgements (as the node knows them, and
+    /// why the store failed, if it did), the mesh closes or the timeout runs out.
     async fn wait(
         &self,
-        done: impl Fn(&Acks) -> Option<Result<(), AckError>>,
+        done: impl Fn(WriteStatus, Option<&str>) -> Option<Result<(), AckError>>,
     ) -> Result<(), AckError> {
-        self.shared.wait_acks(self.timeout, done).await
+        self.shared
+            .wait_acks(self.written.id, self.timeout, done)
+            .await
     }
 }
 

@@ -9,11 +9,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use statemesh_core::{EntryChange, Node, PeerId, Time, WriteId, Written};
+use statemesh_core::{EntryChange, Node, PeerId, Time, WriteId, WriteStatus, Written};
 use statemesh_net::keyring::{KeyId, SharedKeyring};
 use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, broadcast, watch};
@@ -23,80 +23,6 @@ use crate::metrics::DriverCounts;
 use crate::status::Leadership;
 use crate::store::LoadSummary;
 use crate::subscribe::{ChangeStream, LeadershipStream};
-
-/// Acknowledgements of local writes, for [`Pending`](crate::Pending).
-#[derive(Debug)]
-pub(crate) struct Acks {
-    /// The newest local write reported durable: writes become durable in id order (the node
-    /// persists them in the order they were made), so every older one is durable too.
-    durable_upto: WriteId,
-    holders: BTreeMap<WriteId, usize>,
-    /// Why no further write will be reported durable: the store failed (it stops there).
-    store_failed: Option<String>,
-    /// Local writes below this id are no longer watched for replication by the node.
-    tracked_from: WriteId,
-}
-
-impl Default for Acks {
-    fn default() -> Self {
-        Self {
-            durable_upto: WriteId(0),
-            holders: BTreeMap::new(),
-            store_failed: None,
-            tracked_from: WriteId(0),
-        }
-    }
-}
-
-/// How many replication counts of acknowledged writes are remembered (far more than the node
-/// tracks: see `statemesh_core::node::MAX_PENDING_WRITES`).
-const ACKS_KEPT: usize = 65_536;
-
-impl Acks {
-    /// How many other peers are known to hold write `id`.
-    pub(crate) fn holders(&self, id: WriteId) -> usize {
-        self.holders.get(&id).copied().unwrap_or(0)
-    }
-
-    pub(crate) fn is_durable(&self, id: WriteId) -> bool {
-        id <= self.durable_upto
-    }
-
-    /// Whether the node stopped watching write `id` for replication: no more holders come.
-    pub(crate) fn untracked(&self, id: WriteId) -> bool {
-        id < self.tracked_from
-    }
-
-    /// Why no further write will be reported durable, if the store failed.
-    pub(crate) fn store_failed(&self) -> Option<&str> {
-        self.store_failed.as_deref()
-    }
-
-    /// One more peer holds write `id`.
-    pub(crate) fn replicated(&mut self, id: WriteId) {
-        *self.holders.entry(id).or_default() += 1;
-        while self.holders.len() > ACKS_KEPT {
-            self.holders.pop_first();
-        }
-    }
-
-    /// Every write up to `id` is on disk.
-    pub(crate) fn durable(&mut self, id: WriteId) {
-        self.durable_upto = self.durable_upto.max(id);
-    }
-
-    /// The node watches writes from `id` on; whether that changed.
-    pub(crate) fn track_from(&mut self, id: WriteId) -> bool {
-        let changed = self.tracked_from != id;
-        self.tracked_from = id;
-        changed
-    }
-
-    /// The store failed: no further write will be reported durable (the first failure stays).
-    pub(crate) fn fail_store(&mut self, error: String) {
-        self.store_failed.get_or_insert(error);
-    }
-}
 
 /// What is fixed when a mesh starts, besides its node.
 #[derive(Debug)]
@@ -145,8 +71,13 @@ pub(crate) struct Shared {
     /// Subscribed before the mesh started: the first [`Shared::changes`] call gets it, so that
     /// no change made between `join` and that call is missed.
     first_changes: Mutex<Option<broadcast::Receiver<EntryChange>>>,
-    acks: Mutex<Acks>,
+    /// The node's [`Node::ack_progress`] as last published: acknowledgements themselves are
+    /// the node's alone ([`Node::write_status`]); this side only wakes their waiters.
+    ack_progress: AtomicU64,
     acks_changed: Notify,
+    /// Why no further write will be reported durable: the store failed (it stops at its first
+    /// failure). The runtime's own news, not the node's.
+    store_failed: OnceLock<String>,
     /// Whether the node has joined and holds what every linked peer holds.
     synced: watch::Sender<bool>,
     /// Whether `join` returned synced (see [`Mesh::synced_on_join`](crate::Mesh::synced_on_join)).
@@ -179,8 +110,9 @@ impl Shared {
             leadership: watch::Sender::new(Leadership::default()),
             changes,
             first_changes: Mutex::new(Some(first_changes)),
-            acks: Mutex::new(Acks::default()),
+            ack_progress: AtomicU64::new(0),
             acks_changed: Notify::new(),
+            store_failed: OnceLock::new(),
             synced: watch::Sender::new(false),
             synced_on_join: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -450,26 +382,36 @@ impl Shared {
 
     // Acknowledgements.
 
-    /// Changes the acknowledgements with `change`, and wakes their waiters if it says they
-    /// changed.
-    pub(crate) fn update_acks(&self, change: impl FnOnce(&mut Acks) -> bool) {
-        let changed = change(&mut lock(&self.acks));
-        if changed {
+    /// The driver's news after a turn: the node's [`Node::ack_progress`]. Wakes whoever waits
+    /// for acknowledgements if it moved.
+    pub(crate) fn set_ack_progress(&self, progress: u64) {
+        if self.ack_progress.swap(progress, Ordering::AcqRel) != progress {
             self.acks_changed.notify_waiters();
         }
     }
 
-    /// Waits until `done` decides on the acknowledgements, the mesh closes (`Err(Closed)`) or
-    /// `within` runs out (`Err(Timeout)`).
+    /// The store failed: no further write will be reported durable (the first failure stays).
+    /// Wakes whoever waits for durability.
+    pub(crate) fn fail_store(&self, error: String) {
+        let _ = self.store_failed.set(error);
+        self.acks_changed.notify_waiters();
+    }
+
+    /// Waits until `done` decides on write `id`'s acknowledgements — what the node knows of
+    /// them ([`Node::write_status`]) and why the store failed, if it did — the mesh closes
+    /// (`Err(Closed)`) or `within` runs out (`Err(Timeout)`). The node is asked again each
+    /// time its acknowledgements progress, under its lock for the lookup alone.
     pub(crate) async fn wait_acks(
         &self,
+        id: WriteId,
         within: Duration,
-        done: impl Fn(&Acks) -> Option<Result<(), AckError>>,
+        done: impl Fn(WriteStatus, Option<&str>) -> Option<Result<(), AckError>>,
     ) -> Result<(), AckError> {
         let wait = async {
             loop {
                 let notified = self.acks_changed.notified();
-                if let Some(r) = done(&lock(&self.acks)) {
+                let status = self.node().write_status(id);
+                if let Some(r) = done(status, self.store_failed.get().map(String::as_str)) {
                     return r;
                 }
                 self.ensure_open()?;
@@ -485,4 +427,146 @@ impl Shared {
 /// Locks `m`; a poisoned lock (a panic elsewhere while holding it) still holds plain data.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+    use rand_core::SeedableRng;
+    use statemesh_core::node::PENDING_TTL;
+    use statemesh_core::{Config, MeshTag, Scope};
+    use statemesh_net::secret::Secret;
+
+    use super::*;
+
+    fn node(seed: u64) -> Node {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        let me = PeerId::generate(1_750_000_000_000 + seed, &mut rng);
+        let tag = MeshTag::derive(&[1; 32], "acks");
+        Node::new(Config::default(), tag, me, &mut rng, Time::ZERO)
+    }
+
+    fn shared() -> Shared {
+        Shared::new(
+            node(1),
+            Fixed {
+                epoch: Instant::now(),
+                loaded: LoadSummary::default(),
+                persist: true,
+                ack_timeout: Duration::from_secs(60),
+                keys: SharedKeyring::from(Secret::generate()),
+                key_file: None,
+                backlog: BacklogLimits {
+                    soft: 1024,
+                    hard: 2048,
+                },
+            },
+        )
+    }
+
+    /// Moves frames between the shared node and `b` until both are quiet.
+    fn pump(shared: &Shared, b: &mut Node) {
+        for _ in 0..50 {
+            let mut moved = false;
+            let a_id = shared.me();
+            while let Some(t) = shared.node().poll_transmit() {
+                b.handle_frame(Time::ZERO, a_id, &t.frame).expect("taken");
+                moved = true;
+            }
+            while let Some(t) = b.poll_transmit() {
+                let from = b.me().peer;
+                shared
+                    .node()
+                    .handle_frame(Time::ZERO, from, &t.frame)
+                    .expect("taken");
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the nodes kept talking");
+    }
+
+    fn durable(s: WriteStatus, failed: Option<&str>) -> Option<Result<(), AckError>> {
+        if s.durable {
+            Some(Ok(()))
+        } else {
+            failed.map(|e| Err(AckError::StoreFailed(e.to_owned())))
+        }
+    }
+
+    fn replicated(k: usize) -> impl Fn(WriteStatus, Option<&str>) -> Option<Result<(), AckError>> {
+        move |s, _| {
+            if s.holders >= k {
+                Some(Ok(()))
+            } else if !s.tracked {
+                Some(Err(AckError::Untracked))
+            } else {
+                None
+            }
+        }
+    }
+
+    /// Issue 13: the node is the one store of acknowledgements. A wait asks the node, and asks
+    /// again only when the driver publishes that the node's acknowledgements progressed: the
+    /// runtime keeps no copy (only the store's failure, its own news).
+    #[tokio::test]
+    async fn waits_resolve_from_the_node_when_its_progress_is_published() {
+        let shared = shared();
+        let mut b = node(2);
+        let write = |key: &str| {
+            shared
+                .write(|n| Ok(n.put("c", key, &1i64, Scope::Durable)?))
+                .expect("written")
+                .id
+        };
+        let w = write("k");
+        let within = Duration::from_secs(60);
+        let mut durable_wait = std::pin::pin!(shared.wait_acks(w, within, durable));
+        let mut replicated_wait = std::pin::pin!(shared.wait_acks(w, within, replicated(1)));
+        assert!(durable_wait.as_mut().now_or_never().is_none());
+        assert!(replicated_wait.as_mut().now_or_never().is_none());
+        // Durable in the node: the wait learns it once the progress is published.
+        {
+            let mut node = shared.node();
+            let persist = node.poll_persist().expect("bytes to store");
+            node.persisted(persist.seq());
+            assert!(node.write_status(w).durable);
+        }
+        assert!(
+            durable_wait.as_mut().now_or_never().is_none(),
+            "woken before the progress was published"
+        );
+        shared.set_ack_progress(shared.node().ack_progress());
+        assert!(matches!(durable_wait.now_or_never(), Some(Ok(()))));
+        // Held by `b` once the link's exchange says so.
+        let (ha, hb) = (shared.node().hello(), b.hello());
+        shared.node().handle_link_up(Time::ZERO, &hb);
+        b.handle_link_up(Time::ZERO, &ha);
+        pump(&shared, &mut b);
+        assert_eq!(shared.node().write_status(w).holders, 1);
+        shared.set_ack_progress(shared.node().ack_progress());
+        assert!(matches!(replicated_wait.now_or_never(), Some(Ok(()))));
+        // A wait for more holders than there are ends when the node stops watching the write;
+        // the count it reached still answers a wait for one.
+        let mut two = std::pin::pin!(shared.wait_acks(w, within, replicated(2)));
+        assert!(two.as_mut().now_or_never().is_none());
+        shared.node().handle_tick(Time::ZERO + PENDING_TTL);
+        shared.set_ack_progress(shared.node().ack_progress());
+        assert!(matches!(two.now_or_never(), Some(Err(AckError::Untracked))));
+        assert!(matches!(
+            shared.wait_acks(w, within, replicated(1)).now_or_never(),
+            Some(Ok(()))
+        ));
+        // A store failure ends durability waits at once.
+        let later = write("later");
+        let mut failed = std::pin::pin!(shared.wait_acks(later, within, durable));
+        assert!(failed.as_mut().now_or_never().is_none());
+        shared.fail_store("disk full".into());
+        assert!(matches!(
+            failed.now_or_never(),
+            Some(Err(AckError::StoreFailed(e))) if e == "disk full"
+        ));
+    }
 }

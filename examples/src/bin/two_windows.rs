@@ -8,7 +8,7 @@
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
-use statemesh_core::codec::{FrameDecoder, HEADER_LEN};
+use statemesh_core::codec::FrameDecoder;
 use statemesh_core::{Config, Event, MeshTag, Node, PeerId, Scope, Time};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -71,9 +71,8 @@ fn shuttle(from: &mut Node, to: &mut Node, now: Time) -> Result<(), Box<dyn std:
     while let Some(t) = from.poll_transmit() {
         let mut decoder = FrameDecoder::new(from.config().max_frame);
         decoder.extend(&t.frame);
-        while let Some(payload) = decoder.next_payload()? {
-            debug_assert!(payload.len() + HEADER_LEN <= t.frame.len());
-            to.handle_payload(now, sender, &payload)?;
+        while let Some(frame) = decoder.next_frame()? {
+            to.handle_frame(now, sender, &frame)?;
         }
     }
     Ok(())

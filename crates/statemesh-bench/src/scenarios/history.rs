@@ -15,7 +15,7 @@ use anyhow::{Context, anyhow};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use serde_json::json;
-use statemesh_core::codec::{self, HEADER_LEN, Message};
+use statemesh_core::codec::{self, Message};
 use statemesh_core::sim::{Sim, SimConfig};
 use statemesh_core::{Config, MeshTag, Node, PeerId, Persist, Scope, Time};
 
@@ -138,7 +138,7 @@ fn deliver(from: &mut Node, to: &mut Node, now: Time) -> anyhow::Result<bool> {
     let id = from.me().peer;
     let mut moved = false;
     while let Some(t) = from.poll_transmit() {
-        to.handle_payload(now, id, &t.frame[HEADER_LEN..])?;
+        to.handle_frame(now, id, &t.frame)?;
         moved = true;
     }
     Ok(moved)
@@ -185,15 +185,17 @@ fn sync_receive(doc: Option<&[u8]>, samples: usize) -> anyhow::Result<Summary> {
         )?;
         let mut timed = false;
         while let Some(t) = a.poll_transmit() {
-            let payload = &t.frame[HEADER_LEN..];
-            let is_sync = matches!(codec::decode_message(payload), Ok(Message::Sync(_)));
+            let is_sync = matches!(
+                codec::decode_frame(&t.frame, usize::MAX),
+                Ok(Message::Sync(_))
+            );
             if is_sync && !timed {
                 let start = Instant::now();
-                b.handle_payload(now, from, payload)?;
+                b.handle_frame(now, from, &t.frame)?;
                 times.push(start.elapsed().as_secs_f64() * 1e6);
                 timed = true;
             } else {
-                b.handle_payload(now, from, payload)?;
+                b.handle_frame(now, from, &t.frame)?;
             }
         }
         pump(&mut a, &mut b, now)?;

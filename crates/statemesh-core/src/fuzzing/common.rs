@@ -7,7 +7,7 @@ use automerge::ChangeHash;
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
-use crate::codec::{self, FrameDecoder, HEADER_LEN, Message};
+use crate::codec::{self, FrameDecoder, Message};
 use crate::{
     Config, Event, Explanation, Hello, Incarnation, Leadership, MeshTag, Node, PeerId, Persist,
     Scope, Time, Value,
@@ -67,10 +67,18 @@ pub(super) fn drain(node: &mut Node) -> (Vec<(PeerId, Message)>, Vec<Event>) {
     (frames, events)
 }
 
+/// `message` as one frame, header included.
+pub(super) fn frame(message: &Message) -> Vec<u8> {
+    codec::encode_frame(message, usize::MAX)
+        .unwrap_or_else(|e| panic!("a message built here encodes: {e}"))
+}
+
+/// The payload of `message`'s frame (what the `sync_receive` seeds hold).
 pub(super) fn payload(message: &Message) -> Vec<u8> {
-    let frame = codec::encode_frame(message, usize::MAX)
-        .unwrap_or_else(|e| panic!("a message built here encodes: {e}"));
-    frame[HEADER_LEN..].to_vec()
+    let frame = frame(message);
+    codec::frame_payload(&frame, usize::MAX)
+        .unwrap_or_else(|e| panic!("a frame built here has a valid header: {e}"))
+        .to_vec()
 }
 
 /// Everything an application or a peer can observe of a node.

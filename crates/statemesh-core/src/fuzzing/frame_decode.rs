@@ -5,20 +5,22 @@ use super::escaping;
 use crate::codec::{self, FrameDecoder};
 
 /// Frame splitting and message decoding on an arbitrary byte stream: never a panic, never a
-/// payload beyond the frame limit, and every accepted message re-encodes to a frame that
-/// decodes and re-encodes identically. (This also covers message decoding of arbitrary
-/// payloads: the whole input is decoded as one payload first.)
+/// frame beyond the frame limit, every frame the splitter returns passes the header checks,
+/// and every accepted message re-encodes to a frame that decodes and re-encodes identically.
+/// (This also covers the header checks and message decoding of arbitrary frames and
+/// payloads: the whole input is decoded as one frame, and as one payload, first.)
 pub fn frame_decode(data: &[u8]) {
     escaping(|| frame_decode_inner(data));
 }
 
 fn frame_decode_inner(data: &[u8]) {
-    let _ = codec::decode_message(data);
+    let _ = codec::decode_frame(data, MAX);
+    let _ = codec::decode_frame(&codec::frame_raw(data), MAX);
     let mut decoder = FrameDecoder::new(MAX);
     decoder.extend(data);
-    while let Ok(Some(payload)) = decoder.next_payload() {
-        assert!(payload.len() <= MAX);
-        if let Ok(message) = codec::decode_message(&payload) {
+    while let Ok(Some(frame)) = decoder.next_frame() {
+        assert!(codec::frame_payload(&frame, MAX).is_ok());
+        if let Ok(message) = codec::decode_frame(&frame, MAX) {
             let frame = codec::encode_frame(&message, MAX)
                 .unwrap_or_else(|e| panic!("a decoded message does not re-encode: {e}"));
             let mut again = FrameDecoder::new(MAX);

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::common::{PEERS, Reader, T0, drain, hello_of, new_node, payload, peer_ids};
+use super::common::{PEERS, Reader, T0, drain, frame, hello_of, new_node, peer_ids};
 use super::escaping;
 use crate::codec::{self, Message, View};
 use crate::liveness::{GossipBeat, Tombstone};
@@ -460,7 +460,7 @@ fn liveness_inner(data: &[u8]) {
                 // does not decode or is refused never brings the link up.
                 let hello = hello_of(pick(*peer), incarnation(*i), *eligible);
                 if let Ok(Message::Hello(hello)) =
-                    codec::decode_message(&payload(&Message::Hello(hello)))
+                    codec::decode_frame(&frame(&Message::Hello(hello)), usize::MAX)
                     && node.check_hello(&hello).is_ok()
                 {
                     node.handle_link_up(now, &hello);
@@ -513,7 +513,7 @@ fn liveness_inner(data: &[u8]) {
                     doc: [0; 8],
                     leader: [0; 8],
                 };
-                let _ = node.handle_payload(now, pick(*from), &payload(&Message::View(view)));
+                let _ = node.handle_frame(now, pick(*from), &frame(&Message::View(view)));
             }
             Step::Leave {
                 from,
@@ -524,7 +524,7 @@ fn liveness_inner(data: &[u8]) {
                     peer: pick(*peer),
                     number: incarnation(*i),
                 };
-                let _ = node.handle_payload(now, pick(*from), &payload(&Message::Leave(inc)));
+                let _ = node.handle_frame(now, pick(*from), &frame(&Message::Leave(inc)));
             }
             Step::Settled => {
                 node.handle_settled(now);

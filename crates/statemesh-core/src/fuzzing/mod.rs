@@ -10,8 +10,8 @@
 //!
 //! | target | input | checked |
 //! |---|---|---|
-//! | [`frame_decode`](fn@frame_decode) | a byte stream from a link | no panic; accepted messages re-encode identically |
-//! | [`sync_receive`](fn@sync_receive) | one payload from a linked peer | no panic escapes; a refused payload changes nothing; the node stays usable |
+//! | [`frame_decode`](fn@frame_decode) | a byte stream from a link | no panic; frames cut from it pass the header checks; accepted messages re-encode identically |
+//! | [`sync_receive`](fn@sync_receive) | one payload from a linked peer (also fed as a whole frame) | no panic escapes; a refused frame changes nothing; the node stays usable |
 //! | [`state_load`](fn@state_load) | a persisted state file | no panic; a report or a typed refusal; loading is idempotent; the node stays usable |
 //! | [`liveness`](fn@liveness) | a sequence of liveness events | the election and liveness invariants after every step |
 //!

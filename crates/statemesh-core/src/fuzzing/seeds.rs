@@ -1,6 +1,6 @@
 //! The seed inputs of the core's fuzz targets.
 
-use super::common::{MAX, PEERS, T0, drain, hello_of, new_node, payload, peer_ids};
+use super::common::{MAX, PEERS, T0, drain, frame, hello_of, new_node, payload, peer_ids};
 use super::liveness::Step;
 use super::sync_receive::{limits, sync_fixture};
 use crate::codec::{self, Message};
@@ -21,7 +21,7 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
 
 /// A real peer answering the [`sync_fixture`]'s node: it led alone before the link (its own
 /// term, a leader record), wrote some state, and then received the fixture's frames. Returns
-/// the payloads it sent, in order.
+/// the messages it sent, in order.
 fn peer_exchange() -> Vec<Message> {
     let fixture = sync_fixture();
     let mut peer = new_node(fixture.peer, Config::default(), 2);
@@ -42,7 +42,7 @@ fn peer_exchange() -> Vec<Message> {
     let mut out: Vec<Message> = drain(&mut peer).0.into_iter().map(|(_, m)| m).collect();
     let from = fixture.node.me().peer;
     for m in &fixture.sent {
-        peer.handle_payload(T0, from, &payload(m))
+        peer.handle_frame(T0, from, &frame(m))
             .unwrap_or_else(|e| panic!("the peer refused the fixture's frame: {e}"));
         out.extend(drain(&mut peer).0.into_iter().map(|(_, m)| m));
     }
@@ -375,7 +375,8 @@ mod tests {
             .into_iter()
             .rfind(|(n, _)| n.ends_with("-sync-payload"))
             .expect("a sync payload seed");
-        node.handle_payload(T0, peer, &last_sync).expect("accepted");
+        node.handle_frame(T0, peer, &codec::frame_raw(&last_sync))
+            .expect("accepted");
         assert_ne!(
             node.heads(),
             before,
@@ -392,7 +393,7 @@ mod tests {
             let base = node.replica().doc().clone();
             let before = node.heads();
             let bytes = hostile_sync(&base, &seed("sync_receive", name)).expect("built");
-            node.handle_payload(T0, peer, &payload(&Message::Sync(bytes)))
+            node.handle_frame(T0, peer, &frame(&Message::Sync(bytes)))
                 .unwrap_or_else(|e| panic!("{name} refused: {e}"));
             assert_ne!(node.heads(), before, "{name} changed nothing");
         }

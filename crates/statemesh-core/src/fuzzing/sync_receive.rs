@@ -1,11 +1,11 @@
-//! The `sync_receive` target: a linked peer's payloads into a live document.
+//! The `sync_receive` target: a linked peer's frames into a live document.
 
 use std::collections::BTreeMap;
 
-use super::common::{Snapshot, T0, assert_usable, drain, hello_of, new_node, payload, peer_ids};
+use super::common::{Snapshot, T0, assert_usable, drain, frame, hello_of, new_node, peer_ids};
 use super::escaping;
 use super::hostile::hostile_sync;
-use crate::codec::Message;
+use crate::codec::{self, Message};
 use crate::{Config, Node, PeerId, Scope, Value, WriteError};
 
 /// The node under test in [`sync_receive`]: some state, a leadership term recorded in its
@@ -55,17 +55,17 @@ pub(super) fn limits() -> Value {
     ]))
 }
 
-/// Feeds `payload` from `from` and checks the outcome against `before` (the node's state
-/// before): a refused payload leaves everything observable as it was; an accepted one leaves a
+/// Feeds `frame` from `from` and checks the outcome against `before` (the node's state
+/// before): a refused frame leaves everything observable as it was; an accepted one leaves a
 /// node whose every read and output works. Returns the node's state after.
 fn receive_checked(
     node: &mut Node,
     from: PeerId,
-    payload: &[u8],
+    frame: &[u8],
     what: &str,
     before: Snapshot,
 ) -> Snapshot {
-    let result = node.handle_payload(T0, from, payload);
+    let result = node.handle_frame(T0, from, frame);
     drain(node);
     let after = Snapshot::of(node, T0);
     if let Err(e) = result {
@@ -75,10 +75,11 @@ fn receive_checked(
 }
 
 /// The whole path a linked peer's bytes take into a live document
-/// ([`Node::handle_payload`]), on a node with state and a link up with that peer. The input is
-/// fed three ways, in turn, to the same node:
+/// ([`Node::handle_frame`]), on a node with state and a link up with that peer. The input is
+/// fed four ways, in turn, to the same node:
 ///
-/// 1. as a raw payload (any message kind);
+/// 0. as a whole frame, header included (the header's checks: most inputs stop there);
+/// 1. as a raw payload (any message kind) in a frame with a matching header;
 /// 2. wrapped in a well-formed `Message::Sync`, so it reaches Automerge's sync decoding;
 /// 3. as a program of hostile changes (see `hostile_sync`: made through Automerge on a copy of
 ///    the node's document, or encoded directly from arbitrary operations, under any actor —
@@ -97,11 +98,13 @@ fn sync_receive_inner(data: &[u8]) {
     let SyncFixture { mut node, peer, .. } = sync_fixture();
     let base = node.replica().doc().clone();
     let state = Snapshot::of(&node, T0);
-    let state = receive_checked(&mut node, peer, data, "raw payload", state);
-    let wrapped = payload(&Message::Sync(data.to_vec()));
+    let state = receive_checked(&mut node, peer, data, "raw frame", state);
+    let framed = codec::frame_raw(data);
+    let state = receive_checked(&mut node, peer, &framed, "raw payload", state);
+    let wrapped = frame(&Message::Sync(data.to_vec()));
     let state = receive_checked(&mut node, peer, &wrapped, "sync message", state);
     if let Some(bytes) = hostile_sync(&base, data) {
-        let hostile = payload(&Message::Sync(bytes));
+        let hostile = frame(&Message::Sync(bytes));
         receive_checked(&mut node, peer, &hostile, "hostile changes", state);
     }
     assert_usable(&mut node);

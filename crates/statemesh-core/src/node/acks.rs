@@ -1,5 +1,7 @@
-//! Replication acknowledgements: the local writes watched until each linked peer holds them
-//! ([`Event::Replicated`]), for [`PENDING_TTL`] and up to [`MAX_PENDING_WRITES`] at once.
+//! Acknowledgements of local writes, the one store of them: the local writes watched until
+//! each linked peer holds them ([`Event::Replicated`]), for [`PENDING_TTL`] and up to
+//! [`MAX_PENDING_WRITES`] at once, and which writes are durable. A runtime asks
+//! [`Node::write_status`] and waits for [`Node::ack_progress`] to move; it keeps no copy.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
@@ -17,6 +19,24 @@ pub const PENDING_TTL: Duration = Duration::from_secs(600);
 /// longer watched once this many newer ones are.
 pub const MAX_PENDING_WRITES: usize = 4096;
 
+/// How many writes no longer watched keep their count of holders (those held by at least one
+/// peer), so that [`Node::write_status`] still answers for a write that reached its count just
+/// before it left the window.
+pub const RETIRED_KEPT: usize = 65_536;
+
+/// What the node knows of one local write's acknowledgements: see [`Node::write_status`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStatus {
+    /// How many other peers are known to hold the write (peers that held it and went away
+    /// still count).
+    pub holders: usize,
+    /// Whether the write is in bytes the runtime reported persisted ([`Node::persisted`]).
+    pub durable: bool,
+    /// Whether the write is still watched for replication: if not, its count of holders no
+    /// longer grows (see [`Node::replication_tracked_from`]).
+    pub tracked: bool,
+}
+
 #[derive(Debug)]
 pub(super) struct PendingWrite {
     pub(super) hash: ChangeHash,
@@ -24,12 +44,43 @@ pub(super) struct PendingWrite {
     pub(super) at: Time,
 }
 
+/// The acknowledgement bookkeeping beside the watched writes.
+#[derive(Debug)]
+pub(super) struct AckBook {
+    /// The newest local write reported durable: writes become durable in id order (they are
+    /// persisted in the order they were made), so every older one is durable too.
+    durable_upto: WriteId,
+    /// Writes no longer watched that some peer held, with their count of holders, in id order,
+    /// the newest [`RETIRED_KEPT`].
+    retired: VecDeque<(WriteId, usize)>,
+    /// Moves whenever a write's [`WriteStatus`] may have changed.
+    progress: u64,
+}
+
+impl Default for AckBook {
+    fn default() -> Self {
+        Self {
+            durable_upto: WriteId(0),
+            retired: VecDeque::new(),
+            progress: 0,
+        }
+    }
+}
+
 impl PendingWrite {
     /// `peer` holds this write (`write`): reported once per peer.
-    fn held_by(&mut self, write: WriteId, peer: PeerId, now: Time, events: &mut VecDeque<Event>) {
+    fn held_by(
+        &mut self,
+        write: WriteId,
+        peer: PeerId,
+        now: Time,
+        events: &mut VecDeque<Event>,
+        progress: &mut u64,
+    ) {
         if self.holders.insert(peer) {
             let after = now.saturating_since(self.at);
             events.push_back(Event::Replicated { write, peer, after });
+            *progress += 1;
         }
     }
 }
@@ -45,6 +96,57 @@ impl Node {
             .map_or(WriteId(self.next_write + 1), |(id, _)| *id)
     }
 
+    /// What is known of local write `id`'s acknowledgements: how many peers hold it, whether
+    /// it is durable, whether it is still watched. The one store of them: a runtime waiting
+    /// for a write asks here again whenever [`ack_progress`](Self::ack_progress) moved.
+    pub fn write_status(&self, id: WriteId) -> WriteStatus {
+        let holders = match self.pending.get(&id) {
+            Some(w) => w.holders.len(),
+            None => {
+                let retired = &self.acks.retired;
+                retired
+                    .binary_search_by_key(&id, |(w, _)| *w)
+                    .map_or(0, |i| retired[i].1)
+            }
+        };
+        WriteStatus {
+            holders,
+            durable: id <= self.acks.durable_upto,
+            tracked: id >= self.replication_tracked_from(),
+        }
+    }
+
+    /// A number that moves whenever the [`write_status`](Self::write_status) of some local
+    /// write may have changed (a peer holds it, it became durable, it is no longer watched).
+    /// A runtime compares it after each turn to wake whoever waits for acknowledgements.
+    pub fn ack_progress(&self) -> u64 {
+        self.acks.progress
+    }
+
+    /// Every local write up to `id` is durable.
+    pub(super) fn durable_upto(&mut self, id: WriteId) {
+        if id > self.acks.durable_upto {
+            self.acks.durable_upto = id;
+            self.acks.progress += 1;
+        }
+    }
+
+    /// Starts watching local write `id` (made at `now`, as change `hash`), making room for it.
+    pub(super) fn track_write(&mut self, id: WriteId, hash: ChangeHash, now: Time) {
+        self.expire_pending(now);
+        while self.pending.len() >= MAX_PENDING_WRITES {
+            self.retire_oldest();
+        }
+        self.pending.insert(
+            id,
+            PendingWrite {
+                hash,
+                holders: BTreeSet::new(),
+                at: now,
+            },
+        );
+    }
+
     /// Stops watching local writes older than [`PENDING_TTL`] (they are in id order).
     pub(super) fn expire_pending(&mut self, now: Time) {
         while self
@@ -52,8 +154,24 @@ impl Node {
             .first_key_value()
             .is_some_and(|(_, w)| now.saturating_since(w.at) >= PENDING_TTL)
         {
-            self.pending.pop_first();
+            self.retire_oldest();
         }
+    }
+
+    /// Stops watching the oldest watched write, keeping its count of holders.
+    fn retire_oldest(&mut self) {
+        let Some((id, w)) = self.pending.pop_first() else {
+            return;
+        };
+        self.acks.progress += 1;
+        if w.holders.is_empty() {
+            return;
+        }
+        let retired = &mut self.acks.retired;
+        if retired.len() >= RETIRED_KEPT {
+            retired.pop_front();
+        }
+        retired.push_back((id, w.holders.len()));
     }
 
     /// `peer` holds every pending local write.
@@ -64,7 +182,7 @@ impl Node {
         let from = link.held_upto;
         link.held_upto = WriteId(self.next_write);
         for (write, w) in self.pending.range_mut(next_id(from)..) {
-            w.held_by(*write, peer, now, &mut self.events);
+            w.held_by(*write, peer, now, &mut self.events, &mut self.acks.progress);
         }
     }
 
@@ -105,7 +223,7 @@ impl Node {
             }
             newest = Some(write);
             if let Some(w) = self.pending.get_mut(&write) {
-                w.held_by(write, peer, now, &mut self.events);
+                w.held_by(write, peer, now, &mut self.events, &mut self.acks.progress);
             }
         }
         if let Some(newest) = newest
@@ -119,4 +237,70 @@ impl Node {
 /// The write id after `w`.
 fn next_id(w: WriteId) -> WriteId {
     WriteId(w.0.saturating_add(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{deliver, linked, node};
+    use super::*;
+    use crate::Scope;
+
+    /// Issue 13: the node is the one store of acknowledgements. It answers how many peers hold
+    /// a write, whether it is durable and whether it is still watched, and says when any of
+    /// that moved.
+    #[test]
+    fn the_node_answers_for_its_writes_acknowledgements() {
+        let (mut a, mut b) = linked();
+        let w = a.put("c", "k", &1i64, Scope::Durable).expect("write").id;
+        let fresh = WriteStatus {
+            holders: 0,
+            durable: false,
+            tracked: true,
+        };
+        assert_eq!(a.write_status(w), fresh);
+        // Durable once the runtime reports its bytes stored, not before.
+        let progress = a.ack_progress();
+        let persist = a.poll_persist().expect("bytes to store");
+        assert!(!a.write_status(w).durable);
+        a.persisted(persist.seq());
+        assert!(a.write_status(w).durable);
+        assert!(a.ack_progress() > progress, "durability is progress");
+        // Held by `b` once its answer says so.
+        let progress = a.ack_progress();
+        for _ in 0..10 {
+            deliver(&mut a, &mut b, Time::ZERO);
+            deliver(&mut b, &mut a, Time::ZERO);
+        }
+        assert_eq!(a.write_status(w).holders, 1);
+        assert!(a.ack_progress() > progress, "a holder is progress");
+        // Out of the window by age: no longer tracked, its count kept.
+        let progress = a.ack_progress();
+        a.handle_tick(Time::ZERO + PENDING_TTL);
+        let status = a.write_status(w);
+        assert!(!status.tracked);
+        assert_eq!(status.holders, 1, "the count survives the window");
+        assert!(status.durable);
+        assert!(
+            a.ack_progress() > progress,
+            "leaving the window is progress"
+        );
+    }
+
+    #[test]
+    fn writes_nobody_held_leave_the_window_with_no_holders() {
+        let mut a = node(3);
+        let first = a.put("c", "k", &0i64, Scope::Durable).expect("write").id;
+        for i in 1..=MAX_PENDING_WRITES as i64 {
+            a.put("c", "k", &i, Scope::Durable).expect("write");
+        }
+        assert_eq!(
+            a.write_status(first),
+            WriteStatus {
+                holders: 0,
+                durable: false,
+                tracked: false
+            }
+        );
+        assert!(a.acks.retired.is_empty(), "only held writes keep a count");
+    }
 }

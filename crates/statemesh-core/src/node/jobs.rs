@@ -3,12 +3,12 @@
 //! [`PushJob`], on another thread, while the node keeps taking every other input.
 
 use super::{Node, ReceiveError};
-use crate::codec::{self, Message};
+use crate::codec::Message;
 use crate::replica::Replica;
 use crate::{PeerId, Time};
 
 /// A received sync message carrying changes, applied away from the node: see
-/// [`Node::handle_payload_deferred`].
+/// [`Node::handle_frame_deferred`].
 #[derive(Debug)]
 pub struct SyncJob {
     from: PeerId,
@@ -66,23 +66,20 @@ impl PushJob {
 pub const PUSH_AT_ONCE: usize = 4;
 
 impl Node {
-    /// Handles one frame payload like [`handle_payload`](Self::handle_payload), except a sync
-    /// message that carries changes: that one is returned as a [`SyncJob`] to be
+    /// Handles one frame like [`handle_frame`](Self::handle_frame), except a sync message
+    /// that carries changes: that one is returned as a [`SyncJob`] to be
     /// [run](SyncJob::run) anywhere (another thread) and given back to
     /// [`finish_sync`](Self::finish_sync). Meanwhile the node takes every other input — ticks,
     /// views, local writes — so liveness never waits for the CRDT library's apply, however
     /// large the message. The runtime runs one job at a time and keeps the sender's later
     /// frames until it finished (they may depend on it).
-    pub fn handle_payload_deferred(
+    pub fn handle_frame_deferred(
         &mut self,
         now: Time,
         from: PeerId,
-        payload: &[u8],
+        frame: &[u8],
     ) -> Result<Option<SyncJob>, ReceiveError> {
-        self.stats.bytes_in += (payload.len() + codec::HEADER_LEN) as u64;
-        self.stats.frames_in += 1;
-        let message =
-            codec::decode_message(payload).inspect_err(|_| self.stats.decode_errors += 1)?;
+        let message = self.decode_frame(frame)?;
         let Message::Sync(bytes) = message else {
             return self.handle_message(now, from, message).map(|()| None);
         };
@@ -111,7 +108,7 @@ impl Node {
     /// Takes back a [`SyncJob`] that ran: its changes join the document (with the local writes
     /// made meanwhile), the sender's sync state moves on, and the node answers it. An error
     /// means the message was malformed: the link should be closed, as for
-    /// [`handle_payload`](Self::handle_payload). A job whose link went down meanwhile is
+    /// [`handle_frame`](Self::handle_frame). A job whose link went down meanwhile is
     /// dropped.
     ///
     /// Returns the job again when local writes made while it ran are many: they are applied to

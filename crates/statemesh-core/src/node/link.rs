@@ -5,7 +5,7 @@
 
 use automerge::ChangeHash;
 
-use super::{Event, Node, PUSH_AT_ONCE, ReceiveError};
+use super::{Event, Node, PUSH_AT_ONCE};
 use crate::codec::Message;
 use crate::replica::{EntryChange, Replica, heads_digest};
 use crate::{PeerId, Time};
@@ -102,26 +102,6 @@ impl Node {
             }
             self.sync_with(peer);
         }
-    }
-
-    pub(super) fn on_sync(
-        &mut self,
-        now: Time,
-        from: PeerId,
-        bytes: &[u8],
-    ) -> Result<(), ReceiveError> {
-        let Some(link) = self.links.get_mut(&from) else {
-            return Err(ReceiveError::NoLink(from));
-        };
-        let before = self.replica.receive_sync(&mut link.sync, bytes)?;
-        let after = self.replica.heads();
-        let changes = if before == after {
-            Vec::new()
-        } else {
-            self.replica.touched_since(&before)
-        };
-        self.after_sync(now, from, before, changes);
-        Ok(())
     }
 
     /// What follows a sync message from `from` applied on top of heads `before`, the entries

@@ -1,7 +1,7 @@
 //! The per-peer state machine: inputs in, outputs out, no IO.
 //!
 //! Inputs are [`Node::handle_tick`], [`Node::handle_link_up`], [`Node::handle_link_down`],
-//! [`Node::handle_payload`] (bytes received from a peer) and local writes ([`Node::put`],
+//! [`Node::handle_frame`] (a frame received from a peer) and local writes ([`Node::put`],
 //! [`Node::add`], [`Node::transact`], [`Node::leader_put`], ...). Every input takes the current
 //! local monotonic time. Outputs are drained with [`Node::poll_transmit`] (frames to send to a
 //! peer), [`Node::poll_event`] (application events) and [`Node::poll_persist`] (bytes to store);
@@ -39,8 +39,8 @@ use crate::liveness::{DeathCause, LinkDown, Liveness, PeerStatus, Tombstone};
 use crate::replica::{ApplyError, EntryChange, EntryKind, LoadReport, Replica};
 use crate::{Config, Incarnation, MeshTag, PeerId, Time};
 
-use acks::PendingWrite;
-pub use acks::{MAX_PENDING_WRITES, PENDING_TTL};
+use acks::{AckBook, PendingWrite};
+pub use acks::{MAX_PENDING_WRITES, PENDING_TTL, RETIRED_KEPT, WriteStatus};
 pub use jobs::{PUSH_AT_ONCE, PushJob, SyncJob};
 use link::Link;
 pub use persist::{Persist, Snapshot};
@@ -254,6 +254,7 @@ pub struct Node {
     leader_dirty: Vec<LeaderRecord>,
     next_write: u64,
     pending: BTreeMap<WriteId, PendingWrite>,
+    acks: AckBook,
     persisted_heads: Vec<ChangeHash>,
     appends: usize,
     persist_seq: u64,
@@ -298,6 +299,7 @@ impl Node {
             leader_dirty: Vec::new(),
             next_write: 0,
             pending: BTreeMap::new(),
+            acks: AckBook::default(),
             persisted_heads,
             // The first bytes persisted are a whole snapshot, genesis included, so that every
             // state file loads on its own.
@@ -521,22 +523,38 @@ impl Node {
         self.reelect(now);
     }
 
-    /// Handles one frame payload (without its length header) received from `from`.
-    pub fn handle_payload(
+    /// Handles one frame received from `from`, whole, header included, as it came off the
+    /// wire (a runtime cuts its stream into frames with [`codec::FrameDecoder`]). A frame whose
+    /// header is wrong (too short, over the frame limit, announcing another length than it
+    /// holds) or whose message does not decode is refused with [`ReceiveError::Decode`] and
+    /// changes nothing. A sync message carrying changes is applied at once, through the very
+    /// path of [`handle_frame_deferred`](Self::handle_frame_deferred).
+    pub fn handle_frame(
         &mut self,
         now: Time,
         from: PeerId,
-        payload: &[u8],
+        frame: &[u8],
     ) -> Result<(), ReceiveError> {
-        self.stats.bytes_in += (payload.len() + codec::HEADER_LEN) as u64;
-        self.stats.frames_in += 1;
-        let message =
-            codec::decode_message(payload).inspect_err(|_| self.stats.decode_errors += 1)?;
-        self.handle_message(now, from, message)
+        let mut job = self.handle_frame_deferred(now, from, frame)?;
+        while let Some(mut j) = job {
+            j.run();
+            job = self.finish_sync(now, j)?;
+        }
+        Ok(())
     }
 
-    /// Handles one decoded message received from `from`.
-    pub fn handle_message(
+    /// Checks and decodes one frame received from `from`, counting it.
+    fn decode_frame(&mut self, frame: &[u8]) -> Result<Message, ReceiveError> {
+        self.stats.bytes_in += frame.len() as u64;
+        self.stats.frames_in += 1;
+        let message = codec::decode_frame(frame, self.config.max_frame)
+            .inspect_err(|_| self.stats.decode_errors += 1)?;
+        Ok(message)
+    }
+
+    /// Handles one decoded message received from `from`, except a sync message (see
+    /// [`handle_frame_deferred`](Self::handle_frame_deferred)).
+    fn handle_message(
         &mut self,
         now: Time,
         from: PeerId,
@@ -560,9 +578,8 @@ impl Node {
                 self.apply_liveness(changes, now);
                 self.reelect(now);
             }
-            Message::Sync(bytes) => self
-                .on_sync(now, from, &bytes)
-                .inspect_err(|_| self.stats.decode_errors += 1)?,
+            // Taken by `handle_frame_deferred` before it calls this.
+            Message::Sync(_) => {}
             Message::Peers(peers) => {
                 self.events.push_back(Event::PeerAddresses { from, peers });
             }

@@ -117,6 +117,9 @@ impl Node {
     pub fn persisted(&mut self, seq: u64) {
         while self.in_persist.front().is_some_and(|(s, _)| *s <= seq) {
             if let Some((_, writes)) = self.in_persist.pop_front() {
+                if let Some(newest) = writes.last() {
+                    self.durable_upto(*newest);
+                }
                 self.events
                     .extend(writes.into_iter().map(|write| Event::Durable { write }));
             }

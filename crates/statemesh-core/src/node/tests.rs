@@ -6,7 +6,7 @@ use super::*;
 use crate::codec::{FrameDecoder, encode_frame};
 use crate::replica::{Scope, WriteError};
 
-fn node(seed: u64) -> Node {
+pub(super) fn node(seed: u64) -> Node {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let id = PeerId::generate(1_000 + seed, &mut rng);
     Node::new(
@@ -18,20 +18,17 @@ fn node(seed: u64) -> Node {
     )
 }
 
-fn deliver(from: &mut Node, to: &mut Node, now: Time) -> bool {
+pub(super) fn deliver(from: &mut Node, to: &mut Node, now: Time) -> bool {
     let from_id = from.me().peer;
     let mut moved = false;
     while let Some(t) = from.poll_transmit() {
         moved = true;
-        let mut d = FrameDecoder::new(1 << 24);
-        d.extend(&t.frame);
-        let payload = d.next_payload().expect("valid").expect("complete");
-        to.handle_payload(now, from_id, &payload).expect("accepted");
+        to.handle_frame(now, from_id, &t.frame).expect("accepted");
     }
     moved
 }
 
-fn pump(a: &mut Node, b: &mut Node, now: Time) {
+pub(super) fn pump(a: &mut Node, b: &mut Node, now: Time) {
     for _ in 0..50 {
         let ab = deliver(a, b, now);
         let ba = deliver(b, a, now);
@@ -42,7 +39,7 @@ fn pump(a: &mut Node, b: &mut Node, now: Time) {
     panic!("sync did not settle");
 }
 
-fn linked() -> (Node, Node) {
+pub(super) fn linked() -> (Node, Node) {
     let (mut a, mut b) = (node(1), node(2));
     let (ha, hb) = (a.hello(), b.hello());
     a.check_hello(&hb).expect("same mesh");
@@ -74,6 +71,72 @@ fn writes_leave_the_replication_window_by_count_and_by_age() {
         a.replication_tracked_from() > last,
         "every write left by age"
     );
+}
+
+/// Issue 13: the core owns framing both ways. A frame whose header is wrong (cut short,
+/// announcing more or fewer bytes than it holds, over the frame limit) is refused with a decode
+/// error and changes nothing; the same frame, whole, is taken.
+#[test]
+fn a_frame_with_a_bad_header_is_refused_and_changes_nothing() {
+    let (mut a, mut b) = linked();
+    while a.poll_event().is_some() {}
+    let from = b.me().peer;
+    b.put("c", "k", &1i64, Scope::Durable).expect("write");
+    let good = b.poll_transmit().expect("the write's sync message").frame;
+    assert!(matches!(
+        codec::decode_frame(&good, usize::MAX),
+        Ok(Message::Sync(_))
+    ));
+    let max = a.config().max_frame;
+    let mut cut = good.to_vec();
+    cut.pop();
+    let mut long = good.to_vec();
+    long.push(0);
+    let mut oversize = good.to_vec();
+    oversize[..codec::HEADER_LEN]
+        .copy_from_slice(&u32::try_from(max + 1).expect("fits").to_be_bytes());
+    let bad: [(&[u8], DecodeError); 4] = [
+        (&good[..2], DecodeError::Truncated(2)),
+        (
+            &cut,
+            DecodeError::LengthMismatch {
+                announced: good.len() - codec::HEADER_LEN,
+                actual: cut.len() - codec::HEADER_LEN,
+            },
+        ),
+        (
+            &long,
+            DecodeError::LengthMismatch {
+                announced: good.len() - codec::HEADER_LEN,
+                actual: long.len() - codec::HEADER_LEN,
+            },
+        ),
+        (&oversize, DecodeError::TooLarge { len: max + 1, max }),
+    ];
+    let (heads, view, stats) = (a.heads(), a.explain(Time::ZERO), a.stats());
+    for (i, (frame, want)) in bad.into_iter().enumerate() {
+        for deferred in [false, true] {
+            let got = if deferred {
+                a.handle_frame_deferred(Time::ZERO, from, frame).map(|_| ())
+            } else {
+                a.handle_frame(Time::ZERO, from, frame)
+            };
+            match got {
+                Err(ReceiveError::Decode(e)) => assert_eq!(e, want, "frame {i}"),
+                other => panic!("frame {i} was not refused for its header: {other:?}"),
+            }
+            assert_eq!(a.heads(), heads, "frame {i} changed the document");
+            assert_eq!(a.explain(Time::ZERO), view, "frame {i} changed the view");
+            assert!(a.poll_transmit().is_none(), "frame {i} made the node send");
+            assert!(a.poll_event().is_none(), "frame {i} made an event");
+        }
+    }
+    let after = a.stats();
+    assert_eq!(after.decode_errors, stats.decode_errors + 8);
+    assert_eq!(after.frames_in, stats.frames_in + 8);
+    a.handle_frame(Time::ZERO, from, &good)
+        .expect("the whole frame");
+    assert_eq!(a.get::<i64>("c", "k").expect("read"), Some(1));
 }
 
 #[test]
@@ -140,10 +203,11 @@ fn a_burst_of_writes_is_one_sync_round() {
         frames.push(t);
     }
     assert_eq!(frames.len(), 1, "one sync message for the whole burst");
+    // As a reader cuts it from the stream: whole, header included.
     let mut d = FrameDecoder::new(1 << 24);
     d.extend(&frames[0].frame);
-    let payload = d.next_payload().expect("ok").expect("complete");
-    b.handle_payload(Time::ZERO, a.me().peer, &payload)
+    let frame = d.next_frame().expect("ok").expect("complete");
+    b.handle_frame(Time::ZERO, a.me().peer, &frame)
         .expect("accepted");
     assert_eq!(b.keys("c").len(), 100);
 }
@@ -160,7 +224,7 @@ fn a_burst_leaves_through_a_push_job_and_a_lone_write_at_once() {
     let lone: Vec<Transmit> = std::iter::from_fn(|| a.poll_transmit()).collect();
     assert_eq!(lone.len(), 1, "a lone write leaves at once");
     assert!(a.start_push().is_none());
-    b.handle_payload(Time::ZERO, from, &payload_of(&lone[0].frame))
+    b.handle_frame(Time::ZERO, from, &lone[0].frame)
         .expect("accepted");
     deliver(&mut b, &mut a, Time::ZERO);
     for i in 0..50 {
@@ -168,9 +232,8 @@ fn a_burst_leaves_through_a_push_job_and_a_lone_write_at_once() {
             .expect("write");
     }
     assert!(
-        std::iter::from_fn(|| a.poll_transmit())
-            .all(|t| codec::decode_message(&payload_of(&t.frame))
-                .is_ok_and(|m| !matches!(m, Message::Sync(_)))),
+        std::iter::from_fn(|| a.poll_transmit()).all(|t| codec::decode_frame(&t.frame, 1 << 24)
+            .is_ok_and(|m| !matches!(m, Message::Sync(_)))),
         "the burst is not generated under the node"
     );
     let mut job = a.start_push().expect("a push job");
@@ -196,12 +259,6 @@ fn a_burst_leaves_through_a_push_job_and_a_lone_write_at_once() {
     assert_eq!(a.heads(), b.heads());
 }
 
-fn payload_of(frame: &[u8]) -> Vec<u8> {
-    let mut d = FrameDecoder::new(1 << 24);
-    d.extend(frame);
-    d.next_payload().expect("ok").expect("complete")
-}
-
 /// Issue 13: a window applying a large sync message is never taken for frozen. The apply
 /// runs as a job away from the node; meanwhile the node ticks past several heartbeats and
 /// the suspect timeout, sends its views, judges its peer's views, and takes local writes
@@ -217,7 +274,7 @@ fn a_sync_job_leaves_liveness_and_writes_going() {
     let frames: Vec<Transmit> = std::iter::from_fn(|| b.poll_transmit()).collect();
     assert_eq!(frames.len(), 1, "one sync message");
     let mut job = a
-        .handle_payload_deferred(Time::ZERO, b.me().peer, &payload_of(&frames[0].frame))
+        .handle_frame_deferred(Time::ZERO, b.me().peer, &frames[0].frame)
         .expect("accepted")
         .expect("a message with changes becomes a job");
     // The job is out. Time passes well beyond the suspect timeout: heartbeats go out, the
@@ -232,18 +289,18 @@ fn a_sync_job_leaves_liveness_and_writes_going() {
         a.put("c", &format!("a{i}"), &i64::from(i), Scope::Durable)
             .expect("write");
         while let Some(t) = a.poll_transmit() {
-            let payload = payload_of(&t.frame);
-            if codec::is_view(&payload) {
+            let frame = t.frame;
+            if codec::is_view(&frame) {
                 views_sent += 1;
-                b.handle_payload(now, a.me().peer, &payload).expect("view");
+                b.handle_frame(now, a.me().peer, &frame).expect("view");
             } else {
                 panic!("no sync message to the peer whose message is being applied");
             }
         }
         while let Some(t) = b.poll_transmit() {
-            let payload = payload_of(&t.frame);
-            if codec::is_view(&payload) {
-                a.handle_payload(now, b.me().peer, &payload).expect("view");
+            let frame = t.frame;
+            if codec::is_view(&frame) {
+                a.handle_frame(now, b.me().peer, &frame).expect("view");
             }
         }
     }
@@ -286,7 +343,7 @@ fn a_sync_job_of_a_link_gone_is_dropped() {
     for _ in 0..10 {
         while let Some(t) = b.poll_transmit() {
             if let Some(j) = a
-                .handle_payload_deferred(Time::ZERO, b.me().peer, &payload_of(&t.frame))
+                .handle_frame_deferred(Time::ZERO, b.me().peer, &t.frame)
                 .expect("accepted")
             {
                 job = Some(j);
@@ -325,8 +382,7 @@ fn malformed_sync_input_leaves_the_document_untouched() {
             let mut d = FrameDecoder::new(1 << 24);
             d.extend(&t.frame);
             let Some(Message::Sync(good)) = d.next_message().expect("valid") else {
-                let payload = t.frame[codec::HEADER_LEN..].to_vec();
-                a.handle_payload(Time::ZERO, from, &payload)
+                a.handle_frame(Time::ZERO, from, &t.frame)
                     .expect("accepted");
                 continue;
             };
@@ -343,15 +399,11 @@ fn malformed_sync_input_leaves_the_document_untouched() {
                 flipped,
             ] {
                 let frame = encode_frame(&Message::Sync(bad), 1 << 24).expect("fits");
-                assert!(
-                    a.handle_payload(Time::ZERO, from, &frame[codec::HEADER_LEN..])
-                        .is_err()
-                );
+                assert!(a.handle_frame(Time::ZERO, from, &frame).is_err());
                 assert_eq!(a.heads(), before, "a refused message changed the document");
             }
             let frame = encode_frame(&Message::Sync(good), 1 << 24).expect("fits");
-            a.handle_payload(Time::ZERO, from, &frame[codec::HEADER_LEN..])
-                .expect("accepted");
+            a.handle_frame(Time::ZERO, from, &frame).expect("accepted");
         }
         deliver(&mut a, &mut b, Time::ZERO);
     }
@@ -359,9 +411,9 @@ fn malformed_sync_input_leaves_the_document_untouched() {
     assert_eq!(a.get::<i64>("c", "k").expect("read"), Some(1));
 }
 
-/// A sync message carrying one change made from `operations`, numbered from `start_op`,
+/// A frame of a sync message carrying one change made from `operations`, numbered from `start_op`,
 /// on top of `heads`.
-fn raw_change_payload(
+fn raw_change_frame(
     heads: &[ChangeHash],
     start_op: u64,
     operations: Vec<automerge::legacy::Op>,
@@ -386,8 +438,7 @@ fn raw_change_payload(
         flags: None,
         version: automerge::sync::MessageVersion::V1,
     };
-    let frame = encode_frame(&Message::Sync(message.encode()), 1 << 20).expect("fits");
-    frame[codec::HEADER_LEN..].to_vec()
+    encode_frame(&Message::Sync(message.encode()), 1 << 20).expect("fits")
 }
 
 #[test]
@@ -407,12 +458,12 @@ fn changes_the_crdt_library_accepts_but_cannot_keep_are_refused() {
     let bad = [
         // Numbered below, or with a gap after, its dependency: Automerge would then save a
         // document it refuses to load.
-        raw_change_payload(&heads, max_op, Vec::new()),
-        raw_change_payload(&heads, max_op + 5, Vec::new()),
+        raw_change_frame(&heads, max_op, Vec::new()),
+        raw_change_frame(&heads, max_op + 5, Vec::new()),
         // Not descending from the genesis change: the same.
-        raw_change_payload(&[], max_op + 1, Vec::new()),
+        raw_change_frame(&[], max_op + 1, Vec::new()),
         // An insertion into a map: Automerge would then fail to send or save it.
-        raw_change_payload(
+        raw_change_frame(
             &heads,
             max_op + 1,
             vec![Op {
@@ -424,7 +475,7 @@ fn changes_the_crdt_library_accepts_but_cannot_keep_are_refused() {
             }],
         ),
         // An element key on a map: Automerge would then save a document it cannot load.
-        raw_change_payload(
+        raw_change_frame(
             &heads,
             max_op + 1,
             vec![Op {
@@ -437,7 +488,7 @@ fn changes_the_crdt_library_accepts_but_cannot_keep_are_refused() {
         ),
         // A text mark ending in a map: Automerge would then save a document it refuses to
         // load.
-        raw_change_payload(
+        raw_change_frame(
             &heads,
             max_op + 1,
             vec![Op {
@@ -449,8 +500,8 @@ fn changes_the_crdt_library_accepts_but_cannot_keep_are_refused() {
             }],
         ),
     ];
-    for payload in bad {
-        let r = a.handle_payload(Time::ZERO, b.me().peer, &payload);
+    for frame in bad {
+        let r = a.handle_frame(Time::ZERO, b.me().peer, &frame);
         assert!(matches!(r, Err(ReceiveError::Apply(_))), "accepted: {r:?}");
         assert_eq!(a.heads(), heads);
         assert!(automerge::Automerge::load(&a.replica().save()).is_ok());
@@ -534,11 +585,8 @@ fn route(nodes: &mut [Node], now: Time, drop: &[(usize, usize)]) {
                 if drop.contains(&(from, to)) {
                     continue;
                 }
-                let mut d = FrameDecoder::new(1 << 24);
-                d.extend(&t.frame);
-                let payload = d.next_payload().expect("valid").expect("complete");
                 nodes[to]
-                    .handle_payload(now, from_id, &payload)
+                    .handle_frame(now, from_id, &t.frame)
                     .expect("accepted");
             }
         }

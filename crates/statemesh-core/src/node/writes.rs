@@ -1,12 +1,10 @@
 //! Local writes: records, counters and atomic transactions in the document, and leader
 //! records under the writer's term.
 
-use std::collections::BTreeSet;
-
 use automerge::ChangeHash;
 use autosurgeon::Reconcile;
 
-use super::{Event, MAX_PENDING_WRITES, Node, PendingWrite, WriteId, Written};
+use super::{Event, Node, WriteId, Written};
 use crate::Time;
 use crate::codec::LeaderRecord;
 use crate::replica::{EntryChange, EntryKind, Scope, Tx, WriteError};
@@ -116,18 +114,7 @@ impl Node {
         // The time of the last input: the runtime gives the write's own time with
         // `handle_time` just before it.
         let now = self.last_tick;
-        self.expire_pending(now);
-        if self.pending.len() >= MAX_PENDING_WRITES {
-            self.pending.pop_first();
-        }
-        self.pending.insert(
-            id,
-            PendingWrite {
-                hash,
-                holders: BTreeSet::new(),
-                at: now,
-            },
-        );
+        self.track_write(id, hash, now);
         Written { id, changed: true }
     }
 }

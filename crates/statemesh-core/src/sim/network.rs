@@ -15,7 +15,8 @@ pub(super) enum Delivery {
     Frame {
         from: PeerId,
         to: PeerId,
-        frame: Vec<u8>,
+        /// Shared with the other deliveries of the same broadcast, as on a runtime's links.
+        frame: bytes::Bytes,
         link_epoch: u64,
     },
     LinkDown {
@@ -179,7 +180,7 @@ impl Sim {
                     Delivery::Frame {
                         from: id,
                         to: t.to,
-                        frame: t.frame.to_vec(),
+                        frame: t.frame.clone(),
                         link_epoch: epoch,
                     },
                 );
@@ -265,8 +266,7 @@ impl Sim {
                     {
                         continue;
                     }
-                    let payload = frame.get(crate::codec::HEADER_LEN..).unwrap_or_default();
-                    if p.node.handle_payload(at, from, payload).is_err() {
+                    if p.node.handle_frame(at, from, &frame).is_err() {
                         self.receive_errors += 1;
                     }
                 }

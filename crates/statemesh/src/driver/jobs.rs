@@ -33,7 +33,7 @@ impl Job {
 
 impl Run {
     /// Starts the next job, if none runs, on a blocking thread: the sync message the last
-    /// frame carried, to apply (see [`statemesh_core::Node::handle_payload_deferred`]), or else
+    /// frame carried, to apply (see [`statemesh_core::Node::handle_frame_deferred`]), or else
     /// the push of a burst of local writes, to generate (see
     /// [`statemesh_core::Node::set_push_jobs`]). The CRDT library's work runs there, without
     /// the node, while this task keeps the node ticking.

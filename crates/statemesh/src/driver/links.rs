@@ -39,11 +39,12 @@ pub(super) enum LinkEvent {
     AuthFailed,
     /// The store wrote everything up to a sequence number, or failed.
     Persisted(Result<u64, StoreError>),
-    /// A frame payload arrived on connection `conn` from `peer`.
+    /// A frame (whole, header included, as cut by the core's `FrameDecoder`) arrived on
+    /// connection `conn` from `peer`.
     Frame {
         peer: PeerId,
         conn: usize,
-        payload: bytes::Bytes,
+        frame: bytes::Bytes,
     },
     /// A renewed proof on connection `conn` to `peer` (see `Endpoint::renew`) ended: the key
     /// the peer proved with, or why it did not. `ours`: this side asked for it.
@@ -67,7 +68,7 @@ pub(super) enum LinkEvent {
 pub(super) struct ViewFrame {
     peer: PeerId,
     conn: usize,
-    payload: bytes::Bytes,
+    frame: bytes::Bytes,
 }
 
 impl From<ViewFrame> for LinkEvent {
@@ -75,7 +76,7 @@ impl From<ViewFrame> for LinkEvent {
         Self::Frame {
             peer: v.peer,
             conn: v.conn,
-            payload: v.payload,
+            frame: v.frame,
         }
     }
 }
@@ -186,7 +187,7 @@ impl Run {
     /// Handles one link event; returns what it was (for the slow-turn log).
     pub(super) fn on_link_event(&mut self, ev: LinkEvent) -> &'static str {
         let what = match &ev {
-            LinkEvent::Frame { payload, .. } if codec::is_view(payload) => "view",
+            LinkEvent::Frame { frame, .. } if codec::is_view(frame) => "view",
             LinkEvent::Frame { .. } => "frame",
             LinkEvent::Ready { .. } => "link up",
             LinkEvent::Closed { .. } => "link closed",
@@ -218,28 +219,18 @@ impl Run {
                 self.shared.counts().persist_errors += 1;
                 tracing::error!(error = %e, "could not persist state; from now on writes are not durable");
                 // The store thread stopped: whoever waits for durability learns it now.
-                self.shared.update_acks(|acks| {
-                    acks.fail_store(e.to_string());
-                    true
-                });
+                self.shared.fail_store(e.to_string());
             }
             LinkEvent::Ready {
                 link,
                 hello,
                 buffered,
             } => self.on_link_ready(now, link, hello, buffered),
-            LinkEvent::Frame {
-                peer,
-                conn,
-                payload,
-            } => {
+            LinkEvent::Frame { peer, conn, frame } => {
                 if self.links.get(&peer).is_none_or(|l| l.conn != conn) {
                     return;
                 }
-                let result = self
-                    .shared
-                    .node()
-                    .handle_payload_deferred(now, peer, &payload);
+                let result = self.shared.node().handle_frame_deferred(now, peer, &frame);
                 match result {
                     Ok(Some(job)) => self.new_job = Some((conn, job)),
                     Ok(None) => {}
@@ -516,8 +507,8 @@ async fn exchange_hellos(
         let mut decoder = FrameDecoder::new(max_frame);
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            if let Some(payload) = decoder.next_payload().map_err(|e| e.to_string())? {
-                return match codec::decode_message(&payload).map_err(|e| e.to_string())? {
+            if let Some(message) = decoder.next_message().map_err(|e| e.to_string())? {
+                return match message {
                     Message::Hello(theirs) => Ok((theirs, decoder.into_buffered())),
                     _ => Err("first frame is not a hello".to_owned()),
                 };
@@ -617,27 +608,18 @@ async fn read_loop(
     decoder.extend(&buffered);
     let mut buf = vec![0u8; 64 * 1024];
     let error = loop {
-        match decoder.next_payload() {
-            Ok(Some(payload)) => {
-                let payload = bytes::Bytes::from(payload);
+        // Cut by the core's splitter, the one place that knows the header; the node checks
+        // each frame's header again and decodes it.
+        match decoder.next_frame() {
+            Ok(Some(frame)) => {
                 // Views overtake queued frames (and never wait: a full queue drops its oldest);
                 // everything else keeps the link's order, and waits for room in its queue.
-                let sent = if codec::is_view(&payload) {
+                let sent = if codec::is_view(&frame) {
                     // Fails only when the driver is gone.
-                    views
-                        .send(ViewFrame {
-                            peer,
-                            conn,
-                            payload,
-                        })
-                        .is_ok()
+                    views.send(ViewFrame { peer, conn, frame }).is_ok()
                 } else {
                     frames
-                        .send(LinkEvent::Frame {
-                            peer,
-                            conn,
-                            payload,
-                        })
+                        .send(LinkEvent::Frame { peer, conn, frame })
                         .await
                         .is_ok()
                 };

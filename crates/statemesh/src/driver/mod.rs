@@ -226,7 +226,7 @@ struct Run {
     /// The keyring as last applied.
     ring: Arc<Keyring>,
     /// A sync job the last frame started (see
-    /// [`statemesh_core::Node::handle_payload_deferred`]), for the loop to run; with the
+    /// [`statemesh_core::Node::handle_frame_deferred`]), for the loop to run; with the
     /// connection it came on.
     new_job: Option<(usize, SyncJob)>,
     /// Frames (other than views) that arrived while a sync job ran: handled, in order, once it
@@ -445,7 +445,7 @@ impl Run {
         let mut frames = Vec::new();
         let mut events = Vec::new();
         let mut persists = Vec::new();
-        let (info, term, synced, tracked_from, live, backlog) = {
+        let (info, term, synced, mut ack_progress, live, backlog) = {
             let t0 = Instant::now();
             let mut node = self.shared.node();
             let t_lock = t0.elapsed();
@@ -473,7 +473,7 @@ impl Run {
                 node.leadership(),
                 node.my_term(),
                 node.joined(now) && node.in_sync(),
-                node.replication_tracked_from(),
+                node.ack_progress(),
                 // Links to peers judged dead are not counted while their connection winds
                 // down (those this turn closes are to dead peers too).
                 self.links.keys().filter(|p| node.is_live(p)).count(),
@@ -507,20 +507,20 @@ impl Run {
         if let Some(seq) = unstored {
             let mut node = self.shared.node();
             node.persisted(seq);
+            ack_progress = node.ack_progress();
             while let Some(e) = node.poll_event() {
                 events.push(e);
             }
         }
-        let mut replicated = Vec::new();
-        let mut durable = None;
         for e in events {
             match e {
                 Event::Changed(c) => self.shared.publish_change(c),
-                Event::Replicated { write, after, .. } => {
+                Event::Replicated { after, .. } => {
                     self.shared.counts().propagation.record(after);
-                    replicated.push(write);
                 }
-                Event::Durable { write } => durable = durable.max(Some(write)),
+                // The node keeps every write's acknowledgements (`Node::write_status`): their
+                // waiters are woken below, from its progress.
+                Event::Durable { .. } => {}
                 Event::PeerDown { incarnation, cause } => {
                     tracing::info!(peer = %incarnation, ?cause, "peer down");
                     self.on_peer_down(incarnation, cause);
@@ -533,17 +533,7 @@ impl Run {
                 Event::Elected { .. } | Event::Deposed { .. } | Event::Refuted(_) => {}
             }
         }
-        self.shared.update_acks(|acks| {
-            for write in &replicated {
-                acks.replicated(*write);
-            }
-            if let Some(write) = durable {
-                acks.durable(write);
-            }
-            // Last: a write's last holders are counted before it is untracked.
-            let untracked = acks.track_from(tracked_from);
-            untracked || !replicated.is_empty() || durable.is_some()
-        });
+        self.shared.set_ack_progress(ack_progress);
         {
             let dialer = self.dialer.counts();
             let candidates = self.dialer.len();
