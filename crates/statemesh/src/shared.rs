@@ -552,7 +552,8 @@ mod tests {
         // the count it reached still answers a wait for one.
         let mut two = std::pin::pin!(shared.wait_acks(w, within, replicated(2)));
         assert!(two.as_mut().now_or_never().is_none());
-        shared.node().handle_tick(Time::ZERO + PENDING_TTL);
+        let later_than_the_write = shared.now() + PENDING_TTL;
+        shared.node().handle_tick(later_than_the_write);
         shared.set_ack_progress(shared.node().ack_progress());
         assert!(matches!(two.now_or_never(), Some(Err(AckError::Untracked))));
         assert!(matches!(
