@@ -139,6 +139,33 @@ fn a_frame_with_a_bad_header_is_refused_and_changes_nothing() {
     assert_eq!(a.get::<i64>("c", "k").expect("read"), Some(1));
 }
 
+/// Issue 13: one encode per broadcast. A view, a leave and leader records sent to several
+/// peers are one frame: their transmits share one buffer.
+#[test]
+fn a_broadcast_is_encoded_once_for_every_peer() {
+    let (mut a, b, c) = (node(1), node(2), node(3));
+    a.handle_settled(Time::ZERO);
+    a.handle_link_up(Time::ZERO, &b.hello());
+    a.handle_link_up(Time::ZERO, &c.hello());
+    while a.poll_transmit().is_some() {}
+    let shared_by_both = |a: &mut Node, kind: fn(&Message) -> bool| {
+        let sent: Vec<Transmit> = std::iter::from_fn(|| a.poll_transmit())
+            .filter(|t| codec::decode_frame(&t.frame, usize::MAX).is_ok_and(|m| kind(&m)))
+            .collect();
+        assert_eq!(sent.len(), 2, "one to each peer");
+        assert_ne!(sent[0].to, sent[1].to);
+        assert_eq!(sent[0].frame.as_ptr(), sent[1].frame.as_ptr());
+    };
+    a.handle_tick(Time::ZERO + Config::default().heartbeat_interval);
+    shared_by_both(&mut a, |m| matches!(m, Message::View(_)));
+    let term = a.my_term().expect("leads");
+    a.leader_put(Time::ZERO, term, "health", "api", Some(&1i64))
+        .expect("leader write");
+    shared_by_both(&mut a, |m| matches!(m, Message::Leader(_)));
+    a.leave(Time::ZERO);
+    shared_by_both(&mut a, |m| matches!(m, Message::Leave(_)));
+}
+
 #[test]
 fn genesis_is_identical_everywhere() {
     assert_eq!(node(1).heads(), node(2).heads());
