@@ -39,6 +39,7 @@
 
 mod layout;
 mod legacy;
+mod standby;
 mod sync;
 mod touched;
 mod tx;
@@ -241,6 +242,13 @@ pub struct Replica {
     /// The maps of the channels the last local transaction wrote to: the change notification
     /// that follows it names them without a search ([`Replica::touched_since`]).
     written: Vec<(ObjId, String)>,
+    /// A copy of the document, kept equal to it, to restore it from when a received message
+    /// fails (see `standby`).
+    standby: standby::Standby,
+    /// The entries touched by the last received message, found while checking it, with the
+    /// heads before it: the change notification that follows names them without reading the
+    /// changes again ([`Replica::touched_since`]).
+    received: Option<(Vec<ChangeHash>, touched::Touched)>,
 }
 
 /// The presence-scoped entries of each writer, kept up to date with every change to the
@@ -305,6 +313,8 @@ impl Replica {
             me,
             presence: PresenceIndex::default(),
             written: Vec::new(),
+            standby: None,
+            received: None,
         }
     }
 
@@ -612,6 +622,9 @@ impl Replica {
             Ok(Ok(())) => {
                 let changed = doc.get_heads() != before;
                 self.doc = doc;
+                // Loaded changes may wait in the queue (their dependencies in another file),
+                // which the standby would lack: it is made afresh.
+                self.drop_standby();
                 Ok(LoadReport { complete, changed })
             }
             Ok(Err(e)) => Err(e),

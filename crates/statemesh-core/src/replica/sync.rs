@@ -131,6 +131,8 @@ impl Replica {
                 .map_err(|_| ApplyError::Panicked)??;
         }
         self.doc = job.doc;
+        // The job's received changes are not in the standby.
+        self.drop_standby();
         let changes = self.report_touched(job.touched);
         Ok(SyncFinish::Done(Box::new(SyncApplied {
             before,
@@ -140,37 +142,61 @@ impl Replica {
     }
 
     /// Applies a decoded sync message (see [`receive_sync`](Self::receive_sync)).
+    ///
+    /// A message carrying changes is applied to the document itself under `catch_unwind`, and
+    /// to the standby once it passed; if it fails, the standby (equal to the document before
+    /// the message) becomes the document (see `standby`).
     pub fn receive_decoded(
         &mut self,
         state: &mut automerge::sync::State,
         message: automerge::sync::Message,
     ) -> Result<Vec<ChangeHash>, ApplyError> {
         let before = self.doc.get_heads();
-        let mut doc = if message.changes.is_empty() {
-            None
-        } else {
-            Some(self.doc.clone())
-        };
+        self.received = None;
         let mut new_state = state.clone();
-        let checked = doc.is_some();
-        let target = doc.as_mut().unwrap_or(&mut self.doc);
+        if message.changes.is_empty() {
+            // No change: only the sync state moves (the new one is kept only on success).
+            let doc = &mut self.doc;
+            catch_unwind(AssertUnwindSafe(|| {
+                doc.receive_sync_message(&mut new_state, message)
+            }))
+            .map_err(|_| ApplyError::Panicked)??;
+            *state = new_state;
+            return Ok(before);
+        }
+        self.ensure_standby();
+        let mirror = (state.clone(), message.clone());
+        let (doc, layout) = (&mut self.doc, &self.layout);
         let result = catch_unwind(AssertUnwindSafe(|| {
-            target.receive_sync_message(&mut new_state, message)?;
-            if checked {
-                check_new_changes(target, &self.layout, &before, None)?;
-            }
-            Ok(())
+            doc.receive_sync_message(&mut new_state, message)?;
+            let mut keys = TouchedKeys::new(layout);
+            check_new_changes(doc, layout, &before, Some(&mut keys))?;
+            Ok(keys.finish())
         }));
         match result {
-            Ok(Ok(())) => {
-                if let Some(doc) = doc {
-                    self.doc = doc;
+            Ok(Ok(touched)) => {
+                let (mut mirror_state, message) = mirror;
+                if let Some(standby) = self.standby.as_mut() {
+                    let applied = catch_unwind(AssertUnwindSafe(|| {
+                        standby.receive_sync_message(&mut mirror_state, message)
+                    }));
+                    if !matches!(applied, Ok(Ok(()))) || standby.get_heads() != self.doc.get_heads()
+                    {
+                        self.drop_standby();
+                    }
                 }
+                self.received = Some((before.clone(), touched));
                 *state = new_state;
                 Ok(before)
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ApplyError::Panicked),
+            Ok(Err(e)) => {
+                self.restore_from_standby();
+                Err(e)
+            }
+            Err(_) => {
+                self.restore_from_standby();
+                Err(ApplyError::Panicked)
+            }
         }
     }
 

@@ -17,7 +17,16 @@ impl Replica {
     /// concurrent conflict or was overwritten since: readers re-read the entry.
     pub fn touched_since(&mut self, before: &[ChangeHash]) -> Vec<EntryChange> {
         let known = std::mem::take(&mut self.written);
-        let touched = touched_keys(&self.doc, &self.layout, before, known);
+        if let Some((heads, touched)) = self.received.take()
+            && heads == before
+        {
+            // Found while the received message was checked.
+            return self.report_touched(touched);
+        }
+        let changes = self.doc.get_changes(before);
+        let touched = touched_keys(&self.doc, &self.layout, &changes, known);
+        // Local changes: the standby takes them from here, without reading them again.
+        self.mirror_local(before, &changes);
         self.report_touched(touched)
     }
 
@@ -62,14 +71,13 @@ impl Replica {
     }
 }
 
-/// Flat keys of records and counters touched by the changes `doc` gained since the heads
-/// `before` (in the order the changes touched them): the part of a change notification that
-/// reads the changes' operations, run wherever the document is (a sync job's copy, off the
-/// node).
+/// Flat keys of records and counters touched by `changes`, changes of `doc` (in the order the
+/// changes touched them): the part of a change notification that reads the changes'
+/// operations.
 fn touched_keys(
     doc: &Automerge,
     layout: &Layout,
-    before: &[ChangeHash],
+    changes: &[automerge::Change],
     known: Vec<(ObjId, String)>,
 ) -> Touched {
     let mut touched = TouchedKeys::new(layout);
@@ -77,7 +85,7 @@ fn touched_keys(
     for (obj, channel) in known {
         touched.place_of.insert(obj, Place::Channel(channel));
     }
-    for change in doc.get_changes(before) {
+    for change in changes {
         let (actor, start) = (change.actor_id().clone(), change.start_op().get());
         for (i, op) in change.decode().operations.into_iter().enumerate() {
             let id = ObjId::Id(start.saturating_add(i as u64), actor.clone(), usize::MAX);
