@@ -249,6 +249,11 @@ pub struct Replica {
     /// heads before it: the change notification that follows names them without reading the
     /// changes again ([`Replica::touched_since`]).
     received: Option<(Vec<ChangeHash>, touched::Touched)>,
+    /// The channels' maps: object -> channel name (a change notification names a received
+    /// record's channel from it, without reading the records map). An entry never goes stale
+    /// (a channel's map is made by the channel's own change, the same on every peer, and
+    /// nothing else may touch the records map); a map missing from it is looked up.
+    channels: HashMap<ObjId, String>,
 }
 
 /// The presence-scoped entries of each writer, kept up to date with every change to the
@@ -315,6 +320,7 @@ impl Replica {
             written: Vec::new(),
             standby: None,
             received: None,
+            channels: HashMap::new(),
         }
     }
 
@@ -387,6 +393,9 @@ impl Replica {
     fn create_channel(&mut self, channel: &str) -> Result<(), WriteError> {
         if channel_obj(&self.doc, &self.layout.records, channel).is_none() {
             self.doc.apply_changes([channel_change(channel)])?;
+            if let Some(obj) = channel_obj(&self.doc, &self.layout.records, channel) {
+                self.channels.insert(obj, channel.to_owned());
+            }
         }
         Ok(())
     }
@@ -549,11 +558,14 @@ impl Replica {
             .collect()
     }
 
-    /// Rebuilds the presence index from the whole document (after a load).
+    /// Rebuilds the presence index and the index of channel maps from the whole document
+    /// (after a load).
     fn reindex_presence(&mut self) {
         let mut index = PresenceIndex::default();
+        self.channels.clear();
         for channel in self.doc.map_range(&self.layout.records, ..) {
             let ch = channel.id();
+            self.channels.insert(ch.clone(), channel.key.to_string());
             for item in self.doc.map_range(&ch, ..) {
                 let rec = item.id();
                 if self.is_presence(&rec)

@@ -165,26 +165,28 @@ impl Replica {
             return Ok(before);
         }
         self.ensure_standby();
-        let mirror = (state.clone(), message.clone());
-        let (doc, layout) = (&mut self.doc, &self.layout);
+        // What `receive_sync_message` does to the document: it loads the message's change
+        // chunks, joined (unless the sync state is read-only, which statemesh never sets).
+        let chunks: Vec<u8> = message.changes.iter().flatten().copied().collect();
+        let (doc, layout, channels) = (&mut self.doc, &self.layout, &self.channels);
         let result = catch_unwind(AssertUnwindSafe(|| {
             doc.receive_sync_message(&mut new_state, message)?;
-            let mut keys = TouchedKeys::new(layout);
+            let mut keys = TouchedKeys::new(layout).with_channels(channels);
             check_new_changes(doc, layout, &before, Some(&mut keys))?;
-            Ok(keys.finish())
+            let made = keys.made_channels();
+            Ok((keys.finish(), made))
         }));
         match result {
-            Ok(Ok(touched)) => {
-                let (mut mirror_state, message) = mirror;
+            Ok(Ok((touched, made))) => {
                 if let Some(standby) = self.standby.as_mut() {
-                    let applied = catch_unwind(AssertUnwindSafe(|| {
-                        standby.receive_sync_message(&mut mirror_state, message)
-                    }));
-                    if !matches!(applied, Ok(Ok(()))) || standby.get_heads() != self.doc.get_heads()
+                    let applied =
+                        catch_unwind(AssertUnwindSafe(|| standby.load_incremental(&chunks)));
+                    if !matches!(applied, Ok(Ok(_))) || standby.get_heads() != self.doc.get_heads()
                     {
                         self.drop_standby();
                     }
                 }
+                self.channels.extend(made);
                 self.received = Some((before.clone(), touched));
                 *state = new_state;
                 Ok(before)

@@ -109,6 +109,11 @@ pub(super) struct TouchedKeys<'a> {
     /// Whether the channels' maps are in `place_of` yet (read from the records map, one entry
     /// per channel, the first time an object's place is not known).
     channels_read: bool,
+    /// The replica's index of channel maps (object -> channel name), when given: an object
+    /// found there needs no read of the records map.
+    channels: Option<&'a HashMap<ObjId, String>>,
+    /// Channel maps made by the operations seen (to add to the replica's index).
+    made_channels: Vec<(ObjId, String)>,
 }
 
 impl<'a> TouchedKeys<'a> {
@@ -120,7 +125,21 @@ impl<'a> TouchedKeys<'a> {
             seen: HashSet::new(),
             place_of: HashMap::new(),
             channels_read: false,
+            channels: None,
+            made_channels: Vec::new(),
         }
+    }
+
+    /// Looks channel maps up in `channels` (the replica's index) before reading the records
+    /// map, which costs one entry per channel.
+    pub(super) fn with_channels(mut self, channels: &'a HashMap<ObjId, String>) -> Self {
+        self.channels = Some(channels);
+        self
+    }
+
+    /// The channel maps made by the operations seen.
+    pub(super) fn made_channels(&mut self) -> Vec<(ObjId, String)> {
+        std::mem::take(&mut self.made_channels)
     }
 
     /// Notes the entry `op` (an operation of `doc`, whose id is `id`) touches, if any.
@@ -137,7 +156,10 @@ impl<'a> TouchedKeys<'a> {
         let obj = ObjId::Id(parent.counter(), parent.actor().clone(), usize::MAX);
         if let automerge::legacy::OpType::Make(_) = op.action {
             let made = match (&op.key, obj == layout.records) {
-                (automerge::legacy::Key::Map(name), true) => Place::Channel(name.to_string()),
+                (automerge::legacy::Key::Map(name), true) => {
+                    self.made_channels.push((id.clone(), name.to_string()));
+                    Place::Channel(name.to_string())
+                }
                 (_, true) => Place::Elsewhere,
                 (key, false) if obj != layout.counters => match (self.place(doc, &obj), key) {
                     (Place::Channel(channel), automerge::legacy::Key::Map(key)) => {
@@ -181,6 +203,9 @@ impl<'a> TouchedKeys<'a> {
     fn place(&mut self, doc: &Automerge, obj: &ObjId) -> Place {
         if let Some(place) = self.place_of.get(obj) {
             return place.clone();
+        }
+        if let Some(channel) = self.channels.and_then(|c| c.get(obj)) {
+            return Place::Channel(channel.clone());
         }
         if !self.channels_read {
             self.channels_read = true;
