@@ -34,7 +34,8 @@
 //! the change that creates a channel's map; `tx`, the write transaction ([`Tx`]); `sync`, sync messages
 //! generated and received, and received changes applied away from the replica
 //! ([`SyncApply`]); `validate`, the checks received changes must pass before they join the
-//! document (the security boundary); `touched`, change notifications (the entries new changes
+//! document (the security boundary); `standby`, the copy kept equal to the document that a
+//! received message failing is undone from; `touched`, change notifications (the entries new changes
 //! touched); `legacy`, state files of schema 1 and their migration; `tests`.
 
 mod layout;

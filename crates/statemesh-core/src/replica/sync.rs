@@ -1,8 +1,9 @@
 //! Sync: the messages generated for a peer and those received from it. A received message
-//! carrying changes is applied to a copy of the document — at once ([`Replica::receive_sync`])
-//! or away from the replica, on another thread ([`SyncApply`], given back to
-//! [`Replica::finish_sync`]) — under `catch_unwind` and the checks of `validate`; the copy
-//! replaces the document only if all went well.
+//! carrying changes is applied under `catch_unwind` and the checks of `validate`, either at
+//! once to the document itself ([`Replica::receive_sync`]; on failure the document is restored
+//! from the standby, see `standby`) or away from the replica, on another thread, to a copy
+//! ([`SyncApply`], given back to [`Replica::finish_sync`]; the copy replaces the document only
+//! if all went well).
 
 use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -60,10 +61,10 @@ impl Replica {
 
     /// Applies an encoded sync message from the peer behind `state`.
     ///
-    /// A message that carries changes is applied to a copy of the document under
-    /// `catch_unwind`; the copy replaces the document only if all went well, so a malformed
-    /// message (even one that makes the CRDT library panic) leaves the document exactly as it
-    /// was. Returns the heads before the message.
+    /// A message that carries changes is applied under `catch_unwind`, and the document is
+    /// restored from the standby (a copy kept equal to it) unless all went well, so a
+    /// malformed message (even one that makes the CRDT library panic) leaves the document
+    /// exactly as it was. Returns the heads before the message.
     pub fn receive_sync(
         &mut self,
         state: &mut automerge::sync::State,
