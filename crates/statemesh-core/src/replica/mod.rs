@@ -34,11 +34,13 @@
 //! the change that creates a channel's map; `tx`, the write transaction ([`Tx`]); `sync`, sync messages
 //! generated and received, and received changes applied away from the replica
 //! ([`SyncApply`]); `validate`, the checks received changes must pass before they join the
-//! document (the security boundary); `touched`, change notifications (the entries new changes
+//! document (the security boundary); `standby`, the copy kept equal to the document that a
+//! received message failing is undone from; `touched`, change notifications (the entries new changes
 //! touched); `legacy`, state files of schema 1 and their migration; `tests`.
 
 mod layout;
 mod legacy;
+mod standby;
 mod sync;
 mod touched;
 mod tx;
@@ -241,6 +243,18 @@ pub struct Replica {
     /// The maps of the channels the last local transaction wrote to: the change notification
     /// that follows it names them without a search ([`Replica::touched_since`]).
     written: Vec<(ObjId, String)>,
+    /// A copy of the document, kept equal to it, to restore it from when a received message
+    /// fails (see `standby`).
+    standby: standby::Standby,
+    /// The entries touched by the last received message, found while checking it, with the
+    /// heads before it: the change notification that follows names them without reading the
+    /// changes again ([`Replica::touched_since`]).
+    received: Option<(Vec<ChangeHash>, touched::Touched)>,
+    /// The channels' maps: object -> channel name (a change notification names a received
+    /// record's channel from it, without reading the records map). An entry never goes stale
+    /// (a channel's map is made by the channel's own change, the same on every peer, and
+    /// nothing else may touch the records map); a map missing from it is looked up.
+    channels: HashMap<ObjId, String>,
 }
 
 /// The presence-scoped entries of each writer, kept up to date with every change to the
@@ -305,6 +319,9 @@ impl Replica {
             me,
             presence: PresenceIndex::default(),
             written: Vec::new(),
+            standby: None,
+            received: None,
+            channels: HashMap::new(),
         }
     }
 
@@ -377,6 +394,9 @@ impl Replica {
     fn create_channel(&mut self, channel: &str) -> Result<(), WriteError> {
         if channel_obj(&self.doc, &self.layout.records, channel).is_none() {
             self.doc.apply_changes([channel_change(channel)])?;
+            if let Some(obj) = channel_obj(&self.doc, &self.layout.records, channel) {
+                self.channels.insert(obj, channel.to_owned());
+            }
         }
         Ok(())
     }
@@ -539,11 +559,14 @@ impl Replica {
             .collect()
     }
 
-    /// Rebuilds the presence index from the whole document (after a load).
+    /// Rebuilds the presence index and the index of channel maps from the whole document
+    /// (after a load).
     fn reindex_presence(&mut self) {
         let mut index = PresenceIndex::default();
+        self.channels.clear();
         for channel in self.doc.map_range(&self.layout.records, ..) {
             let ch = channel.id();
+            self.channels.insert(ch.clone(), channel.key.to_string());
             for item in self.doc.map_range(&ch, ..) {
                 let rec = item.id();
                 if self.is_presence(&rec)
@@ -612,6 +635,9 @@ impl Replica {
             Ok(Ok(())) => {
                 let changed = doc.get_heads() != before;
                 self.doc = doc;
+                // Loaded changes may wait in the queue (their dependencies in another file),
+                // which the standby would lack: it is made afresh.
+                self.drop_standby();
                 Ok(LoadReport { complete, changed })
             }
             Ok(Err(e)) => Err(e),

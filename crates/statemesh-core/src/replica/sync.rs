@@ -1,8 +1,9 @@
 //! Sync: the messages generated for a peer and those received from it. A received message
-//! carrying changes is applied to a copy of the document — at once ([`Replica::receive_sync`])
-//! or away from the replica, on another thread ([`SyncApply`], given back to
-//! [`Replica::finish_sync`]) — under `catch_unwind` and the checks of `validate`; the copy
-//! replaces the document only if all went well.
+//! carrying changes is applied under `catch_unwind` and the checks of `validate`, either at
+//! once to the document itself ([`Replica::receive_sync`]; on failure the document is restored
+//! from the standby, see `standby`) or away from the replica, on another thread, to a copy
+//! ([`SyncApply`], given back to [`Replica::finish_sync`]; the copy replaces the document only
+//! if all went well).
 
 use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -60,10 +61,10 @@ impl Replica {
 
     /// Applies an encoded sync message from the peer behind `state`.
     ///
-    /// A message that carries changes is applied to a copy of the document under
-    /// `catch_unwind`; the copy replaces the document only if all went well, so a malformed
-    /// message (even one that makes the CRDT library panic) leaves the document exactly as it
-    /// was. Returns the heads before the message.
+    /// A message that carries changes is applied under `catch_unwind`, and the document is
+    /// restored from the standby (a copy kept equal to it) unless all went well, so a
+    /// malformed message (even one that makes the CRDT library panic) leaves the document
+    /// exactly as it was. Returns the heads before the message.
     pub fn receive_sync(
         &mut self,
         state: &mut automerge::sync::State,
@@ -131,6 +132,8 @@ impl Replica {
                 .map_err(|_| ApplyError::Panicked)??;
         }
         self.doc = job.doc;
+        // The job's received changes are not in the standby.
+        self.drop_standby();
         let changes = self.report_touched(job.touched);
         Ok(SyncFinish::Done(Box::new(SyncApplied {
             before,
@@ -140,37 +143,63 @@ impl Replica {
     }
 
     /// Applies a decoded sync message (see [`receive_sync`](Self::receive_sync)).
+    ///
+    /// A message carrying changes is applied to the document itself under `catch_unwind`, and
+    /// to the standby once it passed; if it fails, the standby (equal to the document before
+    /// the message) becomes the document (see `standby`).
     pub fn receive_decoded(
         &mut self,
         state: &mut automerge::sync::State,
         message: automerge::sync::Message,
     ) -> Result<Vec<ChangeHash>, ApplyError> {
         let before = self.doc.get_heads();
-        let mut doc = if message.changes.is_empty() {
-            None
-        } else {
-            Some(self.doc.clone())
-        };
+        self.received = None;
         let mut new_state = state.clone();
-        let checked = doc.is_some();
-        let target = doc.as_mut().unwrap_or(&mut self.doc);
+        if message.changes.is_empty() {
+            // No change: only the sync state moves (the new one is kept only on success).
+            let doc = &mut self.doc;
+            catch_unwind(AssertUnwindSafe(|| {
+                doc.receive_sync_message(&mut new_state, message)
+            }))
+            .map_err(|_| ApplyError::Panicked)??;
+            *state = new_state;
+            return Ok(before);
+        }
+        self.ensure_standby();
+        // What `receive_sync_message` does to the document: it loads the message's change
+        // chunks, joined (unless the sync state is read-only, which statemesh never sets).
+        let chunks: Vec<u8> = message.changes.iter().flatten().copied().collect();
+        let (doc, layout, channels) = (&mut self.doc, &self.layout, &self.channels);
         let result = catch_unwind(AssertUnwindSafe(|| {
-            target.receive_sync_message(&mut new_state, message)?;
-            if checked {
-                check_new_changes(target, &self.layout, &before, None)?;
-            }
-            Ok(())
+            doc.receive_sync_message(&mut new_state, message)?;
+            let mut keys = TouchedKeys::new(layout).with_channels(channels);
+            check_new_changes(doc, layout, &before, Some(&mut keys))?;
+            let made = keys.made_channels();
+            Ok((keys.finish(), made))
         }));
         match result {
-            Ok(Ok(())) => {
-                if let Some(doc) = doc {
-                    self.doc = doc;
+            Ok(Ok((touched, made))) => {
+                if let Some(standby) = self.standby.as_mut() {
+                    let applied =
+                        catch_unwind(AssertUnwindSafe(|| standby.load_incremental(&chunks)));
+                    if !matches!(applied, Ok(Ok(_))) || standby.get_heads() != self.doc.get_heads()
+                    {
+                        self.drop_standby();
+                    }
                 }
+                self.channels.extend(made);
+                self.received = Some((before.clone(), touched));
                 *state = new_state;
                 Ok(before)
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ApplyError::Panicked),
+            Ok(Err(e)) => {
+                self.restore_from_standby();
+                Err(e)
+            }
+            Err(_) => {
+                self.restore_from_standby();
+                Err(ApplyError::Panicked)
+            }
         }
     }
 

@@ -501,6 +501,7 @@ fn a_forged_channel_container_is_refused() {
         forge(&mut tx, &records);
         tx.commit_with(CommitOptions::default().with_time(0));
         let heads = a.heads();
+        let saved = a.save();
         let mut state = Replica::new_sync_state();
         let mut hostile = Replica::new_sync_state();
         let mut refused = false;
@@ -527,6 +528,11 @@ fn a_forged_channel_container_is_refused() {
         }
         assert!(refused, "{what}: accepted");
         assert_eq!(a.heads(), heads, "{what}: the document changed");
+        assert_eq!(
+            a.save(),
+            saved,
+            "{what}: the document is not exactly as it was"
+        );
         assert_eq!(
             a.get::<String>("probes", "api", |_| true).expect("read"),
             Some("up".to_owned()),
@@ -614,4 +620,67 @@ fn a_schema_1_file_is_migrated_on_load() {
     assert_eq!(other.heads(), r.heads());
     // A file of today's layout is not taken for one of the first.
     assert!(legacy::read_v1(&r.save()).is_none());
+}
+
+/// The standby (the copy a refused message is undone from) follows local writes and received
+/// changes: after local writes, receives and a refused message, the document is exactly as it
+/// was before the refused message, and receives go on.
+#[test]
+fn the_standby_follows_local_writes_and_receives() {
+    use automerge::sync::SyncDoc;
+    let (mut a, mut b) = (replica(1), replica(2));
+    for i in 0..3 {
+        a.transact(|tx| tx.put("ch", &format!("a{i}"), &i, Scope::Durable))
+            .expect("write");
+        let before = a.heads();
+        a.transact(|tx| tx.put("ch", "x", &i, Scope::Durable))
+            .expect("write");
+        // The change notification hands the local change to the standby.
+        a.touched_since(&before);
+        b.transact(|tx| tx.put("other", &format!("b{i}"), &i, Scope::Durable))
+            .expect("write");
+        sync(&mut a, &mut b);
+    }
+    assert_eq!(a.heads(), b.heads());
+    // A local write the standby has not seen, then a refused message.
+    a.transact(|tx| tx.put("ch", "y", &1, Scope::Durable))
+        .expect("write");
+    let (heads, saved) = (a.heads(), a.save());
+    let mut forged = b.doc.clone();
+    let records = b.layout.records.clone();
+    let mut tx = forged.transaction();
+    tx.put(&records, "ch", 1).expect("forged");
+    tx.commit_with(CommitOptions::default().with_time(0));
+    let (mut state, mut hostile) = (Replica::new_sync_state(), Replica::new_sync_state());
+    let mut refused = false;
+    for _ in 0..10 {
+        let Some(msg) = forged.generate_sync_message(&mut hostile) else {
+            break;
+        };
+        if let Err(e) = a.receive_sync(&mut state, &msg.encode()) {
+            assert!(matches!(e, ApplyError::Invalid(_)), "{e}");
+            refused = true;
+            break;
+        }
+        if let Some(reply) = a.generate_sync(&mut state) {
+            forged
+                .receive_sync_message(
+                    &mut hostile,
+                    automerge::sync::Message::decode(&reply).expect("decodes"),
+                )
+                .expect("applies");
+        }
+    }
+    assert!(refused, "the forged change was accepted");
+    assert_eq!(
+        (a.heads(), a.save()),
+        (heads, saved),
+        "not exactly as it was"
+    );
+    b.transact(|tx| tx.put("ch", "z", &2, Scope::Durable))
+        .expect("write");
+    sync(&mut a, &mut b);
+    assert_eq!(a.heads(), b.heads());
+    assert_eq!(a.get::<i64>("ch", "z", |_| true).expect("read"), Some(2));
+    assert_eq!(a.get::<i64>("ch", "y", |_| true).expect("read"), Some(1));
 }

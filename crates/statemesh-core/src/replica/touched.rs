@@ -17,7 +17,16 @@ impl Replica {
     /// concurrent conflict or was overwritten since: readers re-read the entry.
     pub fn touched_since(&mut self, before: &[ChangeHash]) -> Vec<EntryChange> {
         let known = std::mem::take(&mut self.written);
-        let touched = touched_keys(&self.doc, &self.layout, before, known);
+        if let Some((heads, touched)) = self.received.take()
+            && heads == before
+        {
+            // Found while the received message was checked.
+            return self.report_touched(touched);
+        }
+        let changes = self.doc.get_changes(before);
+        let touched = touched_keys(&self.doc, &self.layout, &changes, known);
+        // Local changes: the standby takes them from here, without reading them again.
+        self.mirror_local(before, &changes);
         self.report_touched(touched)
     }
 
@@ -62,14 +71,13 @@ impl Replica {
     }
 }
 
-/// Flat keys of records and counters touched by the changes `doc` gained since the heads
-/// `before` (in the order the changes touched them): the part of a change notification that
-/// reads the changes' operations, run wherever the document is (a sync job's copy, off the
-/// node).
+/// Flat keys of records and counters touched by `changes`, changes of `doc` (in the order the
+/// changes touched them): the part of a change notification that reads the changes'
+/// operations.
 fn touched_keys(
     doc: &Automerge,
     layout: &Layout,
-    before: &[ChangeHash],
+    changes: &[automerge::Change],
     known: Vec<(ObjId, String)>,
 ) -> Touched {
     let mut touched = TouchedKeys::new(layout);
@@ -77,7 +85,7 @@ fn touched_keys(
     for (obj, channel) in known {
         touched.place_of.insert(obj, Place::Channel(channel));
     }
-    for change in doc.get_changes(before) {
+    for change in changes {
         let (actor, start) = (change.actor_id().clone(), change.start_op().get());
         for (i, op) in change.decode().operations.into_iter().enumerate() {
             let id = ObjId::Id(start.saturating_add(i as u64), actor.clone(), usize::MAX);
@@ -101,6 +109,11 @@ pub(super) struct TouchedKeys<'a> {
     /// Whether the channels' maps are in `place_of` yet (read from the records map, one entry
     /// per channel, the first time an object's place is not known).
     channels_read: bool,
+    /// The replica's index of channel maps (object -> channel name), when given: an object
+    /// found there needs no read of the records map.
+    channels: Option<&'a HashMap<ObjId, String>>,
+    /// Channel maps made by the operations seen (to add to the replica's index).
+    made_channels: Vec<(ObjId, String)>,
 }
 
 impl<'a> TouchedKeys<'a> {
@@ -112,7 +125,21 @@ impl<'a> TouchedKeys<'a> {
             seen: HashSet::new(),
             place_of: HashMap::new(),
             channels_read: false,
+            channels: None,
+            made_channels: Vec::new(),
         }
+    }
+
+    /// Looks channel maps up in `channels` (the replica's index) before reading the records
+    /// map, which costs one entry per channel.
+    pub(super) fn with_channels(mut self, channels: &'a HashMap<ObjId, String>) -> Self {
+        self.channels = Some(channels);
+        self
+    }
+
+    /// The channel maps made by the operations seen.
+    pub(super) fn made_channels(&mut self) -> Vec<(ObjId, String)> {
+        std::mem::take(&mut self.made_channels)
     }
 
     /// Notes the entry `op` (an operation of `doc`, whose id is `id`) touches, if any.
@@ -129,7 +156,10 @@ impl<'a> TouchedKeys<'a> {
         let obj = ObjId::Id(parent.counter(), parent.actor().clone(), usize::MAX);
         if let automerge::legacy::OpType::Make(_) = op.action {
             let made = match (&op.key, obj == layout.records) {
-                (automerge::legacy::Key::Map(name), true) => Place::Channel(name.to_string()),
+                (automerge::legacy::Key::Map(name), true) => {
+                    self.made_channels.push((id.clone(), name.to_string()));
+                    Place::Channel(name.to_string())
+                }
                 (_, true) => Place::Elsewhere,
                 (key, false) if obj != layout.counters => match (self.place(doc, &obj), key) {
                     (Place::Channel(channel), automerge::legacy::Key::Map(key)) => {
@@ -173,6 +203,9 @@ impl<'a> TouchedKeys<'a> {
     fn place(&mut self, doc: &Automerge, obj: &ObjId) -> Place {
         if let Some(place) = self.place_of.get(obj) {
             return place.clone();
+        }
+        if let Some(channel) = self.channels.and_then(|c| c.get(obj)) {
+            return Place::Channel(channel.clone());
         }
         if !self.channels_read {
             self.channels_read = true;

@@ -3,11 +3,12 @@
 //!
 //! The promise: a message that makes Automerge panic, or that Automerge accepts but cannot
 //! keep (it would fail, or panic, whenever the document is next sent, saved or loaded), leaves
-//! the document exactly as it was. Received changes are applied to a copy of the document
-//! under `catch_unwind` ([`Replica::receive_decoded`](super::Replica::receive_decoded),
-//! [`SyncApply::run`](super::SyncApply::run),
-//! [`Replica::load_stored`](super::Replica::load_stored)), and the copy replaces the
-//! document only if [`check_new_changes`] passes too. (Before that,
+//! the document exactly as it was. Received changes are applied under `catch_unwind` to a copy
+//! of the document ([`SyncApply::run`](super::SyncApply::run),
+//! [`Replica::load_stored`](super::Replica::load_stored)), which replaces the document only if
+//! [`check_new_changes`] passes too, or to the document itself
+//! ([`Replica::receive_decoded`](super::Replica::receive_decoded)), which is restored from the
+//! standby (a copy kept equal to it, see `standby`) unless both passed. (Before that,
 //! [`Replica::decode_sync`](super::Replica::decode_sync) refuses what the peer's sync state
 //! would keep and trip on later.)
 

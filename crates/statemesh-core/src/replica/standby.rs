@@ -1,0 +1,74 @@
+//! The standby: a second copy of the document, kept equal to it change for change, from which
+//! the document is restored when a received message makes the CRDT library panic or fails the
+//! checks of `validate`.
+//!
+//! A received message carrying changes is applied to the document itself, under
+//! `catch_unwind`; on success the same message is applied to the standby (the library is
+//! deterministic: same document, same message, same result), on failure the standby becomes
+//! the document, exactly as it was. Keeping the standby costs what a change costs, where a
+//! fresh copy for every message cost what the document holds (Automerge 0.12's `clone` copies
+//! every column and rebuilds the object index, and the copy replaced dropped as much again).
+//! Local changes reach the standby when the change notification reads them
+//! ([`Replica::touched_since`]) or, failing that, before the next receive. A standby that
+//! cannot be brought up to date with certainty (after a load, a sync job, a restore) is
+//! dropped, and the next receive makes a fresh copy.
+//!
+//! Memory: the standby is a second document (Automerge 0.12's compressed columns), held at
+//! all times instead of only during a receive.
+
+use automerge::{Automerge, Change};
+
+use super::Replica;
+
+impl Replica {
+    /// Makes the standby equal to the document: a copy when there is none, otherwise the
+    /// local changes it lacks. The standby must hold no change the document lacks, and every
+    /// change it lacks must be local (received ones are applied to both, or the standby is
+    /// dropped), so equal heads mean equal documents.
+    pub(super) fn ensure_standby(&mut self) {
+        let heads = self.doc.get_heads();
+        if let Some(standby) = self.standby.as_mut() {
+            let theirs = standby.get_heads();
+            if theirs == heads {
+                return;
+            }
+            let missing = self.doc.get_changes(&theirs);
+            if standby.apply_changes(missing).is_ok() && standby.get_heads() == heads {
+                return;
+            }
+        }
+        self.standby = Some(self.doc.clone());
+    }
+
+    /// Gives the standby the local changes `changes` made on top of heads `before` (already
+    /// read from the document by the caller), if it is at `before`.
+    pub(super) fn mirror_local(&mut self, before: &[automerge::ChangeHash], changes: &[Change]) {
+        let Some(standby) = self.standby.as_mut() else {
+            return;
+        };
+        if standby.get_heads() != before {
+            return;
+        }
+        let ok = standby.apply_changes(changes.iter().cloned()).is_ok()
+            && standby.get_heads() == self.doc.get_heads();
+        if !ok {
+            self.standby = None;
+        }
+    }
+
+    /// Restores the document from the standby (a received message failed), or keeps it when
+    /// there is no standby (nothing was applied to it).
+    pub(super) fn restore_from_standby(&mut self) {
+        if let Some(standby) = self.standby.take() {
+            self.doc = standby;
+        }
+    }
+
+    /// Drops the standby: the document changed in a way it was not told about.
+    pub(super) fn drop_standby(&mut self) {
+        self.standby = None;
+    }
+}
+
+/// The standby of a replica (see the module docs).
+pub(super) type Standby = Option<Automerge>;
