@@ -29,6 +29,7 @@ const SCHEMAS: Record<Method, Schema> = {
   leader: {},
   members: {},
   lead_acquire: { timeout_ms: opt('count') },
+  backpressure_wait: { timeout_ms: opt('count') },
   lead_put: { channel: req('name'), key: req('name'), value: req('value'), term: opt('count') },
   lead_delete: { channel: req('name'), key: req('name'), term: opt('count') },
   lead_release: {},

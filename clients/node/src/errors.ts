@@ -20,7 +20,7 @@ export const ErrorCode = {
   UNSUPPORTED_PROTOCOL: -32008,
   /** A `keyring_*` change was refused (the last key, the primary, a key not installed...). */
   KEYRING_REFUSED: -32010,
-  /** A write refused, nothing written: the window is too far ahead of its peers (`data.backlog`, `data.limit`). Retry later. */
+  /** A write refused, nothing written: the window is too far ahead of its peers (`data.backlog`, `data.limit`). Await `mesh.waitBackpressure()`, then retry. */
   BUSY: -32011,
   FRAMING_ERROR: -32020,
   /** Also used for requests this package does not send because they exceed the limit. */

@@ -11,6 +11,7 @@ export type {
   RestartOptions,
   SidecarExit,
   SubscribeOptions,
+  WaitOptions,
   WriteOptions,
 } from './mesh';
 export { StatemeshError, ErrorCode } from './errors';

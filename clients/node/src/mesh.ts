@@ -7,6 +7,7 @@ import { Feed } from './feed';
 import { frame, FrameDecoder } from './framing';
 import type {
   AddResult,
+  BackpressureResult,
   Change,
   Explanation,
   GetResult,
@@ -46,6 +47,13 @@ export interface PutOptions extends WriteOptions {
 
 export interface LeadOptions {
   /** Give up (TIMEOUT) if this window does not lead within this time; default: wait. */
+  timeoutMs?: number;
+  /** Give up (ABORTED) when this signal aborts. */
+  signal?: AbortSignal;
+}
+
+export interface WaitOptions {
+  /** Give up (TIMEOUT) if the wait has not ended within this time; default: wait. */
   timeoutMs?: number;
   /** Give up (ABORTED) when this signal aborts. */
   signal?: AbortSignal;
@@ -496,7 +504,10 @@ export class Mesh extends EventEmitter {
     }
     const wire = checkParams(method, params, session.limits, raw);
     const waits =
-      method === 'lead_acquire' || wire['durable'] === true || wire['replicated'] !== undefined;
+      method === 'lead_acquire' ||
+      method === 'backpressure_wait' ||
+      wire['durable'] === true ||
+      wire['replicated'] !== undefined;
     const result = await session.send(method, wire, waits ? undefined : this.opts.requestTimeoutMs);
     return result as Result<M>;
   }
@@ -569,6 +580,39 @@ export class Mesh extends EventEmitter {
   /** Several writes as one atomic change. */
   async transact(ops: Op[], opts?: WriteOptions): Promise<WriteResult> {
     return this.call('transact', { ops, ...writeOptions(opts, false) });
+  }
+
+  /**
+   * Resolves once this window's writes are no longer pushed back — at once unless its backlog
+   * (writes its peers have not all acknowledged) reached the soft bound, else once it is back
+   * under half of it — with the backlog then. A writer in a loop awaits it between writes, or
+   * after a write rejected with BUSY, and then writes again. Rejects with TIMEOUT (`timeoutMs`),
+   * ABORTED (`signal`), MESH_CLOSED or SIDECAR_EXITED.
+   */
+  async waitBackpressure(opts?: WaitOptions): Promise<BackpressureResult> {
+    const o = options(opts, { timeoutMs: 'timeout_ms', signal: 'signal' }, 'options');
+    const signal = o['signal'];
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      throw invalidArgument('options.signal', `expected an AbortSignal, got ${describe(signal)}`);
+    }
+    const wire = o['timeout_ms'] === undefined ? {} : { timeout_ms: o['timeout_ms'] as number };
+    if (signal?.aborted) throw aborted(signal);
+    const answer = this.call('backpressure_wait', wire);
+    if (signal === undefined) return answer;
+    return new Promise((resolve, reject) => {
+      const onAbort = (): void => reject(aborted(signal));
+      signal.addEventListener('abort', onAbort, { once: true });
+      answer.then(
+        (r) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(r);
+        },
+        (e) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(e);
+        },
+      );
+    });
   }
 
   // ---- leadership ----

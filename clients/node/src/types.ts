@@ -183,6 +183,12 @@ export interface Resync {
   missed: number | null;
 }
 
+/** What `backpressure_wait` answers: the backlog when the wait ended. */
+export interface BackpressureResult {
+  /** This window's writes its live linked peers have not all acknowledged, plus the frames queued to them. */
+  backlog: number;
+}
+
 /** The write options of `put`, `put_presence`, `delete`, `add` and `transact`, on the wire. */
 export interface WireAck {
   durable?: boolean;
@@ -206,6 +212,7 @@ export interface Methods {
   leader: { params: Record<string, never>; result: Leadership };
   members: { params: Record<string, never>; result: Member[] };
   lead_acquire: { params: { timeout_ms?: number }; result: TermId };
+  backpressure_wait: { params: { timeout_ms?: number }; result: BackpressureResult };
   lead_put: { params: { channel: string; key: string; value: Value; term?: number }; result: TermId };
   lead_delete: { params: { channel: string; key: string; term?: number }; result: TermId };
   lead_release: { params: Record<string, never>; result: { released: boolean } };

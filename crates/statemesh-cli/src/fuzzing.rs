@@ -358,6 +358,7 @@ fn sidecar_seeds() -> Vec<(String, Vec<u8>)> {
         ("keyring_install", json!({"key_file": "/home/me/new.key"})),
         ("keyring_use", json!({"id": "0c3a77e1b2d4a690"})),
         ("keyring_remove", json!({"id": "6b1f0c3a9d2e4f51"})),
+        ("backpressure_wait", json!({"timeout_ms": 5000})),
     ];
     let mut seeds: Vec<(String, Vec<u8>)> = methods
         .iter()

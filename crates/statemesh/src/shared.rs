@@ -214,9 +214,15 @@ impl Shared {
     }
 
     /// The driver's count of the backlog after a turn: backpressure starts at the soft bound
-    /// and ends under half of it.
+    /// and ends under half of it. The count is published first: a waiter woken by the change
+    /// reads it in [`Mesh::metrics`](crate::Mesh::metrics), not the turn's before.
     pub(crate) fn set_backlog(&self, unacknowledged: usize) {
         let backlog = unacknowledged + self.queued.load(Ordering::Relaxed);
+        {
+            let mut counts = self.counts();
+            counts.backlog = backlog;
+            counts.backlog_peak = counts.backlog_peak.max(backlog);
+        }
         let soft = self.fixed.backlog.soft;
         self.pressed.send_if_modified(|p| {
             let pressed = if *p {
@@ -226,9 +232,6 @@ impl Shared {
             };
             pressed != std::mem::replace(p, pressed)
         });
-        let mut counts = self.counts();
-        counts.backlog = backlog;
-        counts.backlog_peak = counts.backlog_peak.max(backlog);
     }
 
     /// Whether writes are pushed back (see [`Shared::set_backlog`]), and its changes.

@@ -14,14 +14,16 @@ use super::params::Ack;
 use super::rpc::{RpcError, code};
 use super::session::Action;
 
-/// The JSON-RPC error for a refused write; the message is statemesh's own.
+/// The JSON-RPC error for a refused write; the message is statemesh's own. A write refused
+/// under backpressure names the method to wait with before retrying (`retry`).
 pub(super) fn write_error(e: &WriteError) -> RpcError {
     let code = match e {
         WriteError::NotLeader { .. } => code::NOT_LEADER,
         WriteError::Closed => code::MESH_CLOSED,
         WriteError::Backpressure { backlog, limit } => {
-            return RpcError::new(code::BUSY, e.to_string())
-                .with_data(json!({"backlog": backlog, "limit": limit}));
+            return RpcError::new(code::BUSY, e.to_string()).with_data(
+                json!({"backlog": backlog, "limit": limit, "retry": "backpressure_wait"}),
+            );
         }
         _ => code::WRITE_REFUSED,
     };
@@ -165,7 +167,15 @@ mod tests {
             limit: 2_048,
         });
         assert_eq!(e.code, code::BUSY);
-        assert_eq!(e.data, Some(json!({"backlog": 2_050, "limit": 2_048})));
+        assert_eq!(
+            e.data,
+            Some(json!({"backlog": 2_050, "limit": 2_048, "retry": "backpressure_wait"}))
+        );
+        let retry = e.data.as_ref().and_then(|d| d["retry"].as_str());
+        assert!(
+            retry.and_then(super::super::methods::find).is_some(),
+            "names a method that exists: {retry:?}"
+        );
         assert!(e.message.starts_with("busy"), "{}", e.message);
         assert_eq!(write_error(&WriteError::Closed).code, code::MESH_CLOSED);
         assert_eq!(

@@ -4,6 +4,7 @@
 //! be called, and sends the answers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use serde_json::{Map, Value as Json, json};
@@ -14,12 +15,12 @@ use super::answers::{
 };
 use super::params::{
     self, AddParams, ChannelKey, ChannelOnly, DeleteParams, KeyIdParam, KeyInstallParams,
-    LeadAcquireParams, LeadDeleteParams, LeadPutParams, NameOnly, NoParams, Op, Params, PutParams,
-    ScopeParam, TransactParams, ack,
+    LeadDeleteParams, LeadPutParams, NameOnly, NoParams, Op, Params, PutParams, ScopeParam,
+    TimeoutOnly, TransactParams, ack,
 };
 use super::process::Stop;
 use super::rpc::{RpcError, code};
-use super::session::{Action, Session, hold, slot};
+use super::session::{Action, Session, Waiting, hold, slot};
 use super::values;
 
 /// A method's handler: the action for these parameters (an error is the answer).
@@ -49,6 +50,7 @@ pub(super) const METHODS: &[(&str, Serve)] = &[
     ("delete", Serve::Initialized(delete)),
     ("transact", Serve::Initialized(transact)),
     ("add", Serve::Initialized(add)),
+    ("backpressure_wait", Serve::Initialized(backpressure_wait)),
     ("counter", Serve::Initialized(counter)),
     ("leader_get", Serve::Initialized(leader_get)),
     ("leader_keys", Serve::Initialized(leader_keys)),
@@ -216,6 +218,45 @@ fn add(s: &Session, p: Params) -> Result<Action, RpcError> {
     Ok(written(pending, ack, extra))
 }
 
+/// Resolves once this window's backlog is under half the soft bound again (answered at once,
+/// in order, if writes are not pushed back now), with the backlog then.
+fn backpressure_wait(s: &Session, p: Params) -> Result<Action, RpcError> {
+    let TimeoutOnly { timeout_ms } = params::parse(p)?;
+    let mesh = s.mesh()?.clone();
+    let mut wait: Waiting = Box::pin(async move {
+        within(timeout_ms, "the backlog to clear", mesh.backpressure())
+            .await?
+            .map_err(closed_error)?;
+        Ok(json!({"backlog": mesh.metrics().backlog}))
+    });
+    // Not pushed back (or closed): ready at its first poll, so answered now, before the
+    // requests behind it; else awaited in its own task (see `Session::message`).
+    let mut cx = Context::from_waker(Waker::noop());
+    Ok(match wait.as_mut().poll(&mut cx) {
+        Poll::Ready(answer) => Action::Reply(answer),
+        Poll::Pending => Action::Wait(wait),
+    })
+}
+
+/// `wait`, given up after `timeout_ms` if there is one (-32004: timed out waiting for `what`).
+async fn within<T>(
+    timeout_ms: Option<u64>,
+    what: &str,
+    wait: impl Future<Output = T>,
+) -> Result<T, RpcError> {
+    let Some(ms) = timeout_ms else {
+        return Ok(wait.await);
+    };
+    tokio::time::timeout(Duration::from_millis(ms), wait)
+        .await
+        .map_err(|_| {
+            RpcError::new(
+                code::TIMEOUT,
+                format!("timed out waiting for {what} ({ms} ms)"),
+            )
+        })
+}
+
 fn counter(s: &Session, p: Params) -> Result<Action, RpcError> {
     let NameOnly { name } = params::parse(p)?;
     reply(json!(s.mesh()?.counter(&name)))
@@ -256,22 +297,12 @@ fn leader(s: &Session, p: Params) -> Result<Action, RpcError> {
 }
 
 fn lead_acquire(s: &Session, p: Params) -> Result<Action, RpcError> {
-    let LeadAcquireParams { timeout_ms } = params::parse(p)?;
+    let TimeoutOnly { timeout_ms } = params::parse(p)?;
     let mesh = s.mesh()?.clone();
     let slot_ = s.lead.clone();
     let out = s.out.clone();
     Ok(Action::Wait(Box::pin(async move {
-        let lead = match timeout_ms {
-            Some(ms) => tokio::time::timeout(Duration::from_millis(ms), mesh.lead())
-                .await
-                .map_err(|_| {
-                    RpcError::new(
-                        code::TIMEOUT,
-                        format!("timed out waiting for leadership ({ms} ms)"),
-                    )
-                })?,
-            None => mesh.lead().await,
-        };
+        let lead = within(timeout_ms, "leadership", mesh.lead()).await?;
         let lead = lead.ok_or_else(|| closed_error(Closed))?;
         let term = hold(&slot_, lead, &out);
         Ok(term_json(term))

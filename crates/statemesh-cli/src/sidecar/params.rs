@@ -181,10 +181,11 @@ pub(super) struct TransactParams {
     pub(super) timeout_ms: Option<u64>,
 }
 
-/// `lead_acquire`.
+/// `lead_acquire`, `backpressure_wait`: how long to wait at most (without it, as long as it
+/// takes).
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
-pub(super) struct LeadAcquireParams {
+pub(super) struct TimeoutOnly {
     #[serde(default)]
     pub(super) timeout_ms: Option<u64>,
 }

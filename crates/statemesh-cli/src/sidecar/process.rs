@@ -36,6 +36,24 @@ pub struct SidecarArgs {
     /// milliseconds (a request's `timeout_ms` overrides it).
     #[arg(long, default_value_t = 10_000)]
     pub ack_timeout_ms: u64,
+    /// The backlog's bounds, `SOFT,HARD` (default 1024,2048): from SOFT on,
+    /// `backpressure_wait` waits until the backlog is back under SOFT / 2; at HARD, writes are
+    /// refused (busy).
+    #[arg(long, value_name = "SOFT,HARD", value_parser = parse_bounds)]
+    pub backpressure: Option<(usize, usize)>,
+}
+
+/// `--backpressure SOFT,HARD`: two counts (the mesh checks that `0 < SOFT <= HARD`).
+fn parse_bounds(s: &str) -> Result<(usize, usize), String> {
+    let (soft, hard) = s
+        .split_once(',')
+        .ok_or_else(|| format!("expected SOFT,HARD (two counts), got {s:?}"))?;
+    let count = |c: &str| {
+        c.trim()
+            .parse::<usize>()
+            .map_err(|e| format!("{c:?} in {s:?}: {e}"))
+    };
+    Ok((count(soft)?, count(hard)?))
 }
 
 impl SidecarArgs {
@@ -49,6 +67,9 @@ impl SidecarArgs {
             .ack_timeout(Duration::from_millis(self.ack_timeout_ms));
         if let Some(d) = &self.state_dir {
             b = b.state_dir(d);
+        }
+        if let Some((soft, hard)) = self.backpressure {
+            b = b.backpressure(soft, hard);
         }
         b
     }

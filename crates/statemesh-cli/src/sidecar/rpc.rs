@@ -45,7 +45,8 @@ pub mod code {
     /// keyring or key file refused), changing nothing.
     pub const KEYRING_REFUSED: i64 = -32010;
     /// A write was refused because this window is too far ahead of its peers (its backlog is
-    /// at the hard bound); nothing was written. Retry once the backlog has fallen.
+    /// at the hard bound); nothing was written. Retry after `backpressure_wait` (its `data`
+    /// says so: `retry`).
     pub const BUSY: i64 = -32011;
     /// The input stream's framing was malformed (the sidecar resynchronised).
     pub const FRAMING_ERROR: i64 = -32020;

@@ -3,9 +3,9 @@
 //!
 //! Requests are handled one at a time, in the order they arrive: a write is applied to the
 //! mesh before the next message is read, so a `get` after a `put` sees it. Requests that wait
-//! (acknowledgements, leadership) are then awaited in their own task and answered when done;
-//! the dispatcher goes on with the next message meanwhile. Which method does what is in
-//! [`super::methods`].
+//! (acknowledgements, leadership, the backlog) are then awaited in their own task and answered
+//! when done; the dispatcher goes on with the next message meanwhile. Which method does what
+//! is in [`super::methods`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

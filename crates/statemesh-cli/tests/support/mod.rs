@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub(crate) mod sidecar;
+
 /// Safety net only: what is awaited takes milliseconds to a few seconds.
 pub(crate) const WITHIN: Duration = Duration::from_secs(30);
 
