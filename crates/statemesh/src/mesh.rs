@@ -395,8 +395,8 @@ impl Mesh {
     /// queued to its links) reached the soft bound of
     /// [`MeshBuilder::backpressure`](crate::MeshBuilder::backpressure), and then once it is
     /// back under half of it. Writes are never blocked: they return at once, and are refused
-    /// with [`WriteError::Backpressure`](crate::WriteError::Backpressure) (nothing written) only at the hard bound. A writer in a
-    /// loop awaits this between writes; `Err(Closed)` once the mesh is shut down.
+    /// with `WriteError::Backpressure` (nothing written) only at the hard bound. A writer in
+    /// a loop awaits this between writes; `Err(Closed)` once the mesh is shut down.
     pub async fn backpressure(&self) -> Result<(), Closed> {
         self.shared().backpressure().await
     }

@@ -527,19 +527,30 @@ impl Node {
     /// wire (a runtime cuts its stream into frames with [`codec::FrameDecoder`]). A frame whose
     /// header is wrong (too short, over the frame limit, announcing another length than it
     /// holds) or whose message does not decode is refused with [`ReceiveError::Decode`] and
-    /// changes nothing. A sync message carrying changes is applied at once, through the very
-    /// path of [`handle_frame_deferred`](Self::handle_frame_deferred).
+    /// changes nothing. A sync message carrying changes is applied at once, to the document
+    /// itself: a message that fails (or makes the CRDT library panic) is undone from the
+    /// replica's standby copy, at a cost proportional to the message, not to the document
+    /// ([`Replica::receive_sync`]).
     pub fn handle_frame(
         &mut self,
         now: Time,
         from: PeerId,
         frame: &[u8],
     ) -> Result<(), ReceiveError> {
-        let mut job = self.handle_frame_deferred(now, from, frame)?;
-        while let Some(mut j) = job {
-            j.run();
-            job = self.finish_sync(now, j)?;
-        }
+        let message = self.decode_frame(frame)?;
+        let Message::Sync(bytes) = message else {
+            return self.handle_message(now, from, message);
+        };
+        self.advance(now);
+        let Some(link) = self.links.get_mut(&from) else {
+            return Err(ReceiveError::NoLink(from));
+        };
+        let before = Replica::decode_sync(&bytes)
+            .and_then(|decoded| self.replica.receive_decoded(&mut link.sync, decoded))
+            .inspect_err(|_| self.stats.decode_errors += 1)?;
+        // The entries the message touched, found while it was checked.
+        let changes = self.replica.touched_since(&before);
+        self.after_sync(now, from, before, changes);
         Ok(())
     }
 

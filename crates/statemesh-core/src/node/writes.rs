@@ -33,7 +33,7 @@ impl Node {
     }
 
     /// Makes several writes as one atomic change. `f` runs once more when it writes to a
-    /// channel for the first time (see [`Replica::transact`](crate::Replica::transact)).
+    /// channel for the first time (see [`Replica::transact`](crate::replica::Replica::transact)).
     pub fn transact<R>(
         &mut self,
         f: impl FnMut(&mut Tx<'_>) -> Result<R, WriteError>,
