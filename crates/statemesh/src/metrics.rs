@@ -78,8 +78,9 @@ pub struct Metrics {
     /// Times this window learned it had been judged dead while alive (a false suspicion) and
     /// refuted it with a new incarnation.
     pub suspicions_refuted: u64,
-    /// How late the driver ran each heartbeat tick after it was due: what bulk work (applying
-    /// received changes, generating sync messages, a writer holding the node) costs liveness.
+    /// How late each heartbeat ran after it was due. Heartbeats run on a task of their own,
+    /// apart from the driver's bulk work: what delays them is the node held by others (a
+    /// writer, a job's result joining the document) and a starved runtime or CPU.
     pub tick_late: Delays,
     /// How long each turn of the driver took (one input handled, its outputs carried out).
     pub driver_turns: Delays,

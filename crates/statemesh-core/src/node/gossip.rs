@@ -128,7 +128,7 @@ impl Node {
             } else {
                 link.stalled_views = link.stalled_views.saturating_add(1);
             }
-            self.sync_with(from);
+            self.want_sync(from, now);
         }
         if leader_mismatch {
             self.push_leader(from, now);

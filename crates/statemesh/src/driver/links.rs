@@ -71,6 +71,13 @@ pub(super) struct ViewFrame {
     frame: bytes::Bytes,
 }
 
+impl ViewFrame {
+    /// The peer, the connection and the frame's payload.
+    pub(super) fn into_parts(self) -> (PeerId, usize, bytes::Bytes) {
+        (self.peer, self.conn, self.payload)
+    }
+}
+
 impl From<ViewFrame> for LinkEvent {
     fn from(v: ViewFrame) -> Self {
         Self::Frame {

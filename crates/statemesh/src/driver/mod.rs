@@ -10,12 +10,15 @@
 //! - `links`: setting links up (accepting, dialling, probing, the hellos), each link's reader,
 //!   writer and renewed proofs, and what the driver does with their events ([`LinkEvent`]);
 //! - `jobs`: the CRDT library's work, on a blocking thread, one job at a time;
+//! - `pulse`: heartbeats and views, on a task of their own so that bulk work never delays
+//!   them;
 //! - `discovery`: the discoveries' reports, settling, peer exchange, and the "no peer found by
 //!   mDNS" diagnostic.
 
 mod discovery;
 mod jobs;
 mod links;
+mod pulse;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -32,6 +35,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use self::discovery::Discoveries;
 use self::jobs::Job;
 use self::links::{LinkEvent, LinkState, ViewFrame};
+use self::pulse::{PulseLink, PulseLinks};
 use crate::dialer::{Dialer, Settle};
 use crate::error::JoinError;
 use crate::shared::Shared;
@@ -87,8 +91,12 @@ pub(crate) struct Params {
     pub(crate) store: Option<Store>,
 }
 
-/// A driver turn this long is logged (debug level): it delays heartbeats and views.
+/// A driver turn this long is logged (debug level), and so is the pulse waiting this long for
+/// the node.
 const SLOW_TURN: Duration = Duration::from_millis(50);
+
+/// How often an idle driver ticks anyway (the "no peer found by mDNS" diagnostic).
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// Frames (other than views) the links' readers may queue to the driver, all links together.
 /// A reader that finds the queue full waits, and stops reading its QUIC stream: QUIC's flow
@@ -181,6 +189,7 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         discoveries,
         new_job: None,
         held: VecDeque::new(),
+        pulse_links: PulseLinks::default(),
     };
     let task = tokio::spawn(tracing::Instrument::instrument(
         run.run(events_rx, frames_rx, views_rx, stop_rx),
@@ -200,8 +209,10 @@ enum Turn {
     Finish(Result<Job, tokio::task::JoinError>),
     /// A frame (other than a view) arrived.
     Frame(LinkEvent),
-    /// Local writes (or a handle) woke the driver.
+    /// Local writes (or a handle, or the pulse) woke the driver.
     Wake,
+    /// The node's data deadline passed (see [`Run::deadline`]).
+    Tick,
 }
 
 /// Runs `f`, work on the node that may take long, so that the runtime's other tasks (the
@@ -256,6 +267,8 @@ struct Run {
     next_conn: usize,
     /// When this window may count itself a leader candidate before its join grace is over.
     settle: Settle,
+    /// The links as the pulse sees them (kept in step by [`Run::flush`]).
+    pulse_links: PulseLinks,
 }
 
 impl Run {
@@ -263,34 +276,32 @@ impl Run {
         mut self,
         mut events_rx: mpsc::UnboundedReceiver<LinkEvent>,
         mut frames_rx: mpsc::Receiver<LinkEvent>,
-        mut views_rx: broadcast::Receiver<ViewFrame>,
+        views_rx: broadcast::Receiver<ViewFrame>,
         mut stop: oneshot::Receiver<()>,
     ) {
         self.spawn_accept_loop();
+        // Heartbeats and views: a task of their own (see `pulse`).
+        self.tasks.spawn(pulse::run(
+            self.shared.clone(),
+            self.pulse_links.clone(),
+            views_rx,
+            self.events.clone(),
+        ));
         self.flush();
         // The job running, if any. One at a time; the node keeps ticking, judging views and
         // taking local writes meanwhile.
         let mut job: Option<JoinHandle<Job>> = None;
         let shutdown = loop {
             // Under a stream of frames (a large sync exchange) the select below keeps choosing
-            // them over the timer: a tick that is due runs first, so heartbeats go out and
-            // failure detection runs on time however busy the links are.
+            // them over the timer: a tick that is due runs first, so pushes that wait and stall
+            // checks run on time however busy the links are. (Heartbeats run apart, in `pulse`.)
             let mut deadline = self.deadline();
             if Instant::now() >= deadline {
                 let t0 = Instant::now();
-                // Views that arrived while the last turn ran are judged before the tick, which
-                // would otherwise find their senders silent.
-                loop {
-                    match views_rx.try_recv() {
-                        Ok(v) => {
-                            self.on_link_event(v.into());
-                        }
-                        Err(broadcast::error::TryRecvError::Lagged(n)) => self.views_dropped(n),
-                        Err(_) => break,
-                    }
-                }
-                self.tick(deadline);
-                self.flush();
+                off_worker(|| {
+                    self.tick();
+                    self.flush();
+                });
                 // The tick may have left a push to generate.
                 self.start_job(&mut job);
                 self.turn_done(t0, "tick");
@@ -318,17 +329,6 @@ impl Run {
             let what = tokio::select! {
                 biased;
                 _ = &mut stop => break true,
-                v = views_rx.recv() => match v {
-                    Ok(v) => (Instant::now(), Turn::Done(self.on_link_event(v.into()))),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        self.views_dropped(n);
-                        (Instant::now(), Turn::Done("views dropped"))
-                    }
-                    // The driver holds a sender: never closed.
-                    Err(broadcast::error::RecvError::Closed) => {
-                        (Instant::now(), Turn::Done("views closed"))
-                    }
-                },
                 done = async {
                     match job.as_mut() {
                         Some(task) => task.await,
@@ -357,11 +357,7 @@ impl Run {
                     (t0, Turn::Done("discovery"))
                 }
                 () = self.shared.woken() => (Instant::now(), Turn::Wake),
-                () = tokio::time::sleep_until(deadline.into()) => {
-                    let t0 = Instant::now();
-                    self.tick(deadline);
-                    (t0, Turn::Done("tick"))
-                }
+                () = tokio::time::sleep_until(deadline.into()) => (Instant::now(), Turn::Tick),
                 Ok(()) = self.keys_rx.changed() => {
                     let t0 = Instant::now();
                     self.on_keys_changed();
@@ -384,6 +380,10 @@ impl Run {
                     Turn::Finish(done) => this.finish_job(done),
                     Turn::Frame(ev) => this.on_link_event(ev),
                     Turn::Wake => "wake",
+                    Turn::Tick => {
+                        this.tick();
+                        "tick"
+                    }
                 };
                 this.start_job(&mut job);
                 this.flush();
@@ -410,16 +410,9 @@ impl Run {
         self.shared.close();
     }
 
-    /// `n` views were dropped unread: newer ones filled their queue.
-    fn views_dropped(&self, n: u64) {
-        self.shared.counts().views_dropped += n;
-        tracing::debug!(n, "views dropped: newer ones filled the queue");
-    }
-
-    /// Runs the tick that was due at `due`.
-    fn tick(&mut self, due: Instant) {
-        let late = Instant::now().saturating_duration_since(due);
-        self.shared.counts().tick_late.record(late);
+    /// Runs the node's tick: pushes that waited, stalled exchanges, and (harmlessly, the pulse
+    /// usually ran it already) the liveness part.
+    fn tick(&mut self) {
         let now = self.shared.now();
         self.shared.node().handle_tick(now);
         self.check_discovery();
@@ -434,10 +427,13 @@ impl Run {
         }
     }
 
-    /// When the node next needs a tick.
+    /// When the node next needs a tick from the driver: its data deadline (the pulse runs the
+    /// liveness part), or after [`HOUSEKEEPING`] (the discovery diagnostic) if it has none.
     fn deadline(&self) -> Instant {
-        let due = self.shared.node().poll_timeout();
-        self.shared.instant(due)
+        match self.shared.node().poll_data_timeout() {
+            Some(due) => self.shared.instant(due),
+            None => Instant::now() + HOUSEKEEPING,
+        }
     }
 
     /// Carries out the node's outputs: frames, events, persistence.
@@ -482,6 +478,27 @@ impl Run {
         };
         self.shared
             .set_link_keys(self.links.iter().map(|(p, l)| (p, l.key)));
+        {
+            let mut pulse = self.pulse_links.lock();
+            let same = pulse.len() == self.links.len()
+                && pulse
+                    .iter()
+                    .zip(&self.links)
+                    .all(|((p, a), (q, b))| p == q && a.conn == b.conn);
+            if !same {
+                *pulse = self
+                    .links
+                    .iter()
+                    .map(|(p, l)| {
+                        let link = PulseLink {
+                            conn: l.conn,
+                            tx: l.tx.clone(),
+                        };
+                        (*p, link)
+                    })
+                    .collect();
+            }
+        }
         let queued = self.shared.queued_frames();
         for t in frames {
             if let Some(link) = self.links.get(&t.to) {

@@ -1,0 +1,132 @@
+//! The pulse: heartbeats and views on a task of their own.
+//!
+//! Liveness must not wait for bulk work. The driver's turns may be long (a job's result
+//! joining the document, sync messages generated for every peer during a write burst), and a
+//! window whose heartbeats waited for them was taken for frozen by its peers. So the pulse, a
+//! task apart from the driver's, does the liveness part of the node's work and nothing else:
+//! it takes the views the links' readers queue, runs [`Node::handle_beat`] on its deadlines, and
+//! sends the views the node makes straight to the links' writers. It holds the node for
+//! microseconds each time (neither a view nor a beat generates a sync message). Whatever else a
+//! view or a beat leaves for the driver (a sync message owed, a peer judged dead, a new
+//! leadership) wakes the driver.
+//!
+//! [`Node::handle_beat`]: statemesh_core::Node::handle_beat
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use statemesh_core::PeerId;
+use tokio::sync::{broadcast, mpsc};
+
+use super::links::{LinkEvent, ViewFrame};
+use crate::shared::Shared;
+
+/// What the pulse knows of a link: which connection is current, and its writer.
+#[derive(Clone)]
+pub(super) struct PulseLink {
+    pub(super) conn: usize,
+    pub(super) tx: mpsc::UnboundedSender<bytes::Bytes>,
+}
+
+/// The links as the pulse sees them, kept by the driver as links come up and go.
+pub(super) type PulseLinks = Arc<parking_lot::Mutex<BTreeMap<PeerId, PulseLink>>>;
+
+/// The pulse's task; it ends when the views' queue closes (the driver and every reader gone)
+/// or with the driver's task set.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    links: PulseLinks,
+    mut views: broadcast::Receiver<ViewFrame>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) {
+    let mut batch = Vec::new();
+    loop {
+        let due = shared.instant(shared.node().poll_beat_timeout());
+        tokio::select! {
+            biased;
+            v = views.recv() => match v {
+                Ok(v) => batch.push(v),
+                Err(broadcast::error::RecvError::Lagged(n)) => views_dropped(&shared, n),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            () = tokio::time::sleep_until(due.into()) => {}
+        }
+        // Every view queued meanwhile is judged with the beat: a beat that ran first would
+        // find their senders silent.
+        loop {
+            match views.try_recv() {
+                Ok(v) => batch.push(v),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => views_dropped(&shared, n),
+                Err(_) => break,
+            }
+        }
+        beat(&shared, &links, &events, &mut batch);
+    }
+}
+
+/// One turn of the pulse: the views in `batch`, then the beat if it is due, then the views the
+/// node made leave.
+fn beat(
+    shared: &Shared,
+    links: &PulseLinks,
+    events: &mpsc::UnboundedSender<LinkEvent>,
+    batch: &mut Vec<ViewFrame>,
+) {
+    let t0 = Instant::now();
+    let current = links.lock().clone();
+    let mut node = shared.node();
+    let waited = t0.elapsed();
+    let now = shared.now();
+    for v in batch.drain(..) {
+        let (peer, conn, frame) = v.into_parts();
+        if current.get(&peer).is_none_or(|l| l.conn != conn) {
+            continue;
+        }
+        if let Err(e) = node.handle_payload(now, peer, &frame) {
+            // The driver closes the link, as it does after any bad frame.
+            let _ = events.send(LinkEvent::Closed {
+                peer,
+                conn,
+                error: Some(e.to_string()),
+            });
+        }
+    }
+    let due = node.poll_beat_timeout();
+    let mut late = None;
+    if now >= due {
+        late = Some(now.saturating_since(due));
+        node.handle_beat(now);
+    }
+    let queued = shared.queued_frames();
+    while let Some(t) = node.poll_view() {
+        if let Some(link) = current.get(&t.to) {
+            // Counted before it is sent: the writer counts it down once QUIC took it.
+            queued.fetch_add(1, Ordering::Relaxed);
+            if link.tx.send(t.frame).is_err() {
+                queued.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let more = node.has_output();
+    drop(node);
+    if let Some(late) = late {
+        shared.counts().tick_late.record(late);
+    }
+    if waited >= super::SLOW_TURN {
+        tracing::debug!(
+            waited_ms = waited.as_secs_f64() * 1e3,
+            "the pulse waited for the node"
+        );
+    }
+    if more {
+        shared.wake();
+    }
+}
+
+/// `n` views were dropped unread: newer ones filled their queue.
+pub(super) fn views_dropped(shared: &Shared, n: u64) {
+    shared.counts().views_dropped += n;
+    tracing::debug!(n, "views dropped: newer ones filled the queue");
+}
