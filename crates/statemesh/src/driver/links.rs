@@ -72,9 +72,9 @@ pub(super) struct ViewFrame {
 }
 
 impl ViewFrame {
-    /// The peer, the connection and the frame's payload.
+    /// The peer, the connection and the frame, header included.
     pub(super) fn into_parts(self) -> (PeerId, usize, bytes::Bytes) {
-        (self.peer, self.conn, self.payload)
+        (self.peer, self.conn, self.frame)
     }
 }
 

@@ -95,7 +95,8 @@ pub(crate) struct Params {
 /// the node.
 const SLOW_TURN: Duration = Duration::from_millis(50);
 
-/// How often an idle driver ticks anyway (the "no peer found by mDNS" diagnostic).
+/// How often the driver ticks at the least: the "no peer found by mDNS" diagnostic, and the
+/// counters only a flush publishes (the discoveries' refused peers) stay this fresh.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// Frames (other than views) the links' readers may queue to the driver, all links together.
@@ -186,6 +187,7 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         views,
         next_conn: 0,
         settle,
+        next_housekeeping: Instant::now() + HOUSEKEEPING,
         discoveries,
         new_job: None,
         held: VecDeque::new(),
@@ -267,6 +269,8 @@ struct Run {
     next_conn: usize,
     /// When this window may count itself a leader candidate before its join grace is over.
     settle: Settle,
+    /// When the driver ticks next at the latest (see [`HOUSEKEEPING`]).
+    next_housekeeping: Instant,
     /// The links as the pulse sees them (kept in step by [`Run::flush`]).
     pulse_links: PulseLinks,
 }
@@ -413,6 +417,7 @@ impl Run {
     /// Runs the node's tick: pushes that waited, stalled exchanges, and (harmlessly, the pulse
     /// usually ran it already) the liveness part.
     fn tick(&mut self) {
+        self.next_housekeeping = Instant::now() + HOUSEKEEPING;
         let now = self.shared.now();
         self.shared.node().handle_tick(now);
         self.check_discovery();
@@ -428,11 +433,11 @@ impl Run {
     }
 
     /// When the node next needs a tick from the driver: its data deadline (the pulse runs the
-    /// liveness part), or after [`HOUSEKEEPING`] (the discovery diagnostic) if it has none.
+    /// liveness part), and [`HOUSEKEEPING`] after the last tick at the latest.
     fn deadline(&self) -> Instant {
         match self.shared.node().poll_data_timeout() {
-            Some(due) => self.shared.instant(due),
-            None => Instant::now() + HOUSEKEEPING,
+            Some(due) => self.shared.instant(due).min(self.next_housekeeping),
+            None => self.next_housekeeping,
         }
     }
 

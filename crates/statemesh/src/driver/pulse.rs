@@ -84,7 +84,7 @@ fn beat(
         if current.get(&peer).is_none_or(|l| l.conn != conn) {
             continue;
         }
-        if let Err(e) = node.handle_payload(now, peer, &frame) {
+        if let Err(e) = node.handle_frame(now, peer, &frame) {
             // The driver closes the link, as it does after any bad frame.
             let _ = events.send(LinkEvent::Closed {
                 peer,
