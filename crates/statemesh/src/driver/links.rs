@@ -354,6 +354,14 @@ impl Run {
         self.shared.counts().links_opened += 1;
         self.shared.node().handle_link_up(now, &hello);
         self.share_addresses(peer);
+        self.tasks.spawn(read_datagrams(
+            self.links[&peer].connection.clone(),
+            peer,
+            conn,
+            max_frame,
+            self.events.clone(),
+            self.views.clone(),
+        ));
         self.tasks.spawn(read_loop(
             recv,
             buffered,
@@ -599,6 +607,37 @@ async fn write_loop(
     // (a graceful leave) does not discard the last frames, the leave among them.
     if send.finish().is_ok() {
         let _ = send.stopped().await;
+    }
+}
+
+/// Reads the link's datagrams: views (see `pulse::send_view`), queued like those read from
+/// the stream. Anything else is a protocol error that closes the link, like a bad frame.
+async fn read_datagrams(
+    connection: quinn::Connection,
+    peer: PeerId,
+    conn: usize,
+    max_frame: usize,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    views: broadcast::Sender<ViewFrame>,
+) {
+    // Ends with the connection (its stream's reader reports the link closed).
+    while let Ok(frame) = connection.read_datagram().await {
+        if frame.len() > max_frame || !codec::is_view(&frame) {
+            let error = format!(
+                "a datagram that is not a view ({} bytes): only views travel as datagrams",
+                frame.len()
+            );
+            let _ = events.send(LinkEvent::Closed {
+                peer,
+                conn,
+                error: Some(error),
+            });
+            return;
+        }
+        if views.send(ViewFrame { peer, conn, frame }).is_err() {
+            // The driver is gone.
+            return;
+        }
     }
 }
 

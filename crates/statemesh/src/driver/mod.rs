@@ -497,6 +497,7 @@ impl Run {
                     .map(|(p, l)| {
                         let link = PulseLink {
                             conn: l.conn,
+                            connection: l.connection.clone(),
                             tx: l.tx.clone(),
                         };
                         (*p, link)
@@ -507,6 +508,10 @@ impl Run {
         let queued = self.shared.queued_frames();
         for t in frames {
             if let Some(link) = self.links.get(&t.to) {
+                if statemesh_core::codec::is_view(&t.frame) {
+                    pulse::send_view(&link.connection, &link.tx, queued, t.frame);
+                    continue;
+                }
                 // Counted before it is sent: the writer counts it down once QUIC took it.
                 queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if link.tx.send(t.frame).is_err() {

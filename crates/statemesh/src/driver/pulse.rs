@@ -10,11 +10,16 @@
 //! view or a beat leaves for the driver (a sync message owed, a peer judged dead, a new
 //! leadership) wakes the driver.
 //!
+//! Views travel as QUIC datagrams (see [`send_view`]), not on the link's stream: a stream is
+//! ordered and flow-controlled, so a view queued behind a sync message waited for it on both
+//! sides (the sender's writer, and a receiver whose reader stopped at a full frame queue), and
+//! a window busy with a backlog was judged silent.
+//!
 //! [`Node::handle_beat`]: statemesh_core::Node::handle_beat
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use statemesh_core::PeerId;
@@ -23,11 +28,42 @@ use tokio::sync::{broadcast, mpsc};
 use super::links::{LinkEvent, ViewFrame};
 use crate::shared::Shared;
 
-/// What the pulse knows of a link: which connection is current, and its writer.
+/// What the pulse knows of a link: which connection is current, the connection (views leave
+/// as its datagrams) and the link's writer (views too large for a datagram).
 #[derive(Clone)]
 pub(super) struct PulseLink {
     pub(super) conn: usize,
+    pub(super) connection: quinn::Connection,
     pub(super) tx: mpsc::UnboundedSender<bytes::Bytes>,
+}
+
+/// Sends a view: as a QUIC datagram when it fits one, else on the link's stream (through its
+/// writer `tx`, counted in `queued`). A datagram is neither ordered nor flow-controlled nor
+/// retransmitted, which suits a heartbeat: it never waits behind sync messages, and a lost one
+/// is replaced by the next. Views are idempotent and carry their own order (the vector clock),
+/// so one arriving late or twice changes nothing.
+pub(super) fn send_view(
+    connection: &quinn::Connection,
+    tx: &mpsc::UnboundedSender<bytes::Bytes>,
+    queued: &AtomicUsize,
+    frame: bytes::Bytes,
+) {
+    let fits = connection
+        .max_datagram_size()
+        .is_some_and(|max| frame.len() <= max);
+    if fits {
+        match connection.send_datagram(frame.clone()) {
+            // A closing connection: its link goes down on its own.
+            Ok(()) | Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
+            // The path's datagram size shrank meanwhile, or the peer takes none: the stream.
+            Err(e) => tracing::debug!(error = %e, "a view goes on the stream, not as a datagram"),
+        }
+    }
+    // Counted before it is sent: the writer counts it down once QUIC took it.
+    queued.fetch_add(1, Ordering::Relaxed);
+    if tx.send(frame).is_err() {
+        queued.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The links as the pulse sees them, kept by the driver as links come up and go.
@@ -99,18 +135,18 @@ fn beat(
         late = Some(now.saturating_since(due));
         node.handle_beat(now);
     }
-    let queued = shared.queued_frames();
+    let mut views = Vec::new();
     while let Some(t) = node.poll_view() {
-        if let Some(link) = current.get(&t.to) {
-            // Counted before it is sent: the writer counts it down once QUIC took it.
-            queued.fetch_add(1, Ordering::Relaxed);
-            if link.tx.send(t.frame).is_err() {
-                queued.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+        views.push(t);
     }
     let more = node.has_output();
     drop(node);
+    let queued = shared.queued_frames();
+    for t in views {
+        if let Some(link) = current.get(&t.to) {
+            send_view(&link.connection, &link.tx, queued, t.frame);
+        }
+    }
     if let Some(late) = late {
         shared.counts().tick_late.record(late);
     }
