@@ -5,7 +5,7 @@
 //!
 //! `cargo bench -p statemesh-core --bench receive` (add `-- --quick` for a short run). The
 //! target is a cost independent of the document's size: the three sizes within 2x of each
-//! other. Figures and their reading are in `docs/performance.md`.
+//! other. Figures and their reading are in `docs/under-load.md`.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items.
 #![allow(clippy::unwrap_used)] // Benchmark set-up: a failure is a bug to see at once.

@@ -578,6 +578,9 @@ fn uuid_from(bytes: [u8; 16]) -> statemesh_core::id::Uuid {
     statemesh_core::id::Uuid::from_bytes(bytes)
 }
 
+/// Bytes of QUIC datagrams (views) buffered per connection, each way.
+const DATAGRAM_BUFFER: usize = 64 * 1024;
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
@@ -590,6 +593,11 @@ fn transport() -> Arc<quinn::TransportConfig> {
     // renewed proofs (either side, see `Endpoint::renew`).
     t.max_concurrent_bidi_streams(2u32.into());
     t.max_concurrent_uni_streams(0u32.into());
+    // Views travel as datagrams (a heartbeat a few hundred bytes long, five a second): a small
+    // buffer each way, so that a peer that never proves the secret cannot park much memory in
+    // one before its connection is closed, and a stalled reader loses old views, not memory.
+    t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
+    t.datagram_send_buffer_size(DATAGRAM_BUFFER);
     Arc::new(t)
 }
 

@@ -278,6 +278,79 @@ async fn garbage_and_oversize_frames_close_only_that_link() {
     assert!(a.metrics().decode_errors >= 1);
 }
 
+/// A window's heartbeats (views) reach a linked peer as QUIC datagrams, apart from the link's
+/// stream; a datagram that is not a view closes the link, and the window keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_travel_as_datagrams_and_other_datagrams_close_the_link() {
+    use rand::SeedableRng;
+    use statemesh_core::codec::{
+        self, Hello, Message, PROTOCOL_VERSION, decode_frame, encode_frame,
+    };
+    use statemesh_core::{Incarnation, MeshTag};
+    use statemesh_net::quic::Endpoint;
+
+    let secret = Secret::from_bytes([9; 32]);
+    let a = Mesh::builder("ws")
+        .secret(secret.clone())
+        .local_discovery(false)
+        .persist(false)
+        .join()
+        .await
+        .expect("joins");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let me = PeerId::generate(1, &mut rng);
+    let peer = Endpoint::bind(([127, 0, 0, 1], 0).into(), me, secret.clone(), "ws").expect("binds");
+    let mut link = peer.connect(a.quic_addr()).await.expect("authenticates");
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        mesh: MeshTag::derive(secret.as_bytes(), "ws"),
+        incarnation: Incarnation {
+            peer: me,
+            number: 0,
+        },
+        eligible: false,
+    };
+    link.send
+        .write_all(&encode_frame(&Message::Hello(hello), 1 << 20).expect("fits"))
+        .await
+        .expect("writes");
+    // The window's next heartbeat arrives as a datagram, a whole view frame; nothing is read
+    // from the stream meanwhile.
+    let datagram = tokio::time::timeout(WITHIN, link.connection.read_datagram())
+        .await
+        .expect("a view in time")
+        .expect("the connection is up");
+    assert!(codec::is_view(&datagram), "{datagram:?}");
+    match decode_frame(&datagram, 1 << 20).expect("a whole frame") {
+        Message::View(view) => assert_eq!(view.beats[0].peer, a.id(), "its own beat first"),
+        other => panic!("not a view: {other:?}"),
+    }
+    // A datagram that is not a view (a leave) is a protocol error: the link closes.
+    let leave = encode_frame(
+        &Message::Leave(Incarnation {
+            peer: me,
+            number: 0,
+        }),
+        1 << 20,
+    )
+    .expect("fits");
+    link.connection
+        .send_datagram(leave.into())
+        .expect("datagrams are on");
+    let closed = tokio::time::timeout(WITHIN, async {
+        let mut buf = [0u8; 4096];
+        while let Ok(Some(_)) = link.recv.read(&mut buf).await {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "link not closed after a datagram that is not a view"
+    );
+    // The window runs on and keeps writing.
+    a.put("k", "v", &1i64, Scope::Durable).expect("write");
+    assert_eq!(a.get::<i64>("k", "v").expect("read"), Some(1));
+}
+
 /// A window that is not async (a plain thread) joins with its own runtime thread.
 #[test]
 fn a_blocking_window_shares_state_with_an_async_one() {
