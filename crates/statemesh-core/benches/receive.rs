@@ -1,5 +1,6 @@
 //! What one change costs as the document grows (issue 13, item 1): the receive of a sync
-//! message carrying one record written by a peer, and the local write of one record, at 1,000,
+//! message carrying one record written by a peer (in place, `receive`, and as the runtime does
+//! it, a job run and given back, `receive_job`), and the local write of one record, at 1,000,
 //! 10,000 and 100,000 records spread over channels of 100 records each (an app's shape: many
 //! channels, each a list of endpoints or jobs).
 //!
@@ -129,6 +130,36 @@ fn one_change(c: &mut Criterion) {
                         let started = Instant::now();
                         for p in &frames {
                             b.handle_frame(Time::ZERO, ia, black_box(p)).unwrap();
+                        }
+                        spent += started.elapsed();
+                        pump(&mut a, &mut b);
+                    }
+                    spent
+                });
+            },
+        );
+        // The runtime's receive: the message as a job (`handle_frame_deferred`), run, and
+        // given back (`finish_sync`); the job's run is what the runtime does off the node.
+        group.bench_with_input(
+            BenchmarkId::new("receive_job", records),
+            &records,
+            |bench, _| {
+                bench.iter_custom(|iters| {
+                    let mut spent = Duration::ZERO;
+                    for _ in 0..iters {
+                        n += 1;
+                        let ch = format!("ch{}", n as usize % (records / PER_CHANNEL));
+                        a.put(&ch, &format!("job{n}"), &"10.9.9.9:443 up", Scope::Durable)
+                            .unwrap();
+                        drain(&mut a);
+                        let frames = outgoing(&mut a, ib);
+                        let started = Instant::now();
+                        for p in &frames {
+                            let mut job = b.handle_frame_deferred(Time::ZERO, ia, black_box(p));
+                            while let Some(mut j) = job.unwrap() {
+                                j.run();
+                                job = b.finish_sync(Time::ZERO, j);
+                            }
                         }
                         spent += started.elapsed();
                         pump(&mut a, &mut b);

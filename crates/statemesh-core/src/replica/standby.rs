@@ -9,8 +9,15 @@
 //! fresh copy for every message cost what the document holds (Automerge 0.12's `clone` copies
 //! every column and rebuilds the object index, and the copy replaced dropped as much again).
 //! Local changes reach the standby when the change notification reads them
-//! ([`Replica::touched_since`]) or, failing that, before the next receive. A standby that
-//! cannot be brought up to date with certainty (after a load, a sync job, a restore) is
+//! ([`Replica::touched_since`]) or, failing that, before the next receive.
+//!
+//! A sync job (the runtime's receive, [`Replica::start_sync`]) takes the standby as its own
+//! document, applies the message to it off the replica, and the document it replaces becomes
+//! the standby, behind by that message's changes: the next job or receive applies the changes
+//! it lacks (what they hold, not what the document holds), so no receive copies or drops a
+//! whole document. A standby brought up to date holds the same changes as the document, maybe
+//! applied in another order: the same document, though a save may order its bytes otherwise.
+//! A standby that cannot be brought up to date with certainty (after a load, a failed job) is
 //! dropped, and the next receive makes a fresh copy.
 //!
 //! Memory: the standby is a second document (Automerge 0.12's compressed columns), held at
