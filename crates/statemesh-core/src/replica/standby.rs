@@ -14,8 +14,10 @@
 //! A sync job (the runtime's receive, [`Replica::start_sync`]) takes the standby as its own
 //! document, applies the message to it off the replica, and the document it replaces becomes
 //! the standby, behind by that message's changes: the next job or receive applies the changes
-//! it lacks (what they hold, not what the document holds), so no receive copies or drops a
-//! whole document. A standby brought up to date holds the same changes as the document, maybe
+//! it lacks (what they hold, not what the document holds), so a receive after a receive copies
+//! and drops no whole document. A standby far behind (after a burst: see
+//! `APPLY_PER_COPY`) is dropped on the job's thread and the job copies the document: there,
+//! applying the changes again would cost more than the copy. A standby brought up to date holds the same changes as the document, maybe
 //! applied in another order: the same document, though a save may order its bytes otherwise.
 //! A standby that cannot be brought up to date with certainty (after a load, a failed job) is
 //! dropped, and the next receive makes a fresh copy.
