@@ -5,10 +5,11 @@
 //! window whose heartbeats waited for them was taken for frozen by its peers. So the pulse, a
 //! task apart from the driver's, does the liveness part of the node's work and nothing else:
 //! it takes the views the links' readers queue, runs [`Node::handle_beat`] on its deadlines, and
-//! sends the views the node makes straight to the links' writers. It holds the node for
-//! microseconds each time (neither a view nor a beat generates a sync message). Whatever else a
-//! view or a beat leaves for the driver (a sync message owed, a peer judged dead, a new
-//! leadership) wakes the driver.
+//! sends the views the node makes straight to the links. It holds the node only as long as
+//! views and a beat take (neither generates a sync message), but it still waits for the node
+//! while a writer or a job's result holds it (see `docs/under-load.md`). Whatever else a view or
+//! a beat leaves for the driver (a sync message owed, a peer judged dead, a new leadership)
+//! wakes the driver.
 //!
 //! Views travel as QUIC datagrams (see [`send_view`]), not on the link's stream: a stream is
 //! ordered and flow-controlled, so a view queued behind a sync message waited for it on both
