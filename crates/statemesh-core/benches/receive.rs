@@ -104,6 +104,9 @@ fn pump(a: &mut Node, b: &mut Node) {
     }
 }
 
+/// One way for a node to receive a frame from a peer.
+type Receive = fn(&mut Node, PeerId, &[u8]);
+
 fn one_change(c: &mut Criterion) {
     let mut group = c.benchmark_group("one_change");
     group.sample_size(20);
@@ -113,61 +116,45 @@ fn one_change(c: &mut Criterion) {
         let ia = a.me().peer;
         let ib = b.me().peer;
         let mut n = 0u64;
-        // The receive alone: `a`'s write and the exchange that settles it are set-up.
-        group.bench_with_input(
-            BenchmarkId::new("receive", records),
-            &records,
-            |bench, _| {
+        // The receive alone: `a`'s write and the exchange that settles it are set-up. In
+        // place (`handle_frame`), and as the runtime does it: the message as a job
+        // (`handle_frame_deferred`), run (what the runtime does off the node), and given back
+        // (`finish_sync`).
+        let in_place: Receive = |b, from, frame| b.handle_frame(Time::ZERO, from, frame).unwrap();
+        let as_job: Receive = |b, from, frame| {
+            let mut job = b.handle_frame_deferred(Time::ZERO, from, frame);
+            while let Some(mut j) = job.unwrap() {
+                j.run();
+                job = b.finish_sync(Time::ZERO, j);
+            }
+        };
+        for (name, receive) in [("receive", in_place), ("receive_job", as_job)] {
+            group.bench_with_input(BenchmarkId::new(name, records), &records, |bench, _| {
                 bench.iter_custom(|iters| {
                     let mut spent = Duration::ZERO;
                     for _ in 0..iters {
                         n += 1;
                         let ch = format!("ch{}", n as usize % (records / PER_CHANNEL));
-                        a.put(&ch, &format!("new{n}"), &"10.9.9.9:443 up", Scope::Durable)
-                            .unwrap();
+                        a.put(
+                            &ch,
+                            &format!("{name}{n}"),
+                            &"10.9.9.9:443 up",
+                            Scope::Durable,
+                        )
+                        .unwrap();
                         drain(&mut a);
                         let frames = outgoing(&mut a, ib);
                         let started = Instant::now();
                         for p in &frames {
-                            b.handle_frame(Time::ZERO, ia, black_box(p)).unwrap();
+                            receive(&mut b, ia, black_box(p));
                         }
                         spent += started.elapsed();
                         pump(&mut a, &mut b);
                     }
                     spent
                 });
-            },
-        );
-        // The runtime's receive: the message as a job (`handle_frame_deferred`), run, and
-        // given back (`finish_sync`); the job's run is what the runtime does off the node.
-        group.bench_with_input(
-            BenchmarkId::new("receive_job", records),
-            &records,
-            |bench, _| {
-                bench.iter_custom(|iters| {
-                    let mut spent = Duration::ZERO;
-                    for _ in 0..iters {
-                        n += 1;
-                        let ch = format!("ch{}", n as usize % (records / PER_CHANNEL));
-                        a.put(&ch, &format!("job{n}"), &"10.9.9.9:443 up", Scope::Durable)
-                            .unwrap();
-                        drain(&mut a);
-                        let frames = outgoing(&mut a, ib);
-                        let started = Instant::now();
-                        for p in &frames {
-                            let mut job = b.handle_frame_deferred(Time::ZERO, ia, black_box(p));
-                            while let Some(mut j) = job.unwrap() {
-                                j.run();
-                                job = b.finish_sync(Time::ZERO, j);
-                            }
-                        }
-                        spent += started.elapsed();
-                        pump(&mut a, &mut b);
-                    }
-                    spent
-                });
-            },
-        );
+            });
+        }
         // The local write alone (a transaction, its commit and the change notification).
         group.bench_with_input(BenchmarkId::new("write", records), &records, |bench, _| {
             bench.iter_custom(|iters| {

@@ -208,14 +208,53 @@ async fn meshes_with_other_names_or_secrets_stay_apart() {
     assert_eq!(a.members().len(), 1);
 }
 
+/// A peer made by hand (an endpoint holding `secret`, not a window): linked to the window at
+/// `addr`, its hello sent. The endpoint is returned to be kept alive with the link.
+async fn hand_linked(
+    secret: &Secret,
+    addr: std::net::SocketAddr,
+    me: PeerId,
+) -> (statemesh_net::quic::Endpoint, statemesh_net::quic::Link) {
+    use statemesh_core::codec::{Hello, Message, PROTOCOL_VERSION, encode_frame};
+    use statemesh_core::{Incarnation, MeshTag};
+    let endpoint =
+        statemesh_net::quic::Endpoint::bind(([127, 0, 0, 1], 0).into(), me, secret.clone(), "ws")
+            .expect("binds");
+    let mut link = endpoint
+        .connect(addr)
+        .await
+        .expect("authenticates: it holds the secret");
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        mesh: MeshTag::derive(secret.as_bytes(), "ws"),
+        incarnation: Incarnation {
+            peer: me,
+            number: 0,
+        },
+        eligible: false,
+    };
+    link.send
+        .write_all(&encode_frame(&Message::Hello(hello), 1 << 20).expect("fits"))
+        .await
+        .expect("writes");
+    (endpoint, link)
+}
+
+/// Whether the window closed `link` within [`WITHIN`]: reading ends (error or end of stream).
+async fn closed(link: &mut statemesh_net::quic::Link) -> bool {
+    tokio::time::timeout(WITHIN, async {
+        let mut buf = [0u8; 4096];
+        while let Ok(Some(_)) = link.recv.read(&mut buf).await {}
+    })
+    .await
+    .is_ok()
+}
+
 /// An authenticated peer that sends garbage or an oversize frame loses its link; the window
 /// keeps running and keeps serving others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_oversize_frames_close_only_that_link() {
     use rand::SeedableRng;
-    use statemesh_core::codec::{Hello, Message, PROTOCOL_VERSION, encode_frame};
-    use statemesh_core::{Incarnation, MeshTag};
-    use statemesh_net::quic::Endpoint;
 
     let secret = Secret::from_bytes([9; 32]);
     let a = Mesh::builder("ws")
@@ -233,33 +272,9 @@ async fn garbage_and_oversize_frames_close_only_that_link() {
         u32::MAX.to_be_bytes().to_vec(),
     ] {
         let me = PeerId::generate(1, &mut rng);
-        let attacker =
-            Endpoint::bind(([127, 0, 0, 1], 0).into(), me, secret.clone(), "ws").expect("binds");
-        let mut link = attacker
-            .connect(addr)
-            .await
-            .expect("authenticates: it holds the secret");
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            mesh: MeshTag::derive(secret.as_bytes(), "ws"),
-            incarnation: Incarnation {
-                peer: me,
-                number: 0,
-            },
-            eligible: false,
-        };
-        link.send
-            .write_all(&encode_frame(&Message::Hello(hello), 1 << 20).expect("fits"))
-            .await
-            .expect("writes");
+        let (_attacker, mut link) = hand_linked(&secret, addr, me).await;
         link.send.write_all(&bad).await.expect("writes");
-        // The window closes the connection: reading ends (error or end of stream).
-        let closed = tokio::time::timeout(WITHIN, async {
-            let mut buf = [0u8; 4096];
-            while let Ok(Some(_)) = link.recv.read(&mut buf).await {}
-        })
-        .await;
-        assert!(closed.is_ok(), "link not closed after a bad frame");
+        assert!(closed(&mut link).await, "link not closed after a bad frame");
     }
     // The window still works and still links with honest peers.
     let b = Mesh::builder("ws")
@@ -283,11 +298,8 @@ async fn garbage_and_oversize_frames_close_only_that_link() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_travel_as_datagrams_and_other_datagrams_close_the_link() {
     use rand::SeedableRng;
-    use statemesh_core::codec::{
-        self, Hello, Message, PROTOCOL_VERSION, decode_frame, encode_frame,
-    };
-    use statemesh_core::{Incarnation, MeshTag};
-    use statemesh_net::quic::Endpoint;
+    use statemesh_core::Incarnation;
+    use statemesh_core::codec::{self, Message, decode_frame, encode_frame};
 
     let secret = Secret::from_bytes([9; 32]);
     let a = Mesh::builder("ws")
@@ -299,21 +311,7 @@ async fn views_travel_as_datagrams_and_other_datagrams_close_the_link() {
         .expect("joins");
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
     let me = PeerId::generate(1, &mut rng);
-    let peer = Endpoint::bind(([127, 0, 0, 1], 0).into(), me, secret.clone(), "ws").expect("binds");
-    let mut link = peer.connect(a.quic_addr()).await.expect("authenticates");
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        mesh: MeshTag::derive(secret.as_bytes(), "ws"),
-        incarnation: Incarnation {
-            peer: me,
-            number: 0,
-        },
-        eligible: false,
-    };
-    link.send
-        .write_all(&encode_frame(&Message::Hello(hello), 1 << 20).expect("fits"))
-        .await
-        .expect("writes");
+    let (_peer, mut link) = hand_linked(&secret, a.quic_addr(), me).await;
     // The window's next heartbeat arrives as a datagram, a whole view frame; nothing is read
     // from the stream meanwhile.
     let datagram = tokio::time::timeout(WITHIN, link.connection.read_datagram())
@@ -337,13 +335,8 @@ async fn views_travel_as_datagrams_and_other_datagrams_close_the_link() {
     link.connection
         .send_datagram(leave.into())
         .expect("datagrams are on");
-    let closed = tokio::time::timeout(WITHIN, async {
-        let mut buf = [0u8; 4096];
-        while let Ok(Some(_)) = link.recv.read(&mut buf).await {}
-    })
-    .await;
     assert!(
-        closed.is_ok(),
+        closed(&mut link).await,
         "link not closed after a datagram that is not a view"
     );
     // The window runs on and keeps writing.
