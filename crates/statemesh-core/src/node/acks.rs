@@ -191,10 +191,11 @@ impl Node {
     /// link). The runtime's backpressure counts it (see `docs/architecture.md`, *The
     /// runtime*). It is at most [`MAX_PENDING_WRITES`], and costs one step per write counted.
     pub fn backlog(&self) -> usize {
+        let heart = self.heart();
         let floor = self
             .links
             .iter()
-            .filter(|(p, _)| self.live.is_live(p))
+            .filter(|(p, _)| heart.live.is_live(p))
             .map(|(_, l)| l.held_upto)
             .min();
         floor.map_or(0, |w| self.pending.range(next_id(w)..).count())

@@ -127,6 +127,7 @@ impl Node {
         let after = self.replica.heads();
         if before != after {
             self.events.extend(changes.into_iter().map(Event::Changed));
+            self.publish_digests();
             self.observe_stored_terms();
             self.reelect(now);
         }

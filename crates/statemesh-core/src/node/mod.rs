@@ -14,12 +14,14 @@
 //! and its outputs): `persist`, the bytes to store and the writes they make durable
 //! ([`Persist`], [`Snapshot`]); `acks`, the replication acknowledgements of local writes;
 //! `link`, the sync exchange with each linked peer (coalesced pushes, stall recovery); `jobs`,
-//! receives and pushes run away from the node ([`SyncJob`], [`PushJob`]); `gossip`, views,
-//! liveness and election; `timers`, ticks, beats and their deadlines; `writes` and `reads`,
+//! receives and pushes run away from the node ([`SyncJob`], [`PushJob`]); `heart`, liveness,
+//! election and views under a lock of their own ([`Heart`], [`Pulse`]); `gossip`, what the
+//! node takes in from the heart; `timers`, ticks, beats and their deadlines; `writes` and `reads`,
 //! the application's entries; `tests`.
 
 mod acks;
 mod gossip;
+mod heart;
 mod jobs;
 mod link;
 mod persist;
@@ -35,14 +37,15 @@ use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, DecodeError, Hello, LeaderRecord, Message};
-use crate::election::{Election, Leadership, Term};
+use crate::election::{Leadership, Term};
 use crate::leader_records::LeaderStore;
-use crate::liveness::{DeathCause, LinkDown, Liveness, PeerStatus, Tombstone};
-use crate::replica::{ApplyError, EntryChange, EntryKind, LoadReport, Replica};
+use crate::liveness::{DeathCause, LinkDown, PeerStatus};
+use crate::replica::{ApplyError, EntryChange, EntryKind, LoadReport, Replica, heads_digest};
 use crate::{Config, Incarnation, MeshTag, PeerId, Time};
 
 use acks::{AckBook, PendingWrite};
 pub use acks::{MAX_PENDING_WRITES, PENDING_TTL, RETIRED_KEPT, WriteStatus};
+pub use heart::{Heart, Pulse};
 pub use jobs::{PUSH_AT_ONCE, PushJob, SyncJob};
 use link::Link;
 pub use persist::{Persist, Snapshot};
@@ -145,6 +148,9 @@ pub enum ReceiveError {
     /// A frame arrived from a peer with no link up.
     #[error("no link to peer {0}")]
     NoLink(PeerId),
+    /// A frame given as a view ([`Heart::handle_view`]) holds another message.
+    #[error("a view was expected")]
+    NotAView,
 }
 
 /// A hello that must be refused.
@@ -234,21 +240,16 @@ pub struct Node {
     mesh: MeshTag,
     /// Further tags accepted in a peer's hello (the mesh under other keys of a keyring).
     also_accepted: Vec<MeshTag>,
-    live: Liveness,
-    election: Election,
+    /// This peer's id (its incarnations live in the heart).
+    me: PeerId,
+    /// Liveness, election and views, under a lock of their own (see [`Heart`]).
+    heart: Pulse,
     replica: Replica,
     leader: LeaderStore,
     links: BTreeMap<PeerId, Link>,
-    candidate_at: Time,
-    settled: bool,
-    left: bool,
+    /// The time of the last input.
     last_tick: Time,
-    next_heartbeat: Time,
-    /// Heartbeats fall on a grid of this phase (see [`Node::align_heartbeats`]), if set.
-    heartbeat_phase: Option<Duration>,
     out: VecDeque<Transmit>,
-    /// Views to send, apart from the other frames (see [`Node::poll_view`]).
-    out_views: VecDeque<Transmit>,
     /// Some link's `sync_due` is set.
     sync_due: bool,
     events: VecDeque<Event>,
@@ -285,20 +286,22 @@ impl Node {
         rng.fill_bytes(&mut actor);
         let replica = Replica::new(me, actor);
         let persisted_heads = replica.heads();
+        let leader = LeaderStore::default();
+        let heart = Heart::new(
+            config.clone(),
+            me,
+            now,
+            heads_digest(&persisted_heads),
+            leader.digest(),
+        );
         Self {
-            live: Liveness::new(me, &config),
-            election: Election::default(),
+            me,
+            heart: Pulse::new(heart),
             replica,
-            leader: LeaderStore::default(),
+            leader,
             links: BTreeMap::new(),
-            candidate_at: now + config.join_grace,
-            settled: false,
-            left: false,
             last_tick: now,
-            next_heartbeat: now,
-            heartbeat_phase: None,
             out: VecDeque::new(),
-            out_views: VecDeque::new(),
             sync_due: false,
             events: VecDeque::new(),
             doc_dirty: false,
@@ -326,7 +329,21 @@ impl Node {
 
     /// This peer's current incarnation.
     pub fn me(&self) -> Incarnation {
-        self.live.me()
+        self.heart().me()
+    }
+
+    /// A handle on this node's [`Heart`]: liveness, election and views under a lock of their
+    /// own. A runtime may run heartbeats and received views on a task of its own through it
+    /// ([`Heart::handle_beat`], [`Heart::handle_view`], [`Heart::poll_view`]) without ever
+    /// waiting for the node; when [`Heart::wants_node`] says so, the node has work from them
+    /// (taken in at its next input or [`poll_transmit`](Self::poll_transmit)).
+    pub fn pulse(&self) -> Pulse {
+        self.heart.clone()
+    }
+
+    /// The heart, locked (lock order: the node, then the heart).
+    fn heart(&self) -> std::sync::MutexGuard<'_, Heart> {
+        self.heart.lock()
     }
 
     /// The configuration.
@@ -336,12 +353,7 @@ impl Node {
 
     /// The hello this peer sends first on every link.
     pub fn hello(&self) -> Hello {
-        Hello {
-            version: codec::PROTOCOL_VERSION,
-            mesh: self.mesh,
-            incarnation: self.live.me(),
-            eligible: self.live.my_eligible(),
-        }
+        self.heart().hello(self.mesh)
     }
 
     /// Changes the mesh tag this node sends in its hellos to `primary`, and accepts hellos
@@ -363,7 +375,7 @@ impl Node {
         if hello.mesh != self.mesh && !self.also_accepted.contains(&hello.mesh) {
             return Err(HelloError::OtherMesh);
         }
-        if hello.incarnation.peer == self.live.me().peer {
+        if hello.incarnation.peer == self.me {
             return Err(HelloError::SelfConnection);
         }
         Ok(())
@@ -374,6 +386,7 @@ impl Node {
     pub fn load(&mut self, bytes: &[u8]) -> Result<LoadReport, ApplyError> {
         let report = self.replica.load_stored(bytes)?;
         self.observe_stored_terms();
+        self.publish_digests();
         // What was loaded is on disk already; the next persist compacts it all into a snapshot.
         self.appends = self.config.compact_every;
         Ok(report)
@@ -383,7 +396,7 @@ impl Node {
     /// itself as a leader candidate without waiting for the rest of its join grace.
     pub fn handle_settled(&mut self, now: Time) {
         self.advance(now);
-        self.settled = true;
+        self.heart().settled = true;
         self.reelect(now);
     }
 
@@ -412,20 +425,16 @@ impl Node {
                 held_upto: WriteId(0),
             },
         );
-        let mut changes = Vec::new();
-        let beat = crate::vv::Beat {
-            incarnation: hello.incarnation.number,
-            counter: 0,
+        let left = {
+            let mut heart = self.heart();
+            heart.link_up(now, hello);
+            heart.left.then(|| heart.me())
         };
-        self.live
-            .observe_beat(peer, beat, hello.eligible, now, &mut changes);
-        self.apply_liveness(changes, now);
-        if self.left {
-            self.send(peer, &Message::Leave(self.live.me()));
+        self.absorb();
+        if let Some(me) = left {
+            self.send(peer, &Message::Leave(me));
             return;
         }
-        let view = self.view(now);
-        self.send(peer, &Message::View(view));
         self.sync_with(peer);
         self.push_leader(peer, now);
         self.reelect(now);
@@ -437,13 +446,9 @@ impl Node {
     /// link is up: the presence connection is separate from the link.
     pub fn handle_link_down(&mut self, now: Time, peer: PeerId, how: LinkDown) {
         self.advance(now);
-        if self.links.remove(&peer).is_none() && how == LinkDown::Hint {
-            return;
-        }
-        let mut changes = Vec::new();
-        self.live.link_down(peer, how, now, &mut changes);
-        self.apply_liveness(changes, now);
-        self.reelect(now);
+        self.links.remove(&peer);
+        self.heart().link_down(now, peer, how);
+        self.absorb();
     }
 
     /// Handles one frame received from `from`, whole, header included, as it came off the
@@ -500,17 +505,13 @@ impl Node {
         }
         match message {
             Message::Hello(_) => return Err(ReceiveError::UnexpectedHello),
-            Message::View(view) => self.on_view(now, from, view),
+            Message::View(view) => {
+                self.heart().on_view(now, from, view);
+                self.absorb();
+            }
             Message::Leave(inc) => {
-                let mut changes = Vec::new();
-                let tomb = Tombstone {
-                    incarnation: inc.number,
-                    cause: DeathCause::Left,
-                };
-                self.live
-                    .observe_received_tombstone(inc.peer, tomb, now, &mut changes);
-                self.apply_liveness(changes, now);
-                self.reelect(now);
+                self.heart().on_leave(now, inc);
+                self.absorb();
             }
             // Taken by `handle_frame_deferred` before it calls this.
             Message::Sync(_) => {}
@@ -518,6 +519,7 @@ impl Node {
                 self.events.push_back(Event::PeerAddresses { from, peers });
             }
             Message::Leader(records) => {
+                let mut heart = self.heart.lock();
                 for r in records {
                     let change = EntryChange {
                         kind: EntryKind::Leader,
@@ -525,19 +527,22 @@ impl Node {
                         key: r.key.clone(),
                         by: Some(r.writer),
                     };
-                    let writer_known_dead = self.live.incarnation_of(&r.writer).is_some()
-                        && !self.live.is_live(&r.writer);
+                    let writer_known_dead = heart.live.incarnation_of(&r.writer).is_some()
+                        && !heart.live.is_live(&r.writer);
                     if writer_known_dead {
                         continue;
                     }
                     // A record is proof that its writer led under its term: known from now on,
                     // even before the writer's claim arrives in a view.
-                    self.election.observe(crate::leader_records::term_of(&r));
+                    heart.election.observe(crate::leader_records::term_of(&r));
                     if self.leader.merge(r) {
                         self.events.push_back(Event::Changed(change));
                     }
                 }
-                self.reelect(now);
+                heart.reelect(now);
+                drop(heart);
+                self.publish_digests();
+                self.absorb();
             }
         }
         Ok(())
@@ -558,18 +563,15 @@ impl Node {
     /// dropped once the leave frames are sent.
     pub fn leave(&mut self, now: Time) {
         self.advance(now);
-        self.left = true;
-        let me = self.live.me();
+        let me = self.me();
         self.broadcast(&Message::Leave(me));
-        if let Some(term) = self.election.my_term() {
-            self.election.step_down();
-            self.events.push_back(Event::Deposed { term });
-        }
-        self.reelect(now);
+        self.heart().leave(now);
+        self.absorb();
     }
 
     /// The next frame to send. Flushes coalesced local writes first: one sync round per peer.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.absorb();
         if let Some(t) = self.poll_view() {
             return Some(t);
         }
@@ -608,30 +610,16 @@ impl Node {
 
     /// The next application event.
     pub fn poll_event(&mut self) -> Option<Event> {
+        self.absorb();
         self.events.pop_front()
     }
 
-    fn me_candidate(&self, now: Time) -> bool {
-        self.live.my_eligible() && !self.left && (self.settled || now >= self.candidate_at)
-    }
-
-    /// Moves the clock; detects that this process was frozen (no tick for longer than the
-    /// suspect timeout): its leadership is over, its silence was its own, and it rejoins.
+    /// Moves the clock (the heart's too, which detects a freeze: no input for longer than the
+    /// suspect timeout) and takes in what the heart left.
     fn advance(&mut self, now: Time) {
-        if now.saturating_since(self.last_tick) > self.config.suspect_timeout {
-            self.live.refresh_all(now);
-            if let Some(term) = self.election.my_term() {
-                self.election.step_down();
-                self.events.push_back(Event::Deposed { term });
-            }
-            let inc = self.live.new_incarnation(0);
-            self.stats.freezes += 1;
-            self.events.push_back(Event::Refuted(inc));
-            self.candidate_at = now + self.config.join_grace;
-            self.settled = false;
-            self.next_heartbeat = now;
-        }
+        self.heart().advance(now);
         self.last_tick = self.last_tick.max(now);
+        self.absorb();
     }
 
     fn send(&mut self, to: PeerId, message: &Message) {
@@ -652,13 +640,8 @@ impl Node {
         match codec::encode_frame(message, self.config.max_frame) {
             Ok(frame) => {
                 let frame = bytes::Bytes::from(frame);
-                let out = if matches!(message, Message::View(_)) {
-                    &mut self.out_views
-                } else {
-                    &mut self.out
-                };
                 for &to in self.links.keys() {
-                    out.push_back(Transmit {
+                    self.out.push_back(Transmit {
                         to,
                         frame: frame.clone(),
                     });

@@ -13,12 +13,14 @@ use crate::{PeerId, Time, Value};
 impl Node {
     /// Reads record `key` of `channel`.
     pub fn get<T: Hydrate>(&self, channel: &str, key: &str) -> Result<Option<T>, ReadError> {
-        self.replica.get(channel, key, |p| self.live.is_live(p))
+        let heart = self.heart();
+        self.replica.get(channel, key, |p| heart.live.is_live(p))
     }
 
     /// The visible keys of `channel`.
     pub fn keys(&self, channel: &str) -> Vec<String> {
-        self.replica.keys(channel, |p| self.live.is_live(p))
+        let heart = self.heart();
+        self.replica.keys(channel, |p| heart.live.is_live(p))
     }
 
     /// Channels holding records.
@@ -28,7 +30,8 @@ impl Node {
 
     /// The value of counter `name` (presence-scoped entries of dead writers left out).
     pub fn counter(&self, name: &str) -> i64 {
-        self.replica.counter(name, |p| self.live.is_live(p))
+        let heart = self.heart();
+        self.replica.counter(name, |p| heart.live.is_live(p))
     }
 
     /// Names of all counters.
@@ -43,10 +46,11 @@ impl Node {
         channel: &str,
         key: &str,
     ) -> Result<Option<(T, Term)>, ReadError> {
+        let heart = self.heart();
         let Some(r) = self
             .leader
-            .visible(channel, key, self.election.newest(), |p| {
-                self.live.is_live(p)
+            .visible(channel, key, heart.election.newest(), |p| {
+                heart.live.is_live(p)
             })
         else {
             return Ok(None);
@@ -68,8 +72,9 @@ impl Node {
 
     /// The visible keys of leader channel `channel`.
     pub fn leader_keys(&self, channel: &str) -> Vec<String> {
+        let heart = self.heart();
         self.leader
-            .keys(channel, self.election.newest(), |p| self.live.is_live(p))
+            .keys(channel, heart.election.newest(), |p| heart.live.is_live(p))
     }
 
     /// Leader channels holding records.
@@ -79,37 +84,37 @@ impl Node {
 
     /// The current leadership.
     pub fn leadership(&self) -> Leadership {
-        self.election.current()
+        self.heart().election.current()
     }
 
     /// The number of the term under which this peer leads, if it does.
     pub fn my_term(&self) -> Option<u64> {
-        self.election.my_term()
+        self.heart().election.my_term()
     }
 
     /// The term under which this peer leads, if it does: its number, led by this peer.
     pub fn my_term_id(&self) -> Option<Term> {
-        Some(Term::new(self.election.my_term()?, self.live.me().peer))
+        Some(Term::new(self.my_term()?, self.me))
     }
 
     /// The newest term this peer knows of (its own included).
     pub fn newest_term(&self) -> Option<Term> {
-        self.election.newest()
+        self.heart().election.newest()
     }
 
     /// Whether `peer`'s highest known incarnation is live.
     pub fn is_live(&self, peer: &PeerId) -> bool {
-        self.live.is_live(peer)
+        self.heart().live.is_live(peer)
     }
 
     /// Whether incarnation `number` of `peer` was judged dead.
     pub fn is_dead(&self, peer: &PeerId, number: u64) -> bool {
-        self.live.is_dead(peer, number)
+        self.heart().live.is_dead(peer, number)
     }
 
     /// Live peers other than this one.
     pub fn live_peers(&self) -> Vec<PeerId> {
-        self.live.live_peers().collect()
+        self.heart().live.live_peers().collect()
     }
 
     /// Peers with a link up.
@@ -120,7 +125,8 @@ impl Node {
     /// Whether this node is past joining: discovery settled, or its join grace is over. The
     /// peers it knows by then are the ones that were there when it started.
     pub fn joined(&self, now: Time) -> bool {
-        self.settled || now >= self.candidate_at
+        let heart = self.heart();
+        heart.settled || now >= heart.candidate_at
     }
 
     /// Whether every linked peer's last view showed the same document and leader records as
@@ -135,13 +141,14 @@ impl Node {
 
     /// Why this peer leads or not, at local time `now`.
     pub fn explain(&self, now: Time) -> Explanation {
+        let heart = self.heart();
         Explanation {
-            me: self.live.me(),
-            leadership: self.election.current(),
-            max_term: self.election.max_term(),
-            newest_term: self.election.newest(),
-            me_candidate: self.me_candidate(now),
-            peers: self.live.explain(now),
+            me: heart.live.me(),
+            leadership: heart.election.current(),
+            max_term: heart.election.max_term(),
+            newest_term: heart.election.newest(),
+            me_candidate: heart.me_candidate(now),
+            peers: heart.live.explain(now),
         }
     }
 
@@ -162,7 +169,17 @@ impl Node {
 
     /// Counters of what this node did.
     pub fn stats(&self) -> Stats {
-        self.stats
+        let h = self.heart().stats;
+        let mut s = self.stats;
+        s.frames_in += h.frames_in;
+        s.bytes_in += h.bytes_in;
+        s.frames_out += h.frames_out;
+        s.bytes_out += h.bytes_out;
+        s.decode_errors += h.decode_errors;
+        s.leadership_changes += h.leadership_changes;
+        s.freezes += h.freezes;
+        s.suspicions_refuted += h.suspicions_refuted;
+        s
     }
 }
 

@@ -18,28 +18,7 @@ impl Node {
     /// once for their acknowledgements) instead of once per peer: idle CPU falls, failure
     /// detection is unchanged (still one view per interval from each peer).
     pub fn align_heartbeats(&mut self, phase: Duration) {
-        self.heartbeat_phase = Some(phase);
-    }
-
-    /// When the heartbeat after one sent at `now` is due.
-    fn next_beat_after(&self, now: Time) -> Time {
-        let interval = self.config.heartbeat_interval;
-        let Some(phase) = self.heartbeat_phase else {
-            return now + interval;
-        };
-        let i = u64::try_from(interval.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let phase = u64::try_from(phase.as_micros()).unwrap_or(0) % i;
-        let t = now.as_micros();
-        let next = if t < phase {
-            phase
-        } else {
-            ((t - phase) / i + 1)
-                .saturating_mul(i)
-                .saturating_add(phase)
-        };
-        Time::from_micros(next)
+        self.heart().heartbeat_phase = Some(phase);
     }
 
     /// Moves the node's clock to `now` without ticking: the runtime calls it before a local
@@ -53,7 +32,7 @@ impl Node {
     /// Advances time: heartbeats, failure detection, election, sync stall recovery.
     pub fn handle_tick(&mut self, now: Time) {
         self.handle_beat(now);
-        if self.left {
+        if self.heart().left {
             return;
         }
         self.expire_pending(now);
@@ -78,32 +57,15 @@ impl Node {
     /// [`poll_beat_timeout`](Self::poll_beat_timeout), so that heartbeats never wait for bulk
     /// work; [`handle_tick`](Self::handle_tick) includes it.
     pub fn handle_beat(&mut self, now: Time) {
-        self.advance(now);
-        if self.left {
-            return;
-        }
-        if now >= self.next_heartbeat {
-            self.live.beat();
-            self.next_heartbeat = self.next_beat_after(now);
-            self.send_views(now);
-        }
-        let mut changes = Vec::new();
-        self.live.judge(now, &mut changes);
-        self.apply_liveness(changes, now);
-        self.reelect(now);
+        self.heart().handle_beat(now);
+        self.last_tick = self.last_tick.max(now);
+        self.absorb();
     }
 
     /// The next time [`handle_beat`](Self::handle_beat) must be called: the next heartbeat,
     /// the next judgement of a silent peer, the end of the join grace.
     pub fn poll_beat_timeout(&self) -> Time {
-        let mut t = self.next_heartbeat;
-        if let Some(d) = self.live.next_deadline() {
-            t = t.min(d);
-        }
-        if !self.settled && self.candidate_at > self.last_tick {
-            t = t.min(self.candidate_at);
-        }
-        t
+        self.heart().poll_beat_timeout()
     }
 
     /// The next time [`handle_tick`](Self::handle_tick) must be called.
@@ -149,10 +111,7 @@ impl Node {
     /// that sends heartbeats (after [`handle_beat`](Self::handle_beat)) takes the node for
     /// microseconds. [`poll_transmit`](Self::poll_transmit) returns queued views first too.
     pub fn poll_view(&mut self) -> Option<Transmit> {
-        let t = self.out_views.pop_front()?;
-        self.stats.frames_out += 1;
-        self.stats.bytes_out += t.frame.len() as u64;
-        Some(t)
+        self.heart().poll_view()
     }
 
     /// Whether the node holds outputs other than views (frames or sync messages to generate,
@@ -164,5 +123,6 @@ impl Node {
             || self.doc_dirty
             || self.sync_due
             || !self.leader_dirty.is_empty()
+            || self.heart().wants_node()
     }
 }

@@ -57,7 +57,7 @@ impl Node {
     ) -> Result<Written, WriteError> {
         self.advance(now);
         self.reelect(now);
-        if self.election.my_term() != Some(term) || self.left {
+        if self.my_term() != Some(term) || self.heart().left {
             return Err(WriteError::NotLeader { term });
         }
         crate::replica::check_name(channel).map_err(WriteError::InvalidName)?;
@@ -68,7 +68,7 @@ impl Node {
             .map_err(|e| WriteError::Build(e.to_string()))?;
         self.next_write += 1;
         let id = WriteId(self.next_write);
-        let me = self.live.me().peer;
+        let me = self.me;
         if let Some(old) = self.leader.get(channel, key)
             && old.writer == me
             && old.term == term
@@ -85,6 +85,7 @@ impl Node {
             value: tokens,
         };
         self.leader.merge(record.clone());
+        self.publish_digests();
         self.leader_dirty.push(record);
         self.events.push_back(Event::Changed(EntryChange {
             kind: EntryKind::Leader,
@@ -107,6 +108,7 @@ impl Node {
         };
         self.doc_dirty = true;
         self.unpushed += 1;
+        self.publish_digests();
         for change in self.replica.touched_since(before) {
             self.events.push_back(Event::Changed(change));
         }

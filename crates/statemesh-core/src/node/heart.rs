@@ -1,0 +1,426 @@
+//! The heart: liveness, election and views, apart from the document, under a lock of their
+//! own.
+//!
+//! A node's liveness must never wait for bulk work. In a runtime the node is held by whoever
+//! works on the document (a local write, a received sync message joining it, sync messages
+//! generated for every peer), and a heartbeat that waited for them made a busy window look
+//! frozen to its peers. So the state that heartbeats and views need (this peer's incarnation
+//! and beats, what it knows of the others' liveness, the election, the heartbeat deadlines)
+//! lives in a [`Heart`], shared through a [`Pulse`] handle: a runtime's heartbeat task locks
+//! the heart alone, for microseconds, and never the node.
+//!
+//! The heart never touches the document. What a beat or a view leaves for it is queued as
+//! notes ([`Heart::wants_node`]) that the node takes in at its next input or poll: events,
+//! presence entries to republish, leader records of dead writers to drop, a new term to
+//! record, a peer's view to compare with the document (a sync owed). What the heart needs of
+//! the document, the digests its views carry, the node publishes to it whenever they change.
+//!
+//! Lock order: the node, then the heart. The node takes the heart for short reads and
+//! updates; the heart never takes the node.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use super::{Event, ReceiveError, Transmit};
+use crate::codec::{self, Hello, Message, View};
+use crate::election::{Election, Term};
+use crate::liveness::{DeathCause, LinkDown, Liveness, LivenessChange, Tombstone};
+use crate::{Config, Incarnation, PeerId, Time};
+
+/// A shared handle on a node's [`Heart`] (see [`Node::pulse`](super::Node::pulse)).
+#[derive(Clone, Debug)]
+pub struct Pulse(Arc<Mutex<Heart>>);
+
+impl Pulse {
+    pub(super) fn new(heart: Heart) -> Self {
+        Self(Arc::new(Mutex::new(heart)))
+    }
+
+    /// Locks the heart. It is held for microseconds by whoever holds it (its work is bounded
+    /// by the number of peers), so a heartbeat task that locks it never waits for bulk work.
+    pub fn lock(&self) -> MutexGuard<'_, Heart> {
+        // No poisoning: a panic while holding the heart can only come from a bug in statemesh
+        // itself, and the heart's state is consistent between its calls.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What the heart leaves for the node (see the module documentation).
+#[derive(Debug)]
+pub(super) enum Note {
+    /// An application event, in order with the node's own.
+    Event(Event),
+    /// `peer`'s presence changed: its presence-scoped entries appear or vanish.
+    Presence(PeerId),
+    /// A peer was judged dead: its leader records go.
+    Prune,
+    /// This peer became the leader under term `number`: the document records it.
+    RecordTerm(u64),
+    /// A view arrived from `from` at `at`, showing these digests of its document and leader
+    /// records.
+    View {
+        /// The sender.
+        from: PeerId,
+        /// When it arrived.
+        at: Time,
+        /// Its document's digest.
+        doc: [u8; 8],
+        /// Its leader records' digest.
+        leader: [u8; 8],
+    },
+}
+
+/// Counters the heart keeps (merged into the node's [`Stats`](super::Stats)).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct HeartStats {
+    pub(super) frames_in: u64,
+    pub(super) bytes_in: u64,
+    pub(super) frames_out: u64,
+    pub(super) bytes_out: u64,
+    pub(super) decode_errors: u64,
+    pub(super) leadership_changes: u64,
+    pub(super) freezes: u64,
+    pub(super) suspicions_refuted: u64,
+}
+
+/// Liveness, election and views of one peer: the part of a node a heartbeat needs.
+#[derive(Debug)]
+pub struct Heart {
+    config: Config,
+    pub(super) live: Liveness,
+    pub(super) election: Election,
+    /// Peers with a link up (views go to them).
+    links: BTreeSet<PeerId>,
+    pub(super) candidate_at: Time,
+    pub(super) settled: bool,
+    pub(super) left: bool,
+    last_tick: Time,
+    pub(super) next_heartbeat: Time,
+    /// Heartbeats fall on a grid of this phase (see [`Node::align_heartbeats`]), if set.
+    ///
+    /// [`Node::align_heartbeats`]: super::Node::align_heartbeats
+    pub(super) heartbeat_phase: Option<std::time::Duration>,
+    /// Views to send.
+    out_views: VecDeque<Transmit>,
+    /// What the node must take in (see [`Note`]).
+    pub(super) notes: VecDeque<Note>,
+    /// The digest of the node's document heads, as the node last published it.
+    pub(super) doc: [u8; 8],
+    /// The digest of the node's leader records, as the node last published it.
+    pub(super) leader: [u8; 8],
+    pub(super) stats: HeartStats,
+}
+
+impl Heart {
+    pub(super) fn new(config: Config, me: PeerId, now: Time, doc: [u8; 8], leader: [u8; 8]) -> Self {
+        Self {
+            live: Liveness::new(me, &config),
+            election: Election::default(),
+            links: BTreeSet::new(),
+            candidate_at: now + config.join_grace,
+            settled: false,
+            left: false,
+            last_tick: now,
+            next_heartbeat: now,
+            heartbeat_phase: None,
+            out_views: VecDeque::new(),
+            notes: VecDeque::new(),
+            doc,
+            leader,
+            stats: HeartStats::default(),
+            config,
+        }
+    }
+
+    /// This peer's current incarnation.
+    pub fn me(&self) -> Incarnation {
+        self.live.me()
+    }
+
+    /// Handles a view frame received from `from` (whole, header included; see
+    /// [`codec::is_view`]). A frame that is not a view, or does not decode, is refused and
+    /// changes nothing; the runtime should close the link it came on.
+    pub fn handle_view(&mut self, now: Time, from: PeerId, frame: &[u8]) -> Result<(), ReceiveError> {
+        self.stats.bytes_in += frame.len() as u64;
+        self.stats.frames_in += 1;
+        let message = codec::decode_frame(frame, self.config.max_frame)
+            .inspect_err(|_| self.stats.decode_errors += 1)?;
+        let Message::View(view) = message else {
+            return Err(ReceiveError::NotAView);
+        };
+        self.advance(now);
+        if !self.links.contains(&from) {
+            return Err(ReceiveError::NoLink(from));
+        }
+        self.on_view(now, from, view);
+        Ok(())
+    }
+
+    /// The liveness part of a tick, and only that (see
+    /// [`Node::handle_beat`](super::Node::handle_beat)).
+    pub fn handle_beat(&mut self, now: Time) {
+        self.advance(now);
+        if self.left {
+            return;
+        }
+        if now >= self.next_heartbeat {
+            self.live.beat();
+            self.next_heartbeat = self.next_beat_after(now);
+            self.send_views(now);
+        }
+        let mut changes = Vec::new();
+        self.live.judge(now, &mut changes);
+        self.apply_liveness(changes, now);
+        self.reelect(now);
+    }
+
+    /// The next time [`handle_beat`](Self::handle_beat) must be called: the next heartbeat,
+    /// the next judgement of a silent peer, the end of the join grace.
+    pub fn poll_beat_timeout(&self) -> Time {
+        let mut t = self.next_heartbeat;
+        if let Some(d) = self.live.next_deadline() {
+            t = t.min(d);
+        }
+        if !self.settled && self.candidate_at > self.last_tick {
+            t = t.min(self.candidate_at);
+        }
+        t
+    }
+
+    /// The next view to send.
+    pub fn poll_view(&mut self) -> Option<Transmit> {
+        let t = self.out_views.pop_front()?;
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += t.frame.len() as u64;
+        Some(t)
+    }
+
+    /// Whether the heart left work for the node (events, a sync owed, a term to record): a
+    /// runtime that ran the heart on a task of its own then wakes the one that holds the node.
+    pub fn wants_node(&self) -> bool {
+        !self.notes.is_empty()
+    }
+
+    /// The hello this peer sends first on every link.
+    pub(super) fn hello(&self, mesh: crate::MeshTag) -> Hello {
+        Hello {
+            version: codec::PROTOCOL_VERSION,
+            mesh,
+            incarnation: self.live.me(),
+            eligible: self.live.my_eligible(),
+        }
+    }
+
+    pub(super) fn me_candidate(&self, now: Time) -> bool {
+        self.live.my_eligible() && !self.left && (self.settled || now >= self.candidate_at)
+    }
+
+    /// Moves the clock; detects that this process was frozen (no input for longer than the
+    /// suspect timeout): its leadership is over, its silence was its own, and it rejoins.
+    pub(super) fn advance(&mut self, now: Time) {
+        if now.saturating_since(self.last_tick) > self.config.suspect_timeout {
+            self.live.refresh_all(now);
+            if let Some(term) = self.election.my_term() {
+                self.election.step_down();
+                self.notes.push_back(Note::Event(Event::Deposed { term }));
+            }
+            let inc = self.live.new_incarnation(0);
+            self.stats.freezes += 1;
+            self.notes.push_back(Note::Event(Event::Refuted(inc)));
+            self.candidate_at = now + self.config.join_grace;
+            self.settled = false;
+            self.next_heartbeat = now;
+        }
+        self.last_tick = self.last_tick.max(now);
+    }
+
+    /// When the heartbeat after one sent at `now` is due.
+    fn next_beat_after(&self, now: Time) -> Time {
+        let interval = self.config.heartbeat_interval;
+        let Some(phase) = self.heartbeat_phase else {
+            return now + interval;
+        };
+        let i = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let phase = u64::try_from(phase.as_micros()).unwrap_or(0) % i;
+        let t = now.as_micros();
+        let next = if t < phase {
+            phase
+        } else {
+            ((t - phase) / i + 1)
+                .saturating_mul(i)
+                .saturating_add(phase)
+        };
+        Time::from_micros(next)
+    }
+
+    /// A link to the peer of `hello` came up: its first beat, and (unless this peer left) a
+    /// view to it.
+    pub(super) fn link_up(&mut self, now: Time, hello: &Hello) {
+        let peer = hello.incarnation.peer;
+        self.links.insert(peer);
+        let mut changes = Vec::new();
+        let beat = crate::vv::Beat {
+            incarnation: hello.incarnation.number,
+            counter: 0,
+        };
+        self.live
+            .observe_beat(peer, beat, hello.eligible, now, &mut changes);
+        self.apply_liveness(changes, now);
+        if !self.left {
+            let view = Message::View(self.view(now));
+            self.queue_view(&view, std::iter::once(peer));
+        }
+    }
+
+    /// The link to `peer` went down (see [`Node::handle_link_down`](super::Node::handle_link_down)).
+    pub(super) fn link_down(&mut self, now: Time, peer: PeerId, how: LinkDown) {
+        if !self.links.remove(&peer) && how == LinkDown::Hint {
+            return;
+        }
+        let mut changes = Vec::new();
+        self.live.link_down(peer, how, now, &mut changes);
+        self.apply_liveness(changes, now);
+        self.reelect(now);
+    }
+
+    /// `inc` announced a graceful leave.
+    pub(super) fn on_leave(&mut self, now: Time, inc: Incarnation) {
+        let mut changes = Vec::new();
+        let tomb = Tombstone {
+            incarnation: inc.number,
+            cause: DeathCause::Left,
+        };
+        self.live
+            .observe_received_tombstone(inc.peer, tomb, now, &mut changes);
+        self.apply_liveness(changes, now);
+        self.reelect(now);
+    }
+
+    /// This peer leaves: it stops leading.
+    pub(super) fn leave(&mut self, now: Time) {
+        self.left = true;
+        if let Some(term) = self.election.my_term() {
+            self.election.step_down();
+            self.notes.push_back(Note::Event(Event::Deposed { term }));
+        }
+        self.reelect(now);
+    }
+
+    /// Takes in the terms recorded in the document: the newest stored term, and the greatest
+    /// stored number (so that a new claim goes above every number ever stored).
+    pub(super) fn observe_stored_terms(&mut self, newest: Option<Term>, max: u64) {
+        if let Some(t) = newest {
+            self.election.observe(t);
+        }
+        self.election.observe_term(max);
+    }
+
+    pub(super) fn reelect(&mut self, now: Time) {
+        let old_term = self.election.my_term();
+        let outcome = self.election.update(&self.live, self.me_candidate(now));
+        if outcome.lost
+            && let Some(term) = old_term
+        {
+            self.notes.push_back(Note::Event(Event::Deposed { term }));
+        }
+        if let Some(term) = outcome.new_term {
+            self.notes.push_back(Note::Event(Event::Elected { term }));
+            self.notes.push_back(Note::RecordTerm(term));
+        }
+        if let Some(l) = outcome.changed {
+            self.stats.leadership_changes += 1;
+            self.notes.push_back(Note::Event(Event::Leadership(l)));
+            // Tell everyone at once: claims and leadership news should not wait a heartbeat.
+            self.send_views(now);
+        }
+    }
+
+    fn apply_liveness(&mut self, changes: Vec<LivenessChange>, now: Time) {
+        for change in changes {
+            match change {
+                LivenessChange::Up(inc) => {
+                    self.notes.push_back(Note::Event(Event::PeerUp(inc)));
+                    self.notes.push_back(Note::Presence(inc.peer));
+                }
+                LivenessChange::Down(inc, cause) => {
+                    self.notes.push_back(Note::Event(Event::PeerDown {
+                        incarnation: inc,
+                        cause,
+                    }));
+                    self.notes.push_back(Note::Presence(inc.peer));
+                    self.notes.push_back(Note::Prune);
+                }
+                LivenessChange::Refuted(inc) => {
+                    self.stats.suspicions_refuted += 1;
+                    self.notes.push_back(Note::Event(Event::Refuted(inc)));
+                    self.send_views(now);
+                }
+            }
+        }
+    }
+
+    /// This peer's view: beats, tombstones, term claims and the digests the node published.
+    pub(super) fn view(&self, now: Time) -> View {
+        let (beats, tombs) = self.live.gossip(now);
+        let claims = self.election.gossip(beats.iter().map(|b| b.peer));
+        View {
+            beats,
+            tombs,
+            claims,
+            doc: self.doc,
+            leader: self.leader,
+        }
+    }
+
+    /// Queues this peer's view for every linked peer, encoded once.
+    pub(super) fn send_views(&mut self, now: Time) {
+        if self.links.is_empty() || self.left {
+            return;
+        }
+        let view = Message::View(self.view(now));
+        let links = std::mem::take(&mut self.links);
+        self.queue_view(&view, links.iter().copied());
+        self.links = links;
+    }
+
+    fn queue_view(&mut self, view: &Message, to: impl Iterator<Item = PeerId>) {
+        match codec::encode_frame(view, self.config.max_frame) {
+            Ok(frame) => {
+                let frame = bytes::Bytes::from(frame);
+                for to in to {
+                    self.out_views.push_back(Transmit {
+                        to,
+                        frame: frame.clone(),
+                    });
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "dropping an outgoing view"),
+        }
+    }
+
+    /// A view from linked peer `from`: its liveness and claims here, its digests for the node.
+    pub(super) fn on_view(&mut self, now: Time, from: PeerId, view: View) {
+        let mut changes = Vec::new();
+        for b in &view.beats {
+            self.live
+                .observe_beat(b.peer, b.beat, b.eligible, now, &mut changes);
+        }
+        for (peer, tomb) in &view.tombs {
+            self.live
+                .observe_received_tombstone(*peer, *tomb, now, &mut changes);
+        }
+        for (peer, term) in &view.claims {
+            self.election.observe_claim(*peer, *term);
+        }
+        self.apply_liveness(changes, now);
+        self.reelect(now);
+        self.notes.push_back(Note::View {
+            from,
+            at: now,
+            doc: view.doc,
+            leader: view.leader,
+        });
+    }
+}
