@@ -112,7 +112,13 @@ pub struct Heart {
 }
 
 impl Heart {
-    pub(super) fn new(config: Config, me: PeerId, now: Time, doc: [u8; 8], leader: [u8; 8]) -> Self {
+    pub(super) fn new(
+        config: Config,
+        me: PeerId,
+        now: Time,
+        doc: [u8; 8],
+        leader: [u8; 8],
+    ) -> Self {
         Self {
             live: Liveness::new(me, &config),
             election: Election::default(),
@@ -140,7 +146,12 @@ impl Heart {
     /// Handles a view frame received from `from` (whole, header included; see
     /// [`codec::is_view`]). A frame that is not a view, or does not decode, is refused and
     /// changes nothing; the runtime should close the link it came on.
-    pub fn handle_view(&mut self, now: Time, from: PeerId, frame: &[u8]) -> Result<(), ReceiveError> {
+    pub fn handle_view(
+        &mut self,
+        now: Time,
+        from: PeerId,
+        frame: &[u8],
+    ) -> Result<(), ReceiveError> {
         self.stats.bytes_in += frame.len() as u64;
         self.stats.frames_in += 1;
         let message = codec::decode_frame(frame, self.config.max_frame)

@@ -92,7 +92,7 @@ pub(crate) struct Params {
 }
 
 /// A driver turn this long is logged (debug level), and so is the pulse waiting this long for
-/// the node.
+/// the node's heart.
 const SLOW_TURN: Duration = Duration::from_millis(50);
 
 /// How often the driver ticks at the least: the "no peer found by mDNS" diagnostic, and the

@@ -1,29 +1,30 @@
 //! The pulse: heartbeats and views on a task of their own.
 //!
 //! Liveness must not wait for bulk work. The driver's turns may be long (a job's result
-//! joining the document, sync messages generated for every peer during a write burst), and a
-//! window whose heartbeats waited for them was taken for frozen by its peers. So the pulse, a
-//! task apart from the driver's, does the liveness part of the node's work and nothing else:
-//! it takes the views the links' readers queue, runs [`Node::handle_beat`] on its deadlines, and
-//! sends the views the node makes straight to the links. It holds the node only as long as
-//! views and a beat take (neither generates a sync message), but it still waits for the node
-//! while a writer or a job's result holds it (see `docs/under-load.md`). Whatever else a view or
-//! a beat leaves for the driver (a sync message owed, a peer judged dead, a new leadership)
-//! wakes the driver.
+//! joining the document, sync messages generated for every peer during a write burst, a local
+//! write), and a window whose heartbeats waited for them was taken for frozen by its peers. So
+//! the pulse, a task apart from the driver's, does the liveness part of the node's work and
+//! nothing else, on the node's [`Heart`] (its liveness, election and views, under a lock of
+//! their own): it takes the views the links' readers queue, runs [`Heart::handle_beat`] on its
+//! deadlines, and sends the views the heart makes straight to the links. It never takes the
+//! node's lock, so nothing the document does delays it; whoever holds the heart holds it for
+//! work bounded by the number of peers. Whatever a view or a beat leaves for the node (a sync
+//! message owed, a peer judged dead, a new leadership) wakes the driver.
 //!
 //! Views travel as QUIC datagrams (see [`send_view`]), not on the link's stream: a stream is
 //! ordered and flow-controlled, so a view queued behind a sync message waited for it on both
 //! sides (the sender's writer, and a receiver whose reader stopped at a full frame queue), and
 //! a window busy with a backlog was judged silent.
 //!
-//! [`Node::handle_beat`]: statemesh_core::Node::handle_beat
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use statemesh_core::PeerId;
+use statemesh_core::{PeerId, Pulse, ReceiveError};
+#[cfg(doc)]
+use statemesh_core::Heart;
 use tokio::sync::{broadcast, mpsc};
 
 use super::links::{LinkEvent, ViewFrame};
@@ -78,9 +79,11 @@ pub(super) async fn run(
     mut views: broadcast::Receiver<ViewFrame>,
     events: mpsc::UnboundedSender<LinkEvent>,
 ) {
+    // Taken once: from here on the pulse locks the heart alone, never the node.
+    let pulse = shared.node().pulse();
     let mut batch = Vec::new();
     loop {
-        let due = shared.instant(shared.node().poll_beat_timeout());
+        let due = shared.instant(pulse.lock().poll_beat_timeout());
         tokio::select! {
             biased;
             v = views.recv() => match v {
@@ -99,21 +102,22 @@ pub(super) async fn run(
                 Err(_) => break,
             }
         }
-        beat(&shared, &links, &events, &mut batch);
+        beat(&shared, &pulse, &links, &events, &mut batch);
     }
 }
 
 /// One turn of the pulse: the views in `batch`, then the beat if it is due, then the views the
-/// node made leave.
+/// heart made leave.
 fn beat(
     shared: &Shared,
+    pulse: &Pulse,
     links: &PulseLinks,
     events: &mpsc::UnboundedSender<LinkEvent>,
     batch: &mut Vec<ViewFrame>,
 ) {
-    let t0 = Instant::now();
     let current = links.lock().clone();
-    let mut node = shared.node();
+    let t0 = Instant::now();
+    let mut heart = pulse.lock();
     let waited = t0.elapsed();
     let now = shared.now();
     for v in batch.drain(..) {
@@ -121,27 +125,31 @@ fn beat(
         if current.get(&peer).is_none_or(|l| l.conn != conn) {
             continue;
         }
-        if let Err(e) = node.handle_frame(now, peer, &frame) {
-            // The driver closes the link, as it does after any bad frame.
-            let _ = events.send(LinkEvent::Closed {
-                peer,
-                conn,
-                error: Some(e.to_string()),
-            });
+        match heart.handle_view(now, peer, &frame) {
+            // The link went down between the driver's last flush and now: nothing to close.
+            Ok(()) | Err(ReceiveError::NoLink(_)) => {}
+            Err(e) => {
+                // The driver closes the link, as it does after any bad frame.
+                let _ = events.send(LinkEvent::Closed {
+                    peer,
+                    conn,
+                    error: Some(e.to_string()),
+                });
+            }
         }
     }
-    let due = node.poll_beat_timeout();
+    let due = heart.poll_beat_timeout();
     let mut late = None;
     if now >= due {
         late = Some(now.saturating_since(due));
-        node.handle_beat(now);
+        heart.handle_beat(now);
     }
     let mut views = Vec::new();
-    while let Some(t) = node.poll_view() {
+    while let Some(t) = heart.poll_view() {
         views.push(t);
     }
-    let more = node.has_output();
-    drop(node);
+    let more = heart.wants_node();
+    drop(heart);
     let queued = shared.queued_frames();
     for t in views {
         if let Some(link) = current.get(&t.to) {
@@ -154,7 +162,7 @@ fn beat(
     if waited >= super::SLOW_TURN {
         tracing::debug!(
             waited_ms = waited.as_secs_f64() * 1e3,
-            "the pulse waited for the node"
+            "the pulse waited for the heart"
         );
     }
     if more {
