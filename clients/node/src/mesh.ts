@@ -590,13 +590,7 @@ export class Mesh extends EventEmitter {
    * ABORTED (`signal`), MESH_CLOSED or SIDECAR_EXITED.
    */
   async waitBackpressure(opts?: WaitOptions): Promise<BackpressureResult> {
-    const o = options(opts, { timeoutMs: 'timeout_ms', signal: 'signal' }, 'options');
-    const signal = o['signal'];
-    if (signal !== undefined && !(signal instanceof AbortSignal)) {
-      throw invalidArgument('options.signal', `expected an AbortSignal, got ${describe(signal)}`);
-    }
-    const wire = o['timeout_ms'] === undefined ? {} : { timeout_ms: o['timeout_ms'] as number };
-    if (signal?.aborted) throw aborted(signal);
+    const { wire, signal } = waitOptions(opts);
     const answer = this.call('backpressure_wait', wire);
     if (signal === undefined) return answer;
     return new Promise((resolve, reject) => {
@@ -622,13 +616,7 @@ export class Mesh extends EventEmitter {
    * (`timeoutMs`), ABORTED (`signal`), MESH_CLOSED or SIDECAR_EXITED.
    */
   async lead(opts?: LeadOptions): Promise<LeadGuard> {
-    const o = options(opts, { timeoutMs: 'timeout_ms', signal: 'signal' }, 'options');
-    const signal = o['signal'];
-    if (signal !== undefined && !(signal instanceof AbortSignal)) {
-      throw invalidArgument('options.signal', `expected an AbortSignal, got ${describe(signal)}`);
-    }
-    const wire = o['timeout_ms'] === undefined ? {} : { timeout_ms: o['timeout_ms'] as number };
-    if (signal?.aborted) throw aborted(signal);
+    const { wire, signal } = waitOptions(opts);
     const session = this.usable();
     checkParams('lead_acquire', wire, session.limits, false);
     this.acquiring++;
@@ -958,6 +946,21 @@ function subscribeSignal(opts: SubscribeOptions | undefined): AbortSignal | unde
     throw invalidArgument('options.signal', `expected an AbortSignal, got ${describe(signal)}`);
   }
   return signal;
+}
+
+/**
+ * The options of a wait (`lead`, `waitBackpressure`): `timeoutMs` as the sidecar's `timeout_ms`,
+ * and the abort signal, checked. Throws ABORTED if the signal has aborted already.
+ */
+function waitOptions(opts: LeadOptions | WaitOptions | undefined) {
+  const o = options(opts, { timeoutMs: 'timeout_ms', signal: 'signal' }, 'options');
+  const signal = o['signal'];
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw invalidArgument('options.signal', `expected an AbortSignal, got ${describe(signal)}`);
+  }
+  const wire = o['timeout_ms'] === undefined ? {} : { timeout_ms: o['timeout_ms'] as number };
+  if (signal?.aborted) throw aborted(signal);
+  return { wire, signal };
 }
 
 function leadershipLost(term: number): StatemeshError {
