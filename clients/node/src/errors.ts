@@ -57,3 +57,11 @@ export class StatemeshError extends Error {
 export function invalidArgument(argument: string, message: string): StatemeshError {
   return new StatemeshError(ErrorCode.INVALID_PARAMS, `${argument}: ${message}`, { argument });
 }
+
+export function leadershipLost(term: number): StatemeshError {
+  return new StatemeshError(ErrorCode.NOT_LEADER, `the leadership of term ${term} was lost`, { term });
+}
+
+export function aborted(signal: AbortSignal): StatemeshError {
+  return new StatemeshError(ErrorCode.ABORTED, 'the wait was aborted', undefined, { cause: signal.reason });
+}

@@ -2,18 +2,19 @@
 // The package supervises a `statemesh sidecar` child process and speaks its protocol
 // (docs/sidecar.md in the statemesh repository).
 
-export { Mesh, LeadGuard, PROTOCOL_VERSION } from './mesh';
+export { Mesh, PROTOCOL_VERSION } from './mesh';
+export type { MeshEvents } from './mesh';
+export { LeadGuard } from './guard';
 export type {
   JoinOptions,
   LeadOptions,
-  MeshEvents,
   PutOptions,
   RestartOptions,
-  SidecarExit,
   SubscribeOptions,
   WaitOptions,
   WriteOptions,
-} from './mesh';
+} from './options';
+export type { SidecarExit } from './session';
 export { StatemeshError, ErrorCode } from './errors';
 export { findBinary, packagedBinaryPath } from './binary';
 export type { FoundBinary } from './binary';

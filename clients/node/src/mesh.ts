@@ -1,10 +1,25 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { findBinary } from './binary';
-import { checkParams, decodeValue, DEFAULT_LIMITS, describe, isMethod, isPlainObject, METHODS, options } from './check';
-import { ErrorCode, invalidArgument, StatemeshError } from './errors';
+import { checkParams, decodeValue, DEFAULT_LIMITS, describe, isMethod, isPlainObject, METHODS } from './check';
+import { aborted, ErrorCode, invalidArgument, leadershipLost, StatemeshError } from './errors';
 import { Feed } from './feed';
-import { frame, FrameDecoder } from './framing';
+import { LeadGuard } from './guard';
+import {
+  checkJoinOptions,
+  restartDefaults,
+  sidecarArgs,
+  subscribeSignal,
+  waitOptions,
+  writeOptions,
+  type JoinOptions,
+  type LeadOptions,
+  type PutOptions,
+  type RestartOptions,
+  type SubscribeOptions,
+  type WaitOptions,
+  type WriteOptions,
+} from './options';
+import { installExitHook, Session, type SidecarExit } from './session';
 import type {
   AddResult,
   BackpressureResult,
@@ -14,14 +29,12 @@ import type {
   InitializeResult,
   LeaderGetResult,
   Leadership,
-  Limits,
   Member,
   Method,
   Op,
   Params,
   Result,
   Resync,
-  Scope,
   Stats,
   Value,
   WriteResult,
@@ -29,99 +42,6 @@ import type {
 
 /** The sidecar protocol version this package speaks. */
 export const PROTOCOL_VERSION = 1;
-
-/** How a write is acknowledged (docs/sidecar.md, "Write options"). */
-export interface WriteOptions {
-  /** Answer once the write is on this machine's disk (fsynced). */
-  durable?: boolean;
-  /** Answer once this many other peers hold the write. Not with `durable`. */
-  replicated?: number;
-  /** How long to wait for that acknowledgement (default: the sidecar's `ackTimeoutMs`, 10 s). */
-  timeoutMs?: number;
-}
-
-export interface PutOptions extends WriteOptions {
-  /** `durable` (default): stays until overwritten; `presence`: gone once this window dies. */
-  scope?: Scope;
-}
-
-export interface LeadOptions {
-  /** Give up (TIMEOUT) if this window does not lead within this time; default: wait. */
-  timeoutMs?: number;
-  /** Give up (ABORTED) when this signal aborts. */
-  signal?: AbortSignal;
-}
-
-export interface WaitOptions {
-  /** Give up (TIMEOUT) if the wait has not ended within this time; default: wait. */
-  timeoutMs?: number;
-  /** Give up (ABORTED) when this signal aborts. */
-  signal?: AbortSignal;
-}
-
-export interface SubscribeOptions {
-  /** Ends the iteration when it aborts. */
-  signal?: AbortSignal;
-}
-
-export interface RestartOptions {
-  /** Restarts in a row before giving up (default 10). */
-  maxAttempts?: number;
-  /** The first delay (default 100 ms), multiplied by `factor` (default 2) each attempt... */
-  initialDelayMs?: number;
-  factor?: number;
-  /** ...up to this (default 10 s). A sidecar that ran this long resets the count. */
-  maxDelayMs?: number;
-}
-
-export interface JoinOptions {
-  /** The `statemesh` binary; default: $STATEMESH_BIN, the binary shipped beside the package, $PATH. */
-  bin?: string;
-  secretFile?: string;
-  runtimeDir?: string;
-  stateDir?: string;
-  /** Keep state on disk (default true). */
-  persist?: boolean;
-  /** May become the probe leader (default true). */
-  eligible?: boolean;
-  /** LAN mode (default false): see docs/operations.md. */
-  lan?: boolean;
-  /** Find peers of this machine through local sockets (default true). */
-  localDiscovery?: boolean;
-  listen?: string;
-  peers?: string[];
-  heartbeatMs?: number;
-  suspectMs?: number;
-  maxMessage?: number;
-  ackTimeoutMs?: number;
-  /** More `statemesh sidecar` flags. */
-  args?: string[];
-  /** The sidecar's environment (default: this process's). */
-  env?: NodeJS.ProcessEnv;
-  /** Who this window is, for the sidecar's logs. */
-  client?: { name: string; version?: string };
-  /** Receives each line the sidecar writes to stderr (default: this process's stderr, prefixed). */
-  logger?: (line: string) => void;
-  /** Restart the sidecar if it dies (default: no; `true` for the default backoff). */
-  restart?: boolean | RestartOptions;
-  /** Reject calls that answer at once if no answer comes within this time (default: none). */
-  requestTimeoutMs?: number;
-  /** How long `join` waits for the sidecar's `initialize` answer (default 30 s). */
-  initializeTimeoutMs?: number;
-}
-
-/** The sidecar process ended. */
-export interface SidecarExit {
-  pid: number | undefined;
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  /** Why, when the package knows more than the exit status. */
-  error: StatemeshError | null;
-  /** The last lines the sidecar wrote to stderr. */
-  stderr: string[];
-  /** Whether a restart follows. */
-  restarting: boolean;
-}
 
 export interface MeshEvents {
   /** An entry changed; read it again. */
@@ -142,242 +62,8 @@ export interface MeshEvents {
 
 type Listener<E extends keyof MeshEvents> = (...args: MeshEvents[E]) => void;
 
-interface Pending {
-  method: string;
-  resolve: (v: unknown) => void;
-  reject: (e: unknown) => void;
-  timer: NodeJS.Timeout | null;
-}
-
 const NO_LEADER: Leadership = Object.freeze({ leader: null, term: null, is_me: false });
-const STDERR_TAIL = 20;
 const CLOSE_GRACE_MS = 10_000;
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
-
-/** When this process exits, every sidecar it started is told to leave (SIGTERM: a graceful leave). */
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const child of live) child.kill('SIGTERM');
-  });
-}
-
-/** One sidecar process and its pipe. */
-class Session {
-  readonly child: ChildProcess;
-  readonly pending = new Map<number, Pending>();
-  readonly stderr: string[] = [];
-  readonly exited: Promise<SidecarExit>;
-  private nextId = 1;
-  private decoder: FrameDecoder;
-  private failure: StatemeshError | null = null;
-  startedAt = Date.now();
-  limits: Limits = DEFAULT_LIMITS;
-  init: InitializeResult | null = null;
-  gone = false;
-
-  constructor(
-    bin: string,
-    args: string[],
-    env: NodeJS.ProcessEnv,
-    maxMessage: number,
-    logger: (line: string, pid: number | undefined) => void,
-    private readonly onMessage: (m: Record<string, unknown>) => void,
-  ) {
-    this.decoder = new FrameDecoder(maxMessage);
-    this.child = spawn(bin, args, { stdio: ['pipe', 'pipe', 'pipe'], env, windowsHide: true });
-    const child = this.child;
-    if (child.pid !== undefined) live.add(child);
-    child.stdin?.on('error', () => {}); // a dead sidecar's EPIPE: its exit reports it
-    let partial = '';
-    child.stderr?.setEncoding('utf8');
-    child.stderr?.on('data', (s: string) => {
-      const lines = (partial + s).split(/\r?\n/);
-      partial = lines.pop() ?? '';
-      for (const line of lines) this.logLine(line, logger);
-    });
-    child.stderr?.on('end', () => {
-      if (partial) this.logLine(partial, logger);
-      partial = '';
-    });
-    child.stdout?.on('data', (chunk: Buffer) => {
-      let messages: unknown[];
-      try {
-        messages = this.decoder.push(chunk);
-      } catch (e) {
-        this.fail(new StatemeshError(ErrorCode.PROTOCOL_VIOLATION, `the sidecar wrote an invalid message: ${(e as Error).message}`));
-        return;
-      }
-      for (const m of messages) {
-        if (!isPlainObject(m)) {
-          this.fail(new StatemeshError(ErrorCode.PROTOCOL_VIOLATION, `the sidecar wrote ${describe(m)}, not a message object`));
-          return;
-        }
-        this.dispatch(m);
-      }
-    });
-    child.on('error', (e: NodeJS.ErrnoException) => {
-      this.failure ??= new StatemeshError(ErrorCode.SPAWN_FAILED, `could not run ${bin}: ${e.message}`, { errno: e.code }, { cause: e });
-    });
-    this.exited = new Promise((resolve) => {
-      child.on('close', (code: number | null, signal: NodeJS.Signals | null) => {
-        this.gone = true;
-        live.delete(child);
-        resolve({ pid: child.pid, code, signal, error: this.failure, stderr: this.stderr.slice(), restarting: false });
-      });
-    });
-  }
-
-  private logLine(line: string, logger: (line: string, pid: number | undefined) => void): void {
-    this.stderr.push(line);
-    if (this.stderr.length > STDERR_TAIL) this.stderr.shift();
-    try {
-      logger(line, this.child.pid);
-    } catch {
-      // a logger's failure is not the mesh's
-    }
-  }
-
-  /** Ends the process after a fault of its output (a bug on one side or the other). */
-  fail(error: StatemeshError): void {
-    this.failure ??= error;
-    this.child.kill('SIGKILL');
-  }
-
-  private dispatch(m: Record<string, unknown>): void {
-    if (typeof m['method'] === 'string') {
-      this.onMessage(m);
-      return;
-    }
-    const id = m['id'];
-    const p = typeof id === 'number' ? this.pending.get(id) : undefined;
-    if (p === undefined) {
-      // An error with a null id: a framing problem on our side, which the checks before
-      // sending exist to prevent. Nothing waits for it; the sidecar carries on.
-      return;
-    }
-    this.pending.delete(id as number);
-    if (p.timer) clearTimeout(p.timer);
-    const error = m['error'];
-    if (isPlainObject(error)) {
-      const code = typeof error['code'] === 'number' ? error['code'] : ErrorCode.INTERNAL_ERROR;
-      p.reject(new StatemeshError(code, String(error['message'] ?? 'error'), error['data']));
-    } else {
-      p.resolve(m['result']);
-    }
-  }
-
-  /** Sends `wire` (checked params); answers arrive through `pending`. */
-  send(method: string, wire: unknown, timeoutMs: number | undefined): Promise<unknown> {
-    const id = this.nextId++;
-    const body = JSON.stringify({ jsonrpc: '2.0', id, method, params: wire });
-    const length = Buffer.byteLength(body, 'utf8');
-    if (length > this.limits.max_message) {
-      return Promise.reject(
-        new StatemeshError(
-          ErrorCode.MESSAGE_TOO_LARGE,
-          `${method}: a request of ${length} bytes exceeds the sidecar's limit of ${this.limits.max_message}; it was not sent`,
-          { length, max: this.limits.max_message },
-        ),
-      );
-    }
-    return new Promise((resolve, reject) => {
-      const p: Pending = { method, resolve, reject, timer: null };
-      if (timeoutMs !== undefined) {
-        p.timer = setTimeout(() => {
-          this.pending.delete(id);
-          reject(new StatemeshError(ErrorCode.REQUEST_TIMEOUT, `${method}: no answer within ${timeoutMs} ms (it may still take effect)`));
-        }, timeoutMs);
-      }
-      this.pending.set(id, p);
-      this.child.stdin?.write(frame(body));
-    });
-  }
-
-  rejectAll(error: (p: Pending) => StatemeshError): void {
-    for (const p of this.pending.values()) {
-      if (p.timer) clearTimeout(p.timer);
-      p.reject(error(p));
-    }
-    this.pending.clear();
-  }
-}
-
-/**
- * The lead guard: held while this window leads under `term`. Its writes carry the term (the
- * fencing token); `signal` aborts when the leadership is lost, the sidecar dies, the mesh
- * closes or the guard is released. One window holds at most one guard.
- */
-export class LeadGuard {
-  private readonly controller = new AbortController();
-
-  /** @internal */
-  constructor(
-    private readonly mesh: Mesh,
-    readonly term: number,
-  ) {}
-
-  /** Aborts (with a StatemeshError as its reason) once this guard is no longer valid. */
-  get signal(): AbortSignal {
-    return this.controller.signal;
-  }
-
-  get lost(): boolean {
-    return this.controller.signal.aborted;
-  }
-
-  /** Resolves once the guard is lost, with the reason. */
-  whenLost(): Promise<StatemeshError> {
-    const signal = this.controller.signal;
-    if (signal.aborted) return Promise.resolve(signal.reason as StatemeshError);
-    return new Promise((resolve) => signal.addEventListener('abort', () => resolve(signal.reason as StatemeshError), { once: true }));
-  }
-
-  /** Writes a leader record under this guard's term. */
-  async put(channel: string, key: string, value: Value): Promise<void> {
-    this.check();
-    await this.guarded(this.mesh.call('lead_put', { channel, key, value, term: this.term }));
-  }
-
-  /** Deletes a leader record under this guard's term. */
-  async delete(channel: string, key: string): Promise<void> {
-    this.check();
-    await this.guarded(this.mesh.call('lead_delete', { channel, key, term: this.term }));
-  }
-
-  /** Drops the guard (leadership itself does not change). */
-  async release(): Promise<boolean> {
-    if (this.lost) return false;
-    this.abort(new StatemeshError(ErrorCode.NOT_LEADER, `the lead guard of term ${this.term} was released`, { term: this.term }));
-    const r = await this.mesh.call('lead_release', {});
-    return r.released;
-  }
-
-  /** @internal */
-  abort(reason: StatemeshError): void {
-    if (!this.controller.signal.aborted) this.controller.abort(reason);
-  }
-
-  private check(): void {
-    if (this.lost) {
-      const reason = this.controller.signal.reason as StatemeshError;
-      throw new StatemeshError(ErrorCode.NOT_LEADER, `the lead guard of term ${this.term} is lost: ${reason.message}`, {
-        term: this.term,
-      });
-    }
-  }
-
-  private async guarded<T>(p: Promise<T>): Promise<T> {
-    try {
-      return await p;
-    } catch (e) {
-      if (e instanceof StatemeshError && e.code === ErrorCode.NOT_LEADER) this.abort(e);
-      throw e;
-    }
-  }
-}
 
 export declare interface Mesh {
   on<E extends keyof MeshEvents>(event: E, listener: Listener<E>): this;
@@ -590,13 +276,7 @@ export class Mesh extends EventEmitter {
    * ABORTED (`signal`), MESH_CLOSED or SIDECAR_EXITED.
    */
   async waitBackpressure(opts?: WaitOptions): Promise<BackpressureResult> {
-    const o = options(opts, { timeoutMs: 'timeout_ms', signal: 'signal' }, 'options');
-    const signal = o['signal'];
-    if (signal !== undefined && !(signal instanceof AbortSignal)) {
-      throw invalidArgument('options.signal', `expected an AbortSignal, got ${describe(signal)}`);
-    }
-    const wire = o['timeout_ms'] === undefined ? {} : { timeout_ms: o['timeout_ms'] as number };
-    if (signal?.aborted) throw aborted(signal);
+    const { wire, signal } = waitOptions(opts);
     const answer = this.call('backpressure_wait', wire);
     if (signal === undefined) return answer;
     return new Promise((resolve, reject) => {
@@ -622,13 +302,7 @@ export class Mesh extends EventEmitter {
    * (`timeoutMs`), ABORTED (`signal`), MESH_CLOSED or SIDECAR_EXITED.
    */
   async lead(opts?: LeadOptions): Promise<LeadGuard> {
-    const o = options(opts, { timeoutMs: 'timeout_ms', signal: 'signal' }, 'options');
-    const signal = o['signal'];
-    if (signal !== undefined && !(signal instanceof AbortSignal)) {
-      throw invalidArgument('options.signal', `expected an AbortSignal, got ${describe(signal)}`);
-    }
-    const wire = o['timeout_ms'] === undefined ? {} : { timeout_ms: o['timeout_ms'] as number };
-    if (signal?.aborted) throw aborted(signal);
+    const { wire, signal } = waitOptions(opts);
     const session = this.usable();
     checkParams('lead_acquire', wire, session.limits, false);
     this.acquiring++;
@@ -941,130 +615,4 @@ export class Mesh extends EventEmitter {
     for (const w of waiters) w.reject(closed);
     this.emit('close', error);
   }
-}
-
-// ---- options ----
-
-const WRITE_OPTIONS = { durable: 'durable', replicated: 'replicated', timeoutMs: 'timeout_ms' };
-const PUT_OPTIONS = { ...WRITE_OPTIONS, scope: 'scope' };
-
-function writeOptions(opts: object | undefined, scoped: boolean): Record<string, never> {
-  return options(opts, scoped ? PUT_OPTIONS : WRITE_OPTIONS, 'options') as Record<string, never>;
-}
-
-function subscribeSignal(opts: SubscribeOptions | undefined): AbortSignal | undefined {
-  const signal = options(opts, { signal: 'signal' }, 'options')['signal'];
-  if (signal !== undefined && !(signal instanceof AbortSignal)) {
-    throw invalidArgument('options.signal', `expected an AbortSignal, got ${describe(signal)}`);
-  }
-  return signal;
-}
-
-function leadershipLost(term: number): StatemeshError {
-  return new StatemeshError(ErrorCode.NOT_LEADER, `the leadership of term ${term} was lost`, { term });
-}
-
-function aborted(signal: AbortSignal): StatemeshError {
-  return new StatemeshError(ErrorCode.ABORTED, 'the wait was aborted', undefined, { cause: signal.reason });
-}
-
-function restartDefaults(r: RestartOptions): Required<RestartOptions> {
-  return {
-    maxAttempts: r.maxAttempts ?? 10,
-    initialDelayMs: r.initialDelayMs ?? 100,
-    factor: r.factor ?? 2,
-    maxDelayMs: r.maxDelayMs ?? 10_000,
-  };
-}
-
-type Check = 'string' | 'bool' | 'ms' | 'strings' | 'env' | 'client' | 'function' | 'restart';
-const JOIN_OPTIONS: Record<keyof JoinOptions, Check> = {
-  bin: 'string',
-  secretFile: 'string',
-  runtimeDir: 'string',
-  stateDir: 'string',
-  persist: 'bool',
-  eligible: 'bool',
-  lan: 'bool',
-  localDiscovery: 'bool',
-  listen: 'string',
-  peers: 'strings',
-  heartbeatMs: 'ms',
-  suspectMs: 'ms',
-  maxMessage: 'ms',
-  ackTimeoutMs: 'ms',
-  args: 'strings',
-  env: 'env',
-  client: 'client',
-  logger: 'function',
-  restart: 'restart',
-  requestTimeoutMs: 'ms',
-  initializeTimeoutMs: 'ms',
-};
-
-function checkJoinOptions(o: unknown): JoinOptions {
-  if (!isPlainObject(o)) throw invalidArgument('options', `expected an object, got ${describe(o)}`);
-  for (const [k, v] of Object.entries(o)) {
-    const check = (JOIN_OPTIONS as Record<string, Check>)[k];
-    const at = `options.${k}`;
-    if (check === undefined) throw invalidArgument(at, `unknown option (known: ${Object.keys(JOIN_OPTIONS).join(', ')})`);
-    if (v === undefined) continue;
-    const bad = (what: string): never => {
-      throw invalidArgument(at, `expected ${what}, got ${describe(v)}`);
-    };
-    switch (check) {
-      case 'string':
-        if (typeof v !== 'string' || v === '') bad('a non-empty string');
-        break;
-      case 'bool':
-        if (typeof v !== 'boolean') bad('a boolean');
-        break;
-      case 'ms':
-        if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) bad('a positive integer');
-        break;
-      case 'strings':
-        if (!Array.isArray(v) || !v.every((s) => typeof s === 'string')) bad('an array of strings');
-        break;
-      case 'env':
-        if (!isPlainObject(v)) bad('an environment object');
-        break;
-      case 'client':
-        if (!isPlainObject(v) || typeof v['name'] !== 'string') bad('{ name, version? }');
-        break;
-      case 'function':
-        if (typeof v !== 'function') bad('a function');
-        break;
-      case 'restart': {
-        if (typeof v === 'boolean') break;
-        const r = options(v as object, { maxAttempts: 'maxAttempts', initialDelayMs: 'initialDelayMs', factor: 'factor', maxDelayMs: 'maxDelayMs' }, at);
-        for (const [rk, rv] of Object.entries(r)) {
-          const ok = rk === 'factor' ? typeof rv === 'number' && rv >= 1 : typeof rv === 'number' && Number.isSafeInteger(rv) && rv >= 0;
-          if (!ok) throw invalidArgument(`${at}.${rk}`, `expected ${rk === 'factor' ? 'a number >= 1' : 'a non-negative integer'}, got ${describe(rv)}`);
-        }
-        break;
-      }
-    }
-  }
-  return o as JoinOptions;
-}
-
-function sidecarArgs(name: string, o: JoinOptions): string[] {
-  const args = ['sidecar', '--mesh', name];
-  const flag = (f: string, v: string | number | undefined): void => {
-    if (v !== undefined) args.push(`--${f}`, String(v));
-  };
-  flag('secret-file', o.secretFile);
-  flag('runtime-dir', o.runtimeDir);
-  flag('state-dir', o.stateDir);
-  flag('listen', o.listen);
-  flag('heartbeat-ms', o.heartbeatMs);
-  flag('suspect-ms', o.suspectMs);
-  flag('max-message', o.maxMessage);
-  flag('ack-timeout-ms', o.ackTimeoutMs);
-  if (o.persist === false) args.push('--no-persist');
-  if (o.eligible === false) args.push('--not-eligible');
-  if (o.lan === true) args.push('--lan');
-  if (o.localDiscovery === false) args.push('--no-local-discovery');
-  for (const p of o.peers ?? []) flag('peer', p);
-  return args.concat(o.args ?? []);
 }

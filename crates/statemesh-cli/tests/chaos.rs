@@ -34,13 +34,14 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::SeedableRng;
 use serde_json::{Value, json};
+use support::chaos::{Counts, Expect, Replay, Rng, Step, Wait, Write, env_or, panics};
 use support::{Windows, statemesh};
 
 /// Window numbers (one state directory each, reused by restarts).
@@ -55,96 +56,6 @@ const SUSPECT: Duration = Duration::from_secs(1);
 const ATTEMPTS: usize = 20;
 /// Where leader records go.
 const PROBE: (&str, &str) = ("probe", "result");
-
-/// The schedule's source of randomness, seeded by `CHAOS_SEED`.
-struct Rng(ChaCha8Rng);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        (self.0.next_u64() % n as u64) as usize
-    }
-
-    fn pick(&mut self, from: &[usize]) -> usize {
-        from[self.below(from.len())]
-    }
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
-        })
-        .unwrap_or(default)
-}
-
-/// What a step of the schedule does.
-#[derive(Clone, Copy, Debug)]
-enum Step {
-    /// A few writes from every live window at once.
-    Burst,
-    KillLeader,
-    KillOther,
-    Restart,
-    Freeze,
-}
-
-/// What a write awaits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Wait {
-    Nothing,
-    Durable,
-    Replicated(usize),
-}
-
-/// One write sent to a window.
-#[derive(Debug)]
-struct Write {
-    id: String,
-    window: usize,
-    process: u64,
-    /// `chaos`: durable records, one key per write; `here`: presence-scoped, one key per write;
-    /// `shared`: a few keys every window overwrites (only convergence is checked).
-    channel: &'static str,
-    key: String,
-    value: String,
-    wait: Wait,
-}
-
-impl Write {
-    fn presence(&self) -> bool {
-        self.channel == "here"
-    }
-}
-
-#[derive(Debug, Default)]
-struct Counts {
-    bursts: usize,
-    kills: usize,
-    leader_kills: usize,
-    restarts: usize,
-    freezes: usize,
-    stale_refused: usize,
-    stale_got_out: usize,
-}
-
-/// Prints how to replay the run if the test fails.
-struct Replay {
-    seed: u64,
-    steps: usize,
-}
-
-impl Drop for Replay {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "\nchaos run failed: replay with\n  CHAOS_SEED={} CHAOS_STEPS={} cargo nextest run -p statemesh-cli --test chaos --no-capture\n",
-                self.seed, self.steps
-            );
-        }
-    }
-}
 
 struct Chaos {
     w: Windows,
@@ -654,73 +565,6 @@ impl Chaos {
         }
         waiting.len()
     }
-}
-
-/// What the records of every live window must hold.
-#[derive(Default)]
-struct Expect {
-    /// (channel, key, value), and why it must be there.
-    present: Vec<((&'static str, String, String), &'static str)>,
-    /// Presence-scoped records of dead writers.
-    absent: Vec<(&'static str, String, String)>,
-    /// The windows' own presence records: exactly the live ones.
-    windows: BTreeSet<String>,
-    durable_checked: usize,
-    replicated_checked: usize,
-    /// Acknowledged, but every window known to have held them (its writer, and those that
-    /// printed a `change` line for them) was killed, and the writer's window did not restart
-    /// from a disk known to have them: they may be gone, and are not checked (their count,
-    /// and how many are there anyway, is printed).
-    unheld: Vec<((&'static str, String, String), String)>,
-}
-
-impl Expect {
-    fn problems(&self, records: &Value) -> Vec<String> {
-        let mut out = Vec::new();
-        for ((channel, key, value), why) in &self.present {
-            if records[channel][key] != value.as_str() {
-                out.push(format!(
-                    "{channel}/{key} = {} instead of {value:?} ({why})",
-                    records[channel][key]
-                ));
-            }
-        }
-        for (channel, key, value) in &self.absent {
-            if !records[channel][key].is_null() {
-                out.push(format!(
-                    "{channel}/{key} = {value:?} is shown, but its writer is dead"
-                ));
-            }
-        }
-        let windows: BTreeSet<String> = records["windows"]
-            .as_object()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
-        if windows != self.windows {
-            out.push(format!(
-                "windows present: {windows:?}, live: {:?}",
-                self.windows
-            ));
-        }
-        out
-    }
-}
-
-/// Every stderr file that mentions a panic, with its text.
-fn panics(logs: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(logs)
-        .expect("reads the log directory")
-        .map(|e| e.expect("a directory entry").path())
-        .collect();
-    files.sort();
-    for path in files {
-        let text = std::fs::read_to_string(&path).expect("reads a log");
-        if text.contains("panicked") {
-            out.push(format!("{}:\n{text}", path.display()));
-        }
-    }
-    out
 }
 
 #[test]

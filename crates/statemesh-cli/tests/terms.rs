@@ -13,54 +13,21 @@
 //! accepted writes under one fencing token. Nothing here waits on a sleep: waits are on the
 //! sidecars' messages, with a 30 s safety net.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
-use statemesh_cli::sidecar::framing::{Decoded, FrameDecoder};
-
-/// Safety net only: a trial takes about a second.
-const WITHIN: Duration = Duration::from_secs(30);
+use support::WITHIN;
+use support::sidecar::{bin, forward_frames, frame, mesh_flags};
 
 /// What one window's sidecar wrote, or the end of its output.
 type Msg = (usize, Option<Value>);
-
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = format!("Content-Length: {}\r\n\r\n", body.len()).into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-/// Forwards the framed messages of window `w` to `tx`; `None` marks the end of its output.
-fn read_frames(w: usize, mut r: impl Read + Send + 'static, tx: mpsc::Sender<Msg>) {
-    std::thread::spawn(move || {
-        let mut decoder = FrameDecoder::new(64 * 1024 * 1024);
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    let _ = tx.send((w, None));
-                    return;
-                }
-                Ok(n) => n,
-            };
-            for d in decoder.feed(&buf[..n]) {
-                let v = match d {
-                    Decoded::Body(b) => serde_json::from_slice(&b)
-                        .unwrap_or_else(|e| panic!("sidecar wrote non-JSON: {e}")),
-                    Decoded::Error(e) => panic!("sidecar wrote a bad frame: {e}"),
-                };
-                if tx.send((w, Some(v))).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-}
 
 struct Window {
     child: Child,
@@ -85,22 +52,16 @@ impl Drop for Window {
 
 impl Window {
     fn spawn(dir: &Path, w: usize, tx: mpsc::Sender<Msg>) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_statemesh"))
+        let mut child = Command::new(bin())
             .arg("sidecar")
-            .args(["--mesh", "terms"])
-            .arg("--runtime-dir")
-            .arg(dir.join("run"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--secret-file")
-            .arg(dir.join("secret"))
+            .args(mesh_flags(dir, "terms"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawns the sidecar");
         let stdin = child.stdin.take();
-        read_frames(w, child.stdout.take().expect("piped"), tx);
+        forward_frames(child.stdout.take().expect("piped"), tx, move |m| (w, m));
         Self {
             child,
             stdin,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub(crate) mod chaos;
 pub(crate) mod sidecar;
 
 /// Safety net only: what is awaited takes milliseconds to a few seconds.

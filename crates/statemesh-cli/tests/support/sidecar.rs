@@ -41,15 +41,27 @@ pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
 }
 
 /// Reads framed messages from `r` on a thread; `None` marks the end of the stream.
-pub(crate) fn read_frames(mut r: impl Read + Send + 'static) -> mpsc::Receiver<Option<Value>> {
+pub(crate) fn read_frames(r: impl Read + Send + 'static) -> mpsc::Receiver<Option<Value>> {
     let (tx, rx) = mpsc::channel();
+    forward_frames(r, tx, |m| m);
+    rx
+}
+
+/// Reads framed messages from `r` on a thread and sends each to `tx` as `tag(Some(message))`;
+/// `tag(None)` marks the end of the stream. Several streams may share one channel, each with a
+/// tag of its own (the terms test's windows).
+pub(crate) fn forward_frames<T: Send + 'static>(
+    mut r: impl Read + Send + 'static,
+    tx: mpsc::Sender<T>,
+    tag: impl Fn(Option<Value>) -> T + Send + 'static,
+) {
     std::thread::spawn(move || {
         let mut decoder = FrameDecoder::new(64 * 1024 * 1024);
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = match r.read(&mut buf) {
                 Ok(0) | Err(_) => {
-                    let _ = tx.send(None);
+                    let _ = tx.send(tag(None));
                     return;
                 }
                 Ok(n) => n,
@@ -60,13 +72,12 @@ pub(crate) fn read_frames(mut r: impl Read + Send + 'static) -> mpsc::Receiver<O
                         .unwrap_or_else(|e| panic!("sidecar wrote non-JSON: {e}")),
                     Decoded::Error(e) => panic!("sidecar wrote a bad frame: {e}"),
                 };
-                if tx.send(Some(v)).is_err() {
+                if tx.send(tag(Some(v))).is_err() {
                     return;
                 }
             }
         }
     });
-    rx
 }
 
 /// One sidecar process, spoken to directly.
