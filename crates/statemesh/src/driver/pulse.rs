@@ -11,11 +11,13 @@
 //! work bounded by the number of peers. Whatever a view or a beat leaves for the node (a sync
 //! message owed, a peer judged dead, a new leadership) wakes the driver.
 //!
+//! [`Heart`]: statemesh_core::Heart
+//! [`Heart::handle_beat`]: statemesh_core::Heart::handle_beat
+//!
 //! Views travel as QUIC datagrams (see [`send_view`]), not on the link's stream: a stream is
 //! ordered and flow-controlled, so a view queued behind a sync message waited for it on both
 //! sides (the sender's writer, and a receiver whose reader stopped at a full frame queue), and
 //! a window busy with a backlog was judged silent.
-//!
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,8 +25,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use statemesh_core::{PeerId, Pulse, ReceiveError};
-#[cfg(doc)]
-use statemesh_core::Heart;
 use tokio::sync::{broadcast, mpsc};
 
 use super::links::{LinkEvent, ViewFrame};
