@@ -6,7 +6,9 @@
 //! Checked over every trial: no two windows ever hold a guard for the same term (a term is what
 //! `lead_acquire` answers: its number, and the window leading under it); the term a window is
 //! granted is its own; once the windows agree, every one of them reads the leader's record
-//! under the leader's term.
+//! under the leader's term. A leadership that moves while they read it back (a window that
+//! claimed before hearing the others is deposed, a guard is lost) voids the agreement, and the
+//! trial waits for the next one, under the new term.
 //!
 //! Before terms carried their leader, two windows were granted the same term number in a few
 //! trials out of 30 (one claimed before hearing the other, then stepped down): both guards
@@ -105,6 +107,8 @@ struct Trial {
     accepted: Vec<(usize, u64)>,
     /// Windows that, agreeing on the leader and its term, showed another window's record.
     stale_reads: Vec<String>,
+    /// Agreements voided by a leadership that moved while the windows read the record back.
+    voided: usize,
 }
 
 /// The term a `lead_acquire` or `lead_put` answer names.
@@ -136,6 +140,34 @@ fn agreed(ws: &[Window], trial: &Trial) -> Option<(String, u64)> {
     let holds = ws[lw].held.as_ref().is_some_and(|(t, _)| *t == term);
     let wrote = trial.accepted.contains(&(lw, term));
     (holds && wrote).then_some((leader, term))
+}
+
+/// What every window says of itself (`explain`, `stats`, `leader_keys`), for a failure's
+/// message: waits at most 5 s for the answers.
+fn diagnose(ws: &mut [Window], rx: &mpsc::Receiver<Msg>) -> String {
+    for w in ws.iter_mut() {
+        w.ask("explain", json!({}));
+        w.ask("stats", json!({}));
+        w.ask("leader_keys", json!({"channel": "probes"}));
+    }
+    let mut said: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let until = Instant::now() + std::time::Duration::from_secs(5);
+    while ws.iter().any(|w| !w.asked.is_empty() && !w.ended) {
+        let left = until.saturating_duration_since(Instant::now());
+        let Ok((w, Some(m))) = rx.recv_timeout(left) else {
+            break;
+        };
+        let Some(method) = m["id"].as_u64().and_then(|id| ws[w].asked.remove(&id)) else {
+            continue;
+        };
+        said.entry(w)
+            .or_default()
+            .push(format!("{method}: {}", m.get("result").unwrap_or(&m)));
+    }
+    said.iter()
+        .map(|(w, lines)| format!("window {w}:\n  {}", lines.join("\n  ")))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Runs one trial: three sidecars started together, each asking for the guard at once.
@@ -241,23 +273,45 @@ fn trial(n: usize) -> Trial {
             // Windows that sent a change notification since they were last asked: their
             // answer may have been computed before the change, and sent after it.
             let mut changed = BTreeSet::new();
+            // A window whose leadership moves meanwhile (a window that claimed while the
+            // others were still starting is deposed; a guard is lost) voids the agreement: the
+            // trial goes back to waiting for one, and the leader writes under its new term.
+            let mut void = false;
             while read_back.len() < ws.len() {
                 let left = until.saturating_duration_since(Instant::now());
-                let (w, m) = rx.recv_timeout(left).unwrap_or_else(|_| {
+                let Ok((w, m)) = rx.recv_timeout(left) else {
+                    let states = diagnose(&mut ws, &rx);
                     panic!(
                         "trial {n}: the leader's record ({leader}, term {term}) never reached \
-                         windows {waiting:?}; grants {:?}, writes {:?}",
+                         windows {waiting:?}; grants {:?}, writes {:?}; the windows say:\n{states}",
                         t.grants, t.accepted
                     )
-                });
+                };
                 let m = m.unwrap_or_else(|| panic!("trial {n}: window {w} ended"));
                 if m.get("method").is_some() {
-                    if m["method"] == "change" {
-                        if waiting.remove(&w) {
-                            ws[w].ask("leader_get", json!({"channel": "probes", "key": "who"}));
-                        } else {
-                            changed.insert(w);
+                    match m["method"].as_str() {
+                        Some("change") => {
+                            if waiting.remove(&w) {
+                                ws[w].ask("leader_get", json!({"channel": "probes", "key": "who"}));
+                            } else {
+                                changed.insert(w);
+                            }
                         }
+                        Some("leadership") => {
+                            // Unknown until the window answers again.
+                            ws[w].leadership = None;
+                            ws[w].ask("leader", json!({}));
+                            void = true;
+                        }
+                        Some("lead_lost") => {
+                            ws[w].held = None;
+                            ws[w].ask("lead_acquire", json!({}));
+                            void = true;
+                        }
+                        _ => {}
+                    }
+                    if void {
+                        break;
                     }
                     continue;
                 }
@@ -293,6 +347,11 @@ fn trial(n: usize) -> Trial {
                     _ => {}
                 }
             }
+            if void {
+                t.voided += 1;
+                read_back.clear();
+                continue;
+            }
             closing = true;
             for w in &mut ws {
                 w.stdin = None;
@@ -312,9 +371,11 @@ fn no_two_windows_ever_hold_a_guard_for_the_same_term() {
     let mut stale = Vec::new();
     let mut same_number = 0;
     let mut guards = 0;
+    let mut voided = 0;
     for n in 0..trials {
         let t = trial(n);
         guards += t.grants.len();
+        voided += t.voided;
         stale.extend(t.stale_reads.iter().cloned());
         // Every window that held a guard, by the term it was granted.
         let mut by_term: BTreeMap<Grant, BTreeSet<usize>> = BTreeMap::new();
@@ -344,7 +405,8 @@ fn no_two_windows_ever_hold_a_guard_for_the_same_term() {
     eprintln!(
         "terms: {trials} trials of 3 windows started together, {guards} guards granted; \
          {same_number} trials granted one term number to two windows (distinct terms if they \
-         name different leaders); {} trials granted one term to two windows; {} stale reads",
+         name different leaders); {} trials granted one term to two windows; {} stale reads; \
+         {voided} agreements voided by a leadership that moved while the record was read back",
         shared.len(),
         stale.len()
     );
