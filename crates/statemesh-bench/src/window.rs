@@ -370,6 +370,7 @@ fn command(
                 "tick_late_max_us": metrics.tick_late.max_us,
                 "driver_turn_p99_us": metrics.driver_turns.p99_us,
                 "driver_turn_max_us": metrics.driver_turns.max_us,
+                "backlog": metrics.backlog,
                 "backlog_peak": metrics.backlog_peak,
                 "writes_refused": metrics.writes_refused,
                 "views_dropped": metrics.views_dropped,

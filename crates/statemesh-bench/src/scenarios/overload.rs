@@ -94,7 +94,16 @@ pub(crate) fn run(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
             "the writers to finish",
             Duration::from_millis(ms) + Duration::from_secs(60),
             |l| l.slot == *s && (l.json["ev"] == "burst_done" || l.json["op"] == "burst"),
-        )?;
+        )
+        .map_err(|e| {
+            // What the window still writing says of itself: its backlog, its links.
+            f.within = Duration::from_secs(5);
+            let info = f.ask(*s, &json!({"op": "info"}), "info");
+            match info {
+                Ok(info) => anyhow!("window {s}: {e}; it says {info}"),
+                Err(_) => e,
+            }
+        })?;
         if done.json["ev"] == "error" {
             return Err(anyhow!("window {s}: {}", done.json["error"]));
         }

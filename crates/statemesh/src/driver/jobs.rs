@@ -47,11 +47,17 @@ impl Run {
                 conn,
                 job: Box::new(j),
             },
+            // Receives and pushes take turns: after a push, the frames held while it ran are
+            // handled first. Pushes back to back (every peer's answer overdue, so every peer
+            // due a push again) left the held frames, those answers among them, unread: with
+            // 8 windows writing flat out every window only pushed, and nothing converged.
+            None if self.pushed_last && !self.held.is_empty() => return,
             None => match self.shared.node().start_push() {
                 Some(p) => Job::Push(p),
                 None => return,
             },
         };
+        self.pushed_last = matches!(next, Job::Push(_));
         *job = Some(tokio::task::spawn_blocking(move || next.run()));
     }
 
