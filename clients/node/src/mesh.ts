@@ -23,6 +23,7 @@ import { installExitHook, Session, type SidecarExit } from './session';
 import type {
   AddResult,
   BackpressureResult,
+  BackpressureState,
   Change,
   Explanation,
   GetResult,
@@ -52,6 +53,8 @@ export interface MeshEvents {
   leadership: [leadership: Leadership];
   /** The lead guard of `term` was lost. */
   leadLost: [lost: { term: number }];
+  /** Writes began (`pressed: true`) or ceased to be pushed back; see `waitBackpressure()`. */
+  backpressure: [state: BackpressureState];
   /** The sidecar died (not after `close()`). */
   exit: [exit: SidecarExit];
   /** A restarted sidecar is ready (a new peer id). */
@@ -530,6 +533,9 @@ export class Mesh extends EventEmitter {
           this.emit('leadLost', { term });
           break;
         }
+        case 'backpressure':
+          this.emit('backpressure', { pressed: params['pressed'] === true, backlog: Number(params['backlog']) });
+          break;
         default:
           break; // notifications of a later protocol: ignored
       }

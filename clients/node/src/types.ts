@@ -189,6 +189,14 @@ export interface BackpressureResult {
   backlog: number;
 }
 
+/** The `backpressure` notification: writes began (`pressed`) or ceased to be pushed back. */
+export interface BackpressureState {
+  /** Whether writes are pushed back now (the backlog reached the soft bound, and has not yet gone back under half of it). */
+  pressed: boolean;
+  /** The backlog as last counted when the change was seen. */
+  backlog: number;
+}
+
 /** The write options of `put`, `put_presence`, `delete`, `add` and `transact`, on the wire. */
 export interface WireAck {
   durable?: boolean;

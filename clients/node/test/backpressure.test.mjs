@@ -2,7 +2,8 @@
 // Backpressure against the real sidecar: a writer far ahead of its peer is refused BUSY, waits
 // with waitBackpressure(), and writes again once the peer has caught up. The peer's sidecar is
 // frozen with SIGSTOP (it acknowledges nothing, and stays live: a suspect timeout of a minute,
-// a freeze of milliseconds), then woken with SIGCONT.
+// a freeze of milliseconds), then woken with SIGCONT. `backpressure` events say when writes
+// begin and cease to be pushed back.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ErrorCode, StatemeshError } from 'statemesh';
@@ -21,6 +22,23 @@ test('a busy writer waits until its frozen peer catches up, then writes again', 
   const b = await m.join(window);
   // Linked both ways once b holds a write of a.
   await a.put('w', 'warm', 0, { replicated: 1, timeoutMs: 15_000 });
+
+  // Every `backpressure` event, and a wait for the first one saying `pressed`.
+  /** @type {{pressed: boolean, backlog: number}[]} */
+  const states = [];
+  a.on('backpressure', (s) => states.push(s));
+  /** @param {boolean} pressed */
+  const told = (pressed) =>
+    new Promise((resolve) => {
+      const check = () => {
+        const s = states.find((x) => x.pressed === pressed);
+        if (s === undefined) return;
+        a.off('backpressure', check);
+        resolve(s);
+      };
+      a.on('backpressure', check);
+      check();
+    });
 
   // Not pushed back: resolves at once.
   const idle = await a.waitBackpressure();
@@ -52,6 +70,9 @@ test('a busy writer waits until its frozen peer catches up, then writes again', 
     assert.equal(data.limit, HARD);
     assert.ok(data.backlog >= HARD, JSON.stringify(data));
     assert.equal(data.retry, 'backpressure_wait');
+    // Told when its writes began to be pushed back.
+    const on = /** @type {{pressed: boolean, backlog: number}} */ (await told(true));
+    assert.equal(typeof on.backlog, 'number');
 
     // The wait does not end while the peer is frozen, and does not hold up other calls.
     let ended = false;
@@ -74,6 +95,9 @@ test('a busy writer waits until its frozen peer catches up, then writes again', 
     frozen = false;
     const done = await waiting;
     assert.ok(done.backlog < SOFT / 2, `backlog ${done.backlog}`);
+    // And told when that ended.
+    const off = /** @type {{pressed: boolean, backlog: number}} */ (await told(false));
+    assert.ok(off.backlog < SOFT / 2, `backlog ${off.backlog}`);
     assert.ok((await b.keys('c')).length >= written - 1, 'the peer holds all but at most one');
     assert.deepEqual(await a.put('c', 'after', 1), { changed: true });
   } finally {

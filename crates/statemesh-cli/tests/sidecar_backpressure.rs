@@ -2,7 +2,8 @@
 //! bounded small (`--backpressure 4,8`). The peer is frozen with SIGSTOP, so it acknowledges
 //! nothing and the writer's backlog only grows; it stays live meanwhile (a suspect timeout of a
 //! minute, a freeze of milliseconds, well under the 2 s QUIC idle timeout). Woken with SIGCONT,
-//! it catches up, and the wait ends.
+//! it catches up, and the wait ends. `backpressure` notifications say when writes begin and
+//! cease to be pushed back.
 //!
 //! Nothing waits on a sleep: every wait is on a message, with a timeout as a safety net.
 
@@ -82,6 +83,9 @@ fn a_busy_writer_waits_until_its_frozen_peer_catches_up() {
     assert_eq!(e["data"]["limit"], HARD, "{e}");
     assert!(e["data"]["backlog"].as_u64() >= Some(HARD), "{e}");
     assert_eq!(e["data"]["retry"], "backpressure_wait", "{e}");
+    // The client was told when its writes began to be pushed back.
+    let on = a.notification("backpressure", |p| p["pressed"] == true);
+    assert!(on["backlog"].is_u64(), "{on}");
     let refused = format!("k{}", written.len());
     assert_eq!(
         a.ok("get", json!({"channel": "c", "key": refused}))["found"],
@@ -111,6 +115,12 @@ fn a_busy_writer_waits_until_its_frozen_peer_catches_up() {
     let r = a.response(&wait);
     let backlog = r["result"]["backlog"].as_u64();
     assert!(backlog.is_some_and(|n| n < SOFT / 2), "{r}");
+    // And told when that ended, with the backlog then (nothing was written since).
+    let off = a.notification("backpressure", |p| p["pressed"] == false);
+    assert!(
+        off["backlog"].as_u64().is_some_and(|n| n < SOFT / 2),
+        "{off}"
+    );
     let held = b.ok("keys", json!({"channel": "c"}));
     let held = held.as_array().map_or(0, Vec::len);
     assert!(

@@ -196,17 +196,35 @@ pub(super) fn hold(slot_: &LeadSlot, lead: Lead, out: &Outbox) -> Term {
     term
 }
 
-/// Forwards the mesh's changes and leadership to the client as notifications; the client
-/// was last told of leadership `told` (in the answer to `initialize`).
+/// Forwards the mesh's changes, leadership and backpressure to the client as notifications;
+/// the client was last told of leadership `told` (in the answer to `initialize`), and that
+/// writes were not pushed back.
 async fn forward(
     mut changes: ChangeStream,
     mut leadership: LeadershipStream,
     mut told: statemesh::Leadership,
+    mesh: Mesh,
     out: Outbox,
 ) {
     let mut leadership_open = true;
+    let mut pressure = mesh.backpressure_watch();
+    let mut pressed = false;
+    let mut pressure_open = true;
     loop {
         tokio::select! {
+            r = pressure.changed(), if pressure_open => {
+                if r.is_err() {
+                    pressure_open = false;
+                    continue;
+                }
+                // Quick successive changes merge: only a change from what was told is sent.
+                let now = *pressure.borrow_and_update();
+                if now != pressed {
+                    pressed = now;
+                    let backlog = mesh.metrics().backlog;
+                    out.notify("backpressure", json!({"pressed": now, "backlog": backlog})).await;
+                }
+            }
             l = leadership.recv(), if leadership_open => {
                 let Some(l) = l else {
                     leadership_open = false;
@@ -435,7 +453,8 @@ impl Session {
         self.initialized = true;
         self.out.answer(&id, Ok(result)).await;
         let out = self.out.clone();
-        self.forwarder = Some(tokio::spawn(forward(changes, leadership, now, out)).abort_handle());
+        let forwarding = forward(changes, leadership, now, mesh.clone(), out);
+        self.forwarder = Some(tokio::spawn(forwarding).abort_handle());
         None
     }
 
