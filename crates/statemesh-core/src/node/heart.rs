@@ -427,6 +427,10 @@ impl Heart {
         }
         self.apply_liveness(changes, now);
         self.reelect(now);
+        // A newer view of `from` supersedes one the node has not taken in yet: the notes stay
+        // bounded however long the node is busy (one view per peer, and liveness changes).
+        self.notes
+            .retain(|n| !matches!(n, Note::View { from: f, .. } if *f == from));
         self.notes.push_back(Note::View {
             from,
             at: now,

@@ -719,3 +719,40 @@ fn the_backlog_counts_writes_not_held_by_every_live_peer() {
     a.handle_link_down(Time::ZERO, b.me().peer, LinkDown::Certain);
     assert_eq!(a.backlog(), 0, "no live linked peer: nothing to wait for");
 }
+
+/// A node busy for a long time (the runtime's driver applying a backlog) takes in nothing from
+/// its heart meanwhile, while its heartbeat task keeps judging views: what the heart leaves for
+/// the node stays bounded, a newer view of a peer superseding the one not yet taken in.
+#[test]
+fn views_left_for_a_busy_node_stay_one_per_peer() {
+    let (mut a, mut b) = linked();
+    let pulse = a.pulse();
+    let from = b.me().peer;
+    let beat = Config::default().heartbeat_interval;
+    let mut judged = 0;
+    for i in 1..=100u32 {
+        let now = Time::from_duration(beat * i);
+        b.handle_beat(now);
+        while let Some(t) = b.poll_view() {
+            let mut heart = pulse.lock();
+            heart.handle_view(now, from, &t.frame).expect("a view");
+            heart.handle_beat(now);
+            judged += 1;
+        }
+    }
+    assert!(judged >= 100, "every beat of b sent a view: {judged}");
+    let views = |a: &Node| {
+        let heart = a.heart();
+        heart
+            .notes
+            .iter()
+            .filter(|n| matches!(n, heart::Note::View { .. }))
+            .count()
+    };
+    assert_eq!(views(&a), 1, "one view of b waits for the node");
+    assert!(a.heart().notes.len() < 10, "{:?}", a.heart().notes);
+    // Taken in at the node's next poll; b, heard all along, is live.
+    while a.poll_event().is_some() {}
+    assert!(a.heart().notes.is_empty());
+    assert!(a.is_live(&from));
+}
