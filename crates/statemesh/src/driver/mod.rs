@@ -212,7 +212,7 @@ enum Turn {
     Finish(Result<Job, tokio::task::JoinError>),
     /// A frame (other than a view) arrived, or another link event (a link up or closed, a
     /// write persisted).
-    Frame(LinkEvent),
+    Link(LinkEvent),
     /// Local writes (or a handle, or the pulse) woke the driver.
     Wake,
     /// The node's data deadline passed (see [`Run::deadline`]).
@@ -347,17 +347,18 @@ impl Run {
                     job = None;
                     (Instant::now(), Turn::Finish(done))
                 }
-                Some(ev) = events_rx.recv() => (Instant::now(), Turn::Frame(ev)),
+                Some(ev) = events_rx.recv() => (Instant::now(), Turn::Link(ev)),
                 // While a job runs, frames are held (up to `HELD_MAX`, then left in the
-                // readers' queue, which then stops the readers).
+                // readers' queue, which then stops the readers). Holding one changes nothing
+                // on the node: no flush follows.
                 Some(ev) = frames_rx.recv(), if self.held.len() < HELD_MAX => {
                     let t0 = Instant::now();
                     if job.is_some() && matches!(ev, LinkEvent::Frame { .. }) {
                         self.held.push_back(ev);
-                        (t0, Turn::Done("held"))
-                    } else {
-                        (t0, Turn::Frame(ev))
+                        self.turn_done(t0, "held");
+                        continue;
                     }
+                    (t0, Turn::Link(ev))
                 }
                 (index, ev) = self.discoveries.next() => {
                     let t0 = Instant::now();
@@ -387,7 +388,7 @@ impl Run {
                 let what = match turn {
                     Turn::Done(what) => what,
                     Turn::Finish(done) => this.finish_job(done),
-                    Turn::Frame(ev) => this.on_link_event(ev),
+                    Turn::Link(ev) => this.on_link_event(ev),
                     Turn::Wake => "wake",
                     Turn::Tick => {
                         this.tick();
@@ -403,14 +404,9 @@ impl Run {
             // Work on the node that may take long (a job's result joining the document, a
             // received frame or link event, local writes to push, and the flush after any
             // turn) runs off the runtime's worker, so that the links' readers keep queueing
-            // views meanwhile (see `off_worker`). A frame held while a job runs changes
-            // nothing on the node: no flush. (Flushes after held frames and persisted writes
-            // ran on the worker, up to 140 ms each in `throughput --peers 8 --batch 100`.)
-            let what = if matches!(turn, Turn::Done("held")) {
-                "held"
-            } else {
-                off_worker(|| rest(&mut self, turn))
-            };
+            // views meanwhile (see `off_worker`). (Flushes after persisted writes ran on the
+            // worker, up to 140 ms each in `throughput --peers 8 --batch 100`.)
+            let what = off_worker(|| rest(&mut self, turn));
             self.turn_done(t0, what);
         };
         if shutdown {
