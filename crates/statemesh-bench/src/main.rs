@@ -75,6 +75,20 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         batch: u64,
     },
+    /// The Automerge floor under `throughput`: its records written and applied by Automerge
+    /// alone in this process, one thread: CPU per key, and the updates/s the cores could
+    /// converge at most.
+    Floor {
+        #[command(flatten)]
+        common: Common,
+        /// Keys per atomic change.
+        #[arg(long, default_value_t = 100)]
+        batch: u64,
+        /// Keys written in all (`--quick`: a tenth): the documents' size at the end, about
+        /// what `throughput`'s windows write in its 5 s.
+        #[arg(long, default_value_t = 20_000)]
+        keys: u64,
+    },
     /// Every window writes as fast as the API returns for 30 s (`--quick`: 5 s), then the mesh
     /// converges: writes/s, convergence time, liveness under load, peak memory per window.
     Overload {
@@ -124,6 +138,7 @@ impl Command {
             Self::FailoverCut(_) => "failover-cut",
             Self::Throughput { .. } => "throughput",
             Self::Overload { .. } => "overload",
+            Self::Floor { .. } => "floor",
             Self::Memory(_) => "memory",
             Self::History(_) => "history",
             Self::Scale(_) => "scale",
@@ -136,7 +151,7 @@ impl Command {
 
     fn default_peers(&self) -> usize {
         match self {
-            Self::Throughput { .. } | Self::Idle(_) => 8,
+            Self::Throughput { .. } | Self::Floor { .. } | Self::Idle(_) => 8,
             Self::Scale(_) => 64,
             Self::Forger { .. } => 3,
             _ => 4,
@@ -169,9 +184,9 @@ fn main() {
         other => other,
     };
     let (common, batch) = match &command {
-        Command::Throughput { common, batch } | Command::Overload { common, batch } => {
-            (common.clone(), *batch)
-        }
+        Command::Throughput { common, batch }
+        | Command::Overload { common, batch }
+        | Command::Floor { common, batch, .. } => (common.clone(), *batch),
         Command::Forger { common, .. } => (common.clone(), 100),
         Command::Propagation(c)
         | Command::FailoverKill(c)
@@ -201,6 +216,9 @@ fn main() {
     interrupted.insert("error".into(), json!("interrupted by a signal"));
     cleanup::set_interrupted_line(serde_json::Value::Object(interrupted).to_string());
     let result = cleanup::on_signals().and_then(|()| {
+        if opts.net == Net::Lan && matches!(command, Command::Floor { .. }) {
+            anyhow::bail!("floor runs in this process: it has no `--net lan`");
+        }
         if opts.net == Net::Lan && !matches!(command, Command::History(_)) {
             lan::check_root()?;
         }
@@ -211,6 +229,7 @@ fn main() {
             Command::FailoverCut(_) => scenarios::failover::run(&opts, &mut out, Fault::Cut),
             Command::Throughput { .. } => scenarios::throughput::run(&opts, &mut out),
             Command::Overload { .. } => scenarios::overload::run(&opts, &mut out),
+            Command::Floor { keys, .. } => scenarios::floor::run(&opts, &mut out, *keys),
             Command::Memory(_) => scenarios::resources::run_memory(&opts, &mut out),
             Command::History(_) => scenarios::history::run(&opts, &mut out),
             Command::Scale(_) => scenarios::scale(&opts, &mut out),

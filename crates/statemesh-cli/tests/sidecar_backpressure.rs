@@ -48,10 +48,13 @@ fn fill(a: &mut Sidecar, prefix: &str) -> (Vec<String>, Value) {
             return (written, e.clone());
         }
         written.push(key);
-        assert!(
-            written.len() as u64 <= HARD,
-            "more writes than the hard bound were accepted: {r}"
-        );
+        if written.len() as u64 > HARD {
+            let stats = a.ok("stats", json!({}));
+            let explain = a.ok("explain", json!({}));
+            panic!(
+                "more writes than the hard bound were accepted: {r}\nstats: {stats}\nexplain: {explain}"
+            );
+        }
     }
 }
 

@@ -182,10 +182,12 @@ impl Shared {
         let limits = self.fixed.backlog;
         let backlog = node.backlog() + self.queued.load(Ordering::Relaxed);
         if backlog >= limits.hard {
-            parking_lot::MutexGuard::unlock_fair(node);
-            self.counts().writes_refused += 1;
+            // Pressed while the node is held, as the driver judges it (`judge_backlog`): a
+            // count taken before this write cannot undo it.
             self.pressed
                 .send_if_modified(|p| !std::mem::replace(p, true));
+            parking_lot::MutexGuard::unlock_fair(node);
+            self.counts().writes_refused += 1;
             return Err(WriteError::Backpressure {
                 backlog,
                 limit: limits.hard,
@@ -194,14 +196,14 @@ impl Shared {
         // The write's own time, taken once the node is ours.
         node.handle_time(self.now());
         let written = f(&mut node);
+        if written.as_ref().is_ok_and(|w| w.changed) && backlog + 1 >= limits.soft {
+            self.pressed
+                .send_if_modified(|p| !std::mem::replace(p, true));
+        }
         // Handed over fairly: a driver waiting for the node (a heartbeat due, views to judge)
         // gets it before this thread's next write, however fast the application writes.
         parking_lot::MutexGuard::unlock_fair(node);
         let written = written?;
-        if written.changed && backlog + 1 >= limits.soft {
-            self.pressed
-                .send_if_modified(|p| !std::mem::replace(p, true));
-        }
         self.wake();
         Ok(written)
     }
@@ -213,11 +215,14 @@ impl Shared {
         &self.queued
     }
 
-    /// The driver's count of the backlog after a turn: backpressure starts at the soft bound
-    /// and ends under half of it. The count is published first: a waiter woken by the change
-    /// reads it in [`Mesh::metrics`](crate::Mesh::metrics), not the turn's before.
-    pub(crate) fn set_backlog(&self, unacknowledged: usize) {
-        let backlog = unacknowledged + self.queued.load(Ordering::Relaxed);
+    /// The driver's count of the backlog after a turn, taken and judged while it holds the
+    /// node (`node` is the guard, unused but for that), as the writers judge theirs: a count
+    /// published after the node was let go could be older than a write that pressed meanwhile,
+    /// and lift the pressure it set. Backpressure starts at the soft bound and ends under half
+    /// of it. The count is published first: a waiter woken by the change reads it in
+    /// [`Mesh::metrics`](crate::Mesh::metrics), not the turn's before.
+    pub(crate) fn judge_backlog(&self, node: &Node) {
+        let backlog = node.backlog() + self.queued.load(Ordering::Relaxed);
         {
             let mut counts = self.counts();
             counts.backlog = backlog;
@@ -234,7 +239,7 @@ impl Shared {
         });
     }
 
-    /// Whether writes are pushed back (see [`Shared::set_backlog`]), and its changes.
+    /// Whether writes are pushed back (see [`Shared::judge_backlog`]), and its changes.
     pub(crate) fn pressure(&self) -> watch::Receiver<bool> {
         self.pressed.subscribe()
     }

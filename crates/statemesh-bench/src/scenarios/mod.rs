@@ -9,6 +9,7 @@ use crate::fleet::{Fleet, Net};
 use crate::stats::round3;
 
 pub(crate) mod failover;
+pub(crate) mod floor;
 pub(crate) mod forger;
 pub(crate) mod history;
 pub(crate) mod overload;

@@ -250,6 +250,10 @@ pub struct Replica {
     /// heads before it: the change notification that follows names them without reading the
     /// changes again ([`Replica::touched_since`]).
     received: Option<(Vec<ChangeHash>, touched::Touched)>,
+    /// The entries the last local transaction changed, noted by its writes, with the heads
+    /// before it and its change: the change notification that follows needs neither the
+    /// change's operations nor reads of the document ([`Replica::touched_since`]).
+    local: Option<(Vec<ChangeHash>, ChangeHash, tx::Noted)>,
     /// The channels' maps: object -> channel name (a change notification names a received
     /// record's channel from it, without reading the records map). An entry never goes stale
     /// (a channel's map is made by the channel's own change, the same on every peer, and
@@ -259,7 +263,7 @@ pub struct Replica {
 
 /// The presence-scoped entries of each writer, kept up to date with every change to the
 /// document, so that a writer's death costs a lookup of its own entries, not a scan of all.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct PresenceIndex {
     /// Flat record keys and counter names, by writer.
     by_writer: BTreeMap<PeerId, BTreeSet<(EntryKind, String)>>,
@@ -321,6 +325,7 @@ impl Replica {
             written: Vec::new(),
             standby: None,
             received: None,
+            local: None,
             channels: HashMap::new(),
         }
     }
@@ -351,6 +356,7 @@ impl Replica {
         // names new channels on every run.
         let mut last = String::new();
         for _ in 0..MAX_NEW_CHANNEL_RUNS {
+            let before = self.doc.get_heads();
             let missing = {
                 let mut tx = Tx {
                     tx: self.doc.transaction(),
@@ -358,18 +364,21 @@ impl Replica {
                     me: self.me,
                     missing: BTreeSet::new(),
                     written: Vec::new(),
+                    noted: tx::Noted::default(),
                 };
                 let result = f(&mut tx);
                 let Tx {
                     tx,
                     missing,
                     written,
+                    noted,
                     ..
                 } = tx;
                 match result {
                     Ok(r) if missing.is_empty() => {
                         let (hash, _) = tx.commit_with(CommitOptions::default().with_time(0));
                         self.written = written;
+                        self.local = hash.map(|h| (before, h, noted));
                         return Ok((r, hash));
                     }
                     Err(e) if missing.is_empty() => {
@@ -674,6 +683,21 @@ impl Replica {
         }
     }
 
+    /// A record's writer and whether it is presence-scoped, read in one pass over the
+    /// record's map (Automerge 0.12 seeks the object anew for each `get`).
+    fn record_meta(&self, rec: &ObjId) -> (Option<PeerId>, bool) {
+        use automerge::{ScalarValueRef, ValueRef};
+        let (mut writer, mut presence) = (None, false);
+        for item in self.doc.map_range(rec, ..) {
+            match (item.key.as_ref(), item.value) {
+                ("w", ValueRef::Scalar(ScalarValueRef::Str(s))) => writer = s.parse().ok(),
+                ("p", ValueRef::Scalar(ScalarValueRef::Boolean(b))) => presence = b,
+                _ => {}
+            }
+        }
+        (writer, presence)
+    }
+
     fn writer_of(&self, rec: &ObjId) -> Option<PeerId> {
         let (v, _) = self.doc.get(rec, "w").ok()??;
         v.into_string().ok()?.parse().ok()
@@ -709,5 +733,7 @@ pub fn heads_digest(heads: &[ChangeHash]) -> [u8; 8] {
     out
 }
 
+#[cfg(test)]
+mod noted_tests;
 #[cfg(test)]
 mod tests;

@@ -8,8 +8,11 @@
 //! the document, exactly as it was. Keeping the standby costs what a change costs, where a
 //! fresh copy for every message cost what the document holds (Automerge 0.12's `clone` copies
 //! every column and rebuilds the object index, and the copy replaced dropped as much again).
-//! Local changes reach the standby when the change notification reads them
-//! ([`Replica::touched_since`]) or, failing that, before the next receive.
+//! Local changes reach the standby before the next receive (a sync job's document catches up
+//! with them off the replica, see [`Replica::start_sync`]), all in one batch (Automerge applies
+//! a batch for far less per change), or when a change notification reads them
+//! ([`Replica::touched_since`]: a local transaction's own notification does not, its writes
+//! noted what they changed).
 //!
 //! A sync job (the runtime's receive, [`Replica::start_sync`]) takes the standby as its own
 //! document, applies the message to it off the replica, and the document it replaces becomes

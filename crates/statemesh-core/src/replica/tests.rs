@@ -13,13 +13,13 @@ struct Job {
     tags: Vec<String>,
 }
 
-fn replica(n: u8) -> Replica {
+pub(super) fn replica(n: u8) -> Replica {
     let mut rng = ChaCha8Rng::seed_from_u64(u64::from(n));
     Replica::new(PeerId::generate(1_000 + u64::from(n), &mut rng), [n; 16])
 }
 
 /// Runs the sync exchange between two replicas until neither has anything to send.
-fn sync(a: &mut Replica, b: &mut Replica) {
+pub(super) fn sync(a: &mut Replica, b: &mut Replica) {
     let (mut sa, mut sb) = (Replica::new_sync_state(), Replica::new_sync_state());
     for _ in 0..20 {
         let to_b = a.generate_sync(&mut sa);

@@ -23,6 +23,15 @@ impl Replica {
             // Found while the received message was checked.
             return self.report_touched(touched);
         }
+        if let Some((heads, hash, noted)) = self.local.take()
+            && heads == before
+            && self.doc.get_heads() == [hash]
+        {
+            // One local transaction since `before`: its writes noted what they changed. The
+            // standby gets the change before the next receive (see `standby`), with whatever
+            // else was written meanwhile, in one batch.
+            return self.report_local(noted);
+        }
         let changes = self.doc.get_changes(before);
         let touched = touched_keys(&self.doc, &self.layout, &changes, known);
         // Local changes: the standby takes them from here, without reading them again.
@@ -37,10 +46,10 @@ impl Replica {
             let Some((c, k)) = flat.split_once(SEP) else {
                 continue;
             };
-            let rec = self.record_obj(&flat);
-            let by = rec.as_ref().and_then(|r| self.writer_of(r));
-            let presence_writer = rec.filter(|r| self.is_presence(r)).and(by);
-            self.presence.set_record(&flat, presence_writer);
+            let (by, presence) = self
+                .record_obj(&flat)
+                .map_or((None, false), |r| self.record_meta(&r));
+            self.presence.set_record(&flat, by.filter(|_| presence));
             out.push(EntryChange {
                 kind: EntryKind::Record,
                 channel: c.into(),
@@ -48,9 +57,38 @@ impl Replica {
                 by,
             });
         }
+        self.report_counters(&counters, &mut out);
+        out
+    }
+
+    /// [`report_touched`](Self::report_touched) for the entries a local transaction noted as
+    /// it wrote them: no read of the document.
+    fn report_local(&mut self, noted: super::tx::Noted) -> Vec<EntryChange> {
+        let mut out = Vec::with_capacity(noted.records.len() + noted.counters.len());
+        for (flat, state) in noted.records {
+            let Some((c, k)) = flat.split_once(SEP) else {
+                continue;
+            };
+            let by = state.map(|_| self.me);
+            let (channel, key) = (c.to_owned(), k.to_owned());
+            self.presence
+                .set_record(&flat, by.filter(|_| state == Some(true)));
+            out.push(EntryChange {
+                kind: EntryKind::Record,
+                channel,
+                key,
+                by,
+            });
+        }
+        self.report_counters(&noted.counters, &mut out);
+        out
+    }
+
+    /// The entry changes of touched counter entries (flat keys); updates the presence index.
+    fn report_counters(&mut self, counters: &[String], out: &mut Vec<EntryChange>) {
         // A writer's durable and presence-scoped entries of one counter are one change.
         let mut counted: HashSet<(&str, Option<PeerId>)> = HashSet::new();
-        for flat in &counters {
+        for flat in counters {
             let Some((name, writer, scope)) = split_counter_key(flat) else {
                 continue;
             };
@@ -67,7 +105,6 @@ impl Replica {
                 });
             }
         }
-        out
     }
 }
 

@@ -1,6 +1,6 @@
 //! The write transaction: several writes made as one atomic change ([`Replica::transact`](super::Replica::transact)).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{ObjId, ObjType, ReadDoc, ScalarValue};
@@ -20,6 +20,42 @@ pub struct Tx<'a> {
     pub(super) missing: BTreeSet<String>,
     /// The maps of the channels written to, for the change notification that follows.
     pub(super) written: Vec<(ObjId, String)>,
+    /// What the writes touched, for the change notification that follows (see [`Noted`]).
+    pub(super) noted: Noted,
+}
+
+/// The entries a transaction's writes changed, in the order they were first changed, each
+/// once: the change notification of a local change, read from the writes themselves instead
+/// of from the change's operations and the document (a local write wins over every value it
+/// saw, so what it wrote is what the document holds).
+#[derive(Debug, Default)]
+pub(super) struct Noted {
+    /// Records (flat keys) and how the last write left them: `Some(presence)` written by
+    /// this peer with that scope, `None` deleted.
+    pub(super) records: Vec<(String, Option<bool>)>,
+    /// Counter entries (flat keys, see `counter_key`).
+    pub(super) counters: Vec<String>,
+    /// Where each record is in `records`, and the counters in `counters`.
+    seen: HashMap<String, usize>,
+    counted: HashSet<String>,
+}
+
+impl Noted {
+    fn record(&mut self, flat: String, state: Option<bool>) {
+        match self.seen.get(&flat) {
+            Some(&i) => self.records[i].1 = state,
+            None => {
+                self.seen.insert(flat.clone(), self.records.len());
+                self.records.push((flat, state));
+            }
+        }
+    }
+
+    fn counter(&mut self, flat: String) {
+        if self.counted.insert(flat.clone()) {
+            self.counters.push(flat);
+        }
+    }
 }
 
 impl Tx<'_> {
@@ -31,12 +67,13 @@ impl Tx<'_> {
         value: &T,
         scope: Scope,
     ) -> Result<(), WriteError> {
-        record_key(channel, key).map_err(WriteError::InvalidName)?;
+        let flat = record_key(channel, key).map_err(WriteError::InvalidName)?;
         let Some(ch) = channel_obj(&self.tx, &self.layout.records, channel) else {
             // Written once the map exists: the transaction runs again (see `missing`).
             self.missing.insert(channel.to_owned());
             return Ok(());
         };
+        let start = self.tx.pending_ops();
         if !self.written.iter().any(|(_, c)| c == channel) {
             self.written.push((ch.clone(), channel.to_owned()));
         }
@@ -57,28 +94,34 @@ impl Tx<'_> {
             return Ok(());
         }
         let me = self.me.to_string();
-        if self
-            .tx
-            .get(&rec, "w")?
-            .and_then(|(v, _)| v.into_string().ok())
-            .as_deref()
-            != Some(me.as_str())
+        // A record made here has neither field yet: no need to read them.
+        if !existed
+            || self
+                .tx
+                .get(&rec, "w")?
+                .and_then(|(v, _)| v.into_string().ok())
+                .as_deref()
+                != Some(me.as_str())
         {
             self.tx.put(&rec, "w", me)?;
         }
-        if self.tx.get(&rec, "p")?.and_then(|(v, _)| v.as_bool()) != Some(presence) {
+        if !existed || self.tx.get(&rec, "p")?.and_then(|(v, _)| v.as_bool()) != Some(presence) {
             self.tx.put(&rec, "p", presence)?;
+        }
+        if self.tx.pending_ops() != start {
+            self.noted.record(flat, Some(presence));
         }
         Ok(())
     }
 
     /// Deletes record `key` of `channel` (whoever wrote it).
     pub fn delete(&mut self, channel: &str, key: &str) -> Result<(), WriteError> {
-        record_key(channel, key).map_err(WriteError::InvalidName)?;
+        let flat = record_key(channel, key).map_err(WriteError::InvalidName)?;
         if let Some(ch) = channel_obj(&self.tx, &self.layout.records, channel)
             && self.tx.get(&ch, key)?.is_some()
         {
             self.tx.delete(&ch, key)?;
+            self.noted.record(flat, None);
         }
         Ok(())
     }
@@ -113,6 +156,7 @@ impl Tx<'_> {
                 ScalarValue::counter(by),
             )?,
         }
+        self.noted.counter(key);
         Ok(())
     }
 }

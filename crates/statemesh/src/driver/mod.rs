@@ -450,7 +450,7 @@ impl Run {
         let mut frames = Vec::new();
         let mut events = Vec::new();
         let mut persists = Vec::new();
-        let (info, term, synced, mut ack_progress, live, backlog) = {
+        let (info, term, synced, mut ack_progress, live) = {
             let t0 = Instant::now();
             let mut node = self.shared.node();
             let t_lock = t0.elapsed();
@@ -474,6 +474,7 @@ impl Run {
                 events.push(e);
             }
             let now = self.shared.now();
+            self.shared.judge_backlog(&node);
             (
                 node.leadership(),
                 node.my_term(),
@@ -482,7 +483,6 @@ impl Run {
                 // Links to peers judged dead are not counted while their connection winds
                 // down (those this turn closes are to dead peers too).
                 self.links.keys().filter(|p| node.is_live(p)).count(),
-                node.backlog(),
             )
         };
         self.shared
@@ -582,7 +582,6 @@ impl Run {
             term: info.term,
             is_me: info.leader == Some(me) && term.is_some() && term == info.term,
         });
-        self.shared.set_backlog(backlog);
         // Last: whoever waits for `synced` then finds every change already broadcast.
         self.shared.set_synced(synced);
     }

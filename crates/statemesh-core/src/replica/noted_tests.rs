@@ -1,0 +1,93 @@
+//! The change notification of a local transaction, read from what its writes noted
+//! (`tx::Noted`), against the same notification read from the change's operations and the
+//! document.
+
+use proptest::prelude::*;
+
+use super::tests::{replica, sync};
+use super::*;
+
+#[derive(Debug, Clone)]
+enum Write {
+    Put { key: u8, value: u8, presence: bool },
+    Delete { key: u8 },
+    Add { name: u8, by: i8, presence: bool },
+}
+
+fn write() -> impl Strategy<Value = Write> {
+    prop_oneof![
+        (0..5u8, 0..3u8, any::<bool>()).prop_map(|(key, value, presence)| Write::Put {
+            key,
+            value,
+            presence
+        }),
+        (0..5u8).prop_map(|key| Write::Delete { key }),
+        (0..3u8, -2..3i8, any::<bool>()).prop_map(|(name, by, presence)| Write::Add {
+            name,
+            by,
+            presence
+        }),
+    ]
+}
+
+fn scope(presence: bool) -> Scope {
+    if presence {
+        Scope::Presence
+    } else {
+        Scope::Durable
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Transactions of several writes (the same entry written twice, deleted after a write,
+    /// rewritten with the value it holds, written after another window's write of it): the
+    /// notification from the writes' notes equals, entry for entry and writer for writer, the
+    /// one read from the change and the document, and the presence index ends the same.
+    #[test]
+    fn a_transactions_notes_equal_what_its_change_holds(
+        rounds in proptest::collection::vec(
+            (proptest::collection::vec(write(), 1..6), any::<bool>()),
+            1..12,
+        )
+    ) {
+        let (mut a, mut b) = (replica(1), replica(2));
+        for (writes, other_first) in rounds {
+            if other_first {
+                // Another window's write of the same entries, merged in first.
+                b.transact(|tx| {
+                    tx.put("c", "k0", &9u8, Scope::Presence)?;
+                    tx.add("n0", 1, Scope::Durable)
+                })
+                .expect("b writes");
+                sync(&mut a, &mut b);
+            }
+            let before = a.heads();
+            a.transact(|tx| {
+                for w in &writes {
+                    match w {
+                        Write::Put { key, value, presence } => {
+                            tx.put("c", &format!("k{key}"), value, scope(*presence))?
+                        }
+                        Write::Delete { key } => tx.delete("c", &format!("k{key}"))?,
+                        Write::Add { name, by, presence } => {
+                            tx.add(&format!("n{name}"), i64::from(*by), scope(*presence))?
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .expect("a writes");
+            // The notes are there whenever the transaction made a change.
+            prop_assert_eq!(a.local.is_some(), a.heads() != before);
+            let noted = a.touched_since(&before);
+            let presence_after_notes = a.presence.clone();
+            // Asked again, the replica reads the change itself (the notes were used up).
+            prop_assert!(a.local.is_none());
+            let read = a.touched_since(&before);
+            prop_assert_eq!(&noted, &read);
+            prop_assert_eq!(presence_after_notes, a.presence.clone());
+        }
+    }
+}
