@@ -4,6 +4,7 @@
 
 use proptest::prelude::*;
 
+use super::standby::MIRROR_BATCH;
 use super::tests::{replica, sync};
 use super::*;
 
@@ -90,4 +91,31 @@ proptest! {
             prop_assert_eq!(presence_after_notes, a.presence.clone());
         }
     }
+}
+
+/// A writer's local changes reach the standby in batches: it never lacks more than
+/// `MIRROR_BATCH` of them, and once caught up it is the document.
+#[test]
+fn the_standby_follows_a_writer_in_batches() {
+    let (mut a, mut b) = (replica(1), replica(2));
+    b.transact(|tx| tx.put("c", "from-b", &1u8, Scope::Durable))
+        .expect("b writes");
+    // A received change makes `a` keep a standby.
+    sync(&mut a, &mut b);
+    assert!(a.standby.is_some(), "a receive leaves a standby");
+    let mut caught_up = 0;
+    for n in 0..3 * MIRROR_BATCH {
+        let before = a.heads();
+        a.transact(|tx| tx.put("c", &format!("k{n}"), &(n as u64), Scope::Durable))
+            .expect("a writes");
+        a.touched_since(&before);
+        let standby = a.standby.as_ref().expect("the standby stays");
+        let lacks = a.doc.get_changes_meta(&standby.get_heads()).len();
+        assert!(lacks < MIRROR_BATCH, "lacks {lacks} after write {n}");
+        if lacks == 0 {
+            caught_up += 1;
+            assert_eq!(standby.get_heads(), a.doc.get_heads());
+        }
+    }
+    assert_eq!(caught_up, 3, "caught up once per batch");
 }

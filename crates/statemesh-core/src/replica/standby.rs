@@ -8,11 +8,15 @@
 //! the document, exactly as it was. Keeping the standby costs what a change costs, where a
 //! fresh copy for every message cost what the document holds (Automerge 0.12's `clone` copies
 //! every column and rebuilds the object index, and the copy replaced dropped as much again).
-//! Local changes reach the standby before the next receive (a sync job's document catches up
-//! with them off the replica, see [`Replica::start_sync`]), all in one batch (Automerge applies
-//! a batch for far less per change), or when a change notification reads them
-//! ([`Replica::touched_since`]: a local transaction's own notification does not, its writes
-//! noted what they changed).
+//! Local changes reach the standby in batches of [`MIRROR_BATCH`] (Automerge applies a batch
+//! for far less per change than one change at a time; a local transaction's own change
+//! notification does not read its change, its writes noted what they changed), or when a
+//! change notification reads them ([`Replica::touched_since`]), and at the latest before the
+//! next receive (a sync job's document catches up with them, see [`Replica::start_sync`]).
+//! The batch is bounded so that the standby stays close: a sync job copies the whole document
+//! instead of a standby lacking more than a few changes (see `APPLY_PER_COPY`), and without
+//! the bound a writer faster than the receives left every job a copy (`overload` with 8
+//! windows stalled at the backlog's hard bound).
 //!
 //! A sync job (the runtime's receive, [`Replica::start_sync`]) takes the standby as its own
 //! document, applies the message to it off the replica, and the document it replaces becomes
@@ -32,7 +36,29 @@ use automerge::{Automerge, Change};
 
 use super::Replica;
 
+/// Local changes (one per transaction) the standby may lack before they are applied to it,
+/// all at once.
+pub(super) const MIRROR_BATCH: usize = 8;
+
 impl Replica {
+    /// Gives the standby, if there is one, the local changes it lacks, in one batch; drops it
+    /// if that fails.
+    pub(super) fn catch_up_standby(&mut self) {
+        self.unmirrored = 0;
+        let heads = self.doc.get_heads();
+        let Some(standby) = self.standby.as_mut() else {
+            return;
+        };
+        let theirs = standby.get_heads();
+        if theirs == heads {
+            return;
+        }
+        let missing = self.doc.get_changes(&theirs);
+        if !(standby.apply_changes(missing).is_ok() && standby.get_heads() == heads) {
+            self.standby = None;
+        }
+    }
+
     /// Makes the standby equal to the document: a copy when there is none, otherwise the
     /// local changes it lacks. The standby must hold no change the document lacks, and every
     /// change it lacks must be local (received ones are applied to both, or the standby is

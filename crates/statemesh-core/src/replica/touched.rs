@@ -28,8 +28,11 @@ impl Replica {
             && self.doc.get_heads() == [hash]
         {
             // One local transaction since `before`: its writes noted what they changed. The
-            // standby gets the change before the next receive (see `standby`), with whatever
-            // else was written meanwhile, in one batch.
+            // standby gets its change later, with others, in one batch (see `standby`).
+            self.unmirrored += 1;
+            if self.unmirrored >= super::standby::MIRROR_BATCH {
+                self.catch_up_standby();
+            }
             return self.report_local(noted);
         }
         let changes = self.doc.get_changes(before);
