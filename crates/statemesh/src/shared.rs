@@ -215,10 +215,10 @@ impl Shared {
         &self.queued
     }
 
-    /// The driver's count of the backlog after a turn, taken and judged while it holds the
-    /// node (`node` is the guard, unused but for that), as the writers judge theirs: a count
-    /// published after the node was let go could be older than a write that pressed meanwhile,
-    /// and lift the pressure it set. Backpressure starts at the soft bound and ends under half
+    /// The driver's count of the backlog after a turn, taken from `node` and judged while the
+    /// driver still holds it, as the writers judge theirs: a count published after the node
+    /// was let go could be older than a write that pressed meanwhile, and lift the pressure it
+    /// set. Backpressure starts at the soft bound and ends under half
     /// of it. The count is published first: a waiter woken by the change reads it in
     /// [`Mesh::metrics`](crate::Mesh::metrics), not the turn's before.
     pub(crate) fn judge_backlog(&self, node: &Node) {
