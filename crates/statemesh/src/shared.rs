@@ -184,8 +184,7 @@ impl Shared {
         if backlog >= limits.hard {
             // Pressed while the node is held, as the driver judges it (`judge_backlog`): a
             // count taken before this write cannot undo it.
-            self.pressed
-                .send_if_modified(|p| !std::mem::replace(p, true));
+            self.press();
             parking_lot::MutexGuard::unlock_fair(node);
             self.counts().writes_refused += 1;
             return Err(WriteError::Backpressure {
@@ -197,8 +196,7 @@ impl Shared {
         node.handle_time(self.now());
         let written = f(&mut node);
         if written.as_ref().is_ok_and(|w| w.changed) && backlog + 1 >= limits.soft {
-            self.pressed
-                .send_if_modified(|p| !std::mem::replace(p, true));
+            self.press();
         }
         // Handed over fairly: a driver waiting for the node (a heartbeat due, views to judge)
         // gets it before this thread's next write, however fast the application writes.
@@ -218,8 +216,8 @@ impl Shared {
     /// The driver's count of the backlog after a turn, taken from `node` and judged while the
     /// driver still holds it, as the writers judge theirs: a count published after the node
     /// was let go could be older than a write that pressed meanwhile, and lift the pressure it
-    /// set. Backpressure starts at the soft bound and ends under half
-    /// of it. The count is published first: a waiter woken by the change reads it in
+    /// set. Backpressure starts at the soft bound and ends under half of it. The count is
+    /// published first: a waiter woken by the change reads it in
     /// [`Mesh::metrics`](crate::Mesh::metrics), not the turn's before.
     pub(crate) fn judge_backlog(&self, node: &Node) {
         let backlog = node.backlog() + self.queued.load(Ordering::Relaxed);
@@ -237,6 +235,12 @@ impl Shared {
             };
             pressed != std::mem::replace(p, pressed)
         });
+    }
+
+    /// Writes are pushed back from now on (a writer's judgement, under the node lock).
+    fn press(&self) {
+        self.pressed
+            .send_if_modified(|p| !std::mem::replace(p, true));
     }
 
     /// Whether writes are pushed back (see [`Shared::judge_backlog`]), and its changes.

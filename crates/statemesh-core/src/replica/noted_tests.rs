@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 
 use super::standby::MIRROR_BATCH;
-use super::tests::{replica, sync};
+use super::tests::{replica, scope, sync};
 use super::*;
 
 #[derive(Debug, Clone)]
@@ -29,14 +29,6 @@ fn write() -> impl Strategy<Value = Write> {
             presence
         }),
     ]
-}
-
-fn scope(presence: bool) -> Scope {
-    if presence {
-        Scope::Presence
-    } else {
-        Scope::Durable
-    }
 }
 
 proptest! {

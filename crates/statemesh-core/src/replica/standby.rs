@@ -64,18 +64,10 @@ impl Replica {
     /// change it lacks must be local (received ones are applied to both, or the standby is
     /// dropped), so equal heads mean equal documents.
     pub(super) fn ensure_standby(&mut self) {
-        let heads = self.doc.get_heads();
-        if let Some(standby) = self.standby.as_mut() {
-            let theirs = standby.get_heads();
-            if theirs == heads {
-                return;
-            }
-            let missing = self.doc.get_changes(&theirs);
-            if standby.apply_changes(missing).is_ok() && standby.get_heads() == heads {
-                return;
-            }
+        self.catch_up_standby();
+        if self.standby.is_none() {
+            self.standby = Some(self.doc.clone());
         }
-        self.standby = Some(self.doc.clone());
     }
 
     /// Gives the standby the local changes `changes` made on top of heads `before` (already

@@ -240,7 +240,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn scope(presence: bool) -> Scope {
+pub(super) fn scope(presence: bool) -> Scope {
     if presence {
         Scope::Presence
     } else {

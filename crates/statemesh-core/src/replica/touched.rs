@@ -52,13 +52,7 @@ impl Replica {
             let (by, presence) = self
                 .record_obj(&flat)
                 .map_or((None, false), |r| self.record_meta(&r));
-            self.presence.set_record(&flat, by.filter(|_| presence));
-            out.push(EntryChange {
-                kind: EntryKind::Record,
-                channel: c.into(),
-                key: k.into(),
-                by,
-            });
+            out.push(self.report_record(&flat, c, k, by, presence));
         }
         self.report_counters(&counters, &mut out);
         out
@@ -73,18 +67,29 @@ impl Replica {
                 continue;
             };
             let by = state.map(|_| self.me);
-            let (channel, key) = (c.to_owned(), k.to_owned());
-            self.presence
-                .set_record(&flat, by.filter(|_| state == Some(true)));
-            out.push(EntryChange {
-                kind: EntryKind::Record,
-                channel,
-                key,
-                by,
-            });
+            out.push(self.report_record(&flat, c, k, by, state == Some(true)));
         }
         self.report_counters(&noted.counters, &mut out);
         out
+    }
+
+    /// The change of record `flat` (channel `c`, key `k`), now written by `by` (`None`:
+    /// deleted), presence-scoped or not; files it in the presence index.
+    fn report_record(
+        &mut self,
+        flat: &str,
+        c: &str,
+        k: &str,
+        by: Option<PeerId>,
+        presence: bool,
+    ) -> EntryChange {
+        self.presence.set_record(flat, by.filter(|_| presence));
+        EntryChange {
+            kind: EntryKind::Record,
+            channel: c.into(),
+            key: k.into(),
+            by,
+        }
     }
 
     /// The entry changes of touched counter entries (flat keys); updates the presence index.
