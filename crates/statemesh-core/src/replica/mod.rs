@@ -40,6 +40,7 @@
 
 mod layout;
 mod legacy;
+mod receive;
 mod standby;
 mod sync;
 mod touched;

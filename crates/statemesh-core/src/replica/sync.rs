@@ -11,6 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use automerge::sync::SyncDoc;
 use automerge::{Automerge, ChangeHash};
 
+use super::receive::receive_message;
 use super::touched::{Touched, TouchedKeys};
 use super::validate::check_new_changes;
 use super::{ApplyError, EntryChange, Layout, Replica};
@@ -203,7 +204,7 @@ impl Replica {
             // No change: only the sync state moves (the new one is kept only on success).
             let doc = &mut self.doc;
             catch_unwind(AssertUnwindSafe(|| {
-                doc.receive_sync_message(&mut new_state, message)
+                receive_message(doc, &mut new_state, message)
             }))
             .map_err(|_| ApplyError::Panicked)??;
             *state = new_state;
@@ -215,7 +216,7 @@ impl Replica {
         let chunks: Vec<u8> = message.changes.iter().flatten().copied().collect();
         let (doc, layout, channels) = (&mut self.doc, &self.layout, &self.channels);
         let result = catch_unwind(AssertUnwindSafe(|| {
-            doc.receive_sync_message(&mut new_state, message)?;
+            receive_message(doc, &mut new_state, message)?;
             let mut keys = TouchedKeys::new(layout).with_channels(channels);
             check_new_changes(doc, layout, &before, Some(&mut keys))?;
             let made = keys.made_channels();
@@ -355,7 +356,7 @@ impl SyncApply {
         let (doc, state, base) = (&mut self.doc, &mut self.state, &self.base);
         let (layout, touched) = (&self.layout, &mut self.touched);
         let result = catch_unwind(AssertUnwindSafe(|| {
-            doc.receive_sync_message(state, message)?;
+            receive_message(doc, state, message)?;
             // The checks read every new operation; the change notifications' reading of them
             // rides along (one rebuild and one decode per received change).
             let mut keys = TouchedKeys::new(layout);
