@@ -45,7 +45,7 @@ impl Mesh {
 /// | [`config`](Self::config) | [`Config::default`] (all the timers and limits at once) |
 /// | [`join_timeout`](Self::join_timeout) | 5 s |
 /// | [`ack_timeout`](Self::ack_timeout) | 10 s |
-/// | [`backpressure`](Self::backpressure) | soft 1,024, hard 2,048 |
+/// | [`backpressure`](Self::backpressure) | soft 256, hard 512 |
 #[derive(Debug, Clone)]
 pub struct MeshBuilder {
     name: String,
@@ -264,7 +264,7 @@ impl MeshBuilder {
     /// [`Mesh::backpressure`](crate::Mesh::backpressure) waits until the backlog is back under
     /// `soft / 2`; from `hard` on, writes are refused with
     /// [`WriteError::Backpressure`](crate::WriteError::Backpressure), nothing written.
-    /// Defaults 1,024 and 2,048; `0 < soft <= hard <= MAX_PENDING_WRITES / 2` (the writes
+    /// Defaults 256 and 512; `0 < soft <= hard <= MAX_PENDING_WRITES / 2` (the writes
     /// counted are those watched for replication, `statemesh_core::node::MAX_PENDING_WRITES`, and a
     /// write not yet acknowledged must never be pushed out of that watch), else `join` fails
     /// with [`JoinError::InvalidConfig`].
@@ -389,10 +389,14 @@ const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long acknowledgements wait, by default (as the sidecar's `--ack-timeout-ms`).
 const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
-/// The default backlog bounds (see [`MeshBuilder::backpressure`]).
+/// The default backlog bounds (see [`MeshBuilder::backpressure`]). Every sync message walks
+/// what its peer has not acknowledged (Automerge's `generate_sync_message`), so the bound is
+/// also the cost of a message under load: with 1,024 / 2,048, 8 windows on 2 cores writing
+/// flat out took 490 writes/s (each message walking 10,000-16,000 changes), with 256 / 512
+/// 1,050 (`overload --peers 8`; `docs/under-load.md`, ninth slice).
 const DEFAULT_BACKLOG: BacklogLimits = BacklogLimits {
-    soft: 1024,
-    hard: 2048,
+    soft: 256,
+    hard: 512,
 };
 
 /// The hint timeout that follows a heartbeat interval (see `Config::hint_timeout`).

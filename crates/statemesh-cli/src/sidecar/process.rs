@@ -36,7 +36,7 @@ pub struct SidecarArgs {
     /// milliseconds (a request's `timeout_ms` overrides it).
     #[arg(long, default_value_t = 10_000)]
     pub ack_timeout_ms: u64,
-    /// The backlog's bounds, `SOFT,HARD` (default 1024,2048): from SOFT on,
+    /// The backlog's bounds, `SOFT,HARD` (default 256,512): from SOFT on,
     /// `backpressure_wait` waits until the backlog is back under SOFT / 2; at HARD, writes are
     /// refused (busy).
     #[arg(long, value_name = "SOFT,HARD", value_parser = parse_bounds)]

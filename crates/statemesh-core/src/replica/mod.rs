@@ -255,8 +255,6 @@ pub struct Replica {
     /// before it and its change: the change notification that follows needs neither the
     /// change's operations nor reads of the document ([`Replica::touched_since`]).
     local: Option<(Vec<ChangeHash>, ChangeHash, tx::Noted)>,
-    /// Local changes noted since the standby was last caught up (see `standby`).
-    unmirrored: usize,
     /// The channels' maps: object -> channel name (a change notification names a received
     /// record's channel from it, without reading the records map). An entry never goes stale
     /// (a channel's map is made by the channel's own change, the same on every peer, and
@@ -329,7 +327,6 @@ impl Replica {
             standby: None,
             received: None,
             local: None,
-            unmirrored: 0,
             channels: HashMap::new(),
         }
     }

@@ -1,5 +1,5 @@
-//! The standby: a second copy of the document, kept equal to it change for change, from which
-//! the document is restored when a received message makes the CRDT library panic or fails the
+//! The standby: a second copy of the document, brought equal to it before each receive, from
+//! which the document is restored when a received message makes the CRDT library panic or fails the
 //! checks of `validate`.
 //!
 //! A received message carrying changes is applied to the document itself, under
@@ -8,15 +8,16 @@
 //! the document, exactly as it was. Keeping the standby costs what a change costs, where a
 //! fresh copy for every message cost what the document holds (Automerge 0.12's `clone` copies
 //! every column and rebuilds the object index, and the copy replaced dropped as much again).
-//! Local changes reach the standby in batches of [`MIRROR_BATCH`] (Automerge applies a batch
-//! for far less per change than one change at a time; a local transaction's own change
-//! notification does not read its change, its writes noted what they changed), or when a
-//! change notification reads them ([`Replica::touched_since`]), and at the latest before the
-//! next receive (a sync job's document catches up with them, see [`Replica::start_sync`]).
-//! The batch is bounded so that the standby stays close: a sync job copies the whole document
-//! instead of a standby lacking more than a few changes (see `APPLY_PER_COPY`), and without
-//! the bound a writer faster than the receives left every job a copy (`overload` with 8
-//! windows stalled at the backlog's hard bound).
+//! Local changes do not reach the standby as they are made (a local transaction's own change
+//! notification does not read its change: its writes noted what they changed): the next
+//! receive brings the standby up to date, in one batch, before it runs (see
+//! [`Replica::start_sync`] and `ensure_standby`), or copies the document instead when the
+//! standby lacks more than applying is worth (see `APPLY_PER_COPY`). Keeping the standby equal
+//! change for change (batches of 8 local changes, applied on the writer's turn) cost 20-28 % of
+//! `throughput --peers 4 --batch 1` and `overload`; it was needed only while a writer could
+//! run 2,048 writes ahead of its peers (with that backlog bound, `overload --peers 8` stalled
+//! without it: every sync message walks what the peer has not acknowledged, see
+//! `docs/under-load.md`, ninth slice).
 //!
 //! A sync job (the runtime's receive, [`Replica::start_sync`]) takes the standby as its own
 //! document, applies the message to it off the replica, and the document it replaces becomes
@@ -24,8 +25,9 @@
 //! it lacks (what they hold, not what the document holds), so a receive after a receive copies
 //! and drops no whole document. A standby far behind (after a burst: see
 //! `APPLY_PER_COPY`) is dropped on the job's thread and the job copies the document: there,
-//! applying the changes again would cost more than the copy. A standby brought up to date holds the same changes as the document, maybe
-//! applied in another order: the same document, though a save may order its bytes otherwise.
+//! applying the changes again would cost more than the copy. A standby brought up to date
+//! holds the same changes as the document, maybe applied in another order: the same document,
+//! though a save may order its bytes otherwise.
 //! A standby that cannot be brought up to date with certainty (after a load, a failed job) is
 //! dropped, and the next receive makes a fresh copy.
 //!
@@ -36,15 +38,10 @@ use automerge::{Automerge, Change};
 
 use super::Replica;
 
-/// Local changes (one per transaction) the standby may lack before they are applied to it,
-/// all at once.
-pub(super) const MIRROR_BATCH: usize = 8;
-
 impl Replica {
     /// Gives the standby, if there is one, the local changes it lacks, in one batch; drops it
     /// if that fails.
     pub(super) fn catch_up_standby(&mut self) {
-        self.unmirrored = 0;
         let heads = self.doc.get_heads();
         let Some(standby) = self.standby.as_mut() else {
             return;

@@ -28,11 +28,7 @@ impl Replica {
             && self.doc.get_heads() == [hash]
         {
             // One local transaction since `before`: its writes noted what they changed. The
-            // standby gets its change later, with others, in one batch (see `standby`).
-            self.unmirrored += 1;
-            if self.unmirrored >= super::standby::MIRROR_BATCH {
-                self.catch_up_standby();
-            }
+            // standby is left behind: the next receive catches it up (see `standby`).
             return self.report_local(noted);
         }
         let changes = self.doc.get_changes(before);
