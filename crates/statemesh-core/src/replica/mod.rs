@@ -578,10 +578,7 @@ impl Replica {
             let ch = channel.id();
             self.channels.insert(ch.clone(), channel.key.to_string());
             for item in self.doc.map_range(&ch, ..) {
-                let rec = item.id();
-                if self.is_presence(&rec)
-                    && let Some(w) = self.writer_of(&rec)
-                {
+                if let (Some(w), true) = self.record_meta(&item.id()) {
                     index.set_record(&format!("{}{SEP}{}", channel.key, item.key), Some(w));
                 }
             }

@@ -236,33 +236,51 @@ mod tests {
         }
     }
 
+    /// A document of actor `actor` holding `changes` changes of one put each.
+    fn doc(actor: u8, changes: u64) -> Automerge {
+        let mut doc = Automerge::new().with_actor(ActorId::from(vec![actor]));
+        for i in 0..changes {
+            let mut tx = doc.transaction();
+            tx.put(ROOT, format!("k{i}"), i).expect("a put");
+            tx.commit();
+        }
+        doc
+    }
+
+    /// Runs the exchange between `a` and `b` (each with its sync state of the other) until
+    /// neither has anything to send, through [`receive_message`]; `sent` sees every message
+    /// from `a` before `b` receives it.
+    fn exchange(
+        (a, to_b): (&mut Automerge, &mut State),
+        (b, to_a): (&mut Automerge, &mut State),
+        mut sent: impl FnMut(&Message),
+    ) {
+        for _ in 0..20 {
+            let m1 = a.generate_sync_message(to_b);
+            let m2 = b.generate_sync_message(to_a);
+            if m1.is_none() && m2.is_none() {
+                assert_eq!(a.get_heads(), b.get_heads());
+                return;
+            }
+            if let Some(m) = m1 {
+                sent(&m);
+                receive_message(b, to_a, m).expect("b receives");
+            }
+            if let Some(m) = m2 {
+                receive_message(a, to_b, m).expect("a receives");
+            }
+        }
+        panic!("the exchange did not settle in 20 rounds");
+    }
+
     /// The sent hashes a peer's heads now cover are dropped, the others kept, with a document
     /// holding many more changes than were sent.
     #[test]
     fn sent_hashes_covered_by_the_peers_heads_are_dropped() {
-        let mut a = Automerge::new().with_actor(ActorId::from(vec![1]));
-        let mut b = Automerge::new().with_actor(ActorId::from(vec![2]));
+        let (mut a, mut b) = (doc(1, 200), doc(2, 0));
         let (mut to_b, mut to_a) = (State::new(), State::new());
         // Both in sync after a history of 200 changes.
-        for i in 0..200u64 {
-            let mut tx = a.transaction();
-            tx.put(ROOT, "k", i).expect("a put");
-            tx.commit();
-        }
-        loop {
-            let m1 = a.generate_sync_message(&mut to_b);
-            let m2 = b.generate_sync_message(&mut to_a);
-            if m1.is_none() && m2.is_none() {
-                break;
-            }
-            if let Some(m) = m1 {
-                receive_message(&mut b, &mut to_a, m).expect("b receives");
-            }
-            if let Some(m) = m2 {
-                receive_message(&mut a, &mut to_b, m).expect("a receives");
-            }
-        }
-        assert_eq!(a.get_heads(), b.get_heads());
+        exchange((&mut a, &mut to_b), (&mut b, &mut to_a), |_| {});
         // Two more from `a`, sent; `b` acknowledges only the first.
         let mut tx = a.transaction();
         tx.put(ROOT, "k", 1000u64).expect("a put");
@@ -287,38 +305,21 @@ mod tests {
         receive_message(&mut a, &mut to_b, ack).expect("a receives");
         assert!(to_b.sent_hashes.is_empty());
     }
+
     /// A peer with nothing gets a document's changes as changes, not as a saved document:
     /// every chunk of the messages is one change.
     #[test]
     fn a_peer_with_nothing_gets_changes_not_a_saved_document() {
-        let mut a = Automerge::new().with_actor(ActorId::from(vec![1]));
-        let mut b = Automerge::new().with_actor(ActorId::from(vec![2]));
-        for i in 0..30u64 {
-            let mut tx = a.transaction();
-            tx.put(ROOT, format!("k{i}"), i).expect("a put");
-            tx.commit();
-        }
+        let (mut a, mut b) = (doc(1, 30), doc(2, 0));
         let (mut to_b, mut to_a) = (State::new(), State::new());
         let mut chunks = 0;
-        for _ in 0..10 {
-            let m1 = a.generate_sync_message(&mut to_b);
-            let m2 = b.generate_sync_message(&mut to_a);
-            if m1.is_none() && m2.is_none() {
-                break;
+        exchange((&mut a, &mut to_b), (&mut b, &mut to_a), |m| {
+            for chunk in m.changes.iter() {
+                automerge::Change::from_bytes(chunk.to_vec())
+                    .expect("every chunk is a change, not a saved document");
+                chunks += 1;
             }
-            if let Some(m) = m1 {
-                for chunk in m.changes.iter() {
-                    automerge::Change::from_bytes(chunk.to_vec())
-                        .expect("every chunk is a change, not a saved document");
-                    chunks += 1;
-                }
-                receive_message(&mut b, &mut to_a, m).expect("b receives");
-            }
-            if let Some(m) = m2 {
-                receive_message(&mut a, &mut to_b, m).expect("a receives");
-            }
-        }
-        assert_eq!(a.get_heads(), b.get_heads());
+        });
         assert!(chunks >= 30, "{chunks} changes sent");
     }
 }

@@ -1,6 +1,6 @@
 //! The standby: a second copy of the document, brought equal to it before each receive, from
-//! which the document is restored when a received message makes the CRDT library panic or fails the
-//! checks of `validate`.
+//! which the document is restored when a received message makes the CRDT library panic or
+//! fails the checks of `validate`.
 //!
 //! A received message carrying changes is applied to the document itself, under
 //! `catch_unwind`; on success the same message is applied to the standby (the library is

@@ -89,7 +89,11 @@ impl Replica {
     }
 
     /// The entry changes of touched counter entries (flat keys); updates the presence index.
-    fn report_counters(&mut self, counters: &[String], out: &mut Vec<EntryChange>) {
+    fn report_counters<'a>(
+        &mut self,
+        counters: impl IntoIterator<Item = &'a String>,
+        out: &mut Vec<EntryChange>,
+    ) {
         // A writer's durable and presence-scoped entries of one counter are one change.
         let mut counted: HashSet<(&str, Option<PeerId>)> = HashSet::new();
         for flat in counters {

@@ -1,10 +1,11 @@
 //! The write transaction: several writes made as one atomic change ([`Replica::transact`](super::Replica::transact)).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{ObjId, ObjType, ReadDoc, ScalarValue};
 use autosurgeon::Reconcile;
+use indexmap::{IndexMap, IndexSet};
 
 use super::layout::{Layout, channel_obj};
 use super::{Scope, WriteError, check_name, counter_key, record_key};
@@ -31,31 +32,10 @@ pub struct Tx<'a> {
 #[derive(Debug, Default)]
 pub(super) struct Noted {
     /// Records (flat keys) and how the last write left them: `Some(presence)` written by
-    /// this peer with that scope, `None` deleted.
-    pub(super) records: Vec<(String, Option<bool>)>,
+    /// this peer with that scope, `None` deleted. (A key written again keeps its place.)
+    pub(super) records: IndexMap<String, Option<bool>>,
     /// Counter entries (flat keys, see `counter_key`).
-    pub(super) counters: Vec<String>,
-    /// Where each record is in `records`, and the counters in `counters`.
-    seen: HashMap<String, usize>,
-    counted: HashSet<String>,
-}
-
-impl Noted {
-    fn record(&mut self, flat: String, state: Option<bool>) {
-        match self.seen.get(&flat) {
-            Some(&i) => self.records[i].1 = state,
-            None => {
-                self.seen.insert(flat.clone(), self.records.len());
-                self.records.push((flat, state));
-            }
-        }
-    }
-
-    fn counter(&mut self, flat: String) {
-        if self.counted.insert(flat.clone()) {
-            self.counters.push(flat);
-        }
-    }
+    pub(super) counters: IndexSet<String>,
 }
 
 impl Tx<'_> {
@@ -109,7 +89,7 @@ impl Tx<'_> {
             self.tx.put(&rec, "p", presence)?;
         }
         if self.tx.pending_ops() != start {
-            self.noted.record(flat, Some(presence));
+            self.noted.records.insert(flat, Some(presence));
         }
         Ok(())
     }
@@ -121,7 +101,7 @@ impl Tx<'_> {
             && self.tx.get(&ch, key)?.is_some()
         {
             self.tx.delete(&ch, key)?;
-            self.noted.record(flat, None);
+            self.noted.records.insert(flat, None);
         }
         Ok(())
     }
@@ -156,7 +136,7 @@ impl Tx<'_> {
                 ScalarValue::counter(by),
             )?,
         }
-        self.noted.counter(key);
+        self.noted.counters.insert(key);
         Ok(())
     }
 }
