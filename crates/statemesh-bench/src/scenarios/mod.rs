@@ -46,7 +46,10 @@ pub(crate) fn scale(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     // Paced slower than `propagation`: each write costs every one of the other windows a
     // receive, and the measure is latency, not how many writes the mesh absorbs.
     eprintln!("{samples} writes, one every 100 ms");
+    let slots = f.slots();
+    let syncs_before = sync_messages(&mut f, &slots)?;
     let p = propagation::measure(&mut f, samples, Duration::from_millis(100))?;
+    let syncs = sync_messages(&mut f, &slots)? - syncs_before;
     let agreed = f.ready()?;
     let trials = if opts.quick { 1 } else { 5 };
     eprintln!("{trials} leader kills");
@@ -59,6 +62,12 @@ pub(crate) fn scale(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     out.insert("p99_us".into(), json!(round3(p.to_all.p99)));
     out.insert("max_us".into(), json!(round3(p.to_all.max)));
     out.insert("samples".into(), json!(p.to_all.n));
+    // Sync messages received mesh-wide per write: about two per other window when each gets
+    // the write from its writer and answers it; more when windows relay it to each other.
+    out.insert(
+        "sync_messages_per_write".into(),
+        json!(round3(syncs as f64 / samples as f64)),
+    );
     out.insert("failover_p50_ms".into(), json!(round3(fo.p50)));
     out.insert("failover_max_ms".into(), json!(round3(fo.max)));
     out.insert("failover_trials".into(), json!(fo.n));
@@ -67,6 +76,17 @@ pub(crate) fn scale(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
         json!(f.safety.observations()),
     );
     Ok(())
+}
+
+/// Sync messages the windows of `slots` received so far, summed.
+fn sync_messages(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for s in slots {
+        total += f.ask(*s, &json!({"op": "info"}), "info")?["sync_in"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    Ok(total)
 }
 
 /// What load did to liveness, over every window of `slots` (asked now): `refutations` (the

@@ -4,6 +4,7 @@
 //! digests its views carry.
 
 use super::heart::Note;
+use super::link::RELAY_GRACE_HALF_BEATS;
 use super::{Event, Node};
 use crate::replica::heads_digest;
 use crate::{PeerId, Time};
@@ -84,9 +85,12 @@ impl Node {
         let progressed = link.their_doc != Some(doc);
         link.their_doc = Some(doc);
         link.their_leader = Some(leader);
+        let relay_after = self.config.heartbeat_interval / 2 * RELAY_GRACE_HALF_BEATS;
         if doc == mine {
             link.mismatch_since = None;
+            link.differs_since = None;
         } else {
+            let differs_since = *link.differs_since.get_or_insert(now);
             if progressed || link.mismatch_since.is_none() {
                 link.mismatch_since = Some(now);
                 link.stalled_views = 0;
@@ -94,7 +98,11 @@ impl Node {
             } else {
                 link.stalled_views = link.stalled_views.saturating_add(1);
             }
-            self.want_sync(from, now);
+            // Not at the first view that differs: the change in flight most likely arrives
+            // from its writer first (see `RELAY_GRACE_HALF_BEATS`).
+            if now.saturating_since(differs_since) >= relay_after {
+                self.want_sync(from, now);
+            }
         }
         if leader_mismatch {
             self.push_leader(from, now);

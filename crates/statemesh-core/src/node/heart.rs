@@ -18,7 +18,7 @@
 //! Lock order: the node, then the heart. The node takes the heart for short reads and
 //! updates; the heart never takes the node.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Event, ReceiveError, Transmit};
@@ -70,6 +70,9 @@ pub(super) enum Note {
     },
 }
 
+/// The digests a view carries: of the sender's document heads, and of its leader records.
+type Digests = ([u8; 8], [u8; 8]);
+
 /// Counters the heart keeps (merged into the node's [`Stats`](super::Stats)).
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct HeartStats {
@@ -89,8 +92,10 @@ pub struct Heart {
     config: Config,
     pub(super) live: Liveness,
     pub(super) election: Election,
-    /// Peers with a link up (views go to them).
-    links: BTreeSet<PeerId>,
+    /// Peers with a link up (views go to them), each with the digests of the last view of it
+    /// that the node took in while they were this peer's own: until either side's digests
+    /// change, its views tell the node nothing new, and are not handed to it.
+    links: BTreeMap<PeerId, Option<Digests>>,
     pub(super) candidate_at: Time,
     pub(super) settled: bool,
     pub(super) left: bool,
@@ -122,7 +127,7 @@ impl Heart {
         Self {
             live: Liveness::new(me, &config),
             election: Election::default(),
-            links: BTreeSet::new(),
+            links: BTreeMap::new(),
             candidate_at: now + config.join_grace,
             settled: false,
             left: false,
@@ -160,7 +165,7 @@ impl Heart {
             return Err(ReceiveError::NotAView);
         };
         self.advance(now);
-        if !self.links.contains(&from) {
+        if !self.links.contains_key(&from) {
             return Err(ReceiveError::NoLink(from));
         }
         self.on_view(now, from, view);
@@ -270,7 +275,7 @@ impl Heart {
     /// view to it.
     pub(super) fn link_up(&mut self, now: Time, hello: &Hello) {
         let peer = hello.incarnation.peer;
-        self.links.insert(peer);
+        self.links.insert(peer, None);
         let mut changes = Vec::new();
         let beat = crate::vv::Beat {
             incarnation: hello.incarnation.number,
@@ -287,7 +292,7 @@ impl Heart {
 
     /// The link to `peer` went down (see [`Node::handle_link_down`](super::Node::handle_link_down)).
     pub(super) fn link_down(&mut self, now: Time, peer: PeerId, how: LinkDown) {
-        if !self.links.remove(&peer) && how == LinkDown::Hint {
+        if self.links.remove(&peer).is_none() && how == LinkDown::Hint {
             return;
         }
         let mut changes = Vec::new();
@@ -392,7 +397,7 @@ impl Heart {
         }
         let view = Message::View(self.view(now));
         let links = std::mem::take(&mut self.links);
-        self.queue_view(&view, links.iter().copied());
+        self.queue_view(&view, links.keys().copied());
         self.links = links;
     }
 
@@ -427,6 +432,22 @@ impl Heart {
         }
         self.apply_liveness(changes, now);
         self.reelect(now);
+        let digests = (view.doc, view.leader);
+        let Some(told) = self.links.get_mut(&from) else {
+            return;
+        };
+        if digests == (self.doc, self.leader) {
+            if *told == Some(digests) {
+                // The node took in a view of these very digests while they were its own, and
+                // neither side changed since: its document, its leader records and every
+                // local write are known to be held by `from`. In a quiet mesh this is every
+                // view, and the node is not woken for it.
+                return;
+            }
+            *told = Some(digests);
+        } else {
+            *told = None;
+        }
         // A newer view of `from` supersedes one the node has not taken in yet: the notes stay
         // bounded however long the node is busy (one view per peer, and liveness changes).
         self.notes

@@ -18,6 +18,9 @@ pub(super) struct Link {
     pub(super) their_leader: Option<[u8; 8]>,
     /// Since when the documents have differed with no progress on either side.
     pub(super) mismatch_since: Option<Time>,
+    /// Since when the peer's views have shown a document other than this one, progress or not
+    /// (see [`RELAY_GRACE_HALF_BEATS`]).
+    pub(super) differs_since: Option<Time>,
     /// Views received since `mismatch_since` that showed the peer's document unchanged: a
     /// stall is a peer that keeps talking without progressing, not one too busy to talk.
     pub(super) stalled_views: u32,
@@ -48,6 +51,18 @@ pub(super) struct Link {
     /// [`Node::backlog`].
     pub(super) held_upto: super::WriteId,
 }
+
+/// How long, in halves of the heartbeat interval, a peer's views must have shown a document
+/// other than this one before a sync message is owed to it for that reason alone: one, so that
+/// the first view that differs owes nothing and the next one (a heartbeat later) does. A change
+/// reaches every
+/// linked peer from its writer directly (each write is pushed to every link), so a view that
+/// differs is most often a change in flight: had each one owed a sync round, every change
+/// would also have been relayed between every pair of peers that heard of it at different
+/// moments (at 64 windows, 1,600 sync messages per write instead of 126). Views that keep
+/// differing past this grace do owe one: a change that can only arrive relayed (a peer linked
+/// to its writer through others alone) waits one heartbeat more.
+pub(super) const RELAY_GRACE_HALF_BEATS: u32 = 1;
 
 /// Unchanged views of a peer, on top of the stall timeout, before its sync exchange is reset.
 const STALLED_VIEWS: u32 = 3;
@@ -134,6 +149,7 @@ impl Node {
         if let Some(link) = self.links.get_mut(&from) {
             if link.their_doc == Some(heads_digest(&after)) {
                 link.mismatch_since = None;
+                link.differs_since = None;
                 link.unproductive_syncs = 0;
             } else if before != after && link.mismatch_since.is_some() {
                 link.mismatch_since = Some(now);

@@ -412,6 +412,7 @@ impl Node {
                 their_doc: None,
                 their_leader: None,
                 mismatch_since: None,
+                differs_since: None,
                 stalled_views: 0,
                 leader_pushed: None,
                 changes_in_flight: None,

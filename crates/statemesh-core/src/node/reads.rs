@@ -107,6 +107,12 @@ impl Node {
         self.heart().live.is_live(peer)
     }
 
+    /// How many of `peers` are live (one look at the liveness for them all).
+    pub fn count_live<'a>(&self, peers: impl IntoIterator<Item = &'a PeerId>) -> usize {
+        let heart = self.heart();
+        peers.into_iter().filter(|p| heart.live.is_live(p)).count()
+    }
+
     /// Whether incarnation `number` of `peer` was judged dead.
     pub fn is_dead(&self, peer: &PeerId, number: u64) -> bool {
         self.heart().live.is_dead(peer, number)

@@ -7,10 +7,14 @@ use crate::codec::{FrameDecoder, encode_frame};
 use crate::replica::{Scope, WriteError};
 
 pub(super) fn node(seed: u64) -> Node {
+    node_with(seed, Config::default())
+}
+
+pub(super) fn node_with(seed: u64, config: Config) -> Node {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let id = PeerId::generate(1_000 + seed, &mut rng);
     Node::new(
-        Config::default(),
+        config,
         MeshTag::derive(&[1; 32], "t"),
         id,
         &mut rng,
@@ -626,7 +630,12 @@ fn route(nodes: &mut [Node], now: Time, drop: &[(usize, usize)]) {
 
 #[test]
 fn a_peer_whose_view_shows_our_document_holds_our_pending_writes() {
-    let mut n = [node(1), node(2), node(3)];
+    // No leadership (and no term recorded in a document) during the test's heartbeats.
+    let config = Config {
+        join_grace: Duration::from_secs(10),
+        ..Config::default()
+    };
+    let mut n = [1, 2, 3].map(|seed| node_with(seed, config.clone()));
     for a in 0..3 {
         for b in 0..3 {
             if a != b {
@@ -637,16 +646,22 @@ fn a_peer_whose_view_shows_our_document_holds_our_pending_writes() {
     }
     route(&mut n, Time::ZERO, &[]);
     // The writer's messages to peer 1 are still on their way; peer 1 gets the write from
-    // peer 2 (their views differ, so they sync), and sends no sync message of its own to
-    // the writer: only its next view (equal documents) tells.
+    // peer 2 (their views differ for a heartbeat, so they sync), and sends no sync message of
+    // its own to the writer: only its next view (equal documents) tells.
     let write = n[0].put("c", "k", &1i64, Scope::Durable).expect("write").id;
     route(&mut n, Time::ZERO, &[(0, 1)]);
     let beat = Config::default().heartbeat_interval;
-    let later = Time::from_duration(beat);
-    n[1].handle_tick(later);
-    n[2].handle_tick(later);
-    route(&mut n, later, &[(0, 1)]);
-    assert_eq!(n[1].get::<i64>("c", "k").expect("read"), Some(1));
+    for k in 1..=2 {
+        let later = Time::from_duration(beat * k);
+        n[1].handle_tick(later);
+        n[2].handle_tick(later);
+        route(&mut n, later, &[(0, 1)]);
+        assert_eq!(
+            n[1].get::<i64>("c", "k").expect("read").is_some(),
+            k == 2,
+            "relayed at the second view that differs, not the first"
+        );
+    }
     let p1 = n[1].me().peer;
     let held_by_1 = |node: &mut Node| {
         std::iter::from_fn(|| node.poll_event()).any(
@@ -654,7 +669,7 @@ fn a_peer_whose_view_shows_our_document_holds_our_pending_writes() {
         )
     };
     assert!(!held_by_1(&mut n[0]), "no message of peer 1 said so yet");
-    let later = Time::from_duration(beat * 2);
+    let later = Time::from_duration(beat * 3);
     n[1].handle_tick(later);
     route(&mut n, later, &[(0, 1)]);
     assert!(
@@ -755,4 +770,44 @@ fn views_left_for_a_busy_node_stay_one_per_peer() {
     while a.poll_event().is_some() {}
     assert!(a.heart().notes.is_empty());
     assert!(a.is_live(&from));
+}
+
+/// A view that repeats what the node already took in of its sender (the same document and
+/// leader records as this node's, neither changed since) is not handed to the node: in a quiet
+/// mesh no view wakes it. One that differs still is.
+#[test]
+fn views_that_tell_nothing_new_do_not_wake_the_node() {
+    let (mut a, mut b) = linked();
+    let beat = Config::default().heartbeat_interval;
+    let heart = a.pulse();
+    let from = b.me().peer;
+    let view_of = |b: &mut Node, k: u32| {
+        let now = Time::from_duration(beat * k);
+        b.handle_tick(now);
+        let frame = std::iter::from_fn(|| b.poll_transmit())
+            .find(|t| codec::is_view(&t.frame))
+            .expect("a view each heartbeat")
+            .frame;
+        (now, frame)
+    };
+    let (now, frame) = view_of(&mut b, 1);
+    heart.lock().handle_view(now, from, &frame).expect("a view");
+    // The node takes in what the heart left (a note of this view, unless one of the same
+    // digests was taken in while linking).
+    while a.poll_event().is_some() {}
+    assert!(!heart.lock().wants_node());
+    let (now, frame) = view_of(&mut b, 2);
+    heart.lock().handle_view(now, from, &frame).expect("a view");
+    assert!(
+        !heart.lock().wants_node(),
+        "a view equal to the last one taken in, both sides unchanged"
+    );
+    // A local write: the peer's next view shows another document than this one.
+    a.put("c", "k", &1i64, Scope::Durable).expect("write");
+    let (now, frame) = view_of(&mut b, 3);
+    heart.lock().handle_view(now, from, &frame).expect("a view");
+    assert!(
+        heart.lock().wants_node(),
+        "a view that differs reaches the node"
+    );
 }

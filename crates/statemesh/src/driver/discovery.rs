@@ -163,6 +163,7 @@ impl Run {
                         .node()
                         .handle_link_down(now, peer, LinkDown::Certain);
                     if let Some(link) = self.links.remove(&peer) {
+                        self.links_changed = true;
                         link.connection
                             .close(quinn::VarInt::from_u32(quic::CLOSE_PROTOCOL), b"peer gone");
                         self.dialer.unlinked(Instant::now(), peer);

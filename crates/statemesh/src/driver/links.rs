@@ -337,6 +337,7 @@ impl Run {
         ));
         self.writers
             .spawn(write_loop(send, rx, self.shared.queued_frames().clone()));
+        self.links_changed = true;
         self.links.insert(
             peer,
             LinkState {
@@ -440,6 +441,7 @@ impl Run {
                     tracing::info!(target: quic::AUDIT_TARGET, peer = %peer.short(), %key, was = %link.key, ours, "link proved again under another key");
                 }
                 link.key = key;
+                self.links_changed = true;
             }
             Err(e) => {
                 self.shared.counts().key_renewal_failures += 1;
@@ -466,6 +468,7 @@ impl Run {
             return;
         }
         if let Some(link) = self.links.remove(&peer) {
+            self.links_changed = true;
             link.connection.close(
                 quinn::VarInt::from_u32(quic::CLOSE_PROTOCOL),
                 b"link closed",

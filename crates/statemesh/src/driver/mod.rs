@@ -193,6 +193,7 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         held: VecDeque::new(),
         pushed_last: false,
         pulse_links: PulseLinks::default(),
+        links_changed: false,
     };
     let task = tokio::spawn(tracing::Instrument::instrument(
         run.run(events_rx, frames_rx, views_rx, stop_rx),
@@ -278,6 +279,9 @@ struct Run {
     next_housekeeping: Instant,
     /// The links as the pulse sees them (kept in step by [`Run::flush`]).
     pulse_links: PulseLinks,
+    /// `links` changed (a link came up or went, or was proved again under another key) since
+    /// [`Run::flush`] last published them to the pulse and to [`Shared`].
+    links_changed: bool,
 }
 
 impl Run {
@@ -482,21 +486,14 @@ impl Run {
                 node.ack_progress(),
                 // Links to peers judged dead are not counted while their connection winds
                 // down (those this turn closes are to dead peers too).
-                self.links.keys().filter(|p| node.is_live(p)).count(),
+                node.count_live(self.links.keys()),
             )
         };
-        self.shared
-            .set_link_keys(self.links.iter().map(|(p, l)| (p, l.key)));
-        {
-            let mut pulse = self.pulse_links.lock();
-            let same = pulse.len() == self.links.len()
-                && pulse
-                    .iter()
-                    .zip(&self.links)
-                    .all(|((p, a), (q, b))| p == q && a.conn == b.conn);
-            if !same {
-                *pulse = self
-                    .links
+        if std::mem::take(&mut self.links_changed) {
+            self.shared
+                .set_link_keys(self.links.iter().map(|(p, l)| (p, l.key)));
+            *self.pulse_links.lock() = Arc::new(
+                self.links
                     .iter()
                     .map(|(p, l)| {
                         let link = PulseLink {
@@ -506,8 +503,8 @@ impl Run {
                         };
                         (*p, link)
                     })
-                    .collect();
-            }
+                    .collect(),
+            );
         }
         let queued = self.shared.queued_frames();
         for t in frames {
