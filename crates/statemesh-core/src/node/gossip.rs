@@ -98,7 +98,7 @@ impl Node {
             } else {
                 link.stalled_views = link.stalled_views.saturating_add(1);
             }
-            // Not at the first view that differs: the change in flight most likely arrives
+            // Not at the first views that differ: the change in flight most likely arrives
             // from its writer first (see `RELAY_GRACE_HALF_BEATS`).
             if now.saturating_since(differs_since) >= relay_after {
                 self.want_sync(from, now);

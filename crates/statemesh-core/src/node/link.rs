@@ -53,16 +53,17 @@ pub(super) struct Link {
 }
 
 /// How long, in halves of the heartbeat interval, a peer's views must have shown a document
-/// other than this one before a sync message is owed to it for that reason alone: one, so that
-/// the first view that differs owes nothing and the next one (a heartbeat later) does. A change
-/// reaches every
-/// linked peer from its writer directly (each write is pushed to every link), so a view that
-/// differs is most often a change in flight: had each one owed a sync round, every change
-/// would also have been relayed between every pair of peers that heard of it at different
-/// moments (at 64 windows, 1,600 sync messages per write instead of 126). Views that keep
+/// other than this one before a sync message is owed to it for that reason alone: three, so
+/// that the first two views that differ owe nothing and the third (two heartbeats after the
+/// first) does. A change reaches every linked peer from its writer directly (each write is
+/// pushed to every link), so a view that differs is most often a change in flight: had each
+/// one owed a sync round, every change would also have been relayed between every pair of
+/// peers that heard of it at different moments (64 windows on two cores: 1,600 sync messages
+/// per write instead of 126; 460-580 with a grace of one half, 242 with three, the cores
+/// saturated and a write taking over 100 ms to reach every window). Views that keep
 /// differing past this grace do owe one: a change that can only arrive relayed (a peer linked
-/// to its writer through others alone) waits one heartbeat more.
-pub(super) const RELAY_GRACE_HALF_BEATS: u32 = 1;
+/// to its writer through others alone) waits two heartbeats more.
+pub(super) const RELAY_GRACE_HALF_BEATS: u32 = 3;
 
 /// Unchanged views of a peer, on top of the stall timeout, before its sync exchange is reset.
 const STALLED_VIEWS: u32 = 3;

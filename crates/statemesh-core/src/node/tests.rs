@@ -651,15 +651,18 @@ fn a_peer_whose_view_shows_our_document_holds_our_pending_writes() {
     let write = n[0].put("c", "k", &1i64, Scope::Durable).expect("write").id;
     route(&mut n, Time::ZERO, &[(0, 1)]);
     let beat = Config::default().heartbeat_interval;
-    for k in 1..=2 {
+    // Views a heartbeat apart; the first that differs comes at the first heartbeat, and the
+    // relay once they have differed for the grace.
+    let relayed_at = 1 + link::RELAY_GRACE_HALF_BEATS.div_ceil(2);
+    for k in 1..=relayed_at {
         let later = Time::from_duration(beat * k);
         n[1].handle_tick(later);
         n[2].handle_tick(later);
         route(&mut n, later, &[(0, 1)]);
         assert_eq!(
             n[1].get::<i64>("c", "k").expect("read").is_some(),
-            k == 2,
-            "relayed at the second view that differs, not the first"
+            k == relayed_at,
+            "relayed once the views have differed for the grace, not before"
         );
     }
     let p1 = n[1].me().peer;
@@ -669,7 +672,7 @@ fn a_peer_whose_view_shows_our_document_holds_our_pending_writes() {
         )
     };
     assert!(!held_by_1(&mut n[0]), "no message of peer 1 said so yet");
-    let later = Time::from_duration(beat * 3);
+    let later = Time::from_duration(beat * (relayed_at + 1));
     n[1].handle_tick(later);
     route(&mut n, later, &[(0, 1)]);
     assert!(
