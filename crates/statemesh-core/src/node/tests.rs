@@ -646,8 +646,8 @@ fn a_peer_whose_view_shows_our_document_holds_our_pending_writes() {
     }
     route(&mut n, Time::ZERO, &[]);
     // The writer's messages to peer 1 are still on their way; peer 1 gets the write from
-    // peer 2 (their views differ for a heartbeat, so they sync), and sends no sync message of
-    // its own to the writer: only its next view (equal documents) tells.
+    // peer 2 (their views keep differing past the relay grace, so they sync), and sends no
+    // sync message of its own to the writer: only its next view (equal documents) tells.
     let write = n[0].put("c", "k", &1i64, Scope::Durable).expect("write").id;
     route(&mut n, Time::ZERO, &[(0, 1)]);
     let beat = Config::default().heartbeat_interval;
