@@ -1,0 +1,224 @@
+//! The node's tests of views and heartbeats: what a peer's view tells the node (writes it
+//! holds, a sync owed, nothing new), the heartbeat grid, the backlog a view settles.
+
+use super::tests::{linked, node, node_with, pump};
+use super::*;
+use crate::replica::Scope;
+
+/// Delivers every frame the nodes send to the node it is for, except those `drop` names
+/// (as `(from, to)` indexes), until none is left.
+fn route(nodes: &mut [Node], now: Time, drop: &[(usize, usize)]) {
+    let index = |nodes: &[Node], id: PeerId| {
+        nodes
+            .iter()
+            .position(|n| n.me().peer == id)
+            .expect("a node")
+    };
+    for _ in 0..50 {
+        let mut moved = false;
+        for from in 0..nodes.len() {
+            let from_id = nodes[from].me().peer;
+            while let Some(t) = nodes[from].poll_transmit() {
+                moved = true;
+                let to = index(nodes, t.to);
+                if drop.contains(&(from, to)) {
+                    continue;
+                }
+                nodes[to]
+                    .handle_frame(now, from_id, &t.frame)
+                    .expect("accepted");
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+    panic!("the nodes kept talking");
+}
+
+#[test]
+fn a_peer_whose_view_shows_our_document_holds_our_pending_writes() {
+    // No leadership (and no term recorded in a document) during the test's heartbeats.
+    let config = Config {
+        join_grace: Duration::from_secs(10),
+        ..Config::default()
+    };
+    let mut n = [1, 2, 3].map(|seed| node_with(seed, config.clone()));
+    for a in 0..3 {
+        for b in 0..3 {
+            if a != b {
+                let hello = n[b].hello();
+                n[a].handle_link_up(Time::ZERO, &hello);
+            }
+        }
+    }
+    route(&mut n, Time::ZERO, &[]);
+    // The writer's messages to peer 1 are still on their way; peer 1 gets the write from
+    // peer 2 (their views keep differing past the relay grace, so they sync), and sends no
+    // sync message of its own to the writer: only its next view (equal documents) tells.
+    let write = n[0].put("c", "k", &1i64, Scope::Durable).expect("write").id;
+    route(&mut n, Time::ZERO, &[(0, 1)]);
+    let beat = Config::default().heartbeat_interval;
+    // Views a heartbeat apart; the first that differs comes at the first heartbeat, and the
+    // relay once they have differed for the grace.
+    let relayed_at = 1 + link::RELAY_GRACE_HALF_BEATS.div_ceil(2);
+    for k in 1..=relayed_at {
+        let later = Time::from_duration(beat * k);
+        n[1].handle_tick(later);
+        n[2].handle_tick(later);
+        route(&mut n, later, &[(0, 1)]);
+        assert_eq!(
+            n[1].get::<i64>("c", "k").expect("read").is_some(),
+            k == relayed_at,
+            "relayed once the views have differed for the grace, not before"
+        );
+    }
+    let p1 = n[1].me().peer;
+    let held_by_1 = |node: &mut Node| {
+        std::iter::from_fn(|| node.poll_event()).any(
+            |e| matches!(e, Event::Replicated { write: w, peer, .. } if w == write && peer == p1),
+        )
+    };
+    assert!(!held_by_1(&mut n[0]), "no message of peer 1 said so yet");
+    let later = Time::from_duration(beat * (relayed_at + 1));
+    n[1].handle_tick(later);
+    route(&mut n, later, &[(0, 1)]);
+    assert!(
+        held_by_1(&mut n[0]),
+        "its view says its document is the writer's"
+    );
+}
+
+#[test]
+fn aligned_heartbeats_fall_on_the_grid() {
+    let mut n = node(1);
+    let beat = Config::default().heartbeat_interval;
+    n.align_heartbeats(Duration::from_millis(70));
+    let views_at = |n: &mut Node| std::iter::from_fn(|| n.poll_transmit()).count();
+    let hello = node(2).hello();
+    n.handle_link_up(Time::ZERO, &hello);
+    while n.poll_transmit().is_some() {}
+    // The first beat is due at once; the next on the grid (70 ms), not one interval later.
+    n.handle_tick(Time::from_micros(5_000));
+    assert!(views_at(&mut n) > 0);
+    assert!(n.poll_timeout() <= Time::from_micros(70_000));
+    // A late tick does not shift the grid.
+    n.handle_tick(Time::from_micros(95_000));
+    assert!(views_at(&mut n) > 0);
+    let next = Time::from_micros(70_000) + beat;
+    assert!(n.poll_timeout() <= next);
+    n.handle_tick(next - Duration::from_micros(1));
+    assert_eq!(views_at(&mut n), 0, "no view before the grid point");
+    n.handle_tick(next);
+    assert!(views_at(&mut n) > 0, "a view on the grid point");
+}
+
+/// The backlog that backpressure counts: local writes not yet held by every live linked
+/// peer. It rises with writes, falls as the peer acknowledges them, and counts no peer that
+/// is gone.
+#[test]
+fn the_backlog_counts_writes_not_held_by_every_live_peer() {
+    let (mut a, mut b) = linked();
+    assert_eq!(a.backlog(), 0);
+    for i in 0..10 {
+        a.put("c", &format!("k{i}"), &(i as i64), Scope::Durable)
+            .expect("write");
+    }
+    assert_eq!(a.backlog(), 10);
+    assert!(
+        !a.put("c", "k0", &0i64, Scope::Durable)
+            .expect("write")
+            .changed
+    );
+    assert_eq!(
+        a.backlog(),
+        10,
+        "a write that changed nothing is not counted"
+    );
+    pump(&mut a, &mut b, Time::ZERO);
+    assert_eq!(a.backlog(), 0, "the peer holds them all");
+    for i in 0..3 {
+        a.put("c", &format!("m{i}"), &(i as i64), Scope::Durable)
+            .expect("write");
+    }
+    assert_eq!(a.backlog(), 3);
+    a.handle_link_down(Time::ZERO, b.me().peer, LinkDown::Certain);
+    assert_eq!(a.backlog(), 0, "no live linked peer: nothing to wait for");
+}
+
+/// A node busy for a long time (the runtime's driver applying a backlog) takes in nothing from
+/// its heart meanwhile, while its heartbeat task keeps judging views: what the heart leaves for
+/// the node stays bounded, a newer view of a peer superseding the one not yet taken in.
+#[test]
+fn views_left_for_a_busy_node_stay_one_per_peer() {
+    let (mut a, mut b) = linked();
+    let pulse = a.pulse();
+    let from = b.me().peer;
+    let beat = Config::default().heartbeat_interval;
+    let mut judged = 0;
+    for i in 1..=100u32 {
+        let now = Time::from_duration(beat * i);
+        b.handle_beat(now);
+        while let Some(t) = b.poll_view() {
+            let mut heart = pulse.lock();
+            heart.handle_view(now, from, &t.frame).expect("a view");
+            heart.handle_beat(now);
+            judged += 1;
+        }
+    }
+    assert!(judged >= 100, "every beat of b sent a view: {judged}");
+    let views = |a: &Node| {
+        let heart = a.heart();
+        heart
+            .notes
+            .iter()
+            .filter(|n| matches!(n, heart::Note::View { .. }))
+            .count()
+    };
+    assert_eq!(views(&a), 1, "one view of b waits for the node");
+    assert!(a.heart().notes.len() < 10, "{:?}", a.heart().notes);
+    // Taken in at the node's next poll; b, heard all along, is live.
+    while a.poll_event().is_some() {}
+    assert!(a.heart().notes.is_empty());
+    assert!(a.is_live(&from));
+}
+
+/// A view that repeats what the node already took in of its sender (the same document and
+/// leader records as this node's, neither changed since) is not handed to the node: in a quiet
+/// mesh no view wakes it. One that differs still is.
+#[test]
+fn views_that_tell_nothing_new_do_not_wake_the_node() {
+    let (mut a, mut b) = linked();
+    let beat = Config::default().heartbeat_interval;
+    let heart = a.pulse();
+    let from = b.me().peer;
+    let view_of = |b: &mut Node, k: u32| {
+        let now = Time::from_duration(beat * k);
+        b.handle_tick(now);
+        let frame = std::iter::from_fn(|| b.poll_transmit())
+            .find(|t| codec::is_view(&t.frame))
+            .expect("a view each heartbeat")
+            .frame;
+        (now, frame)
+    };
+    let (now, frame) = view_of(&mut b, 1);
+    heart.lock().handle_view(now, from, &frame).expect("a view");
+    // The node takes in what the heart left (a note of this view, unless one of the same
+    // digests was taken in while linking).
+    while a.poll_event().is_some() {}
+    assert!(!heart.lock().wants_node());
+    let (now, frame) = view_of(&mut b, 2);
+    heart.lock().handle_view(now, from, &frame).expect("a view");
+    assert!(
+        !heart.lock().wants_node(),
+        "a view equal to the last one taken in, both sides unchanged"
+    );
+    // A local write: the peer's next view shows another document than this one.
+    a.put("c", "k", &1i64, Scope::Durable).expect("write");
+    let (now, frame) = view_of(&mut b, 3);
+    heart.lock().handle_view(now, from, &frame).expect("a view");
+    assert!(
+        heart.lock().wants_node(),
+        "a view that differs reaches the node"
+    );
+}
