@@ -381,15 +381,10 @@ impl Shared {
         lock(&self.link_keys).clone()
     }
 
-    /// Records the key each linked peer proved with (when it differs from what is recorded).
-    pub(crate) fn set_link_keys<'a>(
-        &self,
-        links: impl ExactSizeIterator<Item = (&'a PeerId, KeyId)> + Clone,
-    ) {
-        let mut keys = lock(&self.link_keys);
-        if keys.len() != links.len() || links.clone().any(|(p, k)| keys.get(p) != Some(&k)) {
-            *keys = links.map(|(p, k)| (*p, k)).collect();
-        }
+    /// Records the key each linked peer proved with (the driver calls it when its links
+    /// changed).
+    pub(crate) fn set_link_keys<'a>(&self, links: impl Iterator<Item = (&'a PeerId, KeyId)>) {
+        *lock(&self.link_keys) = links.map(|(p, k)| (*p, k)).collect();
     }
 
     // Acknowledgements.
