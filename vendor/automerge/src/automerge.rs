@@ -34,6 +34,7 @@ use crate::hydrate;
 use crate::types::{ActorId, ChangeHash, ObjId, ObjMeta, OpId, SequenceType, TextEncoding, Value};
 use crate::{AutomergeError, Change, Cursor, Fragment, ObjType, Prop};
 
+pub(crate) mod built_changes;
 pub(crate) mod current_state;
 
 // FIXME
@@ -260,6 +261,8 @@ pub struct Automerge {
     actor: Actor,
     /// The current author.
     author: Option<Author<'static>>,
+    /// statemesh patch: changes rebuilt for sync messages, by hash (see `built_changes`).
+    built: built_changes::BuiltChanges,
 }
 
 impl Automerge {
@@ -273,6 +276,7 @@ impl Automerge {
             deps: Default::default(),
             actor: Actor::Unused(ActorId::random()),
             author: None,
+            built: Default::default(),
         }
     }
 
@@ -313,6 +317,7 @@ impl Automerge {
             deps: Default::default(),
             actor: Actor::Unused(ActorId::random()),
             author: None,
+            built: Default::default(),
         }
     }
 
@@ -328,6 +333,7 @@ impl Automerge {
             deps,
             actor: Actor::Unused(ActorId::random()),
             author: None,
+            built: Default::default(),
         };
         doc.remove_unused_actors(false);
         doc
@@ -738,7 +744,32 @@ impl Automerge {
     where
         I: IntoIterator<Item = ChangeHash>,
     {
-        ChangeCollector::for_hashes(&self.ops, &self.change_graph, hashes)
+        // statemesh patch: changes already rebuilt are taken from `built` (see `built_changes`),
+        // the others rebuilt in one pass and kept; returned in the order asked for.
+        let hashes: Vec<ChangeHash> = hashes.into_iter().collect();
+        let mut kept = self.built.lock();
+        let missing: Vec<ChangeHash> = hashes
+            .iter()
+            .filter(|h| kept.get(h).is_none())
+            .copied()
+            .collect();
+        let mut fresh: HashMap<ChangeHash, Change> = HashMap::new();
+        if !missing.is_empty() {
+            for change in ChangeCollector::for_hashes(&self.ops, &self.change_graph, missing)? {
+                kept.insert(&change);
+                fresh.insert(change.hash(), change);
+            }
+        }
+        hashes
+            .iter()
+            .map(|h| {
+                fresh
+                    .get(h)
+                    .or_else(|| kept.get(h))
+                    .cloned()
+                    .ok_or(AutomergeError::InvalidHash(*h))
+            })
+            .collect()
     }
 
     pub(crate) fn exid_to_opid(&self, id: &ExId) -> Result<OpId, AutomergeError> {
