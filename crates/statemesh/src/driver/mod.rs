@@ -293,13 +293,14 @@ impl Run {
         mut stop: oneshot::Receiver<()>,
     ) {
         self.spawn_accept_loop();
-        // Heartbeats and views: a task of their own (see `pulse`).
-        self.tasks.spawn(pulse::run(
+        // Heartbeats and views: a thread of their own (see `pulse`).
+        pulse::spawn(
+            &mut self.tasks,
             self.shared.clone(),
             self.pulse_links.clone(),
             views_rx,
             self.events.clone(),
-        ));
+        );
         self.flush();
         // The job running, if any. One at a time; the node keeps ticking, judging views and
         // taking local writes meanwhile.
