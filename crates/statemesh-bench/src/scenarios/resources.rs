@@ -98,11 +98,7 @@ pub(crate) fn run_idle(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     let mut f = Fleet::new(opts.net, n)?;
     eprintln!("starting {n} windows ({})", opts.net.name());
     if n > ONE_BY_ONE_ABOVE {
-        // Dozens of windows started at once do not all link within the fleet's timeout on
-        // two cores (every pair's handshake at once): open them as a user would, as `scale`
-        // does.
-        f.within = Duration::from_secs(120);
-        f.start_one_by_one(n).context("starting the windows")?;
+        super::start_many(&mut f, n)?;
     } else {
         f.start(n).context("starting the windows")?;
     }

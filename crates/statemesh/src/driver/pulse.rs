@@ -88,22 +88,20 @@ pub(super) fn spawn(
     views: broadcast::Receiver<ViewFrame>,
     events: mpsc::UnboundedSender<LinkEvent>,
 ) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build();
     let fallback = (
         shared.clone(),
         links.clone(),
         views.resubscribe(),
         events.clone(),
     );
-    let started = match runtime {
-        Ok(runtime) => std::thread::Builder::new()
-            .name("statemesh-pulse".into())
-            .spawn(move || runtime.block_on(run(shared, links, views, events)))
-            .map(drop),
-        Err(e) => Err(e),
-    };
+    let started = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .and_then(|runtime| {
+            std::thread::Builder::new()
+                .name("statemesh-pulse".into())
+                .spawn(move || runtime.block_on(run(shared, links, views, events)))
+        });
     if let Err(e) = started {
         tracing::warn!(error = %e, "no thread for the pulse: it runs on the mesh's runtime");
         let (shared, links, views, events) = fallback;
