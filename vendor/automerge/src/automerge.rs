@@ -745,30 +745,21 @@ impl Automerge {
         I: IntoIterator<Item = ChangeHash>,
     {
         // statemesh patch: changes already rebuilt are taken from `built` (see `built_changes`),
-        // the others rebuilt in one pass and kept; returned in the order asked for.
+        // the others rebuilt in one pass (without the lock) and kept; returned in the order
+        // asked for.
         let hashes: Vec<ChangeHash> = hashes.into_iter().collect();
-        let mut kept = self.built.lock();
-        let missing: Vec<ChangeHash> = hashes
-            .iter()
-            .filter(|h| kept.get(h).is_none())
-            .copied()
-            .collect();
-        let mut fresh: HashMap<ChangeHash, Change> = HashMap::new();
+        let (mut found, missing) = self.built.lock().split(&hashes);
         if !missing.is_empty() {
-            for change in ChangeCollector::for_hashes(&self.ops, &self.change_graph, missing)? {
+            let rebuilt = ChangeCollector::for_hashes(&self.ops, &self.change_graph, missing)?;
+            let mut kept = self.built.lock();
+            for change in rebuilt {
                 kept.insert(&change);
-                fresh.insert(change.hash(), change);
+                found.insert(change.hash(), change);
             }
         }
         hashes
             .iter()
-            .map(|h| {
-                fresh
-                    .get(h)
-                    .or_else(|| kept.get(h))
-                    .cloned()
-                    .ok_or(AutomergeError::InvalidHash(*h))
-            })
+            .map(|h| found.get(h).cloned().ok_or(AutomergeError::InvalidHash(*h)))
             .collect()
     }
 
@@ -1541,7 +1532,28 @@ impl Automerge {
     }
 
     pub fn get_changes(&self, have_deps: &[ChangeHash]) -> Vec<Change> {
-        ChangeCollector::exclude_hashes(&self.ops, &self.change_graph, have_deps)
+        // statemesh patch: through the changes already rebuilt (see `built_changes`).
+        let hashes = self
+            .change_graph
+            .get_build_metadata_clock(have_deps)
+            .into_iter()
+            .filter_map(|c| self.change_graph.index_to_hash(c.builder).copied());
+        self.get_changes_by_hashes(hashes).unwrap_or_else(|_| {
+            ChangeCollector::exclude_hashes(&self.ops, &self.change_graph, have_deps)
+        })
+    }
+
+    /// statemesh patch: the changes [`Self::get_changes`] returns, each rebuilt from the op
+    /// set (never a copy kept from an earlier rebuild), and kept for the next sync message,
+    /// `get_changes` or `save_after` (see `built_changes`). For checking that changes received
+    /// rebuild as they came.
+    pub fn rebuild_changes(&self, have_deps: &[ChangeHash]) -> Vec<Change> {
+        let changes = ChangeCollector::exclude_hashes(&self.ops, &self.change_graph, have_deps);
+        let mut kept = self.built.lock();
+        for change in &changes {
+            kept.insert(change);
+        }
+        changes
     }
 
     pub fn get_changes_meta(&self, have_deps: &[ChangeHash]) -> Vec<ChangeMetadata<'_>> {

@@ -67,7 +67,7 @@ pub(super) fn check_new_changes(
         }
     }
     let received: BTreeSet<ChangeHash> = new.iter().map(|c| c.hash).collect();
-    let rebuilt = doc.get_changes(before);
+    let rebuilt = doc.rebuild_changes(before);
     if rebuilt.iter().map(|c| c.hash()).collect::<BTreeSet<_>>() != received {
         return Err(ApplyError::Invalid(
             "a change the CRDT library cannot reproduce as it came",
@@ -154,5 +154,67 @@ fn check_operation(doc: &Automerge, op: &automerge::legacy::Op) -> Result<(), Ap
             Err(ApplyError::Invalid("an insertion that inserts nothing"))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::legacy::OpType;
+
+    use super::super::tests::{replica, sync};
+    use super::super::{ApplyError, Replica, Scope};
+
+    /// A forged change no Automerge makes (a record's field put as an insertion, encoded by
+    /// hand) is refused and leaves the document exactly as it was. With debug assertions
+    /// Automerge's own check of its op order panics (contained); in a release build Automerge
+    /// accepts and rebuilds the change as it came, and the operation check refuses it
+    /// (`cargo test --release -p statemesh-core --lib forged_insertion`).
+    #[test]
+    fn a_forged_insertion_into_a_record_is_refused() {
+        let (mut a, mut b) = (replica(1), replica(2));
+        a.transact(|tx| tx.put("probes", "api", &"up", Scope::Durable))
+            .expect("write");
+        sync(&mut a, &mut b);
+        b.transact(|tx| tx.put("probes", "db", &"up", Scope::Durable))
+            .expect("write");
+        let honest = b.doc.get_last_local_change().expect("b's change");
+        let mut expanded = honest.decode();
+        expanded
+            .operations
+            .iter_mut()
+            .find(|op| matches!(op.action, OpType::Put(_)))
+            .expect("a put")
+            .insert = true;
+        expanded.hash = None;
+        let forged = automerge::Change::from(expanded);
+        assert_ne!(forged.hash(), honest.hash());
+        let message = automerge::sync::Message {
+            heads: vec![forged.hash()],
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: vec![forged.raw_bytes().to_vec()].into(),
+            flags: None,
+            version: automerge::sync::MessageVersion::V1,
+        };
+        let (heads, saved) = (a.heads(), a.save());
+        let e = a
+            .receive_sync(&mut Replica::new_sync_state(), &message.encode())
+            .expect_err("the forged change was accepted");
+        if cfg!(debug_assertions) {
+            assert!(matches!(e, ApplyError::Panicked), "{e}");
+        } else {
+            assert!(
+                matches!(e, ApplyError::Invalid(why) if why.contains("does not fit")),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            (a.heads(), a.save()),
+            (heads, saved),
+            "not exactly as it was"
+        );
+        // The honest change still joins.
+        sync(&mut a, &mut b);
+        assert_eq!(a.heads(), b.heads());
     }
 }

@@ -4,21 +4,26 @@
 //! changes it carries (`ChangeCollector::for_hashes`), once per peer: a document that sends its
 //! new changes to seven peers rebuilt each of them seven times. A change's bytes never change
 //! (the hash is of its bytes), so a rebuilt change is kept here, by hash, and the next message
-//! that carries it takes the copy. Bounded by count and bytes; oldest out first. A clone of the
-//! document starts with none (the copy is for whoever asks next, not a second document's).
+//! that carries it, or the next `get_changes` or `save_after`, takes the copy. Bounded by count
+//! and bytes; oldest out first. A clone of the document shares its copies with the original
+//! (a hash names the same bytes in every document), so a copy made to generate or apply sync
+//! messages on another thread rebuilds nothing the original already did, and the other way
+//! round. Only changes rebuilt from an op set are kept, never changes as received, so
+//! `Automerge::rebuild_changes` can still check that received changes rebuild as they came.
+//! The lock is never held while a change is rebuilt.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::{Change, ChangeHash};
 
 /// Most changes kept.
-const MAX_CHANGES: usize = 256;
+const MAX_CHANGES: usize = 1024;
 /// Most bytes of changes kept.
-const MAX_BYTES: usize = 1 << 20;
+const MAX_BYTES: usize = 4 << 20;
 
 #[derive(Default)]
-pub(crate) struct BuiltChanges(Mutex<Kept>);
+pub(crate) struct BuiltChanges(Arc<Mutex<Kept>>);
 
 #[derive(Default)]
 pub(crate) struct Kept {
@@ -35,8 +40,26 @@ impl BuiltChanges {
 }
 
 impl Kept {
-    pub(crate) fn get(&self, hash: &ChangeHash) -> Option<&Change> {
-        self.by_hash.get(hash)
+    /// The kept changes among `hashes` (by hash), and the hashes of the others, each once.
+    pub(crate) fn split(
+        &self,
+        hashes: &[ChangeHash],
+    ) -> (HashMap<ChangeHash, Change>, Vec<ChangeHash>) {
+        let mut found = HashMap::with_capacity(hashes.len());
+        let mut missing = Vec::new();
+        let mut seen = HashSet::with_capacity(hashes.len());
+        for hash in hashes {
+            if !seen.insert(*hash) {
+                continue;
+            }
+            match self.by_hash.get(hash) {
+                Some(change) => {
+                    found.insert(*hash, change.clone());
+                }
+                None => missing.push(*hash),
+            }
+        }
+        (found, missing)
     }
 
     pub(crate) fn insert(&mut self, change: &Change) {
@@ -60,7 +83,7 @@ impl Kept {
 
 impl Clone for BuiltChanges {
     fn clone(&self) -> Self {
-        Self::default()
+        Self(Arc::clone(&self.0))
     }
 }
 
