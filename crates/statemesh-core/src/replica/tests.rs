@@ -1,3 +1,4 @@
+use super::presence::tests::scanned_visible_keys;
 use super::*;
 use automerge::ROOT;
 use automerge::transaction::Transaction;
@@ -253,7 +254,7 @@ proptest! {
 
     /// After any mix of local writes and syncs: every entry Automerge's whole-document diff
     /// shows as changed is reported by `touched_since`, and the presence index of every
-    /// replica equals a scan of its document.
+    /// replica, and the keys its reads show, equal a scan of its document.
     #[test]
     fn touched_entries_and_presence_index_follow_the_document(ops in proptest::collection::vec(op(), 1..40)) {
         let mut rs = [replica(1), replica(2), replica(3)];
@@ -301,6 +302,10 @@ proptest! {
             for r in &rs {
                 for w in &writers {
                     prop_assert_eq!(indexed(r, *w), scanned_presence_entries(r, *w));
+                }
+                let live = |p: &PeerId| *p == writers[0];
+                for ch in ["c", "jobs"] {
+                    prop_assert_eq!(r.keys(ch, live), scanned_visible_keys(r, ch, live));
                 }
             }
         }

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use automerge::{Automerge, ChangeHash, ObjId, ReadDoc};
 
+use super::layout::channel_obj;
 use super::{EntryChange, EntryKind, Layout, Replica, SEP, split_counter_key};
 use crate::PeerId;
 
@@ -41,13 +42,22 @@ impl Replica {
     /// The entry changes of touched keys (from [`touched_keys`]); updates the presence index.
     pub(super) fn report_touched(&mut self, (records, counters): Touched) -> Vec<EntryChange> {
         let mut out = Vec::with_capacity(records.len() + counters.len());
+        // The channel's map, looked up once for a run of records of one channel (a received
+        // change's records mostly share theirs).
+        let mut channel: Option<(String, Option<ObjId>)> = None;
         for flat in records {
             let Some((c, k)) = flat.split_once(SEP) else {
                 continue;
             };
-            let (by, presence) = self
-                .record_obj(&flat)
-                .map_or((None, false), |r| self.record_meta(&r));
+            if channel.as_ref().is_none_or(|(name, _)| name != c) {
+                let ch = channel_obj(&self.doc, &self.layout.records, c);
+                channel = Some((c.to_owned(), ch));
+            }
+            let rec = channel
+                .as_ref()
+                .and_then(|(_, ch)| ch.as_ref())
+                .and_then(|ch| self.record_in(ch, k));
+            let (by, presence) = rec.map_or((None, false), |r| self.record_meta(&r));
             out.push(self.report_record(&flat, c, k, by, presence));
         }
         self.report_counters(&counters, &mut out);
@@ -79,7 +89,7 @@ impl Replica {
         by: Option<PeerId>,
         presence: bool,
     ) -> EntryChange {
-        self.presence.set_record(flat, by.filter(|_| presence));
+        self.presence.set_record(flat, presence.then_some(by));
         EntryChange {
             kind: EntryKind::Record,
             channel: c.into(),
