@@ -160,7 +160,7 @@ impl Run {
             Discovered::Gone { peer, certain } => {
                 if certain {
                     self.shared
-                        .node()
+                        .node_off_worker()
                         .handle_link_down(now, peer, LinkDown::Certain);
                     if let Some(link) = self.links.remove(&peer) {
                         self.links_changed = true;
@@ -188,7 +188,7 @@ impl Run {
     pub(super) fn check_settled(&mut self) {
         if self.settle.take_ready() {
             let now = self.shared.now();
-            self.shared.node().handle_settled(now);
+            self.shared.node_off_worker().handle_settled(now);
         }
     }
 
@@ -220,7 +220,7 @@ impl Run {
                 )
             })
             .collect();
-        let mut node = self.shared.node();
+        let mut node = self.shared.node_off_worker();
         if !others.is_empty() {
             let list: Vec<PeerAddress> = others.iter().map(|(_, a)| *a).collect();
             node.share_peers(new, &list);

@@ -52,7 +52,7 @@ impl Run {
             // due a push again) left the held frames, those answers among them, unread: with
             // 8 windows writing flat out every window only pushed, and nothing converged.
             None if self.pushed_last && !self.held.is_empty() => return,
-            None => match self.shared.node().start_push() {
+            None => match self.shared.node_off_worker().start_push() {
                 Some(p) => Job::Push(p),
                 None => return,
             },
@@ -67,11 +67,11 @@ impl Run {
         let now = self.shared.now();
         let (peer, conn, result) = match done {
             Ok(Job::Push(p)) => {
-                self.shared.node().finish_push(now, p);
+                self.shared.node_off_worker().finish_push(now, p);
                 return "push generated";
             }
             Ok(Job::Receive { peer, conn, job }) => {
-                let result = self.shared.node().finish_sync(now, *job);
+                let result = self.shared.node_off_worker().finish_sync(now, *job);
                 (peer, conn, result.map_err(|e| e.to_string()))
             }
             Err(e) => {

@@ -116,8 +116,8 @@ impl Run {
     pub(super) fn spawn_accept_loop(&mut self) {
         let endpoint = self.endpoint.clone();
         let events = self.events.clone();
-        let hello = self.shared.node().hello();
-        let max_frame = self.shared.node().config().max_frame;
+        let hello = self.shared.node_off_worker().hello();
+        let max_frame = self.shared.node_off_worker().config().max_frame;
         self.tasks.spawn(async move {
             let mut setups = JoinSet::new();
             loop {
@@ -175,8 +175,8 @@ impl Run {
             });
             return;
         }
-        let hello = self.shared.node().hello();
-        let max_frame = self.shared.node().config().max_frame;
+        let hello = self.shared.node_off_worker().hello();
+        let max_frame = self.shared.node_off_worker().config().max_frame;
         self.tasks.spawn(async move {
             match endpoint.connect(addr).await {
                 Ok(link) => exchange_hellos(link, hello, max_frame, events, Some(addr)).await,
@@ -220,7 +220,7 @@ impl Run {
             }
             LinkEvent::AuthFailed => self.shared.counts().auth_failures_quic += 1,
             LinkEvent::Persisted(Ok(seq)) => {
-                self.shared.node().persisted(seq);
+                self.shared.node_off_worker().persisted(seq);
             }
             LinkEvent::Persisted(Err(e)) => {
                 self.shared.counts().persist_errors += 1;
@@ -237,7 +237,10 @@ impl Run {
                 if self.links.get(&peer).is_none_or(|l| l.conn != conn) {
                     return;
                 }
-                let result = self.shared.node().handle_frame_deferred(now, peer, &frame);
+                let result = self
+                    .shared
+                    .node_off_worker()
+                    .handle_frame_deferred(now, peer, &frame);
                 match result {
                     Ok(Some(job)) => self.new_job = Some((conn, job)),
                     Ok(None) => {}
@@ -280,7 +283,7 @@ impl Run {
             );
             return;
         }
-        if let Err(e) = self.shared.node().check_hello(&hello) {
+        if let Err(e) = self.shared.node_off_worker().check_hello(&hello) {
             tracing::warn!(%remote, error = %e, "hello refused");
             link.connection.close(
                 quinn::VarInt::from_u32(quic::CLOSE_PROTOCOL),
@@ -318,7 +321,7 @@ impl Run {
         self.next_conn += 1;
         let conn = self.next_conn;
         let (tx, rx) = mpsc::unbounded_channel();
-        let max_frame = self.shared.node().config().max_frame;
+        let max_frame = self.shared.node_off_worker().config().max_frame;
         let Link {
             connection,
             send,
@@ -353,7 +356,7 @@ impl Run {
             },
         );
         self.shared.counts().links_opened += 1;
-        self.shared.node().handle_link_up(now, &hello);
+        self.shared.node_off_worker().handle_link_up(now, &hello);
         self.share_addresses(peer);
         self.tasks.spawn(read_datagrams(
             self.links[&peer].connection.clone(),
@@ -397,7 +400,7 @@ impl Run {
         );
         let tags = MeshTags::of(&ring, &self.name);
         self.shared
-            .node()
+            .node_off_worker()
             .set_mesh_tags(tags.primary, &tags.accepted);
         // Discoveries announce and accept the new tags too (mDNS re-announces).
         self.discoveries.retag(tags);
@@ -476,7 +479,7 @@ impl Run {
         }
         let now = self.shared.now();
         self.shared
-            .node()
+            .node_off_worker()
             .handle_link_down(now, peer, LinkDown::Hint);
         // Keep trying while the peer is known at some address.
         self.dialer.unlinked(Instant::now(), peer);

@@ -226,7 +226,7 @@ enum Turn {
 /// `block_in_place` hands this worker's other tasks to another thread for the time of `f`;
 /// on a current-thread runtime `f` just runs. Without it a window whose driver spent a second
 /// on bulk work read no view meanwhile, and its next tick judged its peers silent.
-fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn off_worker<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
@@ -428,7 +428,7 @@ impl Run {
     fn tick(&mut self) {
         self.next_housekeeping = Instant::now() + HOUSEKEEPING;
         let now = self.shared.now();
-        self.shared.node().handle_tick(now);
+        self.shared.node_off_worker().handle_tick(now);
         self.check_discovery();
     }
 
@@ -444,7 +444,7 @@ impl Run {
     /// When the node next needs a tick from the driver: its data deadline (the pulse runs the
     /// liveness part), and [`HOUSEKEEPING`] after the last tick at the latest.
     fn deadline(&self) -> Instant {
-        match self.shared.node().poll_data_timeout() {
+        match self.shared.node_off_worker().poll_data_timeout() {
             Some(due) => self.shared.instant(due).min(self.next_housekeeping),
             None => self.next_housekeeping,
         }
@@ -457,7 +457,7 @@ impl Run {
         let mut persists = Vec::new();
         let (info, term, synced, mut ack_progress, live) = {
             let t0 = Instant::now();
-            let mut node = self.shared.node();
+            let mut node = self.shared.node_off_worker();
             let t_lock = t0.elapsed();
             while let Some(t) = node.poll_transmit() {
                 frames.push(t);
@@ -534,7 +534,7 @@ impl Run {
             }
         }
         if let Some(seq) = unstored {
-            let mut node = self.shared.node();
+            let mut node = self.shared.node_off_worker();
             node.persisted(seq);
             ack_progress = node.ack_progress();
             while let Some(e) = node.poll_event() {
@@ -587,7 +587,7 @@ impl Run {
     /// Graceful leave: tell every peer, let the frames drain, close.
     async fn leave(&mut self) {
         let now = self.shared.now();
-        self.shared.node().leave(now);
+        self.shared.node_off_worker().leave(now);
         self.flush();
         let links = std::mem::take(&mut self.links);
         // Dropping the senders ends each writer after it wrote what was queued.
