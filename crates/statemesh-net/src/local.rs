@@ -11,7 +11,13 @@
 //! stale socket files (whose process died without cleaning up: connecting is refused). After a
 //! secret-based handshake (nonces from both sides, see [`crate::auth`]) each side learns the
 //! other's id and QUIC address, and the connection stays open: its EOF is a certain, immediate
-//! death signal, since only the kernel closing a dead process's sockets produces it.
+//! death signal, since only the kernel closing a dead process's sockets produces it. Two peers
+//! that connect to each other at once (both started together, or both rescanning) keep one
+//! connection on both sides, the one dialled by the lower id, and close the other after one
+//! byte ([`DUPLICATE`]) that tells its other end the close is no death. (Each side used to keep
+//! whichever connection finished first: when the two sides kept different ones, each took the
+//! other's close of its duplicate for a death, and a live window refuted a false suspicion
+//! about a second after starting.)
 //!
 //! [`LocalDiscovery`] is this presence as a [`Discovery`]: it reports the peers found as
 //! [`Discovered`] events, a closed connection as certainly gone.
@@ -19,7 +25,7 @@
 //! Not supported yet: Windows (named pipes). This module is compiled on Unix only (Linux,
 //! macOS, the BSDs); elsewhere a mesh has no local discovery and needs static peers.
 
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -32,7 +38,7 @@ use sha2::{Digest, Sha256};
 use statemesh_core::PeerId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::auth::{self, Binding, PROOF_LEN, Role};
@@ -156,8 +162,10 @@ struct Shared {
     mesh: String,
     dir: PathBuf,
     uid: u32,
-    /// Peers with a presence connection up (either direction).
-    connected: Mutex<BTreeSet<PeerId>>,
+    /// Peers with a presence connection up (either direction), and which connection.
+    connected: Mutex<HashMap<PeerId, Held>>,
+    /// Numbers the presence connections.
+    serials: AtomicU64,
     /// Connections refused for a foreign uid or a failed proof.
     auth_failures: AtomicU64,
     events: mpsc::UnboundedSender<Discovered>,
@@ -208,7 +216,8 @@ impl LocalPresence {
             mesh: mesh.to_owned(),
             dir,
             uid: rustix::process::getuid().as_raw(),
-            connected: Mutex::new(BTreeSet::new()),
+            connected: Mutex::new(HashMap::new()),
+            serials: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
             events,
         });
@@ -296,8 +305,8 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
                 Ok((stream, _)) => {
                     let shared = shared.clone();
                     conns.spawn(async move {
-                        if let Some((stream, peer)) = establish(stream, Role::Server, None, shared.clone()).await {
-                            hold(stream, peer, shared).await;
+                        if let Some(presence) = establish(stream, Role::Server, None, shared.clone()).await {
+                            hold(presence, shared).await;
                         }
                     });
                 }
@@ -321,7 +330,7 @@ async fn scan_loop(shared: Arc<Shared>) {
                 || shared
                     .connected
                     .lock()
-                    .map(|c| c.contains(&peer))
+                    .map(|c| c.contains_key(&peer))
                     .unwrap_or(true)
             {
                 continue;
@@ -342,8 +351,8 @@ async fn scan_loop(shared: Arc<Shared>) {
         }
         // The first scan settles once every handshake it started is done.
         while let Some(done) = handshakes.join_next().await {
-            if let Ok(Some((stream, peer))) = done {
-                conns.spawn(hold(stream, peer, shared.clone()));
+            if let Ok(Some(presence)) = done {
+                conns.spawn(hold(presence, shared.clone()));
             }
         }
         if first {
@@ -384,7 +393,7 @@ async fn establish(
     role: Role,
     expected: Option<PeerId>,
     shared: Arc<Shared>,
-) -> Option<(UnixStream, PeerId)> {
+) -> Option<Presence> {
     match stream.peer_cred() {
         Ok(cred) if cred.uid() == shared.uid => {}
         Ok(cred) => {
@@ -400,21 +409,70 @@ async fn establish(
     }
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, role, &shared)).await {
         Ok(Ok((peer, quic, key))) if expected.is_none_or(|e| e == peer) => {
-            let fresh = shared
+            let by_lower = match role {
+                Role::Client => shared.me < peer,
+                Role::Server => peer < shared.me,
+            };
+            let serial = shared.serials.fetch_add(1, Ordering::Relaxed);
+            let (close, closed) = oneshot::channel();
+            let kept = shared
                 .connected
                 .lock()
-                .map(|mut c| c.insert(peer))
-                .unwrap_or(false);
-            if !fresh {
-                // Both sides dialled each other: one presence connection is enough.
-                return None;
+                .ok()
+                .map(|mut c| match c.get(&peer) {
+                    None => {
+                        c.insert(
+                            peer,
+                            Held {
+                                serial,
+                                by_lower,
+                                close,
+                            },
+                        );
+                        Kept::First
+                    }
+                    // Both sides dialled each other: keep the connection dialled by the lower
+                    // id, as the other side does.
+                    Some(held) if by_lower && !held.by_lower => Kept::Replacing(c.insert(
+                        peer,
+                        Held {
+                            serial,
+                            by_lower,
+                            close,
+                        },
+                    )),
+                    Some(_) => Kept::Duplicate,
+                });
+            match kept {
+                Some(Kept::First) => {}
+                Some(Kept::Replacing(old)) => {
+                    // Found already; the old connection's holder closes it as a duplicate.
+                    if let Some(old) = old {
+                        let _ = old.close.send(());
+                    }
+                    return Some(Presence {
+                        stream,
+                        peer,
+                        serial,
+                        closed,
+                    });
+                }
+                Some(Kept::Duplicate) | None => {
+                    let _ = stream.write_all(&[DUPLICATE]).await;
+                    return None;
+                }
             }
             tracing::debug!(target: AUDIT_TARGET, peer = %peer.short(), %key, "local peer authenticated");
             let _ = shared.events.send(Discovered::Found {
                 peer: Some(peer),
                 addr: quic,
             });
-            Some((stream, peer))
+            Some(Presence {
+                stream,
+                peer,
+                serial,
+                closed,
+            })
         }
         Ok(Ok(_)) => {
             shared.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -433,23 +491,78 @@ async fn establish(
     }
 }
 
-/// Holds a presence connection until EOF, then reports the peer gone. Nothing more is ever
-/// sent on it, so any end of the stream means the peer's process is gone.
-async fn hold(mut stream: UnixStream, peer: PeerId, shared: Arc<Shared>) {
-    let mut buf = [0u8; 64];
-    loop {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    if let Ok(mut c) = shared.connected.lock() {
-        c.remove(&peer);
-    }
-    let _ = shared.events.send(Discovered::Gone {
+/// A presence connection kept (see [`establish`]).
+struct Presence {
+    stream: UnixStream,
+    peer: PeerId,
+    serial: u64,
+    /// Fires when a connection dialled by the lower id replaced this one.
+    closed: oneshot::Receiver<()>,
+}
+
+/// The presence connection held for a peer.
+#[derive(Debug)]
+struct Held {
+    serial: u64,
+    /// Whether the lower id of the two dialled it.
+    by_lower: bool,
+    /// Tells its holder to close it as a duplicate.
+    close: oneshot::Sender<()>,
+}
+
+/// What [`establish`] made of a new connection to a peer.
+enum Kept {
+    /// The first to it.
+    First,
+    /// Dialled by the lower id, it replaces the one held (closed as a duplicate).
+    Replacing(Option<Held>),
+    /// Another is held and stays: this one is closed as a duplicate.
+    Duplicate,
+}
+
+/// The one byte ever sent on a presence connection after the handshake: the sender closes it
+/// as a duplicate (another connection to the same peer is kept), not because it is gone.
+const DUPLICATE: u8 = 0xd1;
+
+/// Holds a presence connection until EOF, then reports the peer gone, unless the connection
+/// was closed as a duplicate (by this side, or by the other, which says so with [`DUPLICATE`]
+/// first) or is no longer the one held for the peer. Nothing else is ever sent on it, so any
+/// other end of the stream means the peer's process is gone.
+async fn hold(presence: Presence, shared: Arc<Shared>) {
+    let Presence {
+        mut stream,
         peer,
-        certain: true,
+        serial,
+        mut closed,
+    } = presence;
+    let mut buf = [0u8; 64];
+    let gone = loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break true,
+                Ok(n) if buf[..n].contains(&DUPLICATE) => break false,
+                Ok(_) => {}
+            },
+            Ok(()) = &mut closed => {
+                // Replaced by the connection dialled by the lower id: no longer held.
+                let _ = stream.write_all(&[DUPLICATE]).await;
+                return;
+            }
+        }
+    };
+    let held = shared.connected.lock().is_ok_and(|mut c| {
+        let held = c.get(&peer).is_some_and(|h| h.serial == serial);
+        if held {
+            c.remove(&peer);
+        }
+        held
     });
+    if held && gone {
+        let _ = shared.events.send(Discovered::Gone {
+            peer,
+            certain: true,
+        });
+    }
 }
 
 async fn handshake(

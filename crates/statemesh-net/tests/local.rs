@@ -204,3 +204,62 @@ async fn a_keyring_accepts_peers_proving_any_of_its_keys() {
     assert_eq!(c.auth_failures(), 1, "the first peer refused, counted");
     drop(a);
 }
+
+/// Two peers started at the same instant dial each other (each scan finds the other's socket,
+/// bound before either scans): both keep the connection dialled by the lower id and close the
+/// other as a duplicate, and neither takes that close for a death. Before, each kept whichever
+/// connection finished its handshake first; when they kept different ones, each reported the
+/// other certainly gone about a second after starting, though both were alive.
+#[tokio::test]
+async fn peers_dialling_each_other_at_once_keep_one_connection_and_no_false_death() {
+    for round in 0..8u64 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = dir.path().join("run");
+        let secret = Secret::from_bytes([4; 32]);
+        let p = ids(3);
+        // Bound back to back on this one-thread runtime: neither scan has run yet.
+        let (a, mut a_rx) = start(&run, "ws", p[0], quic(1000), secret.clone());
+        let (b, mut b_rx) = start(&run, "ws", p[1], quic(1001), secret.clone());
+        let mut a_found = found_until_settled(&mut a_rx).await;
+        let mut b_found = found_until_settled(&mut b_rx).await;
+        // Each may learn of the other by its own scan or by the other's connection.
+        for (rx, found, other) in [
+            (&mut a_rx, &mut a_found, p[1]),
+            (&mut b_rx, &mut b_found, p[0]),
+        ] {
+            while !found.contains_key(&other) {
+                match next(rx).await {
+                    Discovered::Found {
+                        peer: Some(peer),
+                        addr,
+                    } => {
+                        found.insert(peer, addr);
+                    }
+                    other => panic!("round {round}: unexpected {other:?}"),
+                }
+            }
+        }
+        // A third peer joins; by the time both have found it, the duplicate connection's
+        // close (made right after its handshake, before the first scans settled) has long
+        // reached its other end: nothing but the newcomer was reported.
+        let (c, mut c_rx) = start(&run, "ws", p[2], quic(1002), secret.clone());
+        let c_found = found_until_settled(&mut c_rx).await;
+        assert_eq!(c_found.len(), 2, "round {round}");
+        for rx in [&mut a_rx, &mut b_rx] {
+            match next(rx).await {
+                Discovered::Found { peer, .. } => assert_eq!(peer, Some(p[2]), "round {round}"),
+                other => panic!("round {round}: unexpected {other:?}"),
+            }
+        }
+        assert!(a_rx.try_recv().is_err(), "round {round}: more events");
+        assert!(b_rx.try_recv().is_err(), "round {round}: more events");
+        // The connection kept is a live presence: a death is still seen at once.
+        drop(b);
+        let gone = Discovered::Gone {
+            peer: p[1],
+            certain: true,
+        };
+        assert_eq!(next(&mut a_rx).await, gone, "round {round}");
+        drop((a, c));
+    }
+}
