@@ -415,58 +415,45 @@ async fn establish(
             };
             let serial = shared.serials.fetch_add(1, Ordering::Relaxed);
             let (close, closed) = oneshot::channel();
+            let held = Held {
+                serial,
+                by_lower,
+                close,
+            };
             let kept = shared
                 .connected
                 .lock()
                 .ok()
                 .map(|mut c| match c.get(&peer) {
                     None => {
-                        c.insert(
-                            peer,
-                            Held {
-                                serial,
-                                by_lower,
-                                close,
-                            },
-                        );
+                        c.insert(peer, held);
                         Kept::First
                     }
                     // Both sides dialled each other: keep the connection dialled by the lower
-                    // id, as the other side does.
-                    Some(held) if by_lower && !held.by_lower => Kept::Replacing(c.insert(
-                        peer,
-                        Held {
-                            serial,
-                            by_lower,
-                            close,
-                        },
-                    )),
+                    // id, as the other side does; the one it replaces is closed by its holder.
+                    Some(old) if by_lower && !old.by_lower => {
+                        if let Some(old) = c.insert(peer, held) {
+                            let _ = old.close.send(());
+                        }
+                        Kept::Replacing
+                    }
                     Some(_) => Kept::Duplicate,
                 });
             match kept {
-                Some(Kept::First) => {}
-                Some(Kept::Replacing(old)) => {
-                    // Found already; the old connection's holder closes it as a duplicate.
-                    if let Some(old) = old {
-                        let _ = old.close.send(());
-                    }
-                    return Some(Presence {
-                        stream,
-                        peer,
-                        serial,
-                        closed,
+                Some(Kept::First) => {
+                    tracing::debug!(target: AUDIT_TARGET, peer = %peer.short(), %key, "local peer authenticated");
+                    let _ = shared.events.send(Discovered::Found {
+                        peer: Some(peer),
+                        addr: quic,
                     });
                 }
+                // Found already.
+                Some(Kept::Replacing) => {}
                 Some(Kept::Duplicate) | None => {
                     let _ = stream.write_all(&[DUPLICATE]).await;
                     return None;
                 }
             }
-            tracing::debug!(target: AUDIT_TARGET, peer = %peer.short(), %key, "local peer authenticated");
-            let _ = shared.events.send(Discovered::Found {
-                peer: Some(peer),
-                addr: quic,
-            });
             Some(Presence {
                 stream,
                 peer,
@@ -514,8 +501,8 @@ struct Held {
 enum Kept {
     /// The first to it.
     First,
-    /// Dialled by the lower id, it replaces the one held (closed as a duplicate).
-    Replacing(Option<Held>),
+    /// Dialled by the lower id, it replaced the one held (told to close as a duplicate).
+    Replacing,
     /// Another is held and stays: this one is closed as a duplicate.
     Duplicate,
 }
@@ -543,8 +530,9 @@ async fn hold(presence: Presence, shared: Arc<Shared>) {
                 Ok(n) if buf[..n].contains(&DUPLICATE) => break false,
                 Ok(_) => {}
             },
-            Ok(()) = &mut closed => {
-                // Replaced by the connection dialled by the lower id: no longer held.
+            _ = &mut closed => {
+                // Replaced by the connection dialled by the lower id: no longer held. (Its
+                // sender only ever goes without sending when the presence shuts down.)
                 let _ = stream.write_all(&[DUPLICATE]).await;
                 return;
             }

@@ -48,20 +48,30 @@ async fn next(rx: &mut UnboundedReceiver<Discovered>) -> Discovered {
         .expect("channel open")
 }
 
+/// The next event: a peer found (`Ok`, with its QUIC address), or anything else (`Err`).
+async fn next_found(
+    rx: &mut UnboundedReceiver<Discovered>,
+) -> Result<(PeerId, SocketAddr), Discovered> {
+    match next(rx).await {
+        Discovered::Found {
+            peer: Some(peer),
+            addr,
+        } => Ok((peer, addr)),
+        other => Err(other),
+    }
+}
+
 async fn found_until_settled(
     rx: &mut UnboundedReceiver<Discovered>,
 ) -> BTreeMap<PeerId, SocketAddr> {
     let mut found = BTreeMap::new();
     loop {
-        match next(rx).await {
-            Discovered::Found {
-                peer: Some(peer),
-                addr,
-            } => {
+        match next_found(rx).await {
+            Ok((peer, addr)) => {
                 found.insert(peer, addr);
             }
-            Discovered::Settled => return found,
-            other => panic!("unexpected {other:?}"),
+            Err(Discovered::Settled) => return found,
+            Err(other) => panic!("unexpected {other:?}"),
         }
     }
 }
@@ -228,15 +238,10 @@ async fn peers_dialling_each_other_at_once_keep_one_connection_and_no_false_deat
             (&mut b_rx, &mut b_found, p[0]),
         ] {
             while !found.contains_key(&other) {
-                match next(rx).await {
-                    Discovered::Found {
-                        peer: Some(peer),
-                        addr,
-                    } => {
-                        found.insert(peer, addr);
-                    }
-                    other => panic!("round {round}: unexpected {other:?}"),
-                }
+                let (peer, addr) = next_found(rx)
+                    .await
+                    .unwrap_or_else(|e| panic!("round {round}: unexpected {e:?}"));
+                found.insert(peer, addr);
             }
         }
         // A third peer joins; by the time both have found it, the duplicate connection's
@@ -246,9 +251,9 @@ async fn peers_dialling_each_other_at_once_keep_one_connection_and_no_false_deat
         let c_found = found_until_settled(&mut c_rx).await;
         assert_eq!(c_found.len(), 2, "round {round}");
         for rx in [&mut a_rx, &mut b_rx] {
-            match next(rx).await {
-                Discovered::Found { peer, .. } => assert_eq!(peer, Some(p[2]), "round {round}"),
-                other => panic!("round {round}: unexpected {other:?}"),
+            match next_found(rx).await {
+                Ok((peer, _)) => assert_eq!(peer, p[2], "round {round}"),
+                Err(e) => panic!("round {round}: unexpected {e:?}"),
             }
         }
         assert!(a_rx.try_recv().is_err(), "round {round}: more events");

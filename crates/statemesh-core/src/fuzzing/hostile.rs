@@ -81,15 +81,7 @@ const MAX_CHANGES: usize = 16;
 /// panics on what it was asked to make: that is not the node under test).
 pub(super) fn hostile_sync(base: &Automerge, data: &[u8]) -> Option<Vec<u8>> {
     let (chunks, heads) = hostile_changes(base, data)?;
-    let message = automerge::sync::Message {
-        heads,
-        need: Vec::new(),
-        have: Vec::new(),
-        changes: chunks.into(),
-        flags: None,
-        version: automerge::sync::MessageVersion::V1,
-    };
-    Some(message.encode())
+    Some(crate::replica::message_carrying(chunks, heads).encode())
 }
 
 /// The hostile changes of the program `data` made on a copy of `base` (see [`hostile_sync`]),

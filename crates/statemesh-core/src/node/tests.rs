@@ -461,14 +461,8 @@ fn raw_change_frame(
         extra_bytes: Vec::new(),
         author: None,
     });
-    let message = automerge::sync::Message {
-        heads: vec![change.hash()],
-        need: Vec::new(),
-        have: Vec::new(),
-        changes: vec![change.raw_bytes().to_vec()].into(),
-        flags: None,
-        version: automerge::sync::MessageVersion::V1,
-    };
+    let message =
+        crate::replica::message_carrying(vec![change.raw_bytes().to_vec()], vec![change.hash()]);
     encode_frame(&Message::Sync(message.encode()), 1 << 20).expect("fits")
 }
 

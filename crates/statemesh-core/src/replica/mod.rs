@@ -66,6 +66,8 @@ use layout::{Layout, channel_obj, genesis};
 #[cfg(any(test, feature = "fuzzing"))]
 pub use legacy::schema1_file;
 use presence::PresenceIndex;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use sync::message_carrying;
 pub use sync::{CATCH_UP_AT_ONCE, CATCH_UP_ROUNDS, SyncApplied, SyncApply, SyncFinish};
 pub use tx::Tx;
 use validate::check_new_changes;

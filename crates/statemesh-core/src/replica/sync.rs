@@ -367,3 +367,21 @@ impl SyncApply {
         self.outcome = Some(result.unwrap_or(Err(ApplyError::Panicked)));
     }
 }
+
+/// A sync message that carries `chunks` (encoded changes) and announces `heads`, asking and
+/// offering nothing else: what a peer that hand-encodes its changes sends (tests and the fuzz
+/// targets forge with it).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn message_carrying(
+    chunks: Vec<Vec<u8>>,
+    heads: Vec<ChangeHash>,
+) -> automerge::sync::Message {
+    automerge::sync::Message {
+        heads,
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: chunks.into(),
+        flags: None,
+        version: automerge::sync::MessageVersion::V1,
+    }
+}

@@ -188,14 +188,8 @@ mod tests {
         expanded.hash = None;
         let forged = automerge::Change::from(expanded);
         assert_ne!(forged.hash(), honest.hash());
-        let message = automerge::sync::Message {
-            heads: vec![forged.hash()],
-            need: Vec::new(),
-            have: Vec::new(),
-            changes: vec![forged.raw_bytes().to_vec()].into(),
-            flags: None,
-            version: automerge::sync::MessageVersion::V1,
-        };
+        let message =
+            super::super::message_carrying(vec![forged.raw_bytes().to_vec()], vec![forged.hash()]);
         let (heads, saved) = (a.heads(), a.save());
         let e = a
             .receive_sync(&mut Replica::new_sync_state(), &message.encode())
