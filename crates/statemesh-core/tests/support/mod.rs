@@ -17,7 +17,11 @@ pub(crate) fn seeds() -> Vec<u64> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    (0..n).collect()
+    let from: u64 = std::env::var("SIM_FROM")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (from..from + n).collect()
 }
 
 pub(crate) fn peers_for(seed: u64, min: usize, spread: u64) -> usize {
