@@ -94,7 +94,7 @@ impl Node {
                 .replica
                 .receive_decoded(&mut link.sync, decoded)
                 .inspect_err(|_| self.stats.decode_errors += 1)?;
-            self.after_sync(now, from, before, Vec::new());
+            self.after_sync(now, from, before, Vec::new(), false);
             return Ok(None);
         }
         link.busy = true;
@@ -147,7 +147,7 @@ impl Node {
         if let Some(link) = self.links.get_mut(&from) {
             link.sync = applied.state;
         }
-        self.after_sync(now, from, applied.before, applied.changes);
+        self.after_sync(now, from, applied.before, applied.changes, true);
         Ok(None)
     }
 

@@ -124,13 +124,14 @@ impl Node {
     }
 
     /// What follows a sync message from `from` applied on top of heads `before`, the entries
-    /// its changes touched being `changes`.
+    /// its changes touched being `changes`; `carried`: the message carried changes.
     pub(super) fn after_sync(
         &mut self,
         now: Time,
         from: PeerId,
         before: Vec<ChangeHash>,
         changes: Vec<EntryChange>,
+        carried: bool,
     ) {
         if let Some(link) = self.links.get_mut(&from) {
             // The peer answered: whatever local changes waited for it leave with the reply
@@ -138,6 +139,14 @@ impl Node {
             link.changes_in_flight = None;
             link.push_pending = false;
             link.awaiting_answer = None;
+            if carried {
+                // Its sender holds its next local changes until this message is answered
+                // (see `push_changes`), and Automerge answers only when it has something to
+                // say: not when every change the message carried was held already (another
+                // peer relayed them first, or made the same channel's map). Unanswered, the
+                // sender's next write waited a heartbeat interval (192 ms in `propagation`).
+                link.sync.have_responded = false;
+            }
         }
         self.stats.sync_in += 1;
         let after = self.replica.heads();

@@ -474,12 +474,16 @@ impl Node {
         let Some(link) = self.links.get_mut(&from) else {
             return Err(ReceiveError::NoLink(from));
         };
+        let mut carried = false;
         let before = Replica::decode_sync(&bytes)
-            .and_then(|decoded| self.replica.receive_decoded(&mut link.sync, decoded))
+            .and_then(|decoded| {
+                carried = !decoded.changes.is_empty();
+                self.replica.receive_decoded(&mut link.sync, decoded)
+            })
             .inspect_err(|_| self.stats.decode_errors += 1)?;
         // The entries the message touched, found while it was checked.
         let changes = self.replica.touched_since(&before);
-        self.after_sync(now, from, before, changes);
+        self.after_sync(now, from, before, changes, carried);
         Ok(())
     }
 

@@ -8,6 +8,16 @@ use crate::replica::Scope;
 /// Delivers every frame the nodes send to the node it is for, except those `drop` names
 /// (as `(from, to)` indexes), until none is left.
 fn route(nodes: &mut [Node], now: Time, drop: &[(usize, usize)]) {
+    route_keeping(nodes, now, drop, &mut Vec::new());
+}
+
+/// [`route`], keeping the frames not delivered in `kept`, in order.
+fn route_keeping(
+    nodes: &mut [Node],
+    now: Time,
+    drop: &[(usize, usize)],
+    kept: &mut Vec<bytes::Bytes>,
+) {
     let index = |nodes: &[Node], id: PeerId| {
         nodes
             .iter()
@@ -22,6 +32,7 @@ fn route(nodes: &mut [Node], now: Time, drop: &[(usize, usize)]) {
                 moved = true;
                 let to = index(nodes, t.to);
                 if drop.contains(&(from, to)) {
+                    kept.push(t.frame);
                     continue;
                 }
                 nodes[to]
@@ -87,6 +98,41 @@ fn a_peer_whose_view_shows_our_document_holds_our_pending_writes() {
         held_by_1(&mut n[0]),
         "its view says its document is the writer's"
     );
+}
+
+/// A sync message that carries only changes its receiver holds already (they reached it
+/// first through another peer, as Automerge's bloom filters let a peer send what the other got
+/// meanwhile) is answered all the same: its sender holds its next local changes until the
+/// answer (see `push_changes`), and Automerge says nothing when it has nothing to say, so the
+/// sender's next write waited a heartbeat interval (192 ms in `propagation`).
+#[test]
+fn a_message_of_changes_already_held_is_answered() {
+    let (mut a, mut b) = linked();
+    let (pa, pb) = (a.me().peer, b.me().peer);
+    a.put("c", "k", &1i64, Scope::Durable).expect("write");
+    let carrying: Vec<bytes::Bytes> = std::iter::from_fn(|| a.poll_transmit())
+        .filter(|t| t.to == pb)
+        .map(|t| t.frame)
+        .filter(|f| {
+            matches!(codec::decode_frame(f, 1 << 24), Ok(Message::Sync(bytes))
+                if Replica::decode_sync(&bytes).is_ok_and(|m| !m.changes.is_empty()))
+        })
+        .collect();
+    assert_eq!(carrying.len(), 1, "the write leaves in one message");
+    b.handle_frame(Time::ZERO, pa, &carrying[0])
+        .expect("accepted");
+    // Both know the other holds the write.
+    pump(&mut a, &mut b, Time::ZERO);
+    assert!(a.poll_transmit().is_none() && b.poll_transmit().is_none());
+    // The same change again: nothing new for `b`, which has said so already.
+    let heads = b.heads();
+    b.handle_frame(Time::ZERO, pa, &carrying[0])
+        .expect("accepted");
+    assert_eq!(b.heads(), heads, "nothing new in it");
+    let answered = std::iter::from_fn(|| b.poll_transmit()).any(|t| {
+        t.to == pa && matches!(codec::decode_frame(&t.frame, 1 << 24), Ok(Message::Sync(_)))
+    });
+    assert!(answered, "a message that carried changes got no answer");
 }
 
 #[test]
