@@ -46,7 +46,7 @@ use crate::{Config, Incarnation, MeshTag, PeerId, Time};
 use acks::{AckBook, PendingWrite};
 pub use acks::{MAX_PENDING_WRITES, PENDING_TTL, RETIRED_KEPT, WriteStatus};
 pub use heart::{Heart, Pulse};
-pub use jobs::{PUSH_AT_ONCE, PushJob, SyncJob};
+pub use jobs::{INLINE_BYTES, PUSH_AT_ONCE, PushJob, SyncJob};
 use link::Link;
 pub use persist::{Persist, Snapshot};
 use reads::Scratch;
@@ -258,6 +258,9 @@ pub struct Node {
     push_jobs: bool,
     /// Local changes made since the last push left (or its job was taken).
     unpushed: usize,
+    /// A sync message was applied in place by [`Node::handle_frame_deferred`], leaving the
+    /// replica's standby behind: [`Node::catch_up_standby`] owes it the changes.
+    standby_owed: bool,
     leader_dirty: Vec<LeaderRecord>,
     next_write: u64,
     pending: BTreeMap<WriteId, PendingWrite>,
@@ -307,6 +310,7 @@ impl Node {
             doc_dirty: false,
             push_jobs: false,
             unpushed: 0,
+            standby_owed: false,
             leader_dirty: Vec::new(),
             next_write: 0,
             pending: BTreeMap::new(),

@@ -534,6 +534,92 @@ fn changes_the_crdt_library_accepts_but_cannot_keep_are_refused() {
     }
 }
 
+/// Issue 13: a small sync message is applied in place, on the receiver's turn, once the
+/// replica keeps a standby (a job's hand-overs between threads cost more than its apply); the
+/// standby is left behind until `catch_up_standby`, and a refused message still leaves the
+/// document exactly as it was.
+#[test]
+fn small_messages_are_applied_at_once_and_refused_ones_change_nothing() {
+    let (mut a, mut b) = linked();
+    let from = b.me().peer;
+    // Sends b's frames to a as a runtime does; returns whether any became a job.
+    let receive = |a: &mut Node, b: &mut Node| {
+        let mut jobs = 0;
+        for _ in 0..10 {
+            while let Some(t) = b.poll_transmit() {
+                if let Some(mut job) = a
+                    .handle_frame_deferred(Time::ZERO, from, &t.frame)
+                    .expect("accepted")
+                {
+                    jobs += 1;
+                    job.run();
+                    assert!(a.finish_sync(Time::ZERO, job).expect("applies").is_none());
+                }
+            }
+            a.catch_up_standby();
+            if !deliver(a, b, Time::ZERO) {
+                break;
+            }
+        }
+        jobs
+    };
+    b.put("c", "first", &1i64, Scope::Durable).expect("write");
+    receive(&mut a, &mut b);
+    assert_eq!(a.keys("c"), vec!["first".to_owned()]);
+    // (Behind by the job's changes: the next receive catches it up.)
+    assert!(
+        a.replica.standby_lag().is_some(),
+        "a receive leaves a standby"
+    );
+    b.put("c", "second", &2i64, Scope::Durable).expect("write");
+    assert_eq!(receive(&mut a, &mut b), 0, "a small message makes no job");
+    assert_eq!(a.get::<i64>("c", "second").expect("read"), Some(2));
+    assert_eq!(a.replica.standby_lag(), Some(0), "caught up after the turn");
+    // A refused message, in place, with the standby behind by a received change.
+    b.put("c", "third", &3i64, Scope::Durable).expect("write");
+    let mut frames = Vec::new();
+    for _ in 0..10 {
+        while let Some(t) = b.poll_transmit() {
+            frames.push(t.frame);
+        }
+        if !frames.is_empty() {
+            break;
+        }
+    }
+    for f in frames {
+        a.handle_frame_deferred(Time::ZERO, from, &f)
+            .expect("accepted");
+    }
+    assert_eq!(a.get::<i64>("c", "third").expect("read"), Some(3));
+    assert!(
+        a.replica.standby_lag().is_some_and(|lag| lag > 0),
+        "left behind"
+    );
+    let (heads, saved) = (a.heads(), a.replica().save());
+    let doc = a.replica().doc();
+    let max_op = heads
+        .iter()
+        .filter_map(|h| doc.get_change_meta_by_hash(h))
+        .map(|c| c.max_op)
+        .max()
+        .expect("known heads");
+    // Numbered below its dependency: refused by the checks after Automerge applied it.
+    let bad = raw_change_frame(&heads, max_op, Vec::new());
+    let r = a.handle_frame_deferred(Time::ZERO, from, &bad);
+    assert!(matches!(r, Err(ReceiveError::Apply(_))), "accepted: {r:?}");
+    assert_eq!(
+        (a.heads(), a.replica().save()),
+        (heads, saved),
+        "not exactly as it was"
+    );
+    a.catch_up_standby();
+    b.put("c", "fourth", &4i64, Scope::Durable).expect("write");
+    receive(&mut a, &mut b);
+    pump(&mut a, &mut b, Time::ZERO);
+    assert_eq!(a.heads(), b.heads());
+    assert_eq!(a.keys("c").len(), 4);
+}
+
 #[test]
 fn persisted_state_reloads_with_its_terms() {
     let mut a = node(1);

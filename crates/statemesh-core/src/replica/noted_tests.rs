@@ -85,7 +85,9 @@ proptest! {
 }
 
 /// A writer's local changes leave the standby alone (no apply on the writer's turn), and the
-/// next receive brings it up to date: the document and the standby hold the same changes.
+/// next receive brings it up to date before it applies anything; the received changes follow
+/// at the catch-up a runtime makes after the receive's turn: the document and the standby
+/// then hold the same changes.
 #[test]
 fn the_standby_catches_up_with_a_writer_at_the_next_receive() {
     let (mut a, mut b) = (replica(1), replica(2));
@@ -93,6 +95,7 @@ fn the_standby_catches_up_with_a_writer_at_the_next_receive() {
         .expect("b writes");
     // A received change makes `a` keep a standby.
     sync(&mut a, &mut b);
+    a.catch_up_standby_within(usize::MAX);
     let kept = a
         .standby
         .as_ref()
@@ -111,9 +114,16 @@ fn the_standby_catches_up_with_a_writer_at_the_next_receive() {
             "a local write touched the standby"
         );
     }
+    assert_eq!(a.standby_lag(), Some(20));
     b.transact(|tx| tx.put("c", "again", &2u8, Scope::Durable))
         .expect("b writes");
     sync(&mut a, &mut b);
+    assert_eq!(
+        a.standby_lag(),
+        Some(1),
+        "the receive took the writer's changes first; only the received one waits"
+    );
+    a.catch_up_standby_within(usize::MAX);
     let standby = a.standby.as_ref().expect("the standby stays");
     assert_eq!(standby.get_heads(), a.doc.get_heads());
     assert_eq!(a.doc.get_heads(), b.doc.get_heads());

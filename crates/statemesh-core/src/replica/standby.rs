@@ -3,9 +3,14 @@
 //! fails the checks of `validate`.
 //!
 //! A received message carrying changes is applied to the document itself, under
-//! `catch_unwind`; on success the same message is applied to the standby (the library is
-//! deterministic: same document, same message, same result), on failure the standby becomes
-//! the document, exactly as it was. Keeping the standby costs what a change costs, where a
+//! `catch_unwind`, once the standby is equal to it; on failure the standby becomes the
+//! document, exactly as it was. On success the standby is left behind by the message's
+//! changes (checked, and rebuilt by the checks, so kept by the document): the runtime's
+//! [`Node::catch_up_standby`](crate::Node::catch_up_standby) applies them once the receiver's
+//! turn has sent its answer and change notifications, or the next receive does, first.
+//! (Measured in `propagation`, 4 windows: a small message's turn took 255 µs at the median with
+//! the standby's apply in it, 203 µs without.) Keeping the standby costs what a change costs,
+//! where a
 //! fresh copy for every message cost what the document holds (Automerge 0.12's `clone` copies
 //! every column and rebuilds the object index, and the copy replaced dropped as much again).
 //! Local changes do not reach the standby as they are made (a local transaction's own change
@@ -53,6 +58,21 @@ impl Replica {
         let missing = self.doc.get_changes(&theirs);
         if !(standby.apply_changes(missing).is_ok() && standby.get_heads() == heads) {
             self.standby = None;
+        }
+    }
+
+    /// How many changes of the document the standby lacks; `None` when there is no standby.
+    pub fn standby_lag(&self) -> Option<usize> {
+        let standby = self.standby.as_ref()?;
+        Some(self.doc.get_changes_meta(&standby.get_heads()).len())
+    }
+
+    /// Gives the standby the changes it lacks, in one batch, if they are at most `max`;
+    /// further behind, it is left for the next receive or sync job, which weigh a copy against
+    /// the apply.
+    pub fn catch_up_standby_within(&mut self, max: usize) {
+        if self.standby_lag().is_some_and(|lag| lag <= max) {
+            self.catch_up_standby();
         }
     }
 

@@ -189,9 +189,13 @@ impl Replica {
 
     /// Applies a decoded sync message (see [`receive_sync`](Self::receive_sync)).
     ///
-    /// A message carrying changes is applied to the document itself under `catch_unwind`, and
-    /// to the standby once it passed; if it fails, the standby (equal to the document before
-    /// the message) becomes the document (see `standby`).
+    /// A message carrying changes is applied to the document itself under `catch_unwind`,
+    /// once the standby is equal to the document; if it fails, the standby (the document
+    /// before the message) becomes the document (see `standby`). If it passes, the standby is
+    /// left a message behind, for
+    /// [`catch_up_standby_within`](Self::catch_up_standby_within) (or the next receive) to
+    /// bring up to date: the receiver's turn, and the change notification after
+    /// it, do not wait for the copy's apply.
     pub fn receive_decoded(
         &mut self,
         state: &mut automerge::sync::State,
@@ -211,9 +215,6 @@ impl Replica {
             return Ok(before);
         }
         self.ensure_standby();
-        // What `receive_sync_message` does to the document: it loads the message's change
-        // chunks, joined (unless the sync state is read-only, which statemesh never sets).
-        let chunks: Vec<u8> = message.changes.iter().flatten().copied().collect();
         let (doc, layout, channels) = (&mut self.doc, &self.layout, &self.channels);
         let result = catch_unwind(AssertUnwindSafe(|| {
             receive_message(doc, &mut new_state, message)?;
@@ -224,14 +225,8 @@ impl Replica {
         }));
         match result {
             Ok(Ok((touched, made))) => {
-                if let Some(standby) = self.standby.as_mut() {
-                    let applied =
-                        catch_unwind(AssertUnwindSafe(|| standby.load_incremental(&chunks)));
-                    if !matches!(applied, Ok(Ok(_))) || standby.get_heads() != self.doc.get_heads()
-                    {
-                        self.drop_standby();
-                    }
-                }
+                // The standby stays at `before`: `catch_up_standby` (or the next receive)
+                // applies the changes, rebuilt and kept by the checks, out of this turn.
                 self.channels.extend(made);
                 self.received = Some((before.clone(), touched));
                 *state = new_state;

@@ -331,6 +331,7 @@ impl Run {
                     self.start_job(&mut job);
                     self.flush();
                     self.start_job(&mut job);
+                    self.shared.node_off_worker().catch_up_standby();
                     what
                 });
                 self.turn_done(t0, what);
@@ -404,6 +405,9 @@ impl Run {
                 this.flush();
                 // The flush may have left a push to generate.
                 this.start_job(&mut job);
+                // Last, once the answers and change notifications are out: the standby copy
+                // takes the changes of messages applied in place.
+                this.shared.node_off_worker().catch_up_standby();
                 what
             };
             // Work on the node that may take long (a job's result joining the document, a
