@@ -1,6 +1,7 @@
 //! Receives and pushes run away from the node: a received sync message carrying more than a
-//! few changes is applied by a [`SyncJob`], a burst of local changes is generated for the linked peers by a
-//! [`PushJob`], on another thread, while the node keeps taking every other input.
+//! few changes is applied by a [`SyncJob`], a burst of local changes is generated for the
+//! linked peers by a [`PushJob`], on another thread, while the node keeps taking every other
+//! input. (A small message is applied at once: see [`INLINE_BYTES`].)
 
 use super::{Node, ReceiveError};
 use crate::codec::Message;

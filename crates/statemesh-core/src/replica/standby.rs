@@ -10,9 +10,9 @@
 //! turn has sent its answer and change notifications, or the next receive does, first.
 //! (Measured in `propagation`, 4 windows: a small message's turn took 255 µs at the median with
 //! the standby's apply in it, 203 µs without.) Keeping the standby costs what a change costs,
-//! where a
-//! fresh copy for every message cost what the document holds (Automerge 0.12's `clone` copies
-//! every column and rebuilds the object index, and the copy replaced dropped as much again).
+//! where a fresh copy for every message cost what the document holds (Automerge 0.12's `clone`
+//! copies every column and rebuilds the object index, and the copy replaced dropped as much
+//! again).
 //! Local changes do not reach the standby as they are made (a local transaction's own change
 //! notification does not read its change: its writes noted what they changed): the next
 //! receive brings the standby up to date, in one batch, before it runs (see
@@ -44,7 +44,7 @@ use automerge::{Automerge, Change};
 use super::Replica;
 
 impl Replica {
-    /// Gives the standby, if there is one, the local changes it lacks, in one batch; drops it
+    /// Gives the standby, if there is one, the changes it lacks, in one batch; drops it
     /// if that fails.
     pub(super) fn catch_up_standby(&mut self) {
         let heads = self.doc.get_heads();
@@ -77,9 +77,9 @@ impl Replica {
     }
 
     /// Makes the standby equal to the document: a copy when there is none, otherwise the
-    /// local changes it lacks. The standby must hold no change the document lacks, and every
-    /// change it lacks must be local (received ones are applied to both, or the standby is
-    /// dropped), so equal heads mean equal documents.
+    /// changes it lacks. The standby must hold no change the document lacks, and every change
+    /// it lacks is one the document holds (local, or received and checked), so equal heads
+    /// mean equal documents.
     pub(super) fn ensure_standby(&mut self) {
         self.catch_up_standby();
         if self.standby.is_none() {
