@@ -34,6 +34,11 @@ pub(super) struct Link {
     pub(super) awaiting_answer: Option<Time>,
     /// Sync messages received since the documents last progressed, while they differ.
     pub(super) unproductive_syncs: u32,
+    /// Change-less sync messages received in a row that left both sides' heads where they were
+    /// while they differ: an exchange going round in circles (see [`LOOPING_ROUNDS`]).
+    pub(super) idle_rounds: u32,
+    /// The digest of the heads the peer announced in its last sync message.
+    pub(super) their_last_heads: Option<[u8; 8]>,
     /// A sync message of this peer is being applied, or one for it generated, away from the
     /// node (a [`SyncJob`](super::SyncJob) or a [`PushJob`](super::PushJob)): nothing else
     /// touches its sync state until the job comes back.
@@ -76,6 +81,15 @@ const UNPRODUCTIVE_SYNCS: u32 = 50;
 /// How many stall timeouts a peer that has not answered our last sync message is taken for
 /// busy rather than stalled.
 const BUSY_STALLS: u32 = 10;
+
+/// Change-less sync messages in a row, neither side's heads moving while they differ, after
+/// which the exchange is restarted at once, without waiting for the stall timeout: Automerge's
+/// two sync states then disagree for good about what was sent (a change marked sent that never
+/// arrived is never sent again), and both sides answer each other at once, for ever. Such
+/// storms ran about 2,600 messages per second per pair for two seconds, until the stall reset
+/// (`propagation`, under-load.md, fifteenth slice). A healthy exchange settles in two or three
+/// rounds, and one that moves changes is not counted.
+const LOOPING_ROUNDS: u32 = 16;
 
 impl Node {
     /// Restarts the sync exchange of every stalled link (see [`Node::handle_tick`]).
@@ -150,6 +164,23 @@ impl Node {
         }
         self.stats.sync_in += 1;
         let after = self.replica.heads();
+        let looping = self.links.get_mut(&from).is_some_and(|link| {
+            let theirs = link.sync.their_heads.as_deref().map(heads_digest);
+            let they_moved = std::mem::replace(&mut link.their_last_heads, theirs) != theirs;
+            let differ = theirs != Some(heads_digest(&after));
+            if carried || before != after || they_moved || !differ {
+                link.idle_rounds = 0;
+            } else {
+                link.idle_rounds += 1;
+            }
+            link.idle_rounds >= LOOPING_ROUNDS
+        });
+        if looping && let Some(link) = self.links.get_mut(&from) {
+            tracing::debug!(peer = %from.short(), "sync exchange going round in circles: restarted");
+            link.sync = Replica::new_sync_state();
+            link.idle_rounds = 0;
+            self.stats.sync_resets += 1;
+        }
         if before != after {
             self.events.extend(changes.into_iter().map(Event::Changed));
             self.publish_digests();

@@ -423,6 +423,8 @@ impl Node {
                 push_pending: false,
                 awaiting_answer: None,
                 unproductive_syncs: 0,
+                idle_rounds: 0,
+                their_last_heads: None,
                 busy: false,
                 push_ready: false,
                 sync_due: false,

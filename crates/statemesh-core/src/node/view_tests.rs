@@ -135,6 +135,29 @@ fn a_message_of_changes_already_held_is_answered() {
     assert!(answered, "a message that carried changes got no answer");
 }
 
+/// A message carrying a change is lost, and the sender's sync state marks the change sent:
+/// Automerge never sends it again, the receiver keeps asking for it, and both answer each other
+/// at once, for ever (storms of 2,600 change-less messages per second per pair, ended only
+/// by the stall reset two seconds later). The exchange is restarted after a few rounds without
+/// progress, and the change arrives.
+#[test]
+fn a_sync_exchange_going_round_in_circles_is_restarted() {
+    let (mut a, mut b) = linked();
+    a.put("c", "lost", &1i64, Scope::Durable).expect("write");
+    // Its message never arrives (a's sync state believes it sent the change).
+    while a.poll_transmit().is_some() {}
+    // The next exchange: b writes, a answers and names the change in its heads, b asks for it.
+    b.put("c", "later", &2i64, Scope::Durable).expect("write");
+    let resets = a.stats().sync_resets + b.stats().sync_resets;
+    pump(&mut a, &mut b, Time::ZERO);
+    assert_eq!(b.get::<i64>("c", "lost").expect("read"), Some(1));
+    assert_eq!(a.heads(), b.heads());
+    assert!(
+        a.stats().sync_resets + b.stats().sync_resets > resets,
+        "the exchange settled without a restart"
+    );
+}
+
 #[test]
 fn aligned_heartbeats_fall_on_the_grid() {
     let mut n = node(1);
