@@ -6,7 +6,7 @@ use super::common::{Snapshot, T0, assert_usable, drain, frame, hello_of, new_nod
 use super::escaping;
 use super::hostile::hostile_sync;
 use crate::codec::{self, Message};
-use crate::{Config, Node, PeerId, Scope, Value, WriteError};
+use crate::{Config, Node, PeerId, ReceiveError, Scope, Value, WriteError};
 
 /// The node under test in [`sync_receive`]: some state, a leadership term recorded in its
 /// document, and a link up with `peer` (hello exchanged, its first view and sync message sent).
@@ -64,8 +64,13 @@ fn receive_checked(
     frame: &[u8],
     what: &str,
     before: Snapshot,
+    deferred: bool,
 ) -> Snapshot {
-    let result = node.handle_frame(T0, from, frame);
+    let result = if deferred {
+        receive_deferred(node, from, frame)
+    } else {
+        node.handle_frame(T0, from, frame)
+    };
     drain(node);
     let after = Snapshot::of(node, T0);
     if let Err(e) = result {
@@ -74,9 +79,23 @@ fn receive_checked(
     after
 }
 
+/// A frame handed over as statemesh's runtime does: [`Node::handle_frame_deferred`] (a small
+/// sync message applied in place, a larger one returned as a job), the job run and finished,
+/// again while it comes back for local changes, then the standby's catch-up.
+fn receive_deferred(node: &mut Node, from: PeerId, frame: &[u8]) -> Result<(), ReceiveError> {
+    let mut job = node.handle_frame_deferred(T0, from, frame)?;
+    while let Some(mut j) = job.take() {
+        j.run();
+        job = node.finish_sync(T0, j)?;
+    }
+    node.catch_up_standby();
+    Ok(())
+}
+
 /// The whole path a linked peer's bytes take into a live document
-/// ([`Node::handle_frame`]), on a node with state and a link up with that peer. The input is
-/// fed four ways, in turn, to the same node:
+/// ([`Node::handle_frame`], or for inputs of odd length the runtime's
+/// [`Node::handle_frame_deferred`]), on a node with state and a link up with that peer. The
+/// input is fed four ways, in turn, to the same node:
 ///
 /// 0. as a whole frame, header included (the header's checks: most inputs stop there);
 /// 1. as a raw payload (any message kind) in a frame with a matching header;
@@ -96,16 +115,24 @@ pub fn sync_receive(data: &[u8]) {
 
 fn sync_receive_inner(data: &[u8]) {
     let SyncFixture { mut node, peer, .. } = sync_fixture();
+    let deferred = data.len() % 2 == 1;
     let base = node.replica().doc().clone();
     let state = Snapshot::of(&node, T0);
-    let state = receive_checked(&mut node, peer, data, "raw frame", state);
+    let state = receive_checked(&mut node, peer, data, "raw frame", state, deferred);
     let framed = codec::frame_raw(data);
-    let state = receive_checked(&mut node, peer, &framed, "raw payload", state);
+    let state = receive_checked(&mut node, peer, &framed, "raw payload", state, deferred);
     let wrapped = frame(&Message::Sync(data.to_vec()));
-    let state = receive_checked(&mut node, peer, &wrapped, "sync message", state);
+    let state = receive_checked(&mut node, peer, &wrapped, "sync message", state, deferred);
     if let Some(bytes) = hostile_sync(&base, data) {
         let hostile = frame(&Message::Sync(bytes));
-        receive_checked(&mut node, peer, &hostile, "hostile changes", state);
+        receive_checked(
+            &mut node,
+            peer,
+            &hostile,
+            "hostile changes",
+            state,
+            deferred,
+        );
     }
     assert_usable(&mut node);
 }
