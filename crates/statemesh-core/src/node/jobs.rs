@@ -95,43 +95,28 @@ impl Node {
         from: PeerId,
         frame: &[u8],
     ) -> Result<Option<SyncJob>, ReceiveError> {
-        let message = self.decode_frame(frame)?;
-        let Message::Sync(bytes) = message else {
-            return self.handle_message(now, from, message).map(|()| None);
+        let Some(decoded) = self.sync_message_of(now, from, frame)? else {
+            return Ok(None);
         };
-        self.advance(now);
+        // A message without changes, or a small one with a standby about up to date, is
+        // applied at once, in place: a job's two hand-overs between threads cost more than its
+        // apply. The standby is then owed the message's changes.
+        let size: usize = decoded.changes.iter().map(<[u8]>::len).sum();
+        let carried = !decoded.changes.is_empty();
+        if !carried
+            || size <= INLINE_BYTES
+                && self
+                    .replica
+                    .standby_lag()
+                    .is_some_and(|lag| lag <= INLINE_STANDBY_LAG)
+        {
+            self.receive_in_place(now, from, decoded)?;
+            self.standby_owed |= carried;
+            return Ok(None);
+        }
         let Some(link) = self.links.get_mut(&from) else {
             return Err(ReceiveError::NoLink(from));
         };
-        let decoded =
-            Replica::decode_sync(&bytes).inspect_err(|_| self.stats.decode_errors += 1)?;
-        if decoded.changes.is_empty() {
-            let before = self
-                .replica
-                .receive_decoded(&mut link.sync, decoded)
-                .inspect_err(|_| self.stats.decode_errors += 1)?;
-            self.after_sync(now, from, before, Vec::new(), false);
-            return Ok(None);
-        }
-        // A small message, with a standby about up to date, is applied at once, in place:
-        // a job's two hand-overs between threads cost more than its apply.
-        let size: usize = decoded.changes.iter().map(<[u8]>::len).sum();
-        if size <= INLINE_BYTES
-            && self
-                .replica
-                .standby_lag()
-                .is_some_and(|lag| lag <= INLINE_STANDBY_LAG)
-        {
-            let before = self
-                .replica
-                .receive_decoded(&mut link.sync, decoded)
-                .inspect_err(|_| self.stats.decode_errors += 1)?;
-            self.standby_owed = true;
-            // The entries the message touched, found while it was checked.
-            let changes = self.replica.touched_since(&before);
-            self.after_sync(now, from, before, changes, true);
-            return Ok(None);
-        }
         link.busy = true;
         Ok(Some(SyncJob {
             from,

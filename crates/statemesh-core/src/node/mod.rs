@@ -472,23 +472,55 @@ impl Node {
         from: PeerId,
         frame: &[u8],
     ) -> Result<(), ReceiveError> {
+        match self.sync_message_of(now, from, frame)? {
+            Some(message) => self.receive_in_place(now, from, message),
+            None => Ok(()),
+        }
+    }
+
+    /// Handles one frame received from `from` up to its sync message: any other message is
+    /// handled here (`None`), a sync message of a linked peer is returned decoded.
+    fn sync_message_of(
+        &mut self,
+        now: Time,
+        from: PeerId,
+        frame: &[u8],
+    ) -> Result<Option<automerge::sync::Message>, ReceiveError> {
         let message = self.decode_frame(frame)?;
         let Message::Sync(bytes) = message else {
-            return self.handle_message(now, from, message);
+            return self.handle_message(now, from, message).map(|()| None);
         };
         self.advance(now);
+        if !self.links.contains_key(&from) {
+            return Err(ReceiveError::NoLink(from));
+        }
+        let decoded =
+            Replica::decode_sync(&bytes).inspect_err(|_| self.stats.decode_errors += 1)?;
+        Ok(Some(decoded))
+    }
+
+    /// Applies a decoded sync message of linked peer `from` to the document itself (the
+    /// replica's standby undoes one that fails) and answers it.
+    fn receive_in_place(
+        &mut self,
+        now: Time,
+        from: PeerId,
+        message: automerge::sync::Message,
+    ) -> Result<(), ReceiveError> {
         let Some(link) = self.links.get_mut(&from) else {
             return Err(ReceiveError::NoLink(from));
         };
-        let mut carried = false;
-        let before = Replica::decode_sync(&bytes)
-            .and_then(|decoded| {
-                carried = !decoded.changes.is_empty();
-                self.replica.receive_decoded(&mut link.sync, decoded)
-            })
+        let carried = !message.changes.is_empty();
+        let before = self
+            .replica
+            .receive_decoded(&mut link.sync, message)
             .inspect_err(|_| self.stats.decode_errors += 1)?;
         // The entries the message touched, found while it was checked.
-        let changes = self.replica.touched_since(&before);
+        let changes = if carried {
+            self.replica.touched_since(&before)
+        } else {
+            Vec::new()
+        };
         self.after_sync(now, from, before, changes, carried);
         Ok(())
     }

@@ -442,6 +442,18 @@ fn malformed_sync_input_leaves_the_document_untouched() {
     assert_eq!(a.get::<i64>("c", "k").expect("read"), Some(1));
 }
 
+/// The highest operation counter of `node`'s heads: a forged change numbered after it fits
+/// the document's op numbering.
+fn max_op(node: &Node) -> u64 {
+    let doc = node.replica().doc();
+    node.heads()
+        .iter()
+        .filter_map(|h| doc.get_change_meta_by_hash(h))
+        .map(|c| c.max_op)
+        .max()
+        .expect("known heads")
+}
+
 /// A frame of a sync message carrying one change made from `operations`, numbered from `start_op`,
 /// on top of `heads`.
 fn raw_change_frame(
@@ -471,13 +483,7 @@ fn changes_the_crdt_library_accepts_but_cannot_keep_are_refused() {
     use automerge::legacy::{ElementId, Key, ObjectId, Op, OpId, OpType};
     let (mut a, b) = linked();
     let heads = a.heads();
-    let doc = a.replica().doc();
-    let max_op = heads
-        .iter()
-        .filter_map(|h| doc.get_change_meta_by_hash(h))
-        .map(|c| c.max_op)
-        .max()
-        .expect("known heads");
+    let max_op = max_op(&a);
     // The genesis change made the meta map ("m") with its third operation.
     let meta = OpId(3, automerge::ActorId::from([0u8; 16].as_slice()));
     let bad = [
@@ -596,13 +602,7 @@ fn small_messages_are_applied_at_once_and_refused_ones_change_nothing() {
         "left behind"
     );
     let (heads, saved) = (a.heads(), a.replica().save());
-    let doc = a.replica().doc();
-    let max_op = heads
-        .iter()
-        .filter_map(|h| doc.get_change_meta_by_hash(h))
-        .map(|c| c.max_op)
-        .max()
-        .expect("known heads");
+    let max_op = max_op(&a);
     // Numbered below its dependency: refused by the checks after Automerge applied it.
     let bad = raw_change_frame(&heads, max_op, Vec::new());
     let r = a.handle_frame_deferred(Time::ZERO, from, &bad);

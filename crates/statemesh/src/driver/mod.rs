@@ -328,10 +328,7 @@ impl Run {
                 let t0 = Instant::now();
                 let what = off_worker(|| {
                     let what = self.on_link_event(ev);
-                    self.start_job(&mut job);
-                    self.flush();
-                    self.start_job(&mut job);
-                    self.shared.node_off_worker().catch_up_standby();
+                    self.end_turn(&mut job);
                     what
                 });
                 self.turn_done(t0, what);
@@ -401,13 +398,7 @@ impl Run {
                         "tick"
                     }
                 };
-                this.start_job(&mut job);
-                this.flush();
-                // The flush may have left a push to generate.
-                this.start_job(&mut job);
-                // Last, once the answers and change notifications are out: the standby copy
-                // takes the changes of messages applied in place.
-                this.shared.node_off_worker().catch_up_standby();
+                this.end_turn(&mut job);
                 what
             };
             // Work on the node that may take long (a job's result joining the document, a
@@ -425,6 +416,16 @@ impl Run {
         // mesh closed.
         self.discoveries.withdraw();
         self.shared.close();
+    }
+
+    /// What follows every turn that handled an input: the next job if one is due, the node's
+    /// outputs carried out, a push the flush left to generate, and last, once the answers and
+    /// change notifications are out, the standby's copy of messages applied in place.
+    fn end_turn(&mut self, job: &mut Option<JoinHandle<Job>>) {
+        self.start_job(job);
+        self.flush();
+        self.start_job(job);
+        self.shared.node_off_worker().catch_up_standby();
     }
 
     /// Runs the node's tick: pushes that waited, stalled exchanges, and (harmlessly, the pulse
