@@ -364,6 +364,7 @@ fn command(
                 "sync_in": metrics.sync_in,
                 "sync_out": metrics.sync_out,
                 "sync_resets": metrics.sync_resets,
+                "bytes_in": metrics.bytes_in,
                 "freezes": metrics.freezes,
                 "suspicions_refuted": metrics.suspicions_refuted,
                 "tick_late_p99_us": metrics.tick_late.p99_us,

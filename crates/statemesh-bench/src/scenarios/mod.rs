@@ -100,14 +100,14 @@ fn sync_messages(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<u64> {
 /// sum of incarnation numbers: every move to a new incarnation), of which `false_suspicions`
 /// (a window learned it was judged dead while alive) and `freezes` (a window found its own
 /// ticks starved past the suspect timeout); `leadership_changes` (the most any window saw);
-/// restarted sync exchanges; the largest backlog and the views dropped; and the worst heartbeat
-/// tick lateness and driver turn.
+/// restarted sync exchanges; the largest backlog and the views dropped; the bytes received;
+/// and the worst heartbeat tick lateness and driver turn.
 pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out> {
     let mut out = Out::new();
     let (mut refutations, mut suspicions, mut freezes, mut resets, mut leadership) =
         (0, 0, 0, 0, 0);
     let (mut late_p99, mut late_max, mut turn_p99, mut turn_max) = (0u64, 0u64, 0u64, 0u64);
-    let (mut backlog_peak, mut views_dropped) = (0u64, 0u64);
+    let (mut backlog_peak, mut views_dropped, mut bytes_in) = (0u64, 0u64, 0u64);
     for s in slots {
         let info = f.ask(*s, &json!({"op": "info"}), "info")?;
         let n = |k: &str| info[k].as_u64().unwrap_or(0);
@@ -122,6 +122,7 @@ pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out>
         turn_max = turn_max.max(n("driver_turn_max_us"));
         backlog_peak = backlog_peak.max(n("backlog_peak"));
         views_dropped += n("views_dropped");
+        bytes_in += n("bytes_in");
     }
     out.insert("refutations".into(), json!(refutations));
     out.insert("false_suspicions".into(), json!(suspicions));
@@ -132,6 +133,9 @@ pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out>
     // frames queued to links), and views dropped unread (superseded by newer ones).
     out.insert("backlog_peak".into(), json!(backlog_peak));
     out.insert("views_dropped".into(), json!(views_dropped));
+    // Every frame every window received since it started (sync messages, views, the rest):
+    // what the mesh cost the network.
+    out.insert("received_mb".into(), json!(round3(bytes_in as f64 / 1e6)));
     out.insert(
         "tick_late_p99_ms".into(),
         json!(round3(late_p99 as f64 / 1e3)),
