@@ -196,13 +196,6 @@ impl Node {
     /// [`poll_transmit`](Self::poll_transmit) has run dry; the peers it covers are busy until
     /// [`finish_push`](Self::finish_push).
     pub fn start_push(&mut self) -> Option<PushJob> {
-        let ready: Vec<PeerId> = (self.links.iter())
-            .filter(|(_, l)| l.push_ready && !l.busy)
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in ready {
-            self.settle_held(peer);
-        }
         let mut peers = Vec::new();
         for (peer, link) in &mut self.links {
             if link.push_ready && !link.busy {

@@ -3,8 +3,6 @@
 //! exchange restarted — unless the peer is busy (applying a backlog, or a job of this node
 //! holds its sync state) and still productive.
 
-use std::collections::HashSet;
-
 use automerge::ChangeHash;
 
 use super::{Event, Node, PUSH_AT_ONCE};
@@ -53,11 +51,6 @@ pub(super) struct Link {
     pub(super) sync_due: bool,
     /// Which link this is (a link that went down and came up again is another).
     pub(super) serial: u64,
-    /// Received changes this node marked sent in `sync` to hold them back from this peer
-    /// (see `relay`).
-    pub(super) held: HashSet<ChangeHash>,
-    /// Some of `held` were released while `sync` was with a job.
-    pub(super) held_stale: bool,
     /// The newest pending local write the peer is known to hold. It holds every earlier one
     /// too: each change of this peer's actor depends on the one before it. See
     /// [`Node::backlog`].
@@ -135,7 +128,6 @@ impl Node {
         for peer in stalled {
             if let Some(link) = self.links.get_mut(&peer) {
                 link.sync = Replica::new_sync_state();
-                link.held.clear();
                 link.mismatch_since = Some(now);
                 link.stalled_views = 0;
                 link.unproductive_syncs = 0;
@@ -172,14 +164,6 @@ impl Node {
         }
         self.stats.sync_in += 1;
         let after = self.replica.heads();
-        if before != after {
-            // What it brought is left to reach the other peers from its writer (see `relay`).
-            let received: Vec<ChangeHash> = (self.replica.doc().get_changes_meta(&before))
-                .iter()
-                .map(|c| c.hash)
-                .collect();
-            self.hold_received(now, from, received);
-        }
         let looping = self.links.get_mut(&from).is_some_and(|link| {
             let theirs = link.sync.their_heads.as_deref().map(heads_digest);
             let they_moved = std::mem::replace(&mut link.their_last_heads, theirs) != theirs;
@@ -194,7 +178,6 @@ impl Node {
         if looping && let Some(link) = self.links.get_mut(&from) {
             tracing::debug!(peer = %from.short(), "sync exchange going round in circles: restarted");
             link.sync = Replica::new_sync_state();
-            link.held.clear();
             link.idle_rounds = 0;
             self.stats.sync_resets += 1;
         }
@@ -255,7 +238,6 @@ impl Node {
     }
 
     pub(super) fn sync_with(&mut self, peer: PeerId) {
-        self.settle_held(peer);
         let now = self.last_tick;
         let Some(link) = self.links.get_mut(&peer) else {
             return;
