@@ -147,6 +147,9 @@ impl Node {
         changes: Vec<EntryChange>,
         carried: bool,
     ) {
+        self.stats.sync_in += 1;
+        let after = self.replica.heads();
+        let digest = heads_digest(&after);
         if let Some(link) = self.links.get_mut(&from) {
             // The peer answered: whatever local changes waited for it leave with the reply
             // below.
@@ -161,25 +164,19 @@ impl Node {
                 // sender's next write waited a heartbeat interval (192 ms in `propagation`).
                 link.sync.have_responded = false;
             }
-        }
-        self.stats.sync_in += 1;
-        let after = self.replica.heads();
-        let looping = self.links.get_mut(&from).is_some_and(|link| {
             let theirs = link.sync.their_heads.as_deref().map(heads_digest);
             let they_moved = std::mem::replace(&mut link.their_last_heads, theirs) != theirs;
-            let differ = theirs != Some(heads_digest(&after));
-            if carried || before != after || they_moved || !differ {
+            if carried || before != after || they_moved || theirs == Some(digest) {
                 link.idle_rounds = 0;
             } else {
                 link.idle_rounds += 1;
             }
-            link.idle_rounds >= LOOPING_ROUNDS
-        });
-        if looping && let Some(link) = self.links.get_mut(&from) {
-            tracing::debug!(peer = %from.short(), "sync exchange going round in circles: restarted");
-            link.sync = Replica::new_sync_state();
-            link.idle_rounds = 0;
-            self.stats.sync_resets += 1;
+            if link.idle_rounds >= LOOPING_ROUNDS {
+                tracing::debug!(peer = %from.short(), "sync exchange going round in circles: restarted");
+                link.sync = Replica::new_sync_state();
+                link.idle_rounds = 0;
+                self.stats.sync_resets += 1;
+            }
         }
         if before != after {
             self.events.extend(changes.into_iter().map(Event::Changed));
@@ -188,7 +185,7 @@ impl Node {
             self.reelect(now);
         }
         if let Some(link) = self.links.get_mut(&from) {
-            if link.their_doc == Some(heads_digest(&after)) {
+            if link.their_doc == Some(digest) {
                 link.mismatch_since = None;
                 link.differs_since = None;
                 link.unproductive_syncs = 0;

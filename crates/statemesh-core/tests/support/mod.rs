@@ -9,26 +9,22 @@ use std::time::Duration;
 use statemesh_core::sim::{CrashSignal, Sim, SimConfig};
 use statemesh_core::{PeerId, Scope, Time, WriteId};
 
+/// The number in environment variable `name`, if it holds one.
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
 pub(crate) fn seeds() -> Vec<u64> {
-    if let Some(seed) = std::env::var("SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(seed) = env_number("SEED") {
         return vec![seed];
     }
-    let n: u64 = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
-    let from: u64 = std::env::var("SIM_FROM")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let n: u64 = env_number("SIM_SEEDS").unwrap_or(1000);
+    let from: u64 = env_number("SIM_FROM").unwrap_or(0);
     (from..from + n).collect()
 }
 
 pub(crate) fn peers_for(seed: u64, min: usize, spread: u64) -> usize {
-    std::env::var("PEERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(min + (seed % spread) as usize)
+    env_number("PEERS").unwrap_or(min + (seed % spread) as usize)
 }
 
 /// The agreement bound of property 1: suspect timeout + 2 heartbeats + the largest network
