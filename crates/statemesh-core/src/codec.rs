@@ -196,6 +196,13 @@ pub fn is_view(frame: &[u8]) -> bool {
     frame.len() > HEADER_LEN && frame[HEADER_LEN] == 1
 }
 
+/// Whether a frame holds a [`Message::Sync`], judged like [`is_view`] from its header and the
+/// first byte of its payload alone.
+pub fn is_sync(frame: &[u8]) -> bool {
+    // `Message::Sync` is variant 3.
+    frame.len() > HEADER_LEN && frame[HEADER_LEN] == 3
+}
+
 /// The payload length a frame's header announces (`None`: fewer than [`HEADER_LEN`] bytes).
 fn announced_len(bytes: &[u8]) -> Option<usize> {
     let header: [u8; HEADER_LEN] = bytes.get(..HEADER_LEN)?.try_into().ok()?;

@@ -1,19 +1,21 @@
 //! Receives and pushes run away from the node: a received sync message carrying more than a
 //! few changes is applied by a [`SyncJob`], a burst of local changes is generated for the
 //! linked peers by a [`PushJob`], on another thread, while the node keeps taking every other
-//! input. (A small message is applied at once: see [`INLINE_BYTES`].)
+//! input. (A small message is applied at once: see [`INLINE_BYTES`].) The messages several
+//! peers sent while the last job ran join one job ([`Node::join_frame`]), applied in one call
+//! of the CRDT library's.
 
 use super::{Node, ReceiveError};
 use crate::codec::Message;
 use crate::replica::Replica;
 use crate::{PeerId, Time};
 
-/// A received sync message carrying changes, applied away from the node: see
-/// [`Node::handle_frame_deferred`].
+/// Received sync messages carrying changes, applied away from the node: see
+/// [`Node::handle_frame_deferred`] and [`Node::join_frame`].
 #[derive(Debug)]
 pub struct SyncJob {
-    from: PeerId,
-    serial: u64,
+    /// The peer (and its link's serial) of each of the apply's entries, in order.
+    from: Vec<(PeerId, u64)>,
     apply: crate::replica::SyncApply,
 }
 
@@ -24,9 +26,25 @@ impl SyncJob {
         self.apply.run();
     }
 
-    /// The peer that sent the message.
+    /// The peer that sent the job's first message.
     pub fn from(&self) -> PeerId {
-        self.from
+        self.from[0].0
+    }
+
+    /// Whether the job holds a message of `peer`.
+    pub fn includes(&self, peer: PeerId) -> bool {
+        self.from.iter().any(|(p, _)| *p == peer)
+    }
+
+    /// Whether the job takes more messages ([`Node::join_frame`]): it has not run yet, and its
+    /// messages carry less than [`JOB_BYTES`](crate::replica::JOB_BYTES) of changes.
+    pub fn accepts(&self) -> bool {
+        self.apply.accepts()
+    }
+
+    /// How many sync messages the job applies.
+    pub fn messages(&self) -> usize {
+        self.apply.messages()
     }
 }
 
@@ -119,10 +137,65 @@ impl Node {
         };
         link.busy = true;
         Ok(Some(SyncJob {
-            from,
-            serial: link.serial,
+            from: vec![(from, link.serial)],
             apply: self.replica.start_sync(&link.sync, decoded),
         }))
+    }
+
+    /// Handles one frame like [`handle_frame_deferred`](Self::handle_frame_deferred) while
+    /// `job` (a job it returned, not yet run, that [accepts](SyncJob::accepts) more) waits to
+    /// start: a sync message that carries changes joins the job instead of making another, and
+    /// so does any sync message of a peer the job holds one of (its messages are applied in the
+    /// order they came). A runtime that finds frames of several peers waiting when a job ends
+    /// gives them to the next job this way, one apply for all of them: a call of the CRDT
+    /// library's with many changes costs less per change than several with few, and a change
+    /// that several peers relayed is applied once. Any other frame is handled as
+    /// [`handle_frame`](Self::handle_frame) does; a runtime keeps a frame of a peer the job
+    /// holds that is not a sync message (see [`codec::is_sync`](crate::codec::is_sync)) until
+    /// the job is done.
+    pub fn join_frame(
+        &mut self,
+        now: Time,
+        job: &mut SyncJob,
+        from: PeerId,
+        frame: &[u8],
+    ) -> Result<(), ReceiveError> {
+        debug_assert!(
+            job.accepts(),
+            "a job that runs, or ran, takes no more messages"
+        );
+        let Some(decoded) = self.sync_message_of(now, from, frame)? else {
+            return Ok(());
+        };
+        let entry = job.from.iter().position(|(p, _)| *p == from);
+        if entry.is_none() && decoded.changes.is_empty() {
+            return self.receive_in_place(now, from, decoded);
+        }
+        let Some(link) = self.links.get_mut(&from) else {
+            return Err(ReceiveError::NoLink(from));
+        };
+        link.busy = true;
+        if job.apply.join(entry, &link.sync, decoded) == job.from.len() {
+            job.from.push((from, link.serial));
+        }
+        Ok(())
+    }
+
+    /// A job made of the messages of a job of several that failed, one at a time (see
+    /// [`finish_sync`](Self::finish_sync)), if any is left: run it before any other, and
+    /// before the frames of the peers it covers.
+    pub fn retry_job(&mut self) -> Option<SyncJob> {
+        while let Some((from, serial, message)) = self.retry.pop_front() {
+            let Some(link) = self.links.get_mut(&from).filter(|l| l.serial == serial) else {
+                continue;
+            };
+            link.busy = true;
+            return Some(SyncJob {
+                from: vec![(from, serial)],
+                apply: self.replica.start_sync(&link.sync, message),
+            });
+        }
+        None
     }
 
     /// Brings the replica's standby up to date after messages applied in place by
@@ -137,10 +210,11 @@ impl Node {
     }
 
     /// Takes back a [`SyncJob`] that ran: its changes join the document (with the local writes
-    /// made meanwhile), the sender's sync state moves on, and the node answers it. An error
-    /// means the message was malformed: the link should be closed, as for
-    /// [`handle_frame`](Self::handle_frame). A job whose link went down meanwhile is
-    /// dropped.
+    /// made meanwhile), the senders' sync states move on, and the node answers them. An error
+    /// means the job's one message was malformed: the link to its sender should be closed, as
+    /// for [`handle_frame`](Self::handle_frame). A job of several messages that failed is
+    /// retried one message at a time, to find the one at fault (see
+    /// [`retry_job`](Self::retry_job)). A job whose links all went down meanwhile is dropped.
     ///
     /// Returns the job again when local writes made while it ran are many: they are applied to
     /// the job's copy off the node too (run it again and give it back), so that what the node
@@ -151,35 +225,67 @@ impl Node {
         job: SyncJob,
     ) -> Result<Option<SyncJob>, ReceiveError> {
         self.advance(now);
-        let SyncJob {
-            from,
-            serial,
-            apply,
-        } = job;
-        let Some(link) = self.links.get_mut(&from).filter(|l| l.serial == serial) else {
+        let SyncJob { from, mut apply } = job;
+        let current: Vec<bool> = from
+            .iter()
+            .map(|(peer, serial)| self.links.get(peer).is_some_and(|l| l.serial == *serial))
+            .collect();
+        if !current.contains(&true) {
             return Ok(None);
-        };
-        link.busy = false;
-        let applied = match self
-            .replica
-            .finish_sync(apply)
-            .inspect_err(|_| self.stats.decode_errors += 1)?
-        {
-            crate::replica::SyncFinish::Done(applied) => *applied,
-            crate::replica::SyncFinish::Again(apply) => {
-                link.busy = true;
+        }
+        let messages = apply.take_messages();
+        let applied = match self.replica.finish_sync(apply) {
+            Ok(crate::replica::SyncFinish::Done(applied)) => *applied,
+            Ok(crate::replica::SyncFinish::Again(apply)) => {
                 return Ok(Some(SyncJob {
                     from,
-                    serial,
                     apply: *apply,
                 }));
             }
+            Err(_) if messages.iter().map(Vec::len).sum::<usize>() > 1 => {
+                // Which message failed is not known: each is tried again on its own, in the
+                // order they came, the links staying busy until then.
+                tracing::debug!(
+                    messages = messages.iter().map(Vec::len).sum::<usize>(),
+                    "a sync job of several messages failed: retried one at a time"
+                );
+                for (((peer, serial), messages), current) in
+                    from.into_iter().zip(messages).zip(current)
+                {
+                    if current {
+                        self.retry
+                            .extend(messages.into_iter().map(|m| (peer, serial, m)));
+                    }
+                }
+                return Ok(None);
+            }
+            Err(e) => {
+                self.stats.decode_errors += 1;
+                self.release(&from, &current);
+                return Err(e.into());
+            }
         };
-        if let Some(link) = self.links.get_mut(&from) {
-            link.sync = applied.state;
+        self.release(&from, &current);
+        let mut peers = Vec::with_capacity(from.len());
+        for (((peer, _), state), current) in from.into_iter().zip(applied.states).zip(current) {
+            if let Some(link) = self.links.get_mut(&peer).filter(|_| current) {
+                link.sync = state;
+                peers.push(peer);
+            }
         }
-        self.after_sync(now, from, applied.before, applied.changes, true);
+        self.after_syncs(now, &peers, applied.before, applied.changes, true);
         Ok(None)
+    }
+
+    /// The links of a job's peers (those still `current`) are no longer busy with it, unless
+    /// a retry of theirs waits (see [`retry_job`](Self::retry_job)).
+    fn release(&mut self, from: &[(PeerId, u64)], current: &[bool]) {
+        for ((peer, _), current) in from.iter().zip(current) {
+            let waits = self.retry.iter().any(|(p, _, _)| p == peer);
+            if let Some(link) = self.links.get_mut(peer).filter(|_| *current && !waits) {
+                link.busy = false;
+            }
+        }
     }
 
     /// In this mode (off by default) a push of many local changes to the linked peers (the

@@ -147,36 +147,24 @@ impl Node {
         changes: Vec<EntryChange>,
         carried: bool,
     ) {
-        self.stats.sync_in += 1;
+        self.after_syncs(now, &[from], before, changes, carried);
+    }
+
+    /// [`after_sync`](Self::after_sync) for a job that applied the messages of several
+    /// peers (`from`) at once: the document moved once, each link's exchange went on.
+    pub(super) fn after_syncs(
+        &mut self,
+        now: Time,
+        from: &[PeerId],
+        before: Vec<ChangeHash>,
+        changes: Vec<EntryChange>,
+        carried: bool,
+    ) {
+        self.stats.sync_in += from.len() as u64;
         let after = self.replica.heads();
         let digest = heads_digest(&after);
-        if let Some(link) = self.links.get_mut(&from) {
-            // The peer answered: whatever local changes waited for it leave with the reply
-            // below.
-            link.changes_in_flight = None;
-            link.push_pending = false;
-            link.awaiting_answer = None;
-            if carried {
-                // Its sender holds its next local changes until this message is answered
-                // (see `push_changes`), and Automerge answers only when it has something to
-                // say: not when every change the message carried was held already (another
-                // peer relayed them first, or made the same channel's map). Unanswered, the
-                // sender's next write waited a heartbeat interval (192 ms in `propagation`).
-                link.sync.have_responded = false;
-            }
-            let theirs = link.sync.their_heads.as_deref().map(heads_digest);
-            let they_moved = std::mem::replace(&mut link.their_last_heads, theirs) != theirs;
-            if carried || before != after || they_moved || theirs == Some(digest) {
-                link.idle_rounds = 0;
-            } else {
-                link.idle_rounds += 1;
-            }
-            if link.idle_rounds >= LOOPING_ROUNDS {
-                tracing::debug!(peer = %from.short(), "sync exchange going round in circles: restarted");
-                link.sync = Replica::new_sync_state();
-                link.idle_rounds = 0;
-                self.stats.sync_resets += 1;
-            }
+        for from in from {
+            self.note_answer(*from, &before, &after, digest, carried);
         }
         if before != after {
             self.events.extend(changes.into_iter().map(Event::Changed));
@@ -184,25 +172,70 @@ impl Node {
             self.observe_stored_terms();
             self.reelect(now);
         }
-        if let Some(link) = self.links.get_mut(&from) {
-            if link.their_doc == Some(digest) {
-                link.mismatch_since = None;
-                link.differs_since = None;
-                link.unproductive_syncs = 0;
-            } else if before != after && link.mismatch_since.is_some() {
-                link.mismatch_since = Some(now);
-                link.stalled_views = 0;
-                link.unproductive_syncs = 0;
-            } else if before == after {
-                link.unproductive_syncs = link.unproductive_syncs.saturating_add(1);
+        for &from in from {
+            if let Some(link) = self.links.get_mut(&from) {
+                if link.their_doc == Some(digest) {
+                    link.mismatch_since = None;
+                    link.differs_since = None;
+                    link.unproductive_syncs = 0;
+                } else if before != after && link.mismatch_since.is_some() {
+                    link.mismatch_since = Some(now);
+                    link.stalled_views = 0;
+                    link.unproductive_syncs = 0;
+                } else if before == after {
+                    link.unproductive_syncs = link.unproductive_syncs.saturating_add(1);
+                }
             }
+            self.sync_with(from);
         }
-        self.sync_with(from);
         if !self.links.values().any(|l| l.push_ready || l.push_pending) {
             // The reply carried what waited: no push is owed to anyone.
             self.unpushed = 0;
         }
-        self.check_replicated(now, from);
+        for &from in from {
+            self.check_replicated(now, from);
+        }
+    }
+
+    /// The bookkeeping of the exchange with `from` when a sync message of its was received:
+    /// the answer it was, and whether the exchange goes round in circles.
+    fn note_answer(
+        &mut self,
+        from: PeerId,
+        before: &[ChangeHash],
+        after: &[ChangeHash],
+        digest: [u8; 8],
+        carried: bool,
+    ) {
+        let Some(link) = self.links.get_mut(&from) else {
+            return;
+        };
+        // The peer answered: whatever local changes waited for it leave with the reply
+        // below.
+        link.changes_in_flight = None;
+        link.push_pending = false;
+        link.awaiting_answer = None;
+        if carried {
+            // Its sender holds its next local changes until this message is answered
+            // (see `push_changes`), and Automerge answers only when it has something to
+            // say: not when every change the message carried was held already (another
+            // peer relayed them first, or made the same channel's map). Unanswered, the
+            // sender's next write waited a heartbeat interval (192 ms in `propagation`).
+            link.sync.have_responded = false;
+        }
+        let theirs = link.sync.their_heads.as_deref().map(heads_digest);
+        let they_moved = std::mem::replace(&mut link.their_last_heads, theirs) != theirs;
+        if carried || before != after || they_moved || theirs == Some(digest) {
+            link.idle_rounds = 0;
+        } else {
+            link.idle_rounds += 1;
+        }
+        if link.idle_rounds >= LOOPING_ROUNDS {
+            tracing::debug!(peer = %from.short(), "sync exchange going round in circles: restarted");
+            link.sync = Replica::new_sync_state();
+            link.idle_rounds = 0;
+            self.stats.sync_resets += 1;
+        }
     }
 
     /// A view of `peer` showed that the documents differ: a sync message is owed to it. It is

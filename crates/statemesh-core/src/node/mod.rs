@@ -261,6 +261,9 @@ pub struct Node {
     /// A sync message was applied in place by [`Node::handle_frame_deferred`], leaving the
     /// replica's standby behind: [`Node::catch_up_standby`] owes it the changes.
     standby_owed: bool,
+    /// The messages of a sync job of several that failed, to apply one at a time (see
+    /// [`Node::retry_job`]): sender, its link's serial, message.
+    retry: VecDeque<(PeerId, u64, automerge::sync::Message)>,
     leader_dirty: Vec<LeaderRecord>,
     next_write: u64,
     pending: BTreeMap<WriteId, PendingWrite>,
@@ -311,6 +314,7 @@ impl Node {
             push_jobs: false,
             unpushed: 0,
             standby_owed: false,
+            retry: VecDeque::new(),
             leader_dirty: Vec::new(),
             next_write: 0,
             pending: BTreeMap::new(),

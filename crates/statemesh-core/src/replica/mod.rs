@@ -68,7 +68,7 @@ pub use legacy::schema1_file;
 use presence::PresenceIndex;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use sync::message_carrying;
-pub use sync::{CATCH_UP_AT_ONCE, CATCH_UP_ROUNDS, SyncApplied, SyncApply, SyncFinish};
+pub use sync::{CATCH_UP_AT_ONCE, CATCH_UP_ROUNDS, JOB_BYTES, SyncApplied, SyncApply, SyncFinish};
 pub use tx::Tx;
 use validate::check_new_changes;
 

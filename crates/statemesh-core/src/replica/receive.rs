@@ -26,20 +26,58 @@ use automerge::{Automerge, AutomergeError, ChangeHash};
 pub(crate) fn receive_message(
     doc: &mut Automerge,
     state: &mut State,
-    message: Message,
+    message: &Message,
 ) -> Result<(), AutomergeError> {
-    state.in_flight = false;
-    let before_heads = doc.get_heads();
-    let Message {
-        heads: message_heads,
-        changes,
-        need,
-        have,
-        flags,
-        ..
-    } = message;
+    receive_messages(doc, &mut [(state, std::slice::from_ref(message))])
+}
 
-    if let Some(flags) = flags {
+/// Applies several peers' messages to `doc` at once: every change they carry in one apply (a
+/// call of many changes costs Automerge less per change than several of few, and changes that
+/// several peers relayed are applied once), then each peer's sync state moved on by its
+/// messages, in order, as [`receive_message`] does. One difference when there is more than one
+/// message: the heads a message's changes made new are known to it only as far as the message
+/// names them (the apply cannot tell which message brought which head), so the state's shared
+/// heads may lag, never lead, what the peer holds: at worst a change is offered again.
+pub(crate) fn receive_messages(
+    doc: &mut Automerge,
+    batch: &mut [(&mut State, &[Message])],
+) -> Result<(), AutomergeError> {
+    let before_heads = doc.get_heads();
+    let single = matches!(batch, [(_, [_])]);
+    let chunks: Vec<u8> = batch
+        .iter()
+        .filter(|(state, _)| !state.read_only)
+        .flat_map(|(_, messages)| messages.iter())
+        .flat_map(|m| m.changes.iter())
+        .flatten()
+        .copied()
+        .collect();
+    if !chunks.is_empty() {
+        doc.load_incremental(&chunks)?;
+    }
+    let after_heads = doc.get_heads();
+    for (state, messages) in batch.iter_mut() {
+        for message in messages.iter() {
+            let name = (!single).then_some(message.heads.as_slice());
+            note_message(doc, state, message, (&before_heads, &after_heads), name);
+        }
+    }
+    Ok(())
+}
+
+/// Moves `state` on by `message` once its changes are applied (the document went from heads
+/// `heads.0` to `heads.1`). `named`: only those of the new heads count as shared (see
+/// [`receive_messages`]).
+fn note_message(
+    doc: &Automerge,
+    state: &mut State,
+    message: &Message,
+    (before_heads, after_heads): (&[ChangeHash], &[ChangeHash]),
+    named: Option<&[ChangeHash]>,
+) {
+    state.in_flight = false;
+    let message_heads = &message.heads;
+    if let Some(flags) = message.flags {
         // A peer that sends flags supports the second message version (flags came with it),
         // whose one use is to send the whole document, compressed, instead of changes (to a
         // peer with no heads, or lacking a third of the changes). statemesh does not record
@@ -57,11 +95,9 @@ pub(crate) fn receive_message(
         state.peer_read_only = flags.contains(MessageFlags::READ_ONLY);
     }
 
-    let changes_is_empty = changes.is_empty();
+    let changes_is_empty = message.changes.is_empty();
     if !changes_is_empty && !state.read_only {
-        let chunks: Vec<u8> = changes.iter().flatten().copied().collect();
-        doc.load_incremental(&chunks)?;
-        state.shared_heads = advance_heads(&before_heads, &doc.get_heads(), &state.shared_heads);
+        state.shared_heads = advance_heads(before_heads, after_heads, &state.shared_heads, named);
     }
 
     // The hashes sent that the peer's heads do not cover yet: it has not seen them.
@@ -82,12 +118,13 @@ pub(crate) fn receive_message(
             .retain(|h| unseen.contains(h) || doc.get_change_meta_by_hash(h).is_none());
     }
 
-    if changes_is_empty && message_heads == before_heads {
-        state.last_sent_heads.clone_from(&message_heads);
+    // (With one message, the heads after are those before unless it carried changes.)
+    if changes_is_empty && message_heads == after_heads {
+        state.last_sent_heads.clone_from(message_heads);
     }
 
     if known.len() == message_heads.len() {
-        state.shared_heads.clone_from(&message_heads);
+        state.shared_heads.clone_from(message_heads);
         // A peer that lost all its data: the exchange starts over.
         if message_heads.is_empty() {
             state.last_sent_heads = Vec::new();
@@ -99,22 +136,22 @@ pub(crate) fn receive_message(
         state.shared_heads = shared.into_iter().collect();
     }
 
-    state.their_have = Some(have);
-    state.their_heads = Some(message_heads);
-    state.their_need = Some(need);
-    Ok(())
+    state.their_have = Some(message.have.clone());
+    state.their_heads = Some(message_heads.clone());
+    state.their_need = Some(message.need.clone());
 }
 
 /// The heads both sides share after applying changes from the peer: the heads the apply made
-/// new, and the shared heads that are still heads.
+/// new (those among `named` only, if given), and the shared heads that are still heads.
 fn advance_heads(
     old_heads: &[ChangeHash],
     new_heads: &[ChangeHash],
     old_shared: &[ChangeHash],
+    named: Option<&[ChangeHash]>,
 ) -> Vec<ChangeHash> {
     let advanced: BTreeSet<ChangeHash> = new_heads
         .iter()
-        .filter(|h| !old_heads.contains(h))
+        .filter(|h| !old_heads.contains(h) && named.is_none_or(|n| n.contains(h)))
         .chain(old_shared.iter().filter(|h| new_heads.contains(h)))
         .copied()
         .collect();
@@ -196,7 +233,7 @@ mod tests {
                     let message = self.queues[a][b].pop_front()?;
                     let (doc, state) = (&mut self.docs[b], &mut self.states[b][a]);
                     if self.ours {
-                        receive_message(doc, state, message).expect("our receive");
+                        receive_message(doc, state, &message).expect("our receive");
                     } else {
                         doc.receive_sync_message(state, message)
                             .expect("Automerge's receive");
@@ -236,6 +273,88 @@ mod tests {
         }
     }
 
+    impl World {
+        /// Delivers to `b`, at once, every message queued for it ([`receive_messages`]);
+        /// returns whether there was any.
+        fn deliver_all(&mut self, b: usize) -> bool {
+            let mut batch: Vec<(usize, Vec<Message>)> = (0..PEERS)
+                .filter(|&a| a != b)
+                .map(|a| (a, self.queues[a][b].drain(..).collect()))
+                .collect();
+            batch.retain(|(_, m)| !m.is_empty());
+            let (doc, states) = (&mut self.docs[b], &mut self.states[b]);
+            let mut refs: Vec<(&mut State, &[Message])> = states
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(a, state)| {
+                    let (_, m) = batch.iter().find(|(x, _)| *x == a)?;
+                    Some((state, m.as_slice()))
+                })
+                .collect();
+            receive_messages(doc, &mut refs).expect("a batch receive");
+            !refs.is_empty()
+        }
+
+        /// Whether every sync state claims as shared only changes its peer holds.
+        fn shared_heads_held(&self) -> bool {
+            (0..PEERS).all(|p| {
+                (0..PEERS).filter(|&q| q != p).all(|q| {
+                    self.states[p][q]
+                        .shared_heads
+                        .iter()
+                        .all(|h| self.docs[q].get_change_meta_by_hash(h).is_some())
+                })
+            })
+        }
+
+        /// Exchanges messages between every pair until none has anything to send.
+        fn settle(&mut self) {
+            for _ in 0..50 {
+                let mut sent = false;
+                for a in 0..PEERS {
+                    for b in 0..PEERS {
+                        sent |= self.run(&Step::Send(a, b), 0).is_some();
+                    }
+                }
+                for b in 0..PEERS {
+                    sent |= self.deliver_all(b);
+                }
+                if !sent {
+                    return;
+                }
+            }
+            panic!("the exchange did not settle");
+        }
+    }
+
+    proptest! {
+        /// Over random sessions where a document takes the messages of several peers at once
+        /// ([`receive_messages`]), no sync state claims a change its peer lacks, and once
+        /// everyone exchanges until quiet, every document holds every change.
+        #[test]
+        fn batched_receives_stay_sound_and_converge(
+            steps in proptest::collection::vec((step(), any::<bool>()), 1..120),
+        ) {
+            let mut world = World::new(true);
+            for (n, (step, batched)) in steps.iter().enumerate() {
+                match *step {
+                    Step::Deliver(_, b) if *batched => {
+                        world.deliver_all(b);
+                    }
+                    ref step => {
+                        world.run(step, n as u64);
+                    }
+                }
+                prop_assert!(world.shared_heads_held(), "step {}: {:?}", n, step);
+            }
+            world.settle();
+            prop_assert!(world.shared_heads_held());
+            for p in 1..PEERS {
+                prop_assert_eq!(world.docs[0].get_heads(), world.docs[p].get_heads());
+            }
+        }
+    }
+
     /// A document of actor `actor` holding `changes` changes of one put each.
     fn doc(actor: u8, changes: u64) -> Automerge {
         let mut doc = Automerge::new().with_actor(ActorId::from(vec![actor]));
@@ -264,10 +383,10 @@ mod tests {
             }
             if let Some(m) = m1 {
                 sent(&m);
-                receive_message(b, to_a, m).expect("b receives");
+                receive_message(b, to_a, &m).expect("b receives");
             }
             if let Some(m) = m2 {
-                receive_message(a, to_b, m).expect("a receives");
+                receive_message(a, to_b, &m).expect("a receives");
             }
         }
         panic!("the exchange did not settle in 20 rounds");
@@ -286,7 +405,7 @@ mod tests {
         tx.put(ROOT, "k", 1000u64).expect("a put");
         let first = tx.commit().0.expect("a change");
         let message = a.generate_sync_message(&mut to_b).expect("a message");
-        receive_message(&mut b, &mut to_a, message).expect("b receives");
+        receive_message(&mut b, &mut to_a, &message).expect("b receives");
         let mut tx = a.transaction();
         tx.put(ROOT, "k", 1001u64).expect("a put");
         let second = tx.commit().0.expect("a change");
@@ -296,13 +415,13 @@ mod tests {
             .generate_sync_message(&mut to_a)
             .expect("an acknowledgement");
         assert_eq!(ack.heads, vec![first]);
-        receive_message(&mut a, &mut to_b, ack).expect("a receives");
+        receive_message(&mut a, &mut to_b, &ack).expect("a receives");
         assert_eq!(to_b.sent_hashes, BTreeSet::from([second]));
-        receive_message(&mut b, &mut to_a, message).expect("b receives");
+        receive_message(&mut b, &mut to_a, &message).expect("b receives");
         let ack = b
             .generate_sync_message(&mut to_a)
             .expect("an acknowledgement");
-        receive_message(&mut a, &mut to_b, ack).expect("a receives");
+        receive_message(&mut a, &mut to_b, &ack).expect("a receives");
         assert!(to_b.sent_hashes.is_empty());
     }
 

@@ -11,7 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use automerge::sync::SyncDoc;
 use automerge::{Automerge, ChangeHash};
 
-use super::receive::receive_message;
+use super::receive::{receive_message, receive_messages};
 use super::touched::{Touched, TouchedKeys};
 use super::validate::check_new_changes;
 use super::{ApplyError, EntryChange, Layout, Replica};
@@ -122,8 +122,9 @@ impl Replica {
             layout: self.layout.clone(),
             touched: (Vec::new(), Vec::new()),
             doc,
-            state: state.clone(),
-            message: Some(message),
+            bytes: carried_bytes(&message),
+            inbound: vec![(state.clone(), vec![message])],
+            applied: false,
             outcome: None,
             catch_up,
             discard,
@@ -182,7 +183,7 @@ impl Replica {
         let changes = self.report_touched(job.touched);
         Ok(SyncFinish::Done(Box::new(SyncApplied {
             before,
-            state: job.state,
+            states: job.inbound.into_iter().map(|(state, _)| state).collect(),
             changes,
         })))
     }
@@ -208,7 +209,7 @@ impl Replica {
             // No change: only the sync state moves (the new one is kept only on success).
             let doc = &mut self.doc;
             catch_unwind(AssertUnwindSafe(|| {
-                receive_message(doc, &mut new_state, message)
+                receive_message(doc, &mut new_state, &message)
             }))
             .map_err(|_| ApplyError::Panicked)??;
             *state = new_state;
@@ -217,7 +218,7 @@ impl Replica {
         self.ensure_standby();
         let (doc, layout, channels) = (&mut self.doc, &self.layout, &self.channels);
         let result = catch_unwind(AssertUnwindSafe(|| {
-            receive_message(doc, &mut new_state, message)?;
+            receive_message(doc, &mut new_state, &message)?;
             let mut keys = TouchedKeys::new(layout).with_channels(channels);
             check_new_changes(doc, layout, &before, Some(&mut keys))?;
             let made = keys.made_channels();
@@ -300,8 +301,8 @@ pub enum SyncFinish {
 pub struct SyncApplied {
     /// The heads before.
     pub before: Vec<ChangeHash>,
-    /// The peer's new sync state.
-    pub state: automerge::sync::State,
+    /// The peers' new sync states, in the order they joined the job.
+    pub states: Vec<automerge::sync::State>,
     /// The entries the received changes touched.
     pub changes: Vec<EntryChange>,
 }
@@ -316,8 +317,12 @@ pub struct SyncApply {
     /// What the received changes touched, found by `run`.
     touched: Touched,
     doc: Automerge,
-    state: automerge::sync::State,
-    message: Option<automerge::sync::Message>,
+    /// Each peer's sync state and its messages, in order (see [`SyncApply::join`]).
+    inbound: Vec<(automerge::sync::State, Vec<automerge::sync::Message>)>,
+    /// Bytes of changes the messages carry.
+    bytes: usize,
+    /// Whether `run` applied the messages.
+    applied: bool,
     outcome: Option<Result<(), ApplyError>>,
     /// Local changes to apply to the copy (see [`Replica::finish_sync`]).
     catch_up: Vec<automerge::Change>,
@@ -340,18 +345,23 @@ impl SyncApply {
                 Ok(r) => r.map_err(ApplyError::from),
                 Err(_) => Err(ApplyError::Panicked),
             };
-            if result.is_err() || self.message.is_none() {
+            if result.is_err() || self.applied {
                 self.outcome = Some(result);
                 return;
             }
         }
-        let Some(message) = self.message.take() else {
+        if std::mem::replace(&mut self.applied, true) {
             return;
-        };
-        let (doc, state, base) = (&mut self.doc, &mut self.state, &self.base);
+        }
+        let (doc, base) = (&mut self.doc, &self.base);
         let (layout, touched) = (&self.layout, &mut self.touched);
+        let mut batch: Vec<_> = self
+            .inbound
+            .iter_mut()
+            .map(|(state, messages)| (state, messages.as_slice()))
+            .collect();
         let result = catch_unwind(AssertUnwindSafe(|| {
-            receive_message(doc, state, message)?;
+            receive_messages(doc, &mut batch)?;
             // The checks read every new operation; the change notifications' reading of them
             // rides along (one rebuild and one decode per received change).
             let mut keys = TouchedKeys::new(layout);
@@ -361,6 +371,62 @@ impl SyncApply {
         }));
         self.outcome = Some(result.unwrap_or(Err(ApplyError::Panicked)));
     }
+}
+
+impl SyncApply {
+    /// Whether the job takes more messages ([`join`](Self::join)): it has not run, and its
+    /// messages carry fewer than [`JOB_BYTES`] of changes.
+    pub fn accepts(&self) -> bool {
+        !self.applied && self.bytes < JOB_BYTES
+    }
+
+    /// Adds a message to the job (see [`accepts`](Self::accepts)), from the peer of its entry
+    /// `entry` (applied after that peer's earlier messages) or, with `None`, from another peer
+    /// whose sync state is `state`; returns the peer's entry. All the job's messages are
+    /// applied in one call of the CRDT library's.
+    pub fn join(
+        &mut self,
+        entry: Option<usize>,
+        state: &automerge::sync::State,
+        message: automerge::sync::Message,
+    ) -> usize {
+        self.bytes += carried_bytes(&message);
+        match entry.and_then(|i| self.inbound.get_mut(i).map(|e| (i, e))) {
+            Some((i, (_, messages))) => {
+                messages.push(message);
+                i
+            }
+            None => {
+                self.inbound.push((state.clone(), vec![message]));
+                self.inbound.len() - 1
+            }
+        }
+    }
+
+    /// How many messages the job holds.
+    pub fn messages(&self) -> usize {
+        self.inbound.iter().map(|(_, m)| m.len()).sum()
+    }
+
+    /// Takes the job's messages out, each peer's in order (once it ran, it needs them no
+    /// more): a job of several that failed is retried one message at a time, to find the one
+    /// at fault.
+    pub fn take_messages(&mut self) -> Vec<Vec<automerge::sync::Message>> {
+        self.inbound
+            .iter_mut()
+            .map(|(_, messages)| std::mem::take(messages))
+            .collect()
+    }
+}
+
+/// Bytes of changes a sync job's messages may carry before it takes no more (see
+/// [`SyncApply::accepts`]): a few hundred changes of a hundred keys, a second or so of the
+/// CRDT library's apply on this project's 2-core reference machine.
+pub const JOB_BYTES: usize = 4 * 1024 * 1024;
+
+/// Bytes of changes a sync message carries.
+fn carried_bytes(message: &automerge::sync::Message) -> usize {
+    message.changes.iter().map(<[u8]>::len).sum()
 }
 
 /// A sync message that carries `chunks` (encoded changes) and announces `heads`, asking and

@@ -702,7 +702,7 @@ fn sync_jobs_hand_the_replaced_document_over_as_the_standby() {
                     loop {
                         match a.finish_sync(job).expect("a valid job") {
                             SyncFinish::Done(done) => {
-                                sa = done.state;
+                                sa = done.states.into_iter().next().expect("one peer");
                                 break;
                             }
                             SyncFinish::Again(again) => {

@@ -7,6 +7,7 @@ use statemesh_core::{PeerId, PushJob, SyncJob};
 use tokio::task::JoinHandle;
 
 use super::Run;
+use super::links::LinkEvent;
 
 /// Work of the CRDT library that runs on a blocking thread, one at a time (see
 /// [`Run::start_job`]).
@@ -21,6 +22,11 @@ pub(super) enum Job {
     Push(PushJob),
 }
 
+/// Runs a job on a blocking thread.
+fn spawn(job: Job) -> JoinHandle<Job> {
+    tokio::task::spawn_blocking(move || job.run())
+}
+
 impl Job {
     fn run(mut self) -> Self {
         match &mut self {
@@ -32,16 +38,35 @@ impl Job {
 }
 
 impl Run {
-    /// Starts the next job, if none runs, on a blocking thread: the sync message the last
-    /// frame carried, to apply (see [`statemesh_core::Node::handle_frame_deferred`]), or else
-    /// the push of a burst of local writes, to generate (see
+    /// Starts the next job, if none runs, on a blocking thread: the retry of a failed job's
+    /// messages (see [`statemesh_core::Node::retry_job`]), the sync messages the last frames
+    /// carried, to apply (see [`statemesh_core::Node::handle_frame_deferred`]), or else the
+    /// push of a burst of local writes, to generate (see
     /// [`statemesh_core::Node::set_push_jobs`]). The CRDT library's work runs there, without
     /// the node, while this task keeps the node ticking.
+    ///
+    /// A sync job waits while the next frame held can join it (see
+    /// [`statemesh_core::Node::join_frame`]): the frames several peers sent while the last job
+    /// ran make one job, one apply. A lone frame's job starts at once.
     pub(super) fn start_job(&mut self, job: &mut Option<JoinHandle<Job>>) {
         if job.is_some() {
             return;
         }
+        if let Some(j) = self.shared.node_off_worker().retry_job() {
+            let conn = self.links.get(&j.from()).map_or(usize::MAX, |l| l.conn);
+            *job = Some(spawn(Job::Receive {
+                peer: j.from(),
+                conn,
+                job: Box::new(j),
+            }));
+            self.pushed_last = false;
+            return;
+        }
         let next = match self.new_job.take() {
+            Some((conn, j)) if self.can_join(&j) => {
+                self.new_job = Some((conn, j));
+                return;
+            }
             Some((conn, j)) => Job::Receive {
                 peer: j.from(),
                 conn,
@@ -58,7 +83,15 @@ impl Run {
             },
         };
         self.pushed_last = matches!(next, Job::Push(_));
-        *job = Some(tokio::task::spawn_blocking(move || next.run()));
+        *job = Some(spawn(next));
+    }
+
+    /// Whether the next frame held may join the sync job `job`, which waits to start: one of
+    /// a peer the job does not hold a message of, or a sync message.
+    fn can_join(&self, job: &SyncJob) -> bool {
+        job.accepts()
+            && matches!(self.held.front(), Some(LinkEvent::Frame { peer, frame, .. })
+                if !job.includes(*peer) || statemesh_core::codec::is_sync(frame))
     }
 
     /// A job is done: a received message's changes join the node's document, or generated

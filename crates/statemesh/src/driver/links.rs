@@ -237,10 +237,19 @@ impl Run {
                 if self.links.get(&peer).is_none_or(|l| l.conn != conn) {
                     return;
                 }
-                let result = self
-                    .shared
-                    .node_off_worker()
-                    .handle_frame_deferred(now, peer, &frame);
+                // A job that waits to start (frames held are being handled) takes the
+                // frame's sync message if it may (see `Run::start_job`).
+                let result = match &mut self.new_job {
+                    Some((_, job)) => self
+                        .shared
+                        .node_off_worker()
+                        .join_frame(now, job, peer, &frame)
+                        .map(|()| None),
+                    None => self
+                        .shared
+                        .node_off_worker()
+                        .handle_frame_deferred(now, peer, &frame),
+                };
                 match result {
                     Ok(Some(job)) => self.new_job = Some((conn, job)),
                     Ok(None) => {}
