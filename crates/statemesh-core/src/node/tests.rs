@@ -813,3 +813,48 @@ fn a_failed_job_of_several_messages_is_retried_one_at_a_time() {
     pump(&mut a, &mut b, Time::ZERO);
     assert_eq!(a.heads(), b.heads());
 }
+
+/// Issue 13: a sync job reads the records its changes touched on its own copy, off the node;
+/// a record written here while the job was out is read again when it comes back, so the
+/// change report names the record's writer as the document holds it.
+#[test]
+fn a_record_written_while_a_job_is_out_is_reported_as_the_document_holds_it() {
+    let (mut a, mut b) = linked();
+    // a's operations outnumber b's: a's later write of "k" wins over b's.
+    for i in 0..400 {
+        a.put("own", &format!("a{i}"), &(i as i64), Scope::Durable)
+            .expect("write");
+    }
+    b.put("c", "k", &1i64, Scope::Durable).expect("write");
+    let frame = burst_frame(&mut b, "b", 200);
+    while a.poll_event().is_some() {}
+    let mut job = a
+        .handle_frame_deferred(Time::ZERO, b.me().peer, &frame)
+        .expect("accepted")
+        .expect("a job");
+    job.run();
+    // While the job is out (it read "k" as b's): a writes "k" too, and wins.
+    a.put("c", "k", &2i64, Scope::Durable).expect("write");
+    while a.poll_event().is_some() {}
+    let mut again = a.finish_sync(Time::ZERO, job).expect("applies");
+    while let Some(mut j) = again {
+        j.run();
+        again = a.finish_sync(Time::ZERO, j).expect("applies");
+    }
+    let me = a.me().peer;
+    assert_eq!(a.replica().writer("c", "k"), Some(me), "a's write wins");
+    let reported: Vec<EntryChange> = std::iter::from_fn(|| a.poll_event())
+        .filter_map(|e| match e {
+            Event::Changed(c) if c.key == "k" => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!(
+        reported[0].by,
+        Some(me),
+        "reported as the document holds it"
+    );
+    // The records only the job touched are reported as its copy read them.
+    assert_eq!(a.replica().writer("c", "b0"), Some(b.me().peer));
+}

@@ -48,7 +48,7 @@ mod touched;
 mod tx;
 mod validate;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::transaction::{CommitOptions, Transactable};
@@ -264,6 +264,11 @@ pub struct Replica {
     /// (a channel's map is made by the channel's own change, the same on every peer, and
     /// nothing else may touch the records map); a map missing from it is looked up.
     channels: HashMap<ObjId, String>,
+    /// The records local transactions wrote since the sync job out started (see
+    /// [`Replica::start_sync`]): the job read every record its changes touched on its own
+    /// copy, and those reads stand unless a local write touched the record meanwhile. `None`:
+    /// not known (no job out, or the document changed otherwise): every record is read again.
+    written_while_out: Option<HashSet<String>>,
 }
 
 /// A counter entry's flat key, split: `(name, writer, scope)`.
@@ -287,6 +292,7 @@ impl Replica {
             received: None,
             local: None,
             channels: HashMap::new(),
+            written_while_out: None,
         }
     }
 
@@ -338,6 +344,9 @@ impl Replica {
                     Ok(r) if missing.is_empty() => {
                         let (hash, _) = tx.commit_with(CommitOptions::default().with_time(0));
                         self.written = written;
+                        if let Some(out) = &mut self.written_while_out {
+                            out.extend(noted.records.keys().cloned());
+                        }
                         self.local = hash.map(|h| (before, h, noted));
                         return Ok((r, hash));
                     }
@@ -579,6 +588,8 @@ impl Replica {
         use automerge::{LoadOptions, OnPartialLoad, VerificationMode};
         // Every Automerge chunk (document or change) starts with this magic number.
         const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+        // A sync job out reads its records again when it comes back (see `written_while_out`).
+        self.written_while_out = None;
         if !bytes.starts_with(&MAGIC) {
             return Err(ApplyError::Unreadable);
         }
@@ -646,25 +657,12 @@ impl Replica {
 
     /// The map of record `key` in the channel whose map is `ch`.
     fn record_in(&self, ch: &ObjId, key: &str) -> Option<ObjId> {
-        match self.doc.get(ch, key).ok()? {
-            Some((automerge::Value::Object(ObjType::Map), id)) => Some(id),
-            _ => None,
-        }
+        record_in(&self.doc, ch, key)
     }
 
-    /// A record's writer and whether it is presence-scoped, read in one pass over the
-    /// record's map (Automerge 0.12 seeks the object anew for each `get`).
+    /// A record's writer and whether it is presence-scoped (see [`record_meta`]).
     fn record_meta(&self, rec: &ObjId) -> (Option<PeerId>, bool) {
-        use automerge::{ScalarValueRef, ValueRef};
-        let (mut writer, mut presence) = (None, false);
-        for item in self.doc.map_range(rec, ..) {
-            match (item.key.as_ref(), item.value) {
-                ("w", ValueRef::Scalar(ScalarValueRef::Str(s))) => writer = s.parse().ok(),
-                ("p", ValueRef::Scalar(ScalarValueRef::Boolean(b))) => presence = b,
-                _ => {}
-            }
-        }
-        (writer, presence)
+        record_meta(&self.doc, rec)
     }
 
     fn writer_of(&self, rec: &ObjId) -> Option<PeerId> {
@@ -678,6 +676,29 @@ impl Replica {
     fn is_presence(&self, rec: &ObjId) -> bool {
         self.record_meta(rec).1
     }
+}
+
+/// The map of record `key` in the channel whose map is `ch`.
+fn record_in(doc: &Automerge, ch: &ObjId, key: &str) -> Option<ObjId> {
+    match doc.get(ch, key).ok()? {
+        Some((automerge::Value::Object(ObjType::Map), id)) => Some(id),
+        _ => None,
+    }
+}
+
+/// A record's writer and whether it is presence-scoped, read in one pass over the record's
+/// map (Automerge 0.12 seeks the object anew for each `get`).
+fn record_meta(doc: &Automerge, rec: &ObjId) -> (Option<PeerId>, bool) {
+    use automerge::{ScalarValueRef, ValueRef};
+    let (mut writer, mut presence) = (None, false);
+    for item in doc.map_range(rec, ..) {
+        match (item.key.as_ref(), item.value) {
+            ("w", ValueRef::Scalar(ScalarValueRef::Str(s))) => writer = s.parse().ok(),
+            ("p", ValueRef::Scalar(ScalarValueRef::Boolean(b))) => presence = b,
+            _ => {}
+        }
+    }
+    (writer, presence)
 }
 
 /// A digest of a set of heads: equal digests mean (with overwhelming probability) equal

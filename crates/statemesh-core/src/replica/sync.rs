@@ -5,14 +5,14 @@
 //! ([`SyncApply`], given back to [`Replica::finish_sync`]; the copy replaces the document only
 //! if all went well).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::sync::SyncDoc;
 use automerge::{Automerge, ChangeHash};
 
 use super::receive::{receive_message, receive_messages};
-use super::touched::{Touched, TouchedKeys};
+use super::touched::{RecordRead, Touched, TouchedKeys, read_records};
 use super::validate::check_new_changes;
 use super::{ApplyError, EntryChange, Layout, Replica};
 
@@ -117,6 +117,7 @@ impl Replica {
             }
         }
         let doc = doc.unwrap_or_else(|| self.doc.clone());
+        self.written_while_out = Some(HashSet::new());
         SyncApply {
             base: heads,
             layout: self.layout.clone(),
@@ -125,6 +126,7 @@ impl Replica {
             bytes: carried_bytes(&message),
             inbound: vec![(state.clone(), vec![message])],
             applied: false,
+            reads: Vec::new(),
             outcome: None,
             catch_up,
             discard,
@@ -161,7 +163,10 @@ impl Replica {
     /// ([`SyncFinish::Again`]; after [`CATCH_UP_ROUNDS`] rounds the rest is applied here).
     /// A job that failed (or did not run) changes nothing.
     pub fn finish_sync(&mut self, mut job: SyncApply) -> Result<SyncFinish, ApplyError> {
-        job.outcome.take().unwrap_or(Err(ApplyError::Panicked))?;
+        if let Err(e) = job.outcome.take().unwrap_or(Err(ApplyError::Panicked)) {
+            self.written_while_out = None;
+            return Err(e);
+        }
         let before = self.doc.get_heads();
         if before != job.base {
             let local = self.doc.get_changes_meta(&job.base).len();
@@ -180,7 +185,10 @@ impl Replica {
         // (the next job or receive brings it up to date): nothing is copied or dropped here.
         let replaced = std::mem::replace(&mut self.doc, job.doc);
         self.standby = Some(replaced);
-        let changes = self.report_touched(job.touched);
+        // The job read the records on its copy; those written here meanwhile are read again.
+        let fresh = self.written_while_out.take();
+        let reads = fresh.map(|written| (job.reads, written));
+        let changes = self.report_touched(job.touched, reads);
         Ok(SyncFinish::Done(Box::new(SyncApplied {
             before,
             states: job.inbound.into_iter().map(|(state, _)| state).collect(),
@@ -216,6 +224,8 @@ impl Replica {
             return Ok(before);
         }
         self.ensure_standby();
+        // A sync job out reads its records again when it comes back (see `written_while_out`).
+        self.written_while_out = None;
         let (doc, layout, channels) = (&mut self.doc, &self.layout, &self.channels);
         let result = catch_unwind(AssertUnwindSafe(|| {
             receive_message(doc, &mut new_state, &message)?;
@@ -323,6 +333,8 @@ pub struct SyncApply {
     bytes: usize,
     /// Whether `run` applied the messages.
     applied: bool,
+    /// What `run` read of each record the changes touched (see `Touched`), on the copy.
+    reads: Vec<RecordRead>,
     outcome: Option<Result<(), ApplyError>>,
     /// Local changes to apply to the copy (see [`Replica::finish_sync`]).
     catch_up: Vec<automerge::Change>,
@@ -354,7 +366,7 @@ impl SyncApply {
             return;
         }
         let (doc, base) = (&mut self.doc, &self.base);
-        let (layout, touched) = (&self.layout, &mut self.touched);
+        let (layout, touched, reads) = (&self.layout, &mut self.touched, &mut self.reads);
         let mut batch: Vec<_> = self
             .inbound
             .iter_mut()
@@ -367,6 +379,8 @@ impl SyncApply {
             let mut keys = TouchedKeys::new(layout);
             check_new_changes(doc, layout, base, Some(&mut keys))?;
             *touched = keys.finish();
+            // The change report's reads of the records, here rather than under the node.
+            *reads = read_records(doc, layout, &touched.0);
             Ok(())
         }));
         self.outcome = Some(result.unwrap_or(Err(ApplyError::Panicked)));

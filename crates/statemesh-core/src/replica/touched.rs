@@ -22,7 +22,7 @@ impl Replica {
             && heads == before
         {
             // Found while the received message was checked.
-            return self.report_touched(touched);
+            return self.report_touched(touched, None);
         }
         if let Some((heads, hash, noted)) = self.local.take()
             && heads == before
@@ -36,28 +36,32 @@ impl Replica {
         let touched = touched_keys(&self.doc, &self.layout, &changes, known);
         // Local changes: the standby takes them from here, without reading them again.
         self.mirror_local(before, &changes);
-        self.report_touched(touched)
+        self.report_touched(touched, None)
     }
 
     /// The entry changes of touched keys (from [`touched_keys`]); updates the presence index.
-    pub(super) fn report_touched(&mut self, (records, counters): Touched) -> Vec<EntryChange> {
+    /// `read`: what a sync job read of each record on its copy of the document (see
+    /// [`read_records`]), and the records written here since (read again); without it,
+    /// every record is read here.
+    pub(super) fn report_touched(
+        &mut self,
+        (records, counters): Touched,
+        read: Option<(Vec<RecordRead>, HashSet<String>)>,
+    ) -> Vec<EntryChange> {
+        let (reads, stale) = match read {
+            Some((reads, stale)) if reads.len() == records.len() => (reads, Some(stale)),
+            _ => (read_records(&self.doc, &self.layout, &records), None),
+        };
         let mut out = Vec::with_capacity(records.len() + counters.len());
-        // The channel's map, looked up once for a run of records of one channel (a received
-        // change's records mostly share theirs).
-        let mut channel: Option<(String, Option<ObjId>)> = None;
-        for flat in records {
+        for (flat, (mut by, mut presence)) in records.into_iter().zip(reads) {
             let Some((c, k)) = flat.split_once(SEP) else {
                 continue;
             };
-            if channel.as_ref().is_none_or(|(name, _)| name != c) {
-                let ch = channel_obj(&self.doc, &self.layout.records, c);
-                channel = Some((c.to_owned(), ch));
+            if stale.as_ref().is_some_and(|s| s.contains(&flat)) {
+                (by, presence) = read_records(&self.doc, &self.layout, std::slice::from_ref(&flat))
+                    .pop()
+                    .unwrap_or((None, false));
             }
-            let rec = channel
-                .as_ref()
-                .and_then(|(_, ch)| ch.as_ref())
-                .and_then(|ch| self.record_in(ch, k));
-            let (by, presence) = rec.map_or((None, false), |r| self.record_meta(&r));
             out.push(self.report_record(&flat, c, k, by, presence));
         }
         self.report_counters(&counters, &mut out);
@@ -281,6 +285,37 @@ impl<'a> TouchedKeys<'a> {
     pub(super) fn finish(self) -> Touched {
         (self.records, self.counters)
     }
+}
+
+/// What a change report says of a record: its writer (`None`: deleted) and whether it is
+/// presence-scoped.
+pub(super) type RecordRead = (Option<PeerId>, bool);
+
+/// What `doc` holds of each of `records` (flat keys): see [`RecordRead`]. The channel's map is
+/// looked up once for a run of records of one channel (a received change's records mostly
+/// share theirs).
+pub(super) fn read_records(
+    doc: &Automerge,
+    layout: &Layout,
+    records: &[String],
+) -> Vec<RecordRead> {
+    let mut channel: Option<(&str, Option<ObjId>)> = None;
+    records
+        .iter()
+        .map(|flat| {
+            let Some((c, k)) = flat.split_once(SEP) else {
+                return (None, false);
+            };
+            if channel.as_ref().is_none_or(|(name, _)| *name != c) {
+                channel = Some((c, channel_obj(doc, &layout.records, c)));
+            }
+            channel
+                .as_ref()
+                .and_then(|(_, ch)| ch.as_ref())
+                .and_then(|ch| super::record_in(doc, ch, k))
+                .map_or((None, false), |r| super::record_meta(doc, &r))
+        })
+        .collect()
 }
 
 /// Touched record and counter keys: see [`touched_keys`].
