@@ -44,14 +44,23 @@ pub(crate) fn receive_messages(
 ) -> Result<(), AutomergeError> {
     let before_heads = doc.get_heads();
     let single = matches!(batch, [(_, [_])]);
-    let chunks: Vec<u8> = batch
+    // A change held already (relayed by several peers, most received changes under a burst)
+    // is left out: Automerge would parse and verify all its operations before skipping it.
+    let mut seen = HashSet::new();
+    let mut chunks = Vec::new();
+    for chunk in batch
         .iter()
         .filter(|(state, _)| !state.read_only)
         .flat_map(|(_, messages)| messages.iter())
         .flat_map(|m| m.changes.iter())
-        .flatten()
-        .copied()
-        .collect();
+    {
+        if let Some(hash) = change_hash(chunk)
+            && (doc.get_change_meta_by_hash(&hash).is_some() || !seen.insert(hash))
+        {
+            continue;
+        }
+        chunks.extend_from_slice(chunk);
+    }
     if !chunks.is_empty() {
         doc.load_incremental(&chunks)?;
     }
@@ -63,6 +72,33 @@ pub(crate) fn receive_messages(
         }
     }
     Ok(())
+}
+
+/// The hash Automerge gives `chunk`, if it is one whole change chunk, uncompressed, whose
+/// header's checksum matches: the SHA-256 of its type, length and data (Automerge's storage
+/// format). `None` for anything else (Automerge then parses it, and refuses what it must).
+fn change_hash(chunk: &[u8]) -> Option<ChangeHash> {
+    use sha2::{Digest, Sha256};
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    const CHANGE: u8 = 1;
+    let (magic, rest) = chunk.split_at_checked(4)?;
+    let (checksum, rest) = rest.split_at_checked(4)?;
+    let (&kind, mut data) = rest.split_first()?;
+    if magic != MAGIC || kind != CHANGE {
+        return None;
+    }
+    let len = leb128::read::unsigned(&mut data).ok()?;
+    if data.len() as u64 != len {
+        return None;
+    }
+    let mut header = vec![kind];
+    leb128::write::unsigned(&mut header, len).ok()?;
+    let hash: [u8; 32] = Sha256::new()
+        .chain_update(&header)
+        .chain_update(data)
+        .finalize()
+        .into();
+    (hash[..4] == *checksum).then_some(ChangeHash(hash))
 }
 
 /// Moves `state` on by `message` once its changes are applied (the document went from heads
@@ -352,6 +388,32 @@ mod tests {
             for p in 1..PEERS {
                 prop_assert_eq!(world.docs[0].get_heads(), world.docs[p].get_heads());
             }
+        }
+    }
+
+    /// The hash computed before Automerge parses a chunk is the change's own, for small and
+    /// large changes; a chunk whose checksum does not match, or that is cut short or has
+    /// bytes over, gets none (Automerge parses it, and refuses it).
+    #[test]
+    fn a_change_chunk_is_hashed_as_automerge_names_it() {
+        let mut a = doc(1, 3);
+        let mut tx = a.transaction();
+        for i in 0..500u64 {
+            tx.put(ROOT, format!("big{i}"), i).expect("a put");
+        }
+        tx.commit();
+        let changes = a.get_changes(&[]);
+        assert!(changes.iter().any(|c| c.raw_bytes().len() > 2_000));
+        for change in &changes {
+            let bytes = change.raw_bytes();
+            assert_eq!(change_hash(bytes), Some(change.hash()));
+            let mut bad = bytes.to_vec();
+            bad[5] ^= 1;
+            assert_eq!(change_hash(&bad), None, "a wrong checksum");
+            assert_eq!(change_hash(&bytes[..bytes.len() - 1]), None, "cut short");
+            let mut long = bytes.to_vec();
+            long.push(0);
+            assert_eq!(change_hash(&long), None, "bytes over");
         }
     }
 
