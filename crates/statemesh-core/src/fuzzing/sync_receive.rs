@@ -64,10 +64,10 @@ fn receive_checked(
     frame: &[u8],
     what: &str,
     before: Snapshot,
-    deferred: bool,
+    deferred: Deferred,
 ) -> Snapshot {
-    let result = if deferred {
-        receive_deferred(node, from, frame)
+    let result = if let Deferred::Yes { twice } = deferred {
+        receive_deferred(node, from, frame, twice)
     } else {
         node.handle_frame(T0, from, frame)
     };
@@ -79,22 +79,62 @@ fn receive_checked(
     after
 }
 
+/// How [`receive_checked`] hands a frame over.
+#[derive(Clone, Copy)]
+enum Deferred {
+    /// [`Node::handle_frame`].
+    No,
+    /// As the runtime does (see [`receive_deferred`]).
+    Yes {
+        /// The frame arrives twice while the job waits to start, and joins it the second
+        /// time.
+        twice: bool,
+    },
+}
+
 /// A frame handed over as statemesh's runtime does: [`Node::handle_frame_deferred`] (a small
 /// sync message applied in place, a larger one returned as a job), the job run and finished,
-/// again while it comes back for local changes, then the standby's catch-up.
-fn receive_deferred(node: &mut Node, from: PeerId, frame: &[u8]) -> Result<(), ReceiveError> {
+/// again while it comes back for local changes, then the standby's catch-up. With `twice`, the
+/// same frame arrives again while the job waits to start and joins it
+/// ([`Node::join_frame`]: two messages in one apply, the second one's changes held already);
+/// a job of the two that fails is retried one message at a time ([`Node::retry_job`]), as the
+/// runtime does, and the first error is the outcome.
+fn receive_deferred(
+    node: &mut Node,
+    from: PeerId,
+    frame: &[u8],
+    twice: bool,
+) -> Result<(), ReceiveError> {
     let mut job = node.handle_frame_deferred(T0, from, frame)?;
-    while let Some(mut j) = job.take() {
-        j.run();
-        job = node.finish_sync(T0, j)?;
+    if twice && let Some(j) = job.as_mut() {
+        node.join_frame(T0, j, from, frame)?;
+    }
+    let mut outcome = Ok(());
+    loop {
+        while let Some(mut j) = job.take() {
+            j.run();
+            match node.finish_sync(T0, j) {
+                Ok(again) => job = again,
+                Err(e) => {
+                    outcome = outcome.and(Err(e));
+                    break;
+                }
+            }
+        }
+        job = node.retry_job();
+        if job.is_none() {
+            break;
+        }
     }
     node.catch_up_standby();
-    Ok(())
+    outcome
 }
 
 /// The whole path a linked peer's bytes take into a live document
 /// ([`Node::handle_frame`], or for inputs of odd length the runtime's
-/// [`Node::handle_frame_deferred`]), on a node with state and a link up with that peer. The
+/// [`Node::handle_frame_deferred`], for one length in two of those with the frame joining its
+/// own job a second time: see [`receive_deferred`]), on a node with state and a link up with
+/// that peer. The
 /// input is fed four ways, in turn, to the same node:
 ///
 /// 0. as a whole frame, header included (the header's checks: most inputs stop there);
@@ -115,7 +155,11 @@ pub fn sync_receive(data: &[u8]) {
 
 fn sync_receive_inner(data: &[u8]) {
     let SyncFixture { mut node, peer, .. } = sync_fixture();
-    let deferred = data.len() % 2 == 1;
+    let deferred = match data.len() % 4 {
+        1 => Deferred::Yes { twice: false },
+        3 => Deferred::Yes { twice: true },
+        _ => Deferred::No,
+    };
     let base = node.replica().doc().clone();
     let state = Snapshot::of(&node, T0);
     let state = receive_checked(&mut node, peer, data, "raw frame", state, deferred);
