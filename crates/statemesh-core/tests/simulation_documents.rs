@@ -344,3 +344,104 @@ fn writes_are_acknowledged_by_every_peer_that_holds_them() {
     let holders: Vec<_> = sim.acks.iter().filter(|(w, _)| *w == id).collect();
     assert_eq!(holders.len(), 2, "{holders:?}");
 }
+
+/// Bursts received the runtime's way ([`SimConfig::jobs`]: a large sync message applied by a
+/// job that takes a while, frames held meanwhile, those held when it ends joining the next
+/// job, a failed job retried one message at a time), under loss, duplicates, reordering,
+/// freezes, partitions and crashes: once the faults stop and the crashed slots restart, every
+/// document converges and holds every burst of the processes that never crashed. Over the
+/// seeds, jobs ran and some applied several peers' messages at once. (A tenth of `SIM_SEEDS`:
+/// a run costs ten times one of the other tests.)
+#[test]
+fn bursts_through_joined_jobs_converge() {
+    let all = seeds();
+    let seeds: Vec<u64> = all.iter().copied().take(all.len().div_ceil(10)).collect();
+    let mut jobs = (0, 0);
+    for &seed in &seeds {
+        let peers = peers_for(seed, 3, 3);
+        let mut config = lossy(seed, peers);
+        config.jobs = true;
+        let mut sim = Sim::new(config);
+        sim.run_for(Duration::from_secs(1));
+        let mut bursts: Vec<(PeerId, String)> = Vec::new();
+        for round in 0..3 {
+            for s in sim.slots() {
+                let Some(node) = sim.node_mut(s) else {
+                    continue;
+                };
+                let me = node.me().peer;
+                let channel = format!("burst{round}");
+                let written = node.transact(|tx| {
+                    for i in 0..150 {
+                        tx.put(&channel, &format!("{me}-{i}"), &(i as i64), Scope::Durable)?;
+                    }
+                    Ok(())
+                });
+                if written.is_ok() {
+                    bursts.push((me, channel));
+                }
+                sim.flush(s);
+            }
+            chaos_with(&mut sim, 2, false);
+        }
+        stop_faults(&mut sim);
+        for s in sim.crashed() {
+            sim.restart(s);
+        }
+        let converged = sim.run_until_true(Duration::from_secs(20), |s| {
+            let heads: Vec<_> = s
+                .slots()
+                .iter()
+                .filter_map(|x| s.node(*x))
+                .map(|n| {
+                    let mut h = n.heads();
+                    h.sort();
+                    h
+                })
+                .collect();
+            heads.windows(2).all(|w| w[0] == w[1])
+        });
+        if converged.is_none() {
+            fail(
+                "bursts_through_joined_jobs_converge",
+                seed,
+                peers,
+                "the documents did not converge within 20 s",
+            );
+        }
+        let running: BTreeSet<PeerId> = sim.live_ids().into_iter().collect();
+        for s in sim.slots() {
+            let node = sim.node(s).expect("runs");
+            for (writer, channel) in bursts.iter().filter(|(w, _)| running.contains(w)) {
+                let held = node
+                    .keys(channel)
+                    .iter()
+                    .filter(|k| k.starts_with(&writer.to_string()))
+                    .count();
+                if held != 150 {
+                    fail(
+                        "bursts_through_joined_jobs_converge",
+                        seed,
+                        peers,
+                        format!(
+                            "{:?} holds {held} of {writer}'s 150 keys of {channel}",
+                            node.me().peer
+                        ),
+                    );
+                }
+            }
+        }
+        check_violations(&sim, "bursts_through_joined_jobs_converge", seed);
+        jobs = (jobs.0 + sim.sync_jobs.0, jobs.1 + sim.sync_jobs.1);
+    }
+    eprintln!(
+        "bursts: {} seeds, {} sync jobs, {} of them of several peers' messages",
+        seeds.len(),
+        jobs.0,
+        jobs.1
+    );
+    assert!(jobs.0 > 0, "no sync job ran");
+    if seeds.len() >= 20 {
+        assert!(jobs.1 > 0, "no job applied several peers' messages");
+    }
+}

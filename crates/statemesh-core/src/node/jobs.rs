@@ -46,6 +46,11 @@ impl SyncJob {
     pub fn messages(&self) -> usize {
         self.apply.messages()
     }
+
+    /// How many peers' messages the job applies.
+    pub fn peers(&self) -> usize {
+        self.from.len()
+    }
 }
 
 /// Sync messages carrying local changes, generated away from the node: see

@@ -29,10 +29,19 @@ pub struct SimConfig {
     pub connect_delay: Duration,
     /// Time to write and fsync persisted bytes: uniform between the two.
     pub persist_delay: (Duration, Duration),
+    /// Whether frames are handed over as statemesh's runtime does: a sync message carrying
+    /// more than a few changes is applied by a job that takes [`JOB_TIME`], frames arriving
+    /// meanwhile are held, and those held when it ends join the next job
+    /// (`Node::handle_frame_deferred`, `Node::join_frame`, `Node::retry_job`). Otherwise every
+    /// frame is handled at once (`Node::handle_frame`). On for odd seeds.
+    pub jobs: bool,
     /// A deliberate bug, for testing the tests: the runtime reports bytes persisted as soon as
     /// it takes them, before they are on disk, so writes are acknowledged durable too early.
     pub bug_ack_before_fsync: bool,
 }
+
+/// How long a simulated sync job runs (see [`SimConfig::jobs`]).
+pub const JOB_TIME: Duration = Duration::from_millis(2);
 
 impl SimConfig {
     /// A lossless, low-latency network of `peers` peers.
@@ -48,6 +57,7 @@ impl SimConfig {
             same_machine: false,
             connect_delay: Duration::ZERO,
             persist_delay: (Duration::from_micros(200), Duration::from_millis(30)),
+            jobs: seed % 2 == 1,
             bug_ack_before_fsync: false,
         }
     }

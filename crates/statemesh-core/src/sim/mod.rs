@@ -37,7 +37,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 pub use self::checks::{Observed, Violation};
-pub use self::config::SimConfig;
+pub use self::config::{JOB_TIME, SimConfig};
 use self::network::{Delivery, Process, key, store};
 use crate::{Incarnation, LinkDown, MeshTag, Node, PeerId, Term, Time, WriteId};
 
@@ -94,6 +94,9 @@ pub struct Sim {
     pub violations: Vec<Violation>,
     /// Receive errors (malformed frames) seen by any peer.
     pub receive_errors: usize,
+    /// Sync jobs run (see [`SimConfig::jobs`]), and of them those that applied the messages of
+    /// several peers at once.
+    pub sync_jobs: (usize, usize),
 }
 
 impl Sim {
@@ -126,6 +129,7 @@ impl Sim {
             judged_dead: BTreeMap::new(),
             violations: Vec::new(),
             receive_errors: 0,
+            sync_jobs: (0, 0),
             config,
         };
         for _ in 0..sim.config.peers {
@@ -206,6 +210,8 @@ impl Sim {
                 frozen_until: None,
                 disk,
                 inflight: VecDeque::new(),
+                job: None,
+                held: VecDeque::new(),
             },
         );
         let others: Vec<PeerId> = self.live_ids().into_iter().filter(|p| *p != id).collect();

@@ -9,7 +9,8 @@ use std::time::Duration;
 use rand_core::RngCore;
 
 use super::Sim;
-use crate::{LinkDown, Node, PeerId, Persist, Time};
+use super::config::JOB_TIME;
+use crate::{LinkDown, Node, PeerId, Persist, SyncJob, Time, codec};
 
 pub(super) enum Delivery {
     Frame {
@@ -37,6 +38,10 @@ pub(super) struct Process {
     pub(super) disk: Vec<Vec<u8>>,
     /// Persists written but not yet fsynced, in order, with when each completes.
     pub(super) inflight: VecDeque<(Time, Persist)>,
+    /// The sync job out, and when it is done (see `SimConfig::jobs`).
+    pub(super) job: Option<(SyncJob, Time)>,
+    /// Frames that arrived while the job ran, in order: sender, frame, link epoch.
+    pub(super) held: VecDeque<(PeerId, bytes::Bytes, u64)>,
 }
 
 impl Process {
@@ -44,6 +49,92 @@ impl Process {
     fn next_persist(&self) -> Option<Time> {
         let (at, _) = self.inflight.front()?;
         Some(self.frozen_until.map_or(*at, |u| u.max(*at)))
+    }
+
+    /// When the sync job out is done (a stopped process runs nothing).
+    fn next_job(&self) -> Option<Time> {
+        let (_, at) = self.job.as_ref()?;
+        Some(self.frozen_until.map_or(*at, |u| u.max(*at)))
+    }
+
+    /// Handles a frame as the runtime does (see `SimConfig::jobs`): held while a job runs,
+    /// else handed to the node, which may start a job. Returns whether the node refused it.
+    fn take_frame(&mut self, at: Time, from: PeerId, frame: bytes::Bytes, epoch: u64) -> bool {
+        if self.job.is_some() {
+            self.held.push_back((from, frame, epoch));
+            return false;
+        }
+        let refused = match self.node.handle_frame_deferred(at, from, &frame) {
+            Ok(Some(job)) => {
+                self.job = Some((job, at + JOB_TIME));
+                false
+            }
+            Ok(None) => false,
+            Err(_) => true,
+        };
+        self.node.catch_up_standby();
+        refused
+    }
+
+    /// The job out is done: it runs, its result joins the node, and the next job starts (its
+    /// second round, a retry of a failed job's messages, or the frames held meanwhile, joined
+    /// as long as they may). `live`: whether a held frame's link is still the one it came on.
+    /// Returns how many frames the node refused, and adds to `jobs` (see `Sim::sync_jobs`).
+    fn finish_job(
+        &mut self,
+        at: Time,
+        live: impl Fn(PeerId, u64) -> bool,
+        jobs: &mut (usize, usize),
+    ) -> usize {
+        let mut refused = 0;
+        let Some((mut job, _)) = self.job.take() else {
+            return 0;
+        };
+        jobs.0 += 1;
+        if job.peers() > 1 {
+            jobs.1 += 1;
+        }
+        job.run();
+        match self.node.finish_sync(at, job) {
+            Ok(Some(again)) => {
+                self.job = Some((again, at + JOB_TIME));
+                return 0;
+            }
+            Ok(None) => {}
+            Err(_) => refused += 1,
+        }
+        if let Some(retry) = self.node.retry_job() {
+            self.job = Some((retry, at + JOB_TIME));
+            return refused;
+        }
+        while self.job.is_none()
+            && let Some((from, frame, epoch)) = self.held.pop_front()
+        {
+            if !live(from, epoch) {
+                continue;
+            }
+            match self.node.handle_frame_deferred(at, from, &frame) {
+                Ok(Some(mut job)) => {
+                    // The frames held join it while they may (as `Run::can_join`).
+                    while job.accepts()
+                        && let Some((from, frame, epoch)) = self.held.front().cloned()
+                        && (!job.includes(from) || codec::is_sync(&frame))
+                    {
+                        self.held.pop_front();
+                        if live(from, epoch)
+                            && self.node.join_frame(at, &mut job, from, &frame).is_err()
+                        {
+                            refused += 1;
+                        }
+                    }
+                    self.job = Some((job, at + JOB_TIME));
+                }
+                Ok(None) => {}
+                Err(_) => refused += 1,
+            }
+        }
+        self.node.catch_up_standby();
+        refused
     }
 }
 
@@ -198,7 +289,7 @@ impl Sim {
                     Some(until) => until.max(p.node.poll_timeout()),
                     None => p.node.poll_timeout(),
                 };
-                [Some(tick), p.next_persist()]
+                [Some(tick), p.next_persist(), p.next_job()]
             })
             .flatten()
             .min();
@@ -271,7 +362,12 @@ impl Sim {
                     {
                         continue;
                     }
-                    if p.node.handle_frame(at, from, &frame).is_err() {
+                    let refused = if self.config.jobs {
+                        p.take_frame(at, from, frame, link_epoch)
+                    } else {
+                        p.node.handle_frame(at, from, &frame).is_err()
+                    };
+                    if refused {
                         self.receive_errors += 1;
                     }
                 }
@@ -285,6 +381,22 @@ impl Sim {
                 Delivery::Connect { .. } => {}
             }
             self.drain(to);
+        }
+        // Sync jobs done now (see `SimConfig::jobs`).
+        let (links, closing) = (&self.links, &self.closing);
+        let mut finished = Vec::new();
+        for p in self.procs.values_mut() {
+            if p.frozen_until.is_none() && p.job.as_ref().is_some_and(|(_, t)| *t <= at) {
+                let me = p.node.me().peer;
+                let live = |from: PeerId, epoch: u64| {
+                    links.get(&key(from, me)) == Some(&epoch) || closing.contains(&epoch)
+                };
+                self.receive_errors += p.finish_job(at, live, &mut self.sync_jobs);
+                finished.push(me);
+            }
+        }
+        for id in finished {
+            self.drain(id);
         }
         // Persists whose fsync completes now: on disk, then the node is told.
         let done: Vec<PeerId> = self
