@@ -15,6 +15,21 @@ use statemesh_core::sim::{CrashSignal, Sim, SimConfig};
 use statemesh_core::{Config, PeerId, Scope};
 use support::{chaos_with, check_violations, fail, lossy, peers_for, seeds, stop_faults};
 
+/// Whether every running process's document has the same heads.
+fn heads_agree(sim: &Sim) -> bool {
+    let heads: Vec<_> = sim
+        .slots()
+        .iter()
+        .filter_map(|x| sim.node(*x))
+        .map(|n| {
+            let mut h = n.heads();
+            h.sort();
+            h
+        })
+        .collect();
+    heads.windows(2).all(|w| w[0] == w[1])
+}
+
 /// What the acknowledgement check of property 5 covered in one run.
 #[derive(Default, Debug, Clone, Copy)]
 struct AckCounts {
@@ -63,19 +78,7 @@ fn acknowledged_writes_run(seed: u64, peers: usize, bug: bool) -> Result<AckCoun
     for s in sim.crashed() {
         sim.restart(s);
     }
-    let converged = sim.run_until_true(Duration::from_secs(15), |s| {
-        let heads: Vec<_> = s
-            .slots()
-            .iter()
-            .filter_map(|x| s.node(*x))
-            .map(|n| {
-                let mut h = n.heads();
-                h.sort();
-                h
-            })
-            .collect();
-        heads.windows(2).all(|w| w[0] == w[1])
-    });
+    let converged = sim.run_until_true(Duration::from_secs(15), heads_agree);
     if converged.is_none() {
         for x in sim.slots() {
             let n = sim.node(x).expect("runs");
@@ -388,19 +391,7 @@ fn bursts_through_joined_jobs_converge() {
         for s in sim.crashed() {
             sim.restart(s);
         }
-        let converged = sim.run_until_true(Duration::from_secs(20), |s| {
-            let heads: Vec<_> = s
-                .slots()
-                .iter()
-                .filter_map(|x| s.node(*x))
-                .map(|n| {
-                    let mut h = n.heads();
-                    h.sort();
-                    h
-                })
-                .collect();
-            heads.windows(2).all(|w| w[0] == w[1])
-        });
+        let converged = sim.run_until_true(Duration::from_secs(20), heads_agree);
         if converged.is_none() {
             fail(
                 "bursts_through_joined_jobs_converge",

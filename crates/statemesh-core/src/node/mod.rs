@@ -700,6 +700,8 @@ impl Node {
 }
 
 #[cfg(test)]
+mod job_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod view_tests;
