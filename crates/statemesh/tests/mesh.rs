@@ -565,7 +565,10 @@ async fn join_returns_holding_what_the_peers_hold() {
         assert_eq!(b.counter("jobs"), 7);
         b.shutdown().await;
     }
-    // Not waiting is allowed, and said.
+    // Not waiting is allowed, and said. (With no time to wait, `join` says whether the window
+    // happened to hold the state already: its driver runs on another thread and may have
+    // linked and synced before `join` looked, so either answer is right; it must not claim
+    // a sync it did not have. Asserting `false` failed once in a full test run.)
     let c = Mesh::builder("joins")
         .secret(Secret::from_bytes([9; 32]))
         .runtime_dir(dir.path().join("run"))
@@ -574,7 +577,7 @@ async fn join_returns_holding_what_the_peers_hold() {
         .join()
         .await
         .expect("joins");
-    assert!(!c.synced_on_join());
+    assert!(!c.synced_on_join() || c.is_synced());
     tokio::time::timeout(WITHIN, c.synced())
         .await
         .expect("in time")
