@@ -2,7 +2,7 @@
 //! message carrying one record written by a peer (in place, `receive`, and as the runtime does
 //! it, a job run and given back, `receive_job`), and the local write of one record, at 1,000,
 //! 10,000 and 100,000 records spread over channels of 100 records each (an app's shape: many
-//! channels, each a list of endpoints or jobs).
+//! channels, each a list of endpoints or jobs), and (`one_channel`) all in one channel.
 //!
 //! `cargo bench -p statemesh-core --bench receive` (add `-- --quick` for a short run). The
 //! target is a cost independent of the document's size: the three sizes within 2x of each
@@ -28,8 +28,9 @@ const PER_CHANNEL: usize = 100;
 /// Records written per transaction while building a document (set-up only).
 const BUILD_BATCH: usize = 500;
 
-/// Two linked nodes (`a` writes, `b` receives) holding the same `records` records.
-fn pair(records: usize) -> (Node, Node) {
+/// Two linked nodes (`a` writes, `b` receives) holding the same `records` records, in
+/// channels of `per_channel` records.
+fn pair(records: usize, per_channel: usize) -> (Node, Node) {
     let mut rng = ChaCha8Rng::seed_from_u64(records as u64);
     let tag = MeshTag::derive(b"bench secret", "bench");
     let mut make = |i: u64| {
@@ -42,7 +43,7 @@ fn pair(records: usize) -> (Node, Node) {
             for i in start..(start + BUILD_BATCH).min(records) {
                 let value = format!("10.0.{}.{}:443 up", i / 250, i % 250);
                 tx.put(
-                    &format!("ch{}", i / PER_CHANNEL),
+                    &format!("ch{}", i / per_channel),
                     &format!("k{i}"),
                     &value,
                     Scope::Durable,
@@ -108,11 +109,24 @@ fn pump(a: &mut Node, b: &mut Node) {
 type Receive = fn(&mut Node, PeerId, &[u8]);
 
 fn one_change(c: &mut Criterion) {
-    let mut group = c.benchmark_group("one_change");
+    shape(c, "one_change", |_| PER_CHANNEL);
+}
+
+/// The same with every record in one channel: a channel's map holds them all, and Automerge
+/// 0.12 as published walks every key of a map it applies a change to.
+fn one_channel(c: &mut Criterion) {
+    shape(c, "one_channel", |records| records);
+}
+
+/// The benchmarks of one change, in group `name`, with channels of `per_channel(records)`
+/// records.
+fn shape(c: &mut Criterion, name: &str, per_channel: fn(usize) -> usize) {
+    let mut group = c.benchmark_group(name);
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(5));
     for records in SIZES {
-        let (mut a, mut b) = pair(records);
+        let per_channel = per_channel(records);
+        let (mut a, mut b) = pair(records, per_channel);
         let ia = a.me().peer;
         let ib = b.me().peer;
         let mut n = 0u64;
@@ -134,7 +148,7 @@ fn one_change(c: &mut Criterion) {
                     let mut spent = Duration::ZERO;
                     for _ in 0..iters {
                         n += 1;
-                        let ch = format!("ch{}", n as usize % (records / PER_CHANNEL));
+                        let ch = format!("ch{}", n as usize % (records / per_channel));
                         a.put(
                             &ch,
                             &format!("{name}{n}"),
@@ -161,7 +175,7 @@ fn one_change(c: &mut Criterion) {
                 let mut spent = Duration::ZERO;
                 for _ in 0..iters {
                     n += 1;
-                    let ch = format!("ch{}", n as usize % (records / PER_CHANNEL));
+                    let ch = format!("ch{}", n as usize % (records / per_channel));
                     let key = format!("w{n}");
                     let started = Instant::now();
                     a.put(&ch, &key, &"10.9.9.9:443 up", Scope::Durable)
@@ -177,5 +191,5 @@ fn one_change(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, one_change);
+criterion_group!(benches, one_change, one_channel);
 criterion_main!(benches);

@@ -1255,6 +1255,12 @@ impl OpSet {
         self.cols.key_str.scope_to_value(Some(prop), range)
     }
 
+    /// The position of the first op in `range` (a range of one map object's ops) whose key is
+    /// `key` or sorts after it (`range.end` if none does).
+    pub(crate) fn map_key_lower_bound(&self, range: Range<usize>, key: &str) -> usize {
+        self.cols.key_str.scope_to_value(Some(key), range).start
+    }
+
     pub(crate) fn iter_obj<'a>(&'a self, obj: &ObjId) -> OpIter<'a> {
         let range = self.scope_to_obj(obj);
         self.iter_range(&range)

@@ -1,0 +1,208 @@
+//! The vendored Automerge's apply of received changes to a map (its fourth patch: the walk
+//! seeks past keys no received operation touches, see `vendor/README.md`), checked against a
+//! model built from the changes' own operations, not from Automerge's apply.
+//!
+//! Several writers put and delete keys of one map of a few hundred keys, concurrently and in
+//! turns (each sometimes merging another's changes first); a receiver gets every change in
+//! batches of random sizes. For every key, the values the receiver holds (`get_all`) must be
+//! the model's visible operations: the puts that no operation names as a predecessor; and
+//! `get` must return the one with the greatest operation id, and the key's conflict flag must
+//! be set exactly when several are visible. A walk that skipped a key a
+//! received operation touches, or that lost a successor, fails this.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test set-up: a failure is a bug to see.
+
+use std::collections::{BTreeMap, HashSet};
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, Automerge, Change, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+
+/// Keys of the map: enough that untouched runs of them are long enough to be skipped.
+const KEYS: u32 = 300;
+
+/// Seeds run (each a different history and batching).
+const SEEDS: u64 = 60;
+
+fn key(n: u32) -> String {
+    format!("k{n:03}")
+}
+
+fn below(rng: &mut ChaCha8Rng, n: u32) -> u32 {
+    rng.next_u32() % n
+}
+
+/// A history: the base document (the map made, then filled) and every change made after it,
+/// in an order that respects their dependencies.
+fn history(seed: u64) -> (Automerge, ObjId, Vec<Change>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut base = Automerge::new().with_actor(ActorId::from([0xf0u8; 16].as_slice()));
+    let mut tx = base.transaction();
+    let map = tx.put_object(ROOT, "m", ObjType::Map).unwrap();
+    for n in 0..KEYS {
+        if n % 3 != 0 {
+            tx.put(&map, key(n), i64::from(n)).unwrap();
+        }
+    }
+    tx.commit();
+    let mut writers: Vec<Automerge> = (1..=3u8)
+        .map(|a| base.fork().with_actor(ActorId::from([a; 16].as_slice())))
+        .collect();
+    let mut value = 1_000_000i64;
+    for _ in 0..40 {
+        let w = below(&mut rng, 3) as usize;
+        if below(&mut rng, 3) == 0 {
+            let other = writers[(w + 1 + below(&mut rng, 2) as usize) % 3].clone();
+            writers[w].merge(&mut other.clone()).unwrap();
+        }
+        let doc = &mut writers[w];
+        let mut tx = doc.transaction();
+        // A few clustered keys, as records written in one change are, and a few scattered.
+        let start = below(&mut rng, KEYS);
+        for i in 0..(1 + below(&mut rng, 6)) {
+            let n = match below(&mut rng, 3) {
+                0 => (start + i) % KEYS,
+                // A few hot keys, so that writers conflict.
+                1 => below(&mut rng, 8) * (KEYS / 8),
+                _ => below(&mut rng, KEYS),
+            };
+            if below(&mut rng, 5) == 0 {
+                // Deleting a key this writer does not see is an error: skip it.
+                let _ = tx.delete(&map, key(n));
+            } else {
+                value += 1;
+                tx.put(&map, key(n), value).unwrap();
+            }
+        }
+        tx.commit();
+    }
+    let mut all = base.fork();
+    for w in &mut writers {
+        all.merge(w).unwrap();
+    }
+    let changes = all.get_changes(&base.get_heads());
+    (base, map, changes)
+}
+
+/// The model: for every key of `map`, the visible puts (operation id -> value) after
+/// `base`'s changes and `changes`, from the changes' decoded operations.
+fn model(
+    base: &Automerge,
+    map: &ObjId,
+    changes: &[Change],
+) -> BTreeMap<String, Vec<(u64, Vec<u8>, i64)>> {
+    let mut puts: BTreeMap<(u64, Vec<u8>), (String, i64)> = BTreeMap::new();
+    let mut overwritten: HashSet<(u64, Vec<u8>)> = HashSet::new();
+    let base_changes: Vec<Change> = base.get_changes(&[]);
+    let map_id = match map {
+        ObjId::Id(ctr, actor, _) => (*ctr, actor.to_bytes().to_vec()),
+        ObjId::Root => unreachable!("the map is not the root"),
+    };
+    for change in base_changes.iter().chain(changes) {
+        let actor = change.actor_id().to_bytes().to_vec();
+        let start = change.start_op().get();
+        for (i, op) in change.decode().operations.iter().enumerate() {
+            let id = (start + i as u64, actor.clone());
+            for p in op.pred.iter() {
+                overwritten.insert((p.counter(), p.actor().to_bytes().to_vec()));
+            }
+            let automerge::legacy::ObjectId::Id(obj) = &op.obj else {
+                continue;
+            };
+            if (obj.counter(), obj.actor().to_bytes().to_vec()) != map_id {
+                continue;
+            }
+            let automerge::legacy::Key::Map(k) = &op.key else {
+                continue;
+            };
+            if let automerge::legacy::OpType::Put(ScalarValue::Int(v)) = &op.action {
+                puts.insert(id, (k.to_string(), *v));
+            }
+        }
+    }
+    let mut out: BTreeMap<String, Vec<(u64, Vec<u8>, i64)>> = BTreeMap::new();
+    for ((ctr, actor), (k, v)) in puts {
+        if !overwritten.contains(&(ctr, actor.clone())) {
+            out.entry(k).or_default().push((ctr, actor, v));
+        }
+    }
+    out
+}
+
+#[test]
+fn batched_receives_into_one_map_match_the_model() {
+    let mut batches_seen = 0;
+    for seed in 0..SEEDS {
+        let (base, map, changes) = history(seed);
+        let expected = model(&base, &map, &changes);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+        let mut receiver = base
+            .fork()
+            .with_actor(ActorId::from([0xeeu8; 16].as_slice()));
+        let mut rest = changes.as_slice();
+        while !rest.is_empty() {
+            let n = (1 + below(&mut rng, 8) as usize).min(rest.len());
+            receiver.apply_changes(rest[..n].iter().cloned()).unwrap();
+            rest = &rest[n..];
+            batches_seen += 1;
+        }
+        for n in 0..KEYS {
+            let k = key(n);
+            let mut held: Vec<i64> = receiver
+                .get_all(&map, k.as_str())
+                .unwrap()
+                .into_iter()
+                .map(|(v, _)| match v {
+                    Value::Scalar(s) => match s.as_ref() {
+                        ScalarValue::Int(i) => *i,
+                        other => panic!("seed {seed}: {k} holds {other:?}"),
+                    },
+                    other => panic!("seed {seed}: {k} holds {other:?}"),
+                })
+                .collect();
+            held.sort_unstable();
+            let visible = expected.get(&k).cloned().unwrap_or_default();
+            let mut want: Vec<i64> = visible.iter().map(|(_, _, v)| *v).collect();
+            want.sort_unstable();
+            assert_eq!(held, want, "seed {seed}: the values of {k}");
+            let winner = visible
+                .iter()
+                .max_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)))
+                .map(|(_, _, v)| *v);
+            let got = receiver
+                .get(&map, k.as_str())
+                .unwrap()
+                .and_then(|(v, _)| match v {
+                    Value::Scalar(s) => s.as_i64(),
+                    other => panic!("seed {seed}: {k} holds {other:?}"),
+                });
+            assert_eq!(got, winner, "seed {seed}: the value of {k}");
+        }
+        // The keys Automerge lists, and counts, from its index of each key's winning value.
+        let keys: Vec<String> = expected.keys().cloned().collect();
+        assert_eq!(
+            receiver.keys(&map).collect::<Vec<_>>(),
+            keys,
+            "seed {seed}: keys"
+        );
+        assert_eq!(receiver.length(&map), keys.len(), "seed {seed}: length");
+        // The conflict flag Automerge keeps per key: set when several values are visible.
+        for item in receiver.map_range(&map, ..) {
+            let visible = expected.get(item.key.as_ref()).map_or(0, Vec::len);
+            assert_eq!(
+                item.conflict,
+                visible > 1,
+                "seed {seed}: the conflict flag of {}",
+                item.key
+            );
+        }
+        // Saved, it loads back the same (the successors the apply wrote are consistent).
+        let reloaded = Automerge::load(&receiver.save()).unwrap();
+        assert_eq!(reloaded.get_heads(), receiver.get_heads(), "seed {seed}");
+    }
+    assert!(
+        batches_seen > SEEDS as usize,
+        "every history came in several batches"
+    );
+}
