@@ -1,15 +1,18 @@
-//! The CRDT library's work, run off the node on a blocking thread, one job at a time: applying
-//! a received sync message ([`SyncJob`]), generating the sync messages of a burst of local
-//! writes ([`PushJob`]). The node keeps ticking, judging views and taking local writes
+//! The CRDT library's work, run off the node on the mesh's job thread, one job at a time:
+//! applying a received sync message ([`SyncJob`]), generating the sync messages of a burst of
+//! local writes ([`PushJob`]). The node keeps ticking, judging views and taking local writes
 //! meanwhile (see `docs/architecture.md`, "The runtime").
 
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc;
+
 use statemesh_core::{PeerId, PushJob, SyncJob};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 use super::Run;
 use super::links::LinkEvent;
 
-/// Work of the CRDT library that runs on a blocking thread, one at a time (see
+/// Work of the CRDT library that runs on the job thread, one at a time (see
 /// [`Run::start_job`]).
 pub(super) enum Job {
     /// A received sync message to apply, from `peer` on connection `conn`.
@@ -22,9 +25,47 @@ pub(super) enum Job {
     Push(PushJob),
 }
 
-/// Runs a job on a blocking thread.
-fn spawn(job: Job) -> JoinHandle<Job> {
-    tokio::task::spawn_blocking(move || job.run())
+/// A job handed to the job thread: resolves to the job, done, or to an error if it panicked.
+pub(super) type Running = oneshot::Receiver<Job>;
+
+/// The mesh's job thread: runs the jobs the driver hands it, one at a time.
+///
+/// One thread for the mesh's life rather than the runtime's blocking pool, whose threads come
+/// and go and each allocate from an arena of the C allocator of their own: a job's copy of the
+/// document grows by what it applies, then becomes the document, so with the pool the
+/// document's memory was spread over as many arenas as threads had run jobs, each keeping
+/// what was freed in it. `throughput --peers 8 --batch 100`: 16 % less anonymous memory per
+/// window (docs/under-load.md, eighteenth slice).
+pub(super) struct JobThread {
+    queue: mpsc::Sender<(Job, oneshot::Sender<Job>)>,
+}
+
+impl JobThread {
+    /// Starts the thread. It ends once this handle is dropped and its last job is done.
+    pub(super) fn start() -> std::io::Result<Self> {
+        let (queue, jobs) = mpsc::channel::<(Job, oneshot::Sender<Job>)>();
+        std::thread::Builder::new()
+            .name("statemesh-jobs".into())
+            .spawn(move || {
+                while let Ok((job, done)) = jobs.recv() {
+                    // A job that panics outside the CRDT library's guarded calls drops `done`,
+                    // which the driver reads as a failed job; the thread goes on with the next.
+                    if let Ok(job) = std::panic::catch_unwind(AssertUnwindSafe(|| job.run())) {
+                        let _ = done.send(job);
+                    }
+                }
+            })?;
+        Ok(Self { queue })
+    }
+
+    /// Hands `job` to the thread.
+    fn spawn(&self, job: Job) -> Running {
+        let (done, running) = oneshot::channel();
+        // The thread ends only once this handle is gone; were it gone anyway, `running`
+        // resolves to an error and the driver counts the job failed.
+        let _ = self.queue.send((job, done));
+        running
+    }
 }
 
 impl Job {
@@ -38,7 +79,7 @@ impl Job {
 }
 
 impl Run {
-    /// Starts the next job, if none runs, on a blocking thread: the retry of a failed job's
+    /// Starts the next job, if none runs, on the job thread: the retry of a failed job's
     /// messages (see [`statemesh_core::Node::retry_job`]), the sync messages the last frames
     /// carried, to apply (see [`statemesh_core::Node::handle_frame_deferred`]), or else the
     /// push of a burst of local writes, to generate (see
@@ -48,13 +89,13 @@ impl Run {
     /// A sync job waits while the next frame held can join it (see
     /// [`statemesh_core::Node::join_frame`]): the frames several peers sent while the last job
     /// ran make one job, one apply. A lone frame's job starts at once.
-    pub(super) fn start_job(&mut self, job: &mut Option<JoinHandle<Job>>) {
+    pub(super) fn start_job(&mut self, job: &mut Option<Running>) {
         if job.is_some() {
             return;
         }
         if let Some(j) = self.shared.node_off_worker().retry_job() {
             let conn = self.links.get(&j.from()).map_or(usize::MAX, |l| l.conn);
-            *job = Some(spawn(Job::Receive {
+            *job = Some(self.jobs.spawn(Job::Receive {
                 peer: j.from(),
                 conn,
                 job: Box::new(j),
@@ -83,7 +124,7 @@ impl Run {
             },
         };
         self.pushed_last = matches!(next, Job::Push(_));
-        *job = Some(spawn(next));
+        *job = Some(self.jobs.spawn(next));
     }
 
     /// Whether the next frame held may join the sync job `job`, which waits to start: one of
@@ -96,7 +137,10 @@ impl Run {
 
     /// A job is done: a received message's changes join the node's document, or generated
     /// sync messages leave. Returns what the turn did (for the slow-turn log).
-    pub(super) fn finish_job(&mut self, done: Result<Job, tokio::task::JoinError>) -> &'static str {
+    pub(super) fn finish_job(
+        &mut self,
+        done: Result<Job, oneshot::error::RecvError>,
+    ) -> &'static str {
         let now = self.shared.now();
         let (peer, conn, result) = match done {
             Ok(Job::Push(p)) => {
@@ -107,10 +151,10 @@ impl Run {
                 let result = self.shared.node_off_worker().finish_sync(now, *job);
                 (peer, conn, result.map_err(|e| e.to_string()))
             }
-            Err(e) => {
+            Err(_) => {
                 // A job panicked outside the CRDT library's guarded calls: nothing of it can
                 // be trusted, and the peers it covered stay busy. Unreachable in practice.
-                tracing::error!(error = %e, "a sync job failed");
+                tracing::error!("a sync job failed (it panicked)");
                 return "job failed";
             }
         };

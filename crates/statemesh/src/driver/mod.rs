@@ -9,7 +9,7 @@
 //!
 //! - `links`: setting links up (accepting, dialling, probing, the hellos), each link's reader,
 //!   writer and renewed proofs, and what the driver does with their events ([`LinkEvent`]);
-//! - `jobs`: the CRDT library's work, on a blocking thread, one job at a time;
+//! - `jobs`: the CRDT library's work, on the mesh's job thread, one job at a time;
 //! - `pulse`: heartbeats and views, on a task of their own so that bulk work never delays
 //!   them;
 //! - `discovery`: the discoveries' reports, settling, peer exchange, and the "no peer found by
@@ -33,7 +33,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use self::discovery::Discoveries;
-use self::jobs::Job;
+use self::jobs::{Job, JobThread, Running};
 use self::links::{LinkEvent, LinkState, ViewFrame};
 use self::pulse::{PulseLink, PulseLinks};
 use crate::dialer::{Dialer, Settle};
@@ -161,6 +161,10 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         }
         None => None,
     };
+    let jobs = JobThread::start().map_err(|source| JoinError::Runtime {
+        what: "job thread",
+        source,
+    })?;
     let (stop_tx, stop_rx) = oneshot::channel();
     let span = tracing::info_span!("mesh", peer = %me.short());
     let mut tasks = JoinSet::new();
@@ -189,6 +193,7 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         settle,
         next_housekeeping: Instant::now() + HOUSEKEEPING,
         discoveries,
+        jobs,
         new_job: None,
         held: VecDeque::new(),
         pushed_last: false,
@@ -210,7 +215,7 @@ enum Turn {
     /// Handled already (what it was, for the slow-turn log).
     Done(&'static str),
     /// A job finished.
-    Finish(Result<Job, tokio::task::JoinError>),
+    Finish(Result<Job, oneshot::error::RecvError>),
     /// A frame (other than a view) arrived, or another link event (a link up or closed, a
     /// write persisted).
     Link(LinkEvent),
@@ -241,6 +246,8 @@ struct Run {
     keys_rx: watch::Receiver<Arc<Keyring>>,
     /// The keyring as last applied.
     ring: Arc<Keyring>,
+    /// The thread the CRDT library's work runs on, one job at a time.
+    jobs: JobThread,
     /// A sync job the last frame started (see
     /// [`statemesh_core::Node::handle_frame_deferred`]), for the loop to run; with the
     /// connection it came on.
@@ -304,7 +311,7 @@ impl Run {
         self.flush();
         // The job running, if any. One at a time; the node keeps ticking, judging views and
         // taking local writes meanwhile.
-        let mut job: Option<JoinHandle<Job>> = None;
+        let mut job: Option<Running> = None;
         let shutdown = loop {
             // Under a stream of frames (a large sync exchange) the select below keeps choosing
             // them over the timer: a tick that is due runs first, so pushes that wait and stall
@@ -421,7 +428,7 @@ impl Run {
     /// What follows every turn that handled an input: the next job if one is due, the node's
     /// outputs carried out, a push the flush left to generate, and last, once the answers and
     /// change notifications are out, the standby's copy of messages applied in place.
-    fn end_turn(&mut self, job: &mut Option<JoinHandle<Job>>) {
+    fn end_turn(&mut self, job: &mut Option<Running>) {
         self.start_job(job);
         self.flush();
         self.start_job(job);
