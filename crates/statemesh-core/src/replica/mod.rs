@@ -718,6 +718,8 @@ pub fn heads_digest(heads: &[ChangeHash]) -> [u8; 8] {
 }
 
 #[cfg(test)]
+mod made_tests;
+#[cfg(test)]
 mod noted_tests;
 #[cfg(test)]
 mod tests;

@@ -378,9 +378,10 @@ impl SyncApply {
             // rides along (one rebuild and one decode per received change).
             let mut keys = TouchedKeys::new(layout);
             check_new_changes(doc, layout, base, Some(&mut keys))?;
+            let made = keys.made_records();
             *touched = keys.finish();
             // The change report's reads of the records, here rather than under the node.
-            *reads = read_records(doc, layout, &touched.0);
+            *reads = read_records(doc, layout, &touched.0, &made);
             Ok(())
         }));
         self.outcome = Some(result.unwrap_or(Err(ApplyError::Panicked)));

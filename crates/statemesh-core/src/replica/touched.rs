@@ -3,7 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use automerge::{Automerge, ChangeHash, ObjId, ReadDoc};
+use automerge::{ActorId, Automerge, ChangeHash, ObjId, ReadDoc};
+use smallvec::SmallVec;
 
 use super::layout::channel_obj;
 use super::{EntryChange, EntryKind, Layout, Replica, SEP, split_counter_key};
@@ -50,7 +51,10 @@ impl Replica {
     ) -> Vec<EntryChange> {
         let (reads, stale) = match read {
             Some((reads, stale)) if reads.len() == records.len() => (reads, Some(stale)),
-            _ => (read_records(&self.doc, &self.layout, &records), None),
+            _ => (
+                read_records(&self.doc, &self.layout, &records, &MadeRecords::default()),
+                None,
+            ),
         };
         let mut out = Vec::with_capacity(records.len() + counters.len());
         for (flat, (mut by, mut presence)) in records.into_iter().zip(reads) {
@@ -58,9 +62,11 @@ impl Replica {
                 continue;
             };
             if stale.as_ref().is_some_and(|s| s.contains(&flat)) {
-                (by, presence) = read_records(&self.doc, &self.layout, std::slice::from_ref(&flat))
-                    .pop()
-                    .unwrap_or((None, false));
+                let one = std::slice::from_ref(&flat);
+                (by, presence) =
+                    read_records(&self.doc, &self.layout, one, &MadeRecords::default())
+                        .pop()
+                        .unwrap_or((None, false));
             }
             out.push(self.report_record(&flat, c, k, by, presence));
         }
@@ -173,6 +179,8 @@ pub(super) struct TouchedKeys<'a> {
     channels: Option<&'a HashMap<ObjId, String>>,
     /// Channel maps made by the operations seen (to add to the replica's index).
     made_channels: Vec<(ObjId, String)>,
+    /// What the operations seen say of the records they made (see [`MadeRecords`]).
+    made_records: MadeRecords,
 }
 
 impl<'a> TouchedKeys<'a> {
@@ -186,6 +194,7 @@ impl<'a> TouchedKeys<'a> {
             channels_read: false,
             channels: None,
             made_channels: Vec::new(),
+            made_records: MadeRecords::default(),
         }
     }
 
@@ -201,6 +210,11 @@ impl<'a> TouchedKeys<'a> {
         std::mem::take(&mut self.made_channels)
     }
 
+    /// What the operations seen say of the records they made (see [`read_records`]).
+    pub(super) fn made_records(&mut self) -> MadeRecords {
+        std::mem::take(&mut self.made_records)
+    }
+
     /// Notes the entry `op` (an operation of `doc`, whose id is `id`) touches, if any.
     ///
     /// The place of an object made by an operation seen here is learnt from that operation,
@@ -213,6 +227,7 @@ impl<'a> TouchedKeys<'a> {
         };
         let layout = self.layout;
         let obj = ObjId::Id(parent.counter(), parent.actor().clone(), usize::MAX);
+        self.made_records.add(&obj, op, id);
         if let automerge::legacy::OpType::Make(_) = op.action {
             let made = match (&op.key, obj == layout.records) {
                 (automerge::legacy::Key::Map(name), true) => {
@@ -222,6 +237,7 @@ impl<'a> TouchedKeys<'a> {
                 (_, true) => Place::Elsewhere,
                 (key, false) if obj != layout.counters => match (self.place(doc, &obj), key) {
                     (Place::Channel(channel), automerge::legacy::Key::Map(key)) => {
+                        self.made_records.made(id);
                         Place::Record(format!("{channel}{SEP}{key}"))
                     }
                     (Place::Record(flat), _) => Place::Record(flat),
@@ -291,13 +307,117 @@ impl<'a> TouchedKeys<'a> {
 /// presence-scoped.
 pub(super) type RecordRead = (Option<PeerId>, bool);
 
+/// An operation's id: its counter and actor (ordered as Automerge orders operations).
+type OpKey = (u64, ActorId);
+
+/// What the operations of a batch of received changes say of the records they made (record
+/// maps created in a channel's map), so that the change report need not read the writer and
+/// scope of such a record from the document: only operations of the batch can touch a record
+/// the batch made (any other is causally after it, so not in the document yet).
+///
+/// Automerge's rule, kept here: a field's value is one of the puts to it that no operation
+/// names as a predecessor (any operation, of any key or object: Automerge gives the named
+/// operation a successor wherever the naming one is), the one with the greatest id. A record
+/// whose `"w"` or `"p"` field got an operation of another kind (an insertion, an increment, a
+/// counter) is read from the document instead.
+#[derive(Debug, Default)]
+pub(super) struct MadeRecords {
+    records: HashMap<ObjId, MadeRecord>,
+    /// Every operation a seen operation names as a predecessor.
+    overwritten: HashSet<OpKey>,
+}
+
+/// The puts seen to the writer (`"w"`) and scope (`"p"`) fields of a record the batch made,
+/// as the change report reads them ([`super::record_meta`]).
+#[derive(Debug, Default)]
+struct MadeRecord {
+    writer: SmallVec<[(OpKey, Option<PeerId>); 1]>,
+    presence: SmallVec<[(OpKey, bool); 1]>,
+    /// An operation on `"w"` or `"p"` this model does not follow: read the document.
+    unknown: bool,
+}
+
+impl MadeRecords {
+    /// Notes that the operation whose id is `id` made a record.
+    fn made(&mut self, id: &ObjId) {
+        self.records.insert(id.clone(), MadeRecord::default());
+    }
+
+    /// Notes operation `op` (whose id is `id`) on object `obj`.
+    fn add(&mut self, obj: &ObjId, op: &automerge::legacy::Op, id: &ObjId) {
+        use automerge::ScalarValue;
+        use automerge::legacy::{Key, OpType};
+        for pred in op.pred.iter() {
+            self.overwritten
+                .insert((pred.counter(), pred.actor().clone()));
+        }
+        let Some(record) = self.records.get_mut(obj) else {
+            return;
+        };
+        let (ObjId::Id(counter, actor, _), Key::Map(key)) = (id, &op.key) else {
+            record.unknown = true;
+            return;
+        };
+        let field = key.as_str();
+        if field != "w" && field != "p" {
+            return;
+        }
+        let at = (*counter, actor.clone());
+        match (&op.action, field) {
+            _ if op.insert => record.unknown = true,
+            (OpType::Delete, _) => {}
+            (OpType::Put(ScalarValue::Counter(_)) | OpType::Increment(_), _) => {
+                record.unknown = true;
+            }
+            (OpType::Put(ScalarValue::Str(w)), "w") => record.writer.push((at, w.parse().ok())),
+            (OpType::Put(ScalarValue::Boolean(p)), "p") => record.presence.push((at, *p)),
+            (OpType::Put(_) | OpType::Make(_), "w") => record.writer.push((at, None)),
+            (OpType::Put(_) | OpType::Make(_), _) => record.presence.push((at, false)),
+            _ => record.unknown = true,
+        }
+    }
+
+    /// What record `rec` holds, if the batch made it and this model follows it.
+    fn read(&self, rec: &ObjId) -> Option<RecordRead> {
+        let record = self.records.get(rec).filter(|r| !r.unknown)?;
+        let visible = |at: &OpKey| !self.overwritten.contains(at);
+        let writer = record
+            .writer
+            .iter()
+            .filter(|(at, _)| visible(at))
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .and_then(|(_, w)| *w);
+        let presence = record
+            .presence
+            .iter()
+            .filter(|(at, _)| visible(at))
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .is_some_and(|(_, p)| *p);
+        Some((writer, presence))
+    }
+}
+
+#[cfg(test)]
+impl MadeRecords {
+    /// How many of `records` (flat keys) this model answers for (tests).
+    pub(super) fn followed(&self, doc: &Automerge, layout: &Layout, records: &[String]) -> usize {
+        records
+            .iter()
+            .filter_map(|flat| flat.split_once(SEP))
+            .filter_map(|(c, k)| super::record_in(doc, &channel_obj(doc, &layout.records, c)?, k))
+            .filter(|r| self.read(r).is_some())
+            .count()
+    }
+}
+
 /// What `doc` holds of each of `records` (flat keys): see [`RecordRead`]. The channel's map is
 /// looked up once for a run of records of one channel (a received change's records mostly
-/// share theirs).
+/// share theirs); the writer and scope of a record `made` follows are not read.
 pub(super) fn read_records(
     doc: &Automerge,
     layout: &Layout,
     records: &[String],
+    made: &MadeRecords,
 ) -> Vec<RecordRead> {
     let mut channel: Option<(&str, Option<ObjId>)> = None;
     records
@@ -313,7 +433,9 @@ pub(super) fn read_records(
                 .as_ref()
                 .and_then(|(_, ch)| ch.as_ref())
                 .and_then(|ch| super::record_in(doc, ch, k))
-                .map_or((None, false), |r| super::record_meta(doc, &r))
+                .map_or((None, false), |r| {
+                    made.read(&r).unwrap_or_else(|| super::record_meta(doc, &r))
+                })
         })
         .collect()
 }
