@@ -343,7 +343,9 @@ impl MadeRecords {
         self.records.insert(id.clone(), MadeRecord::default());
     }
 
-    /// Notes operation `op` (whose id is `id`) on object `obj`.
+    /// Notes operation `op` (whose id is `id`) on object `obj`. Operations come in causal
+    /// order (the checks pass over the new changes as Automerge lists them, each after its
+    /// dependencies), so a record's making is seen before any operation on it.
     fn add(&mut self, obj: &ObjId, op: &automerge::legacy::Op, id: &ObjId) {
         use automerge::ScalarValue;
         use automerge::legacy::{Key, OpType};
