@@ -20,7 +20,7 @@
 //! leadership: past its join grace; `linked_t` says when the links were up), `info`, `shutdown`
 //! (graceful leave, then exit). The end of stdin ends the process without a leave.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -121,7 +121,11 @@ async fn baseline() -> anyhow::Result<()> {
 /// Keys of channels starting with a prefix, as seen in the change stream.
 struct Tracked {
     prefix: String,
-    keys: HashSet<(String, String)>,
+    /// The keys seen, by channel (looked up without allocating: a rescan after an overrun
+    /// notes every key of the channel again).
+    keys: HashMap<String, HashSet<String>>,
+    /// How many keys `keys` holds.
+    count: usize,
     /// When the last new key arrived.
     last_new: u64,
     /// Answer `reached` once this many keys are held.
@@ -132,9 +136,19 @@ struct Tracked {
 
 impl Tracked {
     fn note(&mut self, channel: &str, key: &str, at: u64) {
-        if channel.starts_with(&self.prefix)
-            && self.keys.insert((channel.to_owned(), key.to_owned()))
-        {
+        if !channel.starts_with(&self.prefix) {
+            return;
+        }
+        let new = match self.keys.get_mut(channel) {
+            Some(keys) => !keys.contains(key) && keys.insert(key.to_owned()),
+            None => {
+                let keys = HashSet::from([key.to_owned()]);
+                self.keys.insert(channel.to_owned(), keys);
+                true
+            }
+        };
+        if new {
+            self.count += 1;
             self.last_new = at;
         }
     }
@@ -154,9 +168,9 @@ impl Tracked {
     /// The `reached` line, once the target is met (then forgets the target).
     fn check(&mut self) -> Option<Json> {
         let target = self.target?;
-        (self.keys.len() >= target).then(|| {
+        (self.count >= target).then(|| {
             self.target = None;
-            json!({"ev": "reached", "t": self.last_new, "count": self.keys.len(),
+            json!({"ev": "reached", "t": self.last_new, "count": self.count,
                    "lagged": self.lagged})
         })
     }
@@ -296,7 +310,8 @@ fn command(
         "watch" => {
             let mut tr = Tracked {
                 prefix: text("prefix")?,
-                keys: HashSet::new(),
+                keys: HashMap::new(),
+                count: 0,
                 last_new: now_ns(),
                 target: None,
                 lagged: 0,
@@ -312,7 +327,7 @@ fn command(
         }
         "count" => {
             let tr = tracked.as_ref().ok_or("`count` before `watch`")?;
-            Ok(Some(json!({"ev": "count", "count": tr.keys.len()})))
+            Ok(Some(json!({"ev": "count", "count": tr.count})))
         }
         "burst" => {
             let (ms, batch, prefix) = (number("ms")?, number("batch")?.max(1), text("prefix")?);

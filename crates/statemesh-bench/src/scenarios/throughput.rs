@@ -55,13 +55,18 @@ pub(crate) fn run(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     let converge_within = Duration::from_secs(if opts.quick { 20 } else { 120 });
     let deadline = Instant::now() + converge_within;
     let mut t_end = 0u64;
+    // Times a window's change stream overran (the window then read every key again).
+    let mut overruns = 0u64;
     let mut converged = true;
     for s in &slots {
         f.within = deadline.saturating_duration_since(Instant::now());
         match f.wait_line("every window to hold every key", |l| {
             l.slot == *s && l.json["ev"] == "reached"
         }) {
-            Ok(line) => t_end = t_end.max(line.json["t"].as_u64().unwrap_or(0)),
+            Ok(line) => {
+                t_end = t_end.max(line.json["t"].as_u64().unwrap_or(0));
+                overruns += line.json["lagged"].as_u64().unwrap_or(0);
+            }
             Err(e) => {
                 eprintln!("  not converged: {e}");
                 converged = false;
@@ -93,6 +98,7 @@ pub(crate) fn run(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     out.insert("join_failures".into(), json!(f.join_failures));
     out.insert("updates_per_s".into(), json!(round3(reached as f64 / secs)));
     out.insert("converged".into(), json!(converged));
+    out.insert("change_stream_overruns".into(), json!(overruns));
     out.insert("written".into(), json!(written));
     out.insert("changes".into(), json!(changes));
     out.insert("batch".into(), json!(opts.batch));
