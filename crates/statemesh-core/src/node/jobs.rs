@@ -42,6 +42,14 @@ impl SyncJob {
         self.apply.accepts()
     }
 
+    /// Whether [`Node::join_frame`] should be given `frame`, from `from`, while this job waits
+    /// to start: the job takes more messages, and the frame is a sync message or comes from a
+    /// peer the job holds no message of (a runtime keeps any other frame of a peer in the job
+    /// until the job is done, so that the peer's frames are handled in order).
+    pub fn takes(&self, from: PeerId, frame: &[u8]) -> bool {
+        self.accepts() && (!self.includes(from) || crate::codec::is_sync(frame))
+    }
+
     /// How many sync messages the job applies.
     pub fn messages(&self) -> usize {
         self.apply.messages()
@@ -155,9 +163,8 @@ impl Node {
     /// gives them to the next job this way, one apply for all of them: a call of the CRDT
     /// library's with many changes costs less per change than several with few, and a change
     /// that several peers relayed is applied once. Any other frame is handled as
-    /// [`handle_frame`](Self::handle_frame) does; a runtime keeps a frame of a peer the job
-    /// holds that is not a sync message (see [`codec::is_sync`](crate::codec::is_sync)) until
-    /// the job is done.
+    /// [`handle_frame`](Self::handle_frame) does. A runtime gives it only the frames the job
+    /// [takes](SyncJob::takes), and keeps the others until the job is done.
     pub fn join_frame(
         &mut self,
         now: Time,
@@ -238,6 +245,7 @@ impl Node {
         if !current.contains(&true) {
             return Ok(None);
         }
+        let count = apply.messages();
         let messages = apply.take_messages();
         let applied = match self.replica.finish_sync(apply) {
             Ok(crate::replica::SyncFinish::Done(applied)) => *applied,
@@ -247,11 +255,11 @@ impl Node {
                     apply: *apply,
                 }));
             }
-            Err(_) if messages.iter().map(Vec::len).sum::<usize>() > 1 => {
+            Err(_) if count > 1 => {
                 // Which message failed is not known: each is tried again on its own, in the
                 // order they came, the links staying busy until then.
                 tracing::debug!(
-                    messages = messages.iter().map(Vec::len).sum::<usize>(),
+                    messages = count,
                     "a sync job of several messages failed: retried one at a time"
                 );
                 for (((peer, serial), messages), current) in

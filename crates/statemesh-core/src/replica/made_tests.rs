@@ -81,7 +81,7 @@ fn the_records_a_batch_made_are_reported_as_the_document_holds_them() {
                 let batch: Vec<_> = rest.drain(..n).collect();
                 let before = receiver.doc.get_heads();
                 receiver.doc.apply_changes(batch).expect("an apply");
-                let mut keys = TouchedKeys::new(&receiver.layout);
+                let mut keys = TouchedKeys::new(&receiver.layout).with_made_records();
                 check_new_changes(&receiver.doc, &receiver.layout, &before, Some(&mut keys))
                     .expect("honest changes pass");
                 let made = keys.made_records();

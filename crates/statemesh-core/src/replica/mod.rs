@@ -271,6 +271,9 @@ pub struct Replica {
     written_while_out: Option<HashSet<String>>,
 }
 
+/// The magic number every Automerge chunk (document or change) starts with.
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+
 /// A counter entry's flat key, split: `(name, writer, scope)`.
 fn split_counter_key(flat: &str) -> Option<(&str, &str, &str)> {
     let mut parts = flat.split(SEP);
@@ -586,11 +589,9 @@ impl Replica {
     /// are refused and change nothing.
     pub fn load_stored(&mut self, bytes: &[u8]) -> Result<LoadReport, ApplyError> {
         use automerge::{LoadOptions, OnPartialLoad, VerificationMode};
-        // Every Automerge chunk (document or change) starts with this magic number.
-        const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
         // A sync job out reads its records again when it comes back (see `written_while_out`).
         self.written_while_out = None;
-        if !bytes.starts_with(&MAGIC) {
+        if !bytes.starts_with(&CHUNK_MAGIC) {
             return Err(ApplyError::Unreadable);
         }
         // A strict parse says whether the file is whole; the merge below keeps every readable

@@ -79,22 +79,24 @@ pub(crate) fn receive_messages(
 /// format). `None` for anything else (Automerge then parses it, and refuses what it must).
 fn change_hash(chunk: &[u8]) -> Option<ChangeHash> {
     use sha2::{Digest, Sha256};
-    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
     const CHANGE: u8 = 1;
     let (magic, rest) = chunk.split_at_checked(4)?;
     let (checksum, rest) = rest.split_at_checked(4)?;
     let (&kind, mut data) = rest.split_first()?;
-    if magic != MAGIC || kind != CHANGE {
+    if magic != super::CHUNK_MAGIC || kind != CHANGE {
         return None;
     }
     let len = leb128::read::unsigned(&mut data).ok()?;
     if data.len() as u64 != len {
         return None;
     }
-    let mut header = vec![kind];
-    leb128::write::unsigned(&mut header, len).ok()?;
+    // The type and the length, encoded again as Automerge hashes them (on the stack: this
+    // runs for every change received).
+    let mut header = [0u8; 11];
+    header[0] = kind;
+    let n = leb128::write::unsigned(&mut &mut header[1..], len).ok()?;
     let hash: [u8; 32] = Sha256::new()
-        .chain_update(&header)
+        .chain_update(&header[..=n])
         .chain_update(data)
         .finalize()
         .into();

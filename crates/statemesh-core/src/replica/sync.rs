@@ -376,7 +376,7 @@ impl SyncApply {
             receive_messages(doc, &mut batch)?;
             // The checks read every new operation; the change notifications' reading of them
             // rides along (one rebuild and one decode per received change).
-            let mut keys = TouchedKeys::new(layout);
+            let mut keys = TouchedKeys::new(layout).with_made_records();
             check_new_changes(doc, layout, base, Some(&mut keys))?;
             let made = keys.made_records();
             *touched = keys.finish();

@@ -179,8 +179,9 @@ pub(super) struct TouchedKeys<'a> {
     channels: Option<&'a HashMap<ObjId, String>>,
     /// Channel maps made by the operations seen (to add to the replica's index).
     made_channels: Vec<(ObjId, String)>,
-    /// What the operations seen say of the records they made (see [`MadeRecords`]).
-    made_records: MadeRecords,
+    /// What the operations seen say of the records they made (see [`MadeRecords`]), when
+    /// asked for ([`with_made_records`](Self::with_made_records)).
+    made_records: Option<MadeRecords>,
 }
 
 impl<'a> TouchedKeys<'a> {
@@ -194,7 +195,7 @@ impl<'a> TouchedKeys<'a> {
             channels_read: false,
             channels: None,
             made_channels: Vec::new(),
-            made_records: MadeRecords::default(),
+            made_records: None,
         }
     }
 
@@ -210,9 +211,17 @@ impl<'a> TouchedKeys<'a> {
         std::mem::take(&mut self.made_channels)
     }
 
-    /// What the operations seen say of the records they made (see [`read_records`]).
+    /// Follows what the operations seen say of the records they made (see [`MadeRecords`]),
+    /// for a change report whose reads run right after the checks, on the same document.
+    pub(super) fn with_made_records(mut self) -> Self {
+        self.made_records = Some(MadeRecords::default());
+        self
+    }
+
+    /// What the operations seen say of the records they made (empty unless asked for with
+    /// [`with_made_records`](Self::with_made_records)).
     pub(super) fn made_records(&mut self) -> MadeRecords {
-        std::mem::take(&mut self.made_records)
+        self.made_records.take().unwrap_or_default()
     }
 
     /// Notes the entry `op` (an operation of `doc`, whose id is `id`) touches, if any.
@@ -227,7 +236,9 @@ impl<'a> TouchedKeys<'a> {
         };
         let layout = self.layout;
         let obj = ObjId::Id(parent.counter(), parent.actor().clone(), usize::MAX);
-        self.made_records.add(&obj, op, id);
+        if let Some(made) = &mut self.made_records {
+            made.add(&obj, op, id);
+        }
         if let automerge::legacy::OpType::Make(_) = op.action {
             let made = match (&op.key, obj == layout.records) {
                 (automerge::legacy::Key::Map(name), true) => {
@@ -237,7 +248,9 @@ impl<'a> TouchedKeys<'a> {
                 (_, true) => Place::Elsewhere,
                 (key, false) if obj != layout.counters => match (self.place(doc, &obj), key) {
                     (Place::Channel(channel), automerge::legacy::Key::Map(key)) => {
-                        self.made_records.made(id);
+                        if let Some(made) = &mut self.made_records {
+                            made.made(id);
+                        }
                         Place::Record(format!("{channel}{SEP}{key}"))
                     }
                     (Place::Record(flat), _) => Place::Record(flat),
@@ -382,20 +395,18 @@ impl MadeRecords {
     /// What record `rec` holds, if the batch made it and this model follows it.
     fn read(&self, rec: &ObjId) -> Option<RecordRead> {
         let record = self.records.get(rec).filter(|r| !r.unknown)?;
-        let visible = |at: &OpKey| !self.overwritten.contains(at);
-        let writer = record
-            .writer
-            .iter()
-            .filter(|(at, _)| visible(at))
-            .max_by(|a, b| a.0.cmp(&b.0))
-            .and_then(|(_, w)| *w);
-        let presence = record
-            .presence
-            .iter()
-            .filter(|(at, _)| visible(at))
-            .max_by(|a, b| a.0.cmp(&b.0))
-            .is_some_and(|(_, p)| *p);
+        let writer = self.winner(&record.writer).flatten();
+        let presence = self.winner(&record.presence).unwrap_or(false);
         Some((writer, presence))
+    }
+
+    /// A field's value among the puts to it: the one no operation names as a predecessor
+    /// with the greatest id (`None`: no such put).
+    fn winner<V: Copy>(&self, puts: &[(OpKey, V)]) -> Option<V> {
+        puts.iter()
+            .filter(|(at, _)| !self.overwritten.contains(at))
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, v)| *v)
     }
 }
 

@@ -10,7 +10,7 @@ use rand_core::RngCore;
 
 use super::Sim;
 use super::config::JOB_TIME;
-use crate::{LinkDown, Node, PeerId, Persist, SyncJob, Time, codec};
+use crate::{LinkDown, Node, PeerId, Persist, SyncJob, Time};
 
 pub(super) enum Delivery {
     Frame {
@@ -115,10 +115,9 @@ impl Process {
             }
             match self.node.handle_frame_deferred(at, from, &frame) {
                 Ok(Some(mut job)) => {
-                    // The frames held join it while they may (as `Run::can_join`).
-                    while job.accepts()
-                        && let Some((from, frame, epoch)) = self.held.front().cloned()
-                        && (!job.includes(from) || codec::is_sync(&frame))
+                    // The frames held join it while it takes them, as in the runtime.
+                    while let Some((from, frame, epoch)) = self.held.front().cloned()
+                        && job.takes(from, &frame)
                     {
                         self.held.pop_front();
                         if live(from, epoch)

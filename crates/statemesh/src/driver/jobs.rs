@@ -127,12 +127,11 @@ impl Run {
         *job = Some(self.jobs.spawn(next));
     }
 
-    /// Whether the next frame held may join the sync job `job`, which waits to start: one of
-    /// a peer the job does not hold a message of, or a sync message.
+    /// Whether the next frame held may join the sync job `job`, which waits to start (see
+    /// [`SyncJob::takes`]).
     fn can_join(&self, job: &SyncJob) -> bool {
-        job.accepts()
-            && matches!(self.held.front(), Some(LinkEvent::Frame { peer, frame, .. })
-                if !job.includes(*peer) || statemesh_core::codec::is_sync(frame))
+        matches!(self.held.front(), Some(LinkEvent::Frame { peer, frame, .. })
+            if job.takes(*peer, frame))
     }
 
     /// A job is done: a received message's changes join the node's document, or generated
