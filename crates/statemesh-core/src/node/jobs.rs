@@ -101,7 +101,7 @@ pub const INLINE_BYTES: usize = 8 * 1024;
 
 /// A message is applied in place only while the standby lacks at most this many changes
 /// (their apply comes first, on the same turn); further behind, a job catches it up.
-const INLINE_STANDBY_LAG: usize = 16;
+pub(super) const INLINE_STANDBY_LAG: usize = 16;
 
 /// [`Node::catch_up_standby`] applies at most this many changes to the standby, under the
 /// node; further behind (after a job applied a burst), the next job catches it up.
@@ -131,7 +131,7 @@ impl Node {
         };
         // A message without changes, or a small one with a standby about up to date, is
         // applied at once, in place: a job's two hand-overs between threads cost more than its
-        // apply. The standby is then owed the message's changes.
+        // apply. The standby is then owed the message's changes (see `receive_in_place`).
         let size: usize = decoded.changes.iter().map(<[u8]>::len).sum();
         let carried = !decoded.changes.is_empty();
         if !carried
@@ -142,7 +142,6 @@ impl Node {
                     .is_some_and(|lag| lag <= INLINE_STANDBY_LAG)
         {
             self.receive_in_place(now, from, decoded)?;
-            self.standby_owed |= carried;
             return Ok(None);
         }
         let Some(link) = self.links.get_mut(&from) else {
@@ -211,14 +210,22 @@ impl Node {
     }
 
     /// Brings the replica's standby up to date after messages applied in place by
-    /// [`handle_frame_deferred`](Self::handle_frame_deferred) (it is left behind by them, so
-    /// that the receiver's turn does not wait for the copy), if it lacks few changes; a
-    /// standby further behind is left to the next job. Call it once the turn's frames and
-    /// events are out; it costs nothing when nothing is owed.
+    /// [`handle_frame_deferred`](Self::handle_frame_deferred) and local changes (it is left
+    /// behind by them, so that neither the receiver's turn nor the writer's waits for the
+    /// copy), if it lacks few changes; a standby further behind is left to the next job. Call
+    /// it while the runtime is idle (see [`standby_owed`](Self::standby_owed)); it costs
+    /// nothing when nothing is owed. Otherwise the next receive in place catches the standby
+    /// up first, on its own turn.
     pub fn catch_up_standby(&mut self) {
         if std::mem::take(&mut self.standby_owed) {
             self.replica.catch_up_standby_within(STANDBY_CATCH_UP_MAX);
         }
+    }
+
+    /// Whether the standby lacks changes that [`catch_up_standby`](Self::catch_up_standby)
+    /// would give it.
+    pub fn standby_owed(&self) -> bool {
+        self.standby_owed
     }
 
     /// Takes back a [`SyncJob`] that ran: its changes join the document (with the local writes

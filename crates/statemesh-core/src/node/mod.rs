@@ -258,8 +258,9 @@ pub struct Node {
     push_jobs: bool,
     /// Local changes made since the last push left (or its job was taken).
     unpushed: usize,
-    /// A sync message was applied in place by [`Node::handle_frame_deferred`], leaving the
-    /// replica's standby behind: [`Node::catch_up_standby`] owes it the changes.
+    /// The replica's standby lacks changes the document holds (a sync message applied in place
+    /// by [`Node::handle_frame_deferred`], or a local change): [`Node::catch_up_standby`] owes
+    /// it them.
     standby_owed: bool,
     /// The messages of a sync job of several that failed, to apply one at a time (see
     /// [`Node::retry_job`]): sender, its link's serial, message.
@@ -526,6 +527,8 @@ impl Node {
             Vec::new()
         };
         self.after_sync(now, from, before, changes, carried);
+        // The standby lacks the message's changes (see `Replica::receive_decoded`).
+        self.standby_owed |= carried;
         Ok(())
     }
 

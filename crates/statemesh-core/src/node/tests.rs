@@ -627,6 +627,67 @@ fn small_messages_are_applied_at_once_and_refused_ones_change_nothing() {
     assert_eq!(a.keys("c").len(), 4);
 }
 
+/// Local changes leave the standby behind too, and `catch_up_standby` (the runtime calls it
+/// once idle) gives it them: a window that wrote more changes than a receive in place may
+/// catch up first still applies the next small message in place, with no job.
+#[test]
+fn local_changes_are_owed_to_the_standby_until_it_catches_up() {
+    let (mut a, mut b) = linked();
+    let from = b.me().peer;
+    // A first receive, so that `a` keeps a standby.
+    b.put("c", "first", &1i64, Scope::Durable).expect("write");
+    pump(&mut a, &mut b, Time::ZERO);
+    a.catch_up_standby();
+    assert_eq!(a.replica.standby_lag(), Some(0));
+    assert!(!a.standby_owed());
+    let writes = jobs::INLINE_STANDBY_LAG + 4;
+    for i in 0..writes {
+        a.put("c", &format!("a{i}"), &(i as i64), Scope::Durable)
+            .expect("write");
+    }
+    assert!(a.standby_owed(), "local changes owe the standby");
+    assert_eq!(a.replica.standby_lag(), Some(writes));
+    a.catch_up_standby();
+    assert!(!a.standby_owed());
+    assert_eq!(a.replica.standby_lag(), Some(0));
+    // Everything of `a` reaches `b` (without `a` receiving anything that carries changes).
+    for _ in 0..10 {
+        while let Some(t) = a.poll_transmit() {
+            b.handle_frame(Time::ZERO, a.me().peer, &t.frame)
+                .expect("accepted");
+        }
+        while let Some(t) = b.poll_transmit() {
+            assert!(
+                a.handle_frame_deferred(Time::ZERO, from, &t.frame)
+                    .expect("accepted")
+                    .is_none(),
+                "an answer without changes makes no job"
+            );
+        }
+    }
+    assert_eq!(b.keys("c").len(), writes + 1);
+    b.put("c", "second", &2i64, Scope::Durable).expect("write");
+    let mut jobs = 0;
+    for _ in 0..10 {
+        while let Some(t) = b.poll_transmit() {
+            if let Some(mut job) = a
+                .handle_frame_deferred(Time::ZERO, from, &t.frame)
+                .expect("accepted")
+            {
+                jobs += 1;
+                job.run();
+                assert!(a.finish_sync(Time::ZERO, job).expect("applies").is_none());
+            }
+        }
+        if !deliver(&mut a, &mut b, Time::ZERO) {
+            break;
+        }
+    }
+    assert_eq!(jobs, 0, "applied in place");
+    assert_eq!(a.get::<i64>("c", "second").expect("read"), Some(2));
+    assert!(a.standby_owed(), "the message's change is owed");
+}
+
 #[test]
 fn persisted_state_reloads_with_its_terms() {
     let mut a = node(1);

@@ -107,6 +107,7 @@ impl Node {
             return Written { id, changed: false };
         };
         self.doc_dirty = true;
+        self.standby_owed = true;
         self.unpushed += 1;
         self.publish_digests();
         for change in self.replica.touched_since(before) {

@@ -6,16 +6,18 @@
 //! `catch_unwind`, once the standby is equal to it; on failure the standby becomes the
 //! document, exactly as it was. On success the standby is left behind by the message's
 //! changes (checked, and rebuilt by the checks, so kept by the document): the runtime's
-//! [`Node::catch_up_standby`](crate::Node::catch_up_standby) applies them once the receiver's
-//! turn has sent its answer and change notifications, or the next receive does, first.
-//! (Measured in `propagation`, 4 windows: a small message's turn took 255 µs at the median with
-//! the standby's apply in it, 203 µs without.) Keeping the standby costs what a change costs,
+//! [`Node::catch_up_standby`](crate::Node::catch_up_standby) applies them once it has been
+//! idle for a moment, or the next receive does, first. (Measured in `propagation`, 4 windows:
+//! a small message's turn took 255 µs at the median with the standby's apply in it, 203 µs
+//! without; applied at the end of the turn, it held the node while the application, just
+//! notified, waited to read.) Keeping the standby costs what a change costs,
 //! where a fresh copy for every message cost what the document holds (Automerge 0.12's `clone`
 //! copies every column and rebuilds the object index, and the copy replaced dropped as much
 //! again).
 //! Local changes do not reach the standby as they are made (a local transaction's own change
-//! notification does not read its change: its writes noted what they changed): the next
-//! receive brings the standby up to date, in one batch, before it runs (see
+//! notification does not read its change: its writes noted what they changed): the runtime's
+//! idle upkeep, or else the next receive, brings the standby up to date, in one batch, before
+//! it runs (see
 //! [`Replica::start_sync`] and `ensure_standby`), or copies the document instead when the
 //! standby lacks more than applying is worth (see `APPLY_PER_COPY`). Keeping the standby equal
 //! change for change (batches of 8 local changes, applied on the writer's turn) cost 20-28 % of

@@ -113,6 +113,13 @@ const HELD_MAX: usize = 256;
 /// view of a peer supersedes an older one).
 const VIEWS_QUEUED: usize = 64;
 
+/// How long the driver must have been idle before it brings the replica's standby up to date
+/// (see [`statemesh_core::Node::catch_up_standby`]): the copy's apply then runs between
+/// bursts, not on a receiver's turn, where it held the node while the application waited to
+/// read what the turn had just notified (`propagation`, 4 windows: 170 µs from notification
+/// to read at the median, docs/under-load.md, nineteenth slice).
+const STANDBY_IDLE: Duration = Duration::from_millis(1);
+
 /// Binds the QUIC endpoint, starts the discoveries and the store's writer, and spawns the
 /// driver's task.
 pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver, JoinError> {
@@ -199,6 +206,7 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         pushed_last: false,
         pulse_links: PulseLinks::default(),
         links_changed: false,
+        standby_at: None,
     };
     let task = tokio::spawn(tracing::Instrument::instrument(
         run.run(events_rx, frames_rx, views_rx, stop_rx),
@@ -289,6 +297,9 @@ struct Run {
     /// `links` changed (a link came up or went, or was proved again under another key) since
     /// [`Run::flush`] last published them to the pulse and to [`Shared`].
     links_changed: bool,
+    /// When to bring the standby up to date, if it lacks changes: [`STANDBY_IDLE`] after the
+    /// last turn (each turn puts it off).
+    standby_at: Option<Instant>,
 }
 
 impl Run {
@@ -345,6 +356,7 @@ impl Run {
                 .dialer
                 .next_wake(Instant::now())
                 .map(tokio::time::Instant::from_std);
+            let standby_at = self.standby_at.map(tokio::time::Instant::from_std);
             let what = tokio::select! {
                 biased;
                 _ = &mut stop => break true,
@@ -382,6 +394,17 @@ impl Run {
                     let t0 = Instant::now();
                     self.on_keys_changed();
                     (t0, Turn::Done("keys"))
+                }
+                () = async {
+                    match standby_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let t0 = Instant::now();
+                    self.standby_at = None;
+                    off_worker(|| self.shared.node_off_worker().catch_up_standby());
+                    (t0, Turn::Done("standby"))
                 }
                 () = async {
                     match redial {
@@ -426,13 +449,15 @@ impl Run {
     }
 
     /// What follows every turn that handled an input: the next job if one is due, the node's
-    /// outputs carried out, a push the flush left to generate, and last, once the answers and
-    /// change notifications are out, the standby's copy of messages applied in place.
+    /// outputs carried out, a push the flush left to generate, and the standby's upkeep put
+    /// off until the driver has been idle for [`STANDBY_IDLE`].
     fn end_turn(&mut self, job: &mut Option<Running>) {
         self.start_job(job);
         self.flush();
         self.start_job(job);
-        self.shared.node_off_worker().catch_up_standby();
+        if self.standby_at.is_some() || self.shared.node_off_worker().standby_owed() {
+            self.standby_at = Some(Instant::now() + STANDBY_IDLE);
+        }
     }
 
     /// Runs the node's tick: pushes that waited, stalled exchanges, and (harmlessly, the pulse
@@ -518,6 +543,14 @@ impl Run {
                     })
                     .collect(),
             );
+        }
+        // Change notifications first: what follows wakes the links' writers and the store's
+        // thread, which then ran ahead of the application's reader (`propagation`, 4 windows:
+        // 110 µs from the store's hand-over to the notification at the median).
+        for e in events.extract_if(.., |e| matches!(e, Event::Changed(_))) {
+            if let Event::Changed(c) = e {
+                self.shared.publish_change(c);
+            }
         }
         let queued = self.shared.queued_frames();
         for t in frames {
