@@ -120,6 +120,14 @@ const VIEWS_QUEUED: usize = 64;
 /// to read at the median, docs/under-load.md, nineteenth slice).
 const STANDBY_IDLE: Duration = Duration::from_millis(1);
 
+/// A driver turn this long ends the mesh's quiet (see `Run::on_worker`). Wall time: on 2
+/// cores shared by 4 windows a turn of a lone small message is now and then preempted past a
+/// millisecond, and took 1-2.6 ms a few times per window in a `propagation` run.
+const QUIET_TURN: Duration = Duration::from_millis(5);
+
+/// How long after a turn of [`QUIET_TURN`] or longer every turn runs off the runtime's worker.
+const QUIET_SPAN: Duration = Duration::from_secs(1);
+
 /// Binds the QUIC endpoint, starts the discoveries and the store's writer, and spawns the
 /// driver's task.
 pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver, JoinError> {
@@ -207,6 +215,7 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         pulse_links: PulseLinks::default(),
         links_changed: false,
         standby_at: None,
+        last_long_turn: None,
     };
     let task = tokio::spawn(tracing::Instrument::instrument(
         run.run(events_rx, frames_rx, views_rx, stop_rx),
@@ -231,6 +240,8 @@ enum Turn {
     Wake,
     /// The node's data deadline passed (see [`Run::deadline`]).
     Tick,
+    /// The driver has been idle for [`STANDBY_IDLE`] and the standby lacks changes.
+    Standby,
 }
 
 /// Runs `f`, work on the node that may take long, so that the runtime's other tasks (the
@@ -300,6 +311,8 @@ struct Run {
     /// When to bring the standby up to date, if it lacks changes: [`STANDBY_IDLE`] after the
     /// last turn (each turn puts it off).
     standby_at: Option<Instant>,
+    /// When a turn last took [`QUIET_TURN`] or longer (see [`Run::on_worker`]).
+    last_long_turn: Option<Instant>,
 }
 
 impl Run {
@@ -401,10 +414,8 @@ impl Run {
                         None => std::future::pending().await,
                     }
                 } => {
-                    let t0 = Instant::now();
                     self.standby_at = None;
-                    off_worker(|| self.shared.node_off_worker().catch_up_standby());
-                    (t0, Turn::Done("standby"))
+                    (Instant::now(), Turn::Standby)
                 }
                 () = async {
                     match redial {
@@ -427,6 +438,10 @@ impl Run {
                         this.tick();
                         "tick"
                     }
+                    Turn::Standby => {
+                        this.shared.node_off_worker().catch_up_standby();
+                        "standby"
+                    }
                 };
                 this.end_turn(&mut job);
                 what
@@ -435,8 +450,14 @@ impl Run {
             // received frame or link event, local writes to push, and the flush after any
             // turn) runs off the runtime's worker, so that the links' readers keep queueing
             // views meanwhile (see `off_worker`). (Flushes after persisted writes ran on the
-            // worker, up to 140 ms each in `throughput --peers 8 --batch 100`.)
-            let what = off_worker(|| rest(&mut self, turn));
+            // worker, up to 140 ms each in `throughput --peers 8 --batch 100`.) While the mesh
+            // is quiet, a frame, local writes or a persisted write are handled on the worker
+            // (see `Run::on_worker`).
+            let what = if self.on_worker(&turn) {
+                rest(&mut self, turn)
+            } else {
+                off_worker(|| rest(&mut self, turn))
+            };
             self.turn_done(t0, what);
         };
         if shutdown {
@@ -470,12 +491,31 @@ impl Run {
     }
 
     /// Records how long a turn of the driver (started at `t0`, handling `what`) took.
-    fn turn_done(&self, t0: Instant, what: &'static str) {
+    fn turn_done(&mut self, t0: Instant, what: &'static str) {
         let took = t0.elapsed();
+        if took >= QUIET_TURN {
+            self.last_long_turn = Some(Instant::now());
+        }
         self.shared.counts().driver_turns.record(took);
         if took >= SLOW_TURN {
             tracing::debug!(what, took_ms = took.as_secs_f64() * 1e3, "slow driver turn");
         }
+    }
+
+    /// Whether `turn` may run on the runtime's worker rather than off it (see [`off_worker`]):
+    /// a received frame, local writes, a persisted write or the standby's upkeep, while no
+    /// turn took [`QUIET_TURN`] or longer for [`QUIET_SPAN`]. Handing the worker over costs a thread
+    /// switch each way, on every turn: a lone write's path crossed three (the writer's turn,
+    /// each receiver's), 100 µs at the median and 400 µs at the 99th percentile of
+    /// `propagation` (docs/under-load.md, nineteenth slice). A turn on the worker waits for the
+    /// node off it still, and in a quiet mesh its work is bounded by its input: a frame applied
+    /// in place (at most `INLINE_BYTES`; a larger message makes a job), a push of a few local
+    /// changes (more make a job). The first long turn (a large transaction's push, the
+    /// answer to a peer that lacks much) runs on the worker once, then every turn goes off it
+    /// until the mesh is quiet again (the standby's upkeep is as small as the turns before it,
+    /// at most 64 changes); job results, ticks and links set up always run off it.
+    fn on_worker(&self, turn: &Turn) -> bool {
+        on_worker(turn, self.last_long_turn, Instant::now())
     }
 
     /// When the node next needs a tick from the driver: its data deadline (the pulse runs the
@@ -649,5 +689,67 @@ impl Run {
         if let Some(writer) = self.writer.take() {
             let _ = tokio::task::spawn_blocking(move || writer.finish()).await;
         }
+    }
+}
+
+/// See [`Run::on_worker`]: whether `turn` may run on the worker at `now`, the last long turn
+/// having ended at `last_long_turn`.
+fn on_worker(turn: &Turn, last_long_turn: Option<Instant>, now: Instant) -> bool {
+    let quiet = last_long_turn.is_none_or(|t| now.saturating_duration_since(t) >= QUIET_SPAN);
+    quiet
+        && matches!(
+            turn,
+            Turn::Wake
+                | Turn::Standby
+                | Turn::Link(LinkEvent::Frame { .. })
+                | Turn::Link(LinkEvent::Persisted(_))
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small turns run on the worker only while the mesh is quiet; work that may be long
+    /// always runs off it.
+    #[test]
+    fn only_a_quiet_mesh_handles_small_turns_on_the_worker() {
+        let now = Instant::now();
+        let frame = || {
+            Turn::Link(LinkEvent::Frame {
+                peer: PeerId::generate(1, &mut rand::rng()),
+                conn: 0,
+                frame: bytes::Bytes::from_static(b"frame"),
+            })
+        };
+        let small = [
+            frame(),
+            Turn::Wake,
+            Turn::Standby,
+            Turn::Link(LinkEvent::Persisted(Ok(1))),
+        ];
+        let heavy = [
+            Turn::Tick,
+            Turn::Done("discovery"),
+            Turn::Finish(Err(oneshot_error())),
+        ];
+        for quiet in [None, Some(now - QUIET_SPAN)] {
+            assert!(small.iter().all(|t| on_worker(t, quiet, now)));
+            assert!(!heavy.iter().any(|t| on_worker(t, quiet, now)));
+        }
+        let busy = Some(now - QUIET_SPAN / 2);
+        assert!(!small.iter().any(|t| on_worker(t, busy, now)));
+    }
+
+    /// The error of a job whose thread dropped it.
+    fn oneshot_error() -> oneshot::error::RecvError {
+        let (tx, rx) = oneshot::channel::<Job>();
+        drop(tx);
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(rx)
+            .map(|_| ())
+            .expect_err("dropped")
     }
 }
