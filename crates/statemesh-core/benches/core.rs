@@ -305,6 +305,28 @@ fn write_benches(c: &mut Criterion) {
             })
         });
     }
+    // A new record (a map of three fields) written on a document of `records` records: the
+    // write of `propagation` and `throughput`.
+    for records in [0usize, 1_000, 10_000] {
+        g.bench_function(format!("put_new_{records}_records"), |bench| {
+            bench.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let (mut a, _b) = loaded_pair(records);
+                    for i in 0..FRESH.min(iters - done) {
+                        let key = format!("new{i}");
+                        let start = std::time::Instant::now();
+                        a.put("bench", &key, &(i as i64), Scope::Durable).unwrap();
+                        spent += start.elapsed();
+                        drain(&mut a);
+                        done += 1;
+                    }
+                }
+                spent
+            })
+        });
+    }
     g.finish();
     // A peer's death (here: its local socket closed) makes every node look for the dead
     // writer's presence-scoped entries.

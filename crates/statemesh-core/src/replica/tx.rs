@@ -57,15 +57,27 @@ impl Tx<'_> {
         if !self.written.iter().any(|(_, c)| c == channel) {
             self.written.push((ch.clone(), channel.to_owned()));
         }
+        let presence = scope == Scope::Presence;
         let (rec, existed) = match self.tx.get(&ch, key)? {
             Some((automerge::Value::Object(ObjType::Map), id)) => (id, true),
-            _ => (self.tx.put_object(&ch, key, ObjType::Map)?, false),
+            // A new record's map is made with its writer and scope in one batch: Automerge
+            // splices its columns once for the batch, not once per field (criterion
+            // `write/put_new_1000_records`: 36.4 -> 29.5 µs).
+            _ => {
+                let fields = record_fields(self.me, presence);
+                (
+                    self.tx.batch_create_object(&ch, key, &fields, false)?,
+                    false,
+                )
+            }
         };
         let ops = self.tx.pending_ops();
         autosurgeon::reconcile_prop(&mut self.tx, &rec, "v", value)?;
-        let presence = scope == Scope::Presence;
-        if existed
-            && !presence
+        if !existed {
+            self.noted.records.insert(flat, Some(presence));
+            return Ok(());
+        }
+        if !presence
             && self.tx.pending_ops() == ops
             && self.tx.get(&rec, "p")?.and_then(|(v, _)| v.as_bool()) == Some(false)
         {
@@ -74,18 +86,16 @@ impl Tx<'_> {
             return Ok(());
         }
         let me = self.me.to_string();
-        // A record made here has neither field yet: no need to read them.
-        if !existed
-            || self
-                .tx
-                .get(&rec, "w")?
-                .and_then(|(v, _)| v.into_string().ok())
-                .as_deref()
-                != Some(me.as_str())
+        if self
+            .tx
+            .get(&rec, "w")?
+            .and_then(|(v, _)| v.into_string().ok())
+            .as_deref()
+            != Some(me.as_str())
         {
             self.tx.put(&rec, "w", me)?;
         }
-        if !existed || self.tx.get(&rec, "p")?.and_then(|(v, _)| v.as_bool()) != Some(presence) {
+        if self.tx.get(&rec, "p")?.and_then(|(v, _)| v.as_bool()) != Some(presence) {
             self.tx.put(&rec, "p", presence)?;
         }
         if self.tx.pending_ops() != start {
@@ -139,4 +149,15 @@ impl Tx<'_> {
         self.noted.counters.insert(key);
         Ok(())
     }
+}
+
+/// The fields a new record's map is made with: its writer (`"w"`) and whether it is
+/// presence-scoped (`"p"`), as [`Tx::put`] writes them to a record that exists.
+fn record_fields(me: PeerId, presence: bool) -> automerge::hydrate::Value {
+    let me = me.to_string();
+    std::collections::HashMap::from([
+        ("w", automerge::hydrate::Value::from(me.as_str())),
+        ("p", ScalarValue::Boolean(presence).into()),
+    ])
+    .into()
 }
