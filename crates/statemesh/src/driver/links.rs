@@ -232,7 +232,12 @@ impl Run {
                 link,
                 hello,
                 buffered,
-            } => self.on_link_ready(now, link, hello, buffered),
+            } => {
+                // Its first exchange may carry the whole document: the turns that follow run
+                // off the worker (see `Run::on_worker`).
+                self.unquiet_at = Some(Instant::now());
+                self.on_link_ready(now, link, hello, buffered);
+            }
             LinkEvent::Frame { peer, conn, frame } => {
                 if self.links.get(&peer).is_none_or(|l| l.conn != conn) {
                     return;

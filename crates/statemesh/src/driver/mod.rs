@@ -215,7 +215,7 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         pulse_links: PulseLinks::default(),
         links_changed: false,
         standby_at: None,
-        last_long_turn: None,
+        unquiet_at: None,
     };
     let task = tokio::spawn(tracing::Instrument::instrument(
         run.run(events_rx, frames_rx, views_rx, stop_rx),
@@ -311,8 +311,10 @@ struct Run {
     /// When to bring the standby up to date, if it lacks changes: [`STANDBY_IDLE`] after the
     /// last turn (each turn puts it off).
     standby_at: Option<Instant>,
-    /// When a turn last took [`QUIET_TURN`] or longer (see [`Run::on_worker`]).
-    last_long_turn: Option<Instant>,
+    /// When the mesh last stopped being quiet (see [`Run::on_worker`]): a turn took
+    /// [`QUIET_TURN`] or longer, or a link came up (its first exchange may carry the whole
+    /// document, a reply generated in a frame's turn).
+    unquiet_at: Option<Instant>,
 }
 
 impl Run {
@@ -494,7 +496,7 @@ impl Run {
     fn turn_done(&mut self, t0: Instant, what: &'static str) {
         let took = t0.elapsed();
         if took >= QUIET_TURN {
-            self.last_long_turn = Some(Instant::now());
+            self.unquiet_at = Some(Instant::now());
         }
         self.shared.counts().driver_turns.record(took);
         if took >= SLOW_TURN {
@@ -510,12 +512,14 @@ impl Run {
     /// `propagation` (docs/under-load.md, nineteenth slice). A turn on the worker waits for the
     /// node off it still, and in a quiet mesh its work is bounded by its input: a frame applied
     /// in place (at most `INLINE_BYTES`; a larger message makes a job), a push of a few local
-    /// changes (more make a job). The first long turn (a large transaction's push, the
-    /// answer to a peer that lacks much) runs on the worker once, then every turn goes off it
-    /// until the mesh is quiet again (the standby's upkeep is as small as the turns before it,
+    /// changes (more make a job). A link that comes up ends the quiet (a new peer's first
+    /// exchange may carry the whole document, and the answer is generated in a frame's turn);
+    /// the first long turn otherwise (a large transaction's push, the answer to a peer whose
+    /// sync state was reset) runs on the worker once, then every turn goes off it until the
+    /// mesh is quiet again (the standby's upkeep is as small as the turns before it,
     /// at most 64 changes); job results, ticks and links set up always run off it.
     fn on_worker(&self, turn: &Turn) -> bool {
-        on_worker(turn, self.last_long_turn, Instant::now())
+        on_worker(turn, self.unquiet_at, Instant::now())
     }
 
     /// When the node next needs a tick from the driver: its data deadline (the pulse runs the
@@ -692,10 +696,10 @@ impl Run {
     }
 }
 
-/// See [`Run::on_worker`]: whether `turn` may run on the worker at `now`, the last long turn
-/// having ended at `last_long_turn`.
-fn on_worker(turn: &Turn, last_long_turn: Option<Instant>, now: Instant) -> bool {
-    let quiet = last_long_turn.is_none_or(|t| now.saturating_duration_since(t) >= QUIET_SPAN);
+/// See [`Run::on_worker`]: whether `turn` may run on the worker at `now`, the mesh having last
+/// stopped being quiet at `unquiet_at`.
+fn on_worker(turn: &Turn, unquiet_at: Option<Instant>, now: Instant) -> bool {
+    let quiet = unquiet_at.is_none_or(|t| now.saturating_duration_since(t) >= QUIET_SPAN);
     quiet
         && matches!(
             turn,
