@@ -39,7 +39,7 @@ fn pair(dir: &std::path::Path, mesh: &str) -> (Sidecar, Sidecar) {
 
 /// Writes to channel `c` from `a` until a write is refused busy; returns the keys written and
 /// the refusal.
-fn fill(a: &mut Sidecar, prefix: &str) -> (Vec<String>, Value) {
+fn fill(a: &mut Sidecar, b: &Sidecar, prefix: &str) -> (Vec<String>, Value) {
     let mut written = Vec::new();
     loop {
         let key = format!("{prefix}{}", written.len());
@@ -51,8 +51,9 @@ fn fill(a: &mut Sidecar, prefix: &str) -> (Vec<String>, Value) {
         if written.len() as u64 > HARD {
             let stats = a.ok("stats", json!({}));
             let explain = a.ok("explain", json!({}));
+            let peer = b.proc_state();
             panic!(
-                "more writes than the hard bound were accepted: {r}\nstats: {stats}\nexplain: {explain}"
+                "more writes than the hard bound were accepted: {r}\nstats: {stats}\nexplain: {explain}\npeer: {peer}"
             );
         }
     }
@@ -80,8 +81,8 @@ fn a_busy_writer_waits_until_its_frozen_peer_catches_up() {
 
     // The peer frozen, the writer runs into the hard bound: refused busy, nothing written,
     // and told what to call before retrying.
-    b.signal(Signal::STOP);
-    let (written, e) = fill(&mut a, "k");
+    b.freeze();
+    let (written, e) = fill(&mut a, &b, "k");
     assert_eq!(e["code"], -32011, "{e}");
     assert_eq!(e["data"]["limit"], HARD, "{e}");
     assert!(e["data"]["backlog"].as_u64() >= Some(HARD), "{e}");
@@ -138,8 +139,8 @@ fn a_busy_writer_waits_until_its_frozen_peer_catches_up() {
 fn a_wait_pending_at_shutdown_is_answered_mesh_closed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut a, b) = pair(dir.path(), "pressure-closed");
-    b.signal(Signal::STOP);
-    let (_, e) = fill(&mut a, "k");
+    b.freeze();
+    let (_, e) = fill(&mut a, &b, "k");
     assert_eq!(e["code"], -32011, "{e}");
     let wait = send(&mut a, "wait", "backpressure_wait", json!({}));
     let bye = send(&mut a, "bye", "shutdown", json!({}));

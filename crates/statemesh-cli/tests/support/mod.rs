@@ -295,9 +295,10 @@ impl Windows {
             .expect("signals");
     }
 
-    /// SIGSTOPs window `n` (frozen: it neither runs nor closes anything).
+    /// SIGSTOPs window `n` (frozen: it neither runs nor closes anything), and waits until it
+    /// is stopped (see [`freeze`]).
     pub(crate) fn stop(&self, n: usize) {
-        self.signal(n, rustix::process::Signal::STOP);
+        freeze(&self.windows[n].as_ref().expect("running").child);
     }
 
     /// SIGCONTs window `n`.
@@ -385,4 +386,26 @@ impl Windows {
 /// Milliseconds between two instants.
 pub(crate) fn ms(from: Instant, to: Instant) -> f64 {
     (to - from).as_secs_f64() * 1e3
+}
+
+/// SIGSTOPs child process `child` and waits until it is stopped. `kill` returns before the
+/// process is: the stop takes its threads one at a time, the first once the kernel runs it,
+/// and meanwhile the others go on working. On a loaded machine a sidecar frozen this way went
+/// on receiving and acknowledging writes for milliseconds (`sidecar_backpressure`, 3 failures
+/// in 80 runs beside two busy loops); the stop of the whole process is what its parent is
+/// told (`waitid`, `WSTOPPED`), and that is what is waited for here.
+pub(crate) fn freeze(child: &Child) {
+    use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, kill_process, waitid};
+    let pid = Pid::from_child(child);
+    kill_process(pid, Signal::STOP).expect("signals");
+    // Not consumed (`NOWAIT`): an exit stays for `Child::wait` to reap.
+    let options = WaitIdOptions::STOPPED | WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+    loop {
+        match waitid(WaitId::Pid(pid), options) {
+            Ok(Some(status)) if status.stopped() => return,
+            Ok(Some(status)) => panic!("child {pid:?} ended instead of stopping: {status:?}"),
+            Ok(None) | Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => panic!("waiting for child {pid:?} to stop: {e}"),
+        }
+    }
 }

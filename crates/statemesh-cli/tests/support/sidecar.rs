@@ -123,9 +123,41 @@ impl Sidecar {
 
     /// Sends `signal` to the process (SIGSTOP freezes it: it neither runs nor closes
     /// anything; SIGCONT wakes it).
+    /// SIGSTOPs the sidecar and waits until it is stopped (see [`super::freeze`]).
+    pub(crate) fn freeze(&self) {
+        super::freeze(&self.child);
+    }
+
     pub(crate) fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_child(&self.child);
         rustix::process::kill_process(pid, signal).expect("signals");
+    }
+
+    /// The process's state and its threads' (`/proc`), for a failing test's message.
+    pub(crate) fn proc_state(&self) -> String {
+        let pid = self.child.id();
+        let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
+        let state = |status: String| {
+            status
+                .lines()
+                .find(|l| l.starts_with("State:"))
+                .unwrap_or("State: ?")
+                .to_owned()
+        };
+        let mut out = format!("pid {pid} {}", state(read(format!("/proc/{pid}/status"))));
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let name = read(format!("{}/comm", t.path().display()));
+                let st = state(read(format!("{}/status", t.path().display())));
+                out.push_str(&format!(
+                    "; {} {} {}",
+                    t.file_name().to_string_lossy(),
+                    name.trim(),
+                    st
+                ));
+            }
+        }
+        out
     }
 
     pub(crate) fn write_raw(&mut self, bytes: &[u8]) {
