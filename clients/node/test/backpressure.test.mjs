@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ErrorCode, StatemeshError } from 'statemesh';
-import { freshMesh } from './helpers.mjs';
+import { freeze, freshMesh } from './helpers.mjs';
 
 const SOFT = 4;
 const HARD = 8;
@@ -47,7 +47,7 @@ test('a busy writer waits until its frozen peer catches up, then writes again', 
 
   const pid = b.pid;
   assert.ok(pid !== undefined);
-  process.kill(pid, 'SIGSTOP');
+  await freeze(pid);
   let frozen = true;
   try {
     // The writer runs into the hard bound: refused, nothing written, told what to call.

@@ -1,7 +1,7 @@
 // @ts-check
 // Test helpers: a fresh mesh (name, runtime dir, state dir, secret file) per test, windows
 // that are closed when the test ends, and waits on events with a deadline.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -151,5 +151,31 @@ export async function processGone(pid, ms = WITHIN_MS) {
     }
     if (Date.now() > deadline) throw new Error(`process ${pid} still runs after ${ms} ms`);
     await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/**
+ * SIGSTOPs process `pid` and resolves once every one of its threads is stopped. `kill` returns
+ * before the process is: the stop takes its threads one at a time as the kernel runs them, and
+ * meanwhile the others go on working (a sidecar frozen this way acknowledged writes for
+ * milliseconds on a loaded machine). The process is not our child, so no event tells: its
+ * threads' states are polled.
+ * @param {number} pid
+ */
+export async function freeze(pid, ms = WITHIN_MS) {
+  process.kill(pid, 'SIGSTOP');
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const tasks = await readdir(`/proc/${pid}/task`);
+    const states = await Promise.all(
+      tasks.map(async (t) => {
+        const stat = await readFile(`/proc/${pid}/task/${t}/stat`, 'utf8').catch(() => '');
+        // `pid (comm) state ...`: the name may hold spaces and parentheses.
+        return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      }),
+    );
+    if (states.every((s) => s === 'T' || s === 't' || s === '')) return;
+    if (Date.now() > deadline) throw new Error(`process ${pid} not stopped after ${ms} ms: ${states.join('')}`);
+    await new Promise((r) => setTimeout(r, 1));
   }
 }

@@ -9,7 +9,7 @@ import { writeFile, chmod } from 'node:fs/promises';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ErrorCode, Mesh, StatemeshError } from 'statemesh';
-import { BIN, freshMesh, nextEvent, processGone, until, WITHIN_MS } from './helpers.mjs';
+import { BIN, freeze, freshMesh, nextEvent, processGone, until, WITHIN_MS } from './helpers.mjs';
 
 test('a crashed sidecar is reported: exit event, rejected calls, subscriptions end with the error', async (t) => {
   const m = await freshMesh(t);
@@ -166,7 +166,7 @@ test('requestTimeoutMs: a frozen sidecar makes calls time out instead of hanging
   const m = await freshMesh(t);
   const mesh = await m.join({ requestTimeoutMs: 300 });
   const pid = /** @type {number} */ (mesh.pid);
-  process.kill(pid, 'SIGSTOP');
+  await freeze(pid);
   t.after(() => {
     try {
       process.kill(pid, 'SIGCONT'); // if the test failed before it did
