@@ -505,11 +505,11 @@ impl Run {
     }
 
     /// Whether `turn` may run on the runtime's worker rather than off it (see [`off_worker`]):
-    /// a received frame, local writes, a persisted write or the standby's upkeep, while no
-    /// turn took [`QUIET_TURN`] or longer for [`QUIET_SPAN`]. Handing the worker over costs a thread
-    /// switch each way, on every turn: a lone write's path crossed three (the writer's turn,
-    /// each receiver's), 100 µs at the median and 400 µs at the 99th percentile of
-    /// `propagation` (docs/under-load.md, nineteenth slice). A turn on the worker waits for the
+    /// a received frame, local writes, a persisted write or the standby's upkeep, while the
+    /// mesh is quiet (no turn of [`QUIET_TURN`] or longer, and no link up, for [`QUIET_SPAN`]).
+    /// Handing the worker over costs a thread switch each way, on every turn: a lone write's
+    /// path crossed three (the writer's turn, each receiver's), 100 µs at the median and 400 µs
+    /// at the 99th percentile of `propagation` (docs/under-load.md, nineteenth slice). A turn on the worker waits for the
     /// node off it still, and in a quiet mesh its work is bounded by its input: a frame applied
     /// in place (at most `INLINE_BYTES`; a larger message makes a job), a push of a few local
     /// changes (more make a job). A link that comes up ends the quiet (a new peer's first
