@@ -263,6 +263,28 @@ fn loaded_pair(records: usize) -> (Node, Node) {
     (a, b)
 }
 
+/// The time `write` reports for `iters` writes (the `i`-th of a fresh document given `i`), on
+/// a window whose document holds `records` records. Each write adds a change to the history,
+/// so the document is rebuilt (untimed) every `FRESH` writes: what is measured is the
+/// document's size, not the benchmark's own history.
+fn timed_writes(
+    iters: u64,
+    records: usize,
+    mut write: impl FnMut(&mut Node, u64) -> Duration,
+) -> Duration {
+    let mut spent = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let (mut a, _b) = loaded_pair(records);
+        for i in 0..FRESH.min(iters - done) {
+            spent += write(&mut a, i);
+            drain(&mut a);
+            done += 1;
+        }
+    }
+    spent
+}
+
 fn write_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("write");
     g.sample_size(10);
@@ -282,26 +304,16 @@ fn write_benches(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    // One record rewritten on a document of `records` records. Each write adds a change to
-    // the history, so the document is rebuilt (untimed) every `FRESH` writes: what is measured
-    // is the document's size, not the benchmark's own history.
+    // One record rewritten on a document of `records` records.
     for records in [0usize, 1_000, 10_000] {
         g.bench_function(format!("put_one_{records}_records"), |bench| {
             bench.iter_custom(|iters| {
-                let mut spent = Duration::ZERO;
-                let mut done = 0;
-                while done < iters {
-                    let (mut a, _b) = loaded_pair(records);
-                    for i in 0..FRESH.min(iters - done) {
-                        let start = std::time::Instant::now();
-                        a.put("bench", "hot", &(i as i64), Scope::Durable).unwrap();
-                        while a.poll_transmit().is_some() {}
-                        spent += start.elapsed();
-                        drain(&mut a);
-                        done += 1;
-                    }
-                }
-                spent
+                timed_writes(iters, records, |a, i| {
+                    let start = std::time::Instant::now();
+                    a.put("bench", "hot", &(i as i64), Scope::Durable).unwrap();
+                    while a.poll_transmit().is_some() {}
+                    start.elapsed()
+                })
             })
         });
     }
@@ -310,20 +322,12 @@ fn write_benches(c: &mut Criterion) {
     for records in [0usize, 1_000, 10_000] {
         g.bench_function(format!("put_new_{records}_records"), |bench| {
             bench.iter_custom(|iters| {
-                let mut spent = Duration::ZERO;
-                let mut done = 0;
-                while done < iters {
-                    let (mut a, _b) = loaded_pair(records);
-                    for i in 0..FRESH.min(iters - done) {
-                        let key = format!("new{i}");
-                        let start = std::time::Instant::now();
-                        a.put("bench", &key, &(i as i64), Scope::Durable).unwrap();
-                        spent += start.elapsed();
-                        drain(&mut a);
-                        done += 1;
-                    }
-                }
-                spent
+                timed_writes(iters, records, |a, i| {
+                    let key = format!("new{i}");
+                    let start = std::time::Instant::now();
+                    a.put("bench", &key, &(i as i64), Scope::Durable).unwrap();
+                    start.elapsed()
+                })
             })
         });
     }

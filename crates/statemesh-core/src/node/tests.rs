@@ -547,6 +547,33 @@ fn changes_the_crdt_library_accepts_but_cannot_keep_are_refused() {
     }
 }
 
+/// Sends `b`'s frames to `a` as a runtime does (`handle_frame_deferred`, jobs run at once)
+/// until they are in sync, `a` catching its standby up after each round if `catch_up`;
+/// returns how many frames became a job.
+fn receive_deferred(a: &mut Node, b: &mut Node, catch_up: bool) -> usize {
+    let from = b.me().peer;
+    let mut jobs = 0;
+    for _ in 0..10 {
+        while let Some(t) = b.poll_transmit() {
+            if let Some(mut job) = a
+                .handle_frame_deferred(Time::ZERO, from, &t.frame)
+                .expect("accepted")
+            {
+                jobs += 1;
+                job.run();
+                assert!(a.finish_sync(Time::ZERO, job).expect("applies").is_none());
+            }
+        }
+        if catch_up {
+            a.catch_up_standby();
+        }
+        if !deliver(a, b, Time::ZERO) {
+            break;
+        }
+    }
+    jobs
+}
+
 /// Issue 13: a small sync message is applied in place, on the receiver's turn, once the
 /// replica keeps a standby (a job's hand-overs between threads cost more than its apply); the
 /// standby is left behind until `catch_up_standby`, and a refused message still leaves the
@@ -555,27 +582,7 @@ fn changes_the_crdt_library_accepts_but_cannot_keep_are_refused() {
 fn small_messages_are_applied_at_once_and_refused_ones_change_nothing() {
     let (mut a, mut b) = linked();
     let from = b.me().peer;
-    // Sends b's frames to a as a runtime does; returns whether any became a job.
-    let receive = |a: &mut Node, b: &mut Node| {
-        let mut jobs = 0;
-        for _ in 0..10 {
-            while let Some(t) = b.poll_transmit() {
-                if let Some(mut job) = a
-                    .handle_frame_deferred(Time::ZERO, from, &t.frame)
-                    .expect("accepted")
-                {
-                    jobs += 1;
-                    job.run();
-                    assert!(a.finish_sync(Time::ZERO, job).expect("applies").is_none());
-                }
-            }
-            a.catch_up_standby();
-            if !deliver(a, b, Time::ZERO) {
-                break;
-            }
-        }
-        jobs
-    };
+    let receive = |a: &mut Node, b: &mut Node| receive_deferred(a, b, true);
     b.put("c", "first", &1i64, Scope::Durable).expect("write");
     receive(&mut a, &mut b);
     assert_eq!(a.keys("c"), vec!["first".to_owned()]);
@@ -667,23 +674,11 @@ fn local_changes_are_owed_to_the_standby_until_it_catches_up() {
     }
     assert_eq!(b.keys("c").len(), writes + 1);
     b.put("c", "second", &2i64, Scope::Durable).expect("write");
-    let mut jobs = 0;
-    for _ in 0..10 {
-        while let Some(t) = b.poll_transmit() {
-            if let Some(mut job) = a
-                .handle_frame_deferred(Time::ZERO, from, &t.frame)
-                .expect("accepted")
-            {
-                jobs += 1;
-                job.run();
-                assert!(a.finish_sync(Time::ZERO, job).expect("applies").is_none());
-            }
-        }
-        if !deliver(&mut a, &mut b, Time::ZERO) {
-            break;
-        }
-    }
-    assert_eq!(jobs, 0, "applied in place");
+    assert_eq!(
+        receive_deferred(&mut a, &mut b, false),
+        0,
+        "applied in place"
+    );
     assert_eq!(a.get::<i64>("c", "second").expect("read"), Some(2));
     assert!(a.standby_owed(), "the message's change is owed");
 }
