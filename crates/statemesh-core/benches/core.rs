@@ -374,6 +374,93 @@ fn automerge_doc(records: usize) -> (automerge::Automerge, automerge::ObjId) {
     (doc, hot)
 }
 
+/// Writers of [`concurrent_round`], as in `statemesh-bench throughput --peers 8`.
+const WRITERS: usize = 8;
+
+/// Records each writer makes per change in [`concurrent_round`] (`--batch 100`).
+const PER_CHANGE: usize = 100;
+
+/// One round of [`WRITERS`] concurrent changes of [`PER_CHANGE`] new records each into one
+/// channel (records laid out as statemesh does, keys numbered per writer), made on `docs`
+/// (one per writer, all holding the same changes); returns them, each writer's doc holding
+/// its own.
+fn concurrent_round(docs: &mut [automerge::Automerge], next: &mut usize) -> Vec<automerge::Change> {
+    use automerge::transaction::Transactable;
+    use automerge::{ObjType, ROOT, ReadDoc};
+    let mut changes = Vec::new();
+    for (w, doc) in docs.iter_mut().enumerate() {
+        let map = match doc.get(ROOT, "tp").unwrap() {
+            Some((_, id)) => id,
+            None => unreachable!("the channel's map is made first"),
+        };
+        let mut tx = doc.transaction();
+        for n in *next..*next + PER_CHANGE {
+            let rec = tx
+                .put_object(&map, format!("w{w}-{n}"), ObjType::Map)
+                .unwrap();
+            tx.put(&rec, "w", format!("writer-{w}")).unwrap();
+            tx.put(&rec, "p", false).unwrap();
+            tx.put(&rec, "v", n as i64).unwrap();
+        }
+        tx.commit();
+        changes.push(doc.get_last_local_change().unwrap().clone());
+    }
+    *next += PER_CHANGE;
+    changes
+}
+
+/// [`WRITERS`] documents, one per writer, all holding `rounds` rounds of
+/// [`concurrent_round`].
+fn concurrent_docs(rounds: usize) -> (Vec<automerge::Automerge>, usize) {
+    use automerge::transaction::Transactable;
+    use automerge::{ActorId, Automerge, ObjType, ROOT};
+    let mut genesis = Automerge::new().with_actor(ActorId::from(vec![0xff]));
+    let mut tx = genesis.transaction();
+    tx.put_object(ROOT, "tp", ObjType::Map).unwrap();
+    tx.commit();
+    let mut docs: Vec<Automerge> = (0..WRITERS)
+        .map(|w| genesis.fork().with_actor(ActorId::from(vec![w as u8])))
+        .collect();
+    let mut next = 0;
+    for _ in 0..rounds {
+        let changes = concurrent_round(&mut docs, &mut next);
+        for doc in &mut docs {
+            doc.apply_changes(changes.iter().cloned()).unwrap();
+        }
+    }
+    (docs, next)
+}
+
+/// What a window of `throughput --peers 8 --batch 100` applies, on Automerge alone: the
+/// other seven writers' concurrent changes of 100 new records each, in one call, into a
+/// channel of 10,000 or 50,000 records made the same way. Every new record's map lands
+/// among the maps other writers made concurrently, so the apply inserts ~700 runs of
+/// operations at as many places in the op set.
+fn apply_concurrent(c: &mut Criterion) {
+    let mut g = c.benchmark_group("automerge_floor");
+    g.sample_size(10);
+    for records in [10_000usize, 50_000] {
+        let (docs, mut next) = concurrent_docs(records / (WRITERS * PER_CHANGE));
+        g.bench_function(format!("apply_7x100_concurrent_{records}_records"), |b| {
+            b.iter_batched(
+                || {
+                    // A new round on copies of the writers' documents: the receiver's copy
+                    // holds its own change, the others' are applied below.
+                    let mut round = docs.clone();
+                    let changes = concurrent_round(&mut round, &mut next);
+                    (round.swap_remove(0), changes[1..].to_vec())
+                },
+                |(mut target, others)| {
+                    target.apply_changes(others).unwrap();
+                    black_box(target)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
 /// The same work on Automerge alone (no statemesh): the floor under `write/*` and under the
 /// change notifications statemesh derives from a diff after each local change.
 fn automerge_floor(c: &mut Criterion) {
@@ -430,6 +517,7 @@ criterion_group!(
     sync_benches,
     election_benches,
     write_benches,
-    automerge_floor
+    automerge_floor,
+    apply_concurrent
 );
 criterion_main!(benches);

@@ -1,14 +1,20 @@
-//! The vendored Automerge's apply of received changes to a map (its fourth patch: the walk
-//! seeks past keys no received operation touches, see `vendor/README.md`), checked against a
-//! model built from the changes' own operations, not from Automerge's apply.
+//! The vendored Automerge's apply of received changes (see `vendor/README.md`), checked
+//! against what the writers wrote, not against Automerge's apply.
 //!
-//! Several writers put and delete keys of one map of a few hundred keys, concurrently and in
-//! turns (each sometimes merging another's changes first); a receiver gets every change in
-//! batches of random sizes. For every key, the values the receiver holds (`get_all`) must be
-//! the model's visible operations: the puts that no operation names as a predecessor; and
-//! `get` must return the one with the greatest operation id, and the key's conflict flag must
-//! be set exactly when several are visible. A walk that skipped a key a
-//! received operation touches, or that lost a successor, fails this.
+//! The fourth patch (the walk seeks past keys no received operation touches): several writers
+//! put and delete keys of one map of a few hundred keys, concurrently and in turns (each
+//! sometimes merging another's changes first); a receiver gets every change in batches of
+//! random sizes. For every key, the values the receiver holds (`get_all`) must be the model's
+//! visible operations: the puts that no operation names as a predecessor; and `get` must
+//! return the one with the greatest operation id, and the key's conflict flag must be set
+//! exactly when several are visible. A walk that skipped a key a received operation touches,
+//! or that lost a successor, fails this.
+//!
+//! The fifth patch (the runs of received operations inserted in one pass per column): writers
+//! make records (maps of a string, an integer and a boolean, some with a list) concurrently,
+//! so that one batch inserts runs of operations at many places of the op set; receivers
+//! batching differently must hold every record as written (also once saved and loaded), and
+//! the same document.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test set-up: a failure is a bug to see.
 
@@ -205,4 +211,131 @@ fn batched_receives_into_one_map_match_the_model() {
         batches_seen > SEEDS as usize,
         "every history came in several batches"
     );
+}
+
+/// Records each writer of [`records_history`] makes per change, at most.
+const RECORDS_PER_CHANGE: u32 = 12;
+
+/// What a writer wrote of a record: its writer, number, and whether it holds a list.
+type Written = BTreeMap<String, (u8, i64, bool)>;
+
+/// Three writers, each making new records in the channel map `tp` (keys numbered per writer,
+/// so that one writer's records interleave with the others' in key order and, made
+/// concurrently, in the op set's order of objects), merging another's changes now and then.
+fn records_history(seed: u64) -> (Automerge, ObjId, Vec<Change>, Written) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut base = Automerge::new().with_actor(ActorId::from([0xf0u8; 16].as_slice()));
+    let mut tx = base.transaction();
+    let map = tx.put_object(ROOT, "tp", ObjType::Map).unwrap();
+    tx.commit();
+    let mut writers: Vec<Automerge> = (1..=3u8)
+        .map(|a| base.fork().with_actor(ActorId::from([a; 16].as_slice())))
+        .collect();
+    let mut written = Written::new();
+    let mut next = [0u32; 3];
+    for _ in 0..30 {
+        let w = below(&mut rng, 3) as usize;
+        if below(&mut rng, 4) == 0 {
+            let mut other = writers[(w + 1 + below(&mut rng, 2) as usize) % 3].clone();
+            writers[w].merge(&mut other).unwrap();
+        }
+        let mut tx = writers[w].transaction();
+        for _ in 0..(1 + below(&mut rng, RECORDS_PER_CHANGE)) {
+            let n = next[w];
+            next[w] += 1;
+            let k = format!("w{w}-{n}");
+            let rec = tx.put_object(&map, k.as_str(), ObjType::Map).unwrap();
+            tx.put(&rec, "w", format!("writer {w}")).unwrap();
+            tx.put(&rec, "v", i64::from(n)).unwrap();
+            tx.put(&rec, "p", n % 2 == 0).unwrap();
+            let list = below(&mut rng, 4) == 0;
+            if list {
+                let l = tx.put_object(&rec, "l", ObjType::List).unwrap();
+                tx.insert(&l, 0, i64::from(n)).unwrap();
+                tx.insert(&l, 1, "x").unwrap();
+            }
+            written.insert(k, (w as u8, i64::from(n), list));
+        }
+        tx.commit();
+    }
+    let mut all = base.fork();
+    for w in &mut writers {
+        all.merge(w).unwrap();
+    }
+    let changes = all.get_changes(&base.get_heads());
+    (base, map, changes, written)
+}
+
+/// Asserts that `doc` holds exactly the records `written`, as written.
+fn assert_records(doc: &Automerge, map: &ObjId, written: &Written, what: &str) {
+    let keys: Vec<String> = doc.keys(map).collect();
+    assert_eq!(
+        keys,
+        written.keys().cloned().collect::<Vec<_>>(),
+        "{what}: keys"
+    );
+    for (k, (w, n, list)) in written {
+        let Some((Value::Object(ObjType::Map), rec)) = doc.get(map, k.as_str()).unwrap() else {
+            panic!("{what}: {k} is not a map");
+        };
+        let scalar = |field: &str| match doc.get(&rec, field).unwrap() {
+            Some((Value::Scalar(s), _)) => s.into_owned(),
+            other => panic!("{what}: {k}.{field} holds {other:?}"),
+        };
+        assert_eq!(
+            scalar("w"),
+            ScalarValue::Str(format!("writer {w}").into()),
+            "{what}: {k}"
+        );
+        assert_eq!(scalar("v"), ScalarValue::Int(*n), "{what}: {k}");
+        assert_eq!(scalar("p"), ScalarValue::Boolean(n % 2 == 0), "{what}: {k}");
+        let expected_fields = if *list { 4 } else { 3 };
+        assert_eq!(doc.length(&rec), expected_fields, "{what}: {k}'s fields");
+        if *list {
+            let Some((Value::Object(ObjType::List), l)) = doc.get(&rec, "l").unwrap() else {
+                panic!("{what}: {k}.l is not a list");
+            };
+            let item = |i: usize| match doc.get(&l, i).unwrap() {
+                Some((Value::Scalar(s), _)) => s.into_owned(),
+                other => panic!("{what}: {k}.l[{i}] holds {other:?}"),
+            };
+            assert_eq!(doc.length(&l), 2, "{what}: {k}.l");
+            assert_eq!(item(0), ScalarValue::Int(*n), "{what}: {k}.l");
+            assert_eq!(item(1), ScalarValue::Str("x".into()), "{what}: {k}.l");
+        }
+    }
+}
+
+#[test]
+fn runs_of_new_records_at_many_places_apply_as_written() {
+    for seed in 0..20 {
+        let (base, map, changes, written) = records_history(seed);
+        let mut held = Vec::new();
+        // One change per apply, everything in one apply, and random batches.
+        for (i, batching) in [1usize, usize::MAX, 0].into_iter().enumerate() {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xba7c);
+            let mut receiver = base
+                .fork()
+                .with_actor(ActorId::from([0xeeu8; 16].as_slice()));
+            let mut rest = changes.as_slice();
+            while !rest.is_empty() {
+                let n = match batching {
+                    0 => 1 + below(&mut rng, 8) as usize,
+                    n => n,
+                }
+                .min(rest.len());
+                receiver.apply_changes(rest[..n].iter().cloned()).unwrap();
+                rest = &rest[n..];
+            }
+            let what = format!("seed {seed}, batching {i}");
+            assert_records(&receiver, &map, &written, &what);
+            let reloaded = Automerge::load(&receiver.save()).unwrap();
+            assert_records(&reloaded, &map, &written, &format!("{what}, reloaded"));
+            held.push(receiver.hydrate(None));
+        }
+        assert!(
+            held.windows(2).all(|w| w[0] == w[1]),
+            "seed {seed}: receivers batching differently hold different documents"
+        );
+    }
 }

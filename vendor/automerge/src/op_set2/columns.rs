@@ -491,6 +491,90 @@ impl Columns {
         ops.count()
     }
 
+    /// Inserts runs of ops at several positions, as [`splice`](Self::splice) of each run would
+    /// (statemesh's patch). `runs`: each run's position in the columns as they are before
+    /// the call, ascending and distinct. Each column takes all runs through one forward edit
+    /// cursor, which rebuilds a slab once however many runs land in it and updates the slab
+    /// index once per slab; the raw value bytes and the mark index take them one by one, the
+    /// last first, so that each position stays as it was. Returns the ops inserted.
+    pub(crate) fn splice_runs<O>(&mut self, runs: &[(usize, &[O])], text_encoding: TextEncoding) -> usize
+    where
+        O: OpLike,
+    {
+        fn kept<O: OpLike>(ops: &[O]) -> impl Iterator<Item = &O> + Clone {
+            ops.iter().filter(|o| O::action(o) != Action::Delete)
+        }
+        // Every position in the columns as they are now, before any column changes.
+        let value_pos: Vec<usize> = runs
+            .iter()
+            .map(|(pos, _)| self.value_meta.get_prefix(*pos) as usize)
+            .collect();
+        let succ_pos: Vec<usize> = runs
+            .iter()
+            .map(|(pos, _)| self.succ_count.get_prefix(*pos) as usize)
+            .collect();
+
+        macro_rules! each_op {
+            ($col:expr, |$o:ident| $value:expr) => {{
+                let mut e = $col.edit();
+                for (pos, ops) in runs {
+                    e.seek(*pos);
+                    for $o in kept(ops) {
+                        e.insert($value);
+                    }
+                }
+                e.finish();
+            }};
+        }
+        macro_rules! each_succ {
+            ($col:expr, |$o:ident| $values:expr) => {{
+                let mut e = $col.edit();
+                for ((_, ops), at) in runs.iter().zip(&succ_pos) {
+                    e.seek(*at);
+                    for $o in kept(ops) {
+                        for v in $values {
+                            e.insert(v);
+                        }
+                    }
+                }
+                e.finish();
+            }};
+        }
+
+        each_op!(self.id_actor, |o| O::id_actor(o));
+        each_op!(self.id_ctr, |o| O::id_ctr(o) as u32);
+        each_op!(self.obj_actor, |o| O::obj_actor(o));
+        each_op!(self.obj_ctr, |o| O::obj_ctr(o).map(|v| v as u32));
+        each_op!(self.key_actor, |o| O::key_actor(o));
+        each_op!(self.key_ctr, |o| O::key_ctr(o).map(|v| v as u32));
+        each_op!(self.key_str, |o| O::key_str(o));
+        each_op!(self.insert, |o| O::insert(o));
+        each_op!(self.action, |o| O::action(o));
+        each_op!(self.expand, |o| O::expand(o));
+        each_op!(self.mark_name, |o| O::mark_name(o));
+        each_op!(self.value_meta, |o| o.meta_value());
+        each_op!(self.succ_count, |o| o.succ().len() as u32);
+        each_succ!(self.succ_actor, |o| o.succ().map(|id| id.actoridx()));
+        each_succ!(self.succ_ctr, |o| o.succ().map(|id| id.icounter() as u32));
+        each_succ!(self.index.inc, |o| O::succ_inc(o));
+        each_op!(self.index.text, |o| if O::top(o) {
+            Some(O::width(o, SequenceType::Text, text_encoding) as u32)
+        } else {
+            None
+        });
+        each_op!(self.index.top, |o| O::top(o));
+        each_op!(self.index.visible, |o| O::visible(o));
+
+        for ((pos, ops), at) in runs.iter().zip(&value_pos).rev() {
+            self.value
+                .splice(*at, 0, kept(ops).filter_map(|o| o.raw_value()));
+            self.index
+                .mark
+                .extend(*pos, kept(ops).map(O::mark_index).collect());
+        }
+        runs.iter().map(|(_, ops)| kept(ops).count()).sum()
+    }
+
     #[cfg(test)]
     pub(crate) fn new<'a, I: Iterator<Item = super::op::Op<'a>> + ExactSizeIterator + Clone>(
         ops: I,

@@ -243,6 +243,15 @@ impl OpSet {
         added
     }
 
+    /// [`splice`](Self::splice) of several runs at once: see `Columns::splice_runs`.
+    pub(crate) fn splice_runs<O: OpLike>(&mut self, runs: &[(usize, &[O])]) -> usize {
+        let added = self.cols.splice_runs(runs, self.text_encoding);
+        for (_, ops) in runs {
+            self.splice_objects(ops);
+        }
+        added
+    }
+
     pub(crate) fn undo_op(&mut self, op: &TxOp) {
         if !op.undo.is_empty() {
             self.undo_succ(&op.undo);

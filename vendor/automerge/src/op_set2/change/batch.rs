@@ -1005,29 +1005,19 @@ impl BatchApply {
     }
 
     fn insert_runs_of_ops(&mut self, doc: &mut Automerge) {
-        let mut last_pos = None;
+        // statemesh's patch: every run in one pass per column (`OpSet::splice_runs`) instead
+        // of a splice of every column per run. Positions are the op set's before the call.
+        let mut runs: Vec<(usize, &[ChangeOp])> = Vec::new();
         let mut start = 0;
-        let mut shift = 0;
-        for (i, op) in self.ops.iter().enumerate() {
-            if op.pos != last_pos {
-                if let Some(pos) = last_pos {
-                    let end = i;
-                    shift += self.insert_ops(doc, pos + shift, start..end);
-                    start = end;
+        for i in 1..=self.ops.len() {
+            if i == self.ops.len() || self.ops[i].pos != self.ops[start].pos {
+                if let Some(pos) = self.ops[start].pos {
+                    runs.push((pos, &self.ops[start..i]));
                 }
-                last_pos = op.pos;
+                start = i;
             }
         }
-        if let Some(pos) = last_pos {
-            self.insert_ops(doc, pos + shift, start..self.ops.len());
-        }
-    }
-
-    pub(crate) fn insert_ops(&self, doc: &mut Automerge, pos: usize, range: Range<usize>) -> usize {
-        let batch = &self.ops[range];
-        let start = doc.ops().len();
-        doc.ops_mut().splice(pos, batch);
-        doc.ops().len() - start
+        doc.ops_mut().splice_runs(&runs);
     }
 
     pub(crate) fn order_ops_for_doc(&mut self, obj_info: &mut ObjIndex) {
