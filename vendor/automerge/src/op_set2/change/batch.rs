@@ -410,7 +410,12 @@ impl<'a, 'b> MapWalker<'a, 'b> {
     ) -> Self {
         let pos = ops.pos();
         let doc_op = ops.next();
-        let value = ValueState::new(obj, SequenceType::List, text_encoding);
+        let mut value = ValueState::new(obj, SequenceType::List, text_encoding);
+        // statemesh's patch: in a map, the values the walk follows serve only the patch log
+        // (conflicts and exposed values are `Top`'s), so with an inactive log, which drops
+        // whatever it is given, the walk follows the key alone: no value is hydrated, no
+        // event recorded.
+        value.logging = log.is_active();
         let top = Top::Nothing;
         let obj_end = ops.end_pos();
         MapWalker {
@@ -568,6 +573,9 @@ struct ValueState<'a> {
     doc: OpValueOption,
     change: OpValueOption,
     marks: RichTextDiff<'a>,
+    /// Whether the values are followed for a patch log (statemesh's patch: a map walk with an
+    /// inactive log follows only the key; see `MapWalker::new`).
+    logging: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -655,10 +663,14 @@ impl<'a> ValueState<'a> {
             doc: OpValueOption(None),
             change: OpValueOption(None),
             marks: RichTextDiff::default(),
+            logging: true,
         }
     }
 
     fn process_doc_op(&mut self, doc_op: &Op<'a>, deleted: bool) {
+        if !self.logging {
+            return;
+        }
         match doc_op.action {
             Action::Increment => {}
             Action::Mark => {
@@ -698,6 +710,9 @@ impl<'a> ValueState<'a> {
     }
 
     fn process_change_op(&mut self, op: &ChangeOp) {
+        if !self.logging {
+            return;
+        }
         match op.action() {
             Action::Delete => {}
             Action::Increment => self.do_increment(op),
@@ -712,6 +727,10 @@ impl<'a> ValueState<'a> {
     }
 
     fn map_flush(&mut self, log: &mut PatchLog) {
+        if !self.logging {
+            self.key = None;
+            return;
+        }
         let obj = self.obj;
         let change = self.change.take();
         let doc = self.doc.take();
