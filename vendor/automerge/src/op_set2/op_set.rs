@@ -1341,6 +1341,19 @@ impl OpSet {
         }
     }
 
+    /// An iterator over no ops that stands at `pos`, as `iter_range(&(pos..pos))` does, but
+    /// made at the end of the columns, where hexane positions no column (statemesh's patch:
+    /// an apply walks every object it touches, and most objects a batch of new records
+    /// touches are new, with no ops in the document). Its `end_pos` is the columns' end: a
+    /// caller takes the object's end from the range it sought.
+    pub(crate) fn empty_iter_at(&self, pos: usize) -> OpIter<'_> {
+        let end = self.len();
+        let mut iter = self.iter_range(&(end..end));
+        iter.pos = pos;
+        iter.range = pos..pos;
+        iter
+    }
+
     pub(crate) fn obj_id_iter(&self) -> ObjIdIter<'_> {
         ObjIdIter::new(self.cols.obj_actor.iter(), self.cols.obj_ctr.iter())
     }

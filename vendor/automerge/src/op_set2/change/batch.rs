@@ -402,6 +402,7 @@ impl<'a, 'b> MapWalker<'a, 'b> {
         obj: ObjId,
         op_set: &'a OpSet,
         mut ops: OpIter<'a>,
+        obj_end: usize,
         text_encoding: TextEncoding,
         pred: &'b mut PredCache,
         succ: &'b mut Vec<SuccInsert>,
@@ -417,7 +418,6 @@ impl<'a, 'b> MapWalker<'a, 'b> {
         // event recorded.
         value.logging = log.is_active();
         let top = Top::Nothing;
-        let obj_end = ops.end_pos();
         MapWalker {
             ops,
             op_set,
@@ -954,16 +954,23 @@ impl BatchApply {
 
         for os in &self.obj_spans {
             let obj_range = walker.seek_to_obj(os.obj);
-            let doc_ops = doc.ops().iter_range(&obj_range);
             let obj_type = new_objs
                 .object_type(&os.obj)
                 .or_else(|| doc.ops().obj_info.object_type(&os.obj));
             match obj_type {
                 Some(ObjType::Map) => {
+                    // statemesh's patch: an object with no ops in the document (new in this
+                    // batch) is walked over an iterator positioned at no column.
+                    let doc_ops = if obj_range.is_empty() {
+                        doc.ops().empty_iter_at(obj_range.start)
+                    } else {
+                        doc.ops().iter_range(&obj_range)
+                    };
                     let mut walker = MapWalker::new(
                         os.obj,
                         doc.ops(),
                         doc_ops,
+                        obj_range.end,
                         doc.text_encoding(),
                         &mut self.pred,
                         &mut succ,
@@ -974,6 +981,7 @@ impl BatchApply {
                     walk_map(&mut walker, change_ops);
                 }
                 Some(otype) if otype.is_sequence() => {
+                    let doc_ops = doc.ops().iter_range(&obj_range);
                     let sequence_type = match otype {
                         ObjType::Text => SequenceType::Text,
                         ObjType::List => SequenceType::List,
