@@ -813,6 +813,24 @@ impl Automerge {
         self.get_obj_meta(obj)
     }
 
+    /// The object that is map `obj`'s value at `key`, if that value is an object: its type and
+    /// id, as [`ReadDoc::get`] answers them (statemesh's patch: this reads 4 of the op set's
+    /// columns where `get` positions all 20). `None` for a scalar or no value.
+    pub fn get_map_object(
+        &self,
+        obj: &ExId,
+        key: &str,
+    ) -> Result<Option<(ObjType, ExId)>, AutomergeError> {
+        let obj = self.exid_to_obj(obj)?;
+        if !matches!(obj.typ, ObjType::Map | ObjType::Table) {
+            return Err(AutomergeError::InvalidOp(obj.typ));
+        }
+        Ok(self.ops.map_winner(&obj.id, key).and_then(|(id, action)| {
+            let typ = ObjType::try_from(action).ok()?;
+            Some((typ, self.id_to_exid(id)))
+        }))
+    }
+
     pub(crate) fn id_to_exid(&self, id: OpId) -> ExId {
         self.ops.id_to_exid(id)
     }

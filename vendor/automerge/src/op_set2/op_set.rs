@@ -1264,6 +1264,30 @@ impl OpSet {
         self.cols.key_str.scope_to_value(Some(prop), range)
     }
 
+    /// The id and action of the op whose value is map `obj`'s at `key`: the visible op with
+    /// the greatest id (a key's ops are ordered by id), visibility as the index keeps it (no
+    /// clock). statemesh's patch: `seek_ops_by_map_key` positions all 20 columns to read the
+    /// key's ops; this reads the visible index, the two id columns and the action column.
+    pub(crate) fn map_winner(&self, obj: &ObjId, key: &str) -> Option<(OpId, Action)> {
+        let range = self.prop_range(obj, key);
+        let (last, _) = self
+            .cols
+            .index
+            .visible
+            .iter_range(range.clone())
+            .enumerate()
+            .filter(|(_, visible)| *visible)
+            .last()?;
+        let pos = range.start + last;
+        let actor = self.cols.id_actor.get(pos)?;
+        let counter = self.cols.id_ctr.get(pos)?;
+        let action = self.cols.action.get(pos)?;
+        Some((
+            OpId::new(u64::from(counter), u64::from(actor) as usize),
+            action,
+        ))
+    }
+
     /// The position of the first op in `range` (a range of one map object's ops) whose key is
     /// `key` or sorts after it (`range.end` if none does).
     pub(crate) fn map_key_lower_bound(&self, range: Range<usize>, key: &str) -> usize {
