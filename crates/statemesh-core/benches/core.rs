@@ -433,9 +433,10 @@ fn concurrent_docs(rounds: usize) -> (Vec<automerge::Automerge>, usize) {
 
 /// What a window of `throughput --peers 8 --batch 100` applies, on Automerge alone: the
 /// other seven writers' concurrent changes of 100 new records each, in one call, into a
-/// channel of 10,000 or 50,000 records made the same way. Every new record's map lands
-/// among the maps other writers made concurrently, so the apply inserts ~700 runs of
-/// operations at as many places in the op set.
+/// channel of 10,000 or 50,000 records made the same way. Maps are ordered by the id of the
+/// operation that made them, so the records the writers made concurrently interleave and the
+/// apply inserts runs of operations at many places of the op set (fewer than in a window of
+/// the mesh, whose own recent records lie among the received ones).
 fn apply_concurrent(c: &mut Criterion) {
     let mut g = c.benchmark_group("automerge_floor");
     g.sample_size(10);

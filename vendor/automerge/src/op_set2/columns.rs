@@ -493,7 +493,7 @@ impl Columns {
 
     /// Inserts runs of ops at several positions, as [`splice`](Self::splice) of each run would
     /// (statemesh's patch). `runs`: each run's position in the columns as they are before
-    /// the call, ascending and distinct. Each column takes all runs through one forward edit
+    /// the call, ascending (runs at one position go in their order). Each column takes all runs through one forward edit
     /// cursor, which rebuilds a slab once however many runs land in it and updates the slab
     /// index once per slab; the raw value bytes and the mark index take them one by one, the
     /// last first, so that each position stays as it was. Returns the ops inserted.
