@@ -1561,6 +1561,13 @@ impl Automerge {
         })
     }
 
+    /// statemesh patch: keeps `change`, just made by a local transaction from its own ops (the
+    /// bytes a rebuild would give: its hash is of them), for the next sync message,
+    /// `get_changes` or `save_after`, which would otherwise rebuild it (see `built_changes`).
+    pub(crate) fn keep_local_change(&self, change: &Change) {
+        self.built.lock().insert(change);
+    }
+
     /// statemesh patch: the changes [`Self::get_changes`] returns, each rebuilt from the op
     /// set (never a copy kept from an earlier rebuild), and kept for the next sync message,
     /// `get_changes` or `save_after` (see `built_changes`). For checking that changes received

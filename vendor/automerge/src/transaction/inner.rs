@@ -168,6 +168,7 @@ impl TransactionInner {
         }
         doc.update_history(&change);
         doc.remove_unused_actors(true);
+        doc.keep_local_change(&change);
         hash
     }
 
