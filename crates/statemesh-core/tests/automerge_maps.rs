@@ -44,6 +44,33 @@ fn below(rng: &mut ChaCha8Rng, n: u32) -> u32 {
     rng.next_u32() % n
 }
 
+/// Three writers starting from `base`, with actors of their own.
+fn writers_of(base: &Automerge) -> Vec<Automerge> {
+    (1..=3u8)
+        .map(|a| base.fork().with_actor(ActorId::from([a; 16].as_slice())))
+        .collect()
+}
+
+/// Picks the writer of the next change and, one time in `one_in`, merges another writer's
+/// changes into it first; returns the writer's index.
+fn next_writer(rng: &mut ChaCha8Rng, writers: &mut [Automerge], one_in: u32) -> usize {
+    let w = below(rng, 3) as usize;
+    if below(rng, one_in) == 0 {
+        let mut other = writers[(w + 1 + below(rng, 2) as usize) % 3].clone();
+        writers[w].merge(&mut other).unwrap();
+    }
+    w
+}
+
+/// `base` with every writer's changes merged.
+fn merged(base: &Automerge, writers: &mut [Automerge]) -> Automerge {
+    let mut all = base.fork();
+    for w in writers {
+        all.merge(w).unwrap();
+    }
+    all
+}
+
 /// A history: the base document (the map made, then filled) and every change made after it,
 /// in an order that respects their dependencies.
 fn history(seed: u64) -> (Automerge, ObjId, Vec<Change>) {
@@ -57,16 +84,10 @@ fn history(seed: u64) -> (Automerge, ObjId, Vec<Change>) {
         }
     }
     tx.commit();
-    let mut writers: Vec<Automerge> = (1..=3u8)
-        .map(|a| base.fork().with_actor(ActorId::from([a; 16].as_slice())))
-        .collect();
+    let mut writers = writers_of(&base);
     let mut value = 1_000_000i64;
     for _ in 0..40 {
-        let w = below(&mut rng, 3) as usize;
-        if below(&mut rng, 3) == 0 {
-            let other = writers[(w + 1 + below(&mut rng, 2) as usize) % 3].clone();
-            writers[w].merge(&mut other.clone()).unwrap();
-        }
+        let w = next_writer(&mut rng, &mut writers, 3);
         let doc = &mut writers[w];
         let mut tx = doc.transaction();
         // A few clustered keys, as records written in one change are, and a few scattered.
@@ -88,10 +109,7 @@ fn history(seed: u64) -> (Automerge, ObjId, Vec<Change>) {
         }
         tx.commit();
     }
-    let mut all = base.fork();
-    for w in &mut writers {
-        all.merge(w).unwrap();
-    }
+    let all = merged(&base, &mut writers);
     let changes = all.get_changes(&base.get_heads());
     (base, map, changes)
 }
@@ -233,17 +251,11 @@ fn records_history(seed: u64) -> (Automerge, ObjId, Vec<Change>, Written) {
     let mut tx = base.transaction();
     let map = tx.put_object(ROOT, "tp", ObjType::Map).unwrap();
     tx.commit();
-    let mut writers: Vec<Automerge> = (1..=3u8)
-        .map(|a| base.fork().with_actor(ActorId::from([a; 16].as_slice())))
-        .collect();
+    let mut writers = writers_of(&base);
     let mut written = Written::new();
     let mut next = [0u32; 3];
     for _ in 0..30 {
-        let w = below(&mut rng, 3) as usize;
-        if below(&mut rng, 4) == 0 {
-            let mut other = writers[(w + 1 + below(&mut rng, 2) as usize) % 3].clone();
-            writers[w].merge(&mut other).unwrap();
-        }
+        let w = next_writer(&mut rng, &mut writers, 4);
         let mut tx = writers[w].transaction();
         for _ in 0..(1 + below(&mut rng, RECORDS_PER_CHANGE)) {
             let n = next[w];
@@ -263,10 +275,7 @@ fn records_history(seed: u64) -> (Automerge, ObjId, Vec<Change>, Written) {
         }
         tx.commit();
     }
-    let mut all = base.fork();
-    for w in &mut writers {
-        all.merge(w).unwrap();
-    }
+    let all = merged(&base, &mut writers);
     let changes = all.get_changes(&base.get_heads());
     (base, map, changes, written)
 }
@@ -359,15 +368,9 @@ fn get_map_object_answers_as_get() {
         let mut tx = base.transaction();
         let map = tx.put_object(ROOT, "m", ObjType::Map).unwrap();
         tx.commit();
-        let mut writers: Vec<Automerge> = (1..=3u8)
-            .map(|a| base.fork().with_actor(ActorId::from([a; 16].as_slice())))
-            .collect();
+        let mut writers = writers_of(&base);
         for _ in 0..30 {
-            let w = below(&mut rng, 3) as usize;
-            if below(&mut rng, 3) == 0 {
-                let mut other = writers[(w + 1 + below(&mut rng, 2) as usize) % 3].clone();
-                writers[w].merge(&mut other).unwrap();
-            }
+            let w = next_writer(&mut rng, &mut writers, 3);
             let mut tx = writers[w].transaction();
             for _ in 0..(1 + below(&mut rng, 5)) {
                 let k = key(below(&mut rng, MIXED_KEYS));
@@ -385,10 +388,7 @@ fn get_map_object_answers_as_get() {
             }
             tx.commit();
         }
-        let mut all = base.fork();
-        for w in &mut writers {
-            all.merge(w).unwrap();
-        }
+        let all = merged(&base, &mut writers);
         for doc in writers.iter().chain([&all]) {
             for n in 0..MIXED_KEYS {
                 let k = key(n);

@@ -410,21 +410,11 @@ impl Run {
                     self.on_keys_changed();
                     (t0, Turn::Done("keys"))
                 }
-                () = async {
-                    match standby_at {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                () = sleep_until_some(standby_at) => {
                     self.standby_at = None;
                     (Instant::now(), Turn::Standby)
                 }
-                () = async {
-                    match redial {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                () = sleep_until_some(redial) => {
                     self.dial_due();
                     (Instant::now(), Turn::Done("redial"))
                 }
@@ -508,11 +498,11 @@ impl Run {
     /// a received frame, local writes, a persisted write or the standby's upkeep, while the
     /// mesh is quiet (no turn of [`QUIET_TURN`] or longer, and no link up, for [`QUIET_SPAN`]).
     /// Handing the worker over costs a thread switch each way, on every turn: a lone write's
-    /// path crossed three (the writer's turn, each receiver's), 100 µs at the median and 400 µs
-    /// at the 99th percentile of `propagation` (docs/under-load.md, nineteenth slice). A turn on the worker waits for the
-    /// node off it still, and in a quiet mesh its work is bounded by its input: a frame applied
-    /// in place (at most `INLINE_BYTES`; a larger message makes a job), a push of a few local
-    /// changes (more make a job). A link that comes up ends the quiet (a new peer's first
+    /// path crossed three (the writer's turn, each receiver's), 100 µs at the median and
+    /// 400 µs at the 99th percentile of `propagation` (docs/under-load.md, nineteenth slice).
+    /// A turn on the worker waits for the node off it still, and in a quiet mesh its work is
+    /// bounded by its input: a frame applied in place (at most `INLINE_BYTES`; a larger
+    /// message makes a job), a push of a few local changes (more make a job). A link that comes up ends the quiet (a new peer's first
     /// exchange may carry the whole document, and the answer is generated in a frame's turn);
     /// the first long turn otherwise (a large transaction's push, the answer to a peer whose
     /// sync state was reset) runs on the worker once, then every turn goes off it until the
@@ -693,6 +683,14 @@ impl Run {
         if let Some(writer) = self.writer.take() {
             let _ = tokio::task::spawn_blocking(move || writer.finish()).await;
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without it (a `select!` branch with no deadline).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
