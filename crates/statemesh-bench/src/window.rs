@@ -14,9 +14,11 @@
 //!
 //! Commands (`{"op":...}`): `stamp {key}` (write `prop/key` = now), `put {channel,key,value}`,
 //! `watch {prefix}` (start tracking the keys of channels starting with `prefix`), `expect
-//! {count}` (answer `reached` once that many tracked keys are held), `count`, `burst {ms,
-//! batch, prefix}` (write keys `tp/<prefix>-<n>` as fast as possible for `ms`, `batch` keys
-//! per atomic change), `links {n}` (answer once `n` links are up and this window may claim
+//! {count}` (answer `reached` once that many tracked keys are held), `expect_values {values}`
+//! (answer `reached` once every key `k` of channel `tp` holds at least `values[k]`), `count`,
+//! `burst {ms, batch, prefix, same_key}` (write keys `tp/<prefix>-<n>` = n, or with `same_key`
+//! rewrite `tp/<prefix>` = n, as fast as possible for `ms`, `batch` writes per atomic change),
+//! `links {n}` (answer once `n` links are up and this window may claim
 //! leadership: past its join grace; `linked_t` says when the links were up), `info`, `shutdown`
 //! (graceful leave, then exit). The end of stdin ends the process without a leave.
 
@@ -132,6 +134,8 @@ struct Tracked {
     target: Option<usize>,
     /// Change-stream overruns (each followed by a full rescan).
     lagged: u64,
+    /// Keys of channel `tp` and the least value each must hold before `reached`.
+    want: HashMap<String, i64>,
 }
 
 impl Tracked {
@@ -163,6 +167,30 @@ impl Tracked {
                 }
             }
         }
+    }
+
+    /// Notes a write to `tp/key` seen at `at`: the `reached` line once every wanted value is
+    /// held.
+    fn note_value(&mut self, mesh: &Mesh, channel: &str, key: &str, at: u64) -> Option<Json> {
+        if channel != "tp" || self.want.is_empty() {
+            return None;
+        }
+        let least = *self.want.get(key)?;
+        if !matches!(mesh.get::<i64>(channel, key), Ok(Some(v)) if v >= least) {
+            return None;
+        }
+        self.want.remove(key);
+        self.last_new = at;
+        self.want
+            .is_empty()
+            .then(|| json!({"ev": "reached", "t": at, "count": self.count, "lagged": self.lagged}))
+    }
+
+    /// Every wanted value checked again (after `expect_values`, or a change-stream overrun).
+    fn check_values(&mut self, mesh: &Mesh) -> Option<Json> {
+        let at = now_ns();
+        let keys: Vec<String> = self.want.keys().cloned().collect();
+        keys.iter().find_map(|k| self.note_value(mesh, "tp", k, at))
     }
 
     /// The `reached` line, once the target is met (then forgets the target).
@@ -234,6 +262,9 @@ async fn window(args: WindowArgs) -> anyhow::Result<()> {
                             if let Some(line) = tr.check() {
                                 emit(&line);
                             }
+                            if let Some(line) = tr.note_value(&mesh, &c.channel, &c.key, t) {
+                                emit(&line);
+                            }
                         }
                     }
                     Some(Err(_lagged)) => {
@@ -241,6 +272,9 @@ async fn window(args: WindowArgs) -> anyhow::Result<()> {
                             tr.lagged += 1;
                             tr.rescan(&mesh);
                             if let Some(line) = tr.check() {
+                                emit(&line);
+                            }
+                            if let Some(line) = tr.check_values(&mesh) {
                                 emit(&line);
                             }
                         }
@@ -315,6 +349,7 @@ fn command(
                 last_new: now_ns(),
                 target: None,
                 lagged: 0,
+                want: HashMap::new(),
             };
             tr.rescan(mesh);
             *tracked = Some(tr);
@@ -325,18 +360,30 @@ fn command(
             tr.target = Some(number("count")? as usize);
             Ok(tr.check())
         }
+        "expect_values" => {
+            let tr = tracked.as_mut().ok_or("`expect_values` before `watch`")?;
+            let values = cmd["values"]
+                .as_object()
+                .ok_or("`values` must be an object")?;
+            tr.want = values
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), v.as_i64().ok_or("values must be integers")?)))
+                .collect::<Result<_, String>>()?;
+            Ok(tr.check_values(mesh))
+        }
         "count" => {
             let tr = tracked.as_ref().ok_or("`count` before `watch`")?;
             Ok(Some(json!({"ev": "count", "count": tr.count})))
         }
         "burst" => {
             let (ms, batch, prefix) = (number("ms")?, number("batch")?.max(1), text("prefix")?);
+            let same_key = cmd["same_key"].as_bool().unwrap_or(false);
             let (mesh, later) = (mesh.clone(), later.clone());
             let rt = tokio::runtime::Handle::current();
             std::thread::Builder::new()
                 .name("writer".into())
                 .spawn(move || {
-                    let _ = later.send(burst(&mesh, &rt, ms, batch, &prefix));
+                    let _ = later.send(burst(&mesh, &rt, ms, batch, &prefix, same_key));
                 })
                 .map_err(|e| e.to_string())?;
             Ok(None)
@@ -405,10 +452,18 @@ fn command(
     }
 }
 
-/// Writes keys `tp/<prefix>-<n>` for `ms` milliseconds, `batch` per atomic change, as fast
+/// Writes keys `tp/<prefix>-<n>` = n (with `same_key`: `tp/<prefix>` = n, rewritten) for
+/// `ms` milliseconds, `batch` per atomic change, as fast
 /// as the API allows: a write refused for backpressure waits for the backlog to clear (on the
 /// mesh's runtime `rt`), then the loop goes on.
-fn burst(mesh: &Mesh, rt: &tokio::runtime::Handle, ms: u64, batch: u64, prefix: &str) -> Json {
+fn burst(
+    mesh: &Mesh,
+    rt: &tokio::runtime::Handle,
+    ms: u64,
+    batch: u64,
+    prefix: &str,
+    same_key: bool,
+) -> Json {
     let t0 = now_ns();
     let end = t0 + ms * 1_000_000;
     let mut written = 0u64;
@@ -418,7 +473,12 @@ fn burst(mesh: &Mesh, rt: &tokio::runtime::Handle, ms: u64, batch: u64, prefix: 
         let first = written;
         let result = mesh.transact(|tx| {
             for n in first..first + batch {
-                tx.put("tp", &format!("{prefix}-{n}"), &(n as i64), Scope::Durable)?;
+                let key = if same_key {
+                    prefix.to_owned()
+                } else {
+                    format!("{prefix}-{n}")
+                };
+                tx.put("tp", &key, &(n as i64), Scope::Durable)?;
             }
             Ok(())
         });

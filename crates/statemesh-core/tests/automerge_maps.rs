@@ -19,7 +19,8 @@
 //! receive here has an inactive log, and most objects these batches touch are new.
 //!
 //! The eighth patch (`get_map_object`, reading 4 columns) is checked against `get`, and the
-//! ninth (a local change kept as committed) against a rebuild.
+//! ninth (a local change kept as committed) against a rebuild. The tenth (the walk seeks past
+//! a key's overwritten ops) against the model on keys rewritten hundreds of times.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test set-up: a failure is a bug to see.
 
@@ -114,13 +115,12 @@ fn history(seed: u64) -> (Automerge, ObjId, Vec<Change>) {
     (base, map, changes)
 }
 
+/// What the model holds: for every key, its visible puts (operation counter, actor, value).
+type Model = BTreeMap<String, Vec<(u64, Vec<u8>, i64)>>;
+
 /// The model: for every key of `map`, the visible puts (operation id -> value) after
 /// `base`'s changes and `changes`, from the changes' decoded operations.
-fn model(
-    base: &Automerge,
-    map: &ObjId,
-    changes: &[Change],
-) -> BTreeMap<String, Vec<(u64, Vec<u8>, i64)>> {
+fn model(base: &Automerge, map: &ObjId, changes: &[Change]) -> Model {
     let mut puts: BTreeMap<(u64, Vec<u8>), (String, i64)> = BTreeMap::new();
     let mut overwritten: HashSet<(u64, Vec<u8>)> = HashSet::new();
     let base_changes: Vec<Change> = base.get_changes(&[]);
@@ -150,13 +150,101 @@ fn model(
             }
         }
     }
-    let mut out: BTreeMap<String, Vec<(u64, Vec<u8>, i64)>> = BTreeMap::new();
+    let mut out = Model::new();
     for ((ctr, actor), (k, v)) in puts {
         if !overwritten.contains(&(ctr, actor.clone())) {
             out.entry(k).or_default().push((ctr, actor, v));
         }
     }
     out
+}
+
+/// A receiver of `base` that gets `changes` in batches of 1 to `max_batch` changes (random);
+/// the number of batches.
+fn receive_in_batches(
+    base: &Automerge,
+    changes: &[Change],
+    rng: &mut ChaCha8Rng,
+    max_batch: u32,
+) -> (Automerge, usize) {
+    let mut receiver = base
+        .fork()
+        .with_actor(ActorId::from([0xeeu8; 16].as_slice()));
+    let (mut rest, mut batches) = (changes, 0);
+    while !rest.is_empty() {
+        let n = (1 + below(rng, max_batch) as usize).min(rest.len());
+        receiver.apply_changes(rest[..n].iter().cloned()).unwrap();
+        rest = &rest[n..];
+        batches += 1;
+    }
+    (receiver, batches)
+}
+
+/// Every key of `map` in `receiver` (`keys` of them) holds what `expected` (the model) says:
+/// its values, its winner, its conflict flag, the keys listed and counted; and the document
+/// loads back from its save.
+fn assert_model(seed: u64, receiver: &Automerge, map: &ObjId, expected: &Model, keys: u32) {
+    for n in 0..keys {
+        let k = key(n);
+        let mut held: Vec<i64> = receiver
+            .get_all(map, k.as_str())
+            .unwrap()
+            .into_iter()
+            .map(|(v, _)| match v {
+                Value::Scalar(s) => match s.as_ref() {
+                    ScalarValue::Int(i) => *i,
+                    other => panic!("seed {seed}: {k} holds {other:?}"),
+                },
+                other => panic!("seed {seed}: {k} holds {other:?}"),
+            })
+            .collect();
+        held.sort_unstable();
+        let visible = expected.get(&k).cloned().unwrap_or_default();
+        let mut want: Vec<i64> = visible.iter().map(|(_, _, v)| *v).collect();
+        want.sort_unstable();
+        assert_eq!(held, want, "seed {seed}: the values of {k}");
+        let winner = visible
+            .iter()
+            .max_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)))
+            .map(|(_, _, v)| *v);
+        let got = receiver
+            .get(map, k.as_str())
+            .unwrap()
+            .and_then(|(v, _)| match v {
+                Value::Scalar(s) => s.as_i64(),
+                other => panic!("seed {seed}: {k} holds {other:?}"),
+            });
+        assert_eq!(got, winner, "seed {seed}: the value of {k}");
+    }
+    // The keys Automerge lists, and counts, from its index of each key's winning value.
+    let listed: Vec<String> = expected.keys().cloned().collect();
+    assert_eq!(
+        receiver.keys(map).collect::<Vec<_>>(),
+        listed,
+        "seed {seed}: keys"
+    );
+    assert_eq!(receiver.length(map), listed.len(), "seed {seed}: length");
+    // The conflict flag Automerge keeps per key: set when several values are visible.
+    for item in receiver.map_range(map, ..) {
+        let visible = expected.get(item.key.as_ref()).map_or(0, Vec::len);
+        assert_eq!(
+            item.conflict,
+            visible > 1,
+            "seed {seed}: the conflict flag of {}",
+            item.key
+        );
+    }
+    // Saved, it loads back the same (the successors the apply wrote are consistent).
+    let reloaded = Automerge::load(&receiver.save()).unwrap();
+    assert_eq!(reloaded.get_heads(), receiver.get_heads(), "seed {seed}");
+    for n in 0..keys {
+        let k = key(n);
+        assert_eq!(
+            reloaded.get_all(map, k.as_str()).unwrap(),
+            receiver.get_all(map, k.as_str()).unwrap(),
+            "seed {seed}: {k} reloaded"
+        );
+    }
 }
 
 #[test]
@@ -166,74 +254,74 @@ fn batched_receives_into_one_map_match_the_model() {
         let (base, map, changes) = history(seed);
         let expected = model(&base, &map, &changes);
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
-        let mut receiver = base
-            .fork()
-            .with_actor(ActorId::from([0xeeu8; 16].as_slice()));
-        let mut rest = changes.as_slice();
-        while !rest.is_empty() {
-            let n = (1 + below(&mut rng, 8) as usize).min(rest.len());
-            receiver.apply_changes(rest[..n].iter().cloned()).unwrap();
-            rest = &rest[n..];
-            batches_seen += 1;
-        }
-        for n in 0..KEYS {
-            let k = key(n);
-            let mut held: Vec<i64> = receiver
-                .get_all(&map, k.as_str())
-                .unwrap()
-                .into_iter()
-                .map(|(v, _)| match v {
-                    Value::Scalar(s) => match s.as_ref() {
-                        ScalarValue::Int(i) => *i,
-                        other => panic!("seed {seed}: {k} holds {other:?}"),
-                    },
-                    other => panic!("seed {seed}: {k} holds {other:?}"),
-                })
-                .collect();
-            held.sort_unstable();
-            let visible = expected.get(&k).cloned().unwrap_or_default();
-            let mut want: Vec<i64> = visible.iter().map(|(_, _, v)| *v).collect();
-            want.sort_unstable();
-            assert_eq!(held, want, "seed {seed}: the values of {k}");
-            let winner = visible
-                .iter()
-                .max_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)))
-                .map(|(_, _, v)| *v);
-            let got = receiver
-                .get(&map, k.as_str())
-                .unwrap()
-                .and_then(|(v, _)| match v {
-                    Value::Scalar(s) => s.as_i64(),
-                    other => panic!("seed {seed}: {k} holds {other:?}"),
-                });
-            assert_eq!(got, winner, "seed {seed}: the value of {k}");
-        }
-        // The keys Automerge lists, and counts, from its index of each key's winning value.
-        let keys: Vec<String> = expected.keys().cloned().collect();
-        assert_eq!(
-            receiver.keys(&map).collect::<Vec<_>>(),
-            keys,
-            "seed {seed}: keys"
-        );
-        assert_eq!(receiver.length(&map), keys.len(), "seed {seed}: length");
-        // The conflict flag Automerge keeps per key: set when several values are visible.
-        for item in receiver.map_range(&map, ..) {
-            let visible = expected.get(item.key.as_ref()).map_or(0, Vec::len);
-            assert_eq!(
-                item.conflict,
-                visible > 1,
-                "seed {seed}: the conflict flag of {}",
-                item.key
-            );
-        }
-        // Saved, it loads back the same (the successors the apply wrote are consistent).
-        let reloaded = Automerge::load(&receiver.save()).unwrap();
-        assert_eq!(reloaded.get_heads(), receiver.get_heads(), "seed {seed}");
+        let (receiver, batches) = receive_in_batches(&base, &changes, &mut rng, 8);
+        batches_seen += batches;
+        assert_model(seed, &receiver, &map, &expected, KEYS);
     }
     assert!(
         batches_seen > SEEDS as usize,
         "every history came in several batches"
     );
+}
+
+/// Keys of the map of [`rewrites_history`]; the first [`HOT`] take most writes.
+const REWRITTEN_KEYS: u32 = 24;
+const HOT: u32 = 3;
+
+/// A history of a few keys rewritten hundreds of times (the tenth patch: the walk seeks past
+/// a key's history): three writers, rarely merging each other's changes, so that their
+/// concurrent writes conflict and a received write often names a predecessor the receiver
+/// already holds overwritten; some deletes.
+fn rewrites_history(seed: u64) -> (Automerge, ObjId, Vec<Change>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut base = Automerge::new().with_actor(ActorId::from([0xf0u8; 16].as_slice()));
+    let mut tx = base.transaction();
+    let map = tx.put_object(ROOT, "m", ObjType::Map).unwrap();
+    for n in 0..REWRITTEN_KEYS {
+        tx.put(&map, key(n), i64::from(n)).unwrap();
+    }
+    tx.commit();
+    let mut writers = writers_of(&base);
+    let mut value = 1_000_000i64;
+    for _ in 0..600 {
+        let w = next_writer(&mut rng, &mut writers, 40);
+        let doc = &mut writers[w];
+        let mut tx = doc.transaction();
+        for _ in 0..(1 + below(&mut rng, 3)) {
+            let n = if below(&mut rng, 10) < 8 {
+                below(&mut rng, HOT)
+            } else {
+                below(&mut rng, REWRITTEN_KEYS)
+            };
+            if below(&mut rng, 15) == 0 {
+                let _ = tx.delete(&map, key(n));
+            } else {
+                value += 1;
+                tx.put(&map, key(n), value).unwrap();
+            }
+        }
+        tx.commit();
+    }
+    let all = merged(&base, &mut writers);
+    let changes = all.get_changes(&base.get_heads());
+    (base, map, changes)
+}
+
+#[test]
+fn rewritten_keys_received_in_batches_match_the_model() {
+    let mut conflicted = 0;
+    for seed in 0..SEEDS / 4 {
+        let (base, map, changes) = rewrites_history(seed);
+        let expected = model(&base, &map, &changes);
+        conflicted += expected.values().filter(|v| v.len() > 1).count();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+        // Small batches (many walks, each over a longer history) and large ones.
+        for max_batch in [4, 60] {
+            let (receiver, _) = receive_in_batches(&base, &changes, &mut rng, max_batch);
+            assert_model(seed, &receiver, &map, &expected, REWRITTEN_KEYS);
+        }
+    }
+    assert!(conflicted > 0, "some key ends with concurrent values");
 }
 
 /// Records each writer of [`records_history`] makes per change, at most.

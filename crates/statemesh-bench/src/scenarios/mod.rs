@@ -31,6 +31,8 @@ pub(crate) struct Opts {
     pub(crate) quick: bool,
     /// Keys per atomic change in `throughput` and `overload`.
     pub(crate) batch: u64,
+    /// `throughput`: every window rewrites one key of its own instead of writing new keys.
+    pub(crate) same_key: bool,
 }
 
 /// The `scale` scenario: `propagation` and `failover-kill` on one mesh of many windows.

@@ -1,5 +1,8 @@
 //! `throughput`: every window writes keys as fast as it can for a fixed time; how many key
-//! writes per second reach every window.
+//! writes per second reach every window. With `--same-key` every window rewrites one key of
+//! its own, as automerge-repo's `measure.sh` does, and the mesh has converged once every
+//! window holds every window's last value (key writes per second: all writes made, over the
+//! time from the first write until then).
 
 use std::time::{Duration, Instant};
 
@@ -21,20 +24,28 @@ pub(crate) fn run(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     }
     let ms: u64 = if opts.quick { 1000 } else { 5000 };
     eprintln!(
-        "every window writes for {ms} ms, {} keys per atomic change",
-        opts.batch
+        "every window writes for {ms} ms, {} keys per atomic change{}",
+        opts.batch,
+        if opts.same_key {
+            ", one key of its own"
+        } else {
+            ""
+        }
     );
     for (i, s) in slots.iter().enumerate() {
         f.send(
             *s,
-            &json!({"op": "burst", "ms": ms, "batch": opts.batch, "prefix": format!("w{i}")}),
+            &json!({"op": "burst", "ms": ms, "batch": opts.batch, "prefix": format!("w{i}"),
+                    "same_key": opts.same_key}),
         )?;
     }
     let mut written = 0u64;
     let mut changes = 0u64;
     let mut t_start = u64::MAX;
     let mut t_written = 0u64;
-    for s in &slots {
+    // With `same_key`: each window's key and the last value it wrote there.
+    let mut last_values = serde_json::Map::new();
+    for (i, s) in slots.iter().enumerate() {
         let done = f.wait_line("the writers to finish", |l| {
             l.slot == *s && l.json["ev"] == "burst_done"
         })?;
@@ -43,14 +54,23 @@ pub(crate) fn run(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
                 .as_u64()
                 .ok_or_else(|| anyhow!("bad burst_done"))
         };
-        written += n("written")?;
+        let by_this = n("written")?;
+        if by_this > 0 {
+            last_values.insert(format!("w{i}"), json!(by_this - 1));
+        }
+        written += by_this;
         changes += n("changes")?;
         t_start = t_start.min(n("t0")?);
         t_written = t_written.max(n("t1")?);
     }
     eprintln!("{written} keys written in {changes} changes; waiting for every window to hold them");
+    let expect = if opts.same_key {
+        json!({"op": "expect_values", "values": last_values})
+    } else {
+        json!({"op": "expect", "count": written})
+    };
     for s in &slots {
-        f.send(*s, &json!({"op": "expect", "count": written}))?;
+        f.send(*s, &expect)?;
     }
     let converge_within = Duration::from_secs(if opts.quick { 20 } else { 120 });
     let deadline = Instant::now() + converge_within;
@@ -79,6 +99,9 @@ pub(crate) fn run(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     // count any window holds now.
     let (reached, t_end) = if converged {
         (written, t_end)
+    } else if opts.same_key {
+        // Not converged: no figure of writes that reached every window.
+        (0, crate::clock::now_ns())
     } else {
         let mut least = u64::MAX;
         for s in &slots {
@@ -102,6 +125,7 @@ pub(crate) fn run(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     out.insert("written".into(), json!(written));
     out.insert("changes".into(), json!(changes));
     out.insert("batch".into(), json!(opts.batch));
+    out.insert("same_key".into(), json!(opts.same_key));
     out.insert("write_s".into(), json!(round3(write_secs)));
     out.insert("converge_s".into(), json!(round3(secs)));
     out.insert(

@@ -1294,6 +1294,45 @@ impl OpSet {
         self.cols.key_str.scope_to_value(Some(key), range).start
     }
 
+    /// The end of the ops of `key` in `range` (a range of one map object's ops that starts at
+    /// or before them): the position of the first op whose key sorts after `key`.
+    pub(crate) fn map_key_upper_bound(&self, range: Range<usize>, key: &str) -> usize {
+        self.cols.key_str.scope_to_value(Some(key), range).end
+    }
+
+    /// The position of the first op in `range` the visible index marks visible (`range.end`
+    /// if none is), read a run at a time.
+    pub(crate) fn first_visible(&self, range: Range<usize>) -> usize {
+        let end = range.end;
+        self.cols
+            .index
+            .visible
+            .iter_range(range)
+            .scan_to_value(true)
+            .unwrap_or(end)
+    }
+
+    /// The position of the first op in `range` whose id is `bound` or above, for a range whose
+    /// ids ascend (the ops of one map key): a binary search (`range.end` if there is none).
+    pub(crate) fn first_id_at_least(&self, range: Range<usize>, bound: OpId) -> usize {
+        let (mut lo, mut hi) = (range.start, range.end);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let id = match (self.cols.id_ctr.get(mid), self.cols.id_actor.get(mid)) {
+                (Some(counter), Some(actor)) => {
+                    OpId::new(u64::from(counter), u64::from(actor) as usize)
+                }
+                _ => return mid,
+            };
+            if id < bound {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
     pub(crate) fn iter_obj<'a>(&'a self, obj: &ObjId) -> OpIter<'a> {
         let range = self.scope_to_obj(obj);
         self.iter_range(&range)
