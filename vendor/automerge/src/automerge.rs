@@ -485,6 +485,15 @@ impl Automerge {
         Transaction::new(self, args, patch_log)
     }
 
+    /// Resumes a transaction left open on this document (statemesh's patch; see
+    /// [`SuspendedTransaction`](crate::transaction::SuspendedTransaction)).
+    pub fn resume(
+        &mut self,
+        suspended: crate::transaction::SuspendedTransaction,
+    ) -> Transaction<'_> {
+        Transaction::resumed(self, suspended)
+    }
+
     /// Start a transaction which records changes in a [`PatchLog`]
     ///
     /// Returns [`PatchLogMismatch`](crate::PatchLogMismatch) if `patch_log` does not belong to

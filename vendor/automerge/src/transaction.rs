@@ -8,7 +8,7 @@ mod transactable;
 pub use self::commit::CommitOptions;
 pub use self::transactable::{BlockOrText, Transactable};
 pub(crate) use inner::{TransactionArgs, TransactionInner};
-pub use manual_transaction::Transaction;
+pub use manual_transaction::{SuspendedTransaction, Transaction};
 pub use owned_transaction::OwnedTransaction;
 pub use result::Failure;
 pub use result::Success;

@@ -91,9 +91,13 @@ impl Node {
     /// watched): no further [`Event::Replicated`] comes for them. A runtime uses it to end the
     /// waits of such writes instead of letting them hang.
     pub fn replication_tracked_from(&self) -> WriteId {
+        // Writes in the open change are tracked once it is committed, and all come after the
+        // ones tracked already.
         self.pending
             .first_key_value()
-            .map_or(WriteId(self.next_write + 1), |(id, _)| *id)
+            .map(|(id, _)| *id)
+            .or_else(|| self.open_writes.front().map(|(id, _)| *id))
+            .unwrap_or(WriteId(self.next_write + 1))
     }
 
     /// What is known of local write `id`'s acknowledgements: how many peers hold it, whether
@@ -198,7 +202,10 @@ impl Node {
             .filter(|(p, _)| heart.live.is_live(p))
             .map(|(_, l)| l.held_upto)
             .min();
-        floor.map_or(0, |w| self.pending.range(next_id(w)..).count())
+        // Writes in the open change are held by no peer yet.
+        floor.map_or(0, |w| {
+            self.pending.range(next_id(w)..).count() + self.open_writes.len()
+        })
     }
 
     pub(super) fn check_replicated(&mut self, now: Time, peer: PeerId) {
@@ -294,6 +301,8 @@ mod tests {
         for i in 1..=MAX_PENDING_WRITES as i64 {
             a.put("c", "k", &i, Scope::Durable).expect("write");
         }
+        // Tracked once committed (the runtime commits the open change as it sends it).
+        a.settle();
         assert_eq!(
             a.write_status(first),
             WriteStatus {

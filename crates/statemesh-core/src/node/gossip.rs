@@ -49,6 +49,7 @@ impl Node {
                     self.publish_digests();
                 }
                 Note::RecordTerm(term) => {
+                    self.settle();
                     let before = self.replica.heads();
                     match self.replica.record_term(term) {
                         Ok(hash) => {

@@ -183,3 +183,48 @@ fn a_record_written_while_a_job_is_out_is_reported_as_the_document_holds_it() {
     // The records only the job touched are reported as its copy read them.
     assert_eq!(a.replica().writer("c", "b0"), Some(b.me().peer));
 }
+
+/// Local writes left open when a job starts (see `Node::transact`) are not in the job's copy:
+/// the records they touched are read again when the job comes back, as records written while
+/// it was out are.
+#[test]
+fn a_record_written_before_a_job_and_still_open_is_reported_as_the_document_holds_it() {
+    let (mut a, mut b) = linked();
+    // A standby on `a` (made by a receive), so that the job runs on it, not on a copy.
+    b.put("c", "x", &0i64, Scope::Durable).expect("write");
+    pump(&mut a, &mut b, Time::ZERO);
+    for i in 0..400 {
+        a.put("own", &format!("a{i}"), &(i as i64), Scope::Durable)
+            .expect("write");
+    }
+    a.catch_up_standby();
+    b.put("c", "k", &1i64, Scope::Durable).expect("write");
+    let frame = burst_frame(&mut b, "b", 200);
+    // a writes "k" (and wins: its operations outnumber b's) before the frame comes.
+    a.put("c", "k", &2i64, Scope::Durable).expect("write");
+    while a.poll_event().is_some() {}
+    let mut job = a
+        .handle_frame_deferred(Time::ZERO, b.me().peer, &frame)
+        .expect("accepted")
+        .expect("a job");
+    assert!(
+        !a.open_writes.is_empty(),
+        "the write stays open while the job runs"
+    );
+    job.run();
+    finish_job(&mut a, Time::ZERO, job);
+    let me = a.me().peer;
+    assert_eq!(a.replica().writer("c", "k"), Some(me), "a's write wins");
+    let reported: Vec<EntryChange> = std::iter::from_fn(|| a.poll_event())
+        .filter_map(|e| match e {
+            Event::Changed(c) if c.key == "k" => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!(
+        reported[0].by,
+        Some(me),
+        "reported as the document holds it"
+    );
+}

@@ -217,6 +217,7 @@ impl Node {
     /// nothing when nothing is owed. Otherwise the next receive in place catches the standby
     /// up first, on its own turn.
     pub fn catch_up_standby(&mut self) {
+        self.settle();
         if std::mem::take(&mut self.standby_owed) {
             self.replica.catch_up_standby_within(STANDBY_CATCH_UP_MAX);
         }
@@ -243,6 +244,7 @@ impl Node {
         now: Time,
         job: SyncJob,
     ) -> Result<Option<SyncJob>, ReceiveError> {
+        self.settle();
         self.advance(now);
         let SyncJob { from, mut apply } = job;
         let current: Vec<bool> = from
@@ -341,6 +343,8 @@ impl Node {
         if !self.links.values().any(|l| l.push_ready || l.push_pending) {
             self.unpushed = 0;
         }
+        // The local writes left open leave in this push.
+        self.settle();
         Some(PushJob {
             doc: Box::new(self.replica.doc().clone()),
             peers,

@@ -269,14 +269,20 @@ impl Node {
 
     pub(super) fn sync_with(&mut self, peer: PeerId) {
         let now = self.last_tick;
+        match self.links.get_mut(&peer) {
+            None => return,
+            Some(link) if link.busy => {
+                // Its sync state is with a job: the answer to the job's message carries it all.
+                link.push_pending = true;
+                return;
+            }
+            Some(_) => {}
+        }
+        // The local writes left open leave in this message.
+        self.settle();
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
-        if link.busy {
-            // Its sync state is with a job: the answer to the job's message carries it all.
-            link.push_pending = true;
-            return;
-        }
         if let Some((bytes, carries)) = self.replica.generate_sync_counted(&mut link.sync) {
             if carries {
                 link.changes_in_flight.get_or_insert(now);

@@ -50,6 +50,7 @@ pub use jobs::{INLINE_BYTES, PUSH_AT_ONCE, PushJob, SyncJob};
 use link::Link;
 pub use persist::{Persist, Snapshot};
 use reads::Scratch;
+pub use writes::MAX_OPEN_WRITES;
 
 /// Identifies one local write, for durability and replication acknowledgements.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
@@ -273,6 +274,9 @@ pub struct Node {
     appends: usize,
     persist_seq: u64,
     unpersisted: Vec<WriteId>,
+    /// Local writes in the replica's open change (not committed yet), with their times, oldest
+    /// first: tracked for acknowledgements once [`settle`](Self::settle) commits them.
+    open_writes: VecDeque<(WriteId, Time)>,
     in_persist: VecDeque<(u64, Vec<WriteId>)>,
     stats: Stats,
     scratch: std::cell::RefCell<Scratch>,
@@ -326,6 +330,7 @@ impl Node {
             appends: config.compact_every,
             persist_seq: 0,
             unpersisted: Vec::new(),
+            open_writes: VecDeque::new(),
             in_persist: VecDeque::new(),
             stats: Stats::default(),
             scratch: std::cell::RefCell::default(),
@@ -393,6 +398,7 @@ impl Node {
     /// Merges stored bytes (a snapshot and incremental saves found on disk) into the document,
     /// salvaging what can be read from a damaged file (see [`LoadReport`]).
     pub fn load(&mut self, bytes: &[u8]) -> Result<LoadReport, ApplyError> {
+        self.settle();
         let report = self.replica.load_stored(bytes)?;
         self.observe_stored_terms();
         self.publish_digests();
@@ -411,6 +417,7 @@ impl Node {
 
     /// A link to `peer` (whose hello passed [`check_hello`](Self::check_hello)) is up.
     pub fn handle_link_up(&mut self, now: Time, hello: &Hello) {
+        self.settle();
         self.advance(now);
         self.next_link_serial += 1;
         let peer = hello.incarnation.peer;
@@ -520,6 +527,8 @@ impl Node {
             .replica
             .receive_decoded(&mut link.sync, message)
             .inspect_err(|_| self.stats.decode_errors += 1)?;
+        // A message that carried changes had the local writes left open committed first.
+        self.claim_settled();
         // The entries the message touched, found while it was checked.
         let changes = if carried {
             self.replica.touched_since(&before)
@@ -612,6 +621,7 @@ impl Node {
     /// Announces a graceful leave to every linked peer and stops leading. The node should be
     /// dropped once the leave frames are sent.
     pub fn leave(&mut self, now: Time) {
+        self.settle();
         self.advance(now);
         let me = self.me();
         self.broadcast(&Message::Leave(me));
@@ -702,6 +712,8 @@ impl Node {
     }
 }
 
+#[cfg(test)]
+mod coalesce_tests;
 #[cfg(test)]
 mod job_tests;
 #[cfg(test)]

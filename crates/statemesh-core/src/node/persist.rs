@@ -87,7 +87,17 @@ impl std::fmt::Debug for Snapshot {
 
 impl Node {
     /// The next bytes to persist, if the document changed since the last ones.
+    ///
+    /// Local writes left open are committed first when no persist is in flight; while one
+    /// is, they wait for it to be stored, with the writes made meanwhile: persists are
+    /// coalesced as sends are.
     pub fn poll_persist(&mut self) -> Option<Persist> {
+        if !self.open_writes.is_empty() {
+            if !self.in_persist.is_empty() {
+                return None;
+            }
+            self.settle();
+        }
         let heads = self.replica.heads();
         if heads == self.persisted_heads {
             return None;

@@ -35,6 +35,7 @@ impl Node {
         if self.heart().left {
             return;
         }
+        self.settle();
         self.expire_pending(now);
         let waiting: Vec<PeerId> = self
             .links

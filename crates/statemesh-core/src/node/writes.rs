@@ -9,6 +9,10 @@ use crate::Time;
 use crate::codec::LeaderRecord;
 use crate::replica::{EntryChange, EntryKind, Scope, Tx, WriteError};
 
+/// The most writes one change of local writes holds: a write beyond it commits the open
+/// change (see [`Node::transact`]).
+pub const MAX_OPEN_WRITES: usize = 256;
+
 impl Node {
     /// Writes record `key` of `channel` (typed through autosurgeon).
     pub fn put<T: Reconcile>(
@@ -34,13 +38,71 @@ impl Node {
 
     /// Makes several writes as one atomic change. `f` runs once more when it writes to a
     /// channel for the first time (see [`Replica::transact`](crate::replica::Replica::transact)).
+    ///
+    /// The writes join the replica's open change (see
+    /// [`Replica::write`](crate::replica::Replica::write)): reads see them at once, and the
+    /// change is committed, to be sent, persisted and tracked, once the runtime next sends or
+    /// stores (anything but a write or a read [`settle`](Self::settle)s first). Writes made
+    /// between two sends thus leave as one change.
     pub fn transact<R>(
         &mut self,
         f: impl FnMut(&mut Tx<'_>) -> Result<R, WriteError>,
     ) -> Result<(R, Written), WriteError> {
-        let before = self.replica.heads();
-        let (r, hash) = self.replica.transact(f)?;
-        Ok((r, self.after_local_change(&before, hash)))
+        let id = WriteId(self.next_write + 1);
+        let (r, changes) = self.replica.write(id.0, f)?;
+        self.next_write += 1;
+        // The replica may have committed earlier writes (a write to a new channel does).
+        self.claim_settled();
+        let Some(changes) = changes else {
+            return Ok((r, Written { id, changed: false }));
+        };
+        self.doc_dirty = true;
+        self.standby_owed = true;
+        self.unpushed += 1;
+        self.events.extend(changes.into_iter().map(Event::Changed));
+        self.unpersisted.push(id);
+        // The time of the last input: the runtime gives the write's own time with
+        // `handle_time` just before it.
+        self.open_writes.push_back((id, self.last_tick));
+        if self.open_writes.len() >= MAX_OPEN_WRITES {
+            // A bound on a change's size.
+            self.settle();
+        }
+        Ok((r, Written { id, changed: true }))
+    }
+
+    /// Commits the local writes left open (see [`transact`](Self::transact)) and tracks
+    /// them. Every input and output of the node but writes and reads calls it first.
+    pub fn settle(&mut self) {
+        if !self.open_writes.is_empty() {
+            let settled = self.replica.settle();
+            self.track_settled(settled);
+        }
+    }
+
+    /// Tracks the writes of the changes the replica committed by itself (an operation that
+    /// needed the document without a transaction open), leaving the open change open.
+    pub(super) fn claim_settled(&mut self) {
+        let settled = self.replica.take_settled();
+        self.track_settled(settled);
+    }
+
+    /// Tracks the writes of changes the replica committed, each as its change.
+    fn track_settled(&mut self, settled: Vec<(ChangeHash, Vec<u64>)>) {
+        if settled.is_empty() {
+            return;
+        }
+        for (hash, tags) in settled {
+            for tag in tags {
+                while let Some((id, at)) = self.open_writes.pop_front() {
+                    if id.0 == tag {
+                        self.track_write(id, hash, at);
+                        break;
+                    }
+                }
+            }
+        }
+        self.publish_digests();
     }
 
     /// Writes leader record `key` of `channel` under `term`, which must be this peer's current

@@ -269,6 +269,24 @@ pub struct Replica {
     /// copy, and those reads stand unless a local write touched the record meanwhile. `None`:
     /// not known (no job out, or the document changed otherwise): every record is read again.
     written_while_out: Option<HashSet<String>>,
+    /// Local writes not committed yet: one transaction left open across writes, so that
+    /// writes made between two sends leave as one change (see [`Replica::write`]).
+    open: Option<Open>,
+    /// Changes of local writes committed and not yet taken by [`Replica::settle`], with the
+    /// tags of the writes in each.
+    settled: Vec<(ChangeHash, Vec<u64>)>,
+}
+
+/// The transaction of local writes left open (see [`Replica::write`]).
+#[derive(Debug)]
+struct Open {
+    tx: automerge::transaction::SuspendedTransaction,
+    /// The tags of the writes in it, oldest first.
+    tags: Vec<u64>,
+    /// The records its writes touched (flat keys): a sync job started meanwhile runs on a
+    /// copy without them, so its reads of these records are not to be trusted (see
+    /// `written_while_out`).
+    records: HashSet<String>,
 }
 
 /// The magic number every Automerge chunk (document or change) starts with.
@@ -296,11 +314,14 @@ impl Replica {
             local: None,
             channels: HashMap::new(),
             written_while_out: None,
+            open: None,
+            settled: Vec::new(),
         }
     }
 
     /// The underlying document (read-only).
     pub fn doc(&self) -> &Automerge {
+        debug_assert!(self.open.is_none(), "local writes left open (see `settle`)");
         &self.doc
     }
 
@@ -321,6 +342,7 @@ impl Replica {
         &mut self,
         mut f: impl FnMut(&mut Tx<'_>) -> Result<R, WriteError>,
     ) -> Result<(R, Option<ChangeHash>), WriteError> {
+        self.commit_open();
         // A run collects every channel it misses, so the second run sees them all, unless `f`
         // names new channels on every run.
         let mut last = String::new();
@@ -369,6 +391,120 @@ impl Replica {
             last = missing.into_iter().next().unwrap_or_default();
         }
         Err(WriteError::NewChannels(last))
+    }
+
+    /// Makes several writes as one atomic part of the open change: the change of local writes
+    /// that [`settle`](Self::settle) commits, the transaction left open in between. Reads see
+    /// the writes at once; peers get them once committed. A lone write is committed as soon
+    /// as its runtime sends it; writes made meanwhile join it. `tag` names the write in what
+    /// `settle` returns. Returns what the writes changed (the change notification), or `None`
+    /// when they changed nothing. On an error nothing of this call is written; earlier writes
+    /// stay.
+    ///
+    /// `f` runs again when it wrote to channels that had no map yet: this call's writes are
+    /// undone, the open change is committed, the channel maps are created (see
+    /// [`transact`](Self::transact)) and `f` runs on a new open change that sees them.
+    pub fn write<R>(
+        &mut self,
+        tag: u64,
+        mut f: impl FnMut(&mut Tx<'_>) -> Result<R, WriteError>,
+    ) -> Result<(R, Option<Vec<EntryChange>>), WriteError> {
+        let mut last = String::new();
+        for _ in 0..MAX_NEW_CHANNEL_RUNS {
+            let (result, missing, written, noted, changed) = {
+                let (tx, mut tags, mut records) = match self.open.take() {
+                    Some(open) => (self.doc.resume(open.tx), open.tags, open.records),
+                    None => (self.doc.transaction(), Vec::new(), HashSet::new()),
+                };
+                let start = tx.pending_ops();
+                let mut t = Tx {
+                    tx,
+                    layout: &self.layout,
+                    me: self.me,
+                    missing: BTreeSet::new(),
+                    written: Vec::new(),
+                    noted: tx::Noted::default(),
+                };
+                let result = f(&mut t);
+                let Tx {
+                    mut tx,
+                    missing,
+                    written,
+                    noted,
+                    ..
+                } = t;
+                let ok = result.is_ok() && missing.is_empty();
+                let changed = ok && tx.pending_ops() != start;
+                if !ok {
+                    tx.rollback_to(start);
+                }
+                if changed {
+                    tags.push(tag);
+                    records.extend(noted.records.keys().cloned());
+                }
+                if tx.pending_ops() == 0 {
+                    tx.rollback();
+                } else {
+                    self.open = Some(Open {
+                        tx: tx.suspend(),
+                        tags,
+                        records,
+                    });
+                }
+                (result, missing, written, noted, changed)
+            };
+            match result {
+                Ok(r) if missing.is_empty() => {
+                    if !changed {
+                        return Ok((r, None));
+                    }
+                    for w in written {
+                        if !self.written.iter().any(|(_, c)| *c == w.1) {
+                            self.written.push(w);
+                        }
+                    }
+                    if let Some(out) = &mut self.written_while_out {
+                        out.extend(noted.records.keys().cloned());
+                    }
+                    return Ok((r, Some(self.report_local(noted))));
+                }
+                Err(e) if missing.is_empty() => return Err(e),
+                _ => {}
+            }
+            self.commit_open();
+            for channel in &missing {
+                self.create_channel(channel)?;
+            }
+            last = missing.into_iter().next().unwrap_or_default();
+        }
+        Err(WriteError::NewChannels(last))
+    }
+
+    /// Commits the open change of local writes, if any, and returns every change of local
+    /// writes committed since the last call, with the tags of the writes in each (see
+    /// [`write`](Self::write)).
+    pub fn settle(&mut self) -> Vec<(ChangeHash, Vec<u64>)> {
+        self.commit_open();
+        std::mem::take(&mut self.settled)
+    }
+
+    /// The changes of local writes committed since the last call (by an operation that had
+    /// to commit the open change first), without committing the open change.
+    pub fn take_settled(&mut self) -> Vec<(ChangeHash, Vec<u64>)> {
+        std::mem::take(&mut self.settled)
+    }
+
+    /// Commits the open change of local writes (kept for [`settle`](Self::settle)). Every
+    /// operation other than a write or a read calls it first: nothing else may touch the
+    /// document while a transaction is open.
+    fn commit_open(&mut self) {
+        if let Some(open) = self.open.take() {
+            let tx = self.doc.resume(open.tx);
+            let (hash, _) = tx.commit_with(CommitOptions::default().with_time(0));
+            if let Some(hash) = hash {
+                self.settled.push((hash, open.tags));
+            }
+        }
     }
 
     /// Creates channel `channel`'s map, unless it exists (see [`channel_change`]).
@@ -573,11 +709,13 @@ impl Replica {
 
     /// An incremental save of the changes after `heads`.
     pub fn save_after(&self, heads: &[ChangeHash]) -> Vec<u8> {
+        debug_assert!(self.open.is_none(), "local writes left open (see `settle`)");
         self.doc.save_after(heads)
     }
 
     /// A full, compacted save.
     pub fn save(&self) -> Vec<u8> {
+        debug_assert!(self.open.is_none(), "local writes left open (see `settle`)");
         self.doc.save()
     }
 
@@ -588,6 +726,7 @@ impl Replica {
     /// says the file was incomplete so the caller can move it aside. Bytes with nothing readable
     /// are refused and change nothing.
     pub fn load_stored(&mut self, bytes: &[u8]) -> Result<LoadReport, ApplyError> {
+        self.commit_open();
         use automerge::{LoadOptions, OnPartialLoad, VerificationMode};
         // A sync job out reads its records again when it comes back (see `written_while_out`).
         self.written_while_out = None;

@@ -49,6 +49,7 @@ impl Replica {
     /// Gives the standby, if there is one, the changes it lacks, in one batch; drops it
     /// if that fails.
     pub(super) fn catch_up_standby(&mut self) {
+        self.commit_open();
         let heads = self.doc.get_heads();
         let Some(standby) = self.standby.as_mut() else {
             return;

@@ -5,7 +5,7 @@
 //! ([`SyncApply`], given back to [`Replica::finish_sync`]; the copy replaces the document only
 //! if all went well).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::sync::SyncDoc;
@@ -27,15 +27,16 @@ impl Replica {
     /// The state holds what the peer said (its heads, needs, bloom filters), and the CRDT
     /// library may panic on some of it when building the reply. Such a panic is contained: the
     /// state is replaced by a fresh one (the exchange starts over) and nothing is sent.
-    pub fn generate_sync(&self, state: &mut automerge::sync::State) -> Option<Vec<u8>> {
+    pub fn generate_sync(&mut self, state: &mut automerge::sync::State) -> Option<Vec<u8>> {
         self.generate_sync_counted(state).map(|(bytes, _)| bytes)
     }
 
     /// [`generate_sync`](Self::generate_sync), and whether the message carries changes.
     pub fn generate_sync_counted(
-        &self,
+        &mut self,
         state: &mut automerge::sync::State,
     ) -> Option<(Vec<u8>, bool)> {
+        self.commit_open();
         Self::generate_sync_on(&self.doc, state)
     }
 
@@ -101,7 +102,9 @@ impl Replica {
         state: &automerge::sync::State,
         message: automerge::sync::Message,
     ) -> SyncApply {
-        let heads = self.doc.get_heads();
+        // Local writes left open stay open while the job runs on the standby (they are not in
+        // its heads); only a copy of the document needs them committed.
+        let mut heads = self.doc.get_heads();
         let (mut doc, mut catch_up, mut discard) = (None, Vec::new(), None);
         if let Some(spare) = self.standby.take() {
             let behind = spare.get_heads();
@@ -116,8 +119,21 @@ impl Replica {
                 discard = Some(spare);
             }
         }
-        let doc = doc.unwrap_or_else(|| self.doc.clone());
-        self.written_while_out = Some(HashSet::new());
+        let doc = match doc {
+            Some(doc) => doc,
+            None => {
+                self.commit_open();
+                heads = self.doc.get_heads();
+                self.doc.clone()
+            }
+        };
+        // The records of local writes left open are not in the job's copy.
+        self.written_while_out = Some(
+            self.open
+                .as_ref()
+                .map(|o| o.records.clone())
+                .unwrap_or_default(),
+        );
         SyncApply {
             base: heads,
             layout: self.layout.clone(),
@@ -163,6 +179,7 @@ impl Replica {
     /// ([`SyncFinish::Again`]; after [`CATCH_UP_ROUNDS`] rounds the rest is applied here).
     /// A job that failed (or did not run) changes nothing.
     pub fn finish_sync(&mut self, mut job: SyncApply) -> Result<SyncFinish, ApplyError> {
+        self.commit_open();
         if let Err(e) = job.outcome.take().unwrap_or(Err(ApplyError::Panicked)) {
             self.written_while_out = None;
             return Err(e);
@@ -210,6 +227,11 @@ impl Replica {
         state: &mut automerge::sync::State,
         message: automerge::sync::Message,
     ) -> Result<Vec<ChangeHash>, ApplyError> {
+        // Changes are applied to a document with no transaction open; a message without
+        // changes leaves the local writes open.
+        if !message.changes.is_empty() {
+            self.commit_open();
+        }
         let before = self.doc.get_heads();
         self.received = None;
         let mut new_state = state.clone();

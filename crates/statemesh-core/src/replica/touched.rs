@@ -18,6 +18,7 @@ impl Replica {
     /// holds). An entry is reported when any of its operations is new, also one that lost a
     /// concurrent conflict or was overwritten since: readers re-read the entry.
     pub fn touched_since(&mut self, before: &[ChangeHash]) -> Vec<EntryChange> {
+        self.commit_open();
         let known = std::mem::take(&mut self.written);
         if let Some((heads, touched)) = self.received.take()
             && heads == before
@@ -76,7 +77,7 @@ impl Replica {
 
     /// [`report_touched`](Self::report_touched) for the entries a local transaction noted as
     /// it wrote them: no read of the document.
-    fn report_local(&mut self, noted: super::tx::Noted) -> Vec<EntryChange> {
+    pub(super) fn report_local(&mut self, noted: super::tx::Noted) -> Vec<EntryChange> {
         let mut out = Vec::with_capacity(noted.records.len() + noted.counters.len());
         for (flat, state) in noted.records {
             let Some((c, k)) = flat.split_once(SEP) else {

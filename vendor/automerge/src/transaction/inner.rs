@@ -226,6 +226,18 @@ impl TransactionInner {
         num
     }
 
+    /// Undoes the operations after the first `keep`, last first; returns how many
+    /// (statemesh's patch: the rest of the transaction stays).
+    pub(crate) fn rollback_to(&mut self, doc: &mut Automerge, keep: usize) -> usize {
+        let keep = keep.min(self.pending.len());
+        for o in self.pending[keep..].iter().rev() {
+            doc.ops.undo_op(o);
+        }
+        let undone = self.pending.len() - keep;
+        self.pending.truncate(keep);
+        undone
+    }
+
     /// Set the value of property `P` to value `V` in object `obj`.
     ///
     /// # Returns

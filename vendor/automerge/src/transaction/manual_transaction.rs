@@ -56,6 +56,41 @@ impl<'a> Transaction<'a> {
     }
 }
 
+/// A transaction left open between calls (statemesh's patch): its operations are in the
+/// document's op set, visible to reads at the current state, and belong to no change until the
+/// transaction is resumed ([`Automerge::resume`]) and committed. Nothing else may change the
+/// document meanwhile: no apply, merge, load or other transaction.
+#[derive(Debug)]
+pub struct SuspendedTransaction {
+    inner: TransactionInner,
+    patch_log: PatchLog,
+}
+
+impl<'a> Transaction<'a> {
+    /// A suspended transaction, resumed on its document.
+    pub(crate) fn resumed(doc: &'a mut Automerge, suspended: SuspendedTransaction) -> Self {
+        Self {
+            inner: Some(suspended.inner),
+            patch_log: suspended.patch_log,
+            doc,
+        }
+    }
+
+    /// Leaves the transaction open (statemesh's patch; see [`SuspendedTransaction`]).
+    pub fn suspend(mut self) -> SuspendedTransaction {
+        let inner = self.inner.take().unwrap();
+        let patch_log = std::mem::replace(&mut self.patch_log, PatchLog::inactive());
+        SuspendedTransaction { inner, patch_log }
+    }
+
+    /// Undoes the operations made after the first `keep` of this transaction, last first,
+    /// returning how many were undone (statemesh's patch).
+    pub fn rollback_to(&mut self, keep: usize) -> usize {
+        let tx = self.inner.as_mut().unwrap();
+        tx.rollback_to(self.doc, keep)
+    }
+}
+
 impl Transaction<'_> {
     /// Get the heads of the document before this transaction was started.
     pub fn get_heads(&self) -> Vec<ChangeHash> {
