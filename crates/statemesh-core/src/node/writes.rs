@@ -41,9 +41,11 @@ impl Node {
     ///
     /// The writes join the replica's open change (see
     /// [`Replica::write`](crate::replica::Replica::write)): reads see them at once, and the
-    /// change is committed, to be sent, persisted and tracked, once the runtime next sends or
-    /// stores (anything but a write or a read [`settle`](Self::settle)s first). Writes made
-    /// between two sends thus leave as one change.
+    /// change is committed ([`settle`](Self::settle)), to be sent, persisted and tracked, where
+    /// the document must leave or take in changes: a sync message or push about to be
+    /// generated, a persist while none is being stored, a received message that carries
+    /// changes, a sync job's copy or return, a tick, a leave; or once it holds
+    /// [`MAX_OPEN_WRITES`] writes. Writes made between two sends thus leave as one change.
     pub fn transact<R>(
         &mut self,
         f: impl FnMut(&mut Tx<'_>) -> Result<R, WriteError>,
@@ -72,7 +74,7 @@ impl Node {
     }
 
     /// Commits the local writes left open (see [`transact`](Self::transact)) and tracks
-    /// them. Every input and output of the node but writes and reads calls it first.
+    /// them.
     pub fn settle(&mut self) {
         if !self.open_writes.is_empty() {
             let settled = self.replica.settle();

@@ -495,8 +495,9 @@ impl Replica {
     }
 
     /// Commits the open change of local writes (kept for [`settle`](Self::settle)). Every
-    /// operation other than a write or a read calls it first: nothing else may touch the
-    /// document while a transaction is open.
+    /// operation that applies changes to the document, copies it, saves it or takes changes
+    /// from it calls it first: nothing else may touch the document while a transaction is
+    /// open, and no change may leave without the writes before it.
     fn commit_open(&mut self) {
         if let Some(open) = self.open.take() {
             let tx = self.doc.resume(open.tx);
