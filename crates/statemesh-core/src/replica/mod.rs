@@ -40,6 +40,7 @@
 
 mod layout;
 mod legacy;
+mod open;
 mod presence;
 mod receive;
 mod standby;
@@ -271,22 +272,10 @@ pub struct Replica {
     written_while_out: Option<HashSet<String>>,
     /// Local writes not committed yet: one transaction left open across writes, so that
     /// writes made between two sends leave as one change (see [`Replica::write`]).
-    open: Option<Open>,
+    open: Option<open::Open>,
     /// Changes of local writes committed and not yet taken by [`Replica::settle`], with the
     /// tags of the writes in each.
     settled: Vec<(ChangeHash, Vec<u64>)>,
-}
-
-/// The transaction of local writes left open (see [`Replica::write`]).
-#[derive(Debug)]
-struct Open {
-    tx: automerge::transaction::SuspendedTransaction,
-    /// The tags of the writes in it, oldest first.
-    tags: Vec<u64>,
-    /// The records its writes touched (flat keys): a sync job started meanwhile runs on a
-    /// copy without them, so its reads of these records are not to be trusted (see
-    /// `written_while_out`).
-    records: HashSet<String>,
 }
 
 /// The magic number every Automerge chunk (document or change) starts with.
@@ -349,14 +338,7 @@ impl Replica {
         for _ in 0..MAX_NEW_CHANNEL_RUNS {
             let before = self.doc.get_heads();
             let missing = {
-                let mut tx = Tx {
-                    tx: self.doc.transaction(),
-                    layout: &self.layout,
-                    me: self.me,
-                    missing: BTreeSet::new(),
-                    written: Vec::new(),
-                    noted: tx::Noted::default(),
-                };
+                let mut tx = Tx::new(self.doc.transaction(), &self.layout, self.me);
                 let result = f(&mut tx);
                 let Tx {
                     tx,
@@ -391,121 +373,6 @@ impl Replica {
             last = missing.into_iter().next().unwrap_or_default();
         }
         Err(WriteError::NewChannels(last))
-    }
-
-    /// Makes several writes as one atomic part of the open change: the change of local writes
-    /// that [`settle`](Self::settle) commits, the transaction left open in between. Reads see
-    /// the writes at once; peers get them once committed. A lone write is committed as soon
-    /// as its runtime sends it; writes made meanwhile join it. `tag` names the write in what
-    /// `settle` returns. Returns what the writes changed (the change notification), or `None`
-    /// when they changed nothing. On an error nothing of this call is written; earlier writes
-    /// stay.
-    ///
-    /// `f` runs again when it wrote to channels that had no map yet: this call's writes are
-    /// undone, the open change is committed, the channel maps are created (see
-    /// [`transact`](Self::transact)) and `f` runs on a new open change that sees them.
-    pub fn write<R>(
-        &mut self,
-        tag: u64,
-        mut f: impl FnMut(&mut Tx<'_>) -> Result<R, WriteError>,
-    ) -> Result<(R, Option<Vec<EntryChange>>), WriteError> {
-        let mut last = String::new();
-        for _ in 0..MAX_NEW_CHANNEL_RUNS {
-            let (result, missing, written, noted, changed) = {
-                let (tx, mut tags, mut records) = match self.open.take() {
-                    Some(open) => (self.doc.resume(open.tx), open.tags, open.records),
-                    None => (self.doc.transaction(), Vec::new(), HashSet::new()),
-                };
-                let start = tx.pending_ops();
-                let mut t = Tx {
-                    tx,
-                    layout: &self.layout,
-                    me: self.me,
-                    missing: BTreeSet::new(),
-                    written: Vec::new(),
-                    noted: tx::Noted::default(),
-                };
-                let result = f(&mut t);
-                let Tx {
-                    mut tx,
-                    missing,
-                    written,
-                    noted,
-                    ..
-                } = t;
-                let ok = result.is_ok() && missing.is_empty();
-                let changed = ok && tx.pending_ops() != start;
-                if !ok {
-                    tx.rollback_to(start);
-                }
-                if changed {
-                    tags.push(tag);
-                    records.extend(noted.records.keys().cloned());
-                }
-                if tx.pending_ops() == 0 {
-                    tx.rollback();
-                } else {
-                    self.open = Some(Open {
-                        tx: tx.suspend(),
-                        tags,
-                        records,
-                    });
-                }
-                (result, missing, written, noted, changed)
-            };
-            match result {
-                Ok(r) if missing.is_empty() => {
-                    if !changed {
-                        return Ok((r, None));
-                    }
-                    for w in written {
-                        if !self.written.iter().any(|(_, c)| *c == w.1) {
-                            self.written.push(w);
-                        }
-                    }
-                    if let Some(out) = &mut self.written_while_out {
-                        out.extend(noted.records.keys().cloned());
-                    }
-                    return Ok((r, Some(self.report_local(noted))));
-                }
-                Err(e) if missing.is_empty() => return Err(e),
-                _ => {}
-            }
-            self.commit_open();
-            for channel in &missing {
-                self.create_channel(channel)?;
-            }
-            last = missing.into_iter().next().unwrap_or_default();
-        }
-        Err(WriteError::NewChannels(last))
-    }
-
-    /// Commits the open change of local writes, if any, and returns every change of local
-    /// writes committed since the last call, with the tags of the writes in each (see
-    /// [`write`](Self::write)).
-    pub fn settle(&mut self) -> Vec<(ChangeHash, Vec<u64>)> {
-        self.commit_open();
-        std::mem::take(&mut self.settled)
-    }
-
-    /// The changes of local writes committed since the last call (by an operation that had
-    /// to commit the open change first), without committing the open change.
-    pub fn take_settled(&mut self) -> Vec<(ChangeHash, Vec<u64>)> {
-        std::mem::take(&mut self.settled)
-    }
-
-    /// Commits the open change of local writes (kept for [`settle`](Self::settle)). Every
-    /// operation that applies changes to the document, copies it, saves it or takes changes
-    /// from it calls it first: nothing else may touch the document while a transaction is
-    /// open, and no change may leave without the writes before it.
-    fn commit_open(&mut self) {
-        if let Some(open) = self.open.take() {
-            let tx = self.doc.resume(open.tx);
-            let (hash, _) = tx.commit_with(CommitOptions::default().with_time(0));
-            if let Some(hash) = hash {
-                self.settled.push((hash, open.tags));
-            }
-        }
     }
 
     /// Creates channel `channel`'s map, unless it exists (see [`channel_change`]).

@@ -38,6 +38,20 @@ pub(super) struct Noted {
     pub(super) counters: IndexSet<String>,
 }
 
+impl<'a> Tx<'a> {
+    /// A handle writing through `tx`, nothing written or noted yet.
+    pub(super) fn new(tx: Transaction<'a>, layout: &'a Layout, me: PeerId) -> Self {
+        Self {
+            tx,
+            layout,
+            me,
+            missing: BTreeSet::new(),
+            written: Vec::new(),
+            noted: Noted::default(),
+        }
+    }
+}
+
 impl Tx<'_> {
     /// Writes record `key` of `channel`.
     pub fn put<T: Reconcile>(
