@@ -75,39 +75,56 @@ fn merged(base: &Automerge, writers: &mut [Automerge]) -> Automerge {
 /// A history: the base document (the map made, then filled) and every change made after it,
 /// in an order that respects their dependencies.
 fn history(seed: u64) -> (Automerge, ObjId, Vec<Change>) {
+    let keys = (0..KEYS).filter(|n| n % 3 != 0);
+    map_history(seed, keys, 40, 3, |rng, put_or_delete| {
+        // A few clustered keys, as records written in one change are, and a few scattered.
+        let start = below(rng, KEYS);
+        for i in 0..(1 + below(rng, 6)) {
+            let n = match below(rng, 3) {
+                0 => (start + i) % KEYS,
+                // A few hot keys, so that writers conflict.
+                1 => below(rng, 8) * (KEYS / 8),
+                _ => below(rng, KEYS),
+            };
+            put_or_delete(n, below(rng, 5) == 0);
+        }
+    })
+}
+
+/// A history of map `m`: the base document (the map made, `keys` put in it), then `changes`
+/// changes by three writers (one merging another's changes first, one time in `merge_one_in`),
+/// each made by `ops`, which calls its second argument to put key `n` (a new value each time)
+/// or, with `true`, delete it (skipped when the writer does not see the key). Returns the base,
+/// the map and every change after the base, in an order that respects their dependencies.
+fn map_history(
+    seed: u64,
+    keys: impl Iterator<Item = u32>,
+    changes: usize,
+    merge_one_in: u32,
+    mut ops: impl FnMut(&mut ChaCha8Rng, &mut dyn FnMut(u32, bool)),
+) -> (Automerge, ObjId, Vec<Change>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut base = Automerge::new().with_actor(ActorId::from([0xf0u8; 16].as_slice()));
     let mut tx = base.transaction();
     let map = tx.put_object(ROOT, "m", ObjType::Map).unwrap();
-    for n in 0..KEYS {
-        if n % 3 != 0 {
-            tx.put(&map, key(n), i64::from(n)).unwrap();
-        }
+    for n in keys {
+        tx.put(&map, key(n), i64::from(n)).unwrap();
     }
     tx.commit();
     let mut writers = writers_of(&base);
     let mut value = 1_000_000i64;
-    for _ in 0..40 {
-        let w = next_writer(&mut rng, &mut writers, 3);
-        let doc = &mut writers[w];
-        let mut tx = doc.transaction();
-        // A few clustered keys, as records written in one change are, and a few scattered.
-        let start = below(&mut rng, KEYS);
-        for i in 0..(1 + below(&mut rng, 6)) {
-            let n = match below(&mut rng, 3) {
-                0 => (start + i) % KEYS,
-                // A few hot keys, so that writers conflict.
-                1 => below(&mut rng, 8) * (KEYS / 8),
-                _ => below(&mut rng, KEYS),
-            };
-            if below(&mut rng, 5) == 0 {
+    for _ in 0..changes {
+        let w = next_writer(&mut rng, &mut writers, merge_one_in);
+        let mut tx = writers[w].transaction();
+        ops(&mut rng, &mut |n, delete| {
+            if delete {
                 // Deleting a key this writer does not see is an error: skip it.
                 let _ = tx.delete(&map, key(n));
             } else {
                 value += 1;
                 tx.put(&map, key(n), value).unwrap();
             }
-        }
+        });
         tx.commit();
     }
     let all = merged(&base, &mut writers);
@@ -273,38 +290,16 @@ const HOT: u32 = 3;
 /// concurrent writes conflict and a received write often names a predecessor the receiver
 /// already holds overwritten; some deletes.
 fn rewrites_history(seed: u64) -> (Automerge, ObjId, Vec<Change>) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut base = Automerge::new().with_actor(ActorId::from([0xf0u8; 16].as_slice()));
-    let mut tx = base.transaction();
-    let map = tx.put_object(ROOT, "m", ObjType::Map).unwrap();
-    for n in 0..REWRITTEN_KEYS {
-        tx.put(&map, key(n), i64::from(n)).unwrap();
-    }
-    tx.commit();
-    let mut writers = writers_of(&base);
-    let mut value = 1_000_000i64;
-    for _ in 0..600 {
-        let w = next_writer(&mut rng, &mut writers, 40);
-        let doc = &mut writers[w];
-        let mut tx = doc.transaction();
-        for _ in 0..(1 + below(&mut rng, 3)) {
-            let n = if below(&mut rng, 10) < 8 {
-                below(&mut rng, HOT)
+    map_history(seed, 0..REWRITTEN_KEYS, 600, 40, |rng, put_or_delete| {
+        for _ in 0..(1 + below(rng, 3)) {
+            let n = if below(rng, 10) < 8 {
+                below(rng, HOT)
             } else {
-                below(&mut rng, REWRITTEN_KEYS)
+                below(rng, REWRITTEN_KEYS)
             };
-            if below(&mut rng, 15) == 0 {
-                let _ = tx.delete(&map, key(n));
-            } else {
-                value += 1;
-                tx.put(&map, key(n), value).unwrap();
-            }
+            put_or_delete(n, below(rng, 15) == 0);
         }
-        tx.commit();
-    }
-    let all = merged(&base, &mut writers);
-    let changes = all.get_changes(&base.get_heads());
-    (base, map, changes)
+    })
 }
 
 #[test]

@@ -5,6 +5,15 @@ use super::tests::{deliver, linked, node, pump};
 use super::*;
 use crate::replica::{Scope, WriteError};
 
+/// Two linked nodes that both hold channel `c` (its map is a change of its own, the same on
+/// every peer), made by a first write of `a`.
+fn linked_with_channel() -> (Node, Node) {
+    let (mut a, mut b) = linked();
+    a.put("c", "k0", &0i64, Scope::Durable).expect("write");
+    pump(&mut a, &mut b, Time::ZERO);
+    (a, b)
+}
+
 /// The changes `n` holds that are not among `heads`' ancestors.
 fn changes_since(n: &Node, heads: &[ChangeHash]) -> usize {
     n.replica().doc().get_changes_meta(heads).len()
@@ -12,10 +21,7 @@ fn changes_since(n: &Node, heads: &[ChangeHash]) -> usize {
 
 #[test]
 fn writes_made_before_a_send_leave_as_one_change() {
-    let (mut a, mut b) = linked();
-    // The channel's map first: its own change, the same on every peer.
-    a.put("c", "k0", &0i64, Scope::Durable).expect("write");
-    pump(&mut a, &mut b, Time::ZERO);
+    let (mut a, mut b) = linked_with_channel();
     let before = b.heads();
     for i in 1..=10i64 {
         let w = a
@@ -32,9 +38,7 @@ fn writes_made_before_a_send_leave_as_one_change() {
 
 #[test]
 fn a_lone_write_leaves_with_the_first_send() {
-    let (mut a, mut b) = linked();
-    a.put("c", "first", &1i64, Scope::Durable).expect("write");
-    pump(&mut a, &mut b, Time::ZERO);
+    let (mut a, mut b) = linked_with_channel();
     a.put("c", "lone", &2i64, Scope::Durable).expect("write");
     // One poll of the writer's frames, before the peer answers anything.
     assert!(
@@ -46,9 +50,7 @@ fn a_lone_write_leaves_with_the_first_send() {
 
 #[test]
 fn a_failed_write_leaves_the_open_writes_before_it() {
-    let (mut a, mut b) = linked();
-    a.put("c", "k0", &0i64, Scope::Durable).expect("write");
-    pump(&mut a, &mut b, Time::ZERO);
+    let (mut a, mut b) = linked_with_channel();
     a.put("c", "kept", &1i64, Scope::Durable).expect("write");
     let failed = a.transact(|tx| {
         tx.put("c", "undone", &2i64, Scope::Durable)?;
@@ -107,9 +109,7 @@ fn writes_made_while_a_persist_is_stored_wait_for_the_next() {
 /// A change holds at most [`MAX_OPEN_WRITES`] writes.
 #[test]
 fn an_open_change_is_committed_at_its_bound() {
-    let (mut a, mut b) = linked();
-    a.put("c", "k", &0i64, Scope::Durable).expect("write");
-    pump(&mut a, &mut b, Time::ZERO);
+    let (mut a, mut b) = linked_with_channel();
     let before = b.heads();
     for i in 1..=MAX_OPEN_WRITES as i64 + 1 {
         a.put("c", "k", &i, Scope::Durable).expect("write");

@@ -143,6 +143,23 @@ fn a_failed_job_of_several_messages_is_retried_one_at_a_time() {
     assert_eq!(a.heads(), b.heads());
 }
 
+/// Asserts that `n`'s change notifications name record `key` once, written by `by` (as the
+/// document holds it).
+fn assert_reported_once_by(n: &mut Node, key: &str, by: PeerId) {
+    let reported: Vec<EntryChange> = std::iter::from_fn(|| n.poll_event())
+        .filter_map(|e| match e {
+            Event::Changed(c) if c.key == key => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!(
+        reported[0].by,
+        Some(by),
+        "reported as the document holds it"
+    );
+}
+
 /// Issue 13: a sync job reads the records its changes touched on its own copy, off the node;
 /// a record written here while the job was out is read again when it comes back, so the
 /// change report names the record's writer as the document holds it.
@@ -168,18 +185,7 @@ fn a_record_written_while_a_job_is_out_is_reported_as_the_document_holds_it() {
     finish_job(&mut a, Time::ZERO, job);
     let me = a.me().peer;
     assert_eq!(a.replica().writer("c", "k"), Some(me), "a's write wins");
-    let reported: Vec<EntryChange> = std::iter::from_fn(|| a.poll_event())
-        .filter_map(|e| match e {
-            Event::Changed(c) if c.key == "k" => Some(c),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(reported.len(), 1, "{reported:?}");
-    assert_eq!(
-        reported[0].by,
-        Some(me),
-        "reported as the document holds it"
-    );
+    assert_reported_once_by(&mut a, "k", me);
     // The records only the job touched are reported as its copy read them.
     assert_eq!(a.replica().writer("c", "b0"), Some(b.me().peer));
 }
@@ -215,16 +221,5 @@ fn a_record_written_before_a_job_and_still_open_is_reported_as_the_document_hold
     finish_job(&mut a, Time::ZERO, job);
     let me = a.me().peer;
     assert_eq!(a.replica().writer("c", "k"), Some(me), "a's write wins");
-    let reported: Vec<EntryChange> = std::iter::from_fn(|| a.poll_event())
-        .filter_map(|e| match e {
-            Event::Changed(c) if c.key == "k" => Some(c),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(reported.len(), 1, "{reported:?}");
-    assert_eq!(
-        reported[0].by,
-        Some(me),
-        "reported as the document holds it"
-    );
+    assert_reported_once_by(&mut a, "k", me);
 }

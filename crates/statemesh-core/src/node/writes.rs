@@ -50,9 +50,9 @@ impl Node {
         &mut self,
         f: impl FnMut(&mut Tx<'_>) -> Result<R, WriteError>,
     ) -> Result<(R, Written), WriteError> {
-        let id = WriteId(self.next_write + 1);
-        let (r, changes) = self.replica.write(id.0, f)?;
+        let (r, changes) = self.replica.write(f)?;
         self.next_write += 1;
+        let id = WriteId(self.next_write);
         // The replica may have committed earlier writes (a write to a new channel does).
         self.claim_settled();
         let Some(changes) = changes else {
@@ -90,17 +90,15 @@ impl Node {
     }
 
     /// Tracks the writes of changes the replica committed, each as its change.
-    fn track_settled(&mut self, settled: Vec<(ChangeHash, Vec<u64>)>) {
+    /// (`open_writes` holds the writes in the order they were made, as the changes hold them.)
+    fn track_settled(&mut self, settled: Vec<(ChangeHash, usize)>) {
         if settled.is_empty() {
             return;
         }
-        for (hash, tags) in settled {
-            for tag in tags {
-                while let Some((id, at)) = self.open_writes.pop_front() {
-                    if id.0 == tag {
-                        self.track_write(id, hash, at);
-                        break;
-                    }
+        for (hash, writes) in settled {
+            for _ in 0..writes {
+                if let Some((id, at)) = self.open_writes.pop_front() {
+                    self.track_write(id, hash, at);
                 }
             }
         }

@@ -273,9 +273,9 @@ pub struct Replica {
     /// Local writes not committed yet: one transaction left open across writes, so that
     /// writes made between two sends leave as one change (see [`Replica::write`]).
     open: Option<open::Open>,
-    /// Changes of local writes committed and not yet taken by [`Replica::settle`], with the
-    /// tags of the writes in each.
-    settled: Vec<(ChangeHash, Vec<u64>)>,
+    /// Changes of local writes committed and not yet taken by [`Replica::settle`], with how
+    /// many writes each holds.
+    settled: Vec<(ChangeHash, usize)>,
 }
 
 /// The magic number every Automerge chunk (document or change) starts with.

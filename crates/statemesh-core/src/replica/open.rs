@@ -12,8 +12,8 @@ use super::{EntryChange, MAX_NEW_CHANNEL_RUNS, Replica, Tx, WriteError};
 #[derive(Debug)]
 pub(super) struct Open {
     pub(super) tx: automerge::transaction::SuspendedTransaction,
-    /// The tags of the writes in it, oldest first.
-    pub(super) tags: Vec<u64>,
+    /// How many writes it holds.
+    pub(super) writes: usize,
     /// The records its writes touched (flat keys): a sync job started meanwhile runs on a
     /// copy without them, so its reads of these records are not to be trusted (see
     /// `written_while_out`).
@@ -24,8 +24,7 @@ impl Replica {
     /// Makes several writes as one atomic part of the open change: the change of local writes
     /// that [`settle`](Self::settle) commits, the transaction left open in between. Reads see
     /// the writes at once; peers get them once committed. A lone write is committed as soon
-    /// as its runtime sends it; writes made meanwhile join it. `tag` names the write in what
-    /// `settle` returns. Returns what the writes changed (the change notification), or `None`
+    /// as its runtime sends it; writes made meanwhile join it. Returns what the writes changed (the change notification), or `None`
     /// when they changed nothing. On an error nothing of this call is written; earlier writes
     /// stay.
     ///
@@ -34,15 +33,14 @@ impl Replica {
     /// [`transact`](Self::transact)) and `f` runs on a new open change that sees them.
     pub fn write<R>(
         &mut self,
-        tag: u64,
         mut f: impl FnMut(&mut Tx<'_>) -> Result<R, WriteError>,
     ) -> Result<(R, Option<Vec<EntryChange>>), WriteError> {
         let mut last = String::new();
         for _ in 0..MAX_NEW_CHANNEL_RUNS {
             let (result, missing, written, noted, changed) = {
-                let (tx, mut tags, mut records) = match self.open.take() {
-                    Some(open) => (self.doc.resume(open.tx), open.tags, open.records),
-                    None => (self.doc.transaction(), Vec::new(), HashSet::new()),
+                let (tx, mut writes, mut records) = match self.open.take() {
+                    Some(open) => (self.doc.resume(open.tx), open.writes, open.records),
+                    None => (self.doc.transaction(), 0, HashSet::new()),
                 };
                 let start = tx.pending_ops();
                 let mut t = Tx::new(tx, &self.layout, self.me);
@@ -60,7 +58,7 @@ impl Replica {
                     tx.rollback_to(start);
                 }
                 if changed {
-                    tags.push(tag);
+                    writes += 1;
                     records.extend(noted.records.keys().cloned());
                 }
                 if tx.pending_ops() == 0 {
@@ -68,7 +66,7 @@ impl Replica {
                 } else {
                     self.open = Some(Open {
                         tx: tx.suspend(),
-                        tags,
+                        writes,
                         records,
                     });
                 }
@@ -102,16 +100,16 @@ impl Replica {
     }
 
     /// Commits the open change of local writes, if any, and returns every change of local
-    /// writes committed since the last call, with the tags of the writes in each (see
-    /// [`write`](Self::write)).
-    pub fn settle(&mut self) -> Vec<(ChangeHash, Vec<u64>)> {
+    /// writes committed since the last call, oldest first, with how many writes each holds
+    /// (see [`write`](Self::write)): the writes in the order they were made.
+    pub fn settle(&mut self) -> Vec<(ChangeHash, usize)> {
         self.commit_open();
         std::mem::take(&mut self.settled)
     }
 
     /// The changes of local writes committed since the last call (by an operation that had
     /// to commit the open change first), without committing the open change.
-    pub fn take_settled(&mut self) -> Vec<(ChangeHash, Vec<u64>)> {
+    pub fn take_settled(&mut self) -> Vec<(ChangeHash, usize)> {
         std::mem::take(&mut self.settled)
     }
 
@@ -124,7 +122,7 @@ impl Replica {
             let tx = self.doc.resume(open.tx);
             let (hash, _) = tx.commit_with(CommitOptions::default().with_time(0));
             if let Some(hash) = hash {
-                self.settled.push((hash, open.tags));
+                self.settled.push((hash, open.writes));
             }
         }
     }

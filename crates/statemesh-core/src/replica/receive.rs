@@ -53,7 +53,7 @@ pub(crate) fn receive_messages(
     // is left out: Automerge would parse and verify all its operations before skipping it.
     let mut seen = HashSet::new();
     let mut chunks = Vec::new();
-    // The changes carried, by hash: the peer that sent a change holds it.
+    // With one message, the changes it carried, by hash: the peer that sent a change holds it.
     let mut carried = Vec::new();
     for chunk in batch
         .iter()
@@ -61,9 +61,10 @@ pub(crate) fn receive_messages(
         .flat_map(|(_, messages)| messages.iter())
         .flat_map(|m| m.changes.iter())
     {
-        let hash = change_hash(chunk);
-        if let Some(hash) = hash {
-            carried.push(hash);
+        if let Some(hash) = change_hash(chunk) {
+            if single {
+                carried.push(hash);
+            }
             if doc.get_change_meta_by_hash(&hash).is_some() || !seen.insert(hash) {
                 continue;
             }
@@ -80,12 +81,13 @@ pub(crate) fn receive_messages(
             // those of changes another peer sent earlier, which Automerge held back for a
             // missing dependency and this message's changes made ready (Automerge's own
             // receive counts them as the sender's, which it may not hold).
-            let name: Vec<ChangeHash> = if single {
-                message.heads.iter().chain(&carried).copied().collect()
+            let vouched: Vec<ChangeHash>;
+            let name = if single {
+                vouched = message.heads.iter().chain(&carried).copied().collect();
+                &vouched
             } else {
-                message.heads.clone()
+                &message.heads
             };
-            let name = Some(name.as_slice());
             note_message(doc, state, message, (&before_heads, &after_heads), name);
         }
     }
@@ -129,7 +131,7 @@ fn note_message(
     state: &mut State,
     message: &Message,
     (before_heads, after_heads): (&[ChangeHash], &[ChangeHash]),
-    named: Option<&[ChangeHash]>,
+    named: &[ChangeHash],
 ) {
     state.in_flight = false;
     let message_heads = &message.heads;
@@ -198,16 +200,16 @@ fn note_message(
 }
 
 /// The heads both sides share after applying changes from the peer: the heads the apply made
-/// new (those among `named` only, if given), and the shared heads that are still heads.
+/// new that are among `named`, and the shared heads that are still heads.
 fn advance_heads(
     old_heads: &[ChangeHash],
     new_heads: &[ChangeHash],
     old_shared: &[ChangeHash],
-    named: Option<&[ChangeHash]>,
+    named: &[ChangeHash],
 ) -> Vec<ChangeHash> {
     let advanced: BTreeSet<ChangeHash> = new_heads
         .iter()
-        .filter(|h| !old_heads.contains(h) && named.is_none_or(|n| n.contains(h)))
+        .filter(|h| !old_heads.contains(h) && named.contains(h))
         .chain(old_shared.iter().filter(|h| new_heads.contains(h)))
         .copied()
         .collect();

@@ -1269,23 +1269,22 @@ impl OpSet {
     /// clock). statemesh's patch: `seek_ops_by_map_key` positions all 20 columns to read the
     /// key's ops; this reads the visible index, the two id columns and the action column.
     pub(crate) fn map_winner(&self, obj: &ObjId, key: &str) -> Option<(OpId, Action)> {
-        let range = self.prop_range(obj, key);
-        let (last, _) = self
-            .cols
-            .index
-            .visible
-            .iter_range(range.clone())
-            .enumerate()
-            .filter(|(_, visible)| *visible)
-            .last()?;
-        let pos = range.start + last;
+        // The visible index read a run at a time: a key rewritten many times holds one long
+        // run of overwritten ops.
+        let mut visible = self.cols.index.visible.iter_range(self.prop_range(obj, key));
+        let mut last = None;
+        while let Some(pos) = visible.scan_to_value(true) {
+            last = Some(pos);
+        }
+        let pos = last?;
+        Some((self.id_at(pos)?, self.cols.action.get(pos)?))
+    }
+
+    /// The id of the op at `pos`.
+    fn id_at(&self, pos: usize) -> Option<OpId> {
         let actor = self.cols.id_actor.get(pos)?;
         let counter = self.cols.id_ctr.get(pos)?;
-        let action = self.cols.action.get(pos)?;
-        Some((
-            OpId::new(u64::from(counter), u64::from(actor) as usize),
-            action,
-        ))
+        Some(OpId::new(u64::from(counter), u64::from(actor) as usize))
     }
 
     /// The position of the first op in `range` (a range of one map object's ops) whose key is
@@ -1318,11 +1317,8 @@ impl OpSet {
         let (mut lo, mut hi) = (range.start, range.end);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let id = match (self.cols.id_ctr.get(mid), self.cols.id_actor.get(mid)) {
-                (Some(counter), Some(actor)) => {
-                    OpId::new(u64::from(counter), u64::from(actor) as usize)
-                }
-                _ => return mid,
+            let Some(id) = self.id_at(mid) else {
+                return mid;
             };
             if id < bound {
                 lo = mid + 1;
