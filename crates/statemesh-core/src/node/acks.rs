@@ -178,13 +178,21 @@ impl Node {
         retired.push_back((id, w.holders.len()));
     }
 
-    /// `peer` holds every pending local write.
+    /// `peer` holds every pending local write: every committed one, not those still in the
+    /// open change (its document cannot hold them yet).
     pub(super) fn pending_held_by(&mut self, now: Time, peer: PeerId) {
+        let committed = self
+            .open_writes
+            .front()
+            .map_or(WriteId(self.next_write), |(id, _)| WriteId(id.0 - 1));
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
         let from = link.held_upto;
-        link.held_upto = WriteId(self.next_write);
+        if committed <= from {
+            return;
+        }
+        link.held_upto = committed;
         for (write, w) in self.pending.range_mut(next_id(from)..) {
             w.held_by(*write, peer, now, &mut self.events, &mut self.acks.progress);
         }
