@@ -157,8 +157,12 @@ impl Node {
     }
 
     /// Whether every linked peer's last view showed the same document and leader records as
-    /// this node holds (true with no links).
+    /// this node holds (true with no links), and no local write waits in the open change
+    /// (see [`transact`](Self::transact)): the peers' documents cannot hold those yet.
     pub fn in_sync(&self) -> bool {
+        if !self.open_writes.is_empty() && !self.links.is_empty() {
+            return false;
+        }
         let doc = heads_digest(&self.replica.heads());
         let leader = self.leader.digest();
         self.links
