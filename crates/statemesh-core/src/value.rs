@@ -403,8 +403,56 @@ mod tests {
 /// for leader records, which a probe leader may rewrite hundreds of times a second.
 pub fn reconcile_to_value<T: Reconcile>(value: &T) -> Result<Value, BuildError> {
     let mut out = Value::Null;
-    value.reconcile(Builder { slot: &mut out })?;
+    let lossy = Cell::new(false);
+    value.reconcile(Builder {
+        slot: &mut out,
+        lossy: &lossy,
+    })?;
     Ok(out)
+}
+
+/// `value` as Automerge holds it once reconciled into a new key of a map, for
+/// `batch_create_object` to make it with the record in one splice of the columns: `None` when
+/// building it fails or would lose what the document keeps (text, counters and timestamps are
+/// built as strings and integers), and the caller then reconciles it into the document.
+pub(crate) fn hydrate_new<T: Reconcile>(value: &T) -> Option<automerge::hydrate::Value> {
+    let mut out = Value::Null;
+    let lossy = Cell::new(false);
+    value
+        .reconcile(Builder {
+            slot: &mut out,
+            lossy: &lossy,
+        })
+        .ok()?;
+    (!lossy.get()).then(|| out.into_hydrate())
+}
+
+impl Value {
+    /// This value as Automerge's hydrated form (its depth is bounded where it was built).
+    fn into_hydrate(self) -> automerge::hydrate::Value {
+        use automerge::ScalarValue as S;
+        use automerge::hydrate;
+        match self {
+            Self::Null => S::Null.into(),
+            Self::Bool(b) => S::Boolean(b).into(),
+            Self::Int(n) => S::Int(n).into(),
+            Self::Uint(n) => S::Uint(n).into(),
+            Self::F64(x) => S::F64(x).into(),
+            Self::Str(s) => S::Str(s.into()).into(),
+            Self::Bytes(b) => S::Bytes(b).into(),
+            Self::List(items) => items
+                .into_iter()
+                .map(Self::into_hydrate)
+                .collect::<Vec<_>>()
+                .into(),
+            Self::Map(map) => hydrate::Map::from(
+                map.into_iter()
+                    .map(|(k, v)| (k, v.into_hydrate()))
+                    .collect::<std::collections::HashMap<String, _>>(),
+            )
+            .into(),
+        }
+    }
 }
 
 /// A value that [`reconcile_to_value`] could not build.
@@ -424,13 +472,20 @@ pub enum BuildError {
 
 struct Builder<'a> {
     slot: &'a mut Value,
+    /// Set once the value built lost a kind the document would keep (text, counter,
+    /// timestamp).
+    lossy: &'a Cell<bool>,
 }
 
 type NoEntries<'a> = std::iter::Empty<(std::borrow::Cow<'a, str>, automerge::ValueRef<'a>)>;
 
-fn build_into<R: Reconcile>(slot: &mut Value, value: R) -> Result<(), BuildError> {
+fn build_into<R: Reconcile>(
+    slot: &mut Value,
+    lossy: &Cell<bool>,
+    value: R,
+) -> Result<(), BuildError> {
     let _guard = DepthGuard::enter().map_err(|_| BuildError::TooDeep)?;
-    value.reconcile(Builder { slot })
+    value.reconcile(Builder { slot, lossy })
 }
 
 impl Reconciler for Builder<'_> {
@@ -461,6 +516,7 @@ impl Reconciler for Builder<'_> {
         Ok(())
     }
     fn timestamp(&mut self, value: i64) -> Result<(), Self::Error> {
+        self.lossy.set(true);
         *self.slot = Value::Int(value);
         Ok(())
     }
@@ -489,7 +545,10 @@ impl Reconciler for Builder<'_> {
             *self.slot = Value::Map(BTreeMap::new());
         }
         match self.slot {
-            Value::Map(map) => Ok(MapBuilder { map }),
+            Value::Map(map) => Ok(MapBuilder {
+                map,
+                lossy: self.lossy,
+            }),
             _ => unreachable!("just made a map"),
         }
     }
@@ -498,11 +557,15 @@ impl Reconciler for Builder<'_> {
             *self.slot = Value::List(Vec::new());
         }
         match self.slot {
-            Value::List(items) => Ok(SeqBuilder { items }),
+            Value::List(items) => Ok(SeqBuilder {
+                items,
+                lossy: self.lossy,
+            }),
             _ => unreachable!("just made a list"),
         }
     }
     fn text(&mut self) -> Result<Self::Text<'_>, Self::Error> {
+        self.lossy.set(true);
         if !matches!(self.slot, Value::Str(_)) {
             *self.slot = Value::Str(String::new());
         }
@@ -512,6 +575,7 @@ impl Reconciler for Builder<'_> {
         }
     }
     fn counter(&mut self) -> Result<Self::Counter<'_>, Self::Error> {
+        self.lossy.set(true);
         if !matches!(self.slot, Value::Int(_)) {
             *self.slot = Value::Int(0);
         }
@@ -527,6 +591,7 @@ impl Reconciler for Builder<'_> {
 
 struct MapBuilder<'a> {
     map: &'a mut BTreeMap<String, Value>,
+    lossy: &'a Cell<bool>,
 }
 
 impl MapReconciler for MapBuilder<'_> {
@@ -547,7 +612,7 @@ impl MapReconciler for MapBuilder<'_> {
             .map
             .entry(prop.as_ref().to_owned())
             .or_insert(Value::Null);
-        build_into(slot, value)
+        build_into(slot, self.lossy, value)
     }
     fn delete<P: AsRef<str>>(&mut self, prop: P) -> Result<(), Self::Error> {
         self.map.remove(prop.as_ref());
@@ -563,6 +628,7 @@ impl MapReconciler for MapBuilder<'_> {
 
 struct SeqBuilder<'a> {
     items: &'a mut Vec<Value>,
+    lossy: &'a Cell<bool>,
 }
 
 impl SeqReconciler for SeqBuilder<'_> {
@@ -589,13 +655,13 @@ impl SeqReconciler for SeqBuilder<'_> {
             return Err(BuildError::Index(index));
         }
         let mut v = Value::Null;
-        build_into(&mut v, value)?;
+        build_into(&mut v, self.lossy, value)?;
         self.items.insert(index, v);
         Ok(())
     }
     fn set<R: Reconcile>(&mut self, index: usize, value: R) -> Result<(), Self::Error> {
         let slot = self.items.get_mut(index).ok_or(BuildError::Index(index))?;
-        build_into(slot, value)
+        build_into(slot, self.lossy, value)
     }
     fn delete(&mut self, index: usize) -> Result<(), Self::Error> {
         if index >= self.items.len() {
