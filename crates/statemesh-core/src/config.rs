@@ -33,7 +33,9 @@ pub struct Config {
     /// (at least three unchanged ones): a peer too busy to answer is left to catch up, since a
     /// restart makes Automerge send it everything again. Default 1 s.
     pub sync_stall_timeout: Duration,
-    /// A full snapshot replaces the incremental saves after this many of them. Default 64.
+    /// A full snapshot replaces the incremental saves once this many of them followed the last
+    /// one and their bytes amount to its size (so that a large document is not saved whole
+    /// every few writes of a burst). Default 64.
     pub compact_every: usize,
     /// How long a tombstone (a dead incarnation) keeps being gossiped. Default 30 s.
     pub tombstone_gossip: Duration,

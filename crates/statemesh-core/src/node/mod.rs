@@ -271,7 +271,7 @@ pub struct Node {
     pending: BTreeMap<WriteId, PendingWrite>,
     acks: AckBook,
     persisted_heads: Vec<ChangeHash>,
-    appends: usize,
+    compaction: persist::Compaction,
     persist_seq: u64,
     unpersisted: Vec<WriteId>,
     /// Local writes in the replica's open change (not committed yet), with their times, oldest
@@ -327,7 +327,7 @@ impl Node {
             persisted_heads,
             // The first bytes persisted are a whole snapshot, genesis included, so that every
             // state file loads on its own.
-            appends: config.compact_every,
+            compaction: persist::Compaction::due(),
             persist_seq: 0,
             unpersisted: Vec::new(),
             open_writes: VecDeque::new(),
@@ -403,7 +403,7 @@ impl Node {
         self.observe_stored_terms();
         self.publish_digests();
         // What was loaded is on disk already; the next persist compacts it all into a snapshot.
-        self.appends = self.config.compact_every;
+        self.compaction = persist::Compaction::due();
         Ok(report)
     }
 

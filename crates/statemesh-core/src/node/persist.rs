@@ -2,6 +2,9 @@
 //! now and then a compacting [`Snapshot`]) and the local writes they make durable
 //! ([`Event::Durable`] once the runtime reports them stored with [`Node::persisted`]).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::{Event, Node};
 
 /// Bytes to persist.
@@ -52,19 +55,59 @@ pub struct Snapshot {
     /// Boxed: a document is large, and [`Persist`] holds a snapshot in one variant.
     doc: Box<automerge::Automerge>,
     bytes: std::sync::OnceLock<Vec<u8>>,
+    /// Told the encoded size (see [`Compaction`]).
+    encoded_len: Arc<AtomicUsize>,
 }
 
 impl Snapshot {
-    fn new(doc: automerge::Automerge) -> Self {
+    fn new(doc: automerge::Automerge, encoded_len: Arc<AtomicUsize>) -> Self {
         Self {
             doc: Box::new(doc),
             bytes: std::sync::OnceLock::new(),
+            encoded_len,
         }
     }
 
     /// The encoded snapshot (a full save of the document).
     pub fn bytes(&self) -> &[u8] {
-        self.bytes.get_or_init(|| self.doc.save())
+        self.bytes.get_or_init(|| {
+            let bytes = self.doc.save();
+            self.encoded_len.store(bytes.len(), Ordering::Relaxed);
+            bytes
+        })
+    }
+}
+
+/// When the next persist is a snapshot: once [`Config::compact_every`] incremental saves
+/// followed the last one, and their bytes amount to its size. A full save costs O(document);
+/// with the count alone, a burst of writes on a large document saved it whole every 64
+/// persists (a few times a second), O(document) per handful of writes. With the size too, the
+/// compactions of a burst cost O(1) per byte persisted, and the stored state stays within
+/// twice a snapshot's size plus `compact_every` saves.
+///
+/// [`Config::compact_every`]: crate::Config::compact_every
+#[derive(Debug)]
+pub(super) struct Compaction {
+    /// Incremental saves since the last snapshot.
+    appends: usize,
+    /// Their bytes.
+    appended: usize,
+    /// The last snapshot's encoded size, once its reader encoded it (0 until then).
+    snapshot_len: Arc<AtomicUsize>,
+}
+
+impl Compaction {
+    /// The next persist is a snapshot.
+    pub(super) fn due() -> Self {
+        Self {
+            appends: usize::MAX,
+            appended: usize::MAX,
+            snapshot_len: Arc::default(),
+        }
+    }
+
+    fn is_due(&self, every: usize) -> bool {
+        self.appends >= every && self.appended >= self.snapshot_len.load(Ordering::Relaxed)
     }
 }
 
@@ -104,18 +147,22 @@ impl Node {
         }
         self.persist_seq += 1;
         let seq = self.persist_seq;
-        let persist = if self.appends >= self.config.compact_every {
-            self.appends = 0;
+        let persist = if self.compaction.is_due(self.config.compact_every) {
+            self.compaction = Compaction {
+                appends: 0,
+                appended: 0,
+                snapshot_len: Arc::default(),
+            };
+            let len = self.compaction.snapshot_len.clone();
             Persist::Snapshot {
                 seq,
-                bytes: Snapshot::new(self.replica.doc().clone()),
+                bytes: Snapshot::new(self.replica.doc().clone(), len),
             }
         } else {
-            self.appends += 1;
-            Persist::Append {
-                seq,
-                bytes: self.replica.save_after(&self.persisted_heads),
-            }
+            let bytes = self.replica.save_after(&self.persisted_heads);
+            self.compaction.appends += 1;
+            self.compaction.appended = self.compaction.appended.saturating_add(bytes.len());
+            Persist::Append { seq, bytes }
         };
         self.persisted_heads = heads;
         self.in_persist
@@ -134,5 +181,64 @@ impl Node {
                     .extend(writes.into_iter().map(|write| Event::Durable { write }));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{node, node_with};
+    use super::*;
+    use crate::{Config, Scope};
+
+    /// A burst of small writes on a large document is not saved whole every
+    /// `compact_every` persists: the snapshot comes once the incremental saves since the last
+    /// one amount to its size, and what was stored loads back.
+    #[test]
+    fn a_large_document_is_compacted_once_the_saves_since_amount_to_its_size() {
+        let config = Config {
+            compact_every: 2,
+            ..Config::default()
+        };
+        let mut n = node_with(7, config);
+        n.transact(|tx| {
+            for i in 0..2_000i64 {
+                tx.put("c", &format!("k{i}"), &i, Scope::Durable)?;
+            }
+            Ok(())
+        })
+        .expect("writes");
+        let first = n.poll_persist().expect("bytes to store");
+        assert!(
+            matches!(first, Persist::Snapshot { .. }),
+            "the first is whole"
+        );
+        let size = first.bytes().len();
+        n.persisted(first.seq());
+        let (mut appends, mut appended, mut last) = (0i64, 0usize, 0usize);
+        let snapshot = loop {
+            n.put("c", "hot", &appends, Scope::Durable).expect("write");
+            let p = n.poll_persist().expect("bytes to store");
+            n.persisted(p.seq());
+            match p {
+                Persist::Append { bytes, .. } => {
+                    appends += 1;
+                    last = bytes.len();
+                    appended += last;
+                }
+                Persist::Snapshot { .. } => break p,
+            }
+            assert!(appends < 100_000, "a snapshot at last");
+        };
+        assert!(appends > 2, "not after `compact_every` saves alone");
+        assert!(
+            appended >= size && appended - last < size,
+            "at the first persist after the saves reached the snapshot's size \
+             ({appended} bytes in {appends} saves, snapshot {size})"
+        );
+        let mut loaded = node(8);
+        loaded.load(snapshot.bytes()).expect("loads");
+        // The write that made the snapshot due is in it.
+        assert_eq!(loaded.get::<i64>("c", "hot").expect("read"), Some(appends));
+        assert_eq!(loaded.keys("c").len(), 2_001);
     }
 }
