@@ -81,7 +81,7 @@ impl Snapshot {
 /// When the next persist is a snapshot: once [`Config::compact_every`] incremental saves
 /// followed the last one, and their bytes amount to its size. A full save costs O(document);
 /// with the count alone, a burst of writes on a large document saved it whole every 64
-/// persists (a few times a second), O(document) per handful of writes. With the size too, the
+/// persists, each of a few writes. With the size too, the
 /// compactions of a burst cost O(1) per byte persisted, and the stored state stays within
 /// twice a snapshot's size plus `compact_every` saves.
 ///
