@@ -402,13 +402,7 @@ mod tests {
 /// Builds a [`Value`] straight from any [`Reconcile`] type, without a document: the fast path
 /// for leader records, which a probe leader may rewrite hundreds of times a second.
 pub fn reconcile_to_value<T: Reconcile>(value: &T) -> Result<Value, BuildError> {
-    let mut out = Value::Null;
-    let lossy = Cell::new(false);
-    value.reconcile(Builder {
-        slot: &mut out,
-        lossy: &lossy,
-    })?;
-    Ok(out)
+    build(value).map(|(v, _)| v)
 }
 
 /// `value` as Automerge holds it once reconciled into a new key of a map, for
@@ -416,15 +410,19 @@ pub fn reconcile_to_value<T: Reconcile>(value: &T) -> Result<Value, BuildError> 
 /// building it fails or would lose what the document keeps (text, counters and timestamps are
 /// built as strings and integers), and the caller then reconciles it into the document.
 pub(crate) fn hydrate_new<T: Reconcile>(value: &T) -> Option<automerge::hydrate::Value> {
+    let (built, lossy) = build(value).ok()?;
+    (!lossy).then(|| built.into_hydrate())
+}
+
+/// `value` built without a document, and whether building it lost a kind the document keeps.
+fn build<T: Reconcile>(value: &T) -> Result<(Value, bool), BuildError> {
     let mut out = Value::Null;
     let lossy = Cell::new(false);
-    value
-        .reconcile(Builder {
-            slot: &mut out,
-            lossy: &lossy,
-        })
-        .ok()?;
-    (!lossy.get()).then(|| out.into_hydrate())
+    value.reconcile(Builder {
+        slot: &mut out,
+        lossy: &lossy,
+    })?;
+    Ok((out, lossy.get()))
 }
 
 impl Value {

@@ -109,6 +109,23 @@ impl Compaction {
     fn is_due(&self, every: usize) -> bool {
         self.appends >= every && self.appended >= self.snapshot_len.load(Ordering::Relaxed)
     }
+
+    /// A snapshot is taken: counting starts over. Returns the cell the snapshot tells its
+    /// encoded size in.
+    fn restart(&mut self) -> Arc<AtomicUsize> {
+        *self = Self {
+            appends: 0,
+            appended: 0,
+            snapshot_len: Arc::default(),
+        };
+        self.snapshot_len.clone()
+    }
+
+    /// An incremental save of `len` bytes is taken.
+    fn note_append(&mut self, len: usize) {
+        self.appends += 1;
+        self.appended = self.appended.saturating_add(len);
+    }
 }
 
 impl PartialEq for Snapshot {
@@ -148,20 +165,14 @@ impl Node {
         self.persist_seq += 1;
         let seq = self.persist_seq;
         let persist = if self.compaction.is_due(self.config.compact_every) {
-            self.compaction = Compaction {
-                appends: 0,
-                appended: 0,
-                snapshot_len: Arc::default(),
-            };
-            let len = self.compaction.snapshot_len.clone();
+            let len = self.compaction.restart();
             Persist::Snapshot {
                 seq,
                 bytes: Snapshot::new(self.replica.doc().clone(), len),
             }
         } else {
             let bytes = self.replica.save_after(&self.persisted_heads);
-            self.compaction.appends += 1;
-            self.compaction.appended = self.compaction.appended.saturating_add(bytes.len());
+            self.compaction.note_append(bytes.len());
             Persist::Append { seq, bytes }
         };
         self.persisted_heads = heads;
