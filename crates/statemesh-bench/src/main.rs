@@ -15,6 +15,7 @@
 mod cleanup;
 mod clock;
 mod fleet;
+mod floor_window;
 mod forger;
 mod lan;
 mod scenarios;
@@ -59,6 +60,10 @@ enum Command {
     /// One window writes a record; time until every other window's change subscription sees
     /// it (one-way, on the machine-wide monotonic clock).
     Propagation(Common),
+    /// The floor under `propagation` and `scale`: the same window processes, runtime and QUIC
+    /// links (loopback), without the mesh; one window writes a stamp to each link, time until
+    /// every other window's application task reads it.
+    TransportFloor(Common),
     /// SIGKILL the leader; time until every survivor reports the same new leader.
     FailoverKill(Common),
     /// The leader shuts down gracefully; time until every survivor reports the new leader.
@@ -138,6 +143,7 @@ impl Command {
     fn name(&self) -> &'static str {
         match self {
             Self::Propagation(_) => "propagation",
+            Self::TransportFloor(_) => "transport-floor",
             Self::FailoverKill(_) => "failover-kill",
             Self::FailoverGraceful(_) => "failover-graceful",
             Self::FailoverCut(_) => "failover-cut",
@@ -199,6 +205,7 @@ fn main() {
         }
         Command::Forger { common, .. } => (common.clone(), 100, false),
         Command::Propagation(c)
+        | Command::TransportFloor(c)
         | Command::FailoverKill(c)
         | Command::FailoverGraceful(c)
         | Command::FailoverCut(c)
@@ -230,11 +237,15 @@ fn main() {
         if opts.net == Net::Lan && matches!(command, Command::Floor { .. }) {
             anyhow::bail!("floor runs in this process: it has no `--net lan`");
         }
+        if opts.net == Net::Lan && matches!(command, Command::TransportFloor(_)) {
+            anyhow::bail!("transport-floor links windows on loopback: it has no `--net lan`");
+        }
         if opts.net == Net::Lan && !matches!(command, Command::History(_)) {
             lan::check_root()?;
         }
         match &command {
             Command::Propagation(_) => scenarios::propagation::run(&opts, &mut out),
+            Command::TransportFloor(_) => scenarios::propagation::run_floor(&opts, &mut out),
             Command::FailoverKill(_) => scenarios::failover::run(&opts, &mut out, Fault::Kill),
             Command::FailoverGraceful(_) => scenarios::failover::run(&opts, &mut out, Fault::Leave),
             Command::FailoverCut(_) => scenarios::failover::run(&opts, &mut out, Fault::Cut),

@@ -57,6 +57,9 @@ pub(crate) struct WindowArgs {
     /// Start like a window but never join: the memory baseline of this binary.
     #[arg(long)]
     idle_baseline: bool,
+    /// Run the `transport-floor` window instead: the links without the mesh (local only).
+    #[arg(long)]
+    transport_floor: bool,
 }
 
 /// Runs one window until stdin ends or a `shutdown` command.
@@ -86,11 +89,17 @@ pub(crate) fn run(args: WindowArgs) -> anyhow::Result<()> {
     if args.idle_baseline {
         return rt.block_on(baseline());
     }
+    if args.transport_floor {
+        return rt.block_on(crate::floor_window::run(
+            args.secret_file.as_deref(),
+            &args.mesh,
+        ));
+    }
     rt.block_on(window(args))
 }
 
 /// Prints one JSON line; exits if nobody reads stdout any more (the harness is gone).
-fn emit(line: &Json) {
+pub(crate) fn emit(line: &Json) {
     let mut out = std::io::stdout().lock();
     if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
         std::process::exit(0);
@@ -98,7 +107,7 @@ fn emit(line: &Json) {
 }
 
 /// Lines of stdin, read on a thread of their own; the channel closes at the end of stdin.
-fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
+pub(crate) fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = std::thread::Builder::new()
         .name("stdin".into())

@@ -81,7 +81,52 @@ pub(crate) fn run(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     let samples = if opts.quick { 100 } else { 1000 };
     eprintln!("{samples} writes, one every 5 ms, from each window in turn");
     let p = measure(&mut f, samples, Duration::from_millis(5))?;
+    report(&p, out);
     out.insert("join_failures".into(), json!(f.join_failures));
+    Ok(())
+}
+
+/// The `transport-floor` scenario: `propagation` (up to 8 windows) or `scale`'s propagation
+/// (more), paced and counted as they are, over windows that only link (see
+/// [`crate::floor_window`]).
+pub(crate) fn run_floor(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
+    let n = opts.peers;
+    anyhow::ensure!(n >= 2, "transport-floor needs at least 2 peers");
+    let mut f = Fleet::new(opts.net, n)?;
+    f.within = Duration::from_secs(120);
+    eprintln!("starting {n} floor windows, linked one by one");
+    // The first window creates the secret file; the others read it.
+    let floor = ["--transport-floor"];
+    let first = f.spawn_with(0, &floor)?;
+    f.wait_joined(&[first])?;
+    let mut slots = vec![first];
+    for _ in 1..n {
+        slots.push(f.spawn_with(0, &floor)?);
+    }
+    f.wait_joined(&slots)?;
+    let mut addrs = Vec::with_capacity(n);
+    for s in &slots {
+        addrs.push(f.ask(*s, &json!({"op": "addr"}), "addr")?["addr"].clone());
+    }
+    for (i, s) in slots.iter().enumerate().skip(1) {
+        f.send(*s, &json!({"op": "dial", "addrs": addrs[..i]}))?;
+        f.wait_links(&[*s], i)?;
+    }
+    f.wait_links(&slots, n - 1)?;
+    let (samples, every) = match (n > 8, opts.quick) {
+        (false, false) => (1000, 5),
+        (false, true) => (100, 5),
+        (true, false) => (100, 100),
+        (true, true) => (20, 100),
+    };
+    eprintln!("{samples} writes, one every {every} ms, from each window in turn");
+    let p = measure(&mut f, samples, Duration::from_millis(every))?;
+    report(&p, out);
+    Ok(())
+}
+
+/// The figures of a propagation run.
+fn report(p: &Propagation, out: &mut Out) {
     out.insert("p50_us".into(), json!(round3(p.to_all.p50)));
     out.insert("p99_us".into(), json!(round3(p.to_all.p99)));
     out.insert("max_us".into(), json!(round3(p.to_all.max)));
@@ -93,5 +138,4 @@ pub(crate) fn run(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
         json!(round3(p.first_tenth_p50)),
     );
     out.insert("last_tenth_p50_us".into(), json!(round3(p.last_tenth_p50)));
-    Ok(())
 }
