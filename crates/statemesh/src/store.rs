@@ -1,8 +1,10 @@
 //! Persistence: each peer appends its document's incremental saves to its own file and replaces
 //! it with a compacted snapshot now and then; startup merges every file of the mesh.
 //!
-//! Files live in `<state dir>/<mesh hash>/<peer id>.am` (mode 0600, directory 0700). Appends are
-//! written and `fdatasync`ed before the node is told they are durable; snapshots are written to
+//! Files live in `<state dir>/<mesh hash>/<peer id>.am` (mode 0600, directory 0700). Appends
+//! holding this window's own writes are written and `fdatasync`ed before the node is told they
+//! are durable (appends of received changes alone are written, not synced: see
+//! [`Persist::Append`]); snapshots are written to
 //! a temporary file, synced, renamed over the old file, and the directory synced. Merging is
 //! idempotent, so no lock is needed between windows. A damaged file is salvaged (every readable
 //! change kept), moved aside as `<name>.corrupt-<n>`, and reported; the rest comes back from
@@ -130,25 +132,32 @@ impl Store {
         unreachable!("some suffix is free")
     }
 
-    /// Writes persist outputs in order and durably: appends are synced once, at the end.
-    pub fn write_batch(&mut self, batch: &[Persist]) -> Result<(), StoreError> {
+    /// Writes persist outputs in order; appends are synced once, at the end, if any of them
+    /// asks to be (see [`Persist::Append`]'s `sync`: this window's own writes). Returns
+    /// whether it synced.
+    pub fn write_batch(&mut self, batch: &[Persist]) -> Result<bool, StoreError> {
         let mut unsynced = false;
         for p in batch {
-            unsynced = self.write_one(p)?;
+            self.write_one(p)?;
+            match p {
+                Persist::Append { sync, .. } => unsynced |= *sync,
+                // Synced, and it replaced the file the appends before it went to.
+                Persist::Snapshot { .. } => unsynced = false,
+            }
         }
         if unsynced && let Some(f) = self.append.as_mut() {
             f.sync_data().map_err(io(&self.file))?;
         }
-        Ok(())
+        Ok(unsynced)
     }
 
-    /// Writes one persist output durably.
-    pub fn write(&mut self, persist: &Persist) -> Result<(), StoreError> {
+    /// Writes one persist output (synced as [`write_batch`](Self::write_batch) says).
+    pub fn write(&mut self, persist: &Persist) -> Result<bool, StoreError> {
         self.write_batch(std::slice::from_ref(persist))
     }
 
-    /// Writes one output; returns whether it left appended bytes to sync.
-    fn write_one(&mut self, persist: &Persist) -> Result<bool, StoreError> {
+    /// Writes one output: an append unsynced, a snapshot synced.
+    fn write_one(&mut self, persist: &Persist) -> Result<(), StoreError> {
         match persist {
             Persist::Append { bytes, .. } => {
                 if self.append.is_none() {
@@ -163,7 +172,7 @@ impl Store {
                 if let Some(f) = self.append.as_mut() {
                     f.write_all(bytes).map_err(io(&self.file))?;
                 }
-                Ok(true)
+                Ok(())
             }
             Persist::Snapshot { bytes, .. } => {
                 let tmp = self.file.with_extension("am.tmp");
@@ -184,7 +193,7 @@ impl Store {
                     .and_then(|d| d.sync_all())
                     .map_err(io(&self.dir))?;
                 self.append = None;
-                Ok(false)
+                Ok(())
             }
         }
     }
@@ -225,7 +234,7 @@ impl Writer {
                     });
                     let result = store.write_batch(&batch);
                     let failed = result.is_err();
-                    done(result.map(|()| last));
+                    done(result.map(|_synced| last));
                     if failed {
                         // The file may now miss bytes that later appends depend on: stop, so
                         // that no later write is ever reported durable.
@@ -252,5 +261,47 @@ impl Writer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(seq: u64, bytes: &[u8], sync: bool) -> Persist {
+        Persist::Append {
+            seq,
+            bytes: bytes.to_vec(),
+            sync,
+        }
+    }
+
+    /// A batch is synced if any append of it asks to be, and only then; every byte is written
+    /// either way, in order.
+    #[test]
+    fn a_batch_is_synced_only_for_appends_that_ask() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let me = PeerId::generate(1, &mut rand::rng());
+        let mut store = Store::open(dir.path(), me).expect("opens");
+        assert!(
+            !store
+                .write_batch(&[append(1, b"ab", false)])
+                .expect("writes")
+        );
+        assert!(
+            store
+                .write_batch(&[append(2, b"cd", true), append(3, b"ef", false)])
+                .expect("writes")
+        );
+        assert!(
+            store
+                .write_batch(&[append(4, b"gh", false), append(5, b"ij", true)])
+                .expect("writes")
+        );
+        assert!(!store.write(&append(6, b"kl", false)).expect("writes"));
+        assert_eq!(
+            fs::read(store.path()).expect("reads"),
+            b"abcdefghijkl".to_vec()
+        );
     }
 }

@@ -16,6 +16,14 @@ pub enum Persist {
         seq: u64,
         /// The bytes.
         bytes: Vec<u8>,
+        /// Whether the bytes must be on disk (synced) before [`Node::persisted`]: they hold
+        /// this window's own writes, which a `durable` acknowledgement may wait for. Changes
+        /// received from peers alone need not be: no promise of this window covers them (their
+        /// writers keep them durable, and `replicated` counts the windows that hold them, not
+        /// disks), a crash of this process leaves them in the file (the kernel has them), and
+        /// the next synced append or snapshot syncs them too. Only the machine losing power
+        /// before that can lose them, and then its peers give them back.
+        sync: bool,
     },
     /// Replace the stored state with this full snapshot (compaction).
     Snapshot {
@@ -173,7 +181,11 @@ impl Node {
         } else {
             let bytes = self.replica.save_after(&self.persisted_heads);
             self.compaction.note_append(bytes.len());
-            Persist::Append { seq, bytes }
+            Persist::Append {
+                seq,
+                bytes,
+                sync: !self.unpersisted.is_empty(),
+            }
         };
         self.persisted_heads = heads;
         self.in_persist
@@ -197,9 +209,55 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{node, node_with};
+    use super::super::tests::{linked, node, node_with, pump};
     use super::*;
+    use crate::time::Time;
     use crate::{Config, Scope};
+
+    /// Drains every persist output; the `sync` of each append, in order.
+    fn appends_sync(n: &mut Node) -> Vec<bool> {
+        let mut syncs = Vec::new();
+        while let Some(p) = n.poll_persist() {
+            if let Persist::Append { sync, .. } = p {
+                syncs.push(sync);
+            }
+            n.persisted(p.seq());
+        }
+        syncs
+    }
+
+    /// Only an append that holds this window's own writes asks to be synced: changes received
+    /// from a peer alone are written unsynced, and a local write made with them syncs them.
+    #[test]
+    fn only_appends_with_local_writes_ask_for_a_sync() {
+        let (mut a, mut b) = linked();
+        // The first persist of each is a snapshot.
+        a.put("c", "a", &0i64, Scope::Durable).expect("write");
+        b.put("c", "b", &0i64, Scope::Durable).expect("write");
+        pump(&mut a, &mut b, Time::ZERO);
+        appends_sync(&mut a);
+        appends_sync(&mut b);
+        a.put("c", "k", &1i64, Scope::Durable).expect("write");
+        assert_eq!(appends_sync(&mut a), [true], "a's own write");
+        pump(&mut a, &mut b, Time::ZERO);
+        assert_eq!(b.get::<i64>("c", "k").expect("read"), Some(1));
+        assert_eq!(appends_sync(&mut b), [false], "b only received");
+        a.put("c", "k", &2i64, Scope::Durable).expect("write");
+        pump(&mut a, &mut b, Time::ZERO);
+        let w = b.put("c", "mine", &3i64, Scope::Durable).expect("write");
+        assert_eq!(
+            appends_sync(&mut b),
+            [true],
+            "received and own changes together"
+        );
+        let events: Vec<Event> = std::iter::from_fn(|| b.poll_event()).collect();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::Durable { write } if *write == w.id)),
+            "the own write is reported durable: {events:?}"
+        );
+    }
 
     /// A burst of small writes on a large document is not saved whole every
     /// `compact_every` persists: the snapshot comes once the incremental saves since the last

@@ -140,7 +140,7 @@ impl Process {
 /// Puts persisted bytes on a disk.
 pub(super) fn store(disk: &mut Vec<Vec<u8>>, p: Persist) -> u64 {
     match p {
-        Persist::Append { seq, bytes } => {
+        Persist::Append { seq, bytes, .. } => {
             disk.push(bytes);
             seq
         }
