@@ -100,12 +100,19 @@ impl PushJob {
 pub const INLINE_BYTES: usize = 8 * 1024;
 
 /// A message is applied in place only while the standby lacks at most this many changes
-/// (their apply comes first, on the same turn); further behind, a job catches it up.
-pub(super) const INLINE_STANDBY_LAG: usize = 16;
+/// (read from the document first, those a receive has not read yet, to restore it from the
+/// standby should the message fail); further behind, a job catches the standby up.
+pub(super) const INLINE_STANDBY_LAG: usize = 32;
 
 /// [`Node::catch_up_standby`] applies at most this many changes to the standby, under the
 /// node; further behind (after a job applied a burst), the next job catches it up.
 const STANDBY_CATCH_UP_MAX: usize = 64;
+
+/// Changes (or local writes) owed to the standby from which the runtime brings it up to date
+/// as soon as it is idle (see [`Node::standby_batch_owed`]); fewer wait for a longer idle.
+/// Automerge applies small changes in a batch of 8 for 40 % of what each costs on its own
+/// (one record per change, 1,000 records, release: 8.0 against 20.2 µs per change).
+pub const STANDBY_BATCH: usize = 8;
 
 /// Local changes since the last push up to which, in the mode of [`Node::set_push_jobs`], the
 /// push is generated at once, under the node (a lone write leaves without a thread hop); more
@@ -213,12 +220,12 @@ impl Node {
     /// [`handle_frame_deferred`](Self::handle_frame_deferred) and local changes (it is left
     /// behind by them, so that neither the receiver's turn nor the writer's waits for the
     /// copy), if it lacks few changes; a standby further behind is left to the next job. Call
-    /// it while the runtime is idle (see [`standby_owed`](Self::standby_owed)); it costs
-    /// nothing when nothing is owed. Otherwise the next receive in place catches the standby
-    /// up first, on its own turn.
+    /// it while the runtime is idle (see [`standby_owed`](Self::standby_owed) and
+    /// [`standby_batch_owed`](Self::standby_batch_owed)); it costs nothing when nothing is
+    /// owed. Otherwise the next sync job catches the standby up first.
     pub fn catch_up_standby(&mut self) {
         self.settle();
-        if std::mem::take(&mut self.standby_owed) {
+        if std::mem::take(&mut self.standby_owed) > 0 {
             self.replica.catch_up_standby_within(STANDBY_CATCH_UP_MAX);
         }
     }
@@ -226,7 +233,16 @@ impl Node {
     /// Whether the standby lacks changes that [`catch_up_standby`](Self::catch_up_standby)
     /// would give it.
     pub fn standby_owed(&self) -> bool {
-        self.standby_owed
+        self.standby_owed > 0
+    }
+
+    /// Whether the standby is owed at least [`STANDBY_BATCH`] changes (or local writes,
+    /// counted one by one though an open change may hold several): worth bringing up to date
+    /// at the first idle moment. A runtime waits longer for fewer, so that they are applied
+    /// in one batch with the next ones (the standby is needed only when a received message
+    /// fails, and then the changes it lacks are read from the document first).
+    pub fn standby_batch_owed(&self) -> bool {
+        self.standby_owed >= STANDBY_BATCH
     }
 
     /// Takes back a [`SyncJob`] that ran: its changes join the document (with the local writes
@@ -296,6 +312,8 @@ impl Node {
             }
         }
         self.after_syncs(now, &peers, applied.before, applied.changes, true);
+        // The document the job replaced is the standby now, behind by the job's changes.
+        self.standby_owed += count;
         Ok(None)
     }
 

@@ -46,7 +46,7 @@ use crate::{Config, Incarnation, MeshTag, PeerId, Time};
 use acks::{AckBook, PendingWrite};
 pub use acks::{MAX_PENDING_WRITES, PENDING_TTL, RETIRED_KEPT, WriteStatus};
 pub use heart::{Heart, Pulse};
-pub use jobs::{INLINE_BYTES, PUSH_AT_ONCE, PushJob, SyncJob};
+pub use jobs::{INLINE_BYTES, PUSH_AT_ONCE, PushJob, STANDBY_BATCH, SyncJob};
 use link::Link;
 pub use persist::{Persist, Snapshot};
 use reads::Scratch;
@@ -262,7 +262,7 @@ pub struct Node {
     /// The replica's standby lacks changes the document holds (a sync message applied in place
     /// by [`Node::handle_frame_deferred`], or a local change): [`Node::catch_up_standby`] owes
     /// it them.
-    standby_owed: bool,
+    standby_owed: usize,
     /// The messages of a sync job of several that failed, to apply one at a time (see
     /// [`Node::retry_job`]): sender, its link's serial, message.
     retry: VecDeque<(PeerId, u64, automerge::sync::Message)>,
@@ -318,7 +318,7 @@ impl Node {
             doc_dirty: false,
             push_jobs: false,
             unpushed: 0,
-            standby_owed: false,
+            standby_owed: 0,
             retry: VecDeque::new(),
             leader_dirty: Vec::new(),
             next_write: 0,
@@ -522,7 +522,7 @@ impl Node {
         let Some(link) = self.links.get_mut(&from) else {
             return Err(ReceiveError::NoLink(from));
         };
-        let carried = !message.changes.is_empty();
+        let carried = message.changes.len();
         let before = self
             .replica
             .receive_decoded(&mut link.sync, message)
@@ -530,14 +530,14 @@ impl Node {
         // A message that carried changes had the local writes left open committed first.
         self.claim_settled();
         // The entries the message touched, found while it was checked.
-        let changes = if carried {
+        let changes = if carried > 0 {
             self.replica.touched_since(&before)
         } else {
             Vec::new()
         };
-        self.after_sync(now, from, before, changes, carried);
+        self.after_sync(now, from, before, changes, carried > 0);
         // The standby lacks the message's changes (see `Replica::receive_decoded`).
-        self.standby_owed |= carried;
+        self.standby_owed += carried;
         Ok(())
     }
 

@@ -655,11 +655,17 @@ fn local_changes_are_owed_to_the_standby_until_it_catches_up() {
             .expect("write");
         // Each write committed (as a runtime that sends it before the next write does).
         a.settle();
+        // A runtime brings it up to date at its first idle moment once a batch is owed.
+        assert_eq!(
+            a.standby_batch_owed(),
+            i + 1 >= STANDBY_BATCH,
+            "after {i}"
+        );
     }
     assert!(a.standby_owed(), "local changes owe the standby");
     assert_eq!(a.replica.standby_lag(), Some(writes));
     a.catch_up_standby();
-    assert!(!a.standby_owed());
+    assert!(!a.standby_owed() && !a.standby_batch_owed());
     assert_eq!(a.replica.standby_lag(), Some(0));
     // Everything of `a` reaches `b` (without `a` receiving anything that carries changes).
     for _ in 0..10 {

@@ -59,7 +59,7 @@ impl Node {
             return Ok((r, Written { id, changed: false }));
         };
         self.doc_dirty = true;
-        self.standby_owed = true;
+        self.standby_owed += 1;
         self.unpushed += 1;
         self.events.extend(changes.into_iter().map(Event::Changed));
         self.unpersisted.push(id);
@@ -169,7 +169,7 @@ impl Node {
             return Written { id, changed: false };
         };
         self.doc_dirty = true;
-        self.standby_owed = true;
+        self.standby_owed += 1;
         self.unpushed += 1;
         self.publish_digests();
         for change in self.replica.touched_since(before) {

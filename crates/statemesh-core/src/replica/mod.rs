@@ -252,6 +252,9 @@ pub struct Replica {
     /// A copy of the document, kept equal to it, to restore it from when a received message
     /// fails (see `standby`).
     standby: standby::Standby,
+    /// The changes the standby lacks, as last read from the document (see
+    /// `standby::Lacking`).
+    lacking: Option<standby::Lacking>,
     /// The entries touched by the last received message, found while checking it, with the
     /// heads before it: the change notification that follows names them without reading the
     /// changes again ([`Replica::touched_since`]).
@@ -299,6 +302,7 @@ impl Replica {
             presence: PresenceIndex::default(),
             written: Vec::new(),
             standby: None,
+            lacking: None,
             received: None,
             local: None,
             channels: HashMap::new(),

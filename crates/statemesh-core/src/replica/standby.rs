@@ -1,24 +1,29 @@
-//! The standby: a second copy of the document, brought equal to it before each receive, from
-//! which the document is restored when a received message makes the CRDT library panic or
-//! fails the checks of `validate`.
+//! The standby: a second copy of the document, at most some changes behind it, from which the
+//! document is restored when a received message makes the CRDT library panic or fails the
+//! checks of `validate`.
 //!
 //! A received message carrying changes is applied to the document itself, under
-//! `catch_unwind`, once the standby is equal to it; on failure the standby becomes the
-//! document, exactly as it was. On success the standby is left behind by the message's
-//! changes (checked, and rebuilt by the checks, so kept by the document): the runtime's
-//! [`Node::catch_up_standby`](crate::Node::catch_up_standby) applies them once it has been
-//! idle for a moment, or the next receive does, first. (Measured in `propagation`, 4 windows:
-//! a small message's turn took 255 µs at the median with the standby's apply in it, 203 µs
-//! without; applied at the end of the turn, it held the node while the application, just
-//! notified, waited to read.) Keeping the standby costs what a change costs,
+//! `catch_unwind`. The standby may lack changes the document holds (local ones, and received
+//! ones that passed the checks): they are read from the document first, while it is sound,
+//! and on failure given to the standby, which then becomes the document, exactly as it was.
+//! On success the standby is left further behind, by the message's changes (checked, and
+//! rebuilt by the checks, so kept by the document): the runtime's
+//! [`Node::catch_up_standby`](crate::Node::catch_up_standby) applies what it lacks in one
+//! batch once the driver has been idle for a moment and a batch's worth is owed
+//! ([`STANDBY_BATCH`](crate::node::STANDBY_BATCH)), or after a longer idle; a sync job catches
+//! it up first. Automerge applies small changes in a batch for a fraction of what it costs one
+//! at a time (one record per change, 1,000 records, release: 20.2 µs per change one at a time,
+//! 8.0 in batches of 8, 6.3 in batches of 64). (Measured in `propagation`, 4 windows: a small
+//! message's turn took 255 µs at the median with the standby's apply in it, 203 µs without;
+//! applied at the end of the turn, it held the node while the application, just notified,
+//! waited to read.) Keeping the standby costs what a change costs,
 //! where a fresh copy for every message cost what the document holds (Automerge 0.12's `clone`
 //! copies every column and rebuilds the object index, and the copy replaced dropped as much
 //! again).
 //! Local changes do not reach the standby as they are made (a local transaction's own change
 //! notification does not read its change: its writes noted what they changed): the runtime's
-//! idle upkeep, or else the next receive, brings the standby up to date, in one batch, before
-//! it runs (see
-//! [`Replica::start_sync`] and `ensure_standby`), or copies the document instead when the
+//! idle upkeep, or a sync job (see [`Replica::start_sync`]), brings the standby up to date in
+//! one batch, or the job copies the document instead when the
 //! standby lacks more than applying is worth (see `APPLY_PER_COPY`). Keeping the standby equal
 //! change for change (batches of 8 local changes, applied on the writer's turn) cost 20-28 % of
 //! `throughput --peers 4 --batch 1` and `overload`; it was needed only while a writer could
@@ -28,8 +33,8 @@
 //!
 //! A sync job (the runtime's receive, [`Replica::start_sync`]) takes the standby as its own
 //! document, applies the message to it off the replica, and the document it replaces becomes
-//! the standby, behind by that message's changes: the next job or receive applies the changes
-//! it lacks (what they hold, not what the document holds), so a receive after a receive copies
+//! the standby, behind by that message's changes: the next job or the idle upkeep applies the
+//! changes it lacks (what they hold, not what the document holds), so a receive after a receive copies
 //! and drops no whole document. A standby far behind (after a burst: see
 //! `APPLY_PER_COPY`) is dropped on the job's thread and the job copies the document: there,
 //! applying the changes again would cost more than the copy. A standby brought up to date
@@ -41,7 +46,9 @@
 //! Memory: the standby is a second document (Automerge 0.12's compressed columns), held at
 //! all times instead of only during a receive.
 
-use automerge::{Automerge, Change};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use automerge::{Automerge, Change, ChangeHash};
 
 use super::Replica;
 
@@ -58,7 +65,16 @@ impl Replica {
         if theirs == heads {
             return;
         }
-        let missing = self.doc.get_changes(&theirs);
+        // What a receive read already is not read again.
+        let missing = match self.lacking.take() {
+            Some(mut l) if l.base == theirs => {
+                if l.upto != heads {
+                    l.changes.extend(self.doc.get_changes(&l.upto));
+                }
+                l.changes
+            }
+            _ => self.doc.get_changes(&theirs),
+        };
         if !(standby.apply_changes(missing).is_ok() && standby.get_heads() == heads) {
             self.standby = None;
         }
@@ -66,8 +82,12 @@ impl Replica {
 
     /// How many changes of the document the standby lacks; `None` when there is no standby.
     pub fn standby_lag(&self) -> Option<usize> {
-        let standby = self.standby.as_ref()?;
-        Some(self.doc.get_changes_meta(&standby.get_heads()).len())
+        let base = self.standby.as_ref()?.get_heads();
+        Some(match &self.lacking {
+            // Those a receive read already, and those since.
+            Some(l) if l.base == base => l.changes.len() + self.doc.get_changes_meta(&l.upto).len(),
+            _ => self.doc.get_changes_meta(&base).len(),
+        })
     }
 
     /// Gives the standby the changes it lacks, in one batch, if they are at most `max`;
@@ -79,20 +99,9 @@ impl Replica {
         }
     }
 
-    /// Makes the standby equal to the document: a copy when there is none, otherwise the
-    /// changes it lacks. The standby must hold no change the document lacks, and every change
-    /// it lacks is one the document holds (local, or received and checked), so equal heads
-    /// mean equal documents.
-    pub(super) fn ensure_standby(&mut self) {
-        self.catch_up_standby();
-        if self.standby.is_none() {
-            self.standby = Some(self.doc.clone());
-        }
-    }
-
     /// Gives the standby the local changes `changes` made on top of heads `before` (already
     /// read from the document by the caller), if it is at `before`.
-    pub(super) fn mirror_local(&mut self, before: &[automerge::ChangeHash], changes: &[Change]) {
+    pub(super) fn mirror_local(&mut self, before: &[ChangeHash], changes: &[Change]) {
         let Some(standby) = self.standby.as_mut() else {
             return;
         };
@@ -106,12 +115,64 @@ impl Replica {
         }
     }
 
-    /// Restores the document from the standby (a received message failed), or keeps it when
-    /// there is no standby (nothing was applied to it).
-    pub(super) fn restore_from_standby(&mut self) {
-        if let Some(standby) = self.standby.take() {
-            self.doc = standby;
+    /// Readies the standby for a receive that may fail: a copy of the document when there is
+    /// none; else the changes it lacks, read from the document (kept in `lacking` for
+    /// [`restore_from_standby`](Self::restore_from_standby), should the receive fail). Only
+    /// the changes the document took since the last receive are read: a receive's turn does
+    /// not read again what the standby lacked before.
+    pub(super) fn ready_standby(&mut self) {
+        let Some(standby) = self.standby.as_ref() else {
+            self.standby = Some(self.doc.clone());
+            self.lacking = None;
+            return;
+        };
+        let (base, heads) = (standby.get_heads(), self.doc.get_heads());
+        if base == heads {
+            self.lacking = None;
+            return;
         }
+        match self.lacking.as_mut() {
+            Some(l) if l.base == base => {
+                if l.upto != heads {
+                    l.changes.extend(self.doc.get_changes(&l.upto));
+                    l.upto = heads;
+                }
+            }
+            _ => {
+                self.lacking = Some(Lacking {
+                    changes: self.doc.get_changes(&base),
+                    base,
+                    upto: heads,
+                });
+            }
+        }
+    }
+
+    /// Restores the document as it was at `heads` (a received message failed) from the
+    /// standby and the changes it lacked then (read by
+    /// [`ready_standby`](Self::ready_standby) before the message was applied), or keeps it
+    /// when there is no standby (nothing was applied to it).
+    pub(super) fn restore_from_standby(&mut self, heads: &[ChangeHash]) {
+        let Some(mut standby) = self.standby.take() else {
+            return;
+        };
+        let lacking = self.lacking.take();
+        if let Some(lacking) = lacking.filter(|l| l.base == standby.get_heads()) {
+            // Changes the document took before, on a document holding what it held then:
+            // they apply as they did (a panic is contained all the same).
+            let changes = lacking.changes;
+            let applied = catch_unwind(AssertUnwindSafe(|| standby.apply_changes(changes)));
+            if !matches!(applied, Ok(Ok(()))) {
+                tracing::error!(
+                    "the standby did not take changes the document held; \
+                     restored without them (peers hold those received)"
+                );
+            }
+        }
+        if standby.get_heads() != heads {
+            tracing::error!("the document was restored short of what it held before");
+        }
+        self.doc = standby;
     }
 
     /// Drops the standby: the document changed in a way it was not told about.
@@ -122,3 +183,12 @@ impl Replica {
 
 /// The standby of a replica (see the module docs).
 pub(super) type Standby = Option<Automerge>;
+
+/// The changes the standby lacks: those of the document since heads `base` (the standby's),
+/// read up to the document's heads `upto`.
+#[derive(Debug)]
+pub(super) struct Lacking {
+    base: Vec<ChangeHash>,
+    upto: Vec<ChangeHash>,
+    changes: Vec<Change>,
+}

@@ -245,7 +245,12 @@ impl Replica {
             *state = new_state;
             return Ok(before);
         }
-        self.ensure_standby();
+        // The standby may lag behind the document by changes the document holds (local, or
+        // received and checked). They are read now, while the document is sound, and given
+        // to the standby only if this message fails; otherwise they wait to be applied in a
+        // batch (see `Node::catch_up_standby`), where a change costs a fraction of its own
+        // apply.
+        self.ready_standby();
         // A sync job out reads its records again when it comes back (see `written_while_out`).
         self.written_while_out = None;
         let (doc, layout, channels) = (&mut self.doc, &self.layout, &self.channels);
@@ -266,11 +271,11 @@ impl Replica {
                 Ok(before)
             }
             Ok(Err(e)) => {
-                self.restore_from_standby();
+                self.restore_from_standby(&before);
                 Err(e)
             }
             Err(_) => {
-                self.restore_from_standby();
+                self.restore_from_standby(&before);
                 Err(ApplyError::Panicked)
             }
         }

@@ -120,6 +120,12 @@ const VIEWS_QUEUED: usize = 64;
 /// to read at the median, docs/under-load.md, nineteenth slice).
 const STANDBY_IDLE: Duration = Duration::from_millis(1);
 
+/// How long the driver must have been idle before it brings up to date a standby owed fewer
+/// than [`statemesh_core::node::STANDBY_BATCH`] changes: they wait for the next ones, to be
+/// applied in one batch (a change then costs a fraction of its own apply), unless the mesh
+/// stays quiet this long.
+const STANDBY_IDLE_FEW: Duration = Duration::from_millis(50);
+
 /// A driver turn this long ends the mesh's quiet (see `Run::on_worker`). Wall time: on 2
 /// cores shared by 4 windows a turn of a lone small message is now and then preempted past a
 /// millisecond, and took 1-2.6 ms a few times per window in a `propagation` run.
@@ -240,7 +246,8 @@ enum Turn {
     Wake,
     /// The node's data deadline passed (see [`Run::deadline`]).
     Tick,
-    /// The driver has been idle for [`STANDBY_IDLE`] and the standby lacks changes.
+    /// The driver has been idle for [`STANDBY_IDLE`] (or [`STANDBY_IDLE_FEW`]) and the
+    /// standby lacks changes.
     Standby,
 }
 
@@ -308,8 +315,8 @@ struct Run {
     /// `links` changed (a link came up or went, or was proved again under another key) since
     /// [`Run::flush`] last published them to the pulse and to [`Shared`].
     links_changed: bool,
-    /// When to bring the standby up to date, if it lacks changes: [`STANDBY_IDLE`] after the
-    /// last turn (each turn puts it off).
+    /// When to bring the standby up to date, if it lacks changes: [`STANDBY_IDLE`] (or
+    /// [`STANDBY_IDLE_FEW`]) after the last turn (each turn puts it off).
     standby_at: Option<Instant>,
     /// When the mesh last stopped being quiet (see [`Run::on_worker`]): a turn took
     /// [`QUIET_TURN`] or longer, or a link came up (its first exchange may carry the whole
@@ -463,13 +470,21 @@ impl Run {
 
     /// What follows every turn that handled an input: the next job if one is due, the node's
     /// outputs carried out, a push the flush left to generate, and the standby's upkeep put
-    /// off until the driver has been idle for [`STANDBY_IDLE`].
+    /// off until the driver has been idle for [`STANDBY_IDLE`] (for [`STANDBY_IDLE_FEW`] while
+    /// fewer than a batch of changes are owed).
     fn end_turn(&mut self, job: &mut Option<Running>) {
         self.start_job(job);
         self.flush();
         self.start_job(job);
-        if self.standby_at.is_some() || self.shared.node_off_worker().standby_owed() {
-            self.standby_at = Some(Instant::now() + STANDBY_IDLE);
+        let node = self.shared.node_off_worker();
+        if self.standby_at.is_some() || node.standby_owed() {
+            let idle = if node.standby_batch_owed() {
+                STANDBY_IDLE
+            } else {
+                STANDBY_IDLE_FEW
+            };
+            drop(node);
+            self.standby_at = Some(Instant::now() + idle);
         }
     }
 
