@@ -656,11 +656,7 @@ fn local_changes_are_owed_to_the_standby_until_it_catches_up() {
         // Each write committed (as a runtime that sends it before the next write does).
         a.settle();
         // A runtime brings it up to date at its first idle moment once a batch is owed.
-        assert_eq!(
-            a.standby_batch_owed(),
-            i + 1 >= STANDBY_BATCH,
-            "after {i}"
-        );
+        assert_eq!(a.standby_batch_owed(), i + 1 >= STANDBY_BATCH, "after {i}");
     }
     assert!(a.standby_owed(), "local changes owe the standby");
     assert_eq!(a.replica.standby_lag(), Some(writes));
