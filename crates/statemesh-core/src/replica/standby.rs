@@ -58,22 +58,17 @@ impl Replica {
     pub(super) fn catch_up_standby(&mut self) {
         self.commit_open();
         let heads = self.doc.get_heads();
-        let Some(standby) = self.standby.as_mut() else {
+        let Some(theirs) = self.standby.as_ref().map(Automerge::get_heads) else {
             return;
         };
-        let theirs = standby.get_heads();
         if theirs == heads {
             return;
         }
         // What a receive read already is not read again.
-        let missing = match self.lacking.take() {
-            Some(mut l) if l.base == theirs => {
-                if l.upto != heads {
-                    l.changes.extend(self.doc.get_changes(&l.upto));
-                }
-                l.changes
-            }
-            _ => self.doc.get_changes(&theirs),
+        self.read_lacking(theirs, heads.clone());
+        let missing = self.lacking.take().map(|l| l.changes).unwrap_or_default();
+        let Some(standby) = self.standby.as_mut() else {
+            return;
         };
         if !(standby.apply_changes(missing).is_ok() && standby.get_heads() == heads) {
             self.standby = None;
@@ -129,8 +124,15 @@ impl Replica {
         let (base, heads) = (standby.get_heads(), self.doc.get_heads());
         if base == heads {
             self.lacking = None;
-            return;
+        } else {
+            self.read_lacking(base, heads);
         }
+    }
+
+    /// Brings `lacking` to the changes of the document since `base` (the standby's heads) up
+    /// to `heads` (the document's): only those since the last read when it started from
+    /// `base`, all of them otherwise.
+    fn read_lacking(&mut self, base: Vec<ChangeHash>, heads: Vec<ChangeHash>) {
         match self.lacking.as_mut() {
             Some(l) if l.base == base => {
                 if l.upto != heads {
