@@ -19,14 +19,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rand_core::SeedableRng;
-use serde_json::{Value as Json, json};
+use serde_json::json;
 use statemesh_core::PeerId;
 use statemesh_net::quic::{Endpoint, Link};
 use statemesh_net::secret::Secret;
 use tokio::sync::mpsc;
 
 use crate::clock::now_ns;
-use crate::window::{emit, stdin_lines};
+use crate::window::{command_of, emit, stdin_lines};
 
 /// The most bytes a frame's key may take (the harness's keys are a few bytes).
 const MAX_KEY: usize = 256;
@@ -90,13 +90,7 @@ pub(crate) async fn run(secret_file: Option<&Path>, mesh: &str) -> anyhow::Resul
             }
             line = stdin.recv() => {
                 let Some(line) = line else { break };
-                let cmd: Json = match serde_json::from_str(&line) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        emit(&json!({"ev": "error", "error": format!("not JSON: {e}")}));
-                        continue;
-                    }
-                };
+                let Some(cmd) = command_of(&line) else { continue };
                 match cmd["op"].as_str().unwrap_or_default() {
                     "stamp" => {
                         let key = cmd["key"].as_str().unwrap_or_default();

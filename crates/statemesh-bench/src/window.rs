@@ -106,6 +106,13 @@ pub(crate) fn emit(line: &Json) {
     }
 }
 
+/// The command a line of stdin holds; `None`, said on stdout, if it is not JSON.
+pub(crate) fn command_of(line: &str) -> Option<Json> {
+    serde_json::from_str(line)
+        .inspect_err(|e| emit(&json!({"ev": "error", "error": format!("not JSON: {e}")})))
+        .ok()
+}
+
 /// Lines of stdin, read on a thread of their own; the channel closes at the end of stdin.
 pub(crate) fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -294,13 +301,7 @@ async fn window(args: WindowArgs) -> anyhow::Result<()> {
             Some(answer) = answers.recv() => emit(&answer),
             line = stdin.recv() => {
                 let Some(line) = line else { break };
-                let cmd: Json = match serde_json::from_str(&line) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        emit(&json!({"ev": "error", "error": format!("not JSON: {e}")}));
-                        continue;
-                    }
-                };
+                let Some(cmd) = command_of(&line) else { continue };
                 if cmd["op"] == "shutdown" {
                     emit(&json!({"ev": "leaving", "t": now_ns()}));
                     mesh.shutdown().await;
