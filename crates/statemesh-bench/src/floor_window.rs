@@ -9,18 +9,29 @@
 //! subscription delivers a record. What separates a `propagation` run from this one is then
 //! the mesh itself: Automerge, the sync protocol, the node and its driver.
 //!
+//! With `--floor-views` it also carries the liveness traffic of the design: every heartbeat
+//! interval, a view (the mesh's own encoding, with a beat for itself and each linked peer, as a
+//! live mesh of this many windows sends) to every link as a QUIC datagram; each link's
+//! datagrams are read and decoded. What the mesh's heart does with a view (merging it, judging
+//! liveness) is not here.
+//!
 //! Lines it prints: `joined`, `seen`, `addr` (its endpoint's address, the answer to `addr`),
-//! `links` (the answer to `links {n}` once `n` links are up), `error`. Commands: `addr`,
-//! `dial {addrs}`, `links {n}`, `stamp {key}`.
+//! `links` (the answer to `links {n}` once `n` links are up), `views` (views that did not fit
+//! a datagram), `error`. Commands: `addr`, `dial {addrs}`, `links {n}`, `stamp {key}`, `views`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use rand_core::SeedableRng;
 use serde_json::json;
-use statemesh_core::PeerId;
+use statemesh_core::codec::{Message, View, decode_frame, encode_frame};
+use statemesh_core::liveness::GossipBeat;
+use statemesh_core::vv::Beat;
+use statemesh_core::{Config, PeerId};
 use statemesh_net::quic::{Endpoint, Link};
 use statemesh_net::secret::Secret;
 use tokio::sync::mpsc;
@@ -31,8 +42,11 @@ use crate::window::{command_of, emit, stdin_lines};
 /// The most bytes a frame's key may take (the harness's keys are a few bytes).
 const MAX_KEY: usize = 256;
 
-/// Runs the floor window until stdin ends.
-pub(crate) async fn run(secret_file: Option<&Path>, mesh: &str) -> anyhow::Result<()> {
+/// The links views go to (`--floor-views`): each peer's id and connection.
+type ViewLinks = Arc<Mutex<Vec<(PeerId, quinn::Connection)>>>;
+
+/// Runs the floor window until stdin ends; `views`: exchange views with every link.
+pub(crate) async fn run(secret_file: Option<&Path>, mesh: &str, views: bool) -> anyhow::Result<()> {
     let started = now_ns();
     let secret = match secret_file {
         Some(path) => Secret::load_or_create(path).context("the secret file")?,
@@ -70,6 +84,11 @@ pub(crate) async fn run(secret_file: Option<&Path>, mesh: &str) -> anyhow::Resul
         "join_us": (now_ns() - started) as f64 / 1e3,
     }));
 
+    let view_links = ViewLinks::default();
+    let unsent = Arc::new(AtomicU64::new(0));
+    if views {
+        tokio::spawn(send_views(me, view_links.clone(), unsent.clone()));
+    }
     let mut stdin = stdin_lines();
     let mut senders = Vec::new();
     let mut waiting_for: Option<usize> = None;
@@ -82,6 +101,13 @@ pub(crate) async fn run(secret_file: Option<&Path>, mesh: &str) -> anyhow::Resul
             }
             link = new_links.recv() => {
                 let Some(link) = link else { break };
+                if views {
+                    tokio::spawn(read_views(link.connection.clone()));
+                    view_links
+                        .lock()
+                        .expect("held only to push or copy")
+                        .push((link.peer, link.connection.clone()));
+                }
                 senders.push(split(link, frames_tx.clone()));
                 if waiting_for.is_some_and(|n| senders.len() >= n) {
                     waiting_for = None;
@@ -115,6 +141,8 @@ pub(crate) async fn run(secret_file: Option<&Path>, mesh: &str) -> anyhow::Resul
                         }
                     }
                     "addr" => emit(&json!({"ev": "addr", "addr": addr.to_string()})),
+                    "views" => emit(&json!({"ev": "views",
+                        "unsent": unsent.load(Ordering::Relaxed)})),
                     "links" => {
                         let n = cmd["n"].as_u64().unwrap_or(0) as usize;
                         if senders.len() >= n {
@@ -131,6 +159,63 @@ pub(crate) async fn run(secret_file: Option<&Path>, mesh: &str) -> anyhow::Resul
     endpoint.close();
     let _ = tokio::time::timeout(Duration::from_millis(200), endpoint.wait_idle()).await;
     Ok(())
+}
+
+/// Sends every link a view every heartbeat interval, as the pulse of a mesh window does: one
+/// frame per interval, a beat in it for this window and for each linked peer (all live).
+async fn send_views(me: PeerId, links: ViewLinks, unsent: Arc<AtomicU64>) {
+    let mut tick = tokio::time::interval(Config::default().heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for counter in 1u64.. {
+        tick.tick().await;
+        let links = links.lock().expect("held only to push or copy").clone();
+        let beat = |peer| GossipBeat {
+            peer,
+            beat: Beat {
+                incarnation: 1,
+                counter,
+            },
+            eligible: true,
+        };
+        let beats = std::iter::once(me)
+            .chain(links.iter().map(|(peer, _)| *peer))
+            .map(beat)
+            .collect();
+        let view = Message::View(View {
+            beats,
+            tombs: Vec::new(),
+            claims: vec![(me, 1)],
+            doc: [0; 8],
+            leader: [0; 8],
+        });
+        let frame = match encode_frame(&view, Config::default().max_frame) {
+            Ok(frame) => bytes::Bytes::from(frame),
+            Err(e) => {
+                emit(&json!({"ev": "error", "error": format!("a view: {e}")}));
+                return;
+            }
+        };
+        for (_, connection) in &links {
+            if connection.send_datagram(frame.clone()).is_err() {
+                // Larger than the path's datagrams (before QUIC's path MTU discovery raised
+                // them): the mesh sends it on the link's stream; the floor counts it.
+                unsent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Reads and decodes a link's views until it closes.
+async fn read_views(connection: quinn::Connection) {
+    while let Ok(datagram) = connection.read_datagram().await {
+        if !matches!(
+            decode_frame(&datagram, Config::default().max_frame),
+            Ok(Message::View(_))
+        ) {
+            emit(&json!({"ev": "error", "error": "a datagram that is not a view"}));
+            return;
+        }
+    }
 }
 
 /// A frame: the key's length (one byte), the key, the stamp (8 bytes, big-endian).

@@ -63,7 +63,16 @@ enum Command {
     /// The floor under `propagation` and `scale`: the same window processes, runtime and QUIC
     /// links (loopback), without the mesh; one window writes a stamp to each link, time until
     /// every other window's application task reads it.
-    TransportFloor(Common),
+    TransportFloor {
+        #[command(flatten)]
+        common: Common,
+        /// Each window also sends every link a view (a real one, of the mesh's encoding and
+        /// size for this many windows) as a QUIC datagram every heartbeat interval, and reads
+        /// and decodes those it gets: the liveness traffic the design puts under every write
+        /// (each peer's view to each linked peer, five times a second).
+        #[arg(long)]
+        views: bool,
+    },
     /// SIGKILL the leader; time until every survivor reports the same new leader.
     FailoverKill(Common),
     /// The leader shuts down gracefully; time until every survivor reports the new leader.
@@ -143,7 +152,7 @@ impl Command {
     fn name(&self) -> &'static str {
         match self {
             Self::Propagation(_) => "propagation",
-            Self::TransportFloor(_) => "transport-floor",
+            Self::TransportFloor { .. } => "transport-floor",
             Self::FailoverKill(_) => "failover-kill",
             Self::FailoverGraceful(_) => "failover-graceful",
             Self::FailoverCut(_) => "failover-cut",
@@ -194,25 +203,25 @@ fn main() {
         }
         other => other,
     };
-    let (common, batch, same_key) = match &command {
+    let (common, batch, same_key, views) = match &command {
         Command::Throughput {
             common,
             batch,
             same_key,
-        } => (common.clone(), *batch, *same_key),
+        } => (common.clone(), *batch, *same_key, false),
         Command::Overload { common, batch } | Command::Floor { common, batch, .. } => {
-            (common.clone(), *batch, false)
+            (common.clone(), *batch, false, false)
         }
-        Command::Forger { common, .. } => (common.clone(), 100, false),
+        Command::Forger { common, .. } => (common.clone(), 100, false, false),
+        Command::TransportFloor { common, views } => (common.clone(), 100, false, *views),
         Command::Propagation(c)
-        | Command::TransportFloor(c)
         | Command::FailoverKill(c)
         | Command::FailoverGraceful(c)
         | Command::FailoverCut(c)
         | Command::Memory(c)
         | Command::History(c)
         | Command::Scale(c)
-        | Command::Idle(c) => (c.clone(), 100, false),
+        | Command::Idle(c) => (c.clone(), 100, false, false),
         Command::Window(_) | Command::Forge(_) => unreachable!("handled above"),
     };
     let scenario = command.name();
@@ -224,6 +233,7 @@ fn main() {
         quick: common.quick,
         batch,
         same_key,
+        views,
     };
     let mut out = Out::new();
     out.insert("scenario".into(), json!(scenario));
@@ -237,7 +247,7 @@ fn main() {
         if opts.net == Net::Lan && matches!(command, Command::Floor { .. }) {
             anyhow::bail!("floor runs in this process: it has no `--net lan`");
         }
-        if opts.net == Net::Lan && matches!(command, Command::TransportFloor(_)) {
+        if opts.net == Net::Lan && matches!(command, Command::TransportFloor { .. }) {
             anyhow::bail!("transport-floor links windows on loopback: it has no `--net lan`");
         }
         if opts.net == Net::Lan && !matches!(command, Command::History(_)) {
@@ -245,7 +255,7 @@ fn main() {
         }
         match &command {
             Command::Propagation(_) => scenarios::propagation::run(&opts, &mut out),
-            Command::TransportFloor(_) => scenarios::propagation::run_floor(&opts, &mut out),
+            Command::TransportFloor { .. } => scenarios::propagation::run_floor(&opts, &mut out),
             Command::FailoverKill(_) => scenarios::failover::run(&opts, &mut out, Fault::Kill),
             Command::FailoverGraceful(_) => scenarios::failover::run(&opts, &mut out, Fault::Leave),
             Command::FailoverCut(_) => scenarios::failover::run(&opts, &mut out, Fault::Cut),

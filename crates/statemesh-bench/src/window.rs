@@ -60,6 +60,9 @@ pub(crate) struct WindowArgs {
     /// Run the `transport-floor` window instead: the links without the mesh (local only).
     #[arg(long)]
     transport_floor: bool,
+    /// With `--transport-floor`: exchange views too (see `floor_window`).
+    #[arg(long)]
+    floor_views: bool,
 }
 
 /// Runs one window until stdin ends or a `shutdown` command.
@@ -93,6 +96,7 @@ pub(crate) fn run(args: WindowArgs) -> anyhow::Result<()> {
         return rt.block_on(crate::floor_window::run(
             args.secret_file.as_deref(),
             &args.mesh,
+            args.floor_views,
         ));
     }
     rt.block_on(window(args))

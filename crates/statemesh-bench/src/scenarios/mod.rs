@@ -33,6 +33,8 @@ pub(crate) struct Opts {
     pub(crate) batch: u64,
     /// `throughput`: every window rewrites one key of its own instead of writing new keys.
     pub(crate) same_key: bool,
+    /// `transport-floor`: the windows also exchange views (see `floor_window`).
+    pub(crate) views: bool,
 }
 
 /// The `scale` scenario: `propagation` and `failover-kill` on one mesh of many windows.

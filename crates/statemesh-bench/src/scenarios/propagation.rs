@@ -96,12 +96,16 @@ pub(crate) fn run_floor(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     f.within = Duration::from_secs(120);
     eprintln!("starting {n} floor windows, linked one by one");
     // The first window creates the secret file; the others read it.
-    let floor = ["--transport-floor"];
-    let first = f.spawn_with(0, &floor)?;
+    let floor: &[&str] = if opts.views {
+        &["--transport-floor", "--floor-views"]
+    } else {
+        &["--transport-floor"]
+    };
+    let first = f.spawn_with(0, floor)?;
     f.wait_joined(&[first])?;
     let mut slots = vec![first];
     for _ in 1..n {
-        slots.push(f.spawn_with(0, &floor)?);
+        slots.push(f.spawn_with(0, floor)?);
     }
     f.wait_joined(&slots)?;
     let mut addrs = Vec::with_capacity(n);
@@ -122,6 +126,17 @@ pub(crate) fn run_floor(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     eprintln!("{samples} writes, one every {every} ms, from each window in turn");
     let p = measure(&mut f, samples, Duration::from_millis(every))?;
     report(&p, out);
+    out.insert("views".into(), json!(opts.views));
+    if opts.views {
+        let mut unsent = 0;
+        for s in &slots {
+            unsent += f.ask(*s, &json!({"op": "views"}), "views")?["unsent"]
+                .as_u64()
+                .unwrap_or(0);
+        }
+        // Views larger than the path's datagrams then (a mesh sends those on the stream).
+        out.insert("views_not_datagrams".into(), json!(unsent));
+    }
     Ok(())
 }
 
