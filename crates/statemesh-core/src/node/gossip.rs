@@ -3,11 +3,80 @@
 //! document (a sync owed, writes it holds); and what the node publishes to the heart, the
 //! digests its views carry.
 
+use std::collections::VecDeque;
+
 use super::heart::Note;
-use super::link::RELAY_GRACE_HALF_BEATS;
+use super::link::{Link, RELAY_GRACE_HALF_BEATS};
 use super::{Event, Node};
 use crate::replica::heads_digest;
 use crate::{PeerId, Time};
+
+/// The documents a node held lately, by their heads' digest, each with the time the node left
+/// it (its heads moved on): a peer whose view shows one of them holds nothing this node lacks,
+/// and lacks exactly what came here since (a document's heads only move forward).
+#[derive(Debug, Default)]
+pub(super) struct LeftDocs(VecDeque<([u8; 8], Time)>);
+
+impl LeftDocs {
+    /// Documents kept: at 64 windows, each writing in turn every 100 ms, six seconds' worth;
+    /// one left earlier than that is judged as one never held (see [`Link::differs_since`]).
+    const KEPT: usize = 64;
+
+    fn left(&mut self, doc: [u8; 8], at: Time) {
+        if self.0.len() == Self::KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back((doc, at));
+    }
+
+    fn when_left(&self, doc: [u8; 8]) -> Option<Time> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(d, _)| *d == doc)
+            .map(|(_, at)| *at)
+    }
+}
+
+/// Documents a peer's views showed that a node has not held, kept per link (the oldest ones
+/// are kept: a longer queue would only make the grace run later).
+const UNREACHED_KEPT: usize = 16;
+
+impl Link {
+    /// Since when the peer's document, `doc` in a view received `now` (not this node's `mine`),
+    /// has differed from this node's in a way that owes it a sync round once the grace has
+    /// passed: a change in flight from its writer arrives within it, a change that can only
+    /// come relayed does not.
+    ///
+    /// - A document this node held (`left`): the peer lacks what came here since this node
+    ///   left it, and nothing else. Since then.
+    /// - Any other: the peer holds something this node lacks (and may lack something of this
+    ///   node's). Since the first view that showed a document this node has not reached since:
+    ///   once this node holds (or held) the document of a view, it holds everything the
+    ///   peer's earlier views showed.
+    pub(super) fn differs_since(
+        &mut self,
+        now: Time,
+        doc: [u8; 8],
+        mine: [u8; 8],
+        left: &LeftDocs,
+    ) -> Time {
+        if let Some(at) = left.when_left(doc) {
+            self.unreached.clear();
+            return at;
+        }
+        let reached = |(d, _): &([u8; 8], Time)| *d == mine || left.when_left(*d).is_some();
+        if let Some(last) = self.unreached.iter().rposition(reached) {
+            self.unreached.drain(..=last);
+        }
+        if self.unreached.back().is_none_or(|(d, _)| *d != doc)
+            && self.unreached.len() < UNREACHED_KEPT
+        {
+            self.unreached.push_back((doc, now));
+        }
+        self.unreached.front().map_or(now, |(_, since)| *since)
+    }
+}
 
 impl Node {
     /// Takes in the terms recorded in the document: the newest stored term, and the greatest
@@ -24,13 +93,18 @@ impl Node {
         self.absorb();
     }
 
-    /// Gives the heart the digests of the document and of the leader records, for its views.
-    pub(super) fn publish_digests(&self) {
+    /// Gives the heart the digests of the document and of the leader records, for its views;
+    /// keeps the document left, if the document moved.
+    pub(super) fn publish_digests(&mut self) {
         let doc = heads_digest(&self.replica.heads());
         let leader = self.leader.digest();
         let mut heart = self.heart();
-        heart.doc = doc;
+        let before = std::mem::replace(&mut heart.doc, doc);
         heart.leader = leader;
+        drop(heart);
+        if before != doc {
+            self.left_docs.left(before, self.last_tick);
+        }
     }
 
     /// Takes in, in order, what the heart left for the node.
@@ -80,6 +154,7 @@ impl Node {
     fn on_view(&mut self, now: Time, from: PeerId, doc: [u8; 8], leader: [u8; 8]) {
         let mine = heads_digest(&self.replica.heads());
         let leader_mismatch = leader != self.leader.digest();
+        let left = &self.left_docs;
         let Some(link) = self.links.get_mut(&from) else {
             return;
         };
@@ -89,9 +164,9 @@ impl Node {
         let relay_after = self.config.heartbeat_interval / 2 * RELAY_GRACE_HALF_BEATS;
         if doc == mine {
             link.mismatch_since = None;
-            link.differs_since = None;
+            link.unreached.clear();
         } else {
-            let differs_since = *link.differs_since.get_or_insert(now);
+            let differs_since = link.differs_since(now, doc, mine, left);
             if progressed || link.mismatch_since.is_none() {
                 link.mismatch_since = Some(now);
                 link.stalled_views = 0;
@@ -99,8 +174,8 @@ impl Node {
             } else {
                 link.stalled_views = link.stalled_views.saturating_add(1);
             }
-            // Not at the first views that differ: the change in flight most likely arrives
-            // from its writer first (see `RELAY_GRACE_HALF_BEATS`).
+            // Not while the difference is younger than the grace: the change in flight most
+            // likely arrives from its writer first (see `RELAY_GRACE_HALF_BEATS`).
             if now.saturating_since(differs_since) >= relay_after {
                 self.want_sync(from, now);
             }

@@ -18,9 +18,10 @@ pub(super) struct Link {
     pub(super) their_leader: Option<[u8; 8]>,
     /// Since when the documents have differed with no progress on either side.
     pub(super) mismatch_since: Option<Time>,
-    /// Since when the peer's views have shown a document other than this one, progress or not
-    /// (see [`RELAY_GRACE_HALF_BEATS`]).
-    pub(super) differs_since: Option<Time>,
+    /// Documents the peer's views showed that this node has not held (each with the time of
+    /// the first view that showed it), oldest first: what the peer may hold that this node
+    /// lacks (see [`Link::differs_since`](super::gossip)).
+    pub(super) unreached: std::collections::VecDeque<([u8; 8], Time)>,
     /// Views received since `mismatch_since` that showed the peer's document unchanged: a
     /// stall is a peer that keeps talking without progressing, not one too busy to talk.
     pub(super) stalled_views: u32,
@@ -57,17 +58,19 @@ pub(super) struct Link {
     pub(super) held_upto: super::WriteId,
 }
 
-/// How long, in halves of the heartbeat interval, a peer's views must have shown a document
-/// other than this one before a sync message is owed to it for that reason alone: three, so
-/// that the first two views that differ owe nothing and the third (two heartbeats after the
-/// first) does. A change reaches every linked peer from its writer directly (each write is
+/// How long, in halves of the heartbeat interval, the documents of a peer and this node must
+/// have differed in the same way before a sync message is owed to the peer for that reason
+/// alone: three. A change reaches every linked peer from its writer directly (each write is
 /// pushed to every link), so a view that differs is most often a change in flight: had each
 /// one owed a sync round, every change would also have been relayed between every pair of
 /// peers that heard of it at different moments (64 windows on two cores: 1,600 sync messages
 /// per write instead of 126; 460-580 with a grace of one half, 242 with three, the cores
-/// saturated and a write taking over 100 ms to reach every window). Views that keep
-/// differing past this grace do owe one: a change that can only arrive relayed (a peer linked
-/// to its writer through others alone) waits two heartbeats more.
+/// saturated and a write taking over 100 ms to reach every window). The grace is counted per
+/// difference, not from the first view that differed (see `Link::differs_since`): with a
+/// write every 100 ms and propagation at 40-170 ms, two windows' documents differed at every
+/// view for seconds though each lacked only changes in flight, and relays doubled `scale`'s
+/// sync messages. A change that can only arrive relayed (a peer linked to its writer through
+/// others alone) waits the grace.
 pub(super) const RELAY_GRACE_HALF_BEATS: u32 = 3;
 
 /// Unchanged views of a peer, on top of the stall timeout, before its sync exchange is reset.
@@ -176,7 +179,7 @@ impl Node {
             if let Some(link) = self.links.get_mut(&from) {
                 if link.their_doc == Some(digest) {
                     link.mismatch_since = None;
-                    link.differs_since = None;
+                    link.unreached.clear();
                     link.unproductive_syncs = 0;
                 } else if before != after && link.mismatch_since.is_some() {
                     link.mismatch_since = Some(now);

@@ -250,6 +250,8 @@ pub struct Node {
     links: BTreeMap<PeerId, Link>,
     /// The time of the last input.
     last_tick: Time,
+    /// The documents this node held lately (see [`gossip::LeftDocs`]).
+    left_docs: gossip::LeftDocs,
     out: VecDeque<Transmit>,
     /// Some link's `sync_due` is set.
     sync_due: bool,
@@ -312,6 +314,7 @@ impl Node {
             leader,
             links: BTreeMap::new(),
             last_tick: now,
+            left_docs: gossip::LeftDocs::default(),
             out: VecDeque::new(),
             sync_due: false,
             events: VecDeque::new(),
@@ -428,7 +431,7 @@ impl Node {
                 their_doc: None,
                 their_leader: None,
                 mismatch_since: None,
-                differs_since: None,
+                unreached: Default::default(),
                 stalled_views: 0,
                 leader_pushed: None,
                 changes_in_flight: None,
