@@ -38,8 +38,8 @@ impl LeftDocs {
     }
 }
 
-/// Documents a peer's views showed that a node has not held, kept per link (the oldest ones
-/// are kept: a longer queue would only make the grace run later).
+/// Documents a peer's views showed that a node has not held, kept per link. Once full, newer
+/// ones are not kept: the grace then runs from the oldest, which can only owe a round sooner.
 const UNREACHED_KEPT: usize = 16;
 
 impl Link {
