@@ -35,8 +35,17 @@ pub struct Config {
     pub sync_stall_timeout: Duration,
     /// A full snapshot replaces the incremental saves once this many of them followed the last
     /// one and their bytes amount to its size (so that a large document is not saved whole
-    /// every few writes of a burst). Default 64.
+    /// every few writes of a burst), and to [`compact_min_bytes`](Self::compact_min_bytes).
+    /// Default 64.
     pub compact_every: usize,
+    /// The fewest bytes of incremental saves a snapshot replaces. A compaction has a fixed cost
+    /// (a full save, a synced temporary file, a rename, a synced directory) that a small file
+    /// does not repay: while a document grows from nothing it was compacted every time its
+    /// saves amounted to its size, about ten times in its first thousand records, and each
+    /// took the cores that the window's and its peers' threads were waiting for
+    /// (`propagation`, docs/under-load.md, twenty-fourth slice). The stored state stays within
+    /// a snapshot plus the larger of its size and this. Default 64 KiB.
+    pub compact_min_bytes: usize,
     /// How long a tombstone (a dead incarnation) keeps being gossiped. Default 30 s.
     pub tombstone_gossip: Duration,
 }
@@ -53,6 +62,7 @@ impl Default for Config {
             eligible: true,
             sync_stall_timeout: Duration::from_secs(1),
             compact_every: 64,
+            compact_min_bytes: 64 * 1024,
             tombstone_gossip: Duration::from_secs(30),
         }
     }

@@ -190,6 +190,7 @@ fn state_seeds() -> Vec<(String, Vec<u8>)> {
     // A snapshot (compaction), then more appends after it.
     let compact = Config {
         compact_every: 2,
+        compact_min_bytes: 0,
         ..Config::default()
     };
     let mut other = new_node(b, compact, 2);

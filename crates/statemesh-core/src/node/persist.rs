@@ -87,13 +87,15 @@ impl Snapshot {
 }
 
 /// When the next persist is a snapshot: once [`Config::compact_every`] incremental saves
-/// followed the last one, and their bytes amount to its size. A full save costs O(document);
-/// with the count alone, a burst of writes on a large document saved it whole every 64
-/// persists, each of a few writes. With the size too, the
-/// compactions of a burst cost O(1) per byte persisted, and the stored state stays within
-/// twice a snapshot's size plus `compact_every` saves.
+/// followed the last one, and their bytes amount to its size and to
+/// [`Config::compact_min_bytes`]. A full save costs O(document); with the count alone, a burst
+/// of writes on a large document saved it whole every 64 persists, each of a few writes. With
+/// the size too, the compactions of a burst cost O(1) per byte persisted; with the floor, a
+/// small document is not compacted for the fixed cost alone. The stored state stays within a
+/// snapshot plus the larger of its size and the floor, plus `compact_every` saves.
 ///
 /// [`Config::compact_every`]: crate::Config::compact_every
+/// [`Config::compact_min_bytes`]: crate::Config::compact_min_bytes
 #[derive(Debug)]
 pub(super) struct Compaction {
     /// Incremental saves since the last snapshot.
@@ -114,8 +116,9 @@ impl Compaction {
         }
     }
 
-    fn is_due(&self, every: usize) -> bool {
-        self.appends >= every && self.appended >= self.snapshot_len.load(Ordering::Relaxed)
+    fn is_due(&self, every: usize, min_bytes: usize) -> bool {
+        self.appends >= every
+            && self.appended >= self.snapshot_len.load(Ordering::Relaxed).max(min_bytes)
     }
 
     /// A snapshot is taken: counting starts over. Returns the cell the snapshot tells its
@@ -172,7 +175,10 @@ impl Node {
         }
         self.persist_seq += 1;
         let seq = self.persist_seq;
-        let persist = if self.compaction.is_due(self.config.compact_every) {
+        let persist = if self
+            .compaction
+            .is_due(self.config.compact_every, self.config.compact_min_bytes)
+        {
             let len = self.compaction.restart();
             Persist::Snapshot {
                 seq,
@@ -266,6 +272,7 @@ mod tests {
     fn a_large_document_is_compacted_once_the_saves_since_amount_to_its_size() {
         let config = Config {
             compact_every: 2,
+            compact_min_bytes: 0,
             ..Config::default()
         };
         let mut n = node_with(7, config);
@@ -309,5 +316,49 @@ mod tests {
         // The write that made the snapshot due is in it.
         assert_eq!(loaded.get::<i64>("c", "hot").expect("read"), Some(appends));
         assert_eq!(loaded.keys("c").len(), 2_001);
+    }
+
+    /// A small document is not compacted every time its saves amount to its size: only once
+    /// they amount to `compact_min_bytes` too (a compaction's fixed cost, a full save and
+    /// three syncs, is not repaid by a small file).
+    #[test]
+    fn a_small_document_is_compacted_once_its_saves_amount_to_the_floor() {
+        let floor = 4096;
+        let config = Config {
+            compact_every: 2,
+            compact_min_bytes: floor,
+            ..Config::default()
+        };
+        let mut n = node_with(9, config);
+        n.put("c", "k", &0i64, Scope::Durable).expect("write");
+        let first = n.poll_persist().expect("bytes to store");
+        assert!(
+            matches!(first, Persist::Snapshot { .. }),
+            "the first is whole"
+        );
+        let size = first.bytes().len();
+        assert!(size < floor / 4, "a small document ({size} bytes)");
+        n.persisted(first.seq());
+        let (mut appends, mut appended, mut last) = (0i64, 0usize, 0usize);
+        loop {
+            n.put("c", &format!("k{appends}"), &appends, Scope::Durable)
+                .expect("write");
+            let p = n.poll_persist().expect("bytes to store");
+            n.persisted(p.seq());
+            match p {
+                Persist::Append { bytes, .. } => {
+                    appends += 1;
+                    last = bytes.len();
+                    appended += last;
+                }
+                Persist::Snapshot { .. } => break,
+            }
+            assert!(appends < 10_000, "a snapshot at last");
+        }
+        assert!(
+            appended >= floor && appended - last < floor,
+            "at the first persist after the saves reached the floor \
+             ({appended} bytes in {appends} saves, snapshot {size})"
+        );
     }
 }
