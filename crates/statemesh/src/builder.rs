@@ -232,7 +232,8 @@ impl MeshBuilder {
 
     /// Every node tunable at once (default [`Config::default`]), for the knobs without a
     /// method of their own (`hint_timeout`, `join_grace`, `sync_stall_timeout`,
-    /// `compact_every`, `compact_min_bytes`, `tombstone_gossip`). The methods called after it change its fields.
+    /// `compact_every`, `compact_min_bytes`, `tombstone_gossip`). The methods called after it
+    /// change its fields.
     /// A `hint_timeout` other than the one derived from its `heartbeat_interval` is kept when
     /// [`heartbeat_interval`](Self::heartbeat_interval) is called later. Checked at join
     /// ([`JoinError::InvalidConfig`]).
