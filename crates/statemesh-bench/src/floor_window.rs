@@ -164,7 +164,8 @@ pub(crate) async fn run(secret_file: Option<&Path>, mesh: &str, views: bool) -> 
 /// Sends every link a view every heartbeat interval, as the pulse of a mesh window does: one
 /// frame per interval, a beat in it for this window and for each linked peer (all live).
 async fn send_views(me: PeerId, links: ViewLinks, unsent: Arc<AtomicU64>) {
-    let mut tick = tokio::time::interval(Config::default().heartbeat_interval);
+    let config = Config::default();
+    let mut tick = tokio::time::interval(config.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for counter in 1u64.. {
         tick.tick().await;
@@ -188,7 +189,7 @@ async fn send_views(me: PeerId, links: ViewLinks, unsent: Arc<AtomicU64>) {
             doc: [0; 8],
             leader: [0; 8],
         });
-        let frame = match encode_frame(&view, Config::default().max_frame) {
+        let frame = match encode_frame(&view, config.max_frame) {
             Ok(frame) => bytes::Bytes::from(frame),
             Err(e) => {
                 emit(&json!({"ev": "error", "error": format!("a view: {e}")}));
@@ -207,11 +208,9 @@ async fn send_views(me: PeerId, links: ViewLinks, unsent: Arc<AtomicU64>) {
 
 /// Reads and decodes a link's views until it closes.
 async fn read_views(connection: quinn::Connection) {
+    let max_frame = Config::default().max_frame;
     while let Ok(datagram) = connection.read_datagram().await {
-        if !matches!(
-            decode_frame(&datagram, Config::default().max_frame),
-            Ok(Message::View(_))
-        ) {
+        if !matches!(decode_frame(&datagram, max_frame), Ok(Message::View(_))) {
             emit(&json!({"ev": "error", "error": "a datagram that is not a view"}));
             return;
         }

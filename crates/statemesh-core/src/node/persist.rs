@@ -265,6 +265,44 @@ mod tests {
         );
     }
 
+    /// What a node persisted, one write per persist, until a snapshot came.
+    struct Saves {
+        /// The incremental saves before the snapshot.
+        appends: i64,
+        /// Their bytes.
+        appended: usize,
+        /// The bytes of the last of them.
+        last: usize,
+        snapshot: Persist,
+    }
+
+    /// Makes write `i` with `write(n, i)`, `i` from 0, and stores each persist, until one is a
+    /// snapshot.
+    fn saves_until_snapshot(n: &mut Node, mut write: impl FnMut(&mut Node, i64)) -> Saves {
+        let (mut appends, mut appended, mut last) = (0i64, 0usize, 0usize);
+        loop {
+            write(n, appends);
+            let p = n.poll_persist().expect("bytes to store");
+            n.persisted(p.seq());
+            match p {
+                Persist::Append { bytes, .. } => {
+                    appends += 1;
+                    last = bytes.len();
+                    appended += last;
+                }
+                Persist::Snapshot { .. } => {
+                    return Saves {
+                        appends,
+                        appended,
+                        last,
+                        snapshot: p,
+                    };
+                }
+            }
+            assert!(appends < 100_000, "a snapshot at last");
+        }
+    }
+
     /// A burst of small writes on a large document is not saved whole every
     /// `compact_every` persists: the snapshot comes once the incremental saves since the last
     /// one amount to its size, and what was stored loads back.
@@ -290,21 +328,14 @@ mod tests {
         );
         let size = first.bytes().len();
         n.persisted(first.seq());
-        let (mut appends, mut appended, mut last) = (0i64, 0usize, 0usize);
-        let snapshot = loop {
-            n.put("c", "hot", &appends, Scope::Durable).expect("write");
-            let p = n.poll_persist().expect("bytes to store");
-            n.persisted(p.seq());
-            match p {
-                Persist::Append { bytes, .. } => {
-                    appends += 1;
-                    last = bytes.len();
-                    appended += last;
-                }
-                Persist::Snapshot { .. } => break p,
-            }
-            assert!(appends < 100_000, "a snapshot at last");
-        };
+        let Saves {
+            appends,
+            appended,
+            last,
+            snapshot,
+        } = saves_until_snapshot(&mut n, |n, i| {
+            n.put("c", "hot", &i, Scope::Durable).expect("write");
+        });
         assert!(appends > 2, "not after `compact_every` saves alone");
         assert!(
             appended >= size && appended - last < size,
@@ -339,22 +370,15 @@ mod tests {
         let size = first.bytes().len();
         assert!(size < floor / 4, "a small document ({size} bytes)");
         n.persisted(first.seq());
-        let (mut appends, mut appended, mut last) = (0i64, 0usize, 0usize);
-        loop {
-            n.put("c", &format!("k{appends}"), &appends, Scope::Durable)
+        let Saves {
+            appends,
+            appended,
+            last,
+            ..
+        } = saves_until_snapshot(&mut n, |n, i| {
+            n.put("c", &format!("k{i}"), &i, Scope::Durable)
                 .expect("write");
-            let p = n.poll_persist().expect("bytes to store");
-            n.persisted(p.seq());
-            match p {
-                Persist::Append { bytes, .. } => {
-                    appends += 1;
-                    last = bytes.len();
-                    appended += last;
-                }
-                Persist::Snapshot { .. } => break,
-            }
-            assert!(appends < 10_000, "a snapshot at last");
-        }
+        });
         assert!(
             appended >= floor && appended - last < floor,
             "at the first persist after the saves reached the floor \
