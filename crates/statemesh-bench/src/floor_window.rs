@@ -5,9 +5,15 @@
 //! authentication as [`statemesh::Mesh`]'s links), dials the addresses the harness gives it,
 //! and on `stamp {key}` writes one small frame (the key and its `CLOCK_MONOTONIC` reading) to
 //! every link. Each link's reader hands received frames to the window's application task, which
-//! prints `{"ev":"seen","key":K,"delay_ns":D}` as a mesh window does when its change
+//! prints `{"ev":"seen","key":K,"delay_ns":D,"stamp":S}` as a mesh window does when its change
 //! subscription delivers a record. What separates a `propagation` run from this one is then
 //! the mesh itself: Automerge, the sync protocol, the node and its driver.
+//!
+//! With `--floor-documents` a stamp is a record written to an Automerge document and the frame
+//! carries the change it made; each receiver's reader applies it to the receiver's document and
+//! the application task reads the stamp back from there (see [`crate::floor_document`]): the
+//! floor then holds Automerge's own work for a write and its receipt, and what separates
+//! `propagation` from it is the mesh's machinery alone.
 //!
 //! With `--floor-views` it also carries the liveness traffic of the design: every heartbeat
 //! interval, a view (the mesh's own encoding, with a beat for itself and each linked peer, as a
@@ -37,16 +43,37 @@ use statemesh_net::secret::Secret;
 use tokio::sync::mpsc;
 
 use crate::clock::now_ns;
+use crate::floor_document::FloorDocument;
 use crate::window::{command_of, emit, stdin_lines};
 
 /// The most bytes a frame's key may take (the harness's keys are a few bytes).
 const MAX_KEY: usize = 256;
 
+/// The most bytes a frame's body may take (a stamp, or the change of one record).
+const MAX_BODY: usize = 1 << 20;
+
+/// What a floor window carries besides its stamps.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Carried {
+    /// Views to every link every heartbeat interval (`--floor-views`).
+    pub(crate) views: bool,
+    /// Stamps written to and read from Automerge documents (`--floor-documents`).
+    pub(crate) documents: bool,
+}
+
+/// The window's document, with `--floor-documents`.
+type SharedDocument = Arc<Mutex<FloorDocument>>;
+
 /// The links views go to (`--floor-views`): each peer's id and connection.
 type ViewLinks = Arc<Mutex<Vec<(PeerId, quinn::Connection)>>>;
 
-/// Runs the floor window until stdin ends; `views`: exchange views with every link.
-pub(crate) async fn run(secret_file: Option<&Path>, mesh: &str, views: bool) -> anyhow::Result<()> {
+/// Runs the floor window until stdin ends.
+pub(crate) async fn run(
+    secret_file: Option<&Path>,
+    mesh: &str,
+    carried: Carried,
+) -> anyhow::Result<()> {
+    let views = carried.views;
     let started = now_ns();
     let secret = match secret_file {
         Some(path) => Secret::load_or_create(path).context("the secret file")?,
@@ -59,8 +86,14 @@ pub(crate) async fn run(secret_file: Option<&Path>, mesh: &str, views: bool) -> 
     let me = PeerId::generate(unix_ms, &mut rng);
     let endpoint = Endpoint::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), me, secret, mesh)?;
     let addr = endpoint.local_addr()?;
+    let document = if carried.documents {
+        Some(Arc::new(Mutex::new(FloorDocument::new(me)?)))
+    } else {
+        None
+    };
 
-    let (frames_tx, mut frames) = mpsc::unbounded_channel::<(String, i64)>();
+    // A received key, and its stamp unless it is to be read from the document.
+    let (frames_tx, mut frames) = mpsc::unbounded_channel::<(String, Option<i64>)>();
     let (links_tx, mut new_links) = mpsc::unbounded_channel::<Link>();
     let accepting = endpoint.clone();
     let accepted = links_tx.clone();
@@ -97,7 +130,16 @@ pub(crate) async fn run(secret_file: Option<&Path>, mesh: &str, views: bool) -> 
             frame = frames.recv() => {
                 let t = now_ns();
                 let Some((key, stamp)) = frame else { break };
-                emit(&json!({"ev": "seen", "key": key, "delay_ns": t as i64 - stamp}));
+                let stamp = stamp.or_else(|| {
+                    document.as_ref().and_then(|d| d.lock().expect("poisoned only by a panic in Automerge").stamp(&key))
+                });
+                match stamp {
+                    Some(stamp) => emit(&json!({"ev": "seen", "key": key,
+                                                "delay_ns": t as i64 - stamp,
+                                                "stamp": stamp})),
+                    None => emit(&json!({"ev": "error",
+                                         "error": format!("no stamp for {key:?}")})),
+                }
             }
             link = new_links.recv() => {
                 let Some(link) = link else { break };
@@ -108,7 +150,7 @@ pub(crate) async fn run(secret_file: Option<&Path>, mesh: &str, views: bool) -> 
                         .expect("held only to push or copy")
                         .push((link.peer, link.connection.clone()));
                 }
-                senders.push(split(link, frames_tx.clone()));
+                senders.push(split(link, frames_tx.clone(), document.clone()));
                 if waiting_for.is_some_and(|n| senders.len() >= n) {
                     waiting_for = None;
                     emit(&json!({"ev": "links", "links": senders.len()}));
@@ -120,7 +162,12 @@ pub(crate) async fn run(secret_file: Option<&Path>, mesh: &str, views: bool) -> 
                 match cmd["op"].as_str().unwrap_or_default() {
                     "stamp" => {
                         let key = cmd["key"].as_str().unwrap_or_default();
-                        let frame = encode(key, now_ns() as i64);
+                        let stamp = now_ns() as i64;
+                        let body = match &document {
+                            Some(d) => d.lock().expect("poisoned only by a panic in Automerge").write(key, stamp)?,
+                            None => stamp.to_be_bytes().to_vec(),
+                        };
+                        let frame = encode(key, &body);
                         for send in &mut senders {
                             send.write_all(&frame).await.context("a link's stream")?;
                         }
@@ -217,34 +264,72 @@ async fn read_views(connection: quinn::Connection) {
     }
 }
 
-/// A frame: the key's length (one byte), the key, the stamp (8 bytes, big-endian).
-fn encode(key: &str, stamp: i64) -> Vec<u8> {
+/// A frame: the key's length (one byte), the key, the body's length (4 bytes, big-endian),
+/// the body (the stamp, 8 bytes big-endian, or the change that wrote it).
+fn encode(key: &str, body: &[u8]) -> Vec<u8> {
     let key = &key.as_bytes()[..key.len().min(MAX_KEY - 1)];
-    let mut frame = Vec::with_capacity(1 + key.len() + 8);
+    let mut frame = Vec::with_capacity(1 + key.len() + 4 + body.len());
     frame.push(key.len() as u8);
     frame.extend_from_slice(key);
-    frame.extend_from_slice(&stamp.to_be_bytes());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(body);
     frame
 }
 
-/// Reads frames from `link` until it ends, handing each to the application task; takes the
-/// link's send stream for the application task's writes.
-fn split(link: Link, to_app: mpsc::UnboundedSender<(String, i64)>) -> quinn::SendStream {
+/// Reads frames from `link` until it ends, handing each to the application task (with
+/// `document`, once the frame's change is applied to it); takes the link's send stream for
+/// the application task's writes.
+fn split(
+    link: Link,
+    to_app: mpsc::UnboundedSender<(String, Option<i64>)>,
+    document: Option<SharedDocument>,
+) -> quinn::SendStream {
     let mut recv = link.recv;
     tokio::spawn(async move {
-        let mut buf = [0u8; MAX_KEY + 8];
+        let mut key = [0u8; MAX_KEY];
+        let mut body = Vec::new();
         loop {
-            if recv.read_exact(&mut buf[..1]).await.is_err() {
+            let mut len = [0u8; 4];
+            if recv.read_exact(&mut len[..1]).await.is_err() {
                 return;
             }
-            let len = usize::from(buf[0]);
-            if recv.read_exact(&mut buf[..len + 8]).await.is_err() {
+            let key_len = usize::from(len[0]);
+            if recv.read_exact(&mut key[..key_len]).await.is_err()
+                || recv.read_exact(&mut len).await.is_err()
+            {
                 return;
             }
-            let key = String::from_utf8_lossy(&buf[..len]).into_owned();
-            let mut stamp = [0u8; 8];
-            stamp.copy_from_slice(&buf[len..len + 8]);
-            if to_app.send((key, i64::from_be_bytes(stamp))).is_err() {
+            let body_len = u32::from_be_bytes(len) as usize;
+            if body_len > MAX_BODY {
+                emit(&json!({"ev": "error", "error": format!("a frame of {body_len} bytes")}));
+                return;
+            }
+            body.resize(body_len, 0);
+            if recv.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            let key = String::from_utf8_lossy(&key[..key_len]).into_owned();
+            let stamp = match &document {
+                Some(d) => {
+                    if let Err(e) = d
+                        .lock()
+                        .expect("poisoned only by a panic in Automerge")
+                        .apply(&body)
+                    {
+                        emit(&json!({"ev": "error", "error": format!("{e:#}")}));
+                        return;
+                    }
+                    None
+                }
+                None => match <[u8; 8]>::try_from(body.as_slice()) {
+                    Ok(stamp) => Some(i64::from_be_bytes(stamp)),
+                    Err(_) => {
+                        emit(&json!({"ev": "error", "error": "a stamp that is not 8 bytes"}));
+                        return;
+                    }
+                },
+            };
+            if to_app.send((key, stamp)).is_err() {
                 return;
             }
         }

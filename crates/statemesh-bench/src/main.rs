@@ -15,6 +15,7 @@
 mod cleanup;
 mod clock;
 mod fleet;
+mod floor_document;
 mod floor_window;
 mod forger;
 mod lan;
@@ -26,6 +27,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::fleet::Net;
+use crate::floor_window::Carried;
 use crate::scenarios::failover::Fault;
 use crate::scenarios::{Opts, Out};
 
@@ -72,6 +74,12 @@ enum Command {
         /// (each peer's view to each linked peer, five times a second).
         #[arg(long)]
         views: bool,
+        /// Each stamp is a record written to an Automerge document (the mesh's record, one
+        /// transaction, one change) and its change is what the frame carries; each receiver
+        /// applies it to its own document and reads the stamp back from there: Automerge's
+        /// own work for a write and its receipt, without the mesh around it.
+        #[arg(long)]
+        documents: bool,
     },
     /// SIGKILL the leader; time until every survivor reports the same new leader.
     FailoverKill(Common),
@@ -203,17 +211,13 @@ fn main() {
         }
         other => other,
     };
-    let (common, batch, same_key, views) = match &command {
-        Command::Throughput {
-            common,
-            batch,
-            same_key,
-        } => (common.clone(), *batch, *same_key, false),
-        Command::Overload { common, batch } | Command::Floor { common, batch, .. } => {
-            (common.clone(), *batch, false, false)
+    let (common, batch) = match &command {
+        Command::Throughput { common, batch, .. }
+        | Command::Overload { common, batch }
+        | Command::Floor { common, batch, .. } => (common.clone(), *batch),
+        Command::Forger { common, .. } | Command::TransportFloor { common, .. } => {
+            (common.clone(), 100)
         }
-        Command::Forger { common, .. } => (common.clone(), 100, false, false),
-        Command::TransportFloor { common, views } => (common.clone(), 100, false, *views),
         Command::Propagation(c)
         | Command::FailoverKill(c)
         | Command::FailoverGraceful(c)
@@ -221,20 +225,32 @@ fn main() {
         | Command::Memory(c)
         | Command::History(c)
         | Command::Scale(c)
-        | Command::Idle(c) => (c.clone(), 100, false, false),
+        | Command::Idle(c) => (c.clone(), 100),
         Command::Window(_) | Command::Forge(_) => unreachable!("handled above"),
     };
     let scenario = command.name();
-    let opts = Opts {
+    let mut opts = Opts {
         peers: common
             .peers
             .map_or_else(|| command.default_peers(), usize::from),
         net: common.net,
         quick: common.quick,
         batch,
-        same_key,
-        views,
+        same_key: false,
+        carried: Carried::default(),
     };
+    match &command {
+        Command::Throughput { same_key, .. } => opts.same_key = *same_key,
+        Command::TransportFloor {
+            views, documents, ..
+        } => {
+            opts.carried = Carried {
+                views: *views,
+                documents: *documents,
+            }
+        }
+        _ => {}
+    }
     let mut out = Out::new();
     out.insert("scenario".into(), json!(scenario));
     out.insert("peers".into(), json!(opts.peers));

@@ -7,8 +7,9 @@
 //! - `{"ev":"joined","peer":ID,"pid":P,"join_us":F}` once (`peer` is null for a baseline);
 //! - `{"ev":"lead","leader":ID|null,"term":T|null,"me":B,"t":NS}` at every leadership change
 //!   (and once at start);
-//! - `{"ev":"seen","key":K,"delay_ns":D}` when a record of channel `prop` written by another
-//!   window arrives: `D` is the arrival time minus the writer's timestamp stored in the value;
+//! - `{"ev":"seen","key":K,"delay_ns":D,"stamp":S}` when a record of channel `prop` written
+//!   by another window arrives: `S` is the writer's timestamp stored in the value, `D` the
+//!   arrival time minus `S`;
 //! - answers to commands: `links`, `info`, `burst_done`, `reached`, `count`, `leaving`,
 //!   `left`, and `{"ev":"error","error":E}` for a command that failed.
 //!
@@ -63,6 +64,10 @@ pub(crate) struct WindowArgs {
     /// With `--transport-floor`: exchange views too (see `floor_window`).
     #[arg(long)]
     floor_views: bool,
+    /// With `--transport-floor`: stamps are records of Automerge documents (see
+    /// `floor_window`).
+    #[arg(long)]
+    floor_documents: bool,
 }
 
 /// Runs one window until stdin ends or a `shutdown` command.
@@ -96,7 +101,10 @@ pub(crate) fn run(args: WindowArgs) -> anyhow::Result<()> {
         return rt.block_on(crate::floor_window::run(
             args.secret_file.as_deref(),
             &args.mesh,
-            args.floor_views,
+            crate::floor_window::Carried {
+                views: args.floor_views,
+                documents: args.floor_documents,
+            },
         ));
     }
     rt.block_on(window(args))
@@ -275,7 +283,7 @@ async fn window(args: WindowArgs) -> anyhow::Result<()> {
                             && let Ok(Some(stamp)) = mesh.get::<i64>("prop", &c.key)
                         {
                             emit(&json!({"ev": "seen", "key": c.key,
-                                         "delay_ns": t as i64 - stamp}));
+                                         "delay_ns": t as i64 - stamp, "stamp": stamp}));
                         }
                         if let Some(tr) = &mut tracked {
                             tr.note(&c.channel, &c.key, t);

@@ -6,6 +6,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::fleet::{Fleet, Net};
+use crate::floor_window::Carried;
 use crate::stats::round3;
 
 pub(crate) mod failover;
@@ -33,8 +34,8 @@ pub(crate) struct Opts {
     pub(crate) batch: u64,
     /// `throughput`: every window rewrites one key of its own instead of writing new keys.
     pub(crate) same_key: bool,
-    /// `transport-floor`: the windows also exchange views (see `floor_window`).
-    pub(crate) views: bool,
+    /// `transport-floor`: what the windows carry besides their stamps (see `floor_window`).
+    pub(crate) carried: Carried,
 }
 
 /// The `scale` scenario: `propagation` and `failover-kill` on one mesh of many windows.
@@ -64,6 +65,10 @@ pub(crate) fn scale(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     out.insert("p99_us".into(), json!(round3(p.to_all.p99)));
     out.insert("max_us".into(), json!(round3(p.to_all.max)));
     out.insert("samples".into(), json!(p.to_all.n));
+    out.insert(
+        "by_heartbeat_phase".into(),
+        propagation::by_heartbeat_phase(&p.written),
+    );
     // Sync messages received mesh-wide per write: about two per other window when each gets
     // the write from its writer and answers it; more when windows relay it to each other.
     out.insert(

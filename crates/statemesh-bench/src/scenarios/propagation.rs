@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use serde_json::json;
+use serde_json::{Value as Json, json};
+use statemesh_core::Config;
 
 use super::{Opts, Out};
 use crate::fleet::Fleet;
@@ -21,6 +22,43 @@ pub(crate) struct Propagation {
     pub(crate) first_tenth_p50: f64,
     /// See `first_tenth_p50`.
     pub(crate) last_tenth_p50: f64,
+    /// Per write: when it was written (the writer's `CLOCK_MONOTONIC` reading, in ns) and
+    /// `to_all`'s sample.
+    pub(crate) written: Vec<(u64, f64)>,
+}
+
+/// Bins of a heartbeat interval that [`by_heartbeat_phase`] splits the writes into.
+const PHASE_BINS: u32 = 4;
+
+/// `to_all` of the writes made in each quarter of the heartbeat interval, on the grid a mesh's
+/// windows align their heartbeats to (multiples of the default interval on the machine's
+/// monotonic clock: every window sends its views at those instants): which writes met the
+/// views' burst. Quarters without writes are left out.
+pub(crate) fn by_heartbeat_phase(written: &[(u64, f64)]) -> Json {
+    let interval = Config::default().heartbeat_interval.as_nanos().max(1) as u64;
+    let bin_ns = interval / u64::from(PHASE_BINS);
+    let mut bins = vec![Vec::new(); PHASE_BINS as usize];
+    for (at, us) in written {
+        let bin = ((at % interval) / bin_ns.max(1)).min(u64::from(PHASE_BINS) - 1);
+        bins[bin as usize].push(*us);
+    }
+    let bins: Vec<Json> = bins
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| !b.is_empty())
+        .map(|(i, b)| {
+            let s = summarize(b);
+            json!({
+                "from_ms": round3(i as f64 * bin_ns as f64 / 1e6),
+                "to_ms": round3((i + 1) as f64 * bin_ns as f64 / 1e6),
+                "samples": s.n,
+                "p50_us": round3(s.p50),
+                "p99_us": round3(s.p99),
+                "max_us": round3(s.max),
+            })
+        })
+        .collect();
+    Json::Array(bins)
 }
 
 /// Writes `samples` records, one every `every`, from each window in turn; each write carries
@@ -35,6 +73,7 @@ pub(crate) fn measure(
     let receivers = slots.len() - 1;
     let mut to_all = Vec::with_capacity(samples);
     let mut one_way = Vec::with_capacity(samples * receivers);
+    let mut written = Vec::with_capacity(samples);
     let start = Instant::now();
     for i in 0..samples {
         // Pace the writes (a window writing at UI rates), so that each one is measured on its
@@ -46,6 +85,7 @@ pub(crate) fn measure(
         let key = format!("s{i}");
         f.send(writer, &json!({"op": "stamp", "key": key}))?;
         let mut worst = 0.0f64;
+        let mut stamp = None;
         for _ in 0..receivers {
             let line = f.wait_line("a write to propagate", |l| {
                 l.json["ev"] == "seen" && l.json["key"] == key.as_str()
@@ -56,8 +96,13 @@ pub(crate) fn measure(
                 / 1e3;
             one_way.push(us);
             worst = worst.max(us);
+            stamp = stamp.or(line.json["stamp"].as_u64());
         }
         to_all.push(worst);
+        written.push((
+            stamp.ok_or_else(|| anyhow!("`seen` without the write's stamp"))?,
+            worst,
+        ));
         if (i + 1) % (samples / 4).max(1) == 0 {
             eprintln!("  {}/{samples} writes", i + 1);
         }
@@ -68,6 +113,7 @@ pub(crate) fn measure(
         one_way: summarize(&one_way),
         first_tenth_p50: summarize(&to_all[..tenth.min(to_all.len())]).p50,
         last_tenth_p50: summarize(&to_all[to_all.len().saturating_sub(tenth)..]).p50,
+        written,
     })
 }
 
@@ -96,16 +142,18 @@ pub(crate) fn run_floor(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     f.within = Duration::from_secs(120);
     eprintln!("starting {n} floor windows, linked one by one");
     // The first window creates the secret file; the others read it.
-    let floor: &[&str] = if opts.views {
-        &["--transport-floor", "--floor-views"]
-    } else {
-        &["--transport-floor"]
-    };
-    let first = f.spawn_with(0, floor)?;
+    let mut floor = vec!["--transport-floor"];
+    if opts.carried.views {
+        floor.push("--floor-views");
+    }
+    if opts.carried.documents {
+        floor.push("--floor-documents");
+    }
+    let first = f.spawn_with(0, &floor)?;
     f.wait_joined(&[first])?;
     let mut slots = vec![first];
     for _ in 1..n {
-        slots.push(f.spawn_with(0, floor)?);
+        slots.push(f.spawn_with(0, &floor)?);
     }
     f.wait_joined(&slots)?;
     let mut addrs = Vec::with_capacity(n);
@@ -126,8 +174,9 @@ pub(crate) fn run_floor(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     eprintln!("{samples} writes, one every {every} ms, from each window in turn");
     let p = measure(&mut f, samples, Duration::from_millis(every))?;
     report(&p, out);
-    out.insert("views".into(), json!(opts.views));
-    if opts.views {
+    out.insert("views".into(), json!(opts.carried.views));
+    out.insert("documents".into(), json!(opts.carried.documents));
+    if opts.carried.views {
         let mut unsent = 0;
         for s in &slots {
             unsent += f.ask(*s, &json!({"op": "views"}), "views")?["unsent"]
@@ -153,4 +202,38 @@ fn report(p: &Propagation, out: &mut Out) {
         json!(round3(p.first_tenth_p50)),
     );
     out.insert("last_tenth_p50_us".into(), json!(round3(p.last_tenth_p50)));
+    out.insert("by_heartbeat_phase".into(), by_heartbeat_phase(&p.written));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_binned_by_where_they_fall_in_the_heartbeat_interval() {
+        let interval = Config::default().heartbeat_interval.as_nanos() as u64;
+        let quarter = interval / u64::from(PHASE_BINS);
+        // Ten intervals in: writes a tenth into the first quarter, and into the last.
+        let base = 10 * interval;
+        let written: Vec<(u64, f64)> = (0..4)
+            .flat_map(|k| {
+                let start = base + k * interval;
+                [
+                    (start + quarter / 10, 30.0 + k as f64),
+                    (start + 3 * quarter + quarter / 10, 80.0 + k as f64),
+                ]
+            })
+            .collect();
+        let bins = by_heartbeat_phase(&written);
+        let bins = bins.as_array().expect("an array");
+        assert_eq!(bins.len(), 2, "{bins:?}");
+        let quarter_ms = quarter as f64 / 1e6;
+        assert_eq!(bins[0]["from_ms"], json!(0.0));
+        assert_eq!(bins[0]["samples"], json!(4));
+        assert_eq!(bins[0]["max_us"], json!(33.0));
+        assert_eq!(bins[1]["from_ms"], json!(3.0 * quarter_ms));
+        assert_eq!(bins[1]["to_ms"], json!(4.0 * quarter_ms));
+        assert_eq!(bins[1]["p50_us"], json!(81.0));
+        assert_eq!(bins[1]["max_us"], json!(83.0));
+    }
 }
