@@ -212,3 +212,51 @@ pub(super) fn views_dropped(shared: &Shared, n: u64) {
     shared.counts().views_dropped += n;
     tracing::debug!(n, "views dropped: newer ones filled the queue");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use rand_core::SeedableRng;
+    use statemesh_net::quic::Endpoint;
+    use statemesh_net::secret::Secret;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_view_goes_as_a_datagram_when_it_fits_and_on_the_stream_when_not() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let (a, b) = (
+            PeerId::generate(10, &mut rng),
+            PeerId::generate(11, &mut rng),
+        );
+        let secret = Secret::from_bytes([9; 32]);
+        let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let server = Endpoint::bind(any, a, secret.clone(), "pulse").expect("binds");
+        let client = Endpoint::bind(any, b, secret, "pulse").expect("binds");
+        let addr = server.local_addr().expect("an address");
+        let (accepted, dialled) = tokio::join!(server.accept(), client.connect(addr));
+        let accepted = accepted.expect("incoming").expect("authenticates");
+        let dialled = dialled.expect("authenticates");
+        let (tx, mut stream) = mpsc::unbounded_channel();
+        let queued = AtomicUsize::new(0);
+
+        let small = bytes::Bytes::from(vec![1u8; 64]);
+        send_view(&dialled.connection, &tx, &queued, small.clone());
+        let got = accepted
+            .connection
+            .read_datagram()
+            .await
+            .expect("a datagram");
+        assert_eq!(got, small);
+        assert!(stream.try_recv().is_err(), "nothing on the stream");
+        assert_eq!(queued.load(Ordering::Relaxed), 0);
+
+        // Larger than any UDP datagram (the path's datagram size grows as QUIC probes it).
+        let large = bytes::Bytes::from(vec![2u8; 70_000]);
+        send_view(&dialled.connection, &tx, &queued, large.clone());
+        let sent = stream.try_recv().expect("on the stream");
+        assert!(sent == large, "the view as it was");
+        assert_eq!(queued.load(Ordering::Relaxed), 1, "counted until written");
+    }
+}
