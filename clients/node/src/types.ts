@@ -89,6 +89,7 @@ export interface Metrics {
   sync_in: number;
   sync_out: number;
   sync_resets: number;
+  syncs_owed_by_views: number;
   frames_in: number;
   frames_out: number;
   bytes_in: number;

@@ -448,6 +448,7 @@ fn command(
                 "sync_in": metrics.sync_in,
                 "sync_out": metrics.sync_out,
                 "sync_resets": metrics.sync_resets,
+                "syncs_owed_by_views": metrics.syncs_owed_by_views,
                 "bytes_in": metrics.bytes_in,
                 "freezes": metrics.freezes,
                 "suspicions_refuted": metrics.suspicions_refuted,

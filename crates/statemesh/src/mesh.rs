@@ -441,6 +441,7 @@ impl Mesh {
             sync_in: stats.sync_in,
             sync_out: stats.sync_out,
             sync_resets: stats.sync_resets,
+            syncs_owed_by_views: stats.syncs_owed_by_views,
             frames_in: stats.frames_in,
             frames_out: stats.frames_out,
             bytes_in: stats.bytes_in,

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub sync_out: u64,
     /// Sync exchanges restarted after a stall.
     pub sync_resets: u64,
+    /// Sync rounds a peer's view made owed: its document had differed from this window's for
+    /// longer than the relay grace. Each write reaches every linked peer from its writer;
+    /// these are the rounds on top (relays, and repairs of lost or confused exchanges).
+    pub syncs_owed_by_views: u64,
     /// Frames received.
     pub frames_in: u64,
     /// Frames sent.

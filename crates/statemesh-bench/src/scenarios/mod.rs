@@ -50,9 +50,10 @@ pub(crate) fn scale(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     // receive, and the measure is latency, not how many writes the mesh absorbs.
     eprintln!("{samples} writes, one every 100 ms");
     let slots = f.slots();
-    let syncs_before = sync_messages(&mut f, &slots)?;
+    let before = sync_counts(&mut f, &slots)?;
     let p = propagation::measure(&mut f, samples, Duration::from_millis(100))?;
-    let syncs = sync_messages(&mut f, &slots)? - syncs_before;
+    let after = sync_counts(&mut f, &slots)?;
+    let (syncs, owed) = (after.0 - before.0, after.1 - before.1);
     let agreed = f.ready()?;
     let trials = if opts.quick { 1 } else { 5 };
     eprintln!("{trials} leader kills");
@@ -75,6 +76,12 @@ pub(crate) fn scale(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
         "sync_messages_per_write".into(),
         json!(round3(syncs as f64 / samples as f64)),
     );
+    // Sync rounds owed on top of the writers' own: views showed documents that differed
+    // past the relay grace (each round is a message and its answer, or more).
+    out.insert(
+        "view_owed_rounds_per_write".into(),
+        json!(round3(owed as f64 / samples as f64)),
+    );
     out.insert("failover_p50_ms".into(), json!(round3(fo.p50)));
     out.insert("failover_max_ms".into(), json!(round3(fo.max)));
     out.insert("failover_trials".into(), json!(fo.n));
@@ -94,22 +101,23 @@ pub(crate) fn start_many(f: &mut Fleet, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sync messages the windows of `slots` received so far, summed.
-fn sync_messages(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<u64> {
-    let mut total = 0;
+/// Sync messages the windows of `slots` received so far, and the sync rounds views made owed
+/// (see `Metrics::syncs_owed_by_views`), each summed.
+fn sync_counts(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<(u64, u64)> {
+    let (mut received, mut owed) = (0, 0);
     for s in slots {
-        total += f.ask(*s, &json!({"op": "info"}), "info")?["sync_in"]
-            .as_u64()
-            .unwrap_or(0);
+        let info = f.ask(*s, &json!({"op": "info"}), "info")?;
+        received += info["sync_in"].as_u64().unwrap_or(0);
+        owed += info["syncs_owed_by_views"].as_u64().unwrap_or(0);
     }
-    Ok(total)
+    Ok((received, owed))
 }
 
 /// What load did to liveness, over every window of `slots` (asked now): `refutations` (the
 /// sum of incarnation numbers: every move to a new incarnation), of which `false_suspicions`
 /// (a window learned it was judged dead while alive) and `freezes` (a window found its own
 /// ticks starved past the suspect timeout); `leadership_changes` (the most any window saw);
-/// restarted sync exchanges; the largest backlog and the views dropped; the bytes received;
+/// restarted sync exchanges, and sync rounds owed because of views; the largest backlog and the views dropped; the bytes received;
 /// and the worst heartbeat tick lateness and driver turn.
 pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out> {
     let mut out = Out::new();
@@ -117,6 +125,7 @@ pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out>
         (0, 0, 0, 0, 0);
     let (mut late_p99, mut late_max, mut turn_p99, mut turn_max) = (0u64, 0u64, 0u64, 0u64);
     let (mut backlog_peak, mut views_dropped, mut bytes_in) = (0u64, 0u64, 0u64);
+    let mut view_owed = 0u64;
     for s in slots {
         let info = f.ask(*s, &json!({"op": "info"}), "info")?;
         let n = |k: &str| info[k].as_u64().unwrap_or(0);
@@ -124,6 +133,7 @@ pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out>
         suspicions += n("suspicions_refuted");
         freezes += n("freezes");
         resets += n("sync_resets");
+        view_owed += n("syncs_owed_by_views");
         leadership = leadership.max(n("leadership_changes"));
         late_p99 = late_p99.max(n("tick_late_p99_us"));
         late_max = late_max.max(n("tick_late_max_us"));
@@ -137,6 +147,9 @@ pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out>
     out.insert("false_suspicions".into(), json!(suspicions));
     out.insert("freezes".into(), json!(freezes));
     out.insert("sync_resets".into(), json!(resets));
+    // Sync rounds owed on top of the writers' own, because views showed documents that
+    // differed past the relay grace (see `Metrics::syncs_owed_by_views`).
+    out.insert("view_owed_rounds".into(), json!(view_owed));
     out.insert("leadership_changes".into(), json!(leadership));
     // The largest backlog any window saw (local writes not acknowledged by every peer, and
     // frames queued to links), and views dropped unread (superseded by newer ones).

@@ -257,16 +257,20 @@ impl Node {
         let answer_due = link
             .awaiting_answer
             .is_some_and(|t| now.saturating_since(t) < stall);
-        if link.busy {
+        let already = if link.busy {
             // Its sync state is with a job: the answer to the job's message carries it all.
-            link.push_pending = true;
+            std::mem::replace(&mut link.push_pending, true)
         } else if answer_due {
             // The answer to our message brings our reply.
+            true
         } else if push_jobs {
-            link.push_ready = true;
+            std::mem::replace(&mut link.push_ready, true)
         } else {
-            link.sync_due = true;
             self.sync_due = true;
+            std::mem::replace(&mut link.sync_due, true)
+        };
+        if !already {
+            self.stats.syncs_owed_by_views += 1;
         }
     }
 

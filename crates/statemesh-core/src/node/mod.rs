@@ -226,6 +226,11 @@ pub struct Stats {
     pub leadership_changes: u64,
     /// Sync exchanges restarted after a stall.
     pub sync_resets: u64,
+    /// Sync rounds a peer's view made owed: its document had differed from this node's for
+    /// longer than the relay grace (it lacked a change its writer had not brought it, or this
+    /// node lacked one). Each write reaches every linked peer from its writer; these are the
+    /// rounds on top.
+    pub syncs_owed_by_views: u64,
     /// Times this peer found its own ticks starved past the suspect timeout (a freeze, or a
     /// runtime too busy to tick) and moved to a new incarnation.
     pub freezes: u64,

@@ -95,6 +95,11 @@ fn a_peer_whose_view_shows_our_document_holds_our_pending_writes() {
             k == relayed_at,
             "relayed once peer 2 has held the write for the grace, not before"
         );
+        assert_eq!(
+            n[2].stats().syncs_owed_by_views,
+            u64::from(k >= relayed_at),
+            "the round counted as owed by a view"
+        );
     }
     let p1 = n[1].me().peer;
     let held_by_1 = |node: &mut Node| {
@@ -152,6 +157,8 @@ fn changes_in_flight_from_their_writer_are_not_relayed() {
             .count();
     }
     assert_eq!(between, 0, "sync messages between the two peers");
+    assert_eq!(n[1].stats().syncs_owed_by_views, 0);
+    assert_eq!(n[2].stats().syncs_owed_by_views, 0);
     // The last write arrives as the others did.
     let now = Time::from_duration(beat * 9);
     for frame in late {
