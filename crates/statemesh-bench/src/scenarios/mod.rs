@@ -117,8 +117,9 @@ fn sync_counts(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<(u64, u64)> {
 /// sum of incarnation numbers: every move to a new incarnation), of which `false_suspicions`
 /// (a window learned it was judged dead while alive) and `freezes` (a window found its own
 /// ticks starved past the suspect timeout); `leadership_changes` (the most any window saw);
-/// restarted sync exchanges, and sync rounds owed because of views; the largest backlog and the views dropped; the bytes received;
-/// and the worst heartbeat tick lateness and driver turn.
+/// restarted sync exchanges, and sync rounds owed because of views; the largest backlog and
+/// the views dropped; the bytes received; and the worst heartbeat tick lateness and driver
+/// turn.
 pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out> {
     let mut out = Out::new();
     let (mut refutations, mut suspicions, mut freezes, mut resets, mut leadership) =
