@@ -64,6 +64,14 @@ pub(crate) struct Carried {
 /// The window's document, with `--floor-documents`.
 type SharedDocument = Arc<Mutex<FloorDocument>>;
 
+/// `document`, locked by the application task or a link's reader.
+fn lock(document: &SharedDocument) -> std::sync::MutexGuard<'_, FloorDocument> {
+    // Held only for one of FloorDocument's calls: poisoned only by a panic in Automerge.
+    document
+        .lock()
+        .expect("poisoned only by a panic in Automerge")
+}
+
 /// The links views go to (`--floor-views`): each peer's id and connection.
 type ViewLinks = Arc<Mutex<Vec<(PeerId, quinn::Connection)>>>;
 
@@ -131,7 +139,7 @@ pub(crate) async fn run(
                 let t = now_ns();
                 let Some((key, stamp)) = frame else { break };
                 let stamp = stamp.or_else(|| {
-                    document.as_ref().and_then(|d| d.lock().expect("poisoned only by a panic in Automerge").stamp(&key))
+                    document.as_ref().and_then(|d| lock(d).stamp(&key))
                 });
                 match stamp {
                     Some(stamp) => emit(&json!({"ev": "seen", "key": key,
@@ -164,7 +172,7 @@ pub(crate) async fn run(
                         let key = cmd["key"].as_str().unwrap_or_default();
                         let stamp = now_ns() as i64;
                         let body = match &document {
-                            Some(d) => d.lock().expect("poisoned only by a panic in Automerge").write(key, stamp)?,
+                            Some(d) => lock(d).write(key, stamp)?,
                             None => stamp.to_be_bytes().to_vec(),
                         };
                         let frame = encode(key, &body);
@@ -311,11 +319,7 @@ fn split(
             let key = String::from_utf8_lossy(&key[..key_len]).into_owned();
             let stamp = match &document {
                 Some(d) => {
-                    if let Err(e) = d
-                        .lock()
-                        .expect("poisoned only by a panic in Automerge")
-                        .apply(&body)
-                    {
+                    if let Err(e) = lock(d).apply(&body) {
                         emit(&json!({"ev": "error", "error": format!("{e:#}")}));
                         return;
                     }
