@@ -29,10 +29,12 @@ use crate::replica::check_name;
 use crate::value::Token;
 use crate::{Incarnation, MeshTag, PeerId};
 
-/// The protocol version this build speaks. Version 3: the document gives each channel a map
-/// of its own (replica schema 2); peers of version 2 keep every record in one map, and the two
-/// layouts cannot share a document, so their hellos refuse each other.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// The protocol version this build speaks. Version 4: views may travel sealed beside QUIC
+/// ([`Message::ViewRoute`], [`Message::ViewsHeard`]), messages a peer of version 3 would take
+/// for a bad frame. Version 3: the document gives each channel a map of its own (replica
+/// schema 2); peers of version 2 keep every record in one map, and the two layouts cannot
+/// share a document. Hellos of other versions are refused.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Length of the frame header.
 pub const HEADER_LEN: usize = 4;
@@ -61,6 +63,22 @@ pub enum Message {
     Leader(Vec<LeaderRecord>),
     /// Peer exchange: where the sender's other peers can be reached (protocol version 2).
     Peers(Vec<PeerAddress>),
+    /// Where the sender takes this link's views as sealed UDP datagrams (protocol version 4;
+    /// see `statemesh_net::views`).
+    ViewRoute(ViewRoute),
+    /// Sealed views on the route of this number arrive: the receiver of views sends them no
+    /// other way from now on (protocol version 4).
+    ViewsHeard(u64),
+}
+
+/// Where a peer takes the views of one link sealed: UDP to `port`, at the address its link
+/// comes from, under `route`, sealed with the key of that direction of the link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewRoute {
+    /// The UDP port of the sender's view socket (on the IP address of its link).
+    pub port: u16,
+    /// The route number views are sealed under.
+    pub route: u64,
 }
 
 /// Where a peer can be reached: the address of the sender's link to it.
@@ -259,7 +277,11 @@ fn decode_message(payload: &[u8]) -> Result<Message, DecodeError> {
 
 fn validate(message: &Message) -> Result<(), DecodeError> {
     match message {
-        Message::Hello(_) | Message::Leave(_) | Message::Sync(_) => Ok(()),
+        Message::Hello(_)
+        | Message::Leave(_)
+        | Message::Sync(_)
+        | Message::ViewRoute(_)
+        | Message::ViewsHeard(_) => Ok(()),
         Message::Peers(peers) => {
             if peers.len() > MAX_PEER_ADDRESSES {
                 return Err(DecodeError::Invalid("too many peer addresses"));
@@ -433,6 +455,9 @@ mod tests {
                 number: n
             })),
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(Message::Sync),
+            (any::<u16>(), any::<u64>())
+                .prop_map(|(port, route)| Message::ViewRoute(ViewRoute { port, route })),
+            any::<u64>().prop_map(Message::ViewsHeard),
             proptest::collection::vec((any::<u8>(), any::<[u8; 4]>(), any::<u16>()), 0..8)
                 .prop_map(|v| Message::Peers(
                     v.into_iter()

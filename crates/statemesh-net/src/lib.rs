@@ -9,3 +9,4 @@ pub mod local;
 pub mod mdns;
 pub mod quic;
 pub mod secret;
+pub mod views;

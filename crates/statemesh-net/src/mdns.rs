@@ -41,7 +41,7 @@ pub const SERVICE: &str = "_statemesh._udp.local.";
 
 /// The version announced in TXT `v`: the core's wire protocol version
 /// (`statemesh_core::codec::PROTOCOL_VERSION`), which names the document layout too.
-pub const PROTOCOL_VERSION: &str = "3";
+pub const PROTOCOL_VERSION: &str = "4";
 
 /// Longest TXT value accepted from others (ours are at most 36 bytes).
 pub const MAX_TXT_VALUE: usize = 64;
@@ -350,6 +350,14 @@ impl Discovery for MdnsDiscovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_announced_version_is_the_wire_protocols() {
+        assert_eq!(
+            PROTOCOL_VERSION,
+            statemesh_core::codec::PROTOCOL_VERSION.to_string()
+        );
+    }
 
     fn tag() -> MeshTag {
         MeshTag::derive(&[7; 32], "mesh")

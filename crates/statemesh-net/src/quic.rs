@@ -10,9 +10,12 @@
 //! # Timers
 //!
 //! quinn's defaults (30 s idle timeout, no keep-alive) are far too slow for failure detection.
-//! statemesh sends QUIC keep-alives every 300 ms and closes a connection idle for 2 s. The mesh's
-//! own heartbeats (every 200 ms) and suspect timeout (1 s) judge liveness; the QUIC idle timeout
-//! only cleans up a dead connection, which then becomes a "closed link" hint to the core.
+//! statemesh sends QUIC keep-alives after 1 s without sending and closes a connection idle for
+//! 2 s. The mesh's own heartbeats (every 200 ms, sealed beside the connection: see
+//! [`crate::views`]) and suspect timeout (1 s) judge liveness; the QUIC idle timeout only cleans
+//! up a dead connection, which then becomes a "closed link" hint to the core. The keep-alive
+//! was 300 ms while views rode in the connection and kept it busy anyway; beside it, a 300 ms
+//! keep-alive and its acknowledgement cost more packets than the views.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,8 +33,9 @@ use crate::keyring::{KeyId, SharedKeyring};
 /// The ALPN protocol of statemesh links.
 pub const ALPN: &[u8] = b"statemesh/1";
 
-/// QUIC keep-alive interval.
-pub const KEEP_ALIVE: Duration = Duration::from_millis(300);
+/// QUIC keep-alive interval: half the idle timeout, so that one lost keep-alive (resent
+/// within the loss timer) does not close a live connection.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// QUIC idle timeout.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -436,6 +436,7 @@ impl Mesh {
     pub fn metrics(&self) -> Metrics {
         let stats = self.shared().node().stats();
         let counts = self.shared().counts();
+        let sealed = self.shared().view_counts();
         Metrics {
             leadership_changes: stats.leadership_changes,
             sync_in: stats.sync_in,
@@ -476,6 +477,9 @@ impl Mesh {
             backlog_peak: counts.backlog_peak,
             writes_refused: counts.writes_refused,
             views_dropped: counts.views_dropped,
+            views_sealed_sent: sealed.sent,
+            views_sealed_received: sealed.received,
+            views_sealed_refused: sealed.refused,
         }
     }
 

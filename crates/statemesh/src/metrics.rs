@@ -99,6 +99,14 @@ pub struct Metrics {
     /// Heartbeat views dropped unread because newer ones filled their queue (a newer view of
     /// a peer supersedes an older one).
     pub views_dropped: u64,
+    /// Views sent sealed beside the links' QUIC connections (see `docs/architecture.md`,
+    /// "Sealed views").
+    pub views_sealed_sent: u64,
+    /// Sealed views received that opened (authentic, newer than the last on their link).
+    pub views_sealed_received: u64,
+    /// Datagrams on the view socket that did not open (forged, stale, for a closed link) and
+    /// were dropped; nothing else comes of them.
+    pub views_sealed_refused: u64,
 }
 
 /// How many recent delay samples the summaries cover.

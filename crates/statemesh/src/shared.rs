@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     /// `closed`, for subscriptions (they end once it is true).
     closed_watch: watch::Sender<bool>,
     quic_addr: OnceLock<SocketAddr>,
+    /// The socket of sealed views, if one could be bound (see `driver::sealed`).
+    view_socket: OnceLock<Arc<statemesh_net::views::ViewSocket>>,
     counts: Mutex<DriverCounts>,
     /// The key each linked peer proved with.
     link_keys: Mutex<BTreeMap<PeerId, KeyId>>,
@@ -118,6 +120,7 @@ impl Shared {
             closed: AtomicBool::new(false),
             closed_watch: watch::Sender::new(false),
             quic_addr: OnceLock::new(),
+            view_socket: OnceLock::new(),
             counts: Mutex::new(DriverCounts::default()),
             link_keys: Mutex::new(BTreeMap::new()),
             queued: Arc::new(AtomicUsize::new(0)),
@@ -386,6 +389,20 @@ impl Shared {
 
     pub(crate) fn set_quic_addr(&self, addr: SocketAddr) {
         let _ = self.quic_addr.set(addr);
+    }
+
+    pub(crate) fn set_view_socket(&self, socket: Option<Arc<statemesh_net::views::ViewSocket>>) {
+        if let Some(socket) = socket {
+            let _ = self.view_socket.set(socket);
+        }
+    }
+
+    /// What the socket of sealed views counted (zeros without one).
+    pub(crate) fn view_counts(&self) -> statemesh_net::views::ViewCounts {
+        self.view_socket
+            .get()
+            .map(|s| s.counts())
+            .unwrap_or_default()
     }
 
     /// What the driver counts.

@@ -344,6 +344,160 @@ async fn views_travel_as_datagrams_and_other_datagrams_close_the_link() {
     assert_eq!(a.get::<i64>("k", "v").expect("read"), Some(1));
 }
 
+/// The next message of the kind `wanted` picks that `link`'s window sends on its stream.
+async fn next_message<T>(
+    link: &mut statemesh_net::quic::Link,
+    decoder: &mut statemesh_core::FrameDecoder,
+    mut wanted: impl FnMut(statemesh_core::Message) -> Option<T>,
+) -> T {
+    let mut buf = vec![0u8; 64 * 1024];
+    let read = async {
+        loop {
+            while let Some(frame) = decoder.next_frame().expect("well framed") {
+                let message =
+                    statemesh_core::codec::decode_frame(&frame, 1 << 20).expect("decodes");
+                if let Some(found) = wanted(message) {
+                    return found;
+                }
+            }
+            let n = link
+                .recv
+                .read(&mut buf)
+                .await
+                .expect("reads")
+                .expect("open");
+            decoder.extend(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(WITHIN, read).await.expect("in time")
+}
+
+/// A window offers each linked peer a route for the peer's views sealed beside QUIC, and seals
+/// its own to the route the peer offers: as QUIC datagrams too until the peer says the sealed
+/// ones arrive, then alone. It takes the peer's sealed views, refuses forged ones, and says
+/// when the first arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_go_sealed_beside_quic_once_heard() {
+    use rand::SeedableRng;
+    use statemesh_core::codec::{self, Message, View, ViewRoute, encode_frame};
+    use statemesh_core::liveness::GossipBeat;
+    use statemesh_core::vv::Beat;
+    use statemesh_net::views::{ViewKey, ViewSender, ViewSocket};
+
+    let secret = Secret::from_bytes([9; 32]);
+    let a = Mesh::builder("ws")
+        .secret(secret.clone())
+        .local_discovery(false)
+        .persist(false)
+        .join()
+        .await
+        .expect("joins");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let me = PeerId::generate(1, &mut rng);
+    let (_peer, mut link) = hand_linked(&secret, a.quic_addr(), me).await;
+    let mut decoder = statemesh_core::FrameDecoder::new(1 << 20);
+    let theirs = next_message(&mut link, &mut decoder, |m| match m {
+        Message::ViewRoute(r) => Some(r),
+        _ => None,
+    })
+    .await;
+
+    // This peer's views (its beats, numbered), sealed to the window's route: a forged one
+    // first, then its own.
+    let socket = ViewSocket::bind([127, 0, 0, 1].into()).expect("binds");
+    let mut buf = vec![0u8; statemesh_net::views::READ_BUFFER];
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], theirs.port));
+    let key_out = ViewKey::derive(&link.connection, me, a.id()).expect("exports");
+    let forger = ViewSender::new(
+        socket.clone(),
+        to,
+        theirs.route,
+        ViewKey::from_secret(&[1; 32]),
+    );
+    let sender = ViewSender::new(socket.clone(), to, theirs.route, key_out);
+    let beat = |counter| {
+        let view = Message::View(View {
+            beats: vec![GossipBeat {
+                peer: me,
+                beat: Beat {
+                    incarnation: 0,
+                    counter,
+                },
+                eligible: false,
+            }],
+            tombs: Vec::new(),
+            claims: Vec::new(),
+            doc: [0; 8],
+            leader: [0; 8],
+        });
+        encode_frame(&view, 1 << 20).expect("fits")
+    };
+    forger.send(&beat(1)).expect("sent");
+    sender.send(&beat(1)).expect("sent");
+    let said = next_message(&mut link, &mut decoder, |m| match m {
+        Message::ViewsHeard(r) => Some(r),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        said, theirs.route,
+        "the window hears this peer's sealed views"
+    );
+    let m = a.metrics();
+    assert!(m.views_sealed_received >= 1, "{m:?}");
+    assert!(m.views_sealed_refused >= 1, "the forged one: {m:?}");
+
+    // This peer's route for the window's views.
+    let key_in = ViewKey::derive(&link.connection, a.id(), me).expect("exports");
+    let route = socket.open_route(a.id(), 0, key_in);
+    let port = socket.local_addr().expect("an address").port();
+    let offer = encode_frame(&Message::ViewRoute(ViewRoute { port, route }), 1 << 20);
+    link.send
+        .write_all(&offer.expect("fits"))
+        .await
+        .expect("writes");
+    let opened = tokio::time::timeout(WITHIN, socket.recv(&mut buf))
+        .await
+        .expect("a sealed view in time")
+        .expect("opens");
+    assert!(opened.first);
+    match codec::decode_frame(&opened.frame, 1 << 20).expect("a frame") {
+        Message::View(view) => assert_eq!(view.beats[0].peer, a.id(), "its own beat first"),
+        other => panic!("not a view: {other:?}"),
+    }
+    let datagram = tokio::time::timeout(WITHIN, link.connection.read_datagram())
+        .await
+        .expect("in time")
+        .expect("the connection is up");
+    assert!(codec::is_view(&datagram), "not heard yet: on QUIC too");
+
+    // Heard: then five sealed views in a row with no QUIC datagram between them (this peer
+    // beating meanwhile, so that it is not judged silent).
+    let heard = encode_frame(&Message::ViewsHeard(route), 1 << 20).expect("fits");
+    link.send.write_all(&heard).await.expect("writes");
+    let alone = async {
+        let (mut streak, mut counter) = (0, 1);
+        while streak < 5 {
+            tokio::select! {
+                v = socket.recv(&mut buf) => {
+                    v.expect("opens");
+                    streak += 1;
+                    counter += 1;
+                    sender.send(&beat(counter)).expect("sent");
+                }
+                d = link.connection.read_datagram() => {
+                    d.expect("the connection is up");
+                    streak = 0;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(WITHIN, alone)
+        .await
+        .expect("views sealed alone once heard");
+    assert!(a.metrics().views_sealed_sent >= 6);
+}
+
 /// A window that is not async (a plain thread) joins with its own runtime thread.
 #[test]
 fn a_blocking_window_shares_state_with_an_async_one() {

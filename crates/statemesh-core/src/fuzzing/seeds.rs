@@ -59,6 +59,8 @@ fn kind(m: &Message) -> &'static str {
         Message::Sync(_) => "sync",
         Message::Leader(_) => "leader",
         Message::Peers(_) => "peers",
+        Message::ViewRoute(_) => "view-route",
+        Message::ViewsHeard(_) => "views-heard",
     }
 }
 
@@ -75,9 +77,17 @@ fn frame_seeds() -> Vec<(String, Vec<u8>)> {
             })
             .collect(),
     );
+    let routes = [
+        Message::ViewRoute(codec::ViewRoute {
+            port: 7412,
+            route: 0x5eed,
+        }),
+        Message::ViewsHeard(0x5eed),
+    ];
     let messages = std::iter::once(hello)
         .chain(peer_exchange())
-        .chain(std::iter::once(peers));
+        .chain(std::iter::once(peers))
+        .chain(routes);
     for (i, m) in messages.enumerate() {
         let frame =
             codec::encode_frame(&m, MAX).unwrap_or_else(|e| panic!("a seed frame encodes: {e}"));

@@ -121,6 +121,21 @@ pub enum Event {
         /// The addresses, as `from` reaches them.
         peers: Vec<codec::PeerAddress>,
     },
+    /// Linked peer `from` takes its link's views sealed, on this route (see
+    /// [`Node::offer_view_route`]). The runtime's business, like the views' transport.
+    ViewRoute {
+        /// The peer that takes them.
+        from: PeerId,
+        /// Where and under which route.
+        route: codec::ViewRoute,
+    },
+    /// Linked peer `from` hears the views sealed on its route `route`.
+    ViewsHeard {
+        /// The peer that hears them.
+        from: PeerId,
+        /// Its route.
+        route: u64,
+    },
 }
 
 /// A frame to send to a peer.
@@ -585,6 +600,12 @@ impl Node {
             Message::Peers(peers) => {
                 self.events.push_back(Event::PeerAddresses { from, peers });
             }
+            Message::ViewRoute(route) => {
+                self.events.push_back(Event::ViewRoute { from, route });
+            }
+            Message::ViewsHeard(route) => {
+                self.events.push_back(Event::ViewsHeard { from, route });
+            }
             Message::Leader(records) => {
                 let mut heart = self.heart.lock();
                 for r in records {
@@ -623,6 +644,22 @@ impl Node {
         }
         for chunk in peers.chunks(codec::MAX_PEER_ADDRESSES) {
             self.send(to, &Message::Peers(chunk.to_vec()));
+        }
+    }
+
+    /// Tells linked peer `to` where this node takes the link's views sealed, beside the link
+    /// (a [`Message::ViewRoute`]); the peer's node reports it as an [`Event::ViewRoute`].
+    pub fn offer_view_route(&mut self, to: PeerId, route: codec::ViewRoute) {
+        if self.links.contains_key(&to) {
+            self.send(to, &Message::ViewRoute(route));
+        }
+    }
+
+    /// Tells linked peer `to` that its sealed views on `route` arrive (a
+    /// [`Message::ViewsHeard`]); the peer's node reports it as an [`Event::ViewsHeard`].
+    pub fn views_heard(&mut self, to: PeerId, route: u64) {
+        if self.links.contains_key(&to) {
+            self.send(to, &Message::ViewsHeard(route));
         }
     }
 

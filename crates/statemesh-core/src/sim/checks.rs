@@ -61,7 +61,10 @@ impl Sim {
                 }
             }
             // Data events are many and checked through the nodes' state instead.
-            Event::Changed(_) | Event::PeerAddresses { .. } => return,
+            Event::Changed(_)
+            | Event::PeerAddresses { .. }
+            | Event::ViewRoute { .. }
+            | Event::ViewsHeard { .. } => return,
             _ => {}
         }
         self.log.push(Observed {

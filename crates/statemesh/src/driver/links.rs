@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 
 use super::Run;
+use super::sealed::LinkViews;
 use crate::dialer::{Dial, Via, new_link_wins};
 use crate::store::StoreError;
 
@@ -60,6 +61,12 @@ pub(super) enum LinkEvent {
         conn: usize,
         error: Option<String>,
     },
+    /// The first view `peer` sealed on connection `conn`'s route opened (see `sealed`).
+    SealedViewsArrive {
+        peer: PeerId,
+        conn: usize,
+        route: u64,
+    },
 }
 
 /// A view (heartbeat) that arrived on connection `conn` from `peer`: it travels on a queue of
@@ -72,6 +79,10 @@ pub(super) struct ViewFrame {
 }
 
 impl ViewFrame {
+    pub(super) fn new(peer: PeerId, conn: usize, frame: bytes::Bytes) -> Self {
+        Self { peer, conn, frame }
+    }
+
     /// The peer, the connection and the frame, header included.
     pub(super) fn into_parts(self) -> (PeerId, usize, bytes::Bytes) {
         (self.peer, self.conn, self.frame)
@@ -109,6 +120,8 @@ pub(super) struct LinkState {
     role: Role,
     /// The key the peer proved with (at setup, or when it last proved again).
     pub(super) key: KeyId,
+    /// This link's sealed views.
+    pub(super) views: LinkViews,
 }
 
 impl Run {
@@ -199,6 +212,7 @@ impl Run {
             LinkEvent::Ready { .. } => "link up",
             LinkEvent::Closed { .. } => "link closed",
             LinkEvent::Persisted(_) => "persisted",
+            LinkEvent::SealedViewsArrive { .. } => "sealed views",
             _ => "dial",
         };
         self.handle_link_event(ev);
@@ -219,6 +233,9 @@ impl Run {
                 self.dial_due();
             }
             LinkEvent::AuthFailed => self.shared.counts().auth_failures_quic += 1,
+            LinkEvent::SealedViewsArrive { peer, conn, route } => {
+                self.on_sealed_views_arrive(peer, conn, route);
+            }
             LinkEvent::Persisted(Ok(seq)) => {
                 self.shared.node_off_worker().persisted(seq);
             }
@@ -367,11 +384,13 @@ impl Run {
                 incarnation: hello.incarnation,
                 role,
                 key,
+                views: LinkViews::default(),
             },
         );
         self.shared.counts().links_opened += 1;
         self.shared.node_off_worker().handle_link_up(now, &hello);
         self.share_addresses(peer);
+        self.open_view_route(peer);
         self.tasks.spawn(read_datagrams(
             self.links[&peer].connection.clone(),
             peer,

@@ -19,6 +19,7 @@ mod discovery;
 mod jobs;
 mod links;
 mod pulse;
+mod sealed;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use statemesh_core::{Event, PeerId, Persist, SyncJob};
 use statemesh_net::discovery::Discovery;
 use statemesh_net::keyring::Keyring;
 use statemesh_net::quic::{self, Endpoint, LinkError};
+use statemesh_net::views::ViewSocket;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -153,6 +155,11 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         })
     })?;
     shared.set_quic_addr(quic_addr);
+    // Sealed views (see `sealed`): without the socket, views travel on QUIC.
+    let view_socket = ViewSocket::bind(quic_addr.ip())
+        .inspect_err(|e| tracing::warn!(error = %e, "no view socket: views travel on QUIC"))
+        .ok();
+    shared.set_view_socket(view_socket.clone());
     let mut keys_rx = shared.keys().subscribe();
     let ring = keys_rx.borrow_and_update().clone();
     let seed = rand::random::<u64>();
@@ -222,6 +229,7 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         links_changed: false,
         standby_at: None,
         unquiet_at: None,
+        view_socket,
     };
     let task = tokio::spawn(tracing::Instrument::instrument(
         run.run(events_rx, frames_rx, views_rx, stop_rx),
@@ -322,6 +330,8 @@ struct Run {
     /// [`QUIET_TURN`] or longer, or a link came up (its first exchange may carry the whole
     /// document, a reply generated in a frame's turn).
     unquiet_at: Option<Instant>,
+    /// Where views arrive sealed, and leave (see `sealed`).
+    view_socket: Option<Arc<ViewSocket>>,
 }
 
 impl Run {
@@ -333,6 +343,15 @@ impl Run {
         mut stop: oneshot::Receiver<()>,
     ) {
         self.spawn_accept_loop();
+        if let Some(socket) = &self.view_socket {
+            let max_frame = self.shared.node_off_worker().config().max_frame;
+            self.tasks.spawn(sealed::read(
+                socket.clone(),
+                max_frame,
+                self.events.clone(),
+                self.views.clone(),
+            ));
+        }
         // Heartbeats and views: a thread of their own (see `pulse`).
         pulse::spawn(
             &mut self.tasks,
@@ -577,6 +596,7 @@ impl Run {
             )
         };
         if std::mem::take(&mut self.links_changed) {
+            self.close_stale_view_routes();
             self.shared
                 .set_link_keys(self.links.iter().map(|(p, l)| (p, l.key)));
             *self.pulse_links.lock() = Arc::new(
@@ -587,6 +607,7 @@ impl Run {
                             conn: l.conn,
                             connection: l.connection.clone(),
                             tx: l.tx.clone(),
+                            sealed: l.views.sender.clone(),
                         };
                         (*p, link)
                     })
@@ -605,7 +626,8 @@ impl Run {
         for t in frames {
             if let Some(link) = self.links.get(&t.to) {
                 if statemesh_core::codec::is_view(&t.frame) {
-                    pulse::send_view(&link.connection, &link.tx, queued, t.frame);
+                    let sealed = link.views.sender.as_deref();
+                    pulse::send_view(&link.connection, sealed, &link.tx, queued, t.frame);
                     continue;
                 }
                 // Counted before it is sent: the writer counts it down once QUIC took it.
@@ -649,6 +671,8 @@ impl Run {
                     self.on_peer_down(incarnation, cause);
                 }
                 Event::PeerAddresses { from, peers } => self.on_peer_addresses(from, peers),
+                Event::ViewRoute { from, route } => self.on_view_route(from, route),
+                Event::ViewsHeard { from, route } => self.on_views_heard(from, route),
                 Event::PeerUp(inc) => tracing::debug!(peer = %inc, "peer up"),
                 Event::Leadership(l) => {
                     tracing::info!(leader = ?l.leader, term = ?l.term, "leadership")

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use statemesh_core::{PeerId, Pulse, ReceiveError};
+use statemesh_net::views::ViewSender;
 use tokio::sync::{broadcast, mpsc};
 
 use super::links::{LinkEvent, ViewFrame};
@@ -37,22 +38,35 @@ pub(super) struct PulseLink {
     pub(super) conn: usize,
     pub(super) connection: quinn::Connection,
     pub(super) tx: mpsc::UnboundedSender<bytes::Bytes>,
+    /// Where views go sealed, once the peer offered a route (see `sealed`).
+    pub(super) sealed: Option<Arc<ViewSender>>,
 }
 
-/// Sends a view: as a QUIC datagram when it fits one, else on the link's stream (through its
-/// writer `tx`, counted in `queued`). A datagram is neither ordered nor flow-controlled nor
-/// retransmitted, which suits a heartbeat: it never waits behind sync messages, and a lost one
-/// is replaced by the next. Views are idempotent and carry their own order (the vector clock),
-/// so one arriving late or twice changes nothing.
+/// Sends a view: sealed beside the connection when the peer offered a route and it fits (see
+/// `sealed`), and once the peer said those arrive, nothing else; as a QUIC datagram when it
+/// fits one, else on the link's stream (through its writer `tx`, counted in `queued`). A
+/// datagram is neither ordered nor flow-controlled nor retransmitted, which suits a heartbeat:
+/// it never waits behind sync messages, and a lost one is replaced by the next. Views are
+/// idempotent and carry their own order (the vector clock), so one arriving late or twice
+/// changes nothing.
 pub(super) fn send_view(
     connection: &quinn::Connection,
+    sealed: Option<&ViewSender>,
     tx: &mpsc::UnboundedSender<bytes::Bytes>,
     queued: &AtomicUsize,
     frame: bytes::Bytes,
 ) {
-    let fits = connection
-        .max_datagram_size()
-        .is_some_and(|max| frame.len() <= max);
+    let max_datagram = connection.max_datagram_size();
+    if let Some(sealed) = sealed.filter(|s| super::sealed::fits(frame.len(), s.to(), max_datagram))
+    {
+        match sealed.send(&frame) {
+            Ok(()) if sealed.heard() => return,
+            Ok(()) => {}
+            // Not sent (a full socket buffer): as a QUIC datagram instead.
+            Err(e) => tracing::debug!(error = %e, "a sealed view not sent"),
+        }
+    }
+    let fits = max_datagram.is_some_and(|max| frame.len() <= max);
     if fits {
         match connection.send_datagram(frame.clone()) {
             // A closing connection: its link goes down on its own.
@@ -190,7 +204,13 @@ fn beat(
     let queued = shared.queued_frames();
     for t in views {
         if let Some(link) = current.get(&t.to) {
-            send_view(&link.connection, &link.tx, queued, t.frame);
+            send_view(
+                &link.connection,
+                link.sealed.as_deref(),
+                &link.tx,
+                queued,
+                t.frame,
+            );
         }
     }
     if let Some(late) = late {
@@ -218,18 +238,15 @@ mod tests {
     use std::net::{Ipv4Addr, SocketAddr};
 
     use rand_core::SeedableRng;
-    use statemesh_net::quic::Endpoint;
+    use statemesh_net::quic::{Endpoint, Link};
     use statemesh_net::secret::Secret;
+    use statemesh_net::views::{ViewKey, ViewSocket};
 
     use super::*;
 
-    #[tokio::test]
-    async fn a_view_goes_as_a_datagram_when_it_fits_and_on_the_stream_when_not() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        let (a, b) = (
-            PeerId::generate(10, &mut rng),
-            PeerId::generate(11, &mut rng),
-        );
+    /// Two endpoints of peers `a` (serving) and `b` (dialling), linked: the accepted and the
+    /// dialled link.
+    async fn linked(a: PeerId, b: PeerId) -> (Endpoint, Endpoint, Link, Link) {
         let secret = Secret::from_bytes([9; 32]);
         let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let server = Endpoint::bind(any, a, secret.clone(), "pulse").expect("binds");
@@ -238,11 +255,26 @@ mod tests {
         let (accepted, dialled) = tokio::join!(server.accept(), client.connect(addr));
         let accepted = accepted.expect("incoming").expect("authenticates");
         let dialled = dialled.expect("authenticates");
+        (server, client, accepted, dialled)
+    }
+
+    fn peers() -> (PeerId, PeerId) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        (
+            PeerId::generate(10, &mut rng),
+            PeerId::generate(11, &mut rng),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_view_goes_as_a_datagram_when_it_fits_and_on_the_stream_when_not() {
+        let (a, b) = peers();
+        let (_server, _client, accepted, dialled) = linked(a, b).await;
         let (tx, mut stream) = mpsc::unbounded_channel();
         let queued = AtomicUsize::new(0);
 
         let small = bytes::Bytes::from(vec![1u8; 64]);
-        send_view(&dialled.connection, &tx, &queued, small.clone());
+        send_view(&dialled.connection, None, &tx, &queued, small.clone());
         let got = accepted
             .connection
             .read_datagram()
@@ -254,9 +286,93 @@ mod tests {
 
         // Larger than any UDP datagram (the path's datagram size grows as QUIC probes it).
         let large = bytes::Bytes::from(vec![2u8; 70_000]);
-        send_view(&dialled.connection, &tx, &queued, large.clone());
+        send_view(&dialled.connection, None, &tx, &queued, large.clone());
         let sent = stream.try_recv().expect("on the stream");
         assert!(sent == large, "the view as it was");
         assert_eq!(queued.load(Ordering::Relaxed), 1, "counted until written");
+    }
+
+    #[tokio::test]
+    async fn a_view_goes_sealed_and_as_a_datagram_until_heard_then_sealed_alone() {
+        let (a, b) = peers();
+        let (_server, _client, accepted, dialled) = linked(a, b).await;
+        // `a` opens a route for `b`'s views, under the key it derives for them; `b` seals with
+        // the key it derives on its end of the connection.
+        let socket_a = ViewSocket::bind(Ipv4Addr::LOCALHOST.into()).expect("binds");
+        let socket_b = ViewSocket::bind(Ipv4Addr::LOCALHOST.into()).expect("binds");
+        let key_in = ViewKey::derive(&accepted.connection, b, a).expect("exports");
+        let route = socket_a.open_route(b, 3, key_in);
+        let key_out = ViewKey::derive(&dialled.connection, b, a).expect("exports");
+        let to = socket_a.local_addr().expect("an address");
+        let sender = ViewSender::new(socket_b.clone(), to, route, key_out);
+        let (tx, mut stream) = mpsc::unbounded_channel();
+        let queued = AtomicUsize::new(0);
+        let mut buf = vec![0u8; statemesh_net::views::READ_BUFFER];
+
+        let one = bytes::Bytes::from(vec![1u8; 64]);
+        send_view(
+            &dialled.connection,
+            Some(&sender),
+            &tx,
+            &queued,
+            one.clone(),
+        );
+        let opened = socket_a
+            .recv(&mut buf)
+            .await
+            .expect("opens: both ends derive one key");
+        assert_eq!((opened.peer, opened.link, opened.first), (b, 3, true));
+        assert_eq!(opened.frame, one);
+        let datagram = accepted
+            .connection
+            .read_datagram()
+            .await
+            .expect("a datagram");
+        assert_eq!(datagram, one, "not heard yet: as a QUIC datagram too");
+
+        sender.set_heard();
+        let two = bytes::Bytes::from(vec![2u8; 64]);
+        send_view(
+            &dialled.connection,
+            Some(&sender),
+            &tx,
+            &queued,
+            two.clone(),
+        );
+        assert_eq!(socket_a.recv(&mut buf).await.expect("opens").frame, two);
+        // The next QUIC datagram is one sent after `two` (datagrams of one connection leave
+        // in order, and loopback loses none): `two` went sealed alone.
+        let marker = bytes::Bytes::from_static(b"marker");
+        dialled
+            .connection
+            .send_datagram(marker.clone())
+            .expect("sent");
+        let datagram = accepted
+            .connection
+            .read_datagram()
+            .await
+            .expect("a datagram");
+        assert_eq!(datagram, marker);
+        assert!(stream.try_recv().is_err(), "nothing on the stream");
+        assert_eq!(socket_b.counts().sent, 2);
+
+        // The other direction's key opens nothing of this one: refused, and the next view
+        // (sent after it on the same path) opens.
+        let wrong = ViewKey::derive(&accepted.connection, a, b).expect("exports");
+        let wrong_route = socket_a.open_route(b, 4, wrong);
+        let key_out = ViewKey::derive(&dialled.connection, b, a).expect("exports");
+        ViewSender::new(socket_b.clone(), to, wrong_route, key_out)
+            .send(&one)
+            .expect("sent");
+        let three = bytes::Bytes::from(vec![3u8; 64]);
+        send_view(
+            &dialled.connection,
+            Some(&sender),
+            &tx,
+            &queued,
+            three.clone(),
+        );
+        assert_eq!(socket_a.recv(&mut buf).await.expect("opens").frame, three);
+        assert_eq!(socket_a.counts().refused, 1);
     }
 }
