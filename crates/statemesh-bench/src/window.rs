@@ -460,6 +460,8 @@ fn command(
                 "backlog_peak": metrics.backlog_peak,
                 "writes_refused": metrics.writes_refused,
                 "views_dropped": metrics.views_dropped,
+                "views_sealed_received": metrics.views_sealed_received,
+                "views_sealed_refused": metrics.views_sealed_refused,
                 "frames_in": metrics.frames_in,
                 "frames_out": metrics.frames_out,
                 "probes": metrics.probes,

@@ -118,7 +118,7 @@ fn sync_counts(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<(u64, u64)> {
 /// (a window learned it was judged dead while alive) and `freezes` (a window found its own
 /// ticks starved past the suspect timeout); `leadership_changes` (the most any window saw);
 /// restarted sync exchanges, and sync rounds owed because of views; the largest backlog and
-/// the views dropped; the bytes received; and the worst heartbeat tick lateness and driver
+/// the views dropped; the views received sealed and the datagrams refused; the bytes received; and the worst heartbeat tick lateness and driver
 /// turn.
 pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out> {
     let mut out = Out::new();
@@ -126,7 +126,7 @@ pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out>
         (0, 0, 0, 0, 0);
     let (mut late_p99, mut late_max, mut turn_p99, mut turn_max) = (0u64, 0u64, 0u64, 0u64);
     let (mut backlog_peak, mut views_dropped, mut bytes_in) = (0u64, 0u64, 0u64);
-    let mut view_owed = 0u64;
+    let (mut view_owed, mut sealed, mut sealed_refused) = (0u64, 0u64, 0u64);
     for s in slots {
         let info = f.ask(*s, &json!({"op": "info"}), "info")?;
         let n = |k: &str| info[k].as_u64().unwrap_or(0);
@@ -142,6 +142,8 @@ pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out>
         turn_max = turn_max.max(n("driver_turn_max_us"));
         backlog_peak = backlog_peak.max(n("backlog_peak"));
         views_dropped += n("views_dropped");
+        sealed += n("views_sealed_received");
+        sealed_refused += n("views_sealed_refused");
         bytes_in += n("bytes_in");
     }
     out.insert("refutations".into(), json!(refutations));
@@ -156,6 +158,9 @@ pub(crate) fn load_report(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<Out>
     // frames queued to links), and views dropped unread (superseded by newer ones).
     out.insert("backlog_peak".into(), json!(backlog_peak));
     out.insert("views_dropped".into(), json!(views_dropped));
+    // Views that arrived sealed beside QUIC, and datagrams the view sockets refused.
+    out.insert("views_sealed_received".into(), json!(sealed));
+    out.insert("views_sealed_refused".into(), json!(sealed_refused));
     // Every frame every window received since it started (sync messages, views, the rest):
     // what the mesh cost the network.
     out.insert("received_mb".into(), json!(round3(bytes_in as f64 / 1e6)));
