@@ -17,13 +17,15 @@
 //!
 //! With `--floor-views` it also carries the liveness traffic of the design: every heartbeat
 //! interval, a view (the mesh's own encoding, with a beat for itself and each linked peer, as a
-//! live mesh of this many windows sends) to every link as a QUIC datagram; each link's
-//! datagrams are read and decoded. What the mesh's heart does with a view (merging it, judging
-//! liveness) is not here.
+//! live mesh of this many windows sends) to every link, sealed beside the link's QUIC
+//! connection as the mesh sends it (`statemesh_net::views`: each side offers the other a route
+//! on its view socket, on the link's stream, as a frame with an empty key; until the offer
+//! arrives a view goes as a QUIC datagram); every view is opened and decoded. What the mesh's
+//! heart does with a view (merging it, judging liveness) is not here.
 //!
 //! Lines it prints: `joined`, `seen`, `addr` (its endpoint's address, the answer to `addr`),
 //! `links` (the answer to `links {n}` once `n` links are up), `views` (views that did not fit
-//! a datagram), `error`. Commands: `addr`, `dial {addrs}`, `links {n}`, `stamp {key}`, `views`.
+//! a datagram, and views received sealed), `error`. Commands: `addr`, `dial {addrs}`, `links {n}`, `stamp {key}`, `views`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -40,6 +42,7 @@ use statemesh_core::vv::Beat;
 use statemesh_core::{Config, PeerId};
 use statemesh_net::quic::{Endpoint, Link};
 use statemesh_net::secret::Secret;
+use statemesh_net::views::{self, ViewKey, ViewSender, ViewSocket};
 use tokio::sync::mpsc;
 
 use crate::clock::now_ns;
@@ -72,8 +75,21 @@ fn lock(document: &SharedDocument) -> std::sync::MutexGuard<'_, FloorDocument> {
         .expect("poisoned only by a panic in Automerge")
 }
 
-/// The links views go to (`--floor-views`): each peer's id and connection.
-type ViewLinks = Arc<Mutex<Vec<(PeerId, quinn::Connection)>>>;
+/// A link views go to (`--floor-views`).
+struct ViewLink {
+    peer: PeerId,
+    connection: quinn::Connection,
+    /// The key of this side's views, until the peer's route arrives.
+    key: ViewKey,
+    /// Where they go sealed, once it did.
+    sealed: Option<Arc<ViewSender>>,
+}
+
+/// The links views go to.
+type ViewLinks = Arc<Mutex<Vec<ViewLink>>>;
+
+/// A route a peer offered for this window's views: the peer, its view socket's port, the route.
+type RouteOffer = (PeerId, u16, u64);
 
 /// Runs the floor window until stdin ends.
 pub(crate) async fn run(
@@ -127,9 +143,15 @@ pub(crate) async fn run(
 
     let view_links = ViewLinks::default();
     let unsent = Arc::new(AtomicU64::new(0));
-    if views {
+    let view_socket = if views {
         tokio::spawn(send_views(me, view_links.clone(), unsent.clone()));
-    }
+        let socket = ViewSocket::bind(Ipv4Addr::LOCALHOST.into())?;
+        tokio::spawn(read_sealed_views(socket.clone()));
+        Some(socket)
+    } else {
+        None
+    };
+    let (routes_tx, mut routes) = mpsc::unbounded_channel::<RouteOffer>();
     let mut stdin = stdin_lines();
     let mut senders = Vec::new();
     let mut waiting_for: Option<usize> = None;
@@ -149,16 +171,43 @@ pub(crate) async fn run(
                                          "error": format!("no stamp for {key:?}")})),
                 }
             }
+            offer = routes.recv() => {
+                let (Some((peer, port, route)), Some(socket)) = (offer, &view_socket) else {
+                    continue;
+                };
+                let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                let mut links = view_links.lock().expect("held only to push or copy");
+                for l in links.iter_mut().filter(|l| l.peer == peer) {
+                    let sender = ViewSender::new(socket.clone(), to, route, l.key.clone());
+                    l.sealed = Some(Arc::new(sender));
+                }
+            }
             link = new_links.recv() => {
                 let Some(link) = link else { break };
-                if views {
+                let mut offer = None;
+                if let Some(socket) = &view_socket {
                     tokio::spawn(read_views(link.connection.clone()));
+                    let key_in = ViewKey::derive(&link.connection, link.peer, me)?;
+                    let route = socket.open_route(link.peer, 0, key_in);
+                    let mut body = socket.local_addr()?.port().to_be_bytes().to_vec();
+                    body.extend_from_slice(&route.to_be_bytes());
+                    offer = Some(encode("", &body));
                     view_links
                         .lock()
                         .expect("held only to push or copy")
-                        .push((link.peer, link.connection.clone()));
+                        .push(ViewLink {
+                            peer: link.peer,
+                            connection: link.connection.clone(),
+                            key: ViewKey::derive(&link.connection, me, link.peer)?,
+                            sealed: None,
+                        });
                 }
-                senders.push(split(link, frames_tx.clone(), document.clone()));
+                let to_app = (frames_tx.clone(), routes_tx.clone());
+                let mut send = split(link, to_app, document.clone());
+                if let Some(offer) = offer {
+                    send.write_all(&offer).await.context("a link's stream")?;
+                }
+                senders.push(send);
                 if waiting_for.is_some_and(|n| senders.len() >= n) {
                     waiting_for = None;
                     emit(&json!({"ev": "links", "links": senders.len()}));
@@ -197,7 +246,8 @@ pub(crate) async fn run(
                     }
                     "addr" => emit(&json!({"ev": "addr", "addr": addr.to_string()})),
                     "views" => emit(&json!({"ev": "views",
-                        "unsent": unsent.load(Ordering::Relaxed)})),
+                        "unsent": unsent.load(Ordering::Relaxed),
+                        "sealed": view_socket.as_ref().map_or(0, |v| v.counts().received)})),
                     "links" => {
                         let n = cmd["n"].as_u64().unwrap_or(0) as usize;
                         if senders.len() >= n {
@@ -224,7 +274,12 @@ async fn send_views(me: PeerId, links: ViewLinks, unsent: Arc<AtomicU64>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for counter in 1u64.. {
         tick.tick().await;
-        let links = links.lock().expect("held only to push or copy").clone();
+        let links: Vec<_> = links
+            .lock()
+            .expect("held only to push or copy")
+            .iter()
+            .map(|l| (l.peer, l.connection.clone(), l.sealed.clone()))
+            .collect();
         let beat = |peer| GossipBeat {
             peer,
             beat: Beat {
@@ -234,7 +289,7 @@ async fn send_views(me: PeerId, links: ViewLinks, unsent: Arc<AtomicU64>) {
             eligible: true,
         };
         let beats = std::iter::once(me)
-            .chain(links.iter().map(|(peer, _)| *peer))
+            .chain(links.iter().map(|(peer, ..)| *peer))
             .map(beat)
             .collect();
         let view = Message::View(View {
@@ -251,12 +306,31 @@ async fn send_views(me: PeerId, links: ViewLinks, unsent: Arc<AtomicU64>) {
                 return;
             }
         };
-        for (_, connection) in &links {
+        for (_, connection, sealed) in &links {
+            if let Some(sealed) = sealed {
+                // As the mesh does once its peer heard its sealed views.
+                if sealed.send(&frame).is_err() {
+                    unsent.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
             if connection.send_datagram(frame.clone()).is_err() {
                 // Larger than the path's datagrams (before QUIC's path MTU discovery raised
                 // them): the mesh sends it on the link's stream; the floor counts it.
                 unsent.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+}
+
+/// Opens and decodes the views sealed to this window until its socket fails.
+async fn read_sealed_views(socket: Arc<ViewSocket>) {
+    let max_frame = Config::default().max_frame;
+    let mut buf = vec![0u8; views::READ_BUFFER];
+    while let Ok(opened) = socket.recv(&mut buf).await {
+        if !matches!(decode_frame(&opened.frame, max_frame), Ok(Message::View(_))) {
+            emit(&json!({"ev": "error", "error": "a sealed view that is not a view"}));
+            return;
         }
     }
 }
@@ -285,13 +359,18 @@ fn encode(key: &str, body: &[u8]) -> Vec<u8> {
 }
 
 /// Reads frames from `link` until it ends, handing each to the application task (with
-/// `document`, once the frame's change is applied to it); takes the link's send stream for
-/// the application task's writes.
+/// `document`, once the frame's change is applied to it), and a route offered for this
+/// window's views (a frame with an empty key: the port and the route) to its other queue;
+/// takes the link's send stream for the application task's writes.
 fn split(
     link: Link,
-    to_app: mpsc::UnboundedSender<(String, Option<i64>)>,
+    (to_app, to_routes): (
+        mpsc::UnboundedSender<(String, Option<i64>)>,
+        mpsc::UnboundedSender<RouteOffer>,
+    ),
     document: Option<SharedDocument>,
 ) -> quinn::SendStream {
+    let peer = link.peer;
     let mut recv = link.recv;
     tokio::spawn(async move {
         let mut key = [0u8; MAX_KEY];
@@ -315,6 +394,17 @@ fn split(
             body.resize(body_len, 0);
             if recv.read_exact(&mut body).await.is_err() {
                 return;
+            }
+            if key_len == 0 {
+                let (Ok(port), Ok(route)) = (
+                    body[..body.len().min(2)].try_into().map(u16::from_be_bytes),
+                    body[body.len().min(2)..].try_into().map(u64::from_be_bytes),
+                ) else {
+                    emit(&json!({"ev": "error", "error": "a route offer of the wrong size"}));
+                    return;
+                };
+                let _ = to_routes.send((peer, port, route));
+                continue;
             }
             let key = String::from_utf8_lossy(&key[..key_len]).into_owned();
             let stamp = match &document {

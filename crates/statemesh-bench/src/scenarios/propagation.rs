@@ -177,14 +177,16 @@ pub(crate) fn run_floor(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     out.insert("views".into(), json!(opts.carried.views));
     out.insert("documents".into(), json!(opts.carried.documents));
     if opts.carried.views {
-        let mut unsent = 0;
+        let (mut unsent, mut sealed) = (0, 0);
         for s in &slots {
-            unsent += f.ask(*s, &json!({"op": "views"}), "views")?["unsent"]
-                .as_u64()
-                .unwrap_or(0);
+            let views = f.ask(*s, &json!({"op": "views"}), "views")?;
+            unsent += views["unsent"].as_u64().unwrap_or(0);
+            sealed += views["sealed"].as_u64().unwrap_or(0);
         }
-        // Views larger than the path's datagrams then (a mesh sends those on the stream).
+        // Views that went neither sealed nor as datagrams (a mesh sends those on the stream),
+        // and views received sealed.
         out.insert("views_not_datagrams".into(), json!(unsent));
+        out.insert("views_sealed_received".into(), json!(sealed));
     }
     Ok(())
 }
