@@ -145,7 +145,9 @@ pub struct ViewSender {
 }
 
 impl ViewSender {
-    /// Views to `to`, on the receiver's `route`, sealed with `key`, from `socket`.
+    /// Views to `to`, on the receiver's `route`, sealed with `key`, from `socket`. One sender
+    /// per key: the counter, which is the nonce, starts at 0 with each sender, and two senders
+    /// of one key would repeat nonces (which would let an observer forge views under the key).
     pub fn new(socket: Arc<ViewSocket>, to: SocketAddr, route: u64, key: ViewKey) -> Self {
         Self {
             socket,

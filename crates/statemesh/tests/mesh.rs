@@ -496,6 +496,33 @@ async fn views_go_sealed_beside_quic_once_heard() {
         .await
         .expect("views sealed alone once heard");
     assert!(a.metrics().views_sealed_sent >= 6);
+
+    // A second offer on the link is ignored: the window's sender keeps its route and its
+    // counter (a new sender under the link's one key would repeat nonces).
+    let key_again = ViewKey::derive(&link.connection, a.id(), me).expect("exports");
+    let second = socket.open_route(a.id(), 1, key_again);
+    let offer = encode_frame(
+        &Message::ViewRoute(ViewRoute {
+            port,
+            route: second,
+        }),
+        1 << 20,
+    );
+    link.send
+        .write_all(&offer.expect("fits"))
+        .await
+        .expect("writes");
+    for _ in 0..3 {
+        let opened = tokio::time::timeout(WITHIN, socket.recv(&mut buf))
+            .await
+            .expect("a sealed view in time")
+            .expect("opens");
+        assert_eq!(
+            (opened.route, opened.first),
+            (route, false),
+            "still the first route"
+        );
+    }
 }
 
 /// A window that is not async (a plain thread) joins with its own runtime thread.

@@ -34,7 +34,7 @@ use super::links::{LinkEvent, ViewFrame};
 /// A link's sealed views, as the driver holds them.
 #[derive(Default)]
 pub(super) struct LinkViews {
-    /// The key this side seals with, until the peer offers a route.
+    /// The key this side seals with, until the peer offers a route (then its sender's).
     key_out: Option<ViewKey>,
     /// Where this side's views go sealed, once the peer offered a route.
     pub(super) sender: Option<Arc<ViewSender>>,
@@ -77,12 +77,15 @@ impl Run {
             .offer_view_route(peer, ViewRoute { port, route });
     }
 
-    /// `from` takes this link's views sealed on `route`.
+    /// `from` takes this link's views sealed on `route`. Only the first offer on a link is
+    /// taken: the key goes with it, and its sender's counter (the nonce) never starts again
+    /// under the same key.
     pub(super) fn on_view_route(&mut self, from: PeerId, route: ViewRoute) {
         let (Some(socket), Some(link)) = (&self.view_socket, self.links.get_mut(&from)) else {
             return;
         };
-        let Some(key) = link.views.key_out.clone() else {
+        let Some(key) = link.views.key_out.take() else {
+            tracing::debug!(peer = %from, "a second view route on one link: ignored");
             return;
         };
         let to = SocketAddr::new(link.connection.remote_address().ip(), route.port);
