@@ -57,8 +57,12 @@ pub(super) fn send_view(
     frame: bytes::Bytes,
 ) {
     let max_datagram = connection.max_datagram_size();
-    if let Some(sealed) = sealed.filter(|s| super::sealed::fits(frame.len(), s.to(), max_datagram))
-    {
+    let sealed = sealed.filter(|s| {
+        super::sealed::fits(frame.len(), s.to(), max_datagram)
+            // Not to an address the peer left (QUIC followed it; the route did not).
+            && s.to().ip() == connection.remote_address().ip()
+    });
+    if let Some(sealed) = sealed {
         match sealed.send(&frame) {
             Ok(()) if sealed.heard() => return,
             Ok(()) => {}
@@ -374,5 +378,33 @@ mod tests {
         );
         assert_eq!(socket_a.recv(&mut buf).await.expect("opens").frame, three);
         assert_eq!(socket_a.counts().refused, 1);
+
+        // A route at an address the connection no longer has (the peer moved, QUIC followed
+        // it): the view goes as a QUIC datagram, not sealed.
+        let moved = SocketAddr::from(([127, 0, 0, 2], to.port()));
+        let elsewhere = ViewSender::new(
+            socket_b.clone(),
+            moved,
+            route,
+            ViewKey::from_secret(&[5; 32]),
+        );
+        elsewhere.set_heard();
+        let sent = socket_b.counts().sent;
+        let four = bytes::Bytes::from(vec![4u8; 64]);
+        send_view(
+            &dialled.connection,
+            Some(&elsewhere),
+            &tx,
+            &queued,
+            four.clone(),
+        );
+        // A safety net: a view sealed instead never comes as a datagram.
+        let within = std::time::Duration::from_secs(15);
+        let datagram = tokio::time::timeout(within, accepted.connection.read_datagram())
+            .await
+            .expect("a datagram in time, not a sealed view")
+            .expect("the connection is up");
+        assert_eq!(datagram, four);
+        assert_eq!(socket_b.counts().sent, sent, "nothing sealed");
     }
 }

@@ -14,7 +14,9 @@
 //! ([`Message::ViewsHeard`], sent when the first one opens): where the view socket's datagrams
 //! are dropped (a firewall opened for the QUIC port alone), views stay on QUIC and nobody is
 //! taken for silent. Should sealed views stop arriving later, the peer is judged dead as if
-//! silent, its link is closed and set up again, and the new link starts on QUIC again.
+//! silent, its link is closed and set up again, and the new link starts on QUIC again. Views
+//! to a peer whose address changed under the connection (QUIC follows it; the route does not)
+//! go as QUIC datagrams.
 //!
 //! [`ViewSocket`]: statemesh_net::views::ViewSocket
 //! [`Message::ViewRoute`]: statemesh_core::codec::Message::ViewRoute
