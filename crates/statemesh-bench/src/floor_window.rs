@@ -79,8 +79,8 @@ fn lock(document: &SharedDocument) -> std::sync::MutexGuard<'_, FloorDocument> {
 struct ViewLink {
     peer: PeerId,
     connection: quinn::Connection,
-    /// The key of this side's views, until the peer's route arrives.
-    key: ViewKey,
+    /// The key of this side's views, until the peer's route arrives (then its sender's).
+    key: Option<ViewKey>,
     /// Where they go sealed, once it did.
     sealed: Option<Arc<ViewSender>>,
 }
@@ -178,8 +178,10 @@ pub(crate) async fn run(
                 let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
                 let mut links = view_links.lock().expect("held only to push or copy");
                 for l in links.iter_mut().filter(|l| l.peer == peer) {
-                    let sender = ViewSender::new(socket.clone(), to, route, l.key.clone());
-                    l.sealed = Some(Arc::new(sender));
+                    if let Some(key) = l.key.take() {
+                        let sender = ViewSender::new(socket.clone(), to, route, key);
+                        l.sealed = Some(Arc::new(sender));
+                    }
                 }
             }
             link = new_links.recv() => {
@@ -198,7 +200,7 @@ pub(crate) async fn run(
                         .push(ViewLink {
                             peer: link.peer,
                             connection: link.connection.clone(),
-                            key: ViewKey::derive(&link.connection, me, link.peer)?,
+                            key: Some(ViewKey::derive(&link.connection, me, link.peer)?),
                             sealed: None,
                         });
                 }

@@ -52,8 +52,8 @@ pub const MAX_DATAGRAM: usize = 65_507;
 /// The size of a buffer that holds any datagram (larger than any UDP payload).
 pub const READ_BUFFER: usize = 65_536;
 
-/// The key of one direction of one link.
-#[derive(Clone)]
+/// The key of one direction of one link. Not `Clone`: a key goes to one [`ViewSender`] (or one
+/// route), so that its nonces, a sender's counter, never repeat.
 pub struct ViewKey(LessSafeKey);
 
 impl std::fmt::Debug for ViewKey {
@@ -101,7 +101,7 @@ fn nonce(counter: u64) -> Nonce {
 }
 
 /// Seals `frame` as the view numbered `counter` on `route`.
-pub fn seal(key: &ViewKey, route: u64, counter: u64, frame: &[u8]) -> Vec<u8> {
+fn seal(key: &ViewKey, route: u64, counter: u64, frame: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(frame.len() + OVERHEAD);
     out.extend_from_slice(&route.to_be_bytes());
     out.extend_from_slice(&counter.to_be_bytes());
@@ -398,10 +398,9 @@ mod tests {
     #[tokio::test]
     async fn a_view_sealed_on_a_route_opens_there_once_and_in_order() {
         let (a, b) = (socket(), socket());
-        let key = ViewKey::from_secret(&[1; 32]);
-        let route = b.open_route(peer(1), 7, key.clone());
+        let route = b.open_route(peer(1), 7, ViewKey::from_secret(&[1; 32]));
         let to = b.local_addr().expect("addr");
-        let sender = ViewSender::new(a.clone(), to, route, key);
+        let sender = ViewSender::new(a.clone(), to, route, ViewKey::from_secret(&[1; 32]));
         for frame in [b"one".as_slice(), b"two"] {
             sender.send(frame).expect("sends");
         }
@@ -433,8 +432,9 @@ mod tests {
     #[tokio::test]
     async fn datagrams_that_do_not_open_are_refused_and_counted() {
         let b = socket();
+        let route = b.open_route(peer(1), 0, ViewKey::from_secret(&[1; 32]));
+        // The sender's end of the same key.
         let key = ViewKey::from_secret(&[1; 32]);
-        let route = b.open_route(peer(1), 0, key.clone());
         let good = seal(&key, route, 5, b"view");
         // Short, unknown route, another key, a flipped bit in the frame and in the header.
         assert_eq!(
