@@ -391,18 +391,19 @@ impl Shared {
         let _ = self.quic_addr.set(addr);
     }
 
-    pub(crate) fn set_view_socket(&self, socket: Option<Arc<statemesh_net::views::ViewSocket>>) {
-        if let Some(socket) = socket {
-            let _ = self.view_socket.set(socket);
-        }
+    /// Set by the driver's start, if the socket could be bound.
+    pub(crate) fn set_view_socket(&self, socket: Arc<statemesh_net::views::ViewSocket>) {
+        let _ = self.view_socket.set(socket);
+    }
+
+    /// The socket of sealed views (see `driver::sealed`), if one could be bound.
+    pub(crate) fn view_socket(&self) -> Option<&Arc<statemesh_net::views::ViewSocket>> {
+        self.view_socket.get()
     }
 
     /// What the socket of sealed views counted (zeros without one).
     pub(crate) fn view_counts(&self) -> statemesh_net::views::ViewCounts {
-        self.view_socket
-            .get()
-            .map(|s| s.counts())
-            .unwrap_or_default()
+        self.view_socket().map(|s| s.counts()).unwrap_or_default()
     }
 
     /// What the driver counts.

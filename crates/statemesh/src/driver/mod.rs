@@ -156,10 +156,10 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
     })?;
     shared.set_quic_addr(quic_addr);
     // Sealed views (see `sealed`): without the socket, views travel on QUIC.
-    let view_socket = ViewSocket::bind(quic_addr.ip())
-        .inspect_err(|e| tracing::warn!(error = %e, "no view socket: views travel on QUIC"))
-        .ok();
-    shared.set_view_socket(view_socket.clone());
+    match ViewSocket::bind(quic_addr.ip()) {
+        Ok(socket) => shared.set_view_socket(socket),
+        Err(e) => tracing::warn!(error = %e, "no view socket: views travel on QUIC"),
+    }
     let mut keys_rx = shared.keys().subscribe();
     let ring = keys_rx.borrow_and_update().clone();
     let seed = rand::random::<u64>();
@@ -229,7 +229,6 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         links_changed: false,
         standby_at: None,
         unquiet_at: None,
-        view_socket,
     };
     let task = tokio::spawn(tracing::Instrument::instrument(
         run.run(events_rx, frames_rx, views_rx, stop_rx),
@@ -330,8 +329,6 @@ struct Run {
     /// [`QUIET_TURN`] or longer, or a link came up (its first exchange may carry the whole
     /// document, a reply generated in a frame's turn).
     unquiet_at: Option<Instant>,
-    /// Where views arrive sealed, and leave (see `sealed`).
-    view_socket: Option<Arc<ViewSocket>>,
 }
 
 impl Run {
@@ -343,7 +340,7 @@ impl Run {
         mut stop: oneshot::Receiver<()>,
     ) {
         self.spawn_accept_loop();
-        if let Some(socket) = &self.view_socket {
+        if let Some(socket) = self.shared.view_socket() {
             let max_frame = self.shared.node_off_worker().config().max_frame;
             self.tasks.spawn(sealed::read(
                 socket.clone(),

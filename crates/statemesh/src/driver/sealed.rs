@@ -58,7 +58,8 @@ pub(super) fn fits(len: usize, to: SocketAddr, max_datagram: Option<usize>) -> b
 impl Run {
     /// A link to `peer` came up: opens the route the peer's views are to take and offers it.
     pub(super) fn open_view_route(&mut self, peer: PeerId) {
-        let (Some(socket), Some(link)) = (&self.view_socket, self.links.get_mut(&peer)) else {
+        let (Some(socket), Some(link)) = (self.shared.view_socket(), self.links.get_mut(&peer))
+        else {
             return;
         };
         let me = self.shared.me();
@@ -83,7 +84,8 @@ impl Run {
     /// taken: the key goes with it, and its sender's counter (the nonce) never starts again
     /// under the same key.
     pub(super) fn on_view_route(&mut self, from: PeerId, route: ViewRoute) {
-        let (Some(socket), Some(link)) = (&self.view_socket, self.links.get_mut(&from)) else {
+        let (Some(socket), Some(link)) = (self.shared.view_socket(), self.links.get_mut(&from))
+        else {
             return;
         };
         let Some(key) = link.views.key_out.take() else {
@@ -122,7 +124,7 @@ impl Run {
 
     /// Closes the routes of links that are gone or replaced.
     pub(super) fn close_stale_view_routes(&self) {
-        if let Some(socket) = &self.view_socket {
+        if let Some(socket) = self.shared.view_socket() {
             socket
                 .retain_routes(|peer, link| self.links.get(&peer).is_some_and(|l| l.conn == link));
         }
