@@ -240,6 +240,31 @@ async fn hand_linked(
     (endpoint, link)
 }
 
+/// A window without local discovery or persistence, and a peer made by hand (see
+/// [`hand_linked`], its id from `seed`) linked to it: the window, the peer's id, its endpoint
+/// (kept alive with the link) and the link.
+async fn window_with_hand_peer(
+    seed: u64,
+) -> (
+    Mesh,
+    PeerId,
+    statemesh_net::quic::Endpoint,
+    statemesh_net::quic::Link,
+) {
+    use rand::SeedableRng;
+    let secret = Secret::from_bytes([9; 32]);
+    let window = Mesh::builder("ws")
+        .secret(secret.clone())
+        .local_discovery(false)
+        .persist(false)
+        .join()
+        .await
+        .expect("joins");
+    let me = PeerId::generate(1, &mut rand::rngs::StdRng::seed_from_u64(seed));
+    let (endpoint, link) = hand_linked(&secret, window.quic_addr(), me).await;
+    (window, me, endpoint, link)
+}
+
 /// Whether the window closed `link` within [`WITHIN`]: reading ends (error or end of stream).
 async fn closed(link: &mut statemesh_net::quic::Link) -> bool {
     tokio::time::timeout(WITHIN, async {
@@ -297,21 +322,10 @@ async fn garbage_and_oversize_frames_close_only_that_link() {
 /// stream; a datagram that is not a view closes the link, and the window keeps running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_travel_as_datagrams_and_other_datagrams_close_the_link() {
-    use rand::SeedableRng;
     use statemesh_core::Incarnation;
     use statemesh_core::codec::{self, Message, decode_frame, encode_frame};
 
-    let secret = Secret::from_bytes([9; 32]);
-    let a = Mesh::builder("ws")
-        .secret(secret.clone())
-        .local_discovery(false)
-        .persist(false)
-        .join()
-        .await
-        .expect("joins");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
-    let me = PeerId::generate(1, &mut rng);
-    let (_peer, mut link) = hand_linked(&secret, a.quic_addr(), me).await;
+    let (a, me, _peer, mut link) = window_with_hand_peer(4).await;
     // The window's next heartbeat arrives as a datagram, a whole view frame; nothing is read
     // from the stream meanwhile.
     let datagram = tokio::time::timeout(WITHIN, link.connection.read_datagram())
@@ -378,23 +392,12 @@ async fn next_message<T>(
 /// when the first arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_go_sealed_beside_quic_once_heard() {
-    use rand::SeedableRng;
     use statemesh_core::codec::{self, Message, View, ViewRoute, encode_frame};
     use statemesh_core::liveness::GossipBeat;
     use statemesh_core::vv::Beat;
     use statemesh_net::views::{ViewKey, ViewSender, ViewSocket};
 
-    let secret = Secret::from_bytes([9; 32]);
-    let a = Mesh::builder("ws")
-        .secret(secret.clone())
-        .local_discovery(false)
-        .persist(false)
-        .join()
-        .await
-        .expect("joins");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let me = PeerId::generate(1, &mut rng);
-    let (_peer, mut link) = hand_linked(&secret, a.quic_addr(), me).await;
+    let (a, me, _peer, mut link) = window_with_hand_peer(5).await;
     let mut decoder = statemesh_core::FrameDecoder::new(1 << 20);
     let theirs = next_message(&mut link, &mut decoder, |m| match m {
         Message::ViewRoute(r) => Some(r),
