@@ -329,7 +329,11 @@ async fn send_views(me: PeerId, links: ViewLinks, unsent: Arc<AtomicU64>) {
 async fn read_sealed_views(socket: Arc<ViewSocket>) {
     let max_frame = Config::default().max_frame;
     let mut buf = vec![0u8; views::READ_BUFFER];
-    while let Ok(opened) = socket.recv(&mut buf).await {
+    let Ok(receiver) = socket.receiver() else {
+        emit(&json!({"ev": "error", "error": "no view receiver"}));
+        return;
+    };
+    while let Ok(opened) = receiver.recv(&mut buf).await {
         if !matches!(decode_frame(&opened.frame, max_frame), Ok(Message::View(_))) {
             emit(&json!({"ev": "error", "error": "a sealed view that is not a view"}));
             return;

@@ -245,12 +245,11 @@ pub struct ViewCounts {
     pub refused: u64,
 }
 
-/// A window's UDP socket for sealed views, in and out, and the routes it receives on.
+/// A window's UDP socket for sealed views, in and out, and the routes it receives on. It
+/// sends from any thread (non-blocking, no runtime needed); it receives through a
+/// [`ViewReceiver`], on the runtime that reads it.
 pub struct ViewSocket {
-    /// Sends (from any thread: non-blocking, no runtime needed).
     send: std::net::UdpSocket,
-    /// Receives, on the runtime it was bound on.
-    recv: tokio::net::UdpSocket,
     routes: parking_lot::Mutex<HashMap<u64, Route>>,
     counts: Counts,
 }
@@ -264,20 +263,27 @@ impl std::fmt::Debug for ViewSocket {
 }
 
 impl ViewSocket {
-    /// Binds a socket on `ip`, on a port the system picks. Receiving runs on the Tokio runtime
-    /// this is called in; outside of one, an error.
+    /// Binds a socket on `ip`, on a port the system picks.
     pub fn bind(ip: IpAddr) -> io::Result<Arc<Self>> {
-        tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
-        let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
-        socket.set_nonblocking(true)?;
-        let send = socket.try_clone()?;
-        let recv = tokio::net::UdpSocket::from_std(socket)?;
+        let send = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        send.set_nonblocking(true)?;
         Ok(Arc::new(Self {
             send,
-            recv,
             routes: parking_lot::Mutex::default(),
             counts: Counts::default(),
         }))
+    }
+
+    /// The socket's receiving end, on the Tokio runtime this is called in (outside of one, an
+    /// error): whoever judges the views reads them where it runs, and no other thread is woken
+    /// for them.
+    pub fn receiver(self: &Arc<Self>) -> io::Result<ViewReceiver> {
+        tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+        let io = tokio::net::UdpSocket::from_std(self.send.try_clone()?)?;
+        Ok(ViewReceiver {
+            socket: Arc::clone(self),
+            io,
+        })
     }
 
     /// The socket's address.
@@ -367,18 +373,61 @@ impl ViewSocket {
             first,
         })
     }
+}
 
-    /// The next view that opens, read through `buf` (of [`READ_BUFFER`] bytes: a shorter
-    /// one truncates large datagrams, which then do not open); datagrams that do not open are
-    /// dropped (and counted). An error only if the socket fails.
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Opened> {
+/// The receiving end of a [`ViewSocket`], registered with one Tokio runtime (see
+/// [`ViewSocket::receiver`]).
+#[derive(Debug)]
+pub struct ViewReceiver {
+    socket: Arc<ViewSocket>,
+    io: tokio::net::UdpSocket,
+}
+
+impl ViewReceiver {
+    /// The socket this receives on.
+    pub fn socket(&self) -> &Arc<ViewSocket> {
+        &self.socket
+    }
+
+    /// Waits until a datagram may be there to read (then [`Self::try_recv`]).
+    pub async fn readable(&self) -> io::Result<()> {
+        self.io.readable().await
+    }
+
+    /// The next view that opens among the datagrams already there, read through `buf` (of
+    /// [`READ_BUFFER`] bytes: a shorter one truncates large datagrams, which then do not
+    /// open), or `None` once none is left; datagrams that do not open are dropped (and
+    /// counted). An error only if the socket fails.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<Opened>> {
         loop {
-            let (n, from) = self.recv.recv_from(buf).await?;
-            match self.open(&mut buf[..n]) {
-                Ok(opened) => return Ok(opened),
-                Err(why) => tracing::debug!(%from, bytes = n, %why, "a sealed view dropped"),
+            let (n, from) = match self.io.try_recv_from(buf) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if let Some(opened) = self.open_or_drop(&mut buf[..n], from) {
+                return Ok(Some(opened));
             }
         }
+    }
+
+    /// The next view that opens, read through `buf` (as [`Self::try_recv`]), waiting for it.
+    /// An error only if the socket fails.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Opened> {
+        loop {
+            let (n, from) = self.io.recv_from(buf).await?;
+            if let Some(opened) = self.open_or_drop(&mut buf[..n], from) {
+                return Ok(opened);
+            }
+        }
+    }
+
+    fn open_or_drop(&self, datagram: &mut [u8], from: SocketAddr) -> Option<Opened> {
+        let bytes = datagram.len();
+        self.socket
+            .open(datagram)
+            .inspect_err(|why| tracing::debug!(%from, bytes, %why, "a sealed view dropped"))
+            .ok()
     }
 }
 
@@ -404,7 +453,8 @@ mod tests {
         for frame in [b"one".as_slice(), b"two"] {
             sender.send(frame).expect("sends");
         }
-        let first = b.recv(&mut [0; READ_BUFFER]).await.expect("opens");
+        let rx = b.receiver().expect("a runtime");
+        let first = rx.recv(&mut [0; READ_BUFFER]).await.expect("opens");
         assert_eq!(
             (
                 first.peer,
@@ -415,18 +465,27 @@ mod tests {
             ),
             (peer(1), 7, route, b"one".as_slice(), true)
         );
-        let second = b.recv(&mut [0; READ_BUFFER]).await.expect("opens");
+        let mut buf = [0; READ_BUFFER];
+        let second = loop {
+            // Read without waiting as a window's pulse does: `None` until it is there.
+            if let Some(second) = rx.try_recv(&mut buf).expect("reads") {
+                break second;
+            }
+            rx.readable().await.expect("readable");
+        };
         assert_eq!(
             (&second.frame[..], second.first),
             (b"two".as_slice(), false)
         );
+        assert_eq!(rx.try_recv(&mut buf).expect("reads"), None, "nothing left");
         assert_eq!(a.counts().sent, 2);
         assert_eq!(b.counts().received, 2);
     }
 
     #[test]
-    fn binding_outside_a_runtime_is_an_error() {
-        assert!(ViewSocket::bind([127, 0, 0, 1].into()).is_err());
+    fn a_receiver_outside_a_runtime_is_an_error() {
+        let socket = ViewSocket::bind([127, 0, 0, 1].into()).expect("binds without a runtime");
+        assert!(socket.receiver().is_err());
     }
 
     #[tokio::test]

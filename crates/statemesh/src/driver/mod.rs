@@ -340,16 +340,8 @@ impl Run {
         mut stop: oneshot::Receiver<()>,
     ) {
         self.spawn_accept_loop();
-        if let Some(socket) = self.shared.view_socket() {
-            let max_frame = self.shared.node_off_worker().config().max_frame;
-            self.tasks.spawn(sealed::read(
-                socket.clone(),
-                max_frame,
-                self.events.clone(),
-                self.views.clone(),
-            ));
-        }
-        // Heartbeats and views: a thread of their own (see `pulse`).
+        // Heartbeats and views, sealed ones read there too: a thread of their own (see
+        // `pulse`).
         pulse::spawn(
             &mut self.tasks,
             self.shared.clone(),

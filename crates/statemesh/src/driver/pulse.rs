@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use statemesh_core::{PeerId, Pulse, ReceiveError};
-use statemesh_net::views::ViewSender;
+use statemesh_net::views::{self, ViewReceiver, ViewSender};
 use tokio::sync::{broadcast, mpsc};
 
 use super::links::{LinkEvent, ViewFrame};
@@ -92,13 +92,14 @@ pub(super) fn send_view(
 /// from each of 63 peers, that copy and its drop were nearly half of the pulse's time).
 pub(super) type PulseLinks = Arc<parking_lot::Mutex<Arc<BTreeMap<PeerId, PulseLink>>>>;
 
-/// Starts the pulse on a thread of its own, with a runtime of its own (timers only), so that
-/// its beats wait for no task of the mesh's runtime: with the pulse a task among the links'
-/// readers, QUIC's drivers and the driver on that runtime's one worker, `throughput --peers 8
-/// --batch 100` ran beats 16-35 ms late at the 99th percentile (4.5-9.6 ms on this thread)
-/// while a process sleeping 10 ms at a time on the same machine woke at most 13 ms late. The
-/// thread ends with [`run`]: when the views' queue closes (the driver and every link's reader
-/// gone). If no thread can be made, the pulse runs as a task of `tasks`, as it did before.
+/// Starts the pulse on a thread of its own, with a runtime of its own (timers, and the view
+/// socket's reads), so that its beats wait for no task of the mesh's runtime: with the pulse a
+/// task among the links' readers, QUIC's drivers and the driver on that runtime's one worker,
+/// `throughput --peers 8 --batch 100` ran beats 16-35 ms late at the 99th percentile (4.5-9.6
+/// ms on this thread) while a process sleeping 10 ms at a time on the same machine woke at most
+/// 13 ms late. The thread ends with [`run`]: when the views' queue closes (the driver and every
+/// link's reader gone). If no thread can be made, the pulse runs as a task of `tasks`, as it
+/// did before.
 pub(super) fn spawn(
     tasks: &mut tokio::task::JoinSet<()>,
     shared: Arc<Shared>,
@@ -114,6 +115,7 @@ pub(super) fn spawn(
     );
     let started = tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .enable_io()
         .build()
         .and_then(|runtime| {
             std::thread::Builder::new()
@@ -128,6 +130,11 @@ pub(super) fn spawn(
 }
 
 /// The pulse's loop; it ends when the views' queue closes (the driver and every reader gone).
+///
+/// The pulse reads the view socket itself, on its own runtime: a sealed view wakes this thread
+/// alone, where it used to wake a worker of the mesh's runtime (the reader), which queued it and
+/// woke the pulse; at 64 windows a heartbeat instant brought 63 views to every window at once,
+/// and the worker that would take a write's sync message took them first.
 pub(super) async fn run(
     shared: Arc<Shared>,
     links: PulseLinks,
@@ -135,7 +142,17 @@ pub(super) async fn run(
     events: mpsc::UnboundedSender<LinkEvent>,
 ) {
     // Taken once: from here on the pulse locks the heart alone, never the node.
-    let pulse = shared.node().pulse();
+    let (pulse, max_frame) = {
+        let node = shared.node();
+        (node.pulse(), node.config().max_frame)
+    };
+    let mut sealed = shared.view_socket().and_then(|socket| {
+        socket
+            .receiver()
+            .inspect_err(|e| tracing::warn!(error = %e, "no view receiver: views travel on QUIC"))
+            .ok()
+    });
+    let mut buf = vec![0u8; views::READ_BUFFER];
     let mut batch = Vec::new();
     loop {
         let due = shared.instant(pulse.lock().poll_beat_timeout());
@@ -145,6 +162,9 @@ pub(super) async fn run(
                 Ok(v) => batch.push(v),
                 Err(broadcast::error::RecvError::Lagged(n)) => views_dropped(&shared, n),
                 Err(broadcast::error::RecvError::Closed) => return,
+            },
+            r = readable(sealed.as_ref()) => if let Err(e) = r {
+                sealed_failed(&mut sealed, &e);
             },
             () = tokio::time::sleep_until(due.into()) => {}
         }
@@ -157,8 +177,29 @@ pub(super) async fn run(
                 Err(_) => break,
             }
         }
+        if let Some(receiver) = &sealed
+            && let Err(e) = super::sealed::take(receiver, &mut buf, max_frame, &events, &mut batch)
+        {
+            sealed_failed(&mut sealed, &e);
+        }
         beat(&shared, &pulse, &links, &events, &mut batch);
     }
+}
+
+/// Until a datagram may be on the view socket; never without one.
+async fn readable(receiver: Option<&ViewReceiver>) -> std::io::Result<()> {
+    match receiver {
+        Some(receiver) => receiver.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The view socket failed: views are no longer read from it (peers that do not hear from this
+/// window's route go on sending on QUIC; those told they were heard judge it silent, close the
+/// link and start the new one on QUIC).
+fn sealed_failed(sealed: &mut Option<ViewReceiver>, e: &std::io::Error) {
+    tracing::warn!(error = %e, "the view socket failed: views travel on QUIC");
+    *sealed = None;
 }
 
 /// One turn of the pulse: the views in `batch`, then the beat if it is due, then the views the
@@ -304,6 +345,7 @@ mod tests {
         // the key it derives on its end of the connection.
         let socket_a = ViewSocket::bind(Ipv4Addr::LOCALHOST.into()).expect("binds");
         let socket_b = ViewSocket::bind(Ipv4Addr::LOCALHOST.into()).expect("binds");
+        let rx_a = socket_a.receiver().expect("a runtime");
         let key_in = ViewKey::derive(&accepted.connection, b, a).expect("exports");
         let route = socket_a.open_route(b, 3, key_in);
         let key_out = ViewKey::derive(&dialled.connection, b, a).expect("exports");
@@ -311,7 +353,7 @@ mod tests {
         let sender = ViewSender::new(socket_b.clone(), to, route, key_out);
         let (tx, mut stream) = mpsc::unbounded_channel();
         let queued = AtomicUsize::new(0);
-        let mut buf = vec![0u8; statemesh_net::views::READ_BUFFER];
+        let mut buf = vec![0u8; views::READ_BUFFER];
 
         let one = bytes::Bytes::from(vec![1u8; 64]);
         send_view(
@@ -321,7 +363,7 @@ mod tests {
             &queued,
             one.clone(),
         );
-        let opened = socket_a
+        let opened = rx_a
             .recv(&mut buf)
             .await
             .expect("opens: both ends derive one key");
@@ -343,7 +385,7 @@ mod tests {
             &queued,
             two.clone(),
         );
-        assert_eq!(socket_a.recv(&mut buf).await.expect("opens").frame, two);
+        assert_eq!(rx_a.recv(&mut buf).await.expect("opens").frame, two);
         // The next QUIC datagram is one sent after `two` (datagrams of one connection leave
         // in order, and loopback loses none): `two` went sealed alone.
         let marker = bytes::Bytes::from_static(b"marker");
@@ -376,7 +418,7 @@ mod tests {
             &queued,
             three.clone(),
         );
-        assert_eq!(socket_a.recv(&mut buf).await.expect("opens").frame, three);
+        assert_eq!(rx_a.recv(&mut buf).await.expect("opens").frame, three);
         assert_eq!(socket_a.counts().refused, 1);
 
         // A route at an address the connection no longer has (the peer moved, QUIC followed

@@ -22,13 +22,14 @@
 //! [`Message::ViewRoute`]: statemesh_core::codec::Message::ViewRoute
 //! [`Message::ViewsHeard`]: statemesh_core::codec::Message::ViewsHeard
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use statemesh_core::PeerId;
 use statemesh_core::codec::{self, ViewRoute};
-use statemesh_net::views::{self, ViewKey, ViewSender, ViewSocket};
-use tokio::sync::{broadcast, mpsc};
+use statemesh_net::views::{self, ViewKey, ViewReceiver, ViewSender};
+use tokio::sync::mpsc;
 
 use super::Run;
 use super::links::{LinkEvent, ViewFrame};
@@ -131,23 +132,24 @@ impl Run {
     }
 }
 
-/// Reads the view socket until it fails or the driver is gone: each view that opens joins the
-/// queue of views, as one that came as a QUIC datagram; the first on a route is reported. An
-/// authenticated peer that seals anything but a view loses its link.
-pub(super) async fn read(
-    socket: Arc<ViewSocket>,
+/// At most this many datagrams are read from the view socket per turn of the pulse, so that a
+/// flood of them (forged ones are dropped, but each is read) does not hold its beat up.
+const READ_PER_TURN: usize = 256;
+
+/// Takes the sealed views on the view socket into `batch` (up to [`READ_PER_TURN`] datagrams),
+/// as views that came as QUIC datagrams; the first on a route is reported to the driver. An
+/// authenticated peer that seals anything but a view loses its link. An error only if the
+/// socket fails.
+pub(super) fn take(
+    receiver: &ViewReceiver,
+    buf: &mut [u8],
     max_frame: usize,
-    events: mpsc::UnboundedSender<LinkEvent>,
-    views: broadcast::Sender<ViewFrame>,
-) {
-    let mut buf = vec![0u8; views::READ_BUFFER];
-    loop {
-        let opened = match socket.recv(&mut buf).await {
-            Ok(opened) => opened,
-            Err(e) => {
-                tracing::warn!(error = %e, "the view socket failed: views travel on QUIC");
-                return;
-            }
+    events: &mpsc::UnboundedSender<LinkEvent>,
+    batch: &mut Vec<ViewFrame>,
+) -> io::Result<()> {
+    for _ in 0..READ_PER_TURN {
+        let Some(opened) = receiver.try_recv(buf)? else {
+            return Ok(());
         };
         let (peer, conn) = (opened.peer, opened.link);
         if opened.frame.len() > max_frame || !codec::is_view(&opened.frame) {
@@ -166,10 +168,7 @@ pub(super) async fn read(
             let route = opened.route;
             let _ = events.send(LinkEvent::SealedViewsArrive { peer, conn, route });
         }
-        let frame = bytes::Bytes::from(opened.frame);
-        if views.send(ViewFrame::new(peer, conn, frame)).is_err() {
-            // The driver is gone.
-            return;
-        }
+        batch.push(ViewFrame::new(peer, conn, bytes::Bytes::from(opened.frame)));
     }
+    Ok(())
 }
