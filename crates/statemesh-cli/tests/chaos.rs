@@ -2,8 +2,8 @@
 //! mode; a temporary runtime directory and secret file, one state directory per window) under
 //! a seeded schedule of faults — SIGKILL of the leader or of another window, restarts of killed
 //! windows (a new process on the same directories), the leader frozen with SIGSTOP for 1.1-3 s
-//! (past the 1 s suspect timeout, at times past the 2 s QUIC idle timeout) and then woken with
-//! SIGCONT — and bursts of concurrent writes from every live window (awaiting durability,
+//! (past the 1 s suspect timeout: the others close its links, which carried its views sealed)
+//! and then woken with SIGCONT — and bursts of concurrent writes from every live window (awaiting durability,
 //! replication by K peers, or nothing; some presence-scoped). Every write and acknowledgement
 //! is tracked from the windows' JSON lines. Once the schedule is over and things settle:
 //!
@@ -258,8 +258,8 @@ impl Chaos {
         let live = self.live();
         let (leader, old_term) = self.lead_write(&live, &format!("before-{f}"), false);
 
-        // Longer than the suspect timeout; past the QUIC idle timeout (2 s) now and then, so
-        // that the woken window must also reconnect.
+        // Longer than the suspect timeout: judged dead, its links (their views sealed) are
+        // closed by the others, so that the woken window must also reconnect.
         let hold = SUSPECT + Duration::from_millis(100 + self.rng.below(1900) as u64);
         self.say(format_args!(
             "SIGSTOP window {leader} (the leader, term {old_term}) for {} ms",

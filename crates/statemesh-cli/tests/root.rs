@@ -230,8 +230,9 @@ fn a_lan_of_namespaces_finds_itself_by_mdns_and_survives_a_cut_link() {
         json!({"op": "put", "channel": "notes", "key": "while-cut-isolated", "value": true}),
     );
     w.until_converged(&others, |r| notes(r, &["while-cut-majority"]));
-    // Stay apart until the QUIC connections themselves time out, so that healing needs new
-    // links (redial with backoff), not just packets flowing again.
+    // Stay apart until each side judged the other dead, which closes the links (their views
+    // came sealed), so that healing needs new links (redial with backoff), not just packets
+    // flowing again.
     w.until_state(leader, "the isolated leader's links time out", |s| {
         s["links"] == 0
     });

@@ -332,3 +332,43 @@ async fn views_go_sealed_beside_quic_once_heard() {
     }
 }
 
+/// A peer told that its sealed views arrive sends them no other way. Should they stop coming
+/// while its QUIC connection lives (the view port blocked later on), the window judges it
+/// silent and closes the link at once, so that the peer's next link starts on QUIC again; a
+/// link left to QUIC's idle timeout would live on its keep-alives, and a refutation sealed to
+/// it would never be heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_heard_sealed_views_stop_loses_its_link() {
+    use statemesh_core::codec::Message;
+    use statemesh_net::views::{ViewKey, ViewSender, ViewSocket};
+
+    let (a, me, _peer, mut link) = window_with_hand_peer(6).await;
+    let mut decoder = statemesh_core::FrameDecoder::new(1 << 20);
+    let theirs = next_message(&mut link, &mut decoder, |m| match m {
+        Message::ViewRoute(r) => Some(r),
+        _ => None,
+    })
+    .await;
+    let socket = ViewSocket::bind([127, 0, 0, 1].into()).expect("binds");
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], theirs.port));
+    let key_out = ViewKey::derive(&link.connection, me, a.id()).expect("exports");
+    let sender = ViewSender::new(socket, to, theirs.route, key_out);
+    sender.send(&beat_frame(me, 1)).expect("sent");
+    let said = next_message(&mut link, &mut decoder, |m| match m {
+        Message::ViewsHeard(r) => Some(r),
+        _ => None,
+    })
+    .await;
+    assert_eq!(said, theirs.route, "told: its sealed views arrive");
+
+    // Its views stop; its QUIC connection answers on (quinn's keep-alives). The window
+    // judges it silent after the suspect timeout and closes the link.
+    assert!(
+        closed(&mut link).await,
+        "the link of a peer whose heard sealed views stopped is closed"
+    );
+    assert!(
+        !a.members().iter().any(|m| m.peer == me && m.live),
+        "judged dead"
+    );
+}

@@ -520,20 +520,24 @@ impl Run {
     }
 
     /// A peer's incarnation was judged dead. A link still open to it is closed at once when
-    /// the death is certain (it left, or its local socket closed); a peer that may lead keeps
-    /// its learned addresses (it may come back there), a query or observer is forgotten.
+    /// the death is certain (it left, or its local socket closed), or when the peer was told
+    /// its sealed views arrive (it sends them no other way: if the view socket's datagrams
+    /// stopped coming while the connection lives, a refutation would never be heard on that
+    /// link); else it is left to QUIC's idle timeout, and the peer may refute over it. A peer
+    /// that may lead keeps its learned addresses (it may come back there), a query or observer
+    /// is forgotten.
     pub(super) fn on_peer_down(&mut self, incarnation: Incarnation, cause: DeathCause) {
         let peer = incarnation.peer;
         let link = self
             .links
             .get(&peer)
             .filter(|l| l.incarnation.number <= incarnation.number)
-            .map(|l| (l.conn, l.eligible));
-        if let Some((conn, eligible)) = link {
+            .map(|l| (l.conn, l.eligible, l.views.told_heard));
+        if let Some((conn, eligible, told_heard)) = link {
             if !eligible {
                 self.dialer.forget_peer(peer);
             }
-            if cause != DeathCause::Timeout {
+            if cause != DeathCause::Timeout || told_heard {
                 self.close_link(peer, conn);
                 // What closing the link made the node say goes out on the next turn.
                 self.shared.wake();

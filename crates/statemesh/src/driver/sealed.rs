@@ -14,7 +14,9 @@
 //! ([`Message::ViewsHeard`], sent when the first one opens): where the view socket's datagrams
 //! are dropped (a firewall opened for the QUIC port alone), views stay on QUIC and nobody is
 //! taken for silent. Should sealed views stop arriving later, the peer is judged dead as if
-//! silent, its link is closed and set up again, and the new link starts on QUIC again. Views
+//! silent and, unlike a link whose views still came on QUIC (left to QUIC's idle timeout, the
+//! peer may refute over it), its link is closed at once (see `Run::on_peer_down`): the peer
+//! redials and the new link starts on QUIC again. Views
 //! to a peer whose address changed under the connection (QUIC follows it; the route does not)
 //! go as QUIC datagrams.
 //!
@@ -41,6 +43,10 @@ pub(super) struct LinkViews {
     key_out: Option<ViewKey>,
     /// Where this side's views go sealed, once the peer offered a route.
     pub(super) sender: Option<Arc<ViewSender>>,
+    /// Whether this side told the peer its sealed views arrive (`ViewsHeard`): from then on
+    /// the peer sends them no other way, so should they stop arriving while the connection
+    /// lives (the view port blocked later), only a new link would bring its views back.
+    pub(super) told_heard: bool,
 }
 
 /// Whether a view of `len` bytes goes sealed to `to` (and not on the stream): on loopback up
@@ -118,7 +124,8 @@ impl Run {
 
     /// The first view sealed on `route` by `peer` opened: it is told, if the link is current.
     pub(super) fn on_sealed_views_arrive(&mut self, peer: PeerId, conn: usize, route: u64) {
-        if self.links.get(&peer).is_some_and(|l| l.conn == conn) {
+        if let Some(link) = self.links.get_mut(&peer).filter(|l| l.conn == conn) {
+            link.views.told_heard = true;
             self.shared.node_off_worker().views_heard(peer, route);
         }
     }
