@@ -1,7 +1,7 @@
 //! `backpressure_wait` for real: two sidecars linked by QUIC on loopback, the writer's backlog
 //! bounded small (`--backpressure 4,8`). The peer is frozen with SIGSTOP, so it acknowledges
 //! nothing and the writer's backlog only grows; it stays live meanwhile (a suspect timeout of a
-//! minute, a freeze of milliseconds, well under the 2 s QUIC idle timeout). Woken with SIGCONT,
+//! minute, a freeze of milliseconds, well under the 6 s QUIC idle timeout). Woken with SIGCONT,
 //! it catches up, and the wait ends. `backpressure` notifications say when writes begin and
 //! cease to be pushed back.
 //!
