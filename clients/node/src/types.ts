@@ -115,6 +115,20 @@ export interface Metrics {
   suspicions_refuted: number;
   tick_late: Delays;
   driver_turns: Delays;
+  /** Local writes the live linked peers have not all acknowledged, plus frames queued. */
+  backlog: number;
+  /** The largest backlog seen. */
+  backlog_peak: number;
+  /** Writes refused for backpressure. */
+  writes_refused: number;
+  /** Heartbeat views dropped unread (newer ones filled their queue). */
+  views_dropped: number;
+  /** Views sent sealed beside the links' QUIC connections. */
+  views_sealed_sent: number;
+  /** Sealed views received that opened. */
+  views_sealed_received: number;
+  /** Datagrams on the view socket that did not open (forged, stale, for a closed link). */
+  views_sealed_refused: number;
   [more: string]: unknown;
 }
 

@@ -95,4 +95,16 @@ test('members, the explanation and the metrics have one rendering: integer *_ms,
   assert.equal(typeof stats.mesh.links, 'number');
   assert.equal(typeof stats.mesh.keys.primary, 'string');
   assert.ok(Number.isInteger(stats.mesh.propagation.p99_us));
+  // The counters `Metrics` declares are there, as numbers.
+  for (const counter of [
+    'backlog',
+    'backlog_peak',
+    'writes_refused',
+    'views_dropped',
+    'views_sealed_sent',
+    'views_sealed_received',
+    'views_sealed_refused',
+  ]) {
+    assert.ok(Number.isInteger(stats.mesh[counter]), counter);
+  }
 });
