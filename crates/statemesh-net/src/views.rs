@@ -384,50 +384,40 @@ pub struct ViewReceiver {
 }
 
 impl ViewReceiver {
-    /// The socket this receives on.
-    pub fn socket(&self) -> &Arc<ViewSocket> {
-        &self.socket
-    }
-
     /// Waits until a datagram may be there to read (then [`Self::try_recv`]).
     pub async fn readable(&self) -> io::Result<()> {
         self.io.readable().await
     }
 
-    /// The next view that opens among the datagrams already there, read through `buf` (of
-    /// [`READ_BUFFER`] bytes: a shorter one truncates large datagrams, which then do not
-    /// open), or `None` once none is left; datagrams that do not open are dropped (and
-    /// counted). An error only if the socket fails.
-    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<Opened>> {
-        loop {
-            let (n, from) = match self.io.try_recv_from(buf) {
-                Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            if let Some(opened) = self.open_or_drop(&mut buf[..n], from) {
-                return Ok(Some(opened));
-            }
+    /// The next datagram already there, read through `buf` (of [`READ_BUFFER`] bytes: a
+    /// shorter one truncates large datagrams, which then do not open): the view it opens to,
+    /// or why it was dropped (and counted); `None` once none is left. One datagram per call,
+    /// so that a caller bounds its work under a flood of forged ones. An error only if the
+    /// socket fails.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<Result<Opened, Refused>>> {
+        match self.io.try_recv_from(buf) {
+            Ok((n, from)) => Ok(Some(self.open_logged(&mut buf[..n], from))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
-    /// The next view that opens, read through `buf` (as [`Self::try_recv`]), waiting for it.
-    /// An error only if the socket fails.
+    /// The next view that opens, read through `buf` (as [`Self::try_recv`]), waiting for it;
+    /// datagrams that do not open are dropped (and counted). An error only if the socket fails.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Opened> {
         loop {
             let (n, from) = self.io.recv_from(buf).await?;
-            if let Some(opened) = self.open_or_drop(&mut buf[..n], from) {
+            if let Ok(opened) = self.open_logged(&mut buf[..n], from) {
                 return Ok(opened);
             }
         }
     }
 
-    fn open_or_drop(&self, datagram: &mut [u8], from: SocketAddr) -> Option<Opened> {
+    fn open_logged(&self, datagram: &mut [u8], from: SocketAddr) -> Result<Opened, Refused> {
         let bytes = datagram.len();
         self.socket
             .open(datagram)
             .inspect_err(|why| tracing::debug!(%from, bytes, %why, "a sealed view dropped"))
-            .ok()
     }
 }
 
@@ -465,21 +455,30 @@ mod tests {
             ),
             (peer(1), 7, route, b"one".as_slice(), true)
         );
+        // Read without waiting, as a window's pulse does: one datagram a call, `None` until
+        // it is there; a forged one is told apart (refused), not read past.
+        let forged = seal(&ViewKey::from_secret(&[2; 32]), route, 9, b"forged");
+        a.send.send_to(&forged, to).expect("sent");
+        sender.send(b"three").expect("sends");
         let mut buf = [0; READ_BUFFER];
-        let second = loop {
-            // Read without waiting as a window's pulse does: `None` until it is there.
-            if let Some(second) = rx.try_recv(&mut buf).expect("reads") {
-                break second;
+        let mut read = Vec::new();
+        while read.len() < 3 {
+            match rx.try_recv(&mut buf).expect("reads") {
+                Some(r) => read.push(r.map(|o| (o.frame, o.first))),
+                None => rx.readable().await.expect("readable"),
             }
-            rx.readable().await.expect("readable");
-        };
+        }
         assert_eq!(
-            (&second.frame[..], second.first),
-            (b"two".as_slice(), false)
+            read,
+            [
+                Ok((b"two".to_vec(), false)),
+                Err(Refused::Forged),
+                Ok((b"three".to_vec(), false)),
+            ]
         );
         assert_eq!(rx.try_recv(&mut buf).expect("reads"), None, "nothing left");
-        assert_eq!(a.counts().sent, 2);
-        assert_eq!(b.counts().received, 2);
+        assert_eq!(a.counts().sent, 3);
+        assert_eq!((b.counts().received, b.counts().refused), (3, 1));
     }
 
     #[test]

@@ -194,9 +194,10 @@ async fn readable(receiver: Option<&ViewReceiver>) -> std::io::Result<()> {
     }
 }
 
-/// The view socket failed: views are no longer read from it (peers that do not hear from this
-/// window's route go on sending on QUIC; those told they were heard judge it silent, close the
-/// link and start the new one on QUIC).
+/// The view socket failed: views are no longer read from it. Peers not yet told their sealed
+/// views arrive go on sending them on QUIC too; those told so are judged silent here, their
+/// links closed (see `Run::on_peer_down`), and on the new links, whose sealed views never
+/// open here now, their views stay on QUIC.
 fn sealed_failed(sealed: &mut Option<ViewReceiver>, e: &std::io::Error) {
     tracing::warn!(error = %e, "the view socket failed: views travel on QUIC");
     *sealed = None;

@@ -155,8 +155,11 @@ pub(super) fn take(
     batch: &mut Vec<ViewFrame>,
 ) -> io::Result<()> {
     for _ in 0..READ_PER_TURN {
-        let Some(opened) = receiver.try_recv(buf)? else {
-            return Ok(());
+        let opened = match receiver.try_recv(buf)? {
+            Some(Ok(opened)) => opened,
+            // Dropped and counted: nobody to blame for an unauthenticated datagram.
+            Some(Err(_)) => continue,
+            None => return Ok(()),
         };
         let (peer, conn) = (opened.peer, opened.link);
         if opened.frame.len() > max_frame || !codec::is_view(&opened.frame) {
