@@ -45,7 +45,11 @@ pub(crate) fn scale(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     let mut f = Fleet::new(opts.net, n)?;
     eprintln!("starting {n} windows one by one ({})", opts.net.name());
     start_many(&mut f, n)?;
-    let samples = if opts.quick { 20 } else { 100 };
+    let samples = if opts.quick {
+        20
+    } else {
+        propagation::SCALE_SAMPLES
+    };
     // Paced slower than `propagation`: each write costs every one of the other windows a
     // receive, and the measure is latency, not how many writes the mesh absorbs.
     eprintln!("{samples} writes, one every 100 ms");
@@ -62,14 +66,7 @@ pub(crate) fn scale(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     let times = failover::measure(&mut f, failover::Fault::Kill, trials, agreed, false)?;
     let fo = crate::stats::summarize(&times);
     out.insert("join_failures".into(), json!(f.join_failures));
-    out.insert("p50_us".into(), json!(round3(p.to_all.p50)));
-    out.insert("p99_us".into(), json!(round3(p.to_all.p99)));
-    out.insert("max_us".into(), json!(round3(p.to_all.max)));
-    out.insert("samples".into(), json!(p.to_all.n));
-    out.insert(
-        "by_heartbeat_phase".into(),
-        propagation::by_heartbeat_phase(&p.written),
-    );
+    propagation::report(&p, out);
     // Sync messages received mesh-wide per write: about two per other window when each gets
     // the write from its writer and answers it; more when windows relay it to each other.
     out.insert(
