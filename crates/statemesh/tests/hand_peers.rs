@@ -207,6 +207,45 @@ fn beat_frame(me: PeerId, counter: u64) -> Vec<u8> {
     encode_frame(&view, 1 << 20).expect("fits")
 }
 
+/// This hand-made peer's end of its sealed views: the route the window offers on `link`
+/// (awaited), a view socket, and a sender sealing to that route under the key this peer
+/// derives for its views to `window`.
+async fn sealing_to(
+    window: &Mesh,
+    me: PeerId,
+    link: &mut statemesh_net::quic::Link,
+    decoder: &mut statemesh_core::FrameDecoder,
+) -> (
+    statemesh_core::codec::ViewRoute,
+    std::sync::Arc<statemesh_net::views::ViewSocket>,
+    statemesh_net::views::ViewSender,
+) {
+    use statemesh_core::codec::Message;
+    use statemesh_net::views::{ViewKey, ViewSender, ViewSocket};
+    let theirs = next_message(link, decoder, |m| match m {
+        Message::ViewRoute(r) => Some(r),
+        _ => None,
+    })
+    .await;
+    let socket = ViewSocket::bind([127, 0, 0, 1].into()).expect("binds");
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], theirs.port));
+    let key_out = ViewKey::derive(&link.connection, me, window.id()).expect("exports");
+    let sender = ViewSender::new(socket.clone(), to, theirs.route, key_out);
+    (theirs, socket, sender)
+}
+
+/// The route the window says this peer's sealed views arrive on (its next `ViewsHeard`).
+async fn heard(
+    link: &mut statemesh_net::quic::Link,
+    decoder: &mut statemesh_core::FrameDecoder,
+) -> u64 {
+    next_message(link, decoder, |m| match m {
+        statemesh_core::codec::Message::ViewsHeard(r) => Some(r),
+        _ => None,
+    })
+    .await
+}
+
 /// A window offers each linked peer a route for the peer's views sealed beside QUIC, and seals
 /// its own to the route the peer offers: as QUIC datagrams too until the peer says the sealed
 /// ones arrive, then alone. It takes the peer's sealed views, refuses forged ones, and says
@@ -214,38 +253,26 @@ fn beat_frame(me: PeerId, counter: u64) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_go_sealed_beside_quic_once_heard() {
     use statemesh_core::codec::{self, Message, ViewRoute, encode_frame};
-    use statemesh_net::views::{ViewKey, ViewSender, ViewSocket};
+    use statemesh_net::views::{ViewKey, ViewSender};
 
     let (a, me, _peer, mut link) = window_with_hand_peer(5).await;
     let mut decoder = statemesh_core::FrameDecoder::new(1 << 20);
-    let theirs = next_message(&mut link, &mut decoder, |m| match m {
-        Message::ViewRoute(r) => Some(r),
-        _ => None,
-    })
-    .await;
 
     // This peer's views (its beats, numbered), sealed to the window's route: a forged one
     // first, then its own.
-    let socket = ViewSocket::bind([127, 0, 0, 1].into()).expect("binds");
+    let (theirs, socket, sender) = sealing_to(&a, me, &mut link, &mut decoder).await;
     let receiver = socket.receiver().expect("a runtime");
     let mut buf = vec![0u8; statemesh_net::views::READ_BUFFER];
-    let to = std::net::SocketAddr::from(([127, 0, 0, 1], theirs.port));
-    let key_out = ViewKey::derive(&link.connection, me, a.id()).expect("exports");
     let forger = ViewSender::new(
         socket.clone(),
-        to,
+        sender.to(),
         theirs.route,
         ViewKey::from_secret(&[1; 32]),
     );
-    let sender = ViewSender::new(socket.clone(), to, theirs.route, key_out);
     let beat = |counter| beat_frame(me, counter);
     forger.send(&beat(1)).expect("sent");
     sender.send(&beat(1)).expect("sent");
-    let said = next_message(&mut link, &mut decoder, |m| match m {
-        Message::ViewsHeard(r) => Some(r),
-        _ => None,
-    })
-    .await;
+    let said = heard(&mut link, &mut decoder).await;
     assert_eq!(
         said, theirs.route,
         "the window hears this peer's sealed views"
@@ -339,26 +366,11 @@ async fn views_go_sealed_beside_quic_once_heard() {
 /// it would never be heard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_whose_heard_sealed_views_stop_loses_its_link() {
-    use statemesh_core::codec::Message;
-    use statemesh_net::views::{ViewKey, ViewSender, ViewSocket};
-
     let (a, me, _peer, mut link) = window_with_hand_peer(6).await;
     let mut decoder = statemesh_core::FrameDecoder::new(1 << 20);
-    let theirs = next_message(&mut link, &mut decoder, |m| match m {
-        Message::ViewRoute(r) => Some(r),
-        _ => None,
-    })
-    .await;
-    let socket = ViewSocket::bind([127, 0, 0, 1].into()).expect("binds");
-    let to = std::net::SocketAddr::from(([127, 0, 0, 1], theirs.port));
-    let key_out = ViewKey::derive(&link.connection, me, a.id()).expect("exports");
-    let sender = ViewSender::new(socket, to, theirs.route, key_out);
+    let (theirs, _socket, sender) = sealing_to(&a, me, &mut link, &mut decoder).await;
     sender.send(&beat_frame(me, 1)).expect("sent");
-    let said = next_message(&mut link, &mut decoder, |m| match m {
-        Message::ViewsHeard(r) => Some(r),
-        _ => None,
-    })
-    .await;
+    let said = heard(&mut link, &mut decoder).await;
     assert_eq!(said, theirs.route, "told: its sealed views arrive");
 
     // Its views stop; its QUIC connection answers on (quinn's keep-alives). The window
