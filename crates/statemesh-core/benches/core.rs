@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 use statemesh_core::codec::{self, Message};
 use statemesh_core::election::Election;
-use statemesh_core::liveness::Liveness;
+use statemesh_core::liveness::{GossipBeat, Liveness};
 use statemesh_core::vv::Beat;
 use statemesh_core::{Config, LinkDown, MeshTag, Node, PeerId, Persist, Scope, Time};
 
@@ -216,6 +216,38 @@ fn election_benches(c: &mut Criterion) {
         election.update(&live, true);
         g.bench_function(format!("update_{n}_peers"), |b| {
             b.iter(|| black_box(election.update(black_box(&live), true)))
+        });
+        // A linked peer's view as it arrives every heartbeat: the sender's beat first, then
+        // every live peer's in id order (this peer's own among them), each known already
+        // (`known`: relayed beats in a full mesh) or each newer (`newer`).
+        let mut view: Vec<GossipBeat> = std::iter::once(ids[0])
+            .chain(ids[1..].iter().copied())
+            .map(|peer| GossipBeat {
+                peer,
+                beat: Beat {
+                    incarnation: 0,
+                    counter: 1,
+                },
+                eligible: true,
+            })
+            .collect();
+        view[1..].sort_by_key(|b| b.peer);
+        g.bench_function(format!("observe_view_known_{n}_peers"), |b| {
+            b.iter(|| {
+                changes.clear();
+                live.observe_beats(black_box(&view), Time::ZERO, &mut changes);
+                black_box(changes.len())
+            })
+        });
+        g.bench_function(format!("observe_view_newer_{n}_peers"), |b| {
+            b.iter(|| {
+                for g in &mut view {
+                    g.beat.counter += 1;
+                }
+                changes.clear();
+                live.observe_beats(black_box(&view), Time::ZERO, &mut changes);
+                black_box(changes.len())
+            })
         });
         g.bench_function(format!("judge_{n}_peers"), |b| {
             b.iter(|| {

@@ -419,10 +419,7 @@ impl Heart {
     /// A view from linked peer `from`: its liveness and claims here, its digests for the node.
     pub(super) fn on_view(&mut self, now: Time, from: PeerId, view: View) {
         let mut changes = Vec::new();
-        for b in &view.beats {
-            self.live
-                .observe_beat(b.peer, b.beat, b.eligible, now, &mut changes);
-        }
+        self.live.observe_beats(&view.beats, now, &mut changes);
         for (peer, tomb) in &view.tombs {
             self.live
                 .observe_received_tombstone(*peer, *tomb, now, &mut changes);
