@@ -56,9 +56,8 @@ fn info(f: &mut Fleet, slot: usize) -> anyhow::Result<Info> {
 /// The kernel does not list that table at one instant: each `read` walks it again from the
 /// start to the position reached, so a socket closed ahead of ours between two reads shifts
 /// ours out of the listing. The windows open and close a socket for every probe, and during a
-/// flood of forged records they probe all the time: read in 64 KiB reads (a page of the table
-/// per read, not the 32 bytes a first `read_to_string` asks for) and look again when the
-/// socket is not listed, before calling it gone.
+/// flood of forged records they probe all the time: read in large reads (a page of the table
+/// per read) and look again when the socket is not listed, before calling it gone.
 fn tx_queue(pid: u32, port: u16) -> anyhow::Result<u64> {
     const LISTINGS: usize = 10;
     let path = format!("/proc/{pid}/net/udp");
@@ -71,21 +70,14 @@ fn tx_queue(pid: u32, port: u16) -> anyhow::Result<u64> {
     bail!("no UDP socket on port {port} in process {pid}'s namespace ({LISTINGS} listings)")
 }
 
-/// A `/proc` listing read in large reads.
+/// A `/proc` listing, read into room for 64 KiB: `read_to_string` into an empty string first
+/// asks for 32 bytes, and every further read walks the table again.
 fn read_listing(path: &str) -> anyhow::Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
-    let mut table = Vec::with_capacity(1 << 16);
-    let mut chunk = vec![0u8; 1 << 16];
-    loop {
-        let n = file
-            .read(&mut chunk)
-            .with_context(|| format!("reading {path}"))?;
-        if n == 0 {
-            break;
-        }
-        table.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8(table).with_context(|| format!("{path} is not text"))
+    let mut table = String::with_capacity(1 << 16);
+    std::fs::File::open(path)
+        .and_then(|mut file| file.read_to_string(&mut table))
+        .with_context(|| format!("reading {path}"))?;
+    Ok(table)
 }
 
 /// `tx_queue` of the socket bound to `port` in a listing of `/proc/<pid>/net/udp`, if listed.
