@@ -3,9 +3,10 @@
 //! a seeded schedule of faults — SIGKILL of the leader or of another window, restarts of killed
 //! windows (a new process on the same directories), the leader frozen with SIGSTOP for 1.1-3 s
 //! (past the 1 s suspect timeout: the others close its links, which carried its views sealed)
-//! and then woken with SIGCONT — and bursts of concurrent writes from every live window (awaiting durability,
-//! replication by K peers, or nothing; some presence-scoped). Every write and acknowledgement
-//! is tracked from the windows' JSON lines. Once the schedule is over and things settle:
+//! and then woken with SIGCONT — and bursts of concurrent writes from every live window
+//! (awaiting durability, replication by K peers, or nothing; some presence-scoped). Every write
+//! and acknowledgement is tracked from the windows' JSON lines. Once the schedule is over and
+//! things settle:
 //!
 //! 1. every write acknowledged as replicated is in every live window (unless every window known
 //!    to have held it was killed);

@@ -8,6 +8,7 @@
 //! own current incarnation refutes by moving to the next one.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -78,30 +79,23 @@ impl PeerState {
     }
 
     /// A beat of this known peer heard at local time `now`.
-    fn observe(
-        &mut self,
-        peer: PeerId,
-        beat: Beat,
-        eligible: bool,
-        now: Time,
-        changes: &mut Vec<LivenessChange>,
-    ) {
-        if beat <= self.beat {
+    fn observe(&mut self, b: &GossipBeat, now: Time, changes: &mut Vec<LivenessChange>) {
+        if b.beat <= self.beat {
             return;
         }
         let was_live = self.is_live();
-        self.beat = beat;
+        self.beat = b.beat;
         if !self.is_live() {
             // Late news of an incarnation already judged dead: remembered, never revived.
             return;
         }
-        self.eligible = eligible;
+        self.eligible = b.eligible;
         self.fresh_at = now;
         self.hint_at = None;
         if !was_live {
             changes.push(LivenessChange::Up(Incarnation {
-                peer,
-                number: beat.incarnation,
+                peer: b.peer,
+                number: b.beat.incarnation,
             }));
         }
     }
@@ -192,13 +186,12 @@ impl Liveness {
         now: Time,
         changes: &mut Vec<LivenessChange>,
     ) {
-        if peer == self.me {
-            return;
-        }
-        match self.peers.get_mut(&peer) {
-            Some(state) => state.observe(peer, beat, eligible, now, changes),
-            None => self.first_beat(peer, beat, eligible, now, changes),
-        }
+        let b = GossipBeat {
+            peer,
+            beat,
+            eligible,
+        };
+        self.observe_gossiped(&b, now, changes);
     }
 
     /// Records the beats of a view heard at local time `now`: each as
@@ -217,7 +210,7 @@ impl Liveness {
         let Some((sender, rest)) = beats.split_first() else {
             return;
         };
-        self.observe_beat(sender.peer, sender.beat, sender.eligible, now, changes);
+        self.observe_gossiped(sender, now, changes);
         let mut aside = Vec::new();
         let mut known = self.peers.iter_mut().peekable();
         let mut last = None;
@@ -232,40 +225,36 @@ impl Liveness {
             last = Some(b.peer);
             while known.next_if(|(peer, _)| **peer < b.peer).is_some() {}
             match known.peek_mut() {
-                Some((peer, state)) if **peer == b.peer => {
-                    state.observe(b.peer, b.beat, b.eligible, now, changes);
-                }
+                Some((peer, state)) if **peer == b.peer => state.observe(b, now, changes),
                 _ => aside.push(b),
             }
         }
         for b in aside {
-            self.observe_beat(b.peer, b.beat, b.eligible, now, changes);
+            self.observe_gossiped(b, now, changes);
         }
     }
 
-    /// The first beat heard of `peer`.
-    fn first_beat(
-        &mut self,
-        peer: PeerId,
-        beat: Beat,
-        eligible: bool,
-        now: Time,
-        changes: &mut Vec<LivenessChange>,
-    ) {
-        self.peers.insert(
-            peer,
-            PeerState {
-                beat,
-                eligible,
-                fresh_at: now,
-                tomb: None,
-                hint_at: None,
-            },
-        );
-        changes.push(LivenessChange::Up(Incarnation {
-            peer,
-            number: beat.incarnation,
-        }));
+    /// One beat, looked up among the known peers.
+    fn observe_gossiped(&mut self, b: &GossipBeat, now: Time, changes: &mut Vec<LivenessChange>) {
+        if b.peer == self.me {
+            return;
+        }
+        match self.peers.entry(b.peer) {
+            Entry::Occupied(mut known) => known.get_mut().observe(b, now, changes),
+            Entry::Vacant(new) => {
+                new.insert(PeerState {
+                    beat: b.beat,
+                    eligible: b.eligible,
+                    fresh_at: now,
+                    tomb: None,
+                    hint_at: None,
+                });
+                changes.push(LivenessChange::Up(Incarnation {
+                    peer: b.peer,
+                    number: b.beat.incarnation,
+                }));
+            }
+        }
     }
 
     /// Records that `incarnation` of `peer` (and every older one) is dead.

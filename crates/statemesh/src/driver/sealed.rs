@@ -16,9 +16,8 @@
 //! taken for silent. Should sealed views stop arriving later, the peer is judged dead as if
 //! silent and, unlike a link whose views still came on QUIC (left to QUIC's idle timeout, the
 //! peer may refute over it), its link is closed at once (see `Run::on_peer_down`): the peer
-//! redials and the new link starts on QUIC again. Views
-//! to a peer whose address changed under the connection (QUIC follows it; the route does not)
-//! go as QUIC datagrams.
+//! redials and the new link starts on QUIC again. Views to a peer whose address changed under
+//! the connection (QUIC follows it; the route does not) go as QUIC datagrams.
 //!
 //! [`ViewSocket`]: statemesh_net::views::ViewSocket
 //! [`Message::ViewRoute`]: statemesh_core::codec::Message::ViewRoute
