@@ -544,6 +544,114 @@ fn automerge_floor(c: &mut Criterion) {
     g.finish();
 }
 
+/// A document as a small mesh holds it: `records` records, each written by a change of its
+/// own (the record's map made with its value, writer and scope), by two writers in turn; and
+/// the second writer's copy.
+fn one_change_per_record(
+    records: usize,
+) -> (automerge::Automerge, automerge::Automerge, automerge::ObjId) {
+    use automerge::transaction::Transactable;
+    use automerge::{ActorId, ObjType, ROOT};
+    let mut doc = automerge::Automerge::new().with_actor(ActorId::from(vec![0xff]));
+    let mut tx = doc.transaction();
+    let map = tx.put_object(ROOT, "r", ObjType::Map).unwrap();
+    tx.commit();
+    let mut other = doc.fork().with_actor(ActorId::from(vec![2]));
+    for i in 0..records {
+        let writer = if i % 2 == 0 { &mut doc } else { &mut other };
+        let mut tx = writer.transaction();
+        let rec = tx
+            .put_object(&map, format!("bench\u{1f}k{i}"), ObjType::Map)
+            .unwrap();
+        tx.put(&rec, "v", i as i64).unwrap();
+        tx.put(&rec, "w", "0198f5c2-7a3b-7c1d-8e4f-a1b2c3d4e5f6")
+            .unwrap();
+        tx.put(&rec, "p", false).unwrap();
+        tx.commit();
+        let change = writer.get_last_local_change().unwrap();
+        let reader = if i % 2 == 0 { &mut other } else { &mut doc };
+        reader.apply_changes([change]).unwrap();
+    }
+    (doc, other, map)
+}
+
+/// A change of one new record (`bench\u{1f}new{n}`) written on `writer`.
+fn record_change(
+    writer: &mut automerge::Automerge,
+    map: &automerge::ObjId,
+    n: u64,
+) -> automerge::Change {
+    use automerge::ObjType;
+    use automerge::transaction::Transactable;
+    let mut tx = writer.transaction();
+    let rec = tx
+        .put_object(map, format!("bench\u{1f}new{n}"), ObjType::Map)
+        .unwrap();
+    tx.put(&rec, "v", n as i64).unwrap();
+    tx.put(&rec, "w", "0198f5c2-7a3b-7c1d-8e4f-a1b2c3d4e5f6")
+        .unwrap();
+    tx.put(&rec, "p", false).unwrap();
+    tx.commit();
+    writer.get_last_local_change().unwrap()
+}
+
+/// What bringing a replica's standby (a second copy of the document) up to date after one
+/// received change of one record costs, by applying that change to it (`apply`, one change
+/// after another, as a standby kept up to date takes them) or by copying the document and
+/// dropping the old standby (`copy`), at document sizes a small mesh holds: the choice
+/// `Replica::catch_up_standby` makes (`APPLY_CALL_IN_COPIED_OPS`).
+fn standby_benches(c: &mut Criterion) {
+    use automerge::ReadDoc;
+    let mut g = c.benchmark_group("standby");
+    g.sample_size(20);
+    for records in [100usize, 300, 1_000, 3_000, 10_000] {
+        // Changes come from a writer the document knows (a new actor would make Automerge
+        // renumber the actors of every operation).
+        let (doc, writer, map) = one_change_per_record(records);
+        g.bench_function(
+            format!("catch_up_apply_one_change_{records}_records"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut spent = Duration::ZERO;
+                    let mut done = 0;
+                    while done < iters {
+                        let n = FRESH.min(iters - done);
+                        let (mut standby, mut writer) = (doc.clone(), writer.clone());
+                        let changes: Vec<_> = (0..=n)
+                            .map(|i| record_change(&mut writer, &map, i))
+                            .collect();
+                        // The first apply after a copy grows every vector the copy sized to fit.
+                        standby.apply_changes([changes[0].clone()]).unwrap();
+                        let start = std::time::Instant::now();
+                        for change in &changes[1..] {
+                            standby.apply_changes([change.clone()]).unwrap();
+                        }
+                        spent += start.elapsed();
+                        assert_eq!(standby.length(&map), records + 1 + n as usize);
+                        done += n;
+                    }
+                    spent
+                })
+            },
+        );
+        let mut received = doc.clone();
+        received
+            .apply_changes([record_change(&mut writer.clone(), &map, 0)])
+            .unwrap();
+        g.bench_function(format!("catch_up_copy_{records}_records"), |b| {
+            b.iter_batched(
+                || doc.clone(),
+                |standby| {
+                    drop(standby);
+                    received.clone()
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     codec_benches,
@@ -551,6 +659,7 @@ criterion_group!(
     election_benches,
     write_benches,
     automerge_floor,
-    apply_concurrent
+    apply_concurrent,
+    standby_benches
 );
 criterion_main!(benches);

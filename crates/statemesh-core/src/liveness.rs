@@ -395,6 +395,31 @@ impl Liveness {
         *peer == self.me || self.peers.get(peer).is_some_and(PeerState::is_live)
     }
 
+    /// The items of `sorted` (pairs of a peer and a value, in ascending peer order, as a
+    /// `BTreeMap` keyed by peer lists them) whose peer [`is_live`](Self::is_live), found in one
+    /// walk beside the known peers instead of a lookup each: the runtime asks it every turn of
+    /// every link. An item out of order is looked up.
+    pub fn live_among<'p, T>(
+        &self,
+        sorted: impl IntoIterator<Item = (&'p PeerId, T)>,
+    ) -> impl Iterator<Item = T> {
+        let mut known = self.peers.iter().peekable();
+        let mut last: Option<&'p PeerId> = None;
+        sorted.into_iter().filter_map(move |(peer, value)| {
+            let live = if last.is_some_and(|l| peer < l) {
+                self.is_live(peer)
+            } else {
+                last = Some(peer);
+                while known.next_if(|(id, _)| *id < peer).is_some() {}
+                *peer == self.me
+                    || known
+                        .peek()
+                        .is_some_and(|(id, state)| *id == peer && state.is_live())
+            };
+            live.then_some(value)
+        })
+    }
+
     /// The highest known incarnation of `peer`, if known.
     pub fn incarnation_of(&self, peer: &PeerId) -> Option<u64> {
         if *peer == self.me {
@@ -744,6 +769,50 @@ mod tests {
                 v
             };
             assert_eq!(sorted(&walked_ch), sorted(&one_by_one_ch), "{beats:?}");
+        }
+    }
+
+    /// The live peers found in one walk are those `is_live` finds one by one, whatever the
+    /// peers asked of: known, unknown, judged dead, this peer itself, in order or not, twice.
+    #[test]
+    fn the_live_among_peers_in_one_walk_are_those_found_one_by_one() {
+        use rand_core::RngCore;
+        let p = ids(24);
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let mut below = |n: u32| (rng.next_u32() % n) as u64;
+        for _ in 0..2_000 {
+            let mut l = Liveness::new(p[below(24) as usize], &Config::default());
+            let mut ch = Vec::new();
+            for peer in &p {
+                if below(3) == 0 {
+                    continue;
+                }
+                let beat = Beat {
+                    incarnation: below(3),
+                    counter: below(10),
+                };
+                l.observe_beat(*peer, beat, true, t(0), &mut ch);
+                if below(3) == 0 {
+                    let tomb = Tombstone {
+                        incarnation: below(3),
+                        cause: DeathCause::Timeout,
+                    };
+                    l.observe_tombstone(*peer, tomb, t(0), &mut ch);
+                }
+            }
+            let mut asked: Vec<(PeerId, usize)> = (0..below(30))
+                .map(|i| (p[below(24) as usize], i as usize))
+                .collect();
+            if below(4) != 0 {
+                asked.sort();
+            }
+            let walked: Vec<usize> = l.live_among(asked.iter().map(|(p, i)| (p, *i))).collect();
+            let one_by_one: Vec<usize> = asked
+                .iter()
+                .filter(|(p, _)| l.is_live(p))
+                .map(|(_, i)| *i)
+                .collect();
+            assert_eq!(walked, one_by_one, "{asked:?}");
         }
     }
 }

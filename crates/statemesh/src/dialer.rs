@@ -474,11 +474,17 @@ impl Dialer {
     /// When [`Self::poll`] may next have something to start (`None`: only a report can change
     /// that).
     pub(crate) fn next_wake(&self, now: Instant) -> Option<Instant> {
-        let probes_in_flight = self
-            .targets
-            .values()
-            .filter(|t| t.dialing == Some(Via::Probe))
-            .count();
+        // Counted only if a target would probe: the runtime asks every turn, and in a mesh
+        // whose peers are all linked no target gets that far.
+        let probes_in_flight = std::cell::OnceCell::new();
+        let probes_in_flight = || {
+            *probes_in_flight.get_or_init(|| {
+                self.targets
+                    .values()
+                    .filter(|t| t.dialing == Some(Via::Probe))
+                    .count()
+            })
+        };
         self.targets
             .iter()
             .filter(|(_, t)| {
@@ -490,7 +496,7 @@ impl Dialer {
                     at = at.max(self.fallback_at(t)?);
                 }
                 if self.via(*a, t, at.max(now)) == Via::Probe {
-                    if probes_in_flight >= MAX_PROBES {
+                    if probes_in_flight() >= MAX_PROBES {
                         // A probe's end is a report: nothing to wake for until then.
                         return None;
                     }

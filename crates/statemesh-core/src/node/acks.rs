@@ -203,12 +203,15 @@ impl Node {
     /// link). The runtime's backpressure counts it (see `docs/architecture.md`, *The
     /// runtime*). It is at most [`MAX_PENDING_WRITES`], and costs one step per write counted.
     pub fn backlog(&self) -> usize {
+        if self.pending.is_empty() && self.open_writes.is_empty() {
+            // Nothing to count: no need to find the live links (every turn of a window that
+            // only receives).
+            return 0;
+        }
         let heart = self.heart();
-        let floor = self
-            .links
-            .iter()
-            .filter(|(p, _)| heart.live.is_live(p))
-            .map(|(_, l)| l.held_upto)
+        let floor = heart
+            .live
+            .live_among(self.links.iter().map(|(p, l)| (p, l.held_upto)))
             .min();
         // Writes in the open change are held by no peer yet.
         floor.map_or(0, |w| {

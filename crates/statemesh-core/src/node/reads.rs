@@ -131,7 +131,10 @@ impl Node {
     /// How many of `peers` are live (one look at the liveness for them all).
     pub fn count_live<'a>(&self, peers: impl IntoIterator<Item = &'a PeerId>) -> usize {
         let heart = self.heart();
-        peers.into_iter().filter(|p| heart.live.is_live(p)).count()
+        heart
+            .live
+            .live_among(peers.into_iter().map(|p| (p, ())))
+            .count()
     }
 
     /// Whether incarnation `number` of `peer` was judged dead.

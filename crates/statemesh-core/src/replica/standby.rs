@@ -16,7 +16,9 @@
 //! 8.0 in batches of 8, 6.3 in batches of 64). (Measured in `propagation`, 4 windows: a small
 //! message's turn took 255 µs at the median with the standby's apply in it, 203 µs without;
 //! applied at the end of the turn, it held the node while the application, just notified,
-//! waited to read.) Keeping the standby costs what a change costs,
+//! waited to read.) A small document (up to about 1,000 records) is copied instead: Automerge's
+//! apply costs about 50 µs a call whatever the document's size, more than a copy of such a
+//! document (see `APPLY_CALL_IN_COPIED_OPS`). Keeping the standby costs what a change costs,
 //! where a fresh copy for every message cost what the document holds (Automerge 0.12's `clone`
 //! copies every column and rebuilds the object index, and the copy replaced dropped as much
 //! again).
@@ -51,6 +53,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use automerge::{Automerge, Change, ChangeHash};
 
 use super::Replica;
+use super::sync::{APPLY_CALL_IN_COPIED_OPS, APPLY_PER_COPY};
 
 impl Replica {
     /// Gives the standby, if there is one, the changes it lacks, in one batch; drops it
@@ -62,6 +65,18 @@ impl Replica {
             return;
         };
         if theirs == heads {
+            return;
+        }
+        let (missing, size) = self.missing_and_size(&theirs, &heads);
+        if missing
+            .saturating_mul(APPLY_PER_COPY)
+            .saturating_add(APPLY_CALL_IN_COPIED_OPS)
+            >= size
+        {
+            // A small document: a copy costs less than Automerge's apply of even one change
+            // (the changes read for a restore go with the old standby).
+            self.standby = Some(self.doc.clone());
+            self.lacking = None;
             return;
         }
         // What a receive read already is not read again.
@@ -193,4 +208,70 @@ pub(super) struct Lacking {
     base: Vec<ChangeHash>,
     upto: Vec<ChangeHash>,
     changes: Vec<Change>,
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::legacy::OpType;
+
+    use super::super::tests::{replica, sync};
+    use super::super::{Replica, Scope};
+
+    /// A change `b` makes that Automerge accepts and statemesh refuses (a record's field put
+    /// as an insertion): its receive fails and the document is restored from the standby.
+    fn forged_message(b: &mut Replica) -> Vec<u8> {
+        b.transact(|tx| tx.put("c", "forged", &"x", Scope::Durable))
+            .expect("b writes");
+        let mut expanded = b.doc.get_last_local_change().expect("b's change").decode();
+        expanded
+            .operations
+            .iter_mut()
+            .find(|op| matches!(op.action, OpType::Put(_)))
+            .expect("a put")
+            .insert = true;
+        expanded.hash = None;
+        let forged = automerge::Change::from(expanded);
+        super::super::message_carrying(vec![forged.raw_bytes().to_vec()], vec![forged.hash()])
+            .encode()
+    }
+
+    /// The standby's upkeep copies a small document instead of applying what the standby
+    /// lacks, and applies it to a large one (`APPLY_CALL_IN_COPIED_OPS`); either way the
+    /// standby then holds the document, and a message that fails next is undone from it,
+    /// leaving the document exactly as it was.
+    #[test]
+    fn a_standby_caught_up_by_a_copy_or_an_apply_restores_the_document() {
+        for records in [10usize, 1_500] {
+            let (mut a, mut b) = (replica(1), replica(2));
+            b.transact(|tx| {
+                for i in 0..records {
+                    tx.put("c", &format!("k{i}"), &(i as u64), Scope::Durable)?;
+                }
+                Ok(())
+            })
+            .expect("b writes");
+            sync(&mut a, &mut b);
+            a.catch_up_standby_within(usize::MAX);
+            // One more change received, one written here: the standby lacks both.
+            b.transact(|tx| tx.put("c", "again", &1u8, Scope::Durable))
+                .expect("b writes");
+            sync(&mut a, &mut b);
+            a.transact(|tx| tx.put("c", "mine", &2u8, Scope::Durable))
+                .expect("a writes");
+            assert_eq!(a.standby_lag(), Some(2), "{records} records");
+            a.catch_up_standby_within(usize::MAX);
+            assert_eq!(a.standby_lag(), Some(0), "{records} records");
+            let standby = a.standby.as_ref().expect("a standby");
+            assert_eq!(standby.get_heads(), a.doc.get_heads());
+
+            let (heads, saved) = (a.heads(), a.save());
+            let forged = forged_message(&mut b);
+            let received = a.receive_sync(&mut Replica::new_sync_state(), &forged);
+            assert!(
+                received.is_err(),
+                "{records} records: the forged change was accepted"
+            );
+            assert_eq!((a.heads(), a.save()), (heads, saved), "{records} records");
+        }
+    }
 }
