@@ -2076,7 +2076,9 @@ impl Automerge {
         other.shared_heads == self.get_heads()
     }
 
-    pub(crate) fn has_change(&self, head: &ChangeHash) -> bool {
+    /// Whether this document holds (has applied) the change with hash `head`: one lookup,
+    /// where `get_change_meta_by_hash` builds the change's metadata.
+    pub fn has_change(&self, head: &ChangeHash) -> bool {
         self.change_graph.has_change(head)
     }
 

@@ -39,9 +39,7 @@ pub(super) fn read_v1(bytes: &[u8]) -> Option<Automerge> {
         let base = doc.get_heads();
         doc.load_incremental(bytes).ok()?;
         let today = genesis().0.get_heads();
-        let ours = today
-            .iter()
-            .any(|h| doc.get_change_meta_by_hash(h).is_some());
+        let ours = today.iter().any(|h| doc.has_change(h));
         (doc.get_heads() != base && !ours).then_some(doc)
     })
     .ok()

@@ -65,7 +65,7 @@ pub(crate) fn receive_messages(
             if single {
                 carried.push(hash);
             }
-            if doc.get_change_meta_by_hash(&hash).is_some() || !seen.insert(hash) {
+            if doc.has_change(&hash) || !seen.insert(hash) {
                 continue;
             }
         }
@@ -161,7 +161,7 @@ fn note_message(
     // The hashes sent that the peer's heads do not cover yet: it has not seen them.
     let known: Vec<ChangeHash> = message_heads
         .iter()
-        .filter(|h| doc.get_change_meta_by_hash(h).is_some())
+        .filter(|h| doc.has_change(h))
         .copied()
         .collect();
     if !known.is_empty() && !state.sent_hashes.is_empty() {
@@ -173,7 +173,7 @@ fn note_message(
         // (A hash the document does not hold is no ancestor of anything: it stays.)
         state
             .sent_hashes
-            .retain(|h| unseen.contains(h) || doc.get_change_meta_by_hash(h).is_none());
+            .retain(|h| unseen.contains(h) || !doc.has_change(h));
     }
 
     // (With one message, the heads after are those before unless it carried changes.)

@@ -297,10 +297,7 @@ impl Replica {
     /// known to share).
     pub fn held_by(&self, state: &automerge::sync::State, hashes: &[ChangeHash]) -> Vec<bool> {
         let known = |heads: &[ChangeHash]| {
-            !heads.is_empty()
-                && heads
-                    .iter()
-                    .all(|h| self.doc.get_change_meta_by_hash(h).is_some())
+            !heads.is_empty() && heads.iter().all(|h| self.doc.has_change(h))
         };
         let heads = match state.their_heads.as_deref() {
             Some(h) if known(h) => h,
