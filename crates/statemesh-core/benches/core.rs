@@ -595,11 +595,12 @@ fn record_change(
     writer.get_last_local_change().unwrap()
 }
 
-/// What bringing a replica's standby (a second copy of the document) up to date after one
-/// received change of one record costs, by applying that change to it (`apply`, one change
-/// after another, as a standby kept up to date takes them) or by copying the document and
-/// dropping the old standby (`copy`), at document sizes a small mesh holds: the choice
-/// `Replica::catch_up_standby` makes (`APPLY_CALL_IN_COPIED_OPS`).
+/// What bringing a replica's standby (a second copy of the document) up to date costs, by
+/// applying the changes it lacks (`apply_1`: one change of one record per call, one after
+/// another, as a standby kept up to date takes them; `apply_8`: eight per call, a batch the
+/// idle upkeep applies) or by copying the document and dropping the old standby (`copy`), at
+/// document sizes a small mesh holds: the choice `Replica::catch_up_standby` makes
+/// (`STANDBY_APPLY_PER_COPY`, `APPLY_CALL_IN_COPIED_OPS`).
 fn standby_benches(c: &mut Criterion) {
     use automerge::ReadDoc;
     let mut g = c.benchmark_group("standby");
@@ -608,32 +609,34 @@ fn standby_benches(c: &mut Criterion) {
         // Changes come from a writer the document knows (a new actor would make Automerge
         // renumber the actors of every operation).
         let (doc, writer, map) = one_change_per_record(records);
-        g.bench_function(
-            format!("catch_up_apply_one_change_{records}_records"),
-            |b| {
+        for per_call in [1usize, 8] {
+            let name = format!("catch_up_apply_{per_call}_changes_{records}_records");
+            g.bench_function(name, |b| {
                 b.iter_custom(|iters| {
                     let mut spent = Duration::ZERO;
                     let mut done = 0;
                     while done < iters {
                         let n = FRESH.min(iters - done);
                         let (mut standby, mut writer) = (doc.clone(), writer.clone());
-                        let changes: Vec<_> = (0..=n)
+                        let changes: Vec<_> = (0..=n * per_call as u64)
                             .map(|i| record_change(&mut writer, &map, i))
                             .collect();
-                        // The first apply after a copy grows every vector the copy sized to fit.
+                        // The first apply after a copy grows every vector the copy sized to
+                        // fit.
                         standby.apply_changes([changes[0].clone()]).unwrap();
                         let start = std::time::Instant::now();
-                        for change in &changes[1..] {
-                            standby.apply_changes([change.clone()]).unwrap();
+                        for call in changes[1..].chunks(per_call) {
+                            standby.apply_changes(call.iter().cloned()).unwrap();
                         }
                         spent += start.elapsed();
-                        assert_eq!(standby.length(&map), records + 1 + n as usize);
+                        let held = records + 1 + n as usize * per_call;
+                        assert_eq!(standby.length(&map), held);
                         done += n;
                     }
                     spent
                 })
-            },
-        );
+            });
+        }
         let mut received = doc.clone();
         received
             .apply_changes([record_change(&mut writer.clone(), &map, 0)])

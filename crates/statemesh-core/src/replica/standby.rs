@@ -53,7 +53,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use automerge::{Automerge, Change, ChangeHash};
 
 use super::Replica;
-use super::sync::{APPLY_CALL_IN_COPIED_OPS, APPLY_PER_COPY};
+use super::sync::{APPLY_CALL_IN_COPIED_OPS, STANDBY_APPLY_PER_COPY};
 
 impl Replica {
     /// Gives the standby, if there is one, the changes it lacks, in one batch; drops it
@@ -69,7 +69,7 @@ impl Replica {
         }
         let (missing, size) = self.missing_and_size(&theirs, &heads);
         if missing
-            .saturating_mul(APPLY_PER_COPY)
+            .saturating_mul(STANDBY_APPLY_PER_COPY)
             .saturating_add(APPLY_CALL_IN_COPIED_OPS)
             >= size
         {

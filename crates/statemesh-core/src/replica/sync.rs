@@ -330,17 +330,25 @@ pub const CATCH_UP_ROUNDS: u32 = 3;
 /// its document only while the operations it lacks, times this, are fewer than the document's
 /// (see `Replica::cheaper_than_a_copy`). Measured (`receive` bench, `throughput`): a standby
 /// used whatever it lacked cost 12-20 % of throughput in bursts.
-pub(super) const APPLY_PER_COPY: u64 = 500;
+const APPLY_PER_COPY: u64 = 500;
 
-/// What one call of Automerge's apply costs beyond its operations' share, in operations
-/// copied: the standby's upkeep copies the document rather than apply the changes it lacks
-/// while the operations lacking, times [`APPLY_PER_COPY`], plus this, are at least the
-/// document's (see `Replica::catch_up_standby`). Measured (criterion `core -- standby`,
-/// release): one change of one record applied in 47-55 µs whatever the document's size, a
-/// copy (with the old standby dropped) in 7.7 µs at 100 records, 15 at 300, 38 at 1,000, 106
-/// at 3,000 (4 operations a record): they meet near 1,300 records, and this rule copies up to
-/// about 1,000.
-pub(super) const APPLY_CALL_IN_COPIED_OPS: u64 = 2_000;
+/// What the standby's upkeep reckons one call of Automerge's apply costs, in operations
+/// copied, and then each operation it applies ([`STANDBY_APPLY_PER_COPY`]): it copies the
+/// document instead of applying the changes the standby lacks while their operations times
+/// that, plus this, are at least the document's (see `Replica::catch_up_standby`). Measured
+/// (criterion `core -- standby`, changes of one record, 4 operations each, release): one
+/// change applied in 46-75 µs, eight in one call in 123-161 µs, whatever the document's size
+/// (100 to 10,000 records); a copy (with the old standby dropped) in 6.6 µs at 100 records, 15
+/// at 300, 45 at 1,000, 116 at 3,000, 382 at 10,000 (about 0.01 µs an operation). So a call
+/// costs about what copying 4,500 operations costs, and a change in a batch about 1,100: the
+/// rule copies up to about 1,000 records for one change, 2,750 for eight, a little short of
+/// where the two meet.
+pub(super) const APPLY_CALL_IN_COPIED_OPS: u64 = 3_000;
+
+/// See [`APPLY_CALL_IN_COPIED_OPS`]: an operation applied in a batch of small changes, in
+/// operations copied. (A sync job weighs a standby against a copy with [`APPLY_PER_COPY`],
+/// measured on received bursts.)
+pub(super) const STANDBY_APPLY_PER_COPY: u64 = 250;
 
 /// What [`Replica::finish_sync`] made of a job.
 #[derive(Debug)]
