@@ -384,6 +384,22 @@ fn write_benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// Makes record `key` in `map` as statemesh lays a record out: a map with its value, writer and
+/// scope.
+fn put_record(
+    tx: &mut impl automerge::transaction::Transactable,
+    map: &automerge::ObjId,
+    key: String,
+    value: i64,
+) {
+    use automerge::ObjType;
+    let rec = tx.put_object(map, key, ObjType::Map).unwrap();
+    tx.put(&rec, "v", value).unwrap();
+    tx.put(&rec, "w", "0198f5c2-7a3b-7c1d-8e4f-a1b2c3d4e5f6")
+        .unwrap();
+    tx.put(&rec, "p", false).unwrap();
+}
+
 /// An Automerge document laid out as statemesh lays out `records` records (a map per record
 /// with its value, writer and scope), and the object id of one more record to rewrite.
 fn automerge_doc(records: usize) -> (automerge::Automerge, automerge::ObjId) {
@@ -393,13 +409,7 @@ fn automerge_doc(records: usize) -> (automerge::Automerge, automerge::ObjId) {
     let mut tx = doc.transaction();
     let map = tx.put_object(ROOT, "r", ObjType::Map).unwrap();
     for i in 0..records {
-        let rec = tx
-            .put_object(&map, format!("bench\u{1f}k{i}"), ObjType::Map)
-            .unwrap();
-        tx.put(&rec, "v", i as i64).unwrap();
-        tx.put(&rec, "w", "0198f5c2-7a3b-7c1d-8e4f-a1b2c3d4e5f6")
-            .unwrap();
-        tx.put(&rec, "p", false).unwrap();
+        put_record(&mut tx, &map, format!("bench\u{1f}k{i}"), i as i64);
     }
     let hot = tx.put_object(&map, "bench\u{1f}hot", ObjType::Map).unwrap();
     tx.commit();
@@ -560,13 +570,7 @@ fn one_change_per_record(
     for i in 0..records {
         let writer = if i % 2 == 0 { &mut doc } else { &mut other };
         let mut tx = writer.transaction();
-        let rec = tx
-            .put_object(&map, format!("bench\u{1f}k{i}"), ObjType::Map)
-            .unwrap();
-        tx.put(&rec, "v", i as i64).unwrap();
-        tx.put(&rec, "w", "0198f5c2-7a3b-7c1d-8e4f-a1b2c3d4e5f6")
-            .unwrap();
-        tx.put(&rec, "p", false).unwrap();
+        put_record(&mut tx, &map, format!("bench\u{1f}k{i}"), i as i64);
         tx.commit();
         let change = writer.get_last_local_change().unwrap();
         let reader = if i % 2 == 0 { &mut other } else { &mut doc };
@@ -581,16 +585,8 @@ fn record_change(
     map: &automerge::ObjId,
     n: u64,
 ) -> automerge::Change {
-    use automerge::ObjType;
-    use automerge::transaction::Transactable;
     let mut tx = writer.transaction();
-    let rec = tx
-        .put_object(map, format!("bench\u{1f}new{n}"), ObjType::Map)
-        .unwrap();
-    tx.put(&rec, "v", n as i64).unwrap();
-    tx.put(&rec, "w", "0198f5c2-7a3b-7c1d-8e4f-a1b2c3d4e5f6")
-        .unwrap();
-    tx.put(&rec, "p", false).unwrap();
+    put_record(&mut tx, map, format!("bench\u{1f}new{n}"), n as i64);
     tx.commit();
     writer.get_last_local_change().unwrap()
 }

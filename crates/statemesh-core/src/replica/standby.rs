@@ -212,9 +212,7 @@ pub(super) struct Lacking {
 
 #[cfg(test)]
 mod tests {
-    use automerge::legacy::OpType;
-
-    use super::super::tests::{replica, sync};
+    use super::super::tests::{forged_insertion, replica, sync};
     use super::super::{Replica, Scope};
 
     /// A change `b` makes that Automerge accepts and statemesh refuses (a record's field put
@@ -222,15 +220,7 @@ mod tests {
     fn forged_message(b: &mut Replica) -> Vec<u8> {
         b.transact(|tx| tx.put("c", "forged", &"x", Scope::Durable))
             .expect("b writes");
-        let mut expanded = b.doc.get_last_local_change().expect("b's change").decode();
-        expanded
-            .operations
-            .iter_mut()
-            .find(|op| matches!(op.action, OpType::Put(_)))
-            .expect("a put")
-            .insert = true;
-        expanded.hash = None;
-        let forged = automerge::Change::from(expanded);
+        let forged = forged_insertion(&b.doc.get_last_local_change().expect("b's change"));
         super::super::message_carrying(vec![forged.raw_bytes().to_vec()], vec![forged.hash()])
             .encode()
     }

@@ -19,6 +19,20 @@ pub(super) fn replica(n: u8) -> Replica {
     Replica::new(PeerId::generate(1_000 + u64::from(n), &mut rng), [n; 16])
 }
 
+/// `honest` with its first put turned into an insertion: a change no Automerge makes, which
+/// Automerge accepts and statemesh refuses (a record's field put as an insertion).
+pub(super) fn forged_insertion(honest: &automerge::Change) -> automerge::Change {
+    let mut expanded = honest.decode();
+    expanded
+        .operations
+        .iter_mut()
+        .find(|op| matches!(op.action, automerge::legacy::OpType::Put(_)))
+        .expect("a put")
+        .insert = true;
+    expanded.hash = None;
+    automerge::Change::from(expanded)
+}
+
 /// Runs the sync exchange between two replicas until neither has anything to send.
 pub(super) fn sync(a: &mut Replica, b: &mut Replica) {
     let (mut sa, mut sb) = (Replica::new_sync_state(), Replica::new_sync_state());

@@ -159,9 +159,7 @@ fn check_operation(doc: &Automerge, op: &automerge::legacy::Op) -> Result<(), Ap
 
 #[cfg(test)]
 mod tests {
-    use automerge::legacy::OpType;
-
-    use super::super::tests::{replica, sync};
+    use super::super::tests::{forged_insertion, replica, sync};
     use super::super::{ApplyError, Replica, Scope};
 
     /// A forged change no Automerge makes (a record's field put as an insertion, encoded by
@@ -178,15 +176,7 @@ mod tests {
         b.transact(|tx| tx.put("probes", "db", &"up", Scope::Durable))
             .expect("write");
         let honest = b.doc.get_last_local_change().expect("b's change");
-        let mut expanded = honest.decode();
-        expanded
-            .operations
-            .iter_mut()
-            .find(|op| matches!(op.action, OpType::Put(_)))
-            .expect("a put")
-            .insert = true;
-        expanded.hash = None;
-        let forged = automerge::Change::from(expanded);
+        let forged = forged_insertion(&honest);
         assert_ne!(forged.hash(), honest.hash());
         let message =
             super::super::message_carrying(vec![forged.raw_bytes().to_vec()], vec![forged.hash()]);
