@@ -114,6 +114,16 @@ fn codec_benches(c: &mut Criterion) {
     g.bench_function("decode_view_9_peers", |b| {
         b.iter(|| codec::decode_frame(black_box(&view), usize::MAX).unwrap())
     });
+    // A view as every window of a 64-window mesh receives 63 of every heartbeat.
+    let (mut node64, _others64) = hub(63);
+    node64.handle_tick(Time::from_micros(200_000));
+    let view64 = frame(
+        &mut node64,
+        |m| matches!(m, Message::View(v) if v.beats.len() == 64),
+    );
+    g.bench_function("decode_view_64_peers", |b| {
+        b.iter(|| codec::decode_frame(black_box(&view64), usize::MAX).unwrap())
+    });
     let (mut a, _b) = pair();
     a.put(
         "bench",

@@ -6,7 +6,8 @@ use crate::codec::{self, FrameDecoder};
 
 /// Frame splitting and message decoding on an arbitrary byte stream: never a panic, never a
 /// frame beyond the frame limit, every frame the splitter returns passes the header checks,
-/// and every accepted message re-encodes to a frame that decodes and re-encodes identically.
+/// every accepted message re-encodes to a frame that decodes and re-encodes identically, and
+/// whatever the fast decoder of views takes from a payload, postcard decodes to the same view.
 /// (This also covers the header checks and message decoding of arbitrary frames and
 /// payloads: the whole input is decoded as one frame, and as one payload, first.)
 pub fn frame_decode(data: &[u8]) {
@@ -14,6 +15,13 @@ pub fn frame_decode(data: &[u8]) {
 }
 
 fn frame_decode_inner(data: &[u8]) {
+    if let Some(view) = codec::decode_view_fast(data) {
+        assert_eq!(
+            codec::decode_postcard(data),
+            Ok(codec::Message::View(view)),
+            "the fast decoder of views took a payload postcard decodes otherwise"
+        );
+    }
     let _ = codec::decode_frame(data, MAX);
     let _ = codec::decode_frame(&codec::frame_raw(data), MAX);
     let mut decoder = FrameDecoder::new(MAX);
