@@ -165,6 +165,11 @@ impl Node {
         if doc == mine {
             link.mismatch_since = None;
             link.unreached.clear();
+            // Its sync state as if it had said so itself (see `note_peer_holds_all`); not
+            // while a job holds a copy of the state, which replaces it when it ends.
+            if !link.busy {
+                self.replica.note_peer_holds_all(&mut link.sync);
+            }
         } else {
             let differs_since = link.differs_since(now, doc, mine, left);
             if progressed || link.mismatch_since.is_none() {

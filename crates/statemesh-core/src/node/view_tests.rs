@@ -359,3 +359,46 @@ fn views_that_tell_nothing_new_do_not_wake_the_node() {
         "a view that differs reaches the node"
     );
 }
+
+/// A peer whose view shows this node's document is sent, with this node's next write, that
+/// write alone: the view moves its sync state as a message of its own saying so would. Moved
+/// only by its messages, the state of a peer last heard from before ten changes of a third
+/// node had the write carry all of them (at 64 windows writing in turn, 40-54 changes in
+/// every message of a write).
+#[test]
+fn a_peer_whose_view_shows_our_document_is_sent_only_what_is_new() {
+    let beat = Config::default().heartbeat_interval;
+    for views in [false, true] {
+        let mut n = three_linked();
+        let p1 = n[1].me().peer;
+        // Nodes 0 and 1 get ten changes from node 2, and exchange nothing.
+        for k in 0..10i64 {
+            n[2].put("c", &format!("k{k}"), &k, Scope::Durable)
+                .expect("write");
+            route(&mut n, Time::ZERO, &[(0, 1), (1, 0)]);
+        }
+        assert_eq!(n[0].heads(), n[1].heads());
+        if views {
+            let later = Time::from_duration(beat);
+            n[1].handle_tick(later);
+            route(&mut n, later, &[]);
+        }
+        n[0].put("c", "new", &1i64, Scope::Durable).expect("write");
+        let mut carried = Vec::new();
+        while let Some(t) = n[0].poll_transmit() {
+            if t.to == p1
+                && let Ok(Message::Sync(bytes)) = codec::decode_frame(&t.frame, usize::MAX)
+            {
+                let message = automerge::sync::Message::decode(&bytes).expect("a sync message");
+                carried.push(message.changes.len());
+            }
+        }
+        assert_eq!(carried.len(), 1, "one message to peer 1");
+        if views {
+            assert_eq!(carried[0], 1, "the write alone");
+        } else {
+            // The ten, the channel's own change, the write.
+            assert_eq!(carried[0], 12, "every change since peer 1 last spoke");
+        }
+    }
+}

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use automerge::sync::{Capability, Message, MessageFlags, State};
+use automerge::sync::{BloomFilter, Capability, Have, Message, MessageFlags, State};
 use automerge::{Automerge, AutomergeError, ChangeHash};
 
 /// Applies `message` from the peer behind `state` to `doc` and moves `state` on, as
@@ -197,6 +197,31 @@ fn note_message(
     state.their_have = Some(message.have.clone());
     state.their_heads = Some(message_heads.clone());
     state.their_need = Some(message.need.clone());
+}
+
+/// Moves `state` as a message of the peer's would that said it holds exactly the document of
+/// `heads` (this document's): see [`Replica::note_peer_holds_all`](super::Replica).
+pub(super) fn note_holds_all(heads: Vec<ChangeHash>, state: &mut State) {
+    let empty = BloomFilter::default();
+    let noted = state.their_heads.as_ref() == Some(&heads)
+        && state.shared_heads == heads
+        && state.sent_hashes.is_empty()
+        && state.their_need.as_ref().is_some_and(Vec::is_empty)
+        && state.their_have.as_ref().is_some_and(
+            |have| matches!(have.as_slice(), [h] if h.last_sync == heads && h.bloom == empty),
+        );
+    if noted {
+        return;
+    }
+    state.their_have = Some(vec![Have {
+        last_sync: heads.clone(),
+        bloom: empty,
+    }]);
+    state.their_need = Some(Vec::new());
+    state.shared_heads.clone_from(&heads);
+    state.their_heads = Some(heads);
+    state.sent_hashes.clear();
+    state.in_flight = false;
 }
 
 /// The heads both sides share after applying changes from the peer: the heads the apply made
@@ -402,6 +427,89 @@ mod tests {
                     ref step => {
                         world.run(step, n as u64);
                     }
+                }
+                prop_assert!(world.shared_heads_held(), "step {}: {:?}", n, step);
+            }
+            world.settle();
+            prop_assert!(world.shared_heads_held());
+            for p in 1..PEERS {
+                prop_assert_eq!(world.docs[0].get_heads(), world.docs[p].get_heads());
+            }
+        }
+    }
+
+    impl World {
+        /// Exchanges messages between `a` and `b` alone until neither has anything to send.
+        fn settle_pair(&mut self, a: usize, b: usize) {
+            for n in 0..50 {
+                let sent = self.run(&Step::Send(a, b), n).is_some()
+                    | self.run(&Step::Send(b, a), n).is_some();
+                while !self.queues[a][b].is_empty() || !self.queues[b][a].is_empty() {
+                    self.run(&Step::Deliver(a, b), n);
+                    self.run(&Step::Deliver(b, a), n);
+                }
+                if !sent {
+                    return;
+                }
+            }
+            panic!("the pair did not settle");
+        }
+
+        /// `a` learns that `b` holds exactly its document, if `b` does.
+        fn note_held(&mut self, a: usize, b: usize) {
+            if a != b && self.docs[a].get_heads() == self.docs[b].get_heads() {
+                note_holds_all(self.docs[a].get_heads(), &mut self.states[a][b]);
+            }
+        }
+    }
+
+    /// A peer's sync state last moved by its own message, many changes of a third document
+    /// ago, has the next write carry all of them; once noted as holding the whole document,
+    /// the write alone goes, and the two still settle on the same document.
+    #[test]
+    fn a_peer_known_to_hold_all_is_sent_only_what_is_new() {
+        for noted in [false, true] {
+            let mut world = World::new(true);
+            world.run(&Step::Write(0, 0), 0);
+            world.settle();
+            // Ten changes of document 2 reach 0 and 1, each from 2 alone.
+            for k in 0..10 {
+                world.run(&Step::Write(2, k), u64::from(k) + 1);
+            }
+            world.settle_pair(2, 0);
+            world.settle_pair(2, 1);
+            assert_eq!(world.docs[0].get_heads(), world.docs[1].get_heads());
+            if noted {
+                world.note_held(0, 1);
+            }
+            world.run(&Step::Write(0, 9), 20);
+            world.run(&Step::Send(0, 1), 21);
+            let message = world.queues[0][1].back().expect("a message to 1");
+            assert_eq!(message.changes.len(), if noted { 1 } else { 11 });
+            world.settle();
+            assert!(world.shared_heads_held());
+            for p in 1..PEERS {
+                assert_eq!(world.docs[0].get_heads(), world.docs[p].get_heads());
+            }
+        }
+    }
+
+    proptest! {
+        /// Over random sessions where documents now and then learn that a peer holds exactly
+        /// their document (its view's digest), no sync state claims a change its peer lacks,
+        /// and once everyone exchanges until quiet, every document holds every change.
+        #[test]
+        fn noting_peers_that_hold_all_stays_sound_and_converges(
+            steps in proptest::collection::vec(
+                (step(), proptest::option::of((0..PEERS, 0..PEERS))),
+                1..120,
+            ),
+        ) {
+            let mut world = World::new(true);
+            for (n, (step, held)) in steps.iter().enumerate() {
+                world.run(step, n as u64);
+                if let Some((a, b)) = *held {
+                    world.note_held(a, b);
                 }
                 prop_assert!(world.shared_heads_held(), "step {}: {:?}", n, step);
             }
