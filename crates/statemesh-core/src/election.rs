@@ -219,23 +219,10 @@ impl Election {
 
 #[cfg(test)]
 mod tests {
-    use rand_chacha::ChaCha8Rng;
-    use rand_core::SeedableRng;
-
     use super::*;
+    use crate::Config;
+    use crate::liveness::tests::{ids, t};
     use crate::vv::Beat;
-    use crate::{Config, Time};
-
-    fn ids(n: usize) -> Vec<PeerId> {
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        (0..n)
-            .map(|i| PeerId::generate(1000 + i as u64, &mut rng))
-            .collect()
-    }
-
-    fn t(ms: u64) -> Time {
-        Time::from_micros(ms * 1000)
-    }
 
     #[test]
     fn absurd_terms_from_peers_are_ignored() {

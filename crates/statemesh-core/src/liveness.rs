@@ -527,4 +527,4 @@ pub struct GossipBeat {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

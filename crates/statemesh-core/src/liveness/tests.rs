@@ -5,14 +5,16 @@ use rand_core::SeedableRng;
 
 use super::*;
 
-fn ids(n: usize) -> Vec<PeerId> {
+/// `n` peer ids, the same in every test (the election's tests use them too).
+pub(crate) fn ids(n: usize) -> Vec<PeerId> {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     (0..n)
         .map(|i| PeerId::generate(1000 + i as u64, &mut rng))
         .collect()
 }
 
-fn t(ms: u64) -> Time {
+/// `ms` milliseconds after the clock's start.
+pub(crate) fn t(ms: u64) -> Time {
     Time::from_micros(ms * 1000)
 }
 

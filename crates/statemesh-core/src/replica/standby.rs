@@ -213,7 +213,9 @@ pub(super) struct Lacking {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{forged_insertion, replica, sync};
-    use super::super::{Replica, Scope};
+    use automerge::transaction::{CommitOptions, Transactable};
+
+    use super::super::{ApplyError, CATCH_UP_AT_ONCE, Replica, Scope, SyncFinish};
 
     /// A change `b` makes that Automerge accepts and statemesh refuses (a record's field put
     /// as an insertion): its receive fails and the document is restored from the standby.
@@ -263,5 +265,166 @@ mod tests {
             );
             assert_eq!((a.heads(), a.save()), (heads, saved), "{records} records");
         }
+    }
+
+    /// The standby (the copy a refused message is undone from) follows local writes and received
+    /// changes: after local writes and receives that left it behind, a refused message leaves the
+    /// document exactly as it was before it, and receives go on.
+    #[test]
+    fn the_standby_follows_local_writes_and_receives() {
+        let (mut a, mut b) = (replica(1), replica(2));
+        for i in 0..3 {
+            a.transact(|tx| tx.put("ch", &format!("a{i}"), &i, Scope::Durable))
+                .expect("write");
+            let before = a.heads();
+            a.transact(|tx| tx.put("ch", "x", &i, Scope::Durable))
+                .expect("write");
+            // The change notification hands the local change to the standby.
+            a.touched_since(&before);
+            b.transact(|tx| tx.put("other", &format!("b{i}"), &i, Scope::Durable))
+                .expect("write");
+            sync(&mut a, &mut b);
+        }
+        assert_eq!(a.heads(), b.heads());
+        // A local write the standby has not seen, then a refused message.
+        a.transact(|tx| tx.put("ch", "y", &1, Scope::Durable))
+            .expect("write");
+        let (heads, held) = (a.heads(), a.doc.hydrate(None));
+        let lag = a.standby_lag().expect("a standby");
+        assert!(
+            lag > 1,
+            "the standby lacks local and received changes: {lag}"
+        );
+        let e = offer_forged_change(&mut a, &b).expect("the forged change was accepted");
+        assert!(matches!(e, ApplyError::Invalid(_)), "{e}");
+        // The same changes and what they hold (a standby given the changes it lacked in one batch
+        // may order a save's bytes otherwise).
+        assert_eq!(
+            (a.heads(), a.doc.hydrate(None)),
+            (heads, held),
+            "not exactly as it was"
+        );
+        b.transact(|tx| tx.put("ch", "z", &2, Scope::Durable))
+            .expect("write");
+        sync(&mut a, &mut b);
+        assert_eq!(a.heads(), b.heads());
+        assert_eq!(a.get::<i64>("ch", "z", |_| true).expect("read"), Some(2));
+        assert_eq!(a.get::<i64>("ch", "y", |_| true).expect("read"), Some(1));
+    }
+
+    /// Sync jobs take the standby as their document and leave the document they replace as the
+    /// standby, a message behind: after jobs (local writes made while one ran among them), a
+    /// refused message received in place still leaves the document exactly as it was, and the
+    /// replicas converge.
+    #[test]
+    fn sync_jobs_hand_the_replaced_document_over_as_the_standby() {
+        let (mut a, mut b) = (replica(1), replica(2));
+        let (mut sa, mut sb) = (Replica::new_sync_state(), Replica::new_sync_state());
+        for round in 0..4 {
+            b.transact(|tx| tx.put("ch", &format!("b{round}"), &round, Scope::Durable))
+                .expect("write");
+            // `a` receives by jobs; local writes land while the last round's job runs (more than
+            // are applied at once: the job goes back for them).
+            for _ in 0..20 {
+                let to_a = b.generate_sync(&mut sb);
+                let to_b = a.generate_sync(&mut sa);
+                if to_a.is_none() && to_b.is_none() {
+                    break;
+                }
+                if let Some(msg) = to_a {
+                    let message = Replica::decode_sync(&msg).expect("decodes");
+                    if message.changes.is_empty() {
+                        a.receive_decoded(&mut sa, message).expect("applies");
+                    } else {
+                        let mut job = a.start_sync(&sa, message);
+                        job.run();
+                        if round == 3 {
+                            for i in 0..(CATCH_UP_AT_ONCE as i64 + 2) {
+                                let before = a.heads();
+                                a.transact(|tx| {
+                                    tx.put("mine", &format!("m{i}"), &i, Scope::Durable)
+                                })
+                                .expect("write");
+                                a.touched_since(&before);
+                            }
+                        }
+                        loop {
+                            match a.finish_sync(job).expect("a valid job") {
+                                SyncFinish::Done(done) => {
+                                    sa = done.states.into_iter().next().expect("one peer");
+                                    break;
+                                }
+                                SyncFinish::Again(again) => {
+                                    job = *again;
+                                    job.run();
+                                }
+                            }
+                        }
+                    }
+                }
+                if let Some(msg) = to_b {
+                    b.receive_sync(&mut sb, &msg).expect("applies");
+                }
+            }
+            assert_eq!(
+                a.get::<i64>("ch", &format!("b{round}"), |_| true)
+                    .expect("read"),
+                Some(i64::from(round))
+            );
+        }
+        sync(&mut a, &mut b);
+        assert_eq!(a.heads(), b.heads());
+        // A refused message, in place, after the jobs.
+        // The same changes, so the same document; its saved bytes may differ (a standby brought
+        // up to date applied them in another order, and a save keeps that order).
+        let heads = a.heads();
+        let content = |r: &Replica| {
+            let mut all = Vec::new();
+            for ch in r.channels() {
+                for k in r.keys(&ch, |_| true) {
+                    let v = r.get::<i64>(&ch, &k, |_| true).expect("read");
+                    all.push((ch.clone(), k, v));
+                }
+            }
+            all
+        };
+        let before = content(&a);
+        assert!(
+            offer_forged_change(&mut a, &b).is_some(),
+            "the forged change was accepted"
+        );
+        assert_eq!((a.heads(), content(&a)), (heads, before), "not as it was");
+        b.transact(|tx| tx.put("ch", "z", &2, Scope::Durable))
+            .expect("write");
+        sync(&mut a, &mut b);
+        assert_eq!(a.heads(), b.heads());
+        assert_eq!(a.get::<i64>("mine", "m0", |_| true).expect("read"), Some(0));
+    }
+
+    /// Syncs `a` with a copy of `b`'s document holding a forged change (a records-map entry no
+    /// channel change made); returns the error `a` refused it with, `None` if it was accepted.
+    fn offer_forged_change(a: &mut Replica, b: &Replica) -> Option<ApplyError> {
+        use automerge::sync::SyncDoc;
+        let mut forged = b.doc.clone();
+        let records = b.layout.records.clone();
+        let mut tx = forged.transaction();
+        tx.put(&records, "ch", 1).expect("forged");
+        tx.commit_with(CommitOptions::default().with_time(0));
+        let (mut state, mut hostile) = (Replica::new_sync_state(), Replica::new_sync_state());
+        for _ in 0..10 {
+            let msg = forged.generate_sync_message(&mut hostile)?;
+            if let Err(e) = a.receive_sync(&mut state, &msg.encode()) {
+                return Some(e);
+            }
+            if let Some(reply) = a.generate_sync(&mut state) {
+                forged
+                    .receive_sync_message(
+                        &mut hostile,
+                        automerge::sync::Message::decode(&reply).expect("decodes"),
+                    )
+                    .expect("applies");
+            }
+        }
+        None
     }
 }
