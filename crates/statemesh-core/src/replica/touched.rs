@@ -2,6 +2,7 @@
 //! the changes' operations, and the presence index kept up to date with them.
 
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use automerge::{ActorId, Automerge, ChangeHash, ObjId, ReadDoc};
 use smallvec::SmallVec;
@@ -149,8 +150,9 @@ fn touched_keys(
     let mut touched = TouchedKeys::new(layout);
     // Channel maps named by the local transaction: no search of the records map for them.
     for (obj, channel) in known {
-        touched.place_of.insert(obj, Place::Channel(channel));
+        touched.place_of.insert(obj, Place::Channel(channel.into()));
     }
+    touched.reserve(changes.iter().map(automerge::Change::len).sum());
     for change in changes {
         let (actor, start) = (change.actor_id().clone(), change.start_op().get());
         for (i, op) in change.decode().operations.into_iter().enumerate() {
@@ -167,9 +169,12 @@ fn touched_keys(
 /// rebuilding and decoding the changes again.
 pub(super) struct TouchedKeys<'a> {
     layout: &'a Layout,
-    records: Vec<String>,
+    /// Touched records (flat keys), in the order first touched.
+    records: Vec<Rc<str>>,
     counters: Vec<String>,
-    seen: HashSet<(EntryKind, String)>,
+    /// Flat keys of the records in `records`.
+    seen_records: HashSet<Rc<str>>,
+    seen_counters: HashSet<String>,
     /// Where each object operations touched (or created) lives (see [`Place`]).
     place_of: HashMap<ObjId, Place>,
     /// Whether the channels' maps are in `place_of` yet (read from the records map, one entry
@@ -191,7 +196,8 @@ impl<'a> TouchedKeys<'a> {
             layout,
             records: Vec::new(),
             counters: Vec::new(),
-            seen: HashSet::new(),
+            seen_records: HashSet::new(),
+            seen_counters: HashSet::new(),
             place_of: HashMap::new(),
             channels_read: false,
             channels: None,
@@ -225,6 +231,18 @@ impl<'a> TouchedKeys<'a> {
         self.made_records.take().unwrap_or_default()
     }
 
+    /// Makes room for the entries of `ops` operations (a record takes several: its map and
+    /// its fields), so that the maps do not grow one rehash at a time during a pass.
+    pub(super) fn reserve(&mut self, ops: usize) {
+        let records = ops / 4;
+        self.place_of.reserve(records);
+        self.seen_records.reserve(records);
+        self.records.reserve(records);
+        if let Some(made) = &mut self.made_records {
+            made.records.reserve(records);
+        }
+    }
+
     /// Notes the entry `op` (an operation of `doc`, whose id is `id`) touches, if any.
     ///
     /// The place of an object made by an operation seen here is learnt from that operation,
@@ -241,10 +259,12 @@ impl<'a> TouchedKeys<'a> {
             made.add(&obj, op, id);
         }
         if let automerge::legacy::OpType::Make(_) = op.action {
+            // The record this operation touches, when its place says so already.
+            let mut touches = None;
             let made = match (&op.key, obj == layout.records) {
                 (automerge::legacy::Key::Map(name), true) => {
                     self.made_channels.push((id.clone(), name.to_string()));
-                    Place::Channel(name.to_string())
+                    Place::Channel(name.as_str().into())
                 }
                 (_, true) => Place::Elsewhere,
                 (key, false) if obj != layout.counters => match (self.place(doc, &obj), key) {
@@ -252,38 +272,51 @@ impl<'a> TouchedKeys<'a> {
                         if let Some(made) = &mut self.made_records {
                             made.made(id);
                         }
-                        Place::Record(format!("{channel}{SEP}{key}"))
+                        let flat: Rc<str> = format!("{channel}{SEP}{key}").into();
+                        touches = Some(Rc::clone(&flat));
+                        Place::Record(flat)
                     }
-                    (Place::Record(flat), _) => Place::Record(flat),
+                    (Place::Record(flat), _) => {
+                        touches = Some(Rc::clone(&flat));
+                        Place::Record(flat)
+                    }
                     _ => Place::Elsewhere,
                 },
                 _ => Place::Elsewhere,
             };
             self.place_of.insert(id.clone(), made);
+            if let Some(flat) = touches {
+                self.touch_record(flat);
+                return;
+            }
         }
         if obj == layout.records {
             // A channel's map created: no record yet.
             return;
         }
-        let entry = if obj == layout.counters {
+        if obj == layout.counters {
             let automerge::legacy::Key::Map(key) = &op.key else {
                 return;
             };
-            (EntryKind::Counter, key.to_string())
-        } else {
-            match (self.place(doc, &obj), &op.key) {
-                (Place::Channel(channel), automerge::legacy::Key::Map(key)) => {
-                    (EntryKind::Record, format!("{channel}{SEP}{key}"))
-                }
-                (Place::Record(flat), _) => (EntryKind::Record, flat),
-                _ => return,
+            if !self.seen_counters.contains(key.as_str()) {
+                self.seen_counters.insert(key.to_string());
+                self.counters.push(key.to_string());
             }
-        };
-        if self.seen.insert(entry.clone()) {
-            match entry.0 {
-                EntryKind::Record => self.records.push(entry.1),
-                _ => self.counters.push(entry.1),
+            return;
+        }
+        match (self.place(doc, &obj), &op.key) {
+            (Place::Channel(channel), automerge::legacy::Key::Map(key)) => {
+                self.touch_record(format!("{channel}{SEP}{key}").into());
             }
+            (Place::Record(flat), _) => self.touch_record(flat),
+            _ => {}
+        }
+    }
+
+    /// Notes that record `flat` was touched (once, in the order first touched).
+    fn touch_record(&mut self, flat: Rc<str>) {
+        if self.seen_records.insert(Rc::clone(&flat)) {
+            self.records.push(flat);
         }
     }
 
@@ -294,14 +327,16 @@ impl<'a> TouchedKeys<'a> {
             return place.clone();
         }
         if let Some(channel) = self.channels.and_then(|c| c.get(obj)) {
-            return Place::Channel(channel.clone());
+            let place = Place::Channel(channel.as_str().into());
+            self.place_of.insert(obj.clone(), place.clone());
+            return place;
         }
         if !self.channels_read {
             self.channels_read = true;
             for item in doc.map_range(&self.layout.records, ..) {
                 self.place_of
                     .entry(item.id())
-                    .or_insert_with(|| Place::Channel(item.key.to_string()));
+                    .or_insert_with(|| Place::Channel(item.key.as_ref().into()));
             }
             if let Some(place) = self.place_of.get(obj) {
                 return place.clone();
@@ -313,7 +348,9 @@ impl<'a> TouchedKeys<'a> {
     }
 
     pub(super) fn finish(self) -> Touched {
-        (self.records, self.counters)
+        drop(self.seen_records);
+        let records = self.records.iter().map(|flat| flat.to_string()).collect();
+        (records, self.counters)
     }
 }
 
@@ -457,13 +494,14 @@ pub(super) fn read_records(
 /// Touched record and counter keys: see [`touched_keys`].
 pub(super) type Touched = (Vec<String>, Vec<String>);
 
-/// Where an object lives, as far as change notifications go.
+/// Where an object lives, as far as change notifications go. (Names shared: every operation
+/// on a record's fields asks for its place.)
 #[derive(Clone)]
 enum Place {
     /// It is the map of this channel: an operation on it touches the record it names.
-    Channel(String),
+    Channel(Rc<str>),
     /// It is this record (flat key `"<channel>\u{1f}<key>"`), or lives in it at any depth.
-    Record(String),
+    Record(Rc<str>),
     /// Anywhere else.
     Elsewhere,
 }
@@ -482,8 +520,10 @@ fn place_of(doc: &Automerge, layout: &Layout, obj: &ObjId) -> Place {
                 return Place::Elsewhere;
             };
             return match below {
-                None => Place::Channel(channel),
-                Some(automerge::Prop::Map(key)) => Place::Record(format!("{channel}{SEP}{key}")),
+                None => Place::Channel(channel.into()),
+                Some(automerge::Prop::Map(key)) => {
+                    Place::Record(format!("{channel}{SEP}{key}").into())
+                }
                 Some(automerge::Prop::Seq(_)) => Place::Elsewhere,
             };
         }

@@ -73,6 +73,9 @@ pub(super) fn check_new_changes(
             "a change the CRDT library cannot reproduce as it came",
         ));
     }
+    if let Some(touched) = touched.as_deref_mut() {
+        touched.reserve(rebuilt.iter().map(automerge::Change::len).sum());
+    }
     for change in &rebuilt {
         let (actor, start) = (change.actor_id().clone(), change.start_op().get());
         for (i, op) in change.decode().operations.into_iter().enumerate() {
