@@ -313,3 +313,33 @@ fn settling_waits_for_every_discovery_then_every_peer_found() {
     never.settled(0, std::iter::empty());
     assert!(!never.take_ready());
 }
+
+/// The answer of `next_wake` is kept between turns; every report drops it.
+#[test]
+fn the_next_wake_is_asked_again_after_every_report() {
+    let t0 = Instant::now();
+    let mut d = Dialer::new(peer(1), false, t0, 7);
+    d.add_discovery(Trust::Proven);
+    d.found(t0, 0, Some(peer(2)), addr(1));
+    assert_eq!(d.next_wake(t0), Some(t0), "due at once");
+    let dials = d.poll(t0);
+    assert_eq!(dials.len(), 1);
+    assert_eq!(d.next_wake(t0), None, "dialling: nothing to wake for");
+    d.linked(peer(2), addr(1));
+    let later = t0 + Duration::from_secs(60);
+    assert_eq!(d.next_wake(later), None, "linked: still nothing");
+    // The link goes down: the address is redialled after a backoff, not never.
+    d.unlinked(later, peer(2));
+    let redial = d
+        .next_wake(later)
+        .expect("a redial after the link went down");
+    assert!(redial > later && redial <= later + BACKOFF_MIN.mul_f64(1.5));
+    // A failure moves it back by the failure's backoff.
+    assert_eq!(d.poll(redial).len(), 1);
+    assert_eq!(d.next_wake(redial), None);
+    assert_eq!(d.failed(redial, addr(1)), Some(Via::Main));
+    assert!(d.next_wake(redial).is_some_and(|w| w > redial));
+    // A new report of another peer, due at once, is seen although an answer was kept.
+    d.found(redial, 0, Some(peer(3)), addr(2));
+    assert_eq!(d.next_wake(redial), Some(redial));
+}
