@@ -52,10 +52,11 @@ pub(crate) fn scale(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     };
     // Paced slower than `propagation`: each write costs every one of the other windows a
     // receive, and the measure is latency, not how many writes the mesh absorbs.
-    eprintln!("{samples} writes, one every 100 ms");
+    eprintln!("{samples} writes, one every 100 ms on average, spread over the heartbeat interval");
     let slots = f.slots();
     let before = sync_counts(&mut f, &slots)?;
-    let p = propagation::measure(&mut f, samples, Duration::from_millis(100))?;
+    let pace = propagation::Pace::Spread(Duration::from_millis(100));
+    let p = propagation::measure(&mut f, samples, pace)?;
     let after = sync_counts(&mut f, &slots)?;
     let (syncs, owed) = (after.0 - before.0, after.1 - before.1);
     let agreed = f.ready()?;

@@ -66,14 +66,32 @@ pub(crate) fn by_heartbeat_phase(written: &[(u64, f64)]) -> Json {
     Json::Array(bins)
 }
 
-/// Writes `samples` records, one every `every`, from each window in turn; each write carries
+/// The offset of write `i` paced by [`Pace::Spread`] with mean spacing `every`: the
+/// fractional parts of `i` times the golden ratio's inverse, scaled to `every`, which fall
+/// evenly over `[0, every)` however many are taken. With writes `every` apart and a heartbeat
+/// interval twice that (the defaults: 100 and 200 ms), the writes' instants then fall evenly
+/// over the whole heartbeat interval.
+pub(crate) fn spread_offset(i: usize, every: Duration) -> Duration {
+    const INV_PHI: f64 = 0.618_033_988_749_894_9;
+    every.mul_f64((i as f64 * INV_PHI).fract())
+}
+
+/// How the writes of [`measure`] are paced.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Pace {
+    /// One every this long.
+    Every(Duration),
+    /// One every this long on average, each moved by a part of it that walks over the whole
+    /// heartbeat interval (see [`spread_offset`]): at 64 windows a write that meets the
+    /// windows' aligned views waits for them, so writes on a fixed grid measured either
+    /// the writes that do or those that do not, by the luck of the run's start.
+    Spread(Duration),
+}
+
+/// Writes `samples` records, paced by `pace`, from each window in turn; each write carries
 /// its writer's `CLOCK_MONOTONIC` reading, and each receiver reports its own reading minus
 /// that one when its change subscription delivers the record.
-pub(crate) fn measure(
-    f: &mut Fleet,
-    samples: usize,
-    every: Duration,
-) -> anyhow::Result<Propagation> {
+pub(crate) fn measure(f: &mut Fleet, samples: usize, pace: Pace) -> anyhow::Result<Propagation> {
     let slots = f.slots();
     let receivers = slots.len() - 1;
     let mut to_all = Vec::with_capacity(samples);
@@ -83,7 +101,11 @@ pub(crate) fn measure(
     for i in 0..samples {
         // Pace the writes (a window writing at UI rates), so that each one is measured on its
         // own rather than behind the previous one's sync round.
-        if let Some(wait) = (start + every * i as u32).checked_duration_since(Instant::now()) {
+        let at = match pace {
+            Pace::Every(every) => start + every * i as u32,
+            Pace::Spread(every) => start + every * i as u32 + spread_offset(i, every),
+        };
+        if let Some(wait) = at.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
         let writer = slots[i % slots.len()];
@@ -131,7 +153,7 @@ pub(crate) fn run(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     f.start(n).context("starting the windows")?;
     let samples = if opts.quick { 100 } else { 1000 };
     eprintln!("{samples} writes, one every 5 ms, from each window in turn");
-    let p = measure(&mut f, samples, Duration::from_millis(5))?;
+    let p = measure(&mut f, samples, Pace::Every(Duration::from_millis(5)))?;
     report(&p, out);
     out.insert("join_failures".into(), json!(f.join_failures));
     Ok(())
@@ -177,7 +199,14 @@ pub(crate) fn run_floor(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
         (true, true) => (20, 100),
     };
     eprintln!("{samples} writes, one every {every} ms, from each window in turn");
-    let p = measure(&mut f, samples, Duration::from_millis(every))?;
+    let every = Duration::from_millis(every);
+    // As `scale` paces them, at its size.
+    let pace = if n > 8 {
+        Pace::Spread(every)
+    } else {
+        Pace::Every(every)
+    };
+    let p = measure(&mut f, samples, pace)?;
     report(&p, out);
     out.insert("views".into(), json!(opts.carried.views));
     out.insert("documents".into(), json!(opts.carried.documents));
@@ -215,6 +244,34 @@ pub(crate) fn report(p: &Propagation, out: &mut Out) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `scale`'s writes: 100 ms apart on average, each quarter of the 200 ms heartbeat
+    /// interval gets its share (on a fixed 100 ms grid they fell in two instants of it).
+    #[test]
+    fn spread_writes_fall_evenly_over_the_heartbeat_interval() {
+        let every = Duration::from_millis(100);
+        let interval = Config::default().heartbeat_interval;
+        assert_eq!(interval, every * 2, "the defaults this pacing is made for");
+        let quarter = interval / PHASE_BINS;
+        let mut bins = [0usize; PHASE_BINS as usize];
+        let mut last = Duration::ZERO;
+        for i in 0..SCALE_SAMPLES {
+            let offset = spread_offset(i, every);
+            assert!(offset < every);
+            let at = every * i as u32 + offset;
+            assert!(i == 0 || at > last, "in order");
+            last = at;
+            let phase = at.as_nanos() % interval.as_nanos();
+            bins[(phase / quarter.as_nanos()) as usize] += 1;
+        }
+        let share = SCALE_SAMPLES / PHASE_BINS as usize;
+        for (b, n) in bins.iter().enumerate() {
+            assert!(
+                n.abs_diff(share) <= share / 10,
+                "quarter {b}: {n} writes of {SCALE_SAMPLES} ({bins:?})"
+            );
+        }
+    }
 
     #[test]
     fn writes_are_binned_by_where_they_fall_in_the_heartbeat_interval() {
