@@ -27,8 +27,8 @@ pub(crate) struct Propagation {
     pub(crate) written: Vec<(u64, f64)>,
 }
 
-/// Writes of `scale` and of its floor (`transport-floor` beyond 8 windows), one every 100 ms:
-/// their p99 is the third largest (with 100 writes it was the second largest, and moved by
+/// Writes of `scale` and of its floor (`transport-floor` beyond 8 windows), 100 ms apart on
+/// average ([`Pace::Spread`]): their p99 is the third largest (with 100 writes it was the second largest, and moved by
 /// tens of milliseconds from run to run).
 pub(crate) const SCALE_SAMPLES: usize = 300;
 
@@ -198,7 +198,7 @@ pub(crate) fn run_floor(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
         (true, false) => (SCALE_SAMPLES, 100),
         (true, true) => (20, 100),
     };
-    eprintln!("{samples} writes, one every {every} ms, from each window in turn");
+    eprintln!("{samples} writes, one every {every} ms on average, from each window in turn");
     let every = Duration::from_millis(every);
     // As `scale` paces them, at its size.
     let pace = if n > 8 {
