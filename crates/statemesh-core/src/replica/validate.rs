@@ -76,10 +76,13 @@ pub(super) fn check_new_changes(
     if let Some(touched) = touched.as_deref_mut() {
         touched.reserve(rebuilt.iter().map(automerge::Change::len).sum());
     }
+    // The type of the object the last operation was on: a record's fields come one after
+    // another, each on the record's map.
+    let mut last = None;
     for change in &rebuilt {
         let (actor, start) = (change.actor_id().clone(), change.start_op().get());
         for (i, op) in change.decode().operations.into_iter().enumerate() {
-            check_operation(doc, &op)?;
+            check_operation(doc, &op, &mut last)?;
             check_layout(layout, change, &op)?;
             if let Some(touched) = touched.as_deref_mut() {
                 let id = ObjId::Id(start.saturating_add(i as u64), actor.clone(), usize::MAX);
@@ -124,17 +127,28 @@ fn check_layout(
 /// have made: on an existing object, with a key of the kind its object takes (a name in a map,
 /// an element in a list or text, inserting only into a sequence), no text marks, no value of
 /// unknown type. Automerge accepts some such operations and then fails to save, send or load
-/// the document holding them.
-fn check_operation(doc: &Automerge, op: &automerge::legacy::Op) -> Result<(), ApplyError> {
+/// the document holding them. `last`: the object the previous operation checked was on, and
+/// its type (the document does not change during a pass).
+fn check_operation(
+    doc: &Automerge,
+    op: &automerge::legacy::Op,
+    last: &mut Option<(automerge::legacy::OpId, ObjType)>,
+) -> Result<(), ApplyError> {
     use automerge::legacy::{ElementId, Key, ObjectId, OpType};
     let obj_type = match &op.obj {
         ObjectId::Root => ObjType::Map,
-        ObjectId::Id(id) => {
-            // The actor index is looked up from the actor id when it does not match.
-            let id = ObjId::Id(id.counter(), id.actor().clone(), usize::MAX);
-            doc.object_type(&id)
-                .map_err(|_| ApplyError::Invalid("an operation on an object that does not exist"))?
-        }
+        ObjectId::Id(id) => match last {
+            Some((at, typ)) if at == id => *typ,
+            _ => {
+                // The actor index is looked up from the actor id when it does not match.
+                let obj = ObjId::Id(id.counter(), id.actor().clone(), usize::MAX);
+                let typ = doc.object_type(&obj).map_err(|_| {
+                    ApplyError::Invalid("an operation on an object that does not exist")
+                })?;
+                *last = Some((id.clone(), typ));
+                typ
+            }
+        },
     };
     let key_fits = match (obj_type, &op.key) {
         (ObjType::Map | ObjType::Table, Key::Map(_)) => !op.insert,
@@ -203,5 +217,29 @@ mod tests {
         // The honest change still joins.
         sync(&mut a, &mut b);
         assert_eq!(a.heads(), b.heads());
+    }
+
+    /// A change whose operations go from a record's map to a list in it and back (a record
+    /// whose value is a list, then another record) passes the checks: each operation is
+    /// checked against its own object's type, not the previous operation's.
+    #[test]
+    fn operations_on_maps_and_lists_in_turn_are_each_checked_against_their_object() {
+        let (mut a, mut b) = (replica(1), replica(2));
+        a.transact(|tx| {
+            tx.put("jobs", "a", &vec![1u32, 2, 3], Scope::Durable)?;
+            tx.put("jobs", "b", &"idle", Scope::Durable)?;
+            tx.put("jobs", "c", &vec!["x".to_string()], Scope::Durable)
+        })
+        .expect("write");
+        sync(&mut a, &mut b);
+        assert_eq!(a.heads(), b.heads());
+        assert_eq!(
+            b.get::<Vec<u32>>("jobs", "a", |_| true).expect("read"),
+            Some(vec![1, 2, 3])
+        );
+        assert_eq!(
+            b.get::<Vec<String>>("jobs", "c", |_| true).expect("read"),
+            Some(vec!["x".to_string()])
+        );
     }
 }
