@@ -28,8 +28,8 @@ pub(crate) struct Propagation {
 }
 
 /// Writes of `scale` and of its floor (`transport-floor` beyond 8 windows), 100 ms apart on
-/// average ([`Pace::Spread`]): their p99 is the third largest (with 100 writes it was the second largest, and moved by
-/// tens of milliseconds from run to run).
+/// average ([`Pace::Spread`]): their p99 is the third largest (with 100 writes it was the
+/// second largest, and moved by tens of milliseconds from run to run).
 pub(crate) const SCALE_SAMPLES: usize = 300;
 
 /// Bins of a heartbeat interval that [`by_heartbeat_phase`] splits the writes into.

@@ -232,9 +232,10 @@ impl<'a> TouchedKeys<'a> {
     }
 
     /// Makes room for the entries of `ops` operations (a record takes several: its map and
-    /// its fields), so that the maps do not grow one rehash at a time during a pass.
+    /// its fields), so that the maps do not grow one rehash at a time during a pass; at most
+    /// [`RESERVED_RECORDS`] (a big change's operations may make no record at all).
     pub(super) fn reserve(&mut self, ops: usize) {
-        let records = ops / 4;
+        let records = (ops / 4).min(RESERVED_RECORDS);
         self.place_of.reserve(records);
         self.seen_records.reserve(records);
         self.records.reserve(records);
@@ -490,6 +491,9 @@ pub(super) fn read_records(
         })
         .collect()
 }
+
+/// The most records [`TouchedKeys::reserve`] makes room for ahead.
+const RESERVED_RECORDS: usize = 4_096;
 
 /// Touched record and counter keys: see [`touched_keys`].
 pub(super) type Touched = (Vec<String>, Vec<String>);
