@@ -348,8 +348,9 @@ impl<'a> TouchedKeys<'a> {
         place
     }
 
+    /// The touched keys, records first touched first. (As `String`s: a job's keys go to the
+    /// node's thread.)
     pub(super) fn finish(self) -> Touched {
-        drop(self.seen_records);
         let records = self.records.iter().map(|flat| flat.to_string()).collect();
         (records, self.counters)
     }
