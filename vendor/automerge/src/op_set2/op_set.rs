@@ -47,7 +47,7 @@ pub(crate) use insert::InsertQuery;
 pub(crate) use mark_index::{MarkIdx, MarkIndexBuilder, MarkIndexColumn};
 pub(crate) use marks::{MarkIter, NoMarkIter};
 pub(crate) use op_iter::{
-    ActionIter, ActionValueIter, CtrWalker, InsertIter, KeyIter, MarkInfoIter, ObjIdIter, OpIdIter,
+    ActionIter, ActionValueIter, ActorFilter, CtrWalker, InsertIter, KeyIter, MarkInfoIter, ObjIdIter, OpIdIter,
     OpIter, ReadOpError, SuccIterIter, SuccWalker, ValueIter,
 };
 pub(crate) use op_query::{FixCounters, OpQuery, OpQueryTerm};
@@ -1253,6 +1253,31 @@ impl OpSet {
             self.iter(),
             MergeIter::new(
                 CtrWalker::new(&self.cols.id_ctr, range.clone()),
+                SuccWalker::new(self, range),
+            )
+            .skip(),
+        )
+    }
+
+    /// [`iter_ctr_range`](Self::iter_ctr_range) restricted to operations made by `actors`
+    /// (sorted indices) and operations whose successor's counter is in `range` (of any actor):
+    /// statemesh's patch, for rebuilding changes, whose other operations it would decode only
+    /// to drop them (with several actors writing at once, most operations in a counter range
+    /// are other actors').
+    pub(crate) fn iter_ctr_range_of(
+        &self,
+        range: Range<usize>,
+        actors: Vec<usize>,
+    ) -> SkipIter<OpIter<'_>, SkipWrap<MergeIter<ActorFilter<'_, CtrWalker<'_>>, SuccWalker<'_>>>>
+    {
+        SkipIter::new(
+            self.iter(),
+            MergeIter::new(
+                ActorFilter::new(
+                    CtrWalker::new(&self.cols.id_ctr, range.clone()),
+                    &self.cols.id_actor,
+                    actors,
+                ),
                 SuccWalker::new(self, range),
             )
             .skip(),

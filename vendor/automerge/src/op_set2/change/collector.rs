@@ -773,9 +773,14 @@ impl<'a> ChangeCollector<'a> {
             .unwrap_or(0);
         let max = changes.iter().map(|c| c.max_op as usize).max().unwrap_or(0) + 1;
 
+        let mut actors: Vec<usize> = changes.iter().map(|c| c.actor).collect();
+        actors.sort_unstable();
+        actors.dedup();
         let mut collector = Self::from_change_meta(changes, &op_set.actors);
 
-        for op in op_set.iter_ctr_range(min..max) {
+        // statemesh's patch: other actors' operations in the range are not decoded (those an
+        // operation of these changes succeeds come through the successor walk).
+        for op in op_set.iter_ctr_range_of(min..max, actors) {
             let op_id = op.id;
             let op_succ = op.succ();
             collector.process_op(op);

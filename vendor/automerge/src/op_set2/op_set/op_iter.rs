@@ -311,6 +311,42 @@ impl Iterator for CtrWalker<'_> {
     }
 }
 
+/// statemesh's patch: the positions `walker` yields whose operation's actor is one of `actors`
+/// (sorted indices), read from the id's actor column; the others are passed over without
+/// decoding the operation.
+pub(crate) struct ActorFilter<'a, W> {
+    walker: W,
+    actor: hexane::Iter<'a, ActorIdx>,
+    actors: Vec<usize>,
+}
+
+impl<'a, W> ActorFilter<'a, W> {
+    pub(crate) fn new(walker: W, col: &'a hexane::Column<ActorIdx>, actors: Vec<usize>) -> Self {
+        Self {
+            walker,
+            actor: col.iter(),
+            actors,
+        }
+    }
+}
+
+impl<W: Iterator<Item = usize>> Iterator for ActorFilter<'_, W> {
+    type Item = usize;
+    fn next(&mut self) -> Option<usize> {
+        loop {
+            let pos = self.walker.next()?;
+            let Some(skip) = pos.checked_sub(self.actor.pos()) else {
+                // (Positions come in order; one that does not is kept, unfiltered.)
+                return Some(pos);
+            };
+            let actor = usize::from(self.actor.nth(skip)?);
+            if self.actors.binary_search(&actor).is_ok() {
+                return Some(pos);
+            }
+        }
+    }
+}
+
 pub(crate) struct SuccWalker<'a> {
     acc: usize,
     count: hexane::PrefixIter<'a, u32>,
