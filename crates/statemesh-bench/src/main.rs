@@ -115,6 +115,13 @@ enum Command {
         /// what `throughput`'s windows write in its 5 s.
         #[arg(long, default_value_t = 20_000)]
         keys: u64,
+        /// Records written as the mesh writes a new one (its key looked up, then its map made
+        /// with its fields in one batch), and each receiver's apply followed by what the
+        /// mesh's check of received changes asks of Automerge (the changes rebuilt from the
+        /// document and their operations decoded): the floor of a mesh that keeps the
+        /// containment promise.
+        #[arg(long)]
+        as_mesh: bool,
     },
     /// Every window writes as fast as the API returns for 30 s (`--quick`: 5 s), then the mesh
     /// converges: writes/s, convergence time, liveness under load, peak memory per window.
@@ -277,7 +284,9 @@ fn main() {
             Command::FailoverCut(_) => scenarios::failover::run(&opts, &mut out, Fault::Cut),
             Command::Throughput { .. } => scenarios::throughput::run(&opts, &mut out),
             Command::Overload { .. } => scenarios::overload::run(&opts, &mut out),
-            Command::Floor { keys, .. } => scenarios::floor::run(&opts, &mut out, *keys),
+            Command::Floor { keys, as_mesh, .. } => {
+                scenarios::floor::run(&opts, &mut out, *keys, *as_mesh)
+            }
             Command::Memory(_) => scenarios::resources::run_memory(&opts, &mut out),
             Command::History(_) => scenarios::history::run(&opts, &mut out),
             Command::Scale(_) => scenarios::scale(&opts, &mut out),

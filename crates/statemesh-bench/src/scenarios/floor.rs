@@ -10,12 +10,19 @@
 //! apply costs far less per change in batches; its cost also grows with the document). The run
 //! writes `--keys` keys in all (default 20,000, about what `throughput`'s windows write in 5 s
 //! with one key per change), and ends by checking that every document holds every change.
+//!
+//! With `--as-mesh`, a record is written as the mesh writes a new one (its key looked up, its
+//! map made with its three fields by one `batch_create_object`), and each receiver follows its
+//! apply with what the mesh's check of received changes asks of Automerge: the changes the
+//! apply added, rebuilt from the document, and their operations decoded (timed apart:
+//! `check_us_per_key`). What the check then does with the operations, and everything else the
+//! mesh does, is not counted.
 
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use automerge::transaction::Transactable;
-use automerge::{ActorId, Automerge, ObjId, ObjType, ROOT};
+use automerge::{ActorId, Automerge, ObjId, ObjType, ROOT, ReadDoc};
 use serde_json::json;
 
 use super::{Opts, Out};
@@ -25,7 +32,12 @@ use crate::stats::round3;
 const APPLY_BATCH: usize = 100;
 
 /// The `floor` scenario.
-pub(crate) fn run(opts: &Opts, out: &mut Out, keys_in_all: u64) -> anyhow::Result<()> {
+pub(crate) fn run(
+    opts: &Opts,
+    out: &mut Out,
+    keys_in_all: u64,
+    as_mesh: bool,
+) -> anyhow::Result<()> {
     let n = opts.peers;
     ensure!(n >= 2, "floor needs at least 2 peers");
     let batch = opts.batch.max(1);
@@ -43,6 +55,7 @@ pub(crate) fn run(opts: &Opts, out: &mut Out, keys_in_all: u64) -> anyhow::Resul
     // Changes each document writes per round, so that a receiver applies about APPLY_BATCH.
     let per_round = APPLY_BATCH.div_ceil(n - 1).max(1);
     let (mut write, mut extract, mut apply) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut check = Duration::ZERO;
     let (mut keys, mut changes) = (0u64, 0u64);
     while keys < keys_in_all {
         let mut round: Vec<Vec<automerge::Change>> = vec![Vec::new(); n];
@@ -51,10 +64,17 @@ pub(crate) fn run(opts: &Opts, out: &mut Out, keys_in_all: u64) -> anyhow::Resul
                 let t = Instant::now();
                 let mut tx = doc.transaction();
                 for _ in 0..batch {
-                    let rec = tx.put_object(&channel, format!("w{i}-{keys}"), ObjType::Map)?;
-                    tx.put(&rec, "v", keys as i64)?;
-                    tx.put(&rec, "w", writers[i].as_str())?;
-                    tx.put(&rec, "p", false)?;
+                    let key = format!("w{i}-{keys}");
+                    if as_mesh {
+                        ensure!(tx.get(&channel, &key)?.is_none(), "a key written twice");
+                        let fields = record_fields(keys as i64, &writers[i]);
+                        tx.batch_create_object(&channel, &key, &fields, false)?;
+                    } else {
+                        let rec = tx.put_object(&channel, key, ObjType::Map)?;
+                        tx.put(&rec, "v", keys as i64)?;
+                        tx.put(&rec, "w", writers[i].as_str())?;
+                        tx.put(&rec, "p", false)?;
+                    }
                     keys += 1;
                 }
                 tx.commit();
@@ -75,9 +95,19 @@ pub(crate) fn run(opts: &Opts, out: &mut Out, keys_in_all: u64) -> anyhow::Resul
                 .filter(|(j, _)| *j != i)
                 .flat_map(|(_, c)| c.iter().cloned())
                 .collect();
+            let before = doc.get_heads();
             let t = Instant::now();
             doc.apply_changes(theirs)?;
-            apply += t.elapsed();
+            let t2 = Instant::now();
+            apply += t2 - t;
+            if as_mesh {
+                let mut ops = 0;
+                for change in doc.rebuild_changes(&before) {
+                    ops += change.decode().operations.len();
+                }
+                check += t2.elapsed();
+                ensure!(ops > 0, "the rebuilt changes hold no operations");
+            }
         }
     }
     let heads = docs[0].get_heads();
@@ -89,7 +119,8 @@ pub(crate) fn run(opts: &Opts, out: &mut Out, keys_in_all: u64) -> anyhow::Resul
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let write_per_key = (us(write) + us(extract)) / keys as f64;
     let apply_per_key = us(apply) / (keys as f64 * (n - 1) as f64);
-    let per_update = write_per_key + apply_per_key * (n - 1) as f64;
+    let check_per_key = us(check) / (keys as f64 * (n - 1) as f64);
+    let per_update = write_per_key + (apply_per_key + check_per_key) * (n - 1) as f64;
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     out.insert("batch".into(), json!(batch));
     out.insert("keys".into(), json!(keys));
@@ -104,6 +135,10 @@ pub(crate) fn run(opts: &Opts, out: &mut Out, keys_in_all: u64) -> anyhow::Resul
         json!(round3(us(extract) / keys as f64)),
     );
     out.insert("apply_us_per_key".into(), json!(round3(apply_per_key)));
+    out.insert("as_mesh".into(), json!(as_mesh));
+    if as_mesh {
+        out.insert("check_us_per_key".into(), json!(round3(check_per_key)));
+    }
     out.insert("cpu_us_per_update".into(), json!(round3(per_update)));
     out.insert("cores".into(), json!(cores));
     out.insert(
@@ -111,6 +146,17 @@ pub(crate) fn run(opts: &Opts, out: &mut Out, keys_in_all: u64) -> anyhow::Resul
         json!(round3(cores as f64 * 1e6 / per_update)),
     );
     Ok(())
+}
+
+/// A record's fields as the mesh makes a new record's map (`--as-mesh`): its value, its
+/// writer and its scope.
+fn record_fields(value: i64, writer: &str) -> automerge::hydrate::Value {
+    let fields = std::collections::HashMap::from([
+        ("v", automerge::hydrate::Value::from(value)),
+        ("w", automerge::hydrate::Value::from(writer)),
+        ("p", automerge::ScalarValue::Boolean(false).into()),
+    ]);
+    fields.into()
 }
 
 /// `n` documents of distinct actors sharing one channel map (made once, as a mesh's windows
