@@ -18,7 +18,8 @@
 //! log; maps new in a batch walked without positioning a column) run under both tests: every
 //! receive here has an inactive log, and most objects these batches touch are new.
 //!
-//! The eighth patch (`get_map_object`, reading 4 columns) is checked against `get`, and the
+//! The eighth patch (`get_map_object`, reading 4 columns) is checked against `get` (and the
+//! fourteenth, `get_map_objects`, against it), and the
 //! ninth (a local change kept as committed) against a rebuild. The tenth (the walk seeks past
 //! a key's overwritten ops) against the model on keys rewritten hundreds of times. The
 //! thirteenth (a rebuild decodes only its changes' writers' operations) against the changes
@@ -475,6 +476,7 @@ fn get_map_object_answers_as_get() {
         }
         let all = merged(&base, &mut writers);
         for doc in writers.iter().chain([&all]) {
+            let mut wanted = Vec::new();
             for n in 0..MIXED_KEYS {
                 let k = key(n);
                 let want = match doc.get(&map, k.as_str()).unwrap() {
@@ -484,7 +486,25 @@ fn get_map_object_answers_as_get() {
                 objects_seen += usize::from(want.is_some());
                 let got = doc.get_map_object(&map, k.as_str()).unwrap();
                 assert_eq!(got, want, "seed {seed}: {k}");
+                wanted.push((k, want));
             }
+            // The fourteenth patch: the same answers for the keys at once, in the order
+            // asked (shuffled, some asked twice, one absent).
+            let mut asked: Vec<usize> = (0..wanted.len()).chain([0, 7, 7]).collect();
+            for i in (1..asked.len()).rev() {
+                asked.swap(i, below(&mut rng, i as u32 + 1) as usize);
+            }
+            let keys = asked
+                .iter()
+                .map(|&i| wanted[i].0.as_str())
+                .chain(["absent"]);
+            let got = doc.get_map_objects(&map, keys).unwrap();
+            let want: Vec<_> = asked
+                .iter()
+                .map(|&i| wanted[i].1.clone())
+                .chain([None])
+                .collect();
+            assert_eq!(got, want, "seed {seed}: keys at once");
         }
         assert!(all.get_map_object(&ROOT, "m").unwrap().is_some());
         assert!(all.get_map_object(&map, "not a key").unwrap().is_none());

@@ -840,6 +840,28 @@ impl Automerge {
         }))
     }
 
+    /// [`get_map_object`](Self::get_map_object) for each of `keys` of map `obj`, in order
+    /// (statemesh's patch: the map is looked up, and its operations found, once for all).
+    pub fn get_map_objects<'k>(
+        &self,
+        obj: &ExId,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<Vec<Option<(ObjType, ExId)>>, AutomergeError> {
+        let obj = self.exid_to_obj(obj)?;
+        if !matches!(obj.typ, ObjType::Map | ObjType::Table) {
+            return Err(AutomergeError::InvalidOp(obj.typ));
+        }
+        let range = self.ops.scope_to_obj(&obj.id);
+        Ok(keys
+            .into_iter()
+            .map(|key| {
+                let (id, action) = self.ops.map_winner_in(range.clone(), key)?;
+                let typ = ObjType::try_from(action).ok()?;
+                Some((typ, self.id_to_exid(id)))
+            })
+            .collect())
+    }
+
     pub(crate) fn id_to_exid(&self, id: OpId) -> ExId {
         self.ops.id_to_exid(id)
     }

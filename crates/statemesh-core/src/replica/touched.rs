@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use automerge::{ActorId, Automerge, ChangeHash, ObjId, ReadDoc};
+use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, ReadDoc};
 use smallvec::SmallVec;
 
 use super::layout::channel_obj;
@@ -463,34 +463,44 @@ impl MadeRecords {
     }
 }
 
-/// What `doc` holds of each of `records` (flat keys): see [`RecordRead`]. The channel's map is
-/// looked up once for a run of records of one channel (a received change's records mostly
-/// share theirs); the writer and scope of a record `made` follows are not read.
+/// What `doc` holds of each of `records` (flat keys): see [`RecordRead`]. A run of records of
+/// one channel (a received change's records mostly share theirs) is looked up at once: the
+/// channel's map found, and its operations scoped, once for the run. The writer and scope of
+/// a record `made` follows are not read.
 pub(super) fn read_records(
     doc: &Automerge,
     layout: &Layout,
     records: &[String],
     made: &MadeRecords,
 ) -> Vec<RecordRead> {
-    let mut channel: Option<(&str, Option<ObjId>)> = None;
-    records
-        .iter()
-        .map(|flat| {
-            let Some((c, k)) = flat.split_once(SEP) else {
-                return (None, false);
-            };
-            if channel.as_ref().is_none_or(|(name, _)| *name != c) {
-                channel = Some((c, channel_obj(doc, &layout.records, c)));
-            }
-            channel
-                .as_ref()
-                .and_then(|(_, ch)| ch.as_ref())
-                .and_then(|ch| super::record_in(doc, ch, k))
-                .map_or((None, false), |r| {
-                    made.read(&r).unwrap_or_else(|| super::record_meta(doc, &r))
-                })
-        })
-        .collect()
+    let mut reads = Vec::with_capacity(records.len());
+    let mut rest = records;
+    while let Some(first) = rest.first() {
+        let channel = first.split_once(SEP).map(|(c, _)| c);
+        let run = rest
+            .iter()
+            .take_while(|flat| flat.split_once(SEP).map(|(c, _)| c) == channel)
+            .count()
+            .max(1);
+        let (these, later) = rest.split_at(run);
+        rest = later;
+        let keys = these
+            .iter()
+            .filter_map(|flat| flat.split_once(SEP))
+            .map(|(_, k)| k);
+        let found = channel
+            .and_then(|c| channel_obj(doc, &layout.records, c))
+            .and_then(|ch| doc.get_map_objects(&ch, keys).ok());
+        let Some(found) = found else {
+            reads.extend(these.iter().map(|_| (None, false)));
+            continue;
+        };
+        reads.extend(found.into_iter().map(|object| match object {
+            Some((ObjType::Map, r)) => made.read(&r).unwrap_or_else(|| super::record_meta(doc, &r)),
+            _ => (None, false),
+        }));
+    }
+    reads
 }
 
 /// The most records [`TouchedKeys::reserve`] makes room for ahead.

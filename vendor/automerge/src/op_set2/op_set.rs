@@ -1294,9 +1294,16 @@ impl OpSet {
     /// clock). statemesh's patch: `seek_ops_by_map_key` positions all 20 columns to read the
     /// key's ops; this reads the visible index, the two id columns and the action column.
     pub(crate) fn map_winner(&self, obj: &ObjId, key: &str) -> Option<(OpId, Action)> {
+        self.map_winner_in(self.scope_to_obj(obj), key)
+    }
+
+    /// [`map_winner`](Self::map_winner) in `range`, the ops of one map object
+    /// ([`scope_to_obj`](Self::scope_to_obj)): statemesh's patch, for several keys of one map.
+    pub(crate) fn map_winner_in(&self, range: Range<usize>, key: &str) -> Option<(OpId, Action)> {
         // The visible index read a run at a time: a key rewritten many times holds one long
         // run of overwritten ops.
-        let mut visible = self.cols.index.visible.iter_range(self.prop_range(obj, key));
+        let range = self.cols.key_str.scope_to_value(Some(key), range);
+        let mut visible = self.cols.index.visible.iter_range(range);
         let mut last = None;
         while let Some(pos) = visible.scan_to_value(true) {
             last = Some(pos);
