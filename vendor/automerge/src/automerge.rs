@@ -830,14 +830,8 @@ impl Automerge {
         obj: &ExId,
         key: &str,
     ) -> Result<Option<(ObjType, ExId)>, AutomergeError> {
-        let obj = self.exid_to_obj(obj)?;
-        if !matches!(obj.typ, ObjType::Map | ObjType::Table) {
-            return Err(AutomergeError::InvalidOp(obj.typ));
-        }
-        Ok(self.ops.map_winner(&obj.id, key).and_then(|(id, action)| {
-            let typ = ObjType::try_from(action).ok()?;
-            Some((typ, self.id_to_exid(id)))
-        }))
+        let ops = self.map_ops(obj)?;
+        Ok(self.map_object_in(ops, key))
     }
 
     /// [`get_map_object`](Self::get_map_object) for each of `keys` of map `obj`, in order
@@ -847,19 +841,27 @@ impl Automerge {
         obj: &ExId,
         keys: impl IntoIterator<Item = &'k str>,
     ) -> Result<Vec<Option<(ObjType, ExId)>>, AutomergeError> {
+        let ops = self.map_ops(obj)?;
+        Ok(keys
+            .into_iter()
+            .map(|key| self.map_object_in(ops.clone(), key))
+            .collect())
+    }
+
+    /// Where map `obj`'s operations lie in the op set (an error if it is no map).
+    fn map_ops(&self, obj: &ExId) -> Result<std::ops::Range<usize>, AutomergeError> {
         let obj = self.exid_to_obj(obj)?;
         if !matches!(obj.typ, ObjType::Map | ObjType::Table) {
             return Err(AutomergeError::InvalidOp(obj.typ));
         }
-        let range = self.ops.scope_to_obj(&obj.id);
-        Ok(keys
-            .into_iter()
-            .map(|key| {
-                let (id, action) = self.ops.map_winner_in(range.clone(), key)?;
-                let typ = ObjType::try_from(action).ok()?;
-                Some((typ, self.id_to_exid(id)))
-            })
-            .collect())
+        Ok(self.ops.scope_to_obj(&obj.id))
+    }
+
+    /// The object that is the value at `key` of the map whose operations are `ops`.
+    fn map_object_in(&self, ops: std::ops::Range<usize>, key: &str) -> Option<(ObjType, ExId)> {
+        let (id, action) = self.ops.map_winner(ops, key)?;
+        let typ = ObjType::try_from(action).ok()?;
+        Some((typ, self.id_to_exid(id)))
     }
 
     pub(crate) fn id_to_exid(&self, id: OpId) -> ExId {

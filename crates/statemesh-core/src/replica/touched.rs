@@ -473,26 +473,22 @@ pub(super) fn read_records(
     records: &[String],
     made: &MadeRecords,
 ) -> Vec<RecordRead> {
+    fn channel_of(flat: &str) -> Option<&str> {
+        flat.split_once(SEP).map(|(c, _)| c)
+    }
     let mut reads = Vec::with_capacity(records.len());
-    let mut rest = records;
-    while let Some(first) = rest.first() {
-        let channel = first.split_once(SEP).map(|(c, _)| c);
-        let run = rest
-            .iter()
-            .take_while(|flat| flat.split_once(SEP).map(|(c, _)| c) == channel)
-            .count()
-            .max(1);
-        let (these, later) = rest.split_at(run);
-        rest = later;
-        let keys = these
+    for run in records.chunk_by(|a, b| channel_of(a) == channel_of(b)) {
+        let keys = run
             .iter()
             .filter_map(|flat| flat.split_once(SEP))
             .map(|(_, k)| k);
-        let found = channel
+        let found = run
+            .first()
+            .and_then(|flat| channel_of(flat))
             .and_then(|c| channel_obj(doc, &layout.records, c))
             .and_then(|ch| doc.get_map_objects(&ch, keys).ok());
         let Some(found) = found else {
-            reads.extend(these.iter().map(|_| (None, false)));
+            reads.extend(run.iter().map(|_| (None, false)));
             continue;
         };
         reads.extend(found.into_iter().map(|object| match object {

@@ -1289,17 +1289,12 @@ impl OpSet {
         self.cols.key_str.scope_to_value(Some(prop), range)
     }
 
-    /// The id and action of the op whose value is map `obj`'s at `key`: the visible op with
-    /// the greatest id (a key's ops are ordered by id), visibility as the index keeps it (no
-    /// clock). statemesh's patch: `seek_ops_by_map_key` positions all 20 columns to read the
-    /// key's ops; this reads the visible index, the two id columns and the action column.
-    pub(crate) fn map_winner(&self, obj: &ObjId, key: &str) -> Option<(OpId, Action)> {
-        self.map_winner_in(self.scope_to_obj(obj), key)
-    }
-
-    /// [`map_winner`](Self::map_winner) in `range`, the ops of one map object
-    /// ([`scope_to_obj`](Self::scope_to_obj)): statemesh's patch, for several keys of one map.
-    pub(crate) fn map_winner_in(&self, range: Range<usize>, key: &str) -> Option<(OpId, Action)> {
+    /// The id and action of the op whose value is `key`'s in the map whose ops are `range`
+    /// ([`scope_to_obj`](Self::scope_to_obj)): the visible op with the greatest id (a key's
+    /// ops are ordered by id), visibility as the index keeps it (no clock). statemesh's patch:
+    /// `seek_ops_by_map_key` positions all 20 columns to read the key's ops; this reads the
+    /// visible index, the two id columns and the action column.
+    pub(crate) fn map_winner(&self, range: Range<usize>, key: &str) -> Option<(OpId, Action)> {
         // The visible index read a run at a time: a key rewritten many times holds one long
         // run of overwritten ops.
         let range = self.cols.key_str.scope_to_value(Some(key), range);
