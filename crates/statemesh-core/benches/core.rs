@@ -373,6 +373,26 @@ fn write_benches(c: &mut Criterion) {
             })
         });
     }
+    // A hundred new records written in one transaction on a document of `records` records:
+    // the write of `throughput --batch 100`.
+    for records in [0usize, 10_000] {
+        g.bench_function(format!("transact_100_new_{records}_records"), |bench| {
+            bench.iter_custom(|iters| {
+                timed_writes(iters, records, |a, i| {
+                    let start = std::time::Instant::now();
+                    a.transact(|tx| {
+                        for n in 0..100 {
+                            let key = format!("new{i}-{n}");
+                            tx.put("bench", &key, &(n as i64), Scope::Durable)?;
+                        }
+                        Ok(())
+                    })
+                    .unwrap();
+                    start.elapsed()
+                })
+            })
+        });
+    }
     g.finish();
     // A peer's death (here: its local socket closed) makes every node look for the dead
     // writer's presence-scoped entries.

@@ -1286,6 +1286,16 @@ impl Transactable for AutoCommit {
         )
     }
 
+    fn batch_create_objects<O: AsRef<ExId>>(
+        &mut self,
+        obj: O,
+        entries: &[(&str, &crate::hydrate::Value)],
+    ) -> Result<Vec<ExId>, AutomergeError> {
+        self.ensure_transaction_open();
+        let (patch_log, tx) = self.transaction.as_mut().unwrap();
+        tx.batch_create_objects(&mut self.doc, patch_log, obj.as_ref(), entries)
+    }
+
     fn init_root_from_hydrate(
         &mut self,
         value: &crate::hydrate::Map,

@@ -513,6 +513,16 @@ macro_rules! impl_transactable_for_tx {
                 })
             }
 
+            fn batch_create_objects<O: AsRef<ExId>>(
+                &mut self,
+                obj: O,
+                entries: &[(&str, &crate::hydrate::Value)],
+            ) -> Result<Vec<ExId>, crate::AutomergeError> {
+                self.do_tx(move |tx, doc, hist| {
+                    tx.batch_create_objects(doc, hist, obj.as_ref(), entries)
+                })
+            }
+
             fn init_root_from_hydrate(
                 &mut self,
                 value: &crate::hydrate::Map,

@@ -11,8 +11,9 @@
 //! writes `--keys` keys in all (default 20,000, about what `throughput`'s windows write in 5 s
 //! with one key per change), and ends by checking that every document holds every change.
 //!
-//! With `--as-mesh`, a record is written as the mesh writes a new one (its key looked up, its
-//! map made with its three fields by one `batch_create_object`), and each receiver follows its
+//! With `--as-mesh`, records are written as the mesh writes new ones (each key looked up, then
+//! the change's record maps made with their three fields by one `batch_create_objects`), and
+//! each receiver follows its
 //! apply with what the mesh's check of received changes asks of Automerge: the changes the
 //! apply added, rebuilt from the document, and their operations decoded (timed apart:
 //! `check_us_per_key`). What the check then does with the operations, and everything else the
@@ -63,12 +64,12 @@ pub(crate) fn run(
             for _ in 0..per_round {
                 let t = Instant::now();
                 let mut tx = doc.transaction();
+                let mut made = Vec::new();
                 for _ in 0..batch {
                     let key = format!("w{i}-{keys}");
                     if as_mesh {
                         ensure!(tx.get(&channel, &key)?.is_none(), "a key written twice");
-                        let fields = record_fields(keys as i64, &writers[i]);
-                        tx.batch_create_object(&channel, &key, &fields, false)?;
+                        made.push((key, record_fields(keys as i64, &writers[i])));
                     } else {
                         let rec = tx.put_object(&channel, key, ObjType::Map)?;
                         tx.put(&rec, "v", keys as i64)?;
@@ -76,6 +77,11 @@ pub(crate) fn run(
                         tx.put(&rec, "p", false)?;
                     }
                     keys += 1;
+                }
+                if as_mesh {
+                    let entries: Vec<(&str, &automerge::hydrate::Value)> =
+                        made.iter().map(|(k, v)| (k.as_str(), v)).collect();
+                    tx.batch_create_objects(&channel, &entries)?;
                 }
                 tx.commit();
                 let t2 = Instant::now();

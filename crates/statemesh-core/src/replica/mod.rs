@@ -343,7 +343,7 @@ impl Replica {
             let before = self.doc.get_heads();
             let missing = {
                 let mut tx = Tx::new(self.doc.transaction(), &self.layout, self.me);
-                let result = f(&mut tx);
+                let result = tx.run(&mut f);
                 let Tx {
                     tx,
                     missing,

@@ -44,7 +44,7 @@ impl Replica {
                 };
                 let start = tx.pending_ops();
                 let mut t = Tx::new(tx, &self.layout, self.me);
-                let result = f(&mut t);
+                let result = t.run(&mut f);
                 let Tx {
                     mut tx,
                     missing,

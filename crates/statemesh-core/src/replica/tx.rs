@@ -1,6 +1,6 @@
 //! The write transaction: several writes made as one atomic change ([`Replica::transact`](super::Replica::transact)).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{ObjId, ObjType, ReadDoc, ScalarValue};
@@ -23,6 +23,12 @@ pub struct Tx<'a> {
     pub(super) written: Vec<(ObjId, String)>,
     /// What the writes touched, for the change notification that follows (see [`Noted`]).
     pub(super) noted: Noted,
+    /// New records whose maps are made together ([`finish`](Self::finish)) before the next
+    /// other write or when the writes end, in the order written: their channel's map, their
+    /// key and their fields.
+    made: Vec<(ObjId, String, automerge::hydrate::Value)>,
+    /// The flat keys of `made`: a record written again has the maps made first.
+    made_keys: HashSet<String>,
 }
 
 /// The entries a transaction's writes changed, in the order they were first changed, each
@@ -48,7 +54,39 @@ impl<'a> Tx<'a> {
             missing: BTreeSet::new(),
             written: Vec::new(),
             noted: Noted::default(),
+            made: Vec::new(),
+            made_keys: HashSet::new(),
         }
+    }
+
+    /// Runs `f`'s writes through this handle, then makes what they left for the end (see
+    /// [`finish`](Self::finish)), unless they wrote to channels that have no map yet (the
+    /// transaction is then rolled back and runs again). On an error the caller rolls back.
+    pub(super) fn run<R>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<R, WriteError>,
+    ) -> Result<R, WriteError> {
+        let r = f(self)?;
+        if self.missing.is_empty() {
+            self.finish()?;
+        }
+        Ok(r)
+    }
+
+    /// Makes the maps of the new records written since the last other write, each channel's
+    /// in one batch: Automerge splices its columns twice for the batch, not twice per record
+    /// (criterion `write/transact_100_new_10000_records`). Every other write comes after it,
+    /// so the change's operations keep the writes' order (the change notification read from
+    /// them lists the entries as the writes' notes do).
+    fn finish(&mut self) -> Result<(), WriteError> {
+        self.made_keys.clear();
+        let made = std::mem::take(&mut self.made);
+        for run in made.chunk_by(|a, b| a.0 == b.0) {
+            let entries: Vec<(&str, &automerge::hydrate::Value)> =
+                run.iter().map(|(_, k, v)| (k.as_str(), v)).collect();
+            self.tx.batch_create_objects(&run[0].0, &entries)?;
+        }
+        Ok(())
     }
 }
 
@@ -62,26 +100,43 @@ impl Tx<'_> {
         scope: Scope,
     ) -> Result<(), WriteError> {
         let flat = record_key(channel, key).map_err(WriteError::InvalidName)?;
+        if self.made_keys.contains(&flat) {
+            self.finish()?;
+        }
         let Some(ch) = channel_obj(&self.tx, &self.layout.records, channel) else {
             // Written once the map exists: the transaction runs again (see `missing`).
             self.missing.insert(channel.to_owned());
             return Ok(());
         };
-        let start = self.tx.pending_ops();
         if !self.written.iter().any(|(_, c)| c == channel) {
             self.written.push((ch.clone(), channel.to_owned()));
         }
         let presence = scope == Scope::Presence;
+        let start;
         let (rec, existed) = match self.tx.get(&ch, key)? {
-            Some((automerge::Value::Object(ObjType::Map), id)) => (id, true),
+            Some((automerge::Value::Object(ObjType::Map), id)) => {
+                self.finish()?;
+                start = self.tx.pending_ops();
+                (id, true)
+            }
             // A new record's map is made with its writer, scope and (unless only the document
             // can build it) value in one batch: Automerge splices its columns once for the
             // batch, not once per field (criterion `write/put_new_1000_records`: 36.4 -> 29.5
             // µs with the writer and scope).
-            _ => {
+            found => {
                 let built = crate::value::hydrate_new(value);
                 let complete = built.is_some();
                 let fields = record_fields(self.me, presence, built);
+                if complete && found.is_none() {
+                    // No value at the key: made with the new records written next to it (see
+                    // `finish`).
+                    self.made.push((ch, key.to_owned(), fields));
+                    self.made_keys.insert(flat.clone());
+                    self.noted.records.insert(flat, Some(presence));
+                    return Ok(());
+                }
+                self.finish()?;
+                start = self.tx.pending_ops();
                 let rec = self.tx.batch_create_object(&ch, key, &fields, false)?;
                 if complete {
                     self.noted.records.insert(flat, Some(presence));
@@ -126,6 +181,7 @@ impl Tx<'_> {
     /// Deletes record `key` of `channel` (whoever wrote it).
     pub fn delete(&mut self, channel: &str, key: &str) -> Result<(), WriteError> {
         let flat = record_key(channel, key).map_err(WriteError::InvalidName)?;
+        self.finish()?;
         if let Some(ch) = channel_obj(&self.tx, &self.layout.records, channel)
             && self.tx.get(&ch, key)?.is_some()
         {
@@ -141,6 +197,7 @@ impl Tx<'_> {
         if by == 0 {
             return Ok(());
         }
+        self.finish()?;
         let key = counter_key(name, self.me, scope);
         let share = match self.tx.get(&self.layout.counters, key.as_str())? {
             Some((automerge::Value::Scalar(s), _)) => match s.as_ref() {

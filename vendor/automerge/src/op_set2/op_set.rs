@@ -1285,8 +1285,14 @@ impl OpSet {
     }
 
     pub(crate) fn prop_range(&self, obj: &ObjId, prop: &str) -> Range<usize> {
-        let range = self.scope_to_obj(obj);
-        self.cols.key_str.scope_to_value(Some(prop), range)
+        self.key_range(self.scope_to_obj(obj), prop)
+    }
+
+    /// The positions of `key`'s ops among `range`, a map object's ops
+    /// ([`scope_to_obj`](Self::scope_to_obj)); empty at the position its first op would
+    /// take when it has none. statemesh's patch.
+    pub(crate) fn key_range(&self, range: Range<usize>, key: &str) -> Range<usize> {
+        self.cols.key_str.scope_to_value(Some(key), range)
     }
 
     /// The id and action of the op whose value is `key`'s in the map whose ops are `range`
@@ -1297,7 +1303,7 @@ impl OpSet {
     pub(crate) fn map_winner(&self, range: Range<usize>, key: &str) -> Option<(OpId, Action)> {
         // The visible index read a run at a time: a key rewritten many times holds one long
         // run of overwritten ops.
-        let range = self.cols.key_str.scope_to_value(Some(key), range);
+        let range = self.key_range(range, key);
         let mut visible = self.cols.index.visible.iter_range(range);
         let mut last = None;
         while let Some(pos) = visible.scan_to_value(true) {

@@ -1343,6 +1343,122 @@ impl TransactionInner {
         Ok(doc.id_to_exid(root_id))
     }
 
+    /// statemesh's patch: [`batch_create_object`](Self::batch_create_object) for several keys
+    /// of one map, each made as `batch_create_object` makes it, in the order given (so the
+    /// ops' ids), but keys that have no op in the map yet are made together: their `Make` ops
+    /// join the columns in one splice (one run per position), then their objects' contents in
+    /// one more, instead of two splices per key. A key that has ops (a value to overwrite, or
+    /// a history) or comes again ends a batch and is made on its own. Returns the new objects'
+    /// ids in the order of `entries`.
+    pub(crate) fn batch_create_objects(
+        &mut self,
+        doc: &mut Automerge,
+        patch_log: &mut PatchLog,
+        ex_parent: &ExId,
+        entries: &[(&str, &hydrate::Value)],
+    ) -> Result<Vec<ExId>, AutomergeError> {
+        let parent = self.exid_to_obj(doc, ex_parent)?;
+        if parent.typ != ObjType::Map {
+            return Err(AutomergeError::InvalidOp(parent.typ));
+        }
+        let mut ids = Vec::with_capacity(entries.len());
+        while ids.len() < entries.len() {
+            let rest = &entries[ids.len()..];
+            // An isolated transaction (a scope) makes each key on its own, which keeps its
+            // visibility index.
+            let batch = if self.scope.is_none() {
+                batchable(doc.ops(), &parent, rest)
+            } else {
+                Vec::new()
+            };
+            if batch.is_empty() {
+                let (key, value) = rest[0];
+                let prop = Prop::Map(key.to_owned());
+                ids.push(self.batch_create_object(doc, patch_log, ex_parent, prop, value, false)?);
+            } else {
+                let made = self.create_new_keys(doc, patch_log, &parent, &rest[..batch.len()], &batch)?;
+                ids.extend(made);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The objects `entries` make, each at a key of `parent` that has no op
+    /// (`positions[i]`: where `entries[i]`'s op goes in the columns as they are now), made as
+    /// one by one in the order given, spliced in two batches (see
+    /// [`batch_create_objects`](Self::batch_create_objects)).
+    fn create_new_keys(
+        &mut self,
+        doc: &mut Automerge,
+        patch_log: &mut PatchLog,
+        parent: &ObjMeta,
+        entries: &[(&str, &hydrate::Value)],
+        positions: &[usize],
+    ) -> Result<Vec<ExId>, AutomergeError> {
+        // The entries in key order, which is the columns' order: positions do not decrease.
+        let mut by_key: Vec<usize> = (0..entries.len()).collect();
+        by_key.sort_unstable_by(|a, b| entries[*a].0.cmp(entries[*b].0));
+        let mut rank = vec![0; entries.len()];
+        for (r, &i) in by_key.iter().enumerate() {
+            rank[i] = r;
+        }
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut queue: VecDeque<(ObjMeta, &hydrate::Value)> = VecDeque::new();
+        let start = self.pending.len();
+        // Each op's position is the one it takes made one by one in the order given (a
+        // rollback undoes them in reverse): after the earlier ops whose keys sort before its
+        // own, counted by a Fenwick tree over the key ranks.
+        let mut before = vec![0usize; entries.len() + 1];
+        for (i, (key, value)) in entries.iter().enumerate() {
+            let mut earlier = 0;
+            let mut r = rank[i];
+            while r > 0 {
+                earlier += before[r];
+                r &= r - 1;
+            }
+            let mut r = rank[i] + 1;
+            while r < before.len() {
+                before[r] += 1;
+                r += r & r.wrapping_neg();
+            }
+            let (typ, action) = match value_to_op_type(value) {
+                (Some(typ), action) => (typ, action),
+                (None, _) => return Err(AutomergeError::NotAnObject),
+            };
+            let id = self.next_id();
+            let op = TxOp::map(
+                id,
+                *parent,
+                positions[i] + earlier,
+                ResolvedAction::VisibleUpdate(action),
+                (*key).to_owned(),
+                vec![],
+            );
+            self.finalize_op(doc.text_encoding(), patch_log, &op, None, None);
+            self.pending.push(op);
+            let meta = ObjMeta {
+                id: crate::types::ObjId(id),
+                typ,
+            };
+            queue.push_back((meta, *value));
+            ids.push(doc.id_to_exid(id));
+        }
+        let made: Vec<&TxOp> = by_key.iter().map(|&i| &self.pending[start + i]).collect();
+        let mut runs: Vec<(usize, &[&TxOp])> = Vec::new();
+        let mut first = 0;
+        for run in by_key.chunk_by(|a, b| positions[*a] == positions[*b]) {
+            runs.push((positions[run[0]], &made[first..first + run.len()]));
+            first += run.len();
+        }
+        doc.ops_mut().splice_runs(&runs);
+        // The new objects' ids are the transaction's greatest: their contents go last.
+        let insert_pos = doc.ops().len();
+        let mut contents = BatchInsertion::new(self, doc, patch_log, insert_pos);
+        batch_bfs(&mut contents, &mut queue)?;
+        contents.finish();
+        Ok(ids)
+    }
+
     /// Initialize the root object of an empty document from a `hydrate::Map`.
     pub(crate) fn batch_init_root_map(
         &mut self,
@@ -1543,6 +1659,25 @@ fn value_to_op_type(value: &hydrate::Value) -> (Option<ObjType>, OpType) {
         hydrate::Value::Text(_) => (Some(ObjType::Text), OpType::Make(ObjType::Text)),
         hydrate::Value::Scalar(s) => (None, OpType::Put(s.clone())),
     }
+}
+
+/// Where the ops of `entries`' longest prefix that `batch_create_objects` can make in one
+/// batch go: objects (not scalars) at keys of `parent` that have no op yet, each key once.
+fn batchable(ops: &OpSet, parent: &ObjMeta, entries: &[(&str, &hydrate::Value)]) -> Vec<usize> {
+    let range = ops.scope_to_obj(&parent.id);
+    let mut seen = HashSet::with_capacity(entries.len());
+    let mut positions = Vec::with_capacity(entries.len());
+    for (key, value) in entries {
+        if matches!(value, hydrate::Value::Scalar(_)) || !seen.insert(*key) {
+            break;
+        }
+        let at = ops.key_range(range.clone(), key);
+        if !at.is_empty() {
+            break;
+        }
+        positions.push(at.end);
+    }
+    positions
 }
 
 /// BFS traversal of nested hydrate values, appending ops to a `BatchInsertion`.

@@ -188,6 +188,17 @@ pub trait Transactable: ReadDoc {
         insert: bool,
     ) -> Result<ExId, AutomergeError>;
 
+    /// [`batch_create_object`](Self::batch_create_object) for several keys of the map `obj`,
+    /// each made with its value (a map, list or text). Keys the map has no op for yet are
+    /// made together: two splices of the `OpSet` for them all instead of two per key. A key
+    /// with ops already, or given again, is made after them, in the order given. Returns the
+    /// new objects' ids in the order of `entries`. (statemesh's patch.)
+    fn batch_create_objects<O: AsRef<ExId>>(
+        &mut self,
+        obj: O,
+        entries: &[(&str, &crate::hydrate::Value)],
+    ) -> Result<Vec<ExId>, AutomergeError>;
+
     /// Overwrite the keys of the root object with the values from `value`
     ///
     /// This is useful to initialize an empty document with a large initial
