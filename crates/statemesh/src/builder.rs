@@ -260,13 +260,14 @@ impl MeshBuilder {
         self
     }
 
-    /// The bounds of this window's backlog: its local writes that its live linked peers have
-    /// not all acknowledged, plus the frames queued to its links. From `soft` on,
+    /// The bounds of this window's backlog: the entries changed by its local writes that its
+    /// live linked peers have not all acknowledged (each write weighs the records and counter
+    /// entries it changed, at least 1), plus the frames queued to its links. From `soft` on,
     /// [`Mesh::backpressure`](crate::Mesh::backpressure) waits until the backlog is back under
     /// `soft / 2`; from `hard` on, writes are refused with
     /// [`WriteError::Backpressure`](crate::WriteError::Backpressure), nothing written.
     /// Defaults 256 and 512; `0 < soft <= hard <= MAX_PENDING_WRITES / 2` (the writes
-    /// counted are those watched for replication, `statemesh_core::node::MAX_PENDING_WRITES`, and a
+    /// counted, no more than the entries they weigh, are those watched for replication, `statemesh_core::node::MAX_PENDING_WRITES`, and a
     /// write not yet acknowledged must never be pushed out of that watch), else `join` fails
     /// with [`JoinError::InvalidConfig`].
     pub fn backpressure(mut self, soft: usize, hard: usize) -> Self {

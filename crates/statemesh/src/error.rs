@@ -104,12 +104,13 @@ pub enum WriteError {
         /// The addition refused.
         by: i64,
     },
-    /// The write was refused, nothing written: this window's backlog (its local writes that
-    /// its linked peers have not all acknowledged, and the frames queued to its links) is at
+    /// The write was refused, nothing written: this window's backlog (the entries changed by
+    /// its local writes that its linked peers have not all acknowledged, and the frames queued
+    /// to its links) is at
     /// the hard bound ([`MeshBuilder::backpressure`](crate::MeshBuilder::backpressure)). A UI
     /// shows "busy" and retries once [`Mesh::backpressure`](crate::Mesh::backpressure)
     /// resolves.
-    #[error("busy: {backlog} local writes and frames not yet taken by peers (limit {limit})")]
+    #[error("busy: {backlog} written entries and frames not yet taken by peers (limit {limit})")]
     Backpressure {
         /// The backlog when the write was refused.
         backlog: usize,

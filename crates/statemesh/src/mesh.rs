@@ -391,7 +391,8 @@ impl Mesh {
     }
 
     /// Waits while this window's writer is ahead of its peers: resolves at once unless the
-    /// backlog (local writes its live linked peers have not all acknowledged, plus frames
+    /// backlog (entries changed by local writes its live linked peers have not all
+    /// acknowledged, plus frames
     /// queued to its links) reached the soft bound of
     /// [`MeshBuilder::backpressure`](crate::MeshBuilder::backpressure), and then once it is
     /// back under half of it. Writes are never blocked: they return at once, and are refused

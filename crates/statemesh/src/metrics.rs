@@ -88,8 +88,8 @@ pub struct Metrics {
     pub tick_late: Delays,
     /// How long each turn of the driver took (one input handled, its outputs carried out).
     pub driver_turns: Delays,
-    /// The backlog after the driver's last turn: local writes that the live linked peers have
-    /// not all acknowledged, plus frames queued to the links (see
+    /// The backlog after the driver's last turn: entries changed by local writes that the
+    /// live linked peers have not all acknowledged, plus frames queued to the links (see
     /// [`Mesh::backpressure`](crate::Mesh::backpressure)).
     pub backlog: usize,
     /// The largest backlog seen after a driver turn.

@@ -43,8 +43,9 @@ pub(crate) struct Fixed {
     pub(crate) backlog: BacklogLimits,
 }
 
-/// The bounds of a window's backlog: its local writes that its live linked peers have not all
-/// acknowledged (`Node::backlog`) plus the frames queued to its links.
+/// The bounds of a window's backlog: the entries changed by its local writes that its live
+/// linked peers have not all acknowledged (`Node::backlog`) plus the frames queued to its
+/// links.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct BacklogLimits {
     /// From this backlog on, [`Mesh::backpressure`](crate::Mesh::backpressure) is pending,

@@ -42,6 +42,8 @@ pub(super) struct PendingWrite {
     pub(super) hash: ChangeHash,
     pub(super) holders: BTreeSet<PeerId>,
     pub(super) at: Time,
+    /// How many entries the write changed: its weight in the [backlog](Node::backlog).
+    pub(super) entries: usize,
 }
 
 /// The acknowledgement bookkeeping beside the watched writes.
@@ -96,7 +98,7 @@ impl Node {
         self.pending
             .first_key_value()
             .map(|(id, _)| *id)
-            .or_else(|| self.open_writes.front().map(|(id, _)| *id))
+            .or_else(|| self.open_writes.front().map(|(id, ..)| *id))
             .unwrap_or(WriteId(self.next_write + 1))
     }
 
@@ -135,8 +137,9 @@ impl Node {
         }
     }
 
-    /// Starts watching local write `id` (made at `now`, as change `hash`), making room for it.
-    pub(super) fn track_write(&mut self, id: WriteId, hash: ChangeHash, now: Time) {
+    /// Starts watching local write `id` (made at `now`, as change `hash`, changing `entries`
+    /// entries), making room for it.
+    pub(super) fn track_write(&mut self, id: WriteId, hash: ChangeHash, now: Time, entries: usize) {
         self.expire_pending(now);
         while self.pending.len() >= MAX_PENDING_WRITES {
             self.retire_oldest();
@@ -147,6 +150,7 @@ impl Node {
                 hash,
                 holders: BTreeSet::new(),
                 at: now,
+                entries,
             },
         );
     }
@@ -184,7 +188,7 @@ impl Node {
         let committed = self
             .open_writes
             .front()
-            .map_or(WriteId(self.next_write), |(id, _)| WriteId(id.0 - 1));
+            .map_or(WriteId(self.next_write), |(id, ..)| WriteId(id.0 - 1));
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
@@ -198,10 +202,13 @@ impl Node {
         }
     }
 
-    /// How many local writes the live linked peers have not all acknowledged yet: the
-    /// tracked writes after the newest one that every live linked peer holds (0 with no live
-    /// link). The runtime's backpressure counts it (see `docs/architecture.md`, *The
-    /// runtime*). It is at most [`MAX_PENDING_WRITES`], and costs one step per write counted.
+    /// How many entries the local writes that the live linked peers have not all
+    /// acknowledged yet changed: the tracked writes after the newest one that every live
+    /// linked peer holds (0 with no live link), each weighing the records and counter entries
+    /// it changed (at least 1), so that a transaction of a hundred records weighs what a
+    /// hundred writes of one do. The runtime's backpressure counts it (see
+    /// `docs/architecture.md`, *The runtime*). It counts at most [`MAX_PENDING_WRITES`] writes,
+    /// at a cost of one step per write counted.
     pub fn backlog(&self) -> usize {
         if self.pending.is_empty() && self.open_writes.is_empty() {
             // Nothing to count: no need to find the live links (every turn of a window that
@@ -215,7 +222,13 @@ impl Node {
             .min();
         // Writes in the open change are held by no peer yet.
         floor.map_or(0, |w| {
-            self.pending.range(next_id(w)..).count() + self.open_writes.len()
+            let open: usize = self.open_writes.iter().map(|(.., entries)| entries).sum();
+            let committed: usize = self
+                .pending
+                .range(next_id(w)..)
+                .map(|(_, p)| p.entries)
+                .sum();
+            committed + open
         })
     }
 

@@ -296,9 +296,10 @@ pub struct Node {
     compaction: persist::Compaction,
     persist_seq: u64,
     unpersisted: Vec<WriteId>,
-    /// Local writes in the replica's open change (not committed yet), with their times, oldest
-    /// first: tracked for acknowledgements once [`settle`](Self::settle) commits them.
-    open_writes: VecDeque<(WriteId, Time)>,
+    /// Local writes in the replica's open change (not committed yet), with their times and
+    /// how many entries each changed (its weight in the backlog), oldest first: tracked for
+    /// acknowledgements once [`settle`](Self::settle) commits them.
+    open_writes: VecDeque<(WriteId, Time, usize)>,
     in_persist: VecDeque<(u64, Vec<WriteId>)>,
     stats: Stats,
     scratch: std::cell::RefCell<Scratch>,

@@ -250,11 +250,11 @@ fn aligned_heartbeats_fall_on_the_grid() {
     assert!(views_at(&mut n) > 0, "a view on the grid point");
 }
 
-/// The backlog that backpressure counts: local writes not yet held by every live linked
-/// peer. It rises with writes, falls as the peer acknowledges them, and counts no peer that
-/// is gone.
+/// The backlog that backpressure counts: the entries changed by local writes not yet held by
+/// every live linked peer. It rises with writes (a transaction by the entries it changed, open
+/// or committed), falls as the peer acknowledges them, and counts no peer that is gone.
 #[test]
-fn the_backlog_counts_writes_not_held_by_every_live_peer() {
+fn the_backlog_counts_written_entries_not_held_by_every_live_peer() {
     let (mut a, mut b) = linked();
     assert_eq!(a.backlog(), 0);
     for i in 0..10 {
@@ -279,6 +279,22 @@ fn the_backlog_counts_writes_not_held_by_every_live_peer() {
             .expect("write");
     }
     assert_eq!(a.backlog(), 3);
+    // Five records and a counter entry in one transaction, the first record written twice.
+    a.transact(|tx| {
+        for i in 0..5 {
+            tx.put("c", &format!("t{i}"), &(i as i64), Scope::Durable)?;
+        }
+        tx.put("c", "t0", &9i64, Scope::Durable)?;
+        tx.add("n", 1, Scope::Durable)
+    })
+    .expect("write");
+    assert_eq!(
+        a.backlog(),
+        9,
+        "the transaction, open, weighs its six entries"
+    );
+    a.settle();
+    assert_eq!(a.backlog(), 9, "and as much committed");
     a.handle_link_down(Time::ZERO, b.me().peer, LinkDown::Certain);
     assert_eq!(a.backlog(), 0, "no live linked peer: nothing to wait for");
 }

@@ -61,11 +61,12 @@ impl Node {
         self.doc_dirty = true;
         self.standby_owed += 1;
         self.unpushed += 1;
+        let entries = changes.len().max(1);
         self.events.extend(changes.into_iter().map(Event::Changed));
         self.unpersisted.push(id);
         // The time of the last input: the runtime gives the write's own time with
         // `handle_time` just before it.
-        self.open_writes.push_back((id, self.last_tick));
+        self.open_writes.push_back((id, self.last_tick, entries));
         if self.open_writes.len() >= MAX_OPEN_WRITES {
             // A bound on a change's size.
             self.settle();
@@ -97,8 +98,8 @@ impl Node {
         }
         for (hash, writes) in settled {
             for _ in 0..writes {
-                if let Some((id, at)) = self.open_writes.pop_front() {
-                    self.track_write(id, hash, at);
+                if let Some((id, at, entries)) = self.open_writes.pop_front() {
+                    self.track_write(id, hash, at, entries);
                 }
             }
         }
@@ -172,14 +173,14 @@ impl Node {
         self.standby_owed += 1;
         self.unpushed += 1;
         self.publish_digests();
-        for change in self.replica.touched_since(before) {
-            self.events.push_back(Event::Changed(change));
-        }
+        let changes = self.replica.touched_since(before);
+        let entries = changes.len().max(1);
+        self.events.extend(changes.into_iter().map(Event::Changed));
         self.unpersisted.push(id);
         // The time of the last input: the runtime gives the write's own time with
         // `handle_time` just before it.
         let now = self.last_tick;
-        self.track_write(id, hash, now);
+        self.track_write(id, hash, now, entries);
         Written { id, changed: true }
     }
 }
