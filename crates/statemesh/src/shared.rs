@@ -216,7 +216,10 @@ impl Shared {
         // The write's own time, taken once the node is ours.
         node.handle_time(self.now());
         let written = f(&mut node);
-        if written.as_ref().is_ok_and(|w| w.changed) && backlog + 1 >= limits.soft {
+        if written
+            .as_ref()
+            .is_ok_and(|w| w.changed && backlog + w.entries >= limits.soft)
+        {
             self.press();
         }
         // Handed over fairly: a driver waiting for the node (a heartbeat due, views to judge)

@@ -22,14 +22,11 @@ async fn window(registry: &MemoryRegistry, soft: usize, hard: usize) -> Mesh {
         .expect("joins")
 }
 
-// A current-thread runtime: while the test writes without awaiting, no driver runs, so the
-// peer acknowledges nothing and the backlog only grows (deterministically).
-#[tokio::test]
-async fn a_writer_ahead_of_its_peer_is_refused_then_released() {
+/// Two windows with these bounds, linked both ways: the second holds a write of the first.
+async fn linked(soft: usize, hard: usize) -> (Mesh, Mesh) {
     let registry = MemoryRegistry::new();
-    let a = window(&registry, 4, 8).await;
-    let b = window(&registry, 4, 8).await;
-    // Linked both ways once b holds a write of a.
+    let a = window(&registry, soft, hard).await;
+    let b = window(&registry, soft, hard).await;
     tokio::time::timeout(WITHIN, async {
         a.put("w", "warm", &0, Scope::Durable)
             .expect("writes")
@@ -39,6 +36,14 @@ async fn a_writer_ahead_of_its_peer_is_refused_then_released() {
     .await
     .expect("linked")
     .expect("replicated");
+    (a, b)
+}
+
+// A current-thread runtime: while the test writes without awaiting, no driver runs, so the
+// peer acknowledges nothing and the backlog only grows (deterministically).
+#[tokio::test]
+async fn a_writer_ahead_of_its_peer_is_refused_then_released() {
+    let (a, b) = linked(4, 8).await;
     let pressure = a.backpressure_watch();
     assert!(!*pressure.borrow(), "nothing written yet");
     for i in 0..8 {
@@ -70,6 +75,39 @@ async fn a_writer_ahead_of_its_peer_is_refused_then_released() {
         a.backpressure().await.is_err(),
         "waiting on a closed mesh ends"
     );
+}
+
+/// A transaction weighs the records it wrote: one of five presses at once past a soft bound
+/// of 4 (the writer's own judgement, before any driver turn), and a second takes the backlog
+/// past the hard bound of 8, after which a write is refused until the peer has caught up.
+#[tokio::test]
+async fn a_transaction_weighs_the_records_it_wrote() {
+    let (a, _b) = linked(4, 8).await;
+    let pressure = a.backpressure_watch();
+    let five = |prefix: &str| {
+        a.transact(|tx| {
+            for i in 0..5 {
+                tx.put("c", &format!("{prefix}{i}"), &i, Scope::Durable)?;
+            }
+            Ok(())
+        })
+    };
+    five("x").expect("under the hard bound");
+    assert!(*pressure.borrow(), "five records: past the soft bound");
+    five("y").expect("5 is under the hard bound");
+    match a.put("c", "refused", &8, Scope::Durable) {
+        Err(WriteError::Backpressure { backlog, limit }) => {
+            assert_eq!(limit, 8);
+            assert!(backlog >= 10, "{backlog}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    tokio::time::timeout(WITHIN, a.backpressure())
+        .await
+        .expect("the peer caught up")
+        .expect("mesh open");
+    a.put("c", "after", &9, Scope::Durable)
+        .expect("accepted again");
 }
 
 #[tokio::test]

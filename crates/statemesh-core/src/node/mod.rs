@@ -64,6 +64,10 @@ pub struct Written {
     /// Whether it changed the document. A write equal to what is stored changes nothing; it is
     /// then already as durable and replicated as the stored value.
     pub changed: bool,
+    /// How many entries (records, counter entries) it changed: its weight in the
+    /// [backlog](Node::backlog), 0 for a write that changed nothing and for a leader record
+    /// (those are not watched for acknowledgements).
+    pub entries: usize,
 }
 
 /// An application event.

@@ -280,14 +280,16 @@ fn the_backlog_counts_written_entries_not_held_by_every_live_peer() {
     }
     assert_eq!(a.backlog(), 3);
     // Five records and a counter entry in one transaction, the first record written twice.
-    a.transact(|tx| {
-        for i in 0..5 {
-            tx.put("c", &format!("t{i}"), &(i as i64), Scope::Durable)?;
-        }
-        tx.put("c", "t0", &9i64, Scope::Durable)?;
-        tx.add("n", 1, Scope::Durable)
-    })
-    .expect("write");
+    let (_, written) = a
+        .transact(|tx| {
+            for i in 0..5 {
+                tx.put("c", &format!("t{i}"), &(i as i64), Scope::Durable)?;
+            }
+            tx.put("c", "t0", &9i64, Scope::Durable)?;
+            tx.add("n", 1, Scope::Durable)
+        })
+        .expect("write");
+    assert_eq!(written.entries, 6, "the write says its weight");
     assert_eq!(
         a.backlog(),
         9,

@@ -56,7 +56,14 @@ impl Node {
         // The replica may have committed earlier writes (a write to a new channel does).
         self.claim_settled();
         let Some(changes) = changes else {
-            return Ok((r, Written { id, changed: false }));
+            return Ok((
+                r,
+                Written {
+                    id,
+                    changed: false,
+                    entries: 0,
+                },
+            ));
         };
         self.doc_dirty = true;
         self.standby_owed += 1;
@@ -71,7 +78,14 @@ impl Node {
             // A bound on a change's size.
             self.settle();
         }
-        Ok((r, Written { id, changed: true }))
+        Ok((
+            r,
+            Written {
+                id,
+                changed: true,
+                entries,
+            },
+        ))
     }
 
     /// Commits the local writes left open (see [`transact`](Self::transact)) and tracks
@@ -137,7 +151,11 @@ impl Node {
             && old.term == term
             && old.value == tokens
         {
-            return Ok(Written { id, changed: false });
+            return Ok(Written {
+                id,
+                changed: false,
+                entries: 0,
+            });
         }
         let record = LeaderRecord {
             channel: channel.into(),
@@ -156,7 +174,11 @@ impl Node {
             key: key.into(),
             by: Some(me),
         }));
-        Ok(Written { id, changed: true })
+        Ok(Written {
+            id,
+            changed: true,
+            entries: 0,
+        })
     }
 
     pub(super) fn after_local_change(
@@ -167,7 +189,11 @@ impl Node {
         self.next_write += 1;
         let id = WriteId(self.next_write);
         let Some(hash) = hash else {
-            return Written { id, changed: false };
+            return Written {
+                id,
+                changed: false,
+                entries: 0,
+            };
         };
         self.doc_dirty = true;
         self.standby_owed += 1;
@@ -181,6 +207,10 @@ impl Node {
         // `handle_time` just before it.
         let now = self.last_tick;
         self.track_write(id, hash, now, entries);
-        Written { id, changed: true }
+        Written {
+            id,
+            changed: true,
+            entries,
+        }
     }
 }

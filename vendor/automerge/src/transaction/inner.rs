@@ -1374,10 +1374,11 @@ impl TransactionInner {
             if batch.is_empty() {
                 let (key, value) = rest[0];
                 let prop = Prop::Map(key.to_owned());
-                ids.push(self.batch_create_object(doc, patch_log, ex_parent, prop, value, false)?);
+                let id = self.batch_create_object(doc, patch_log, ex_parent, prop, value, false)?;
+                ids.push(id);
             } else {
-                let made = self.create_new_keys(doc, patch_log, &parent, &rest[..batch.len()], &batch)?;
-                ids.extend(made);
+                let rest = &rest[..batch.len()];
+                ids.extend(self.create_new_keys(doc, patch_log, &parent, rest, &batch)?);
             }
         }
         Ok(ids)
