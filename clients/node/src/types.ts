@@ -115,7 +115,7 @@ export interface Metrics {
   suspicions_refuted: number;
   tick_late: Delays;
   driver_turns: Delays;
-  /** Local writes the live linked peers have not all acknowledged, plus frames queued. */
+  /** Entries changed by local writes the live linked peers have not all acknowledged (a write weighs the records and counter entries it changed), plus frames queued. */
   backlog: number;
   /** The largest backlog seen. */
   backlog_peak: number;
