@@ -267,9 +267,9 @@ impl MeshBuilder {
     /// `soft / 2`; from `hard` on, writes are refused with
     /// [`WriteError::Backpressure`](crate::WriteError::Backpressure), nothing written.
     /// Defaults 256 and 512; `0 < soft <= hard <= MAX_PENDING_WRITES / 2` (the writes
-    /// counted, no more than the entries they weigh, are those watched for replication, `statemesh_core::node::MAX_PENDING_WRITES`, and a
-    /// write not yet acknowledged must never be pushed out of that watch), else `join` fails
-    /// with [`JoinError::InvalidConfig`].
+    /// counted, no more than the entries they weigh, are those watched for replication,
+    /// `statemesh_core::node::MAX_PENDING_WRITES`, and a write not yet acknowledged must never
+    /// be pushed out of that watch), else `join` fails with [`JoinError::InvalidConfig`].
     pub fn backpressure(mut self, soft: usize, hard: usize) -> Self {
         self.backlog = BacklogLimits { soft, hard };
         self

@@ -473,19 +473,16 @@ pub(super) fn read_records(
     records: &[String],
     made: &MadeRecords,
 ) -> Vec<RecordRead> {
-    fn channel_of(flat: &str) -> Option<&str> {
-        flat.split_once(SEP).map(|(c, _)| c)
-    }
+    // Each flat key split once into its channel and key (`None`: not a record's key).
+    let split: Vec<Option<(&str, &str)>> = records.iter().map(|f| f.split_once(SEP)).collect();
     let mut reads = Vec::with_capacity(records.len());
-    for run in records.chunk_by(|a, b| channel_of(a) == channel_of(b)) {
-        let keys = run
-            .iter()
-            .filter_map(|flat| flat.split_once(SEP))
-            .map(|(_, k)| k);
+    for run in split.chunk_by(|a, b| a.map(|(c, _)| c) == b.map(|(c, _)| c)) {
+        let keys = run.iter().flatten().map(|(_, k)| *k);
         let found = run
             .first()
-            .and_then(|flat| channel_of(flat))
-            .and_then(|c| channel_obj(doc, &layout.records, c))
+            .copied()
+            .flatten()
+            .and_then(|(c, _)| channel_obj(doc, &layout.records, c))
             .and_then(|ch| doc.get_map_objects(&ch, keys).ok());
         let Some(found) = found else {
             reads.extend(run.iter().map(|_| (None, false)));
