@@ -21,7 +21,9 @@
 //! connection as the mesh sends it (`statemesh_net::views`: each side offers the other a route
 //! on its view socket, on the link's stream, as a frame with an empty key; until the offer
 //! arrives a view goes as a QUIC datagram); every view is opened and decoded. What the mesh's
-//! heart does with a view (merging it, judging liveness) is not here.
+//! heart does with a view (merging it, judging liveness) is not here. With `--floor-aligned`
+//! the views leave on the machine's heartbeat grid, as a mesh's do (multiples of the interval
+//! of `CLOCK_MONOTONIC`), so that every window's views arrive at once, once per interval.
 //!
 //! Lines it prints: `joined`, `seen`, `addr` (its endpoint's address, the answer to `addr`),
 //! `links` (the answer to `links {n}` once `n` links are up), `views` (views that did not fit
@@ -62,6 +64,10 @@ pub(crate) struct Carried {
     pub(crate) views: bool,
     /// Stamps written to and read from Automerge documents (`--floor-documents`).
     pub(crate) documents: bool,
+    /// Views sent on multiples of the heartbeat interval of the machine's monotonic clock
+    /// (`--floor-aligned`), as a mesh's windows send theirs: every window's views then leave
+    /// at the same instants.
+    pub(crate) aligned: bool,
 }
 
 /// The window's document, with `--floor-documents`.
@@ -144,7 +150,12 @@ pub(crate) async fn run(
     let view_links = ViewLinks::default();
     let unsent = Arc::new(AtomicU64::new(0));
     let view_socket = if views {
-        tokio::spawn(send_views(me, view_links.clone(), unsent.clone()));
+        tokio::spawn(send_views(
+            me,
+            view_links.clone(),
+            unsent.clone(),
+            carried.aligned,
+        ));
         let socket = ViewSocket::bind(Ipv4Addr::LOCALHOST.into())?;
         tokio::spawn(read_sealed_views(socket.clone()));
         Some(socket)
@@ -269,11 +280,25 @@ pub(crate) async fn run(
 }
 
 /// Sends every link a view every heartbeat interval, as the pulse of a mesh window does: one
-/// frame per interval, a beat in it for this window and for each linked peer (all live).
-async fn send_views(me: PeerId, links: ViewLinks, unsent: Arc<AtomicU64>) {
+/// frame per interval, a beat in it for this window and for each linked peer (all live). With
+/// `aligned`, on multiples of the interval of `CLOCK_MONOTONIC`.
+async fn send_views(me: PeerId, links: ViewLinks, unsent: Arc<AtomicU64>, aligned: bool) {
     let config = Config::default();
-    let mut tick = tokio::time::interval(config.heartbeat_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let interval = config.heartbeat_interval;
+    let first = if aligned {
+        let every = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+        // `Instant` reads `CLOCK_MONOTONIC` too.
+        tokio::time::Instant::now() + Duration::from_nanos(until_grid(now_ns(), every))
+    } else {
+        tokio::time::Instant::now()
+    };
+    let mut tick = tokio::time::interval_at(first, interval);
+    // Aligned, a late tick leaves the grid where it is (as the mesh's pulse does).
+    tick.set_missed_tick_behavior(if aligned {
+        tokio::time::MissedTickBehavior::Skip
+    } else {
+        tokio::time::MissedTickBehavior::Delay
+    });
     for counter in 1u64.. {
         tick.tick().await;
         let links: Vec<_> = links
@@ -323,6 +348,13 @@ async fn send_views(me: PeerId, links: ViewLinks, unsent: Arc<AtomicU64>) {
             }
         }
     }
+}
+
+/// Nanoseconds from `now` to the next multiple of `every` after it (a whole `every` from a
+/// multiple itself).
+fn until_grid(now: u64, every: u64) -> u64 {
+    let every = every.max(1);
+    every - now % every
 }
 
 /// Opens and decodes the views sealed to this window until its socket fails.
@@ -435,4 +467,32 @@ fn split(
         }
     });
     link.send
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Aligned views leave on multiples of the interval, whatever the instant asked from.
+    #[test]
+    fn the_grid_is_the_next_multiple_of_the_interval() {
+        let every = 200_000_000;
+        assert_eq!(until_grid(250_000_000, every), 150_000_000);
+        assert_eq!(
+            until_grid(400_000_000, every),
+            every,
+            "from a multiple, the next one"
+        );
+        assert_eq!(until_grid(399_999_999, every), 1);
+        for now in [0, 1, 7, 123_456_789_012, u64::MAX - 5] {
+            let until = until_grid(now, every);
+            assert!((1..=every).contains(&until));
+            assert_eq!((u128::from(now) + u128::from(until)) % u128::from(every), 0);
+        }
+        assert_eq!(
+            until_grid(5, 0),
+            1,
+            "an interval of zero does not divide by zero"
+        );
+    }
 }

@@ -80,6 +80,12 @@ enum Command {
         /// own work for a write and its receipt, without the mesh around it.
         #[arg(long)]
         documents: bool,
+        /// With `--views`: every window sends its views on multiples of the heartbeat
+        /// interval of the machine's monotonic clock, as a mesh's windows do (their views
+        /// then arrive together, once per interval), instead of one interval after the
+        /// window started.
+        #[arg(long, requires = "views")]
+        aligned: bool,
     },
     /// SIGKILL the leader; time until every survivor reports the same new leader.
     FailoverKill(Common),
@@ -249,11 +255,15 @@ fn main() {
     match &command {
         Command::Throughput { same_key, .. } => opts.same_key = *same_key,
         Command::TransportFloor {
-            views, documents, ..
+            views,
+            documents,
+            aligned,
+            ..
         } => {
             opts.carried = Carried {
                 views: *views,
                 documents: *documents,
+                aligned: *aligned,
             }
         }
         _ => {}

@@ -68,6 +68,9 @@ pub(crate) struct WindowArgs {
     /// `floor_window`).
     #[arg(long)]
     floor_documents: bool,
+    /// With `--floor-views`: views on the machine's heartbeat grid (see `floor_window`).
+    #[arg(long)]
+    floor_aligned: bool,
 }
 
 /// Runs one window until stdin ends or a `shutdown` command.
@@ -104,6 +107,7 @@ pub(crate) fn run(args: WindowArgs) -> anyhow::Result<()> {
             crate::floor_window::Carried {
                 views: args.floor_views,
                 documents: args.floor_documents,
+                aligned: args.floor_aligned,
             },
         ));
     }

@@ -176,6 +176,9 @@ pub(crate) fn run_floor(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     if opts.carried.documents {
         floor.push("--floor-documents");
     }
+    if opts.carried.aligned {
+        floor.push("--floor-aligned");
+    }
     let first = f.spawn_with(0, &floor)?;
     f.wait_joined(&[first])?;
     let mut slots = vec![first];
@@ -210,6 +213,7 @@ pub(crate) fn run_floor(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     report(&p, out);
     out.insert("views".into(), json!(opts.carried.views));
     out.insert("documents".into(), json!(opts.carried.documents));
+    out.insert("aligned".into(), json!(opts.carried.aligned));
     if opts.carried.views {
         let (mut unsent, mut sealed) = (0, 0);
         for s in &slots {
