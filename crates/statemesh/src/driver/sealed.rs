@@ -50,13 +50,17 @@ pub(super) struct LinkViews {
 
 /// Whether a view of `len` bytes goes sealed to `to` (and not on the stream): on loopback up
 /// to a UDP datagram's size; across a network no larger than a QUIC datagram of the link
-/// (`max_datagram`: QUIC's estimate of the path's MTU less its own overhead, larger than a
-/// sealed view's), so that no view is cut in IP fragments.
-pub(super) fn fits(len: usize, to: SocketAddr, max_datagram: Option<usize>) -> bool {
+/// (`max_datagram`, asked only then: QUIC's estimate of the path's MTU less its own overhead,
+/// larger than a sealed view's), so that no view is cut in IP fragments.
+pub(super) fn fits(
+    len: usize,
+    to: SocketAddr,
+    max_datagram: impl FnOnce() -> Option<usize>,
+) -> bool {
     let max = if to.ip().is_loopback() {
         Some(views::MAX_DATAGRAM)
     } else {
-        max_datagram
+        max_datagram()
     };
     max.is_some_and(|max| len + views::OVERHEAD <= max)
 }
