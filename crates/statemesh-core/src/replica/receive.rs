@@ -388,11 +388,7 @@ mod tests {
         before: &[ChangeHash],
         after: &[ChangeHash],
     ) -> Vec<ChangeHash> {
-        let carried: Vec<ChangeHash> = message
-            .changes
-            .iter()
-            .filter_map(|c| change_hash(c))
-            .collect();
+        let carried: Vec<ChangeHash> = message.changes.iter().filter_map(change_hash).collect();
         after
             .iter()
             .filter(|h| !before.contains(h) && !message.heads.contains(h) && !carried.contains(h))
