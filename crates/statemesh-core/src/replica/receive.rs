@@ -10,9 +10,11 @@
 //! sync state (a property test holds the two equal over random sessions), but finds the sent
 //! hashes the peer now holds from the changes its heads do not cover, which Automerge lists from
 //! its per-actor clocks (`get_changes_meta`) at a cost proportional to that list, and skips the
-//! search when nothing was sent. One deliberate difference: the peer's support of the second
+//! search when nothing was sent. Two deliberate differences: the peer's support of the second
 //! message version is not recorded, so that sync messages never carry a whole document (see
-//! [`receive_message`]).
+//! [`receive_message`]); and a head that a message's changes made ready without the message
+//! naming or carrying it (a change another peer sent, held back for a missing dependency) is
+//! not counted as shared with its sender, which may lack it (see [`receive_messages`]).
 
 use std::collections::{BTreeSet, HashSet};
 
