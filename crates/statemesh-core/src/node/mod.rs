@@ -70,6 +70,17 @@ pub struct Written {
     pub entries: usize,
 }
 
+impl Written {
+    /// Write `id`, which changed nothing.
+    pub(crate) fn unchanged(id: WriteId) -> Self {
+        Self {
+            id,
+            changed: false,
+            entries: 0,
+        }
+    }
+}
+
 /// An application event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {

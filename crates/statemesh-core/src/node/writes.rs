@@ -56,36 +56,16 @@ impl Node {
         // The replica may have committed earlier writes (a write to a new channel does).
         self.claim_settled();
         let Some(changes) = changes else {
-            return Ok((
-                r,
-                Written {
-                    id,
-                    changed: false,
-                    entries: 0,
-                },
-            ));
+            return Ok((r, Written::unchanged(id)));
         };
-        self.doc_dirty = true;
-        self.standby_owed += 1;
-        self.unpushed += 1;
-        let entries = changes.len().max(1);
-        self.events.extend(changes.into_iter().map(Event::Changed));
-        self.unpersisted.push(id);
-        // The time of the last input: the runtime gives the write's own time with
-        // `handle_time` just before it.
-        self.open_writes.push_back((id, self.last_tick, entries));
+        let written = self.local_change_made(id, changes);
+        self.open_writes
+            .push_back((id, self.last_tick, written.entries));
         if self.open_writes.len() >= MAX_OPEN_WRITES {
             // A bound on a change's size.
             self.settle();
         }
-        Ok((
-            r,
-            Written {
-                id,
-                changed: true,
-                entries,
-            },
-        ))
+        Ok((r, written))
     }
 
     /// Commits the local writes left open (see [`transact`](Self::transact)) and tracks
@@ -151,11 +131,7 @@ impl Node {
             && old.term == term
             && old.value == tokens
         {
-            return Ok(Written {
-                id,
-                changed: false,
-                entries: 0,
-            });
+            return Ok(Written::unchanged(id));
         }
         let record = LeaderRecord {
             channel: channel.into(),
@@ -189,24 +165,27 @@ impl Node {
         self.next_write += 1;
         let id = WriteId(self.next_write);
         let Some(hash) = hash else {
-            return Written {
-                id,
-                changed: false,
-                entries: 0,
-            };
+            return Written::unchanged(id);
         };
+        self.publish_digests();
+        let changes = self.replica.touched_since(before);
+        let written = self.local_change_made(id, changes);
+        self.track_write(id, hash, self.last_tick, written.entries);
+        written
+    }
+
+    /// What local write `id`, which changed the document's entries `changes`, owes every
+    /// output (a push, a persist, the standby's catch-up, the change notifications); its
+    /// weight in the backlog is the entries it changed, at least 1. The callers watch it from
+    /// the last input's time: the runtime gives the write's own time with `handle_time` just
+    /// before it.
+    fn local_change_made(&mut self, id: WriteId, changes: Vec<EntryChange>) -> Written {
         self.doc_dirty = true;
         self.standby_owed += 1;
         self.unpushed += 1;
-        self.publish_digests();
-        let changes = self.replica.touched_since(before);
         let entries = changes.len().max(1);
         self.events.extend(changes.into_iter().map(Event::Changed));
         self.unpersisted.push(id);
-        // The time of the last input: the runtime gives the write's own time with
-        // `handle_time` just before it.
-        let now = self.last_tick;
-        self.track_write(id, hash, now, entries);
         Written {
             id,
             changed: true,

@@ -112,11 +112,9 @@ impl Tx<'_> {
             self.written.push((ch.clone(), channel.to_owned()));
         }
         let presence = scope == Scope::Presence;
-        let start;
         let (rec, existed) = match self.tx.get(&ch, key)? {
             Some((automerge::Value::Object(ObjType::Map), id)) => {
                 self.finish()?;
-                start = self.tx.pending_ops();
                 (id, true)
             }
             // A new record's map is made with its writer, scope and (unless only the document
@@ -136,7 +134,6 @@ impl Tx<'_> {
                     return Ok(());
                 }
                 self.finish()?;
-                start = self.tx.pending_ops();
                 let rec = self.tx.batch_create_object(&ch, key, &fields, false)?;
                 if complete {
                     self.noted.records.insert(flat, Some(presence));
@@ -172,7 +169,8 @@ impl Tx<'_> {
         if self.tx.get(&rec, "p")?.and_then(|(v, _)| v.as_bool()) != Some(presence) {
             self.tx.put(&rec, "p", presence)?;
         }
-        if self.tx.pending_ops() != start {
+        // A record that existed: noted if its value, writer or scope changed.
+        if self.tx.pending_ops() != ops {
             self.noted.records.insert(flat, Some(presence));
         }
         Ok(())
