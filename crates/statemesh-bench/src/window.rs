@@ -458,6 +458,7 @@ fn command(
                 "suspicions_refuted": metrics.suspicions_refuted,
                 "tick_late_p99_us": metrics.tick_late.p99_us,
                 "tick_late_max_us": metrics.tick_late.max_us,
+                "driver_turns": metrics.driver_turns.samples,
                 "driver_turn_p99_us": metrics.driver_turns.p99_us,
                 "driver_turn_max_us": metrics.driver_turns.max_us,
                 "backlog": metrics.backlog,

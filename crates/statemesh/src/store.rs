@@ -211,30 +211,36 @@ impl Store {
 /// was queued, then end.
 #[derive(Debug)]
 pub(crate) struct Writer {
-    tx: Option<std::sync::mpsc::Sender<Persist>>,
+    tx: Option<std::sync::mpsc::Sender<(Persist, bool)>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Writer {
     /// Starts the thread. `done` is called after each batch with the last sequence number
-    /// written, or the error that stopped it.
+    /// written, if an output of the batch was queued to be reported, or with the error that
+    /// stopped it.
     pub(crate) fn spawn(
         mut store: Store,
         done: impl Fn(Result<u64, StoreError>) + Send + 'static,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::channel::<Persist>();
+        let (tx, rx) = std::sync::mpsc::channel::<(Persist, bool)>();
         let thread = std::thread::Builder::new()
             .name("statemesh-store".into())
             .spawn(move || {
+                let mut batch = Vec::new();
                 while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(rx.try_iter());
-                    let last = batch.last().map_or(0, |p| match p {
-                        Persist::Append { seq, .. } | Persist::Snapshot { seq, .. } => *seq,
-                    });
+                    batch.clear();
+                    let mut report = false;
+                    for (persist, r) in std::iter::once(first).chain(rx.try_iter()) {
+                        report |= r;
+                        batch.push(persist);
+                    }
+                    let last = batch.last().map_or(0, Persist::seq);
                     let result = store.write_batch(&batch);
                     let failed = result.is_err();
-                    done(result.map(|_synced| last));
+                    if report || failed {
+                        done(result.map(|_synced| last));
+                    }
                     if failed {
                         // The file may now miss bytes that later appends depend on: stop, so
                         // that no later write is ever reported durable.
@@ -248,10 +254,11 @@ impl Writer {
         })
     }
 
-    /// Queues one output.
-    pub(crate) fn write(&self, persist: Persist) {
+    /// Queues one output; `report`: whether its batch's `done` is owed (local writes wait for
+    /// it; see [`statemesh_core::Node::awaits_persist`]).
+    pub(crate) fn write(&self, persist: Persist, report: bool) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(persist);
+            let _ = tx.send((persist, report));
         }
     }
 

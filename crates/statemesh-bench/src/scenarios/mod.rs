@@ -58,7 +58,7 @@ pub(crate) fn scale(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     let pace = propagation::Pace::Spread(Duration::from_millis(100));
     let p = propagation::measure(&mut f, samples, pace)?;
     let after = sync_counts(&mut f, &slots)?;
-    let (syncs, owed) = (after.0 - before.0, after.1 - before.1);
+    let (syncs, owed, turns) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
     let agreed = f.ready()?;
     let trials = if opts.quick { 1 } else { 5 };
     eprintln!("{trials} leader kills");
@@ -76,6 +76,13 @@ pub(crate) fn scale(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
     );
     // Sync rounds owed on top of the writers' own: views showed documents that differed
     // past the relay grace (each round is a message and its answer, or more).
+    // Turns of the windows' drivers per write, mesh-wide: each receiver's at least one (the
+    // frame), the writer's one per answer, and what follows them (a persisted write, the
+    // standby's upkeep).
+    out.insert(
+        "driver_turns_per_write".into(),
+        json!(round3(turns as f64 / samples as f64)),
+    );
     out.insert(
         "view_owed_rounds_per_write".into(),
         json!(round3(owed as f64 / samples as f64)),
@@ -99,16 +106,17 @@ pub(crate) fn start_many(f: &mut Fleet, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sync messages the windows of `slots` received so far, and the sync rounds views made owed
-/// (see `Metrics::syncs_owed_by_views`), each summed.
-fn sync_counts(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<(u64, u64)> {
-    let (mut received, mut owed) = (0, 0);
+/// Sync messages the windows of `slots` received so far, the sync rounds views made owed
+/// (see `Metrics::syncs_owed_by_views`) and the turns of their drivers, each summed.
+fn sync_counts(f: &mut Fleet, slots: &[usize]) -> anyhow::Result<(u64, u64, u64)> {
+    let (mut received, mut owed, mut turns) = (0, 0, 0);
     for s in slots {
         let info = f.ask(*s, &json!({"op": "info"}), "info")?;
         received += info["sync_in"].as_u64().unwrap_or(0);
         owed += info["syncs_owed_by_views"].as_u64().unwrap_or(0);
+        turns += info["driver_turns"].as_u64().unwrap_or(0);
     }
-    Ok((received, owed))
+    Ok((received, owed, turns))
 }
 
 /// What load did to liveness, over every window of `slots` (asked now): `refutations` (the

@@ -110,7 +110,7 @@ impl Node {
     /// Takes in, in order, what the heart left for the node.
     pub(super) fn absorb(&mut self) {
         loop {
-            let Some(note) = self.heart().notes.pop_front() else {
+            let Some(note) = self.heart().take_note() else {
                 return;
             };
             match note {

@@ -378,6 +378,54 @@ fn views_that_tell_nothing_new_do_not_wake_the_node() {
     );
 }
 
+/// A view that differs waits for the node: the heart wakes it for notes of views alone only
+/// once the first has waited a quarter of a heartbeat interval, and once for them; liveness
+/// news wakes it at once. Taken in, the notes owe no wake.
+#[test]
+fn notes_of_views_wake_the_node_late_and_once_liveness_news_at_once() {
+    let (mut a, mut b) = linked();
+    let beat = Config::default().heartbeat_interval;
+    let heart = a.pulse();
+    let from = b.me().peer;
+    while a.poll_event().is_some() {}
+    // A local write, committed (and its document's digest published) by the node's outputs:
+    // the peer's next view shows another document than this one.
+    a.put("c", "k", &1i64, Scope::Durable).expect("write");
+    while a.poll_transmit().is_some() {}
+    let now = Time::from_duration(beat);
+    b.handle_tick(now);
+    let frame = std::iter::from_fn(|| b.poll_transmit())
+        .find(|t| codec::is_view(&t.frame))
+        .expect("a view each heartbeat")
+        .frame;
+    heart.lock().handle_view(now, from, &frame).expect("a view");
+    let due = now + beat / 4;
+    {
+        let mut h = heart.lock();
+        assert!(h.wants_node(), "a view that differs is left for the node");
+        assert_eq!(h.poll_wake_timeout(), Some(due));
+        assert!(!h.take_wake(now), "not at once");
+        assert!(!h.take_wake(Time::from_duration(beat + beat / 4 - beat / 100)));
+        assert!(h.take_wake(due), "once the note has waited");
+        assert!(!h.take_wake(due), "and only once");
+        assert_eq!(h.poll_wake_timeout(), None);
+        // A newer view of the peer replaces the note not yet taken in: it waits anew.
+        h.handle_view(due, from, &frame).expect("a view");
+        assert_eq!(h.poll_wake_timeout(), Some(due + beat / 4));
+        assert!(h.wants_node());
+    }
+    // Taken in at the node's next poll: nothing left, no wake owed.
+    while a.poll_event().is_some() {}
+    assert!(!heart.lock().wants_node());
+    assert_eq!(heart.lock().poll_wake_timeout(), None);
+    // The peer falls silent past the suspect timeout: its death is news, and wakes the node
+    // at once.
+    let later = due + Config::default().suspect_timeout * 2;
+    let mut h = heart.lock();
+    h.handle_beat(later);
+    assert!(h.take_wake(later), "liveness news wakes the node at once");
+}
+
 /// A peer whose view shows this node's document is sent, with this node's next write, that
 /// write alone: the view moves its sync state as a message of its own saying so would. Moved
 /// only by its messages, the state of a peer last heard from before ten changes of a third

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use statemesh_core::{Event, PeerId, Persist, SyncJob};
+use statemesh_core::{Event, PeerId, SyncJob};
 use statemesh_net::discovery::Discovery;
 use statemesh_net::keyring::Keyring;
 use statemesh_net::quic::{self, Endpoint, LinkError};
@@ -558,7 +558,8 @@ impl Run {
             }
             let t_tx = t0.elapsed();
             while let Some(p) = node.poll_persist() {
-                persists.push(p);
+                let report = node.awaits_persist(p.seq());
+                persists.push((p, report));
             }
             let t_persist = t0.elapsed();
             if t_persist >= SLOW_TURN {
@@ -627,15 +628,12 @@ impl Run {
             }
         }
         let mut unstored = None;
-        for p in persists {
+        for (p, report) in persists {
             match &self.writer {
-                Some(w) => w.write(p),
+                // Persists no local write waits for are not reported: a turn each, for nothing.
+                Some(w) => w.write(p, report),
                 // Persistence is off: nothing more will make these writes durable.
-                None => {
-                    unstored = Some(match p {
-                        Persist::Append { seq, .. } | Persist::Snapshot { seq, .. } => seq,
-                    })
-                }
+                None => unstored = Some(p.seq()),
             }
         }
         if let Some(seq) = unstored {

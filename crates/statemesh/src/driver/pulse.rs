@@ -159,7 +159,16 @@ pub(super) async fn run(
     let mut buf = vec![0u8; views::READ_BUFFER];
     let mut batch = Vec::new();
     loop {
-        let due = shared.instant(pulse.lock().poll_beat_timeout());
+        // The next beat, or the moment views' notes should wake the driver.
+        let due = {
+            let heart = pulse.lock();
+            let beat = heart.poll_beat_timeout();
+            shared.instant(
+                heart
+                    .poll_wake_timeout()
+                    .map_or(beat, |wake| wake.min(beat)),
+            )
+        };
         tokio::select! {
             biased;
             v = views.recv() => match v {
@@ -249,7 +258,7 @@ fn beat(
     while let Some(t) = heart.poll_view() {
         views.push(t);
     }
-    let more = heart.wants_node();
+    let more = heart.take_wake(now);
     drop(heart);
     let queued = shared.queued_frames();
     for t in views {
