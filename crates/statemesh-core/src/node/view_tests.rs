@@ -418,8 +418,8 @@ fn notes_of_views_wake_the_node_late_and_once_liveness_news_at_once() {
     while a.poll_event().is_some() {}
     assert!(!heart.lock().wants_node());
     assert_eq!(heart.lock().poll_wake_timeout(), None);
-    // The peer falls silent past the suspect timeout: its death is news, and wakes the node
-    // at once.
+    // Past the suspect timeout with no view of the peer (and no tick here): liveness news
+    // (the peer's death, or this node's own freeze), which wakes the node at once.
     let later = due + Config::default().suspect_timeout * 2;
     let mut h = heart.lock();
     h.handle_beat(later);
