@@ -74,15 +74,15 @@ pub(crate) fn scale(opts: &Opts, out: &mut Out) -> anyhow::Result<()> {
         "sync_messages_per_write".into(),
         json!(round3(syncs as f64 / samples as f64)),
     );
-    // Sync rounds owed on top of the writers' own: views showed documents that differed
-    // past the relay grace (each round is a message and its answer, or more).
     // Turns of the windows' drivers per write, mesh-wide: each receiver's at least one (the
-    // frame), the writer's one per answer, and what follows them (a persisted write, the
-    // standby's upkeep).
+    // frame), the writer's one per answer, and what follows them (views' notes, the
+    // standby's upkeep, the writer's persisted write).
     out.insert(
         "driver_turns_per_write".into(),
         json!(round3(turns as f64 / samples as f64)),
     );
+    // Sync rounds owed on top of the writers' own: views showed documents that differed
+    // past the relay grace (each round is a message and its answer, or more).
     out.insert(
         "view_owed_rounds_per_write".into(),
         json!(round3(owed as f64 / samples as f64)),
