@@ -170,6 +170,7 @@ impl Node {
             self.note_answer(*from, &before, &after, digest, carried);
         }
         if before != after {
+            self.received_unpersisted.get_or_insert(now);
             self.events.extend(changes.into_iter().map(Event::Changed));
             self.publish_digests();
             self.observe_stored_terms();

@@ -311,6 +311,10 @@ pub struct Node {
     compaction: persist::Compaction,
     persist_seq: u64,
     unpersisted: Vec<WriteId>,
+    /// Since when the document holds changes received from peers that no persist holds yet,
+    /// while no local write waits: they are persisted together a heartbeat interval after the
+    /// first, or at once with the next local write (see [`Node::poll_persist`]).
+    received_unpersisted: Option<Time>,
     /// Local writes in the replica's open change (not committed yet), with their times and
     /// how many entries each changed (its weight in the backlog), oldest first: tracked for
     /// acknowledgements once [`settle`](Self::settle) commits them.
@@ -369,6 +373,7 @@ impl Node {
             compaction: persist::Compaction::due(),
             persist_seq: 0,
             unpersisted: Vec::new(),
+            received_unpersisted: None,
             open_writes: VecDeque::new(),
             in_persist: VecDeque::new(),
             stats: Stats::default(),
@@ -684,6 +689,8 @@ impl Node {
     pub fn leave(&mut self, now: Time) {
         self.settle();
         self.advance(now);
+        // What was received goes with the last persist, not a heartbeat interval later.
+        self.received_unpersisted = None;
         let me = self.me();
         self.broadcast(&Message::Leave(me));
         self.heart().leave(now);

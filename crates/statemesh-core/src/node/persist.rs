@@ -156,12 +156,26 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
+/// Heartbeat intervals after the first of them by which changes received alone are persisted
+/// even if nothing else comes in (see [`Node::poll_persist`]): in a mesh that is writing,
+/// the persist rides on the turn of a later input instead of a tick of its own.
+pub(super) const RECEIVED_PERSIST_LATEST_BEATS: u32 = 5;
+
 impl Node {
     /// The next bytes to persist, if the document changed since the last ones.
     ///
     /// Local writes left open are committed first when no persist of local writes is in
     /// flight; while one is, they wait for it to be stored (and synced), with the writes made
     /// meanwhile: persists are coalesced as sends are.
+    ///
+    /// Changes received from peers alone wait until a heartbeat interval has passed since the
+    /// first of them, then go with the runtime's next flush ([`Node::poll_data_timeout`]
+    /// names a moment [`RECEIVED_PERSIST_LATEST_BEATS`] intervals after the first, for a
+    /// node that has no other input), or at once with the next local write, or with a
+    /// graceful leave: no promise of this window covers them (see [`Persist::Append`]'s
+    /// `sync`), and a persist for every receive cost each window a turn of the store's thread
+    /// and a write for every write of every peer (at 64 windows, 64 store wake-ups per write
+    /// mesh-wide). A window killed meanwhile gets them back from its peers when it comes back.
     pub fn poll_persist(&mut self) -> Option<Persist> {
         if !self.open_writes.is_empty() {
             if !self.in_persist.is_empty() {
@@ -171,8 +185,18 @@ impl Node {
         }
         let heads = self.replica.heads();
         if heads == self.persisted_heads {
+            self.received_unpersisted = None;
             return None;
         }
+        let hb = self.config.heartbeat_interval;
+        if self.unpersisted.is_empty()
+            && self
+                .received_unpersisted
+                .is_some_and(|since| self.last_tick.saturating_since(since) < hb)
+        {
+            return None;
+        }
+        self.received_unpersisted = None;
         self.persist_seq += 1;
         let seq = self.persist_seq;
         let persist = if self
@@ -262,6 +286,8 @@ mod tests {
         assert_eq!(appends_sync(&mut a), [true], "a's own write");
         pump(&mut a, &mut b, Time::ZERO);
         assert_eq!(b.get::<i64>("c", "k").expect("read"), Some(1));
+        assert_eq!(appends_sync(&mut b), [], "b only received: it waits");
+        b.handle_time(Time::ZERO + Config::default().heartbeat_interval);
         assert_eq!(appends_sync(&mut b), [false], "b only received");
         a.put("c", "k", &2i64, Scope::Durable).expect("write");
         pump(&mut a, &mut b, Time::ZERO);
@@ -293,6 +319,7 @@ mod tests {
         appends_sync(&mut b);
         a.put("c", "k", &1i64, Scope::Durable).expect("write");
         pump(&mut a, &mut b, Time::ZERO);
+        b.handle_time(Time::ZERO + Config::default().heartbeat_interval);
         let received = b.poll_persist().expect("the received change to store");
         assert!(
             !b.awaits_persist(received.seq()),
@@ -313,6 +340,57 @@ mod tests {
             "the write is reported durable: {events:?}"
         );
         assert!(!b.awaits_persist(own.seq()), "reported");
+    }
+
+    /// Changes received alone are persisted together once a heartbeat interval has passed
+    /// since the first of them (the node's data deadline names that moment), and at once with
+    /// a local write or a graceful leave.
+    #[test]
+    fn received_changes_alone_wait_a_heartbeat_interval_or_a_local_write_or_a_leave() {
+        let hb = Config::default().heartbeat_interval;
+        let ms = |n: u64| Time::ZERO + std::time::Duration::from_millis(n);
+        let (mut a, mut b) = linked();
+        // The first persist of each is a snapshot.
+        a.put("c", "a", &0i64, Scope::Durable).expect("write");
+        pump(&mut a, &mut b, Time::ZERO);
+        appends_sync(&mut a);
+        b.put("c", "b", &0i64, Scope::Durable).expect("write");
+        appends_sync(&mut b);
+
+        // Two changes received 10 ms apart wait for one persist, a heartbeat interval after
+        // the first.
+        a.put("c", "k", &1i64, Scope::Durable).expect("write");
+        pump(&mut a, &mut b, ms(10));
+        a.put("c", "k", &2i64, Scope::Durable).expect("write");
+        pump(&mut a, &mut b, ms(20));
+        assert_eq!(b.get::<i64>("c", "k").expect("read"), Some(2));
+        assert!(b.poll_persist().is_none(), "received alone: it waits");
+        let latest = ms(10) + hb * RECEIVED_PERSIST_LATEST_BEATS;
+        assert_eq!(b.poll_data_timeout(), Some(latest));
+        b.handle_time(ms(10) + hb - std::time::Duration::from_millis(1));
+        assert!(b.poll_persist().is_none(), "not yet");
+        b.handle_time(ms(10) + hb);
+        assert_eq!(appends_sync(&mut b), [false], "both, in one append");
+        assert!(
+            b.poll_data_timeout().is_none_or(|t| t > latest),
+            "nothing left to persist"
+        );
+
+        // A local write takes what waits along, at once.
+        let t = ms(1_000);
+        a.put("c", "k", &3i64, Scope::Durable).expect("write");
+        pump(&mut a, &mut b, t);
+        assert!(b.poll_persist().is_none(), "received alone: it waits");
+        b.put("c", "mine", &1i64, Scope::Durable).expect("write");
+        assert_eq!(appends_sync(&mut b), [true], "with the local write");
+        assert!(b.poll_persist().is_none(), "everything persisted");
+
+        // So does a graceful leave.
+        a.put("c", "k", &4i64, Scope::Durable).expect("write");
+        pump(&mut a, &mut b, t);
+        assert!(b.poll_persist().is_none(), "received alone: it waits");
+        b.leave(t);
+        assert_eq!(appends_sync(&mut b), [false], "with the leave");
     }
 
     /// What a node persisted, one write per persist, until a snapshot came.

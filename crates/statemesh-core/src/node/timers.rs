@@ -84,7 +84,7 @@ impl Node {
     /// The next time [`handle_tick`](Self::handle_tick) has work beyond the liveness part
     /// (see [`handle_beat`](Self::handle_beat)), if any: a push that waits for a peer's
     /// answer, a sync exchange to check for a stall (every heartbeat interval while documents
-    /// differ), a local write to stop watching. A runtime that runs
+    /// differ), a local write to stop watching, received changes to persist. A runtime that runs
     /// [`handle_beat`](Self::handle_beat) on a task of its own ticks its other task on these
     /// deadlines only: an idle node has none.
     pub fn poll_data_timeout(&self) -> Option<Time> {
@@ -103,6 +103,9 @@ impl Node {
         }
         if let Some((_, w)) = self.pending.first_key_value() {
             at(w.at + PENDING_TTL);
+        }
+        if let Some(since) = self.received_unpersisted {
+            at(since + hb * super::persist::RECEIVED_PERSIST_LATEST_BEATS);
         }
         t
     }
