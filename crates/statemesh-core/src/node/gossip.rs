@@ -5,10 +5,12 @@
 
 use std::collections::VecDeque;
 
+use automerge::ChangeHash;
+
 use super::heart::Note;
 use super::link::{Link, RELAY_GRACE_HALF_BEATS};
 use super::{Event, Node};
-use crate::replica::heads_digest;
+use crate::replica::{Replica, heads_digest};
 use crate::{PeerId, Time};
 
 /// The documents a node held lately, by their heads' digest, each with the time the node left
@@ -109,6 +111,9 @@ impl Node {
 
     /// Takes in, in order, what the heart left for the node.
     pub(super) fn absorb(&mut self) {
+        // This document's heads and their digest, read once for all the views' notes: after a
+        // write every peer's next view names a new digest, 63 notes at 64 windows.
+        let mut mine: Option<(Vec<ChangeHash>, [u8; 8])> = None;
         loop {
             let Some(note) = self.heart().take_note() else {
                 return;
@@ -123,6 +128,7 @@ impl Node {
                     self.publish_digests();
                 }
                 Note::RecordTerm(term) => {
+                    mine = None;
                     self.settle();
                     let before = self.replica.heads();
                     match self.replica.record_term(term) {
@@ -137,7 +143,15 @@ impl Node {
                     at,
                     doc,
                     leader,
-                } => self.on_view(at, from, doc, leader),
+                } => {
+                    let heads = mine.take().unwrap_or_else(|| {
+                        let heads = self.replica.heads();
+                        let digest = heads_digest(&heads);
+                        (heads, digest)
+                    });
+                    self.on_view(at, from, (doc, leader), &heads);
+                    mine = Some(heads);
+                }
             }
         }
     }
@@ -149,10 +163,17 @@ impl Node {
     }
 
     /// What a view from `from`, received at `now`, says of its document (digest `doc`) and
-    /// leader records (digest `leader`): a sync owed while they differ from this node's, and
-    /// the pending local writes it holds once they are equal.
-    fn on_view(&mut self, now: Time, from: PeerId, doc: [u8; 8], leader: [u8; 8]) {
-        let mine = heads_digest(&self.replica.heads());
+    /// leader records (digest `leader`): a sync owed while they differ from this node's
+    /// (whose heads and their digest are `heads`), and the pending local writes it holds once
+    /// they are equal.
+    fn on_view(
+        &mut self,
+        now: Time,
+        from: PeerId,
+        (doc, leader): ([u8; 8], [u8; 8]),
+        heads: &(Vec<ChangeHash>, [u8; 8]),
+    ) {
+        let mine = heads.1;
         let leader_mismatch = leader != self.leader.digest();
         let left = &self.left_docs;
         let Some(link) = self.links.get_mut(&from) else {
@@ -168,7 +189,7 @@ impl Node {
             // Its sync state as if it had said so itself (see `note_peer_holds_all`); not
             // while a job holds a copy of the state, which replaces it when it ends.
             if !link.busy {
-                self.replica.note_peer_holds_all(&mut link.sync);
+                Replica::note_peer_holds(&heads.0, &mut link.sync);
             }
         } else {
             let differs_since = link.differs_since(now, doc, mine, left);

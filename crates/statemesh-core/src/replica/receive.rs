@@ -203,9 +203,9 @@ fn note_message(
 
 /// Moves `state` as a message of the peer's would that said it holds exactly the document of
 /// `heads` (this document's): see [`Replica::note_peer_holds_all`](super::Replica).
-pub(super) fn note_holds_all(heads: Vec<ChangeHash>, state: &mut State) {
+pub(super) fn note_holds_all(heads: &[ChangeHash], state: &mut State) {
     let empty = BloomFilter::default();
-    let noted = state.their_heads.as_ref() == Some(&heads)
+    let noted = state.their_heads.as_deref() == Some(heads)
         && state.shared_heads == heads
         && state.sent_hashes.is_empty()
         && state.their_need.as_ref().is_some_and(Vec::is_empty)
@@ -216,12 +216,12 @@ pub(super) fn note_holds_all(heads: Vec<ChangeHash>, state: &mut State) {
         return;
     }
     state.their_have = Some(vec![Have {
-        last_sync: heads.clone(),
+        last_sync: heads.to_vec(),
         bloom: empty,
     }]);
     state.their_need = Some(Vec::new());
-    state.shared_heads.clone_from(&heads);
-    state.their_heads = Some(heads);
+    state.shared_heads = heads.to_vec();
+    state.their_heads = Some(heads.to_vec());
     state.sent_hashes.clear();
     state.in_flight = false;
 }
@@ -500,7 +500,7 @@ mod tests {
         /// `a` learns that `b` holds exactly its document, if `b` does.
         fn note_held(&mut self, a: usize, b: usize) {
             if a != b && self.docs[a].get_heads() == self.docs[b].get_heads() {
-                note_holds_all(self.docs[a].get_heads(), &mut self.states[a][b]);
+                note_holds_all(&self.docs[a].get_heads(), &mut self.states[a][b]);
             }
         }
     }

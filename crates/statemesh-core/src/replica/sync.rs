@@ -304,7 +304,13 @@ impl Replica {
     /// since its own last write (6.4 s, about 63 writes of others before) with 40-54 changes
     /// the peer held already, a message of over 8 KiB (docs/under-load.md, thirty-first slice).
     pub fn note_peer_holds_all(&self, state: &mut automerge::sync::State) {
-        note_holds_all(self.doc.get_heads(), state);
+        note_holds_all(&self.doc.get_heads(), state);
+    }
+
+    /// [`note_peer_holds_all`](Self::note_peer_holds_all) given this document's heads, read
+    /// once by a caller that notes many peers at a time.
+    pub(crate) fn note_peer_holds(heads: &[ChangeHash], state: &mut automerge::sync::State) {
+        note_holds_all(heads, state);
     }
 
     /// Which of `hashes` (changes of this document) the peer behind `state` is known to hold:
