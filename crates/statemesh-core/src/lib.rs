@@ -63,8 +63,9 @@ pub use election::{Leadership, Term};
 pub use id::{Incarnation, InvalidPeerId, MeshTag, PeerId};
 pub use liveness::{DeathCause, LinkDown, PeerStatus};
 pub use node::{
-    Event, Explanation, Heart, HelloError, INLINE_BYTES, Node, PUSH_AT_ONCE, Persist, Pulse,
-    PushJob, ReceiveError, Snapshot, Stats, SyncJob, Transmit, WriteId, WriteStatus, Written,
+    DecodedView, Event, Explanation, Heart, HelloError, INLINE_BYTES, Node, PUSH_AT_ONCE, Persist,
+    Pulse, PushJob, ReceiveError, Snapshot, Stats, SyncJob, Transmit, WriteId, WriteStatus,
+    Written,
 };
 pub use replica::{
     ApplyError, EntryChange, EntryKind, LoadReport, ReadError, Scope, Tx, WriteError,

@@ -45,7 +45,7 @@ use crate::{Config, Incarnation, MeshTag, PeerId, Time};
 
 use acks::{AckBook, PendingWrite};
 pub use acks::{MAX_PENDING_WRITES, PENDING_TTL, RETIRED_KEPT, WriteStatus};
-pub use heart::{Heart, Pulse};
+pub use heart::{DecodedView, Heart, Pulse};
 pub use jobs::{INLINE_BYTES, PUSH_AT_ONCE, PushJob, STANDBY_BATCH, SyncJob};
 use link::Link;
 pub use persist::{Persist, Snapshot};

@@ -468,3 +468,50 @@ fn a_peer_whose_view_shows_our_document_is_sent_only_what_is_new() {
         }
     }
 }
+
+/// A view decoded before the heart is taken (as the runtime's pulse does, so that the heart is
+/// held for the judgement only) is taken in as `handle_view` takes its frame; a frame that
+/// does not decode, or is not a view, is refused and counted, and changes nothing.
+#[test]
+fn views_decoded_without_the_heart_are_judged_as_their_frames() {
+    use super::DecodedView;
+    let (mut a, mut b) = linked();
+    let beat = Config::default().heartbeat_interval;
+    let heart = a.pulse();
+    let from = b.me().peer;
+    let max = Config::default().max_frame;
+    let now = Time::from_duration(beat);
+    // A local write, committed (its sync message is not delivered): the peer's next view
+    // shows another document than this one.
+    a.put("c", "k", &1i64, Scope::Durable).expect("write");
+    while a.poll_transmit().is_some() {}
+    b.handle_tick(now);
+    let frame = std::iter::from_fn(|| b.poll_transmit())
+        .find(|t| codec::is_view(&t.frame))
+        .expect("a view each heartbeat")
+        .frame;
+    let stats = a.stats();
+    let not_a_view = codec::encode_frame(&Message::Leave(b.me()), max).expect("encodes");
+    let cut = &frame[..frame.len() - 1];
+    for (bad, decode_error) in [(cut, true), (&not_a_view[..], false)] {
+        let refused = heart
+            .lock()
+            .handle_decoded_view(now, from, DecodedView::decode(bad, max));
+        match refused {
+            Err(ReceiveError::Decode(_)) if decode_error => {}
+            Err(ReceiveError::NotAView) if !decode_error => {}
+            other => panic!("not refused as it should be: {other:?}"),
+        }
+        assert!(!heart.lock().wants_node(), "a refused frame left a note");
+    }
+    let after = a.stats();
+    assert_eq!(after.decode_errors, stats.decode_errors + 1);
+    assert_eq!(after.frames_in, stats.frames_in + 2);
+    // The view itself: it shows another document than this node's, so the node is told.
+    heart
+        .lock()
+        .handle_decoded_view(now, from, DecodedView::decode(&frame, max))
+        .expect("a view");
+    assert!(heart.lock().wants_node(), "the view reached the heart");
+    assert_eq!(a.stats().frames_in, stats.frames_in + 3);
+}

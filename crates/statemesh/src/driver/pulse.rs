@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use statemesh_core::{PeerId, Pulse, ReceiveError};
+use statemesh_core::{DecodedView, PeerId, Pulse, ReceiveError};
 use statemesh_net::views::{self, ViewReceiver, ViewSender};
 use tokio::sync::{broadcast, mpsc};
 
@@ -195,7 +195,7 @@ pub(super) async fn run(
         {
             sealed_failed(&mut sealed, &e);
         }
-        beat(&shared, &pulse, &links, &events, &mut batch);
+        beat(&shared, &pulse, &links, &events, &mut batch, max_frame);
     }
 }
 
@@ -224,18 +224,24 @@ fn beat(
     links: &PulseLinks,
     events: &mpsc::UnboundedSender<LinkEvent>,
     batch: &mut Vec<ViewFrame>,
+    max_frame: usize,
 ) {
     let current = Arc::clone(&links.lock());
+    // Decoded before the heart is taken: the node waits for whoever holds it.
+    let decoded: Vec<_> = batch
+        .drain(..)
+        .filter_map(|v| {
+            let (peer, conn, frame) = v.into_parts();
+            let current = current.get(&peer).is_some_and(|l| l.conn == conn);
+            current.then(|| (peer, conn, DecodedView::decode(&frame, max_frame)))
+        })
+        .collect();
     let t0 = Instant::now();
     let mut heart = pulse.lock();
     let waited = t0.elapsed();
     let now = shared.now();
-    for v in batch.drain(..) {
-        let (peer, conn, frame) = v.into_parts();
-        if current.get(&peer).is_none_or(|l| l.conn != conn) {
-            continue;
-        }
-        match heart.handle_view(now, peer, &frame) {
+    for (peer, conn, view) in decoded {
+        match heart.handle_decoded_view(now, peer, view) {
             // The link went down between the driver's last flush and now: nothing to close.
             Ok(()) | Err(ReceiveError::NoLink(_)) => {}
             Err(e) => {
