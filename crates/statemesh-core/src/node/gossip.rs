@@ -115,43 +115,53 @@ impl Node {
         // write every peer's next view names a new digest, 63 notes at 64 windows.
         let mut mine: Option<(Vec<ChangeHash>, [u8; 8])> = None;
         loop {
-            let Some(note) = self.heart().take_note() else {
+            // Those the heart left while the last ones were taken in, too.
+            let notes = self.heart().take_notes();
+            if notes.is_empty() {
                 return;
-            };
-            match note {
-                Note::Event(e) => self.events.push_back(e),
-                Note::Presence(peer) => self.presence_changed(peer),
-                Note::Prune => {
-                    let heart = self.heart.lock();
-                    self.leader.prune(|w| !heart.live.is_live(w));
-                    drop(heart);
-                    self.publish_digests();
-                }
-                Note::RecordTerm(term) => {
-                    mine = None;
-                    self.settle();
-                    let before = self.replica.heads();
-                    match self.replica.record_term(term) {
-                        Ok(hash) => {
-                            self.after_local_change(&before, hash);
-                        }
-                        Err(e) => tracing::warn!(error = %e, "could not record leadership term"),
+            }
+            for note in notes {
+                self.absorb_note(note, &mut mine);
+            }
+        }
+    }
+
+    /// Takes in one note of the heart's; `mine` is this document's heads and their digest, if
+    /// read already.
+    fn absorb_note(&mut self, note: Note, mine: &mut Option<(Vec<ChangeHash>, [u8; 8])>) {
+        match note {
+            Note::Event(e) => self.events.push_back(e),
+            Note::Presence(peer) => self.presence_changed(peer),
+            Note::Prune => {
+                let heart = self.heart.lock();
+                self.leader.prune(|w| !heart.live.is_live(w));
+                drop(heart);
+                self.publish_digests();
+            }
+            Note::RecordTerm(term) => {
+                *mine = None;
+                self.settle();
+                let before = self.replica.heads();
+                match self.replica.record_term(term) {
+                    Ok(hash) => {
+                        self.after_local_change(&before, hash);
                     }
+                    Err(e) => tracing::warn!(error = %e, "could not record leadership term"),
                 }
-                Note::View {
-                    from,
-                    at,
-                    doc,
-                    leader,
-                } => {
-                    let heads = mine.take().unwrap_or_else(|| {
-                        let heads = self.replica.heads();
-                        let digest = heads_digest(&heads);
-                        (heads, digest)
-                    });
-                    self.on_view(at, from, (doc, leader), &heads);
-                    mine = Some(heads);
-                }
+            }
+            Note::View {
+                from,
+                at,
+                doc,
+                leader,
+            } => {
+                let heads = mine.take().unwrap_or_else(|| {
+                    let heads = self.replica.heads();
+                    let digest = heads_digest(&heads);
+                    (heads, digest)
+                });
+                self.on_view(at, from, (doc, leader), &heads);
+                *mine = Some(heads);
             }
         }
     }

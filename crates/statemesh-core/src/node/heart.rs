@@ -292,13 +292,12 @@ impl Heart {
         self.view_notes_due
     }
 
-    /// The next note for the node to take in.
-    pub(super) fn take_note(&mut self) -> Option<Note> {
-        let note = self.notes.pop_front();
-        if self.notes.is_empty() {
-            self.view_notes_due = None;
-        }
-        note
+    /// Every note for the node to take in, oldest first: taken at once, so that the node
+    /// takes the heart once for them, not once each (whoever holds the heart may be preempted
+    /// holding it, and the node then waits; at 64 windows a write left 63 notes).
+    pub(super) fn take_notes(&mut self) -> VecDeque<Note> {
+        self.view_notes_due = None;
+        std::mem::take(&mut self.notes)
     }
 
     /// The hello this peer sends first on every link.
