@@ -312,8 +312,9 @@ pub struct Node {
     persist_seq: u64,
     unpersisted: Vec<WriteId>,
     /// Since when the document holds changes received from peers that no persist holds yet,
-    /// while no local write waits: they are persisted together a heartbeat interval after the
-    /// first, or at once with the next local write (see [`Node::poll_persist`]).
+    /// while no local write waits: they are persisted together by the first flush once a
+    /// heartbeat interval has passed since the first, or at once with the next local write or
+    /// a graceful leave (see [`Node::poll_persist`]).
     received_unpersisted: Option<Time>,
     /// Local writes in the replica's open change (not committed yet), with their times and
     /// how many entries each changed (its weight in the backlog), oldest first: tracked for
