@@ -5,6 +5,15 @@ use super::tests::{linked, node, node_with, pump};
 use super::*;
 use crate::replica::Scope;
 
+/// The view `n` sends at its tick at `now` (its other outputs dropped).
+fn view_at(n: &mut Node, now: Time) -> bytes::Bytes {
+    n.handle_tick(now);
+    std::iter::from_fn(|| n.poll_transmit())
+        .find(|t| codec::is_view(&t.frame))
+        .expect("a view each heartbeat")
+        .frame
+}
+
 /// Delivers every frame the nodes send to the node it is for, except those `drop` names
 /// (as `(from, to)` indexes), until none is left.
 fn route(nodes: &mut [Node], now: Time, drop: &[(usize, usize)]) {
@@ -349,12 +358,7 @@ fn views_that_tell_nothing_new_do_not_wake_the_node() {
     let from = b.me().peer;
     let view_of = |b: &mut Node, k: u32| {
         let now = Time::from_duration(beat * k);
-        b.handle_tick(now);
-        let frame = std::iter::from_fn(|| b.poll_transmit())
-            .find(|t| codec::is_view(&t.frame))
-            .expect("a view each heartbeat")
-            .frame;
-        (now, frame)
+        (now, view_at(b, now))
     };
     let (now, frame) = view_of(&mut b, 1);
     heart.lock().handle_view(now, from, &frame).expect("a view");
@@ -393,11 +397,7 @@ fn notes_of_views_wake_the_node_late_and_once_liveness_news_at_once() {
     a.put("c", "k", &1i64, Scope::Durable).expect("write");
     while a.poll_transmit().is_some() {}
     let now = Time::from_duration(beat);
-    b.handle_tick(now);
-    let frame = std::iter::from_fn(|| b.poll_transmit())
-        .find(|t| codec::is_view(&t.frame))
-        .expect("a view each heartbeat")
-        .frame;
+    let frame = view_at(&mut b, now);
     heart.lock().handle_view(now, from, &frame).expect("a view");
     let due = now + beat / 4;
     {
@@ -485,11 +485,7 @@ fn views_decoded_without_the_heart_are_judged_as_their_frames() {
     // shows another document than this one.
     a.put("c", "k", &1i64, Scope::Durable).expect("write");
     while a.poll_transmit().is_some() {}
-    b.handle_tick(now);
-    let frame = std::iter::from_fn(|| b.poll_transmit())
-        .find(|t| codec::is_view(&t.frame))
-        .expect("a view each heartbeat")
-        .frame;
+    let frame = view_at(&mut b, now);
     let stats = a.stats();
     let not_a_view = codec::encode_frame(&Message::Leave(b.me()), max).expect("encodes");
     let cut = &frame[..frame.len() - 1];
