@@ -17,7 +17,7 @@ use statemesh_core::codec::{self, Message};
 use statemesh_core::election::Election;
 use statemesh_core::liveness::{GossipBeat, Liveness};
 use statemesh_core::vv::Beat;
-use statemesh_core::{Config, LinkDown, MeshTag, Node, PeerId, Persist, Scope, Time};
+use statemesh_core::{Config, LinkDown, MeshTag, Node, PeerId, Scope, Time};
 
 /// Writes made on one document before it is rebuilt, in benchmarks of repeated writes.
 const FRESH: u64 = 100;
@@ -40,8 +40,8 @@ fn nodes(n: usize, seed: u64) -> Vec<Node> {
 /// Empties a node's event and persistence queues (as the runtime does).
 fn drain(n: &mut Node) {
     while n.poll_event().is_some() {}
-    while let Some(Persist::Append { seq, .. } | Persist::Snapshot { seq, .. }) = n.poll_persist() {
-        n.persisted(seq);
+    while let Some(p) = n.poll_persist() {
+        n.persisted(p.seq());
     }
 }
 

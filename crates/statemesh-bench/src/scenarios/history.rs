@@ -17,7 +17,7 @@ use rand_core::SeedableRng;
 use serde_json::json;
 use statemesh_core::codec::{self, Message};
 use statemesh_core::sim::{Sim, SimConfig};
-use statemesh_core::{Config, MeshTag, Node, PeerId, Persist, Scope, Time};
+use statemesh_core::{Config, MeshTag, Node, PeerId, Scope, Time};
 
 use super::{Opts, Out};
 use crate::stats::{Summary, round3, summarize};
@@ -121,10 +121,8 @@ fn pump(a: &mut Node, b: &mut Node, now: Time) -> anyhow::Result<()> {
         let moved = deliver(a, b, now)? | deliver(b, a, now)?;
         for n in [&mut *a, &mut *b] {
             while n.poll_event().is_some() {}
-            while let Some(Persist::Append { seq, .. } | Persist::Snapshot { seq, .. }) =
-                n.poll_persist()
-            {
-                n.persisted(seq);
+            while let Some(p) = n.poll_persist() {
+                n.persisted(p.seq());
             }
         }
         if !moved {

@@ -9,8 +9,8 @@ use rand_core::SeedableRng;
 
 use crate::codec::{self, FrameDecoder, Message};
 use crate::{
-    Config, Event, Explanation, Hello, Incarnation, Leadership, MeshTag, Node, PeerId, Persist,
-    Scope, Time, Value,
+    Config, Event, Explanation, Hello, Incarnation, Leadership, MeshTag, Node, PeerId, Scope, Time,
+    Value,
 };
 
 pub(super) const T0: Time = Time::ZERO;
@@ -59,9 +59,7 @@ pub(super) fn drain(node: &mut Node) -> (Vec<(PeerId, Message)>, Vec<Event>) {
         frames.push((t.to, message));
     }
     while let Some(p) = node.poll_persist() {
-        match p {
-            Persist::Append { seq, .. } | Persist::Snapshot { seq, .. } => node.persisted(seq),
-        }
+        node.persisted(p.seq());
     }
     let events = std::iter::from_fn(|| node.poll_event()).collect();
     (frames, events)

@@ -152,9 +152,7 @@ fn persisted(node: &mut Node, rounds: usize) -> Vec<Persist> {
         })();
         written.unwrap_or_else(|e| panic!("seed writes: {e}"));
         while let Some(p) = node.poll_persist() {
-            match &p {
-                Persist::Append { seq, .. } | Persist::Snapshot { seq, .. } => node.persisted(*seq),
-            }
+            node.persisted(p.seq());
             out.push(p);
         }
     }

@@ -239,8 +239,7 @@ impl Sim {
                 let last = p.inflight.back().map_or(now, |(t, _)| *t);
                 let done = last.max(now + Duration::from_micros(d));
                 if self.config.bug_ack_before_fsync {
-                    let (Persist::Append { seq, .. } | Persist::Snapshot { seq, .. }) = &persist;
-                    p.node.persisted(*seq);
+                    p.node.persisted(persist.seq());
                 }
                 p.inflight.push_back((done, persist));
             }
