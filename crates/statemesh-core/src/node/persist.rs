@@ -271,17 +271,23 @@ mod tests {
         syncs
     }
 
-    /// Only an append that holds this window's own writes asks to be synced: changes received
-    /// from a peer alone are written unsynced, and a local write made with them syncs them.
-    #[test]
-    fn only_appends_with_local_writes_ask_for_a_sync() {
+    /// Two linked nodes, each with a write of its own stored: their first persists (whole
+    /// snapshots) are behind them, so the next are appends.
+    fn linked_past_snapshots() -> (Node, Node) {
         let (mut a, mut b) = linked();
-        // The first persist of each is a snapshot.
         a.put("c", "a", &0i64, Scope::Durable).expect("write");
         b.put("c", "b", &0i64, Scope::Durable).expect("write");
         pump(&mut a, &mut b, Time::ZERO);
         appends_sync(&mut a);
         appends_sync(&mut b);
+        (a, b)
+    }
+
+    /// Only an append that holds this window's own writes asks to be synced: changes received
+    /// from a peer alone are written unsynced, and a local write made with them syncs them.
+    #[test]
+    fn only_appends_with_local_writes_ask_for_a_sync() {
+        let (mut a, mut b) = linked_past_snapshots();
         a.put("c", "k", &1i64, Scope::Durable).expect("write");
         assert_eq!(appends_sync(&mut a), [true], "a's own write");
         pump(&mut a, &mut b, Time::ZERO);
@@ -311,12 +317,7 @@ mod tests {
     /// commit and persist, and are reported durable by their own persist's report.
     #[test]
     fn persists_of_received_changes_alone_await_no_report() {
-        let (mut a, mut b) = linked();
-        // The first persist of each is a snapshot.
-        a.put("c", "a", &0i64, Scope::Durable).expect("write");
-        pump(&mut a, &mut b, Time::ZERO);
-        appends_sync(&mut a);
-        appends_sync(&mut b);
+        let (mut a, mut b) = linked_past_snapshots();
         a.put("c", "k", &1i64, Scope::Durable).expect("write");
         pump(&mut a, &mut b, Time::ZERO);
         b.handle_time(Time::ZERO + Config::default().heartbeat_interval);
@@ -349,13 +350,7 @@ mod tests {
     fn received_changes_alone_wait_a_heartbeat_interval_or_a_local_write_or_a_leave() {
         let hb = Config::default().heartbeat_interval;
         let ms = |n: u64| Time::ZERO + std::time::Duration::from_millis(n);
-        let (mut a, mut b) = linked();
-        // The first persist of each is a snapshot.
-        a.put("c", "a", &0i64, Scope::Durable).expect("write");
-        pump(&mut a, &mut b, Time::ZERO);
-        appends_sync(&mut a);
-        b.put("c", "b", &0i64, Scope::Durable).expect("write");
-        appends_sync(&mut b);
+        let (mut a, mut b) = linked_past_snapshots();
 
         // Two changes received 10 ms apart wait for one persist, a heartbeat interval after
         // the first.
