@@ -41,12 +41,14 @@ pub(super) struct JobThread {
 }
 
 impl JobThread {
-    /// Starts the thread. It ends once this handle is dropped and its last job is done.
-    pub(super) fn start() -> std::io::Result<Self> {
+    /// Starts the thread, `nice` levels below the caller's CPU priority (see
+    /// `super::priority`). It ends once this handle is dropped and its last job is done.
+    pub(super) fn start(nice: u8) -> std::io::Result<Self> {
         let (queue, jobs) = mpsc::channel::<(Job, oneshot::Sender<Job>)>();
         std::thread::Builder::new()
             .name("statemesh-jobs".into())
             .spawn(move || {
+                super::priority::lower_this_thread(nice, "jobs");
                 while let Ok((job, done)) = jobs.recv() {
                     // A job that panics outside the CRDT library's guarded calls drops `done`,
                     // which the driver reads as a failed job; the thread goes on with the next.

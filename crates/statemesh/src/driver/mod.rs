@@ -10,14 +10,16 @@
 //! - `links`: setting links up (accepting, dialling, probing, the hellos), each link's reader,
 //!   writer and renewed proofs, and what the driver does with their events ([`LinkEvent`]);
 //! - `jobs`: the CRDT library's work, on the mesh's job thread, one job at a time;
-//! - `pulse`: heartbeats and views, on a task of their own so that bulk work never delays
+//! - `pulse`: heartbeats and views, on a thread of their own so that bulk work never delays
 //!   them;
+//! - `priority`: the pulse's and the jobs' threads below the data path's CPU priority;
 //! - `discovery`: the discoveries' reports, settling, peer exchange, and the "no peer found by
 //!   mDNS" diagnostic.
 
 mod discovery;
 mod jobs;
 mod links;
+mod priority;
 mod pulse;
 mod sealed;
 
@@ -37,6 +39,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use self::discovery::Discoveries;
 use self::jobs::{Job, JobThread, Running};
 use self::links::{LinkEvent, LinkState, ViewFrame};
+pub(crate) use self::priority::DEFAULT_BACKGROUND_NICE;
 use self::pulse::{PulseLink, PulseLinks};
 use crate::dialer::{Dialer, Settle};
 use crate::error::JoinError;
@@ -91,6 +94,9 @@ pub(crate) struct Params {
     pub(crate) discoveries: Vec<Box<dyn Discovery>>,
     /// Where to persist the node's outputs, if anywhere.
     pub(crate) store: Option<Store>,
+    /// How many nice levels below the joining thread the pulse's and the jobs' threads run
+    /// (see `priority`).
+    pub(crate) background_nice: u8,
 }
 
 /// A driver turn this long is logged (debug level), and so is the pulse waiting this long for
@@ -147,6 +153,7 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         lan,
         discoveries,
         store,
+        background_nice,
     } = params;
     let me = shared.me();
     let endpoint = Endpoint::bind(listen, me, shared.keys().clone(), &name)?;
@@ -191,7 +198,7 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         }
         None => None,
     };
-    let jobs = JobThread::start().map_err(|source| JoinError::Runtime {
+    let jobs = JobThread::start(background_nice).map_err(|source| JoinError::Runtime {
         what: "job thread",
         source,
     })?;
@@ -228,6 +235,7 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         held: VecDeque::new(),
         pushed_last: false,
         pulse_links: PulseLinks::default(),
+        background_nice,
         links_changed: false,
         standby_at: None,
         unquiet_at: None,
@@ -321,6 +329,8 @@ struct Run {
     next_housekeeping: Instant,
     /// The links as the pulse sees them (kept in step by [`Run::flush`]).
     pulse_links: PulseLinks,
+    /// How many nice levels below the runtime's threads the pulse's thread runs.
+    background_nice: u8,
     /// `links` changed (a link came up or went, or was proved again under another key) since
     /// [`Run::flush`] last published them to the pulse and to [`Shared`].
     links_changed: bool,
@@ -350,6 +360,7 @@ impl Run {
             self.pulse_links.clone(),
             views_rx,
             self.events.clone(),
+            self.background_nice,
         );
         self.flush();
         // The job running, if any. One at a time; the node keeps ticking, judging views and

@@ -102,7 +102,8 @@ pub(super) type PulseLinks = Arc<parking_lot::Mutex<Arc<BTreeMap<PeerId, PulseLi
 /// `throughput --peers 8 --batch 100` ran beats 16-35 ms late at the 99th percentile (4.5-9.6
 /// ms on this thread) while a process sleeping 10 ms at a time on the same machine woke at most
 /// 13 ms late. The thread ends with [`run`]: when the views' queue closes (the driver and every
-/// link's reader gone). If no thread can be made, the pulse runs as a task of `tasks`, as it
+/// link's reader gone). The thread runs `nice` levels below the caller's CPU priority (see
+/// `super::priority`). If no thread can be made, the pulse runs as a task of `tasks`, as it
 /// did before.
 pub(super) fn spawn(
     tasks: &mut tokio::task::JoinSet<()>,
@@ -110,6 +111,7 @@ pub(super) fn spawn(
     links: PulseLinks,
     views: broadcast::Receiver<ViewFrame>,
     events: mpsc::UnboundedSender<LinkEvent>,
+    nice: u8,
 ) {
     let fallback = (
         shared.clone(),
@@ -124,7 +126,10 @@ pub(super) fn spawn(
         .and_then(|runtime| {
             std::thread::Builder::new()
                 .name("statemesh-pulse".into())
-                .spawn(move || runtime.block_on(run(shared, links, views, events)))
+                .spawn(move || {
+                    super::priority::lower_this_thread(nice, "pulse");
+                    runtime.block_on(run(shared, links, views, events))
+                })
         });
     if let Err(e) = started {
         tracing::warn!(error = %e, "no thread for the pulse: it runs on the mesh's runtime");
