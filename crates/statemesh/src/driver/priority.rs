@@ -1,13 +1,14 @@
 //! The CPU priority of the mesh's background threads: the pulse's (heartbeats and views) and
 //! the jobs' (bulk work of the CRDT library) run `background_nice` levels below the thread
-//! that starts them, so that the data path (a change's receipt, its answer, its publication:
-//! the runtime's threads) goes first when the cores are short.
+//! that starts them, one of the runtime's, so that the data path (a change's receipt, its
+//! answer, its publication: the runtime's threads) goes first when the cores are short.
 //!
 //! Why by deadline: a change's receipt is wanted within milliseconds; a view within the
 //! suspect timeout (1 s by default), less a heartbeat interval. At 64 windows on 2 cores the
 //! heartbeat instant brings every window 63 views at once, about 75 ms of CPU mesh-wide; at
-//! one priority a write that met it waited for it (`scale` p99 71-93 ms), with the pulses 10
-//! levels below it goes first (51-71 ms) and the views are read a few milliseconds later.
+//! one priority a write that met it waited for it (`scale` p99 60-80 ms), with the pulses 10
+//! levels below it goes first (46-58 ms in the same sitting) and the views are read a few
+//! milliseconds later.
 //! The jobs go down with the pulse, so that bulk work and liveness share the cores as they did
 //! (the pulse alone lowered let the jobs' backlog make beats 63 ms late in `overload`; both
 //! lowered, 19 ms, as at one priority). See docs/under-load.md, thirty-eighth slice.
