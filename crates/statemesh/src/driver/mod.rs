@@ -94,8 +94,8 @@ pub(crate) struct Params {
     pub(crate) discoveries: Vec<Box<dyn Discovery>>,
     /// Where to persist the node's outputs, if anywhere.
     pub(crate) store: Option<Store>,
-    /// How many nice levels below the joining thread the pulse's and the jobs' threads run
-    /// (see `priority`).
+    /// How many nice levels below the runtime's threads (which start them) the pulse's and
+    /// the jobs' threads run (see `priority`).
     pub(crate) background_nice: u8,
 }
 
