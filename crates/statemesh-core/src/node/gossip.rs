@@ -196,7 +196,7 @@ impl Node {
         if doc == mine {
             link.mismatch_since = None;
             link.unreached.clear();
-            // Its sync state as if it had said so itself (see `note_peer_holds_all`); not
+            // Its sync state as if it had said so itself (see `Replica::note_peer_holds`); not
             // while a job holds a copy of the state, which replaces it when it ends.
             if !link.busy {
                 Replica::note_peer_holds(&heads.0, &mut link.sync);

@@ -170,7 +170,7 @@ impl Node {
     ///
     /// Changes received from peers alone wait until a heartbeat interval has passed since the
     /// first of them, then go with the runtime's next flush ([`Node::poll_data_timeout`]
-    /// names a moment [`RECEIVED_PERSIST_LATEST_BEATS`] intervals after the first, for a
+    /// names a moment five intervals after the first, `RECEIVED_PERSIST_LATEST_BEATS`, for a
     /// node that has no other input), or at once with the next local write, or with a
     /// graceful leave: no promise of this window covers them (see [`Persist::Append`]'s
     /// `sync`), and a persist for every receive cost each window a turn of the store's thread

@@ -202,7 +202,7 @@ fn note_message(
 }
 
 /// Moves `state` as a message of the peer's would that said it holds exactly the document of
-/// `heads` (this document's): see [`Replica::note_peer_holds_all`](super::Replica).
+/// `heads` (this document's): see [`Replica::note_peer_holds`](super::Replica::note_peer_holds).
 pub(super) fn note_holds_all(heads: &[ChangeHash], state: &mut State) {
     let empty = BloomFilter::default();
     let noted = state.their_heads.as_deref() == Some(heads)

@@ -303,12 +303,9 @@ impl Replica {
     /// windows writing in turn, a window's write reached each peer it had not exchanged with
     /// since its own last write (6.4 s, about 63 writes of others before) with 40-54 changes
     /// the peer held already, a message of over 8 KiB (docs/under-load.md, thirty-first slice).
-    pub fn note_peer_holds_all(&self, state: &mut automerge::sync::State) {
-        note_holds_all(&self.doc.get_heads(), state);
-    }
-
-    /// [`note_peer_holds_all`](Self::note_peer_holds_all) given this document's heads, read
-    /// once by a caller that notes many peers at a time.
+    ///
+    /// `heads` are this document's heads ([`heads`](Self::heads)), read once by a caller that
+    /// notes many peers at a time (after a write, every peer's next view).
     pub(crate) fn note_peer_holds(heads: &[ChangeHash], state: &mut automerge::sync::State) {
         note_holds_all(heads, state);
     }
