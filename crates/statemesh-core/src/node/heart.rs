@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Event, ReceiveError, Transmit};
 use crate::codec::{self, Hello, Message, View};
-use crate::election::{Election, Term};
+use crate::election::{Election, ElectionOutcome, Leadership, Term};
 use crate::liveness::{DeathCause, LinkDown, Liveness, LivenessChange, Tombstone};
 use crate::{Config, Incarnation, PeerId, Time};
 
@@ -431,8 +431,35 @@ impl Heart {
         if let Some(l) = outcome.changed {
             self.stats.leadership_changes += 1;
             self.notes.push_back(Note::Event(Event::Leadership(l)));
-            // Tell everyone at once: claims and leadership news should not wait a heartbeat.
+            self.announce(now, &outcome, l);
+        }
+    }
+
+    /// Who hears of a leadership change at once, not with the next heartbeat. Everyone, when
+    /// this peer's own claim changed (it claimed a new term, or stopped leading): a claim
+    /// should not wait a heartbeat. When another peer became the leader and its claim is not
+    /// known here yet, that peer alone: what made it the leader here (a death this peer saw
+    /// first) may be news to it, and it claims once it knows. Every other peer hears the
+    /// same from the new leader's claim, which it sends to all, and from its own links.
+    ///
+    /// Every peer telling every other at once made a failover of `n` windows a burst of
+    /// about `2 n^2` views on top of the claim (each survivor's view when it saw the death,
+    /// and again when it learned the new term): at 64 windows on 2 cores, 8,000 views.
+    fn announce(&mut self, now: Time, outcome: &ElectionOutcome, now_leads: Leadership) {
+        if outcome.new_term.is_some() || outcome.lost {
             self.send_views(now);
+            return;
+        }
+        if let Leadership {
+            leader: Some(leader),
+            term: None,
+        } = now_leads
+            && leader != self.live.me().peer
+            && self.links.contains_key(&leader)
+            && !self.left
+        {
+            let view = Message::View(self.view(now));
+            self.queue_view(&view, std::iter::once(leader));
         }
     }
 

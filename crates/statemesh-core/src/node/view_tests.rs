@@ -511,3 +511,75 @@ fn views_decoded_without_the_heart_are_judged_as_their_frames() {
     assert!(heart.lock().wants_node(), "the view reached the heart");
     assert_eq!(a.stats().frames_in, stats.frames_in + 3);
 }
+
+/// The peers `n`'s pending views go to, in order (its other outputs dropped).
+fn views_to(n: &mut Node) -> Vec<PeerId> {
+    std::iter::from_fn(|| n.poll_transmit())
+        .filter(|t| codec::is_view(&t.frame))
+        .map(|t| t.to)
+        .collect()
+}
+
+#[test]
+fn a_failover_is_told_at_once_by_the_new_leader_to_all_and_by_the_others_to_it_alone() {
+    // Ids rise with the seed: node 0 leads, node 1 is next.
+    let mut n = [1, 2, 3, 4].map(node);
+    for a in 0..4 {
+        for b in 0..4 {
+            if a != b {
+                let hello = n[b].hello();
+                n[a].handle_link_up(Time::ZERO, &hello);
+            }
+        }
+    }
+    for node in &mut n {
+        node.handle_settled(Time::ZERO);
+    }
+    route(&mut n, Time::ZERO, &[]);
+    let ids = n.each_ref().map(|n| n.me().peer);
+    assert!(ids.is_sorted());
+    for node in &n {
+        assert_eq!(node.leadership().leader, Some(ids[0]));
+        assert!(
+            node.leadership().term.is_some(),
+            "every peer knows the claim"
+        );
+    }
+
+    // Node 0 dies; node 2 sees it first. Its new leader does not know yet: node 2 tells it,
+    // and it alone.
+    let now = Time::from_micros(1_000);
+    let [_, mut next, mut other, mut last] = n;
+    other.handle_link_down(now, ids[0], LinkDown::Certain);
+    assert_eq!(other.leadership().leader, Some(ids[1]));
+    assert_eq!(other.leadership().term, None);
+    assert_eq!(views_to(&mut other), vec![ids[1]]);
+
+    // The new leader sees it and claims: everyone hears the claim at once.
+    next.handle_link_down(now, ids[0], LinkDown::Certain);
+    let term = next.my_term().expect("claims");
+    let claim = std::iter::from_fn(|| next.poll_transmit())
+        .find(|t| codec::is_view(&t.frame) && t.to == ids[2])
+        .expect("the claim, at once")
+        .frame;
+    assert_eq!(
+        views_to(&mut next),
+        vec![ids[3]],
+        "the claim to the rest too"
+    );
+
+    // A peer that learns the new term from the claim has nothing to tell anyone at once.
+    other.handle_frame(now, ids[1], &claim).expect("accepted");
+    assert_eq!(other.leadership().term, Some(term));
+    assert_eq!(views_to(&mut other), Vec::<PeerId>::new());
+
+    // Nor does one that had seen the death and learns the claim before it could tell.
+    last.handle_link_down(now, ids[0], LinkDown::Certain);
+    last.handle_frame(now, ids[1], &claim).expect("accepted");
+    assert_eq!(last.leadership().term, Some(term));
+    assert_eq!(
+        views_to(&mut last),
+        vec![ids[1]],
+        "its news of the death, queued before"
+    );
+}
