@@ -25,7 +25,7 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
 fn peer_exchange() -> Vec<Message> {
     let fixture = sync_fixture();
     let mut peer = new_node(fixture.peer, Config::default(), 2);
-    peer.handle_settled(T0);
+    settle_and_record_term(&mut peer);
     let written = (|| -> Result<(), WriteError> {
         let me = peer.me().peer;
         peer.put("probes", "db:5432", &"down".to_string(), Scope::Durable)?;
@@ -49,6 +49,13 @@ fn peer_exchange() -> Vec<Message> {
     peer.leave(T0);
     out.extend(drain(&mut peer).0.into_iter().map(|(_, m)| m));
     out
+}
+
+/// Lets `node` lead alone and record its term in the document (a heartbeat interval after
+/// its claim), so that the seeds carry a stored term. Its clock stays at `T0` for the rest.
+fn settle_and_record_term(node: &mut Node) {
+    node.handle_settled(T0);
+    node.handle_tick(T0 + node.config().heartbeat_interval);
 }
 
 fn kind(m: &Message) -> &'static str {
@@ -189,7 +196,7 @@ fn state_seeds() -> Vec<(String, Vec<u8>)> {
     let [a, b, ..] = peer_ids();
     // A file of appends, as the store writes them.
     let mut node = new_node(a, Config::default(), 1);
-    node.handle_settled(T0);
+    settle_and_record_term(&mut node);
     let appends: Vec<u8> = persisted(&mut node, 3)
         .iter()
         .flat_map(bytes_of)

@@ -81,7 +81,8 @@ pub(super) enum Note {
     Presence(PeerId),
     /// A peer was judged dead: its leader records go.
     Prune,
-    /// This peer became the leader under term `number`: the document records it.
+    /// This peer became the leader under term `number`: the document records it, a heartbeat
+    /// interval later (see `Node::record_claimed_term`).
     RecordTerm(u64),
     /// A view arrived from `from` at `at`, showing these digests of its document and leader
     /// records.

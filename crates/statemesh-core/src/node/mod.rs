@@ -316,6 +316,10 @@ pub struct Node {
     /// heartbeat interval has passed since the first, or at once with the next local write or
     /// a graceful leave (see [`Node::poll_persist`]).
     received_unpersisted: Option<Time>,
+    /// A term this peer claimed, to record in the document (`m.terms`) at the time given: a
+    /// heartbeat interval after the claim, once the failover it ends is over (see
+    /// [`Node::record_claimed_term`]).
+    term_to_record: Option<(u64, Time)>,
     /// Local writes in the replica's open change (not committed yet), with their times and
     /// how many entries each changed (its weight in the backlog), oldest first: tracked for
     /// acknowledgements once [`settle`](Self::settle) commits them.
@@ -375,6 +379,7 @@ impl Node {
             persist_seq: 0,
             unpersisted: Vec::new(),
             received_unpersisted: None,
+            term_to_record: None,
             open_writes: VecDeque::new(),
             in_persist: VecDeque::new(),
             stats: Stats::default(),
@@ -690,8 +695,10 @@ impl Node {
     pub fn leave(&mut self, now: Time) {
         self.settle();
         self.advance(now);
-        // What was received goes with the last persist, not a heartbeat interval later.
+        // What was received goes with the last persist, not a heartbeat interval later; so
+        // does the term this peer claimed last.
         self.received_unpersisted = None;
+        self.record_claimed_term(None);
         let me = self.me();
         self.broadcast(&Message::Leave(me));
         self.heart().leave(now);

@@ -694,6 +694,8 @@ fn persisted_state_reloads_with_its_terms() {
     let mut a = node(1);
     a.handle_settled(Time::ZERO);
     assert!(a.my_term().is_some());
+    // The claim is recorded a heartbeat interval later.
+    a.handle_tick(Time::ZERO + a.config().heartbeat_interval);
     a.put("c", "k", &"v".to_string(), Scope::Durable)
         .expect("write");
     let mut stored = Vec::new();
@@ -744,4 +746,25 @@ fn explanation_lists_every_peer() {
     assert_eq!(ex.me, a.me());
     assert_eq!(ex.peers.len(), 2);
     assert!(ex.peers.iter().any(|p| p.peer == b.me().peer && p.live));
+}
+
+#[test]
+fn a_claimed_term_is_recorded_a_heartbeat_later_or_at_a_leave() {
+    let beat = Config::default().heartbeat_interval;
+    let mut a = node(1);
+    a.handle_settled(Time::ZERO);
+    let term = a.my_term().expect("leads alone");
+    assert_eq!(a.poll_data_timeout(), Some(Time::ZERO + beat));
+    a.handle_tick(Time::ZERO + beat / 2);
+    assert_eq!(a.replica.max_stored_term(), 0, "not yet");
+    a.handle_tick(Time::ZERO + beat);
+    assert_eq!(a.replica.max_stored_term(), term);
+    assert_eq!(a.replica.newest_stored_term(), a.my_term_id());
+
+    // A leader that leaves before then records it as it goes.
+    let mut b = node(2);
+    b.handle_settled(Time::ZERO);
+    let term = b.my_term().expect("leads alone");
+    b.leave(Time::ZERO + beat / 4);
+    assert_eq!(b.replica.max_stored_term(), term);
 }

@@ -36,6 +36,7 @@ impl Node {
             return;
         }
         self.settle();
+        self.record_claimed_term(Some(now));
         self.expire_pending(now);
         let waiting: Vec<PeerId> = self
             .links
@@ -106,6 +107,9 @@ impl Node {
         }
         if let Some(since) = self.received_unpersisted {
             at(since + hb * super::persist::RECEIVED_PERSIST_LATEST_BEATS);
+        }
+        if let Some((_, due)) = self.term_to_record {
+            at(due);
         }
         t
     }

@@ -316,6 +316,8 @@ fn the_backlog_counts_written_entries_not_held_by_every_live_peer() {
 #[test]
 fn views_left_for_a_busy_node_stay_one_per_peer() {
     let (mut a, mut b) = linked();
+    // b's views show a document a does not hold: each is news for a's node.
+    b.put("c", "k", &1i64, Scope::Durable).expect("write");
     let pulse = a.pulse();
     let from = b.me().peer;
     let beat = Config::default().heartbeat_interval;
