@@ -184,17 +184,16 @@ impl ViewSender {
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         let counter = self.counter.fetch_add(1, Ordering::Relaxed);
         let datagram = seal(&self.key, self.route, counter, frame);
+        // Counted before it leaves, taken back if it did not: whoever receives it and then
+        // reads the count finds it there.
+        let counts = &self.socket.counts;
+        counts.sent.fetch_add(1, Ordering::Relaxed);
         let sent = self.socket.send.send_to(&datagram, self.to);
         match sent {
-            Ok(_) => {
-                self.socket.counts.sent.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(e) => {
-                self.socket
-                    .counts
-                    .send_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                counts.sent.fetch_sub(1, Ordering::Relaxed);
+                counts.send_errors.fetch_add(1, Ordering::Relaxed);
                 Err(e)
             }
         }
