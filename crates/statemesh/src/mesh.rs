@@ -558,3 +558,77 @@ impl Tx<'_, '_> {
         Ok(self.inner.add(name, by, scope)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::Secret;
+
+    /// A generous safety net; the windows agree within milliseconds.
+    const WITHIN: Duration = Duration::from_secs(15);
+
+    async fn window(dir: &Path) -> Mesh {
+        Mesh::builder("leadership-from-the-pulse")
+            .secret(Secret::from_bytes([6; 32]))
+            .runtime_dir(dir.join("run"))
+            .state_dir(dir.join("state"))
+            .join()
+            .await
+            .expect("joins")
+    }
+
+    /// Waits until `mesh` shows `leader` leading under a term.
+    async fn shows(mesh: &Mesh, leader: PeerId) -> Leadership {
+        let mut rx = mesh.leadership();
+        let wait = async {
+            loop {
+                let l = rx.current();
+                if l.leader == Some(leader) && l.term.is_some() {
+                    return l;
+                }
+                rx.recv().await.expect("open");
+            }
+        };
+        tokio::time::timeout(WITHIN, wait)
+            .await
+            .unwrap_or_else(|_| panic!("never showed {leader:?}: {:?}", rx.current()))
+    }
+
+    /// A window shows a new leadership as soon as its pulse hears of it, even while its
+    /// driver is held up (here: the node's lock held, as a long write would), not at the
+    /// driver's next turn.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_leader_shows_while_the_driver_is_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut windows = Vec::new();
+        for _ in 0..3 {
+            windows.push(window(dir.path()).await);
+        }
+        windows.sort_by_key(Mesh::id);
+        let [first, second, third] = <[Mesh; 3]>::try_from(windows).expect("three");
+        for w in [&first, &second, &third] {
+            shows(w, first.id()).await;
+        }
+
+        // The third window's driver waits for the node from here on (a thread holds it); its
+        // pulse does not.
+        let (holding, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let shared = Arc::clone(third.shared());
+        let holder = std::thread::spawn(move || {
+            let _node = shared.node();
+            holding.0.send(()).expect("the test waits");
+            let _ = release.1.recv();
+        });
+        holding.1.recv().expect("held");
+        first.shutdown().await;
+        let seen = shows(&third, second.id()).await;
+        release.0.send(()).expect("the holder waits");
+        holder.join().expect("released");
+        assert!(!seen.is_me);
+        assert_eq!(shows(&second, second.id()).await.term, seen.term);
+        second.shutdown().await;
+        third.shutdown().await;
+    }
+}

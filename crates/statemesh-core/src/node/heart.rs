@@ -145,6 +145,9 @@ pub struct Heart {
     /// The digest of the node's leader records, as the node last published it.
     pub(super) leader: [u8; 8],
     pub(super) stats: HeartStats,
+    /// The leadership and this peer's own term as [`leadership`](Self::leadership) last
+    /// returned them, and how many times they changed (its version).
+    leadership_seen: (Leadership, Option<u64>, u64),
 }
 
 impl Heart {
@@ -168,6 +171,7 @@ impl Heart {
             out_views: VecDeque::new(),
             notes: VecDeque::new(),
             view_notes_due: None,
+            leadership_seen: (Leadership::default(), None, 0),
             doc,
             leader,
             stats: HeartStats::default(),
@@ -248,6 +252,21 @@ impl Heart {
             t = t.min(self.candidate_at);
         }
         t
+    }
+
+    /// The leadership as this peer sees it and the number of the term under which this peer
+    /// leads, if it does, read together, with their version: a number that rises whenever
+    /// either changed since the last call. A runtime that publishes the leadership from more
+    /// than one thread (the one that runs the heart, the one that runs the node) publishes a
+    /// version only if it is not older than the last it published.
+    pub fn leadership(&mut self) -> (u64, Leadership, Option<u64>) {
+        let (current, mine) = (self.election.current(), self.election.my_term());
+        let (seen, seen_mine, version) = &mut self.leadership_seen;
+        if (*seen, *seen_mine) != (current, mine) {
+            (*seen, *seen_mine) = (current, mine);
+            *version += 1;
+        }
+        (*version, current, mine)
     }
 
     /// The next view to send.

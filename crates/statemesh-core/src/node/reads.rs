@@ -108,6 +108,12 @@ impl Node {
         self.heart().election.current()
     }
 
+    /// The leadership and this peer's own term, read together and versioned (see
+    /// [`Heart::leadership`](super::Heart::leadership)).
+    pub fn leadership_versioned(&self) -> (u64, Leadership, Option<u64>) {
+        self.heart().leadership()
+    }
+
     /// The number of the term under which this peer leads, if it does.
     pub fn my_term(&self) -> Option<u64> {
         self.heart().election.my_term()

@@ -768,3 +768,21 @@ fn a_claimed_term_is_recorded_a_heartbeat_later_or_at_a_leave() {
     b.leave(Time::ZERO + beat / 4);
     assert_eq!(b.replica.max_stored_term(), term);
 }
+
+#[test]
+fn the_leadership_version_rises_exactly_when_the_leadership_or_own_term_changes() {
+    let mut a = node(1);
+    let (v0, l0, mine0) = a.leadership_versioned();
+    assert_eq!((l0.leader, mine0), (None, None), "joining: no leader yet");
+    assert_eq!(a.leadership_versioned().0, v0, "unchanged, same version");
+    a.handle_settled(Time::ZERO);
+    let (v1, l1, mine1) = a.leadership_versioned();
+    assert!(v1 > v0);
+    assert_eq!((l1.leader, l1.term), (Some(a.me().peer), mine1));
+    assert!(mine1.is_some());
+    // Its own term gone (a freeze, a leave) is a new version even before a new election.
+    a.heart().election.step_down();
+    let (v2, _, mine2) = a.leadership_versioned();
+    assert!(v2 > v1);
+    assert_eq!(mine2, None);
+}

@@ -44,7 +44,6 @@ use self::pulse::{PulseLink, PulseLinks};
 use crate::dialer::{Dialer, Settle};
 use crate::error::JoinError;
 use crate::shared::Shared;
-use crate::status::Leadership;
 use crate::store::{Store, Writer};
 
 /// The running driver. Dropping it stops everything at once (no leave announced).
@@ -562,7 +561,7 @@ impl Run {
         let mut frames = Vec::new();
         let mut events = Vec::new();
         let mut persists = Vec::new();
-        let (info, term, synced, mut ack_progress, live) = {
+        let (leadership, synced, mut ack_progress, live) = {
             let t0 = Instant::now();
             let mut node = self.shared.node_off_worker();
             let t_lock = t0.elapsed();
@@ -589,8 +588,7 @@ impl Run {
             let now = self.shared.now();
             self.shared.judge_backlog(&node);
             (
-                node.leadership(),
-                node.my_term(),
+                node.leadership_versioned(),
                 node.joined(now) && node.in_sync(),
                 node.ack_progress(),
                 // Links to peers judged dead are not counted while their connection winds
@@ -692,12 +690,7 @@ impl Run {
             counts.dial_candidates = candidates;
             counts.auth_failures_discovery = self.discoveries.auth_failures();
         }
-        let me = self.shared.me();
-        self.shared.set_leadership(Leadership {
-            leader: info.leader,
-            term: info.term,
-            is_me: info.leader == Some(me) && term.is_some() && term == info.term,
-        });
+        self.shared.publish_leadership(leadership);
         // Last: whoever waits for `synced` then finds every change already broadcast.
         self.shared.set_synced(synced);
     }
