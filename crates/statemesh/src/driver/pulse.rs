@@ -9,7 +9,8 @@
 //! deadlines, and sends the views the heart makes straight to the links. It never takes the
 //! node's lock, so nothing the document does delays it; whoever holds the heart holds it for
 //! work bounded by the number of peers. Whatever a view or a beat leaves for the node (a sync
-//! message owed, a peer judged dead, a new leadership) wakes the driver.
+//! message owed, a peer judged dead, a new leadership) wakes the driver; a new leadership the
+//! pulse also publishes itself (`Shared::publish_leadership`), without waiting for the driver.
 //!
 //! [`Heart`]: statemesh_core::Heart
 //! [`Heart::handle_beat`]: statemesh_core::Heart::handle_beat
