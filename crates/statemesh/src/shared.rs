@@ -338,7 +338,8 @@ impl Shared {
     }
 
     /// Publishes the leadership as the heart gave it ([`Heart::leadership`]: its version, the
-    /// leadership, this window's own term), unless a newer version was published already. Both
+    /// leadership, this window's own term), unless that version or a newer one was published
+    /// already (a version names one leadership, so the same version again changes nothing). Both
     /// the driver and the pulse publish it: the pulse as soon as a view or a beat changed it
     /// (a claim heard, a death judged), without waiting for the driver's turn, which at 64
     /// windows on 2 cores came up to 20 ms later; the driver after every turn of its own.
@@ -354,7 +355,7 @@ impl Shared {
             is_me: current.leader == Some(self.me) && mine.is_some() && mine == current.term,
         };
         let mut published = lock(&self.leadership_version);
-        if version < *published {
+        if version <= *published {
             return;
         }
         *published = version;

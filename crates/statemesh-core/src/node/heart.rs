@@ -451,7 +451,7 @@ impl Heart {
         if let Some(l) = outcome.changed {
             self.stats.leadership_changes += 1;
             self.notes.push_back(Note::Event(Event::Leadership(l)));
-            self.announce(now, &outcome, l);
+            self.announce(now, &outcome);
         }
     }
 
@@ -465,15 +465,15 @@ impl Heart {
     /// Every peer telling every other at once made a failover of `n` windows a burst of
     /// about `2 n^2` views on top of the claim (each survivor's view when it saw the death,
     /// and again when it learned the new term): at 64 windows on 2 cores, 8,000 views.
-    fn announce(&mut self, now: Time, outcome: &ElectionOutcome, now_leads: Leadership) {
+    fn announce(&mut self, now: Time, outcome: &ElectionOutcome) {
         if outcome.new_term.is_some() || outcome.lost {
             self.send_views(now);
             return;
         }
-        if let Leadership {
+        if let Some(Leadership {
             leader: Some(leader),
             term: None,
-        } = now_leads
+        }) = outcome.changed
             && leader != self.live.me().peer
             && self.links.contains_key(&leader)
             && !self.left

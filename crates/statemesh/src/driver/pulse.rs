@@ -164,8 +164,6 @@ pub(super) async fn run(
     });
     let mut buf = vec![0u8; views::READ_BUFFER];
     let mut batch = Vec::new();
-    // The version of the leadership this pulse published last (see `Shared::publish_leadership`).
-    let mut published = 0;
     loop {
         // The next beat, or the moment views' notes should wake the driver.
         let due = {
@@ -203,15 +201,7 @@ pub(super) async fn run(
         {
             sealed_failed(&mut sealed, &e);
         }
-        beat(
-            &shared,
-            &pulse,
-            &links,
-            &events,
-            &mut batch,
-            max_frame,
-            &mut published,
-        );
+        beat(&shared, &pulse, &links, &events, &mut batch, max_frame);
     }
 }
 
@@ -233,7 +223,7 @@ fn sealed_failed(sealed: &mut Option<ViewReceiver>, e: &std::io::Error) {
 }
 
 /// One turn of the pulse: the views in `batch`, then the beat if it is due, then the views the
-/// heart made leave, and the leadership if it changed since the version `published`.
+/// heart made leave, and the leadership (published if its version is new).
 fn beat(
     shared: &Shared,
     pulse: &Pulse,
@@ -241,7 +231,6 @@ fn beat(
     events: &mpsc::UnboundedSender<LinkEvent>,
     batch: &mut Vec<ViewFrame>,
     max_frame: usize,
-    published: &mut u64,
 ) {
     let current = Arc::clone(&links.lock());
     // Decoded before the heart is taken: the node waits for whoever holds it.
@@ -285,10 +274,7 @@ fn beat(
     let leadership = heart.leadership();
     drop(heart);
     // A claim heard or a death judged here shows at once, not at the driver's next turn.
-    if leadership.0 != *published {
-        *published = leadership.0;
-        shared.publish_leadership(leadership);
-    }
+    shared.publish_leadership(leadership);
     let queued = shared.queued_frames();
     for t in views {
         if let Some(link) = current.get(&t.to) {
