@@ -45,10 +45,12 @@ impl JobThread {
     /// `super::priority`). It ends once this handle is dropped and its last job is done.
     pub(super) fn start(nice: u8) -> std::io::Result<Self> {
         let (queue, jobs) = mpsc::channel::<(Job, oneshot::Sender<Job>)>();
+        let (lowered, started) = mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("statemesh-jobs".into())
             .spawn(move || {
                 super::priority::lower_this_thread(nice, "jobs");
+                let _ = lowered.send(());
                 while let Ok((job, done)) = jobs.recv() {
                     // A job that panics outside the CRDT library's guarded calls drops `done`,
                     // which the driver reads as a failed job; the thread goes on with the next.
@@ -57,6 +59,9 @@ impl JobThread {
                     }
                 }
             })?;
+        // The thread runs at its own priority before the window is up (a test read the
+        // thread's nice value before the thread had run its first line).
+        let _ = started.recv();
         Ok(Self { queue })
     }
 

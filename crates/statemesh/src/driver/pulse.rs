@@ -120,6 +120,7 @@ pub(super) fn spawn(
         views.resubscribe(),
         events.clone(),
     );
+    let (lowered, running) = std::sync::mpsc::sync_channel(1);
     let started = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .enable_io()
@@ -129,9 +130,14 @@ pub(super) fn spawn(
                 .name("statemesh-pulse".into())
                 .spawn(move || {
                     super::priority::lower_this_thread(nice, "pulse");
+                    let _ = lowered.send(());
                     runtime.block_on(run(shared, links, views, events))
                 })
         });
+    if started.is_ok() {
+        // The pulse runs at its own priority before the window is up.
+        let _ = running.recv();
+    }
     if let Err(e) = started {
         tracing::warn!(error = %e, "no thread for the pulse: it runs on the mesh's runtime");
         let (shared, links, views, events) = fallback;
