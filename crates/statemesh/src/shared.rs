@@ -248,7 +248,15 @@ impl Shared {
     /// published first: a waiter woken by the change reads it in
     /// [`Mesh::metrics`](crate::Mesh::metrics), not the turn's before.
     pub(crate) fn judge_backlog(&self, node: &Node) {
-        let backlog = node.backlog() + self.queued.load(Ordering::Relaxed);
+        // Not judged while the pulse holds the heart: another turn judges it, at once if
+        // writes are held back (none may come to make one).
+        let Some(backlog) = node.try_backlog() else {
+            if *self.pressed.borrow() {
+                self.wake();
+            }
+            return;
+        };
+        let backlog = backlog + self.queued.load(Ordering::Relaxed);
         {
             let mut counts = self.counts();
             counts.backlog = backlog;

@@ -215,7 +215,20 @@ impl Node {
             // only receives).
             return 0;
         }
-        let heart = self.heart();
+        self.backlog_with(&self.heart())
+    }
+
+    /// [`backlog`](Self::backlog), if it can be counted without waiting for the heart (its
+    /// holder, the pulse, may be preempted holding it): `None` while another thread holds it.
+    pub fn try_backlog(&self) -> Option<usize> {
+        if self.pending.is_empty() && self.open_writes.is_empty() {
+            return Some(0);
+        }
+        let heart = self.heart.try_lock()?;
+        Some(self.backlog_with(&heart))
+    }
+
+    fn backlog_with(&self, heart: &super::Heart) -> usize {
         let floor = heart
             .live
             .live_among(self.links.iter().map(|(p, l)| (p, l.held_upto)))

@@ -83,10 +83,15 @@ impl Link {
 impl Node {
     /// Takes in the terms recorded in the document: the newest stored term, and the greatest
     /// stored number (so that a new claim goes above every number ever stored).
-    pub(super) fn observe_stored_terms(&mut self) {
+    pub(super) fn observe_stored_terms(&mut self) -> bool {
         let newest = self.replica.newest_stored_term();
         let max = self.replica.max_stored_term();
+        if self.stored_terms == Some((newest, max)) {
+            return false;
+        }
+        self.stored_terms = Some((newest, max));
         self.heart().observe_stored_terms(newest, max);
+        true
     }
 
     /// Runs the election again, and takes in what it changed.
@@ -100,10 +105,7 @@ impl Node {
     pub(super) fn publish_digests(&mut self) {
         let doc = heads_digest(&self.replica.heads());
         let leader = self.leader.digest();
-        let mut heart = self.heart();
-        let before = std::mem::replace(&mut heart.doc, doc);
-        heart.leader = leader;
-        drop(heart);
+        let before = self.digests.publish(doc, leader);
         if before != doc {
             self.left_docs.left(before, self.last_tick);
         }
@@ -116,7 +118,17 @@ impl Node {
         let mut mine: Option<(Vec<ChangeHash>, [u8; 8])> = None;
         loop {
             // Those the heart left while the last ones were taken in, too.
-            let notes = self.heart().take_notes();
+            let Some(notes) = self.heart.try_lock().map(|mut heart| {
+                let notes = heart.take_notes();
+                // A peer's liveness changed: reads that do not wait for the heart see it from
+                // now on (see `Node::live_now`).
+                if notes.iter().any(|n| matches!(n, Note::Presence(_))) {
+                    *self.live_seen.borrow_mut() = Some(super::reads::LiveNow::of(&heart));
+                }
+                notes
+            }) else {
+                return;
+            };
             if notes.is_empty() {
                 return;
             }

@@ -48,6 +48,57 @@ impl Pulse {
         // itself, and the heart's state is consistent between its calls.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// The heart, if nobody holds it: the node's own bookkeeping with the heart (its clock,
+    /// the notes to take in, the leadership to publish) is put off rather than waited for
+    /// while the pulse holds it (see [`Node::advance`](super::Node)).
+    pub(super) fn try_lock(&self) -> Option<MutexGuard<'_, Heart>> {
+        match self.0.try_lock() {
+            Ok(heart) => Some(heart),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+}
+
+/// The digests of the node's document heads and of its leader records, which every view
+/// carries: written by the node after each change without taking the heart, read by the heart
+/// for its views. The two are read apart; a view that pairs a newer one with an older one is a
+/// view that differs, which the receiving node checks against its own document.
+#[derive(Debug)]
+pub(super) struct PublishedDigests {
+    doc: std::sync::atomic::AtomicU64,
+    leader: std::sync::atomic::AtomicU64,
+}
+
+impl PublishedDigests {
+    pub(super) fn new(doc: [u8; 8], leader: [u8; 8]) -> Arc<Self> {
+        Arc::new(Self {
+            doc: u64::from_le_bytes(doc).into(),
+            leader: u64::from_le_bytes(leader).into(),
+        })
+    }
+
+    pub(super) fn doc(&self) -> [u8; 8] {
+        self.doc
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .to_le_bytes()
+    }
+
+    pub(super) fn leader(&self) -> [u8; 8] {
+        self.leader
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .to_le_bytes()
+    }
+
+    /// Publishes both; returns the document's digest before.
+    pub(super) fn publish(&self, doc: [u8; 8], leader: [u8; 8]) -> [u8; 8] {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.leader.store(u64::from_le_bytes(leader), Relaxed);
+        self.doc
+            .swap(u64::from_le_bytes(doc), Relaxed)
+            .to_le_bytes()
+    }
 }
 
 /// A view frame decoded before the heart is taken, so that whoever holds the heart holds it
@@ -140,10 +191,9 @@ pub struct Heart {
     /// When notes of views alone, if any wait, should wake the node (see
     /// [`Heart::take_wake`]); `None` once that wake was given, or the notes taken in.
     view_notes_due: Option<Time>,
-    /// The digest of the node's document heads, as the node last published it.
-    pub(super) doc: [u8; 8],
-    /// The digest of the node's leader records, as the node last published it.
-    pub(super) leader: [u8; 8],
+    /// The digests of the node's document heads and of its leader records, as the node last
+    /// published them (without the heart: see [`PublishedDigests`]).
+    pub(super) digests: Arc<PublishedDigests>,
     pub(super) stats: HeartStats,
     /// The leadership and this peer's own term as [`leadership`](Self::leadership) last
     /// returned them, and how many times they changed (its version).
@@ -155,8 +205,7 @@ impl Heart {
         config: Config,
         me: PeerId,
         now: Time,
-        doc: [u8; 8],
-        leader: [u8; 8],
+        digests: Arc<PublishedDigests>,
     ) -> Self {
         Self {
             live: Liveness::new(me, &config),
@@ -172,8 +221,7 @@ impl Heart {
             notes: VecDeque::new(),
             view_notes_due: None,
             leadership_seen: (Leadership::default(), None, 0),
-            doc,
-            leader,
+            digests,
             stats: HeartStats::default(),
             config,
         }
@@ -267,6 +315,15 @@ impl Heart {
             *version += 1;
         }
         (*version, current, mine)
+    }
+
+    /// Whether views wait to be sent: queued by the node (a link up, a leadership change) at
+    /// a moment its runtime found the heart held (see [`Node::poll_transmit`]); a pulse that
+    /// finds some sends them at once.
+    ///
+    /// [`Node::poll_transmit`]: super::Node::poll_transmit
+    pub fn has_views(&self) -> bool {
+        !self.out_views.is_empty()
     }
 
     /// The next view to send.
@@ -515,8 +572,8 @@ impl Heart {
             beats,
             tombs,
             claims,
-            doc: self.doc,
-            leader: self.leader,
+            doc: self.digests.doc(),
+            leader: self.digests.leader(),
         }
     }
 
@@ -563,7 +620,7 @@ impl Heart {
         let Some(told) = self.links.get_mut(&from) else {
             return;
         };
-        if digests == (self.doc, self.leader) {
+        if digests == (self.digests.doc(), self.digests.leader()) {
             if *told == Some(digests) {
                 // The node took in a view of these very digests while they were its own, and
                 // neither side changed since: its document, its leader records and every

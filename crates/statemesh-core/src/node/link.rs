@@ -173,8 +173,9 @@ impl Node {
             self.received_unpersisted.get_or_insert(now);
             self.events.extend(changes.into_iter().map(Event::Changed));
             self.publish_digests();
-            self.observe_stored_terms();
-            self.reelect(now);
+            if self.observe_stored_terms() {
+                self.reelect(now);
+            }
         }
         for &from in from {
             if let Some(link) = self.links.get_mut(&from) {

@@ -49,6 +49,7 @@ pub use heart::{DecodedView, Heart, Pulse};
 pub use jobs::{INLINE_BYTES, PUSH_AT_ONCE, PushJob, STANDBY_BATCH, SyncJob};
 use link::Link;
 pub use persist::{Persist, Snapshot};
+pub use reads::Glance;
 use reads::Scratch;
 pub use writes::MAX_OPEN_WRITES;
 
@@ -280,6 +281,11 @@ pub struct Node {
     me: PeerId,
     /// Liveness, election and views, under a lock of their own (see [`Heart`]).
     heart: Pulse,
+    /// The digests the heart's views carry, published without it (see [`heart::PublishedDigests`]).
+    digests: std::sync::Arc<heart::PublishedDigests>,
+    /// The stored terms last given the heart (newest, greatest number): a receive that leaves
+    /// them as they were takes nothing to it.
+    stored_terms: Option<(Option<Term>, u64)>,
     replica: Replica,
     leader: LeaderStore,
     links: BTreeMap<PeerId, Link>,
@@ -327,6 +333,8 @@ pub struct Node {
     in_persist: VecDeque<(u64, Vec<WriteId>)>,
     stats: Stats,
     scratch: std::cell::RefCell<Scratch>,
+    /// Who was live when the node last looked (see `Node::live_now`).
+    live_seen: std::cell::RefCell<Option<reads::LiveNow>>,
     next_link_serial: u64,
 }
 
@@ -345,16 +353,14 @@ impl Node {
         let replica = Replica::new(me, actor);
         let persisted_heads = replica.heads();
         let leader = LeaderStore::default();
-        let heart = Heart::new(
-            config.clone(),
-            me,
-            now,
-            heads_digest(&persisted_heads),
-            leader.digest(),
-        );
+        let digests = heart::PublishedDigests::new(heads_digest(&persisted_heads), leader.digest());
+        let heart = Heart::new(config.clone(), me, now, std::sync::Arc::clone(&digests));
         Self {
             me,
             heart: Pulse::new(heart),
+            digests,
+            // A new document stores no term: what the heart's election starts from.
+            stored_terms: Some((None, 0)),
             replica,
             leader,
             links: BTreeMap::new(),
@@ -384,6 +390,7 @@ impl Node {
             in_persist: VecDeque::new(),
             stats: Stats::default(),
             scratch: std::cell::RefCell::default(),
+            live_seen: std::cell::RefCell::default(),
             next_link_serial: 0,
             mesh,
             also_accepted: Vec::new(),
@@ -708,7 +715,9 @@ impl Node {
     /// The next frame to send. Flushes coalesced local writes first: one sync round per peer.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.absorb();
-        if let Some(t) = self.poll_view() {
+        // Held by another thread (the pulse), the heart keeps its views: the pulse sends them
+        // in the turn it holds it for, or at once after (see `Heart::has_views`).
+        if let Some(t) = self.heart.try_lock().and_then(|mut h| h.poll_view()) {
             return Some(t);
         }
         if self.sync_due {
@@ -753,8 +762,15 @@ impl Node {
     /// Moves the clock (the heart's too, which detects a freeze: no input for longer than the
     /// suspect timeout) and takes in what the heart left.
     fn advance(&mut self, now: Time) {
-        self.heart().advance(now);
         self.last_tick = self.last_tick.max(now);
+        // Held by the pulse, the heart is being advanced by it: this input is no news of a
+        // freeze, and what the heart left is taken in at the next input (the pulse wakes the
+        // node for notes).
+        let Some(mut heart) = self.heart.try_lock() else {
+            return;
+        };
+        heart.advance(now);
+        drop(heart);
         self.absorb();
     }
 

@@ -14,12 +14,21 @@ use crate::{PeerId, Time, Value};
 /// heart's lock: the pulse takes that lock for every beat and view, and a read costs what the
 /// channel holds (a window listing a channel of about 120,000 keys held it 0.9-1.2 s, its
 /// beats waited, and its peers judged it dead). Copying costs what the peers number.
-struct LiveNow {
+#[derive(Clone, Debug)]
+pub(super) struct LiveNow {
     me: PeerId,
     peers: std::collections::BTreeSet<PeerId>,
 }
 
 impl LiveNow {
+    /// Who `heart` holds live.
+    pub(super) fn of(heart: &super::Heart) -> Self {
+        Self {
+            me: heart.live.me().peer,
+            peers: heart.live.live_peers().collect(),
+        }
+    }
+
     fn is_live(&self, peer: &PeerId) -> bool {
         *peer == self.me || self.peers.contains(peer)
     }
@@ -27,11 +36,27 @@ impl LiveNow {
 
 impl Node {
     /// Who is live now (see [`LiveNow`]): the heart's lock held for the copy only.
+    ///
+    /// While another thread holds the heart (the pulse, which may be preempted holding it),
+    /// the copy the node last made is used instead of waiting: made at the last read, or when
+    /// the node last took in a change of a peer's liveness (its `Presence` note, taken with
+    /// the events that tell the application of it), it is never older than what the
+    /// application was told.
     fn live_now(&self) -> LiveNow {
-        let heart = self.heart();
-        LiveNow {
-            me: heart.live.me().peer,
-            peers: heart.live.live_peers().collect(),
+        let fresh = self.heart.try_lock().map(|heart| LiveNow::of(&heart));
+        let mut seen = self.live_seen.borrow_mut();
+        match (fresh, seen.as_ref()) {
+            (Some(live), _) => {
+                *seen = Some(live.clone());
+                live
+            }
+            (None, Some(live)) => live.clone(),
+            (None, None) => {
+                drop(seen);
+                let live = LiveNow::of(&self.heart());
+                *self.live_seen.borrow_mut() = Some(live.clone());
+                live
+            }
         }
     }
 
@@ -112,6 +137,27 @@ impl Node {
     /// [`Heart::leadership`](super::Heart::leadership)).
     pub fn leadership_versioned(&self) -> (u64, Leadership, Option<u64>) {
         self.heart().leadership()
+    }
+
+    /// What a runtime reads from the heart after each turn, in one look, if nobody holds the
+    /// heart (else `None`: its holder, the pulse, publishes the leadership after its turn):
+    /// the versioned leadership (see [`leadership_versioned`](Self::leadership_versioned)),
+    /// whether this node is past joining at `now` (see [`joined`](Self::joined)), and how many
+    /// of `peers` are live (see [`count_live`](Self::count_live)).
+    pub fn try_glance<'a>(
+        &self,
+        now: Time,
+        peers: impl IntoIterator<Item = &'a PeerId>,
+    ) -> Option<Glance> {
+        let mut heart = self.heart.try_lock()?;
+        Some(Glance {
+            leadership: heart.leadership(),
+            joined: heart.settled || now >= heart.candidate_at,
+            live: heart
+                .live
+                .live_among(peers.into_iter().map(|p| (p, ())))
+                .count(),
+        })
     }
 
     /// The number of the term under which this peer leads, if it does.
@@ -248,4 +294,15 @@ impl Scratch {
         tx.rollback();
         out
     }
+}
+
+/// See [`Node::try_glance`].
+#[derive(Clone, Debug)]
+pub struct Glance {
+    /// The leadership and this peer's own term, versioned.
+    pub leadership: (u64, Leadership, Option<u64>),
+    /// Whether this node is past joining.
+    pub joined: bool,
+    /// How many of the peers asked about are live.
+    pub live: usize,
 }

@@ -786,3 +786,55 @@ fn the_leadership_version_rises_exactly_when_the_leadership_or_own_term_changes(
     assert!(v2 > v1);
     assert_eq!(mine2, None);
 }
+
+/// At 64 windows on 2 cores the pulse, 10 nice levels below the data path, was preempted
+/// holding the heart, and a node receiving a write waited for it, up to 38 ms (the last window
+/// to see a write was most often one that waited so; docs/under-load.md, fortieth slice). A
+/// node now receives a change, answers it, hands it to the application and reads it while
+/// another thread holds the heart; its views carry the new digest all the same.
+#[test]
+fn a_change_is_received_answered_and_read_while_another_thread_holds_the_heart() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let (mut a, mut b) = linked();
+    let from = a.me().peer;
+    a.put("c", "k", &7i64, Scope::Durable).expect("write");
+    let frames: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
+    assert!(!frames.is_empty());
+    let pulse = b.pulse();
+    let (held_tx, held_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let heart = pulse.lock();
+        held_tx.send(()).expect("test alive");
+        // Held until the receiver is done, or gave up on it.
+        let _ = release_rx.recv();
+        drop(heart);
+    });
+    held_rx.recv().expect("the heart held");
+    let (done_tx, done_rx) = mpsc::channel();
+    let receiver = std::thread::spawn(move || {
+        let now = Time::from_micros(1_000);
+        for t in &frames {
+            b.handle_frame(now, from, &t.frame).expect("accepted");
+        }
+        let answers = std::iter::from_fn(|| b.poll_transmit()).count();
+        let changed = std::iter::from_fn(|| b.poll_event())
+            .any(|e| matches!(e, Event::Changed(c) if c.key == "k"));
+        let read: Option<i64> = b.get("c", "k").expect("readable");
+        done_tx.send((answers, changed, read)).expect("test alive");
+        b
+    });
+    let outcome = done_rx.recv_timeout(Duration::from_secs(20));
+    release_tx.send(()).expect("holder alive");
+    let (answers, changed, read) = outcome.expect("the receive waited for the heart");
+    holder.join().expect("holder");
+    let b = receiver.join().expect("receiver");
+    assert!(answers > 0, "the change was answered");
+    assert!(changed, "the change was handed to the application");
+    assert_eq!(read, Some(7));
+    let digest = heads_digest(&b.heads());
+    assert_ne!(digest, heads_digest(&[]));
+    let view = b.heart().view(Time::from_micros(2_000));
+    assert_eq!(view.doc, digest, "the views carry the document as received");
+}

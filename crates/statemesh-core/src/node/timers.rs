@@ -131,6 +131,6 @@ impl Node {
             || self.doc_dirty
             || self.sync_due
             || !self.leader_dirty.is_empty()
-            || self.heart().wants_node()
+            || self.heart.try_lock().is_some_and(|h| h.wants_node())
     }
 }

@@ -238,6 +238,7 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         links_changed: false,
         standby_at: None,
         unquiet_at: None,
+        joined: false,
     };
     let task = tokio::spawn(tracing::Instrument::instrument(
         run.run(events_rx, frames_rx, views_rx, stop_rx),
@@ -336,6 +337,9 @@ struct Run {
     /// When to bring the standby up to date, if it lacks changes: [`STANDBY_IDLE`] (or
     /// [`STANDBY_IDLE_FEW`]) after the last turn (each turn puts it off).
     standby_at: Option<Instant>,
+    /// Whether the node was past joining at the last look at its heart (see
+    /// `Node::try_glance`).
+    joined: bool,
     /// When the mesh last stopped being quiet (see [`Run::on_worker`]): a turn took
     /// [`QUIET_TURN`] or longer, or a link came up (its first exchange may carry the whole
     /// document, a reply generated in a frame's turn).
@@ -561,7 +565,7 @@ impl Run {
         let mut frames = Vec::new();
         let mut events = Vec::new();
         let mut persists = Vec::new();
-        let (leadership, synced, mut ack_progress, live) = {
+        let (glance, synced, mut ack_progress) = {
             let t0 = Instant::now();
             let mut node = self.shared.node_off_worker();
             let t_lock = t0.elapsed();
@@ -587,14 +591,20 @@ impl Run {
             }
             let now = self.shared.now();
             self.shared.judge_backlog(&node);
-            (
-                node.leadership_versioned(),
-                node.joined(now) && node.in_sync(),
-                node.ack_progress(),
-                // Links to peers judged dead are not counted while their connection winds
-                // down (those this turn closes are to dead peers too).
-                node.count_live(self.links.keys()),
-            )
+            // Links to peers judged dead are not counted while their connection winds down
+            // (those this turn closes are to dead peers too).
+            let glance = node.try_glance(now, self.links.keys());
+            let in_sync = node.in_sync();
+            (glance, in_sync, node.ack_progress())
+        };
+        // The heart held by the pulse: the leadership is the pulse's to publish after its
+        // turn, and the rest is as the last look found it.
+        let (leadership, synced, live) = match glance {
+            Some(g) => {
+                self.joined = g.joined;
+                (Some(g.leadership), g.joined && synced, Some(g.live))
+            }
+            None => (None, self.joined && synced, None),
         };
         if std::mem::take(&mut self.links_changed) {
             self.close_stale_view_routes();
@@ -683,14 +693,18 @@ impl Run {
             let dialer = self.dialer.counts();
             let candidates = self.dialer.len();
             let mut counts = self.shared.counts();
-            counts.links = live;
+            if let Some(live) = live {
+                counts.links = live;
+            }
             counts.probes = dialer.probes;
             counts.probe_failures = dialer.probe_failures;
             counts.candidates_forgotten = dialer.forgotten;
             counts.dial_candidates = candidates;
             counts.auth_failures_discovery = self.discoveries.auth_failures();
         }
-        self.shared.publish_leadership(leadership);
+        if let Some(leadership) = leadership {
+            self.shared.publish_leadership(leadership);
+        }
         // Last: whoever waits for `synced` then finds every change already broadcast.
         self.shared.set_synced(synced);
     }

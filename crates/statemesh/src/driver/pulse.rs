@@ -171,15 +171,20 @@ pub(super) async fn run(
     let mut buf = vec![0u8; views::READ_BUFFER];
     let mut batch = Vec::new();
     loop {
-        // The next beat, or the moment views' notes should wake the driver.
+        // The next beat, or the moment views' notes should wake the driver; now if views wait
+        // (the driver leaves those it queued when it finds the heart held: see
+        // `Node::poll_transmit`).
         let due = {
             let heart = pulse.lock();
             let beat = heart.poll_beat_timeout();
-            shared.instant(
-                heart
-                    .poll_wake_timeout()
-                    .map_or(beat, |wake| wake.min(beat)),
-            )
+            let due = heart
+                .poll_wake_timeout()
+                .map_or(beat, |wake| wake.min(beat));
+            if heart.has_views() {
+                Instant::now()
+            } else {
+                shared.instant(due)
+            }
         };
         tokio::select! {
             biased;
