@@ -46,7 +46,7 @@ impl Mesh {
 /// | [`join_timeout`](Self::join_timeout) | 5 s |
 /// | [`ack_timeout`](Self::ack_timeout) | 10 s |
 /// | [`backpressure`](Self::backpressure) | soft 256, hard 512 |
-/// | [`background_nice`](Self::background_nice) | 10 nice levels below the runtime's threads (Linux) |
+/// | [`background_nice`](Self::background_nice) | 15 nice levels below the runtime's threads (Linux) |
 #[derive(Debug, Clone)]
 pub struct MeshBuilder {
     name: String,
@@ -291,14 +291,15 @@ impl MeshBuilder {
     }
 
     /// How many nice levels below the threads of the runtime that runs the mesh (they start
-    /// them) its two background threads run, on Linux (default 10; 0 keeps them level; the
+    /// them) its two background threads run, on Linux (default 15; 0 keeps them level; the
     /// nice value stops at 19): the pulse's (heartbeats and views) and the jobs' (the CRDT
     /// library's bulk work: long receives, pushes of many writes). The runtime's threads, which
     /// take a change in, answer it and publish it, keep their priority, so when the cores are
     /// short a change's receipt (wanted within milliseconds) goes before views (wanted within
     /// the suspect timeout), and the views still share the cores evenly with bulk work.
     /// Measured at 64 windows on 2 cores: a write that met the heartbeat instant's views
-    /// waited for them (`scale` p99 60-80 ms level, 46-58 ms with 10, in one sitting). Other
+    /// waited for them (`scale` p99 60-80 ms level, 46-58 ms with 10, in one sitting; 40-56 ms
+    /// with 15 against 44-65 with 10 in another). Other
     /// systems have no per-thread nice value; nothing is changed there.
     pub fn background_nice(mut self, levels: u8) -> Self {
         self.background_nice = levels;

@@ -74,7 +74,7 @@ async fn the_pulse_and_the_jobs_run_below_the_window_unless_told_not_to() {
     tokio::time::timeout(WITHIN, agreed)
         .await
         .expect("the windows agree on a leader");
-    let expected = vec![base, (base + 10).min(19)];
+    let expected = vec![base, (base + 15).min(19)];
     assert_eq!(nice_of_threads("statemesh-pulse"), expected, "pulses");
     assert_eq!(nice_of_threads("statemesh-jobs"), expected, "jobs");
 }

@@ -787,7 +787,7 @@ fn the_leadership_version_rises_exactly_when_the_leadership_or_own_term_changes(
     assert_eq!(mine2, None);
 }
 
-/// At 64 windows on 2 cores the pulse, 10 nice levels below the data path, was preempted
+/// At 64 windows on 2 cores the pulse, 10 nice levels below the data path then, was preempted
 /// holding the heart, and a node receiving a write waited for it, up to 38 ms (the last window
 /// to see a write was most often one that waited so; docs/under-load.md, fortieth slice). A
 /// node now receives a change, answers it, hands it to the application and reads it while

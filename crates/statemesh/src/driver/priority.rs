@@ -8,7 +8,7 @@
 //! heartbeat instant brings every window 63 views at once, about 75 ms of CPU mesh-wide; at
 //! one priority a write that met it waited for it (`scale` p99 60-80 ms), with the pulses 10
 //! levels below it goes first (46-58 ms in the same sitting) and the views are read a few
-//! milliseconds later.
+//! milliseconds later (15 levels since the fortieth slice: see [`DEFAULT_BACKGROUND_NICE`]).
 //! The jobs go down with the pulse, so that bulk work and liveness share the cores as they did
 //! (the pulse alone lowered let the jobs' backlog make beats 63-65 ms late in `overload`;
 //! both lowered, 12-25 ms at the most, as at one priority). See docs/under-load.md, thirty-eighth slice.
@@ -17,7 +17,15 @@
 //! the whole process, so nothing is changed.
 
 /// How many nice levels below the runtime's threads the background threads run by default.
-pub(crate) const DEFAULT_BACKGROUND_NICE: u8 = 10;
+///
+/// Fifteen: nice weighs each thread's share, and 64 windows' pulses woken together by a
+/// heartbeat instant weigh as a crowd. At 10 levels down (weight 110 each against a
+/// data-path thread's 1,024) the 64 pulses of `scale` weighed seven data-path threads, and a
+/// write that met their views waited for them; at 15 (29 each) they weigh under two.
+/// `scale` p99 (64 windows, 2 cores, alternately) 44.4 / 52.7 / 53.9 / 43.8 / 64.8 ms at 10,
+/// 40.1 / 41.0 / 41.5 / 55.7 / 53.2 at 15; `overload --peers 8` beats late at most 37 ms at
+/// 10, 45 ms at 15, 0 false suspicions either way (196-261 ms at 19).
+pub(crate) const DEFAULT_BACKGROUND_NICE: u8 = 15;
 
 /// Lowers the calling thread's CPU priority by `by` nice levels (to 19 at the most), and
 /// returns its nice value after; `None` where nothing was changed (`by` is 0, another OS, or
