@@ -123,7 +123,7 @@ impl Node {
                 // A peer's liveness changed: reads that do not wait for the heart see it from
                 // now on (see `Node::live_now`).
                 if notes.iter().any(|n| matches!(n, Note::Presence(_))) {
-                    *self.live_seen.borrow_mut() = Some(super::reads::LiveNow::of(&heart));
+                    *self.live_seen.borrow_mut() = super::reads::LiveNow::of(&heart);
                 }
                 notes
             }) else {

@@ -387,8 +387,13 @@ impl Heart {
         }
     }
 
+    /// Whether this node is past joining at `now`: discovery settled, or its join grace over.
+    pub(super) fn joined(&self, now: Time) -> bool {
+        self.settled || now >= self.candidate_at
+    }
+
     pub(super) fn me_candidate(&self, now: Time) -> bool {
-        self.live.my_eligible() && !self.left && (self.settled || now >= self.candidate_at)
+        self.live.my_eligible() && !self.left && self.joined(now)
     }
 
     /// Moves the clock; detects that this process was frozen (no input for longer than the

@@ -333,8 +333,9 @@ pub struct Node {
     in_persist: VecDeque<(u64, Vec<WriteId>)>,
     stats: Stats,
     scratch: std::cell::RefCell<Scratch>,
-    /// Who was live when the node last looked (see `Node::live_now`).
-    live_seen: std::cell::RefCell<Option<reads::LiveNow>>,
+    /// Who was live when the node last took in a change of a peer's liveness (see
+    /// `Node::live_now`).
+    live_seen: std::cell::RefCell<reads::LiveNow>,
     next_link_serial: u64,
 }
 
@@ -390,7 +391,8 @@ impl Node {
             in_persist: VecDeque::new(),
             stats: Stats::default(),
             scratch: std::cell::RefCell::default(),
-            live_seen: std::cell::RefCell::default(),
+            // No peer is live before a link comes up.
+            live_seen: std::cell::RefCell::new(reads::LiveNow::alone(me)),
             next_link_serial: 0,
             mesh,
             also_accepted: Vec::new(),

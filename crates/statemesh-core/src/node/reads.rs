@@ -29,6 +29,14 @@ impl LiveNow {
         }
     }
 
+    /// `me` alone live.
+    pub(super) fn alone(me: PeerId) -> Self {
+        Self {
+            me,
+            peers: Default::default(),
+        }
+    }
+
     fn is_live(&self, peer: &PeerId) -> bool {
         *peer == self.me || self.peers.contains(peer)
     }
@@ -38,25 +46,14 @@ impl Node {
     /// Who is live now (see [`LiveNow`]): the heart's lock held for the copy only.
     ///
     /// While another thread holds the heart (the pulse, which may be preempted holding it),
-    /// the copy the node last made is used instead of waiting: made at the last read, or when
-    /// the node last took in a change of a peer's liveness (its `Presence` note, taken with
-    /// the events that tell the application of it), it is never older than what the
-    /// application was told.
+    /// the copy the node made when it last took in a change of a peer's liveness is used
+    /// instead of waiting (every such change leaves the node a `Presence` note, taken with the
+    /// events that tell the application of it): never older than what the application was
+    /// told.
     fn live_now(&self) -> LiveNow {
-        let fresh = self.heart.try_lock().map(|heart| LiveNow::of(&heart));
-        let mut seen = self.live_seen.borrow_mut();
-        match (fresh, seen.as_ref()) {
-            (Some(live), _) => {
-                *seen = Some(live.clone());
-                live
-            }
-            (None, Some(live)) => live.clone(),
-            (None, None) => {
-                drop(seen);
-                let live = LiveNow::of(&self.heart());
-                *self.live_seen.borrow_mut() = Some(live.clone());
-                live
-            }
+        match self.heart.try_lock() {
+            Some(heart) => LiveNow::of(&heart),
+            None => self.live_seen.borrow().clone(),
         }
     }
 
@@ -152,7 +149,7 @@ impl Node {
         let mut heart = self.heart.try_lock()?;
         Some(Glance {
             leadership: heart.leadership(),
-            joined: heart.settled || now >= heart.candidate_at,
+            joined: heart.joined(now),
             live: heart
                 .live
                 .live_among(peers.into_iter().map(|p| (p, ())))
@@ -207,8 +204,7 @@ impl Node {
     /// Whether this node is past joining: discovery settled, or its join grace is over. The
     /// peers it knows by then are the ones that were there when it started.
     pub fn joined(&self, now: Time) -> bool {
-        let heart = self.heart();
-        heart.settled || now >= heart.candidate_at
+        self.heart().joined(now)
     }
 
     /// Whether every linked peer's last view showed the same document and leader records as

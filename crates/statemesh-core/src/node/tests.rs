@@ -799,6 +799,9 @@ fn a_change_is_received_answered_and_read_while_another_thread_holds_the_heart()
     let (mut a, mut b) = linked();
     let from = a.me().peer;
     a.put("c", "k", &7i64, Scope::Durable).expect("write");
+    // Shown only while a is live, which b knows from the heart or, while it is held, from
+    // the copy b made when it took in a's coming up.
+    a.put("c", "here", &1i64, Scope::Presence).expect("write");
     let frames: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
     assert!(!frames.is_empty());
     let pulse = b.pulse();
@@ -822,17 +825,21 @@ fn a_change_is_received_answered_and_read_while_another_thread_holds_the_heart()
         let changed = std::iter::from_fn(|| b.poll_event())
             .any(|e| matches!(e, Event::Changed(c) if c.key == "k"));
         let read: Option<i64> = b.get("c", "k").expect("readable");
-        done_tx.send((answers, changed, read)).expect("test alive");
+        let present: Option<i64> = b.get("c", "here").expect("readable");
+        done_tx
+            .send((answers, changed, read, present))
+            .expect("test alive");
         b
     });
     let outcome = done_rx.recv_timeout(Duration::from_secs(20));
     release_tx.send(()).expect("holder alive");
-    let (answers, changed, read) = outcome.expect("the receive waited for the heart");
+    let (answers, changed, read, present) = outcome.expect("the receive waited for the heart");
     holder.join().expect("holder");
     let b = receiver.join().expect("receiver");
     assert!(answers > 0, "the change was answered");
     assert!(changed, "the change was handed to the application");
     assert_eq!(read, Some(7));
+    assert_eq!(present, Some(1), "a's presence entry, a being live");
     let digest = heads_digest(&b.heads());
     assert_ne!(digest, heads_digest(&[]));
     let view = b.heart().view(Time::from_micros(2_000));
