@@ -140,7 +140,7 @@ impl Node {
     /// heart (else `None`: its holder, the pulse, publishes the leadership after its turn):
     /// the versioned leadership (see [`leadership_versioned`](Self::leadership_versioned)),
     /// whether this node is past joining at `now` (see [`joined`](Self::joined)), and how many
-    /// of `peers` are live (see [`count_live`](Self::count_live)).
+    /// of `peers` are live.
     pub fn try_glance<'a>(
         &self,
         now: Time,
@@ -175,15 +175,6 @@ impl Node {
     /// Whether `peer`'s highest known incarnation is live.
     pub fn is_live(&self, peer: &PeerId) -> bool {
         self.heart().live.is_live(peer)
-    }
-
-    /// How many of `peers` are live (one look at the liveness for them all).
-    pub fn count_live<'a>(&self, peers: impl IntoIterator<Item = &'a PeerId>) -> usize {
-        let heart = self.heart();
-        heart
-            .live
-            .live_among(peers.into_iter().map(|p| (p, ())))
-            .count()
     }
 
     /// Whether incarnation `number` of `peer` was judged dead.
