@@ -9,4 +9,5 @@ pub mod local;
 pub mod mdns;
 pub mod quic;
 pub mod secret;
+mod udp;
 pub mod views;

@@ -191,8 +191,18 @@ impl Endpoint {
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(transport());
 
-        let endpoint = quinn::Endpoint::server(server, addr)
-            .map_err(|source| LinkError::Bind { addr, source })?;
+        let bind = |addr| -> std::io::Result<quinn::Endpoint> {
+            let socket = std::net::UdpSocket::bind(addr)?;
+            let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+            let socket = crate::udp::wrap(socket, &runtime)?;
+            quinn::Endpoint::new_with_abstract_socket(
+                quinn::EndpointConfig::default(),
+                Some(server),
+                socket,
+                runtime,
+            )
+        };
+        let endpoint = bind(addr).map_err(|source| LinkError::Bind { addr, source })?;
         Ok(Self {
             endpoint,
             me,
