@@ -18,6 +18,7 @@
 
 mod discovery;
 mod flush;
+mod heap;
 mod jobs;
 mod links;
 mod priority;
