@@ -22,7 +22,7 @@ use crate::error::{AckError, Closed, WriteError};
 use crate::metrics::DriverCounts;
 use crate::status::Leadership;
 use crate::store::LoadSummary;
-use crate::subscribe::{ChangeStream, LeadershipStream};
+use crate::subscribe::{ChangeStream, LeadershipStream, Published};
 
 /// What is fixed when a mesh starts, besides its node.
 #[derive(Debug)]
@@ -71,10 +71,10 @@ pub(crate) struct Shared {
     /// The version of the leadership last published (see [`Shared::publish_leadership`]);
     /// `u64::MAX` once the mesh closed.
     leadership_version: Mutex<u64>,
-    changes: broadcast::Sender<EntryChange>,
+    changes: broadcast::Sender<Published>,
     /// Subscribed before the mesh started: the first [`Shared::changes`] call gets it, so that
     /// no change made between `join` and that call is missed.
-    first_changes: Mutex<Option<broadcast::Receiver<EntryChange>>>,
+    first_changes: Mutex<Option<broadcast::Receiver<Published>>>,
     /// The node's [`Node::ack_progress`] as last published: acknowledgements themselves are
     /// the node's alone ([`Node::write_status`]); this side only wakes their waiters.
     ack_progress: AtomicU64,
@@ -382,7 +382,7 @@ impl Shared {
     }
 
     pub(crate) fn publish_change(&self, change: EntryChange) {
-        let _ = self.changes.send(change);
+        let _ = self.changes.send(Arc::new(change));
     }
 
     pub(crate) fn is_synced(&self) -> bool {

@@ -695,7 +695,7 @@ async fn read_loop(
 ) {
     let mut decoder = FrameDecoder::new(max_frame);
     decoder.extend(&buffered);
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut chunks: [bytes::Bytes; 32] = Default::default();
     let error = loop {
         // Cut by the core's splitter, the one place that knows the header; the node checks
         // each frame's header again and decodes it.
@@ -720,8 +720,12 @@ async fn read_loop(
             Ok(None) => {}
             Err(e) => break Some(e.to_string()),
         }
-        match recv.read(&mut buf).await {
-            Ok(Some(n)) => decoder.extend(&buf[..n]),
+        // QUIC's own buffers, read in place: no buffer of the link's own to keep resident.
+        match recv.read_chunks(&mut chunks).await {
+            // Taken, not kept: a chunk holds its datagram's buffer.
+            Ok(Some(n)) => chunks[..n]
+                .iter_mut()
+                .for_each(|c| decoder.extend(&std::mem::take(c))),
             Ok(None) | Err(_) => break None,
         }
     };
