@@ -43,8 +43,9 @@ pub(super) struct JobThread {
 
 impl JobThread {
     /// Starts the thread, `nice` levels below the caller's CPU priority (see
-    /// `super::priority`). It ends once this handle is dropped and its last job is done.
-    pub(super) fn start(nice: u8) -> std::io::Result<Self> {
+    /// `super::priority`), giving free memory back once quiet if `give_back` (see [`serve`]).
+    /// It ends once this handle is dropped and its last job is done.
+    pub(super) fn start(nice: u8, give_back: bool) -> std::io::Result<Self> {
         let (queue, jobs) = mpsc::channel::<(Job, oneshot::Sender<Job>)>();
         let (lowered, started) = mpsc::sync_channel(1);
         std::thread::Builder::new()
@@ -54,7 +55,7 @@ impl JobThread {
                 let _ = lowered.send(());
                 serve(
                     &jobs,
-                    super::heap::QUIET,
+                    give_back.then_some(super::heap::QUIET),
                     super::heap::give_back,
                     |(job, done)| {
                         // A job that panics outside the CRDT library's guarded calls drops `done`,
@@ -83,7 +84,7 @@ impl JobThread {
 
 /// The job thread's loop: runs each job as it comes, and once no job has come for `quiet`
 /// after one ran, gives the allocator's free memory back (`give_back`), then waits without a
-/// deadline. Ends when the queue's sender is gone.
+/// deadline (without `quiet`, never). Ends when the queue's sender is gone.
 ///
 /// A job's transient memory (a received message's changes rebuilt and decoded, a copy of the
 /// records it touched) is freed into the allocator, which keeps it: in a window of the
@@ -93,14 +94,14 @@ impl JobThread {
 /// never again while it stays idle.
 fn serve<J>(
     jobs: &mpsc::Receiver<J>,
-    quiet: Duration,
+    quiet: Option<Duration>,
     mut give_back: impl FnMut(),
     mut run: impl FnMut(J),
 ) {
     // Whether a job ran since memory was last given back.
     let mut worked = false;
     loop {
-        let next = if worked {
+        let next = if let Some(quiet) = quiet.filter(|_| worked) {
             jobs.recv_timeout(quiet)
         } else {
             jobs.recv()
@@ -238,7 +239,7 @@ mod tests {
             let mut gave_back = 0;
             serve(
                 &jobs,
-                QUIET,
+                Some(QUIET),
                 || {
                     gave_back += 1;
                     let _ = gave.send(());
@@ -274,5 +275,31 @@ mod tests {
         drop(queue);
         assert_eq!(thread.join().expect("no panic"), 2);
         assert_eq!(ran.try_iter().collect::<Vec<_>>(), vec![3]);
+    }
+
+    /// Turned off (`MeshBuilder::give_back_memory(false)`), the loop never gives back.
+    #[test]
+    fn turned_off_memory_is_never_given_back() {
+        let (queue, jobs) = mpsc::channel::<u32>();
+        let (ran_tx, ran) = mpsc::channel::<u32>();
+        let thread = std::thread::spawn(move || {
+            let mut gave_back = 0;
+            serve(
+                &jobs,
+                None,
+                || gave_back += 1,
+                |job| {
+                    let _ = ran_tx.send(job);
+                },
+            );
+            gave_back
+        });
+        queue.send(0).expect("the thread runs");
+        assert_eq!(ran.recv_timeout(Duration::from_secs(30)).ok(), Some(0));
+        // Idle after a job: with the 1 s deadline this would give back. (An absence: it can
+        // only be waited out.)
+        std::thread::sleep(super::super::heap::QUIET + Duration::from_millis(200));
+        drop(queue);
+        assert_eq!(thread.join().expect("no panic"), 0);
     }
 }

@@ -98,6 +98,8 @@ pub(crate) struct Params {
     /// How many nice levels below the runtime's threads (which start them) the pulse's and
     /// the jobs' threads run (see `priority`).
     pub(crate) background_nice: u8,
+    /// Whether the job thread gives free memory back once quiet (see `heap`).
+    pub(crate) give_back_memory: bool,
 }
 
 /// A driver turn this long is logged (debug level), and so is the pulse waiting this long for
@@ -155,6 +157,7 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         discoveries,
         store,
         background_nice,
+        give_back_memory,
     } = params;
     let me = shared.me();
     let endpoint = Endpoint::bind(listen, me, shared.keys().clone(), &name)?;
@@ -199,9 +202,11 @@ pub(crate) async fn start(params: Params, shared: Arc<Shared>) -> Result<Driver,
         }
         None => None,
     };
-    let jobs = JobThread::start(background_nice).map_err(|source| JoinError::Runtime {
-        what: "job thread",
-        source,
+    let jobs = JobThread::start(background_nice, give_back_memory).map_err(|source| {
+        JoinError::Runtime {
+            what: "job thread",
+            source,
+        }
     })?;
     let (stop_tx, stop_rx) = oneshot::channel();
     let span = tracing::info_span!("mesh", peer = %me.short());
