@@ -210,31 +210,32 @@ impl Node {
     /// `docs/architecture.md`, *The runtime*). It counts at most [`MAX_PENDING_WRITES`] writes,
     /// at a cost of one step per write counted.
     pub fn backlog(&self) -> usize {
-        if self.pending.is_empty() && self.open_writes.is_empty() {
-            // Nothing to count: no need to find the live links (every turn of a window that
-            // only receives).
-            return 0;
-        }
-        self.backlog_with(&self.heart())
+        self.backlog_if(|| Some(self.heart())).unwrap_or(0)
     }
 
     /// [`backlog`](Self::backlog), if it can be counted without waiting for the heart (its
     /// holder, the pulse, may be preempted holding it): `None` while another thread holds it.
     pub fn try_backlog(&self) -> Option<usize> {
-        if self.pending.is_empty() && self.open_writes.is_empty() {
-            return Some(0);
-        }
-        let heart = self.heart.try_lock()?;
-        Some(self.backlog_with(&heart))
+        self.backlog_if(|| self.heart.try_lock())
     }
 
-    fn backlog_with(&self, heart: &super::Heart) -> usize {
+    /// The backlog, counted with the heart `heart` gives (`None`: not counted).
+    fn backlog_if<'a>(
+        &'a self,
+        heart: impl FnOnce() -> Option<std::sync::MutexGuard<'a, super::Heart>>,
+    ) -> Option<usize> {
+        if self.pending.is_empty() && self.open_writes.is_empty() {
+            // Nothing to count: no need to find the live links (every turn of a window that
+            // only receives).
+            return Some(0);
+        }
+        let heart = heart()?;
         let floor = heart
             .live
             .live_among(self.links.iter().map(|(p, l)| (p, l.held_upto)))
             .min();
         // Writes in the open change are held by no peer yet.
-        floor.map_or(0, |w| {
+        Some(floor.map_or(0, |w| {
             let open: usize = self.open_writes.iter().map(|(.., entries)| entries).sum();
             let committed: usize = self
                 .pending
@@ -242,7 +243,7 @@ impl Node {
                 .map(|(_, p)| p.entries)
                 .sum();
             committed + open
-        })
+        }))
     }
 
     pub(super) fn check_replicated(&mut self, now: Time, peer: PeerId) {

@@ -176,14 +176,15 @@ pub(super) async fn run(
         // `Node::poll_transmit`).
         let due = {
             let heart = pulse.lock();
-            let beat = heart.poll_beat_timeout();
-            let due = heart
-                .poll_wake_timeout()
-                .map_or(beat, |wake| wake.min(beat));
             if heart.has_views() {
                 Instant::now()
             } else {
-                shared.instant(due)
+                let beat = heart.poll_beat_timeout();
+                shared.instant(
+                    heart
+                        .poll_wake_timeout()
+                        .map_or(beat, |wake| wake.min(beat)),
+                )
             }
         };
         tokio::select! {
