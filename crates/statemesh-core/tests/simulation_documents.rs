@@ -96,7 +96,6 @@ fn acknowledged_writes_run(seed: u64, peers: usize, bug: bool) -> Result<AckCoun
     let slots = sim.slots();
     // Processes running now that never crashed (a restarted slot runs under a new id).
     let alive: BTreeSet<PeerId> = slots.iter().filter_map(|s| sim.id(*s)).collect();
-    let nodes: Vec<_> = slots.iter().filter_map(|s| sim.node(*s)).collect();
     let mut counts = AckCounts::default();
     let mut must: BTreeMap<&str, String> = BTreeMap::new();
     for (writer, key, id) in &writes {
@@ -123,7 +122,10 @@ fn acknowledged_writes_run(seed: u64, peers: usize, bug: bool) -> Result<AckCoun
             must.insert(key, format!("written by {writer:?}, still running"));
         }
     }
-    for n in &nodes {
+    let violation = sim.violations.first().map(|v| v.0.clone());
+    // Reads of records take the node mutably (they may make records of writes left open).
+    let mut nodes: Vec<_> = sim.nodes_mut().collect();
+    for n in &mut nodes {
         for (key, why) in &must {
             if n.get::<i64>("writes", key).ok().flatten().is_none() {
                 return Err(format!("write {key} lost ({why}), seen from {:?}", n.me()));
@@ -144,7 +146,7 @@ fn acknowledged_writes_run(seed: u64, peers: usize, bug: bool) -> Result<AckCoun
         }
     }
     let same: Vec<Option<String>> = nodes
-        .iter()
+        .iter_mut()
         .map(|n| n.get::<String>("same", "key").ok().flatten())
         .collect();
     if same.windows(2).any(|w| w[0] != w[1]) || same.first().is_some_and(|v| v.is_none()) {
@@ -154,8 +156,8 @@ fn acknowledged_writes_run(seed: u64, peers: usize, bug: bool) -> Result<AckCoun
     if totals.windows(2).any(|w| w[0] != w[1]) {
         return Err(format!("counters diverged: {totals:?}"));
     }
-    if let Some(v) = sim.violations.first() {
-        return Err(format!("invariant violated: {}", v.0));
+    if let Some(v) = violation {
+        return Err(format!("invariant violated: {v}"));
     }
     Ok(counts)
 }
@@ -250,7 +252,7 @@ fn presence_entries_vanish_with_their_writer() {
         }
         sim.run_for(Duration::from_millis(200));
         for s in &slots {
-            let n = sim.node(*s).expect("runs");
+            let n = sim.node_mut(*s).expect("runs");
             assert_eq!(n.counter("running"), 6, "seed {seed}");
             assert_eq!(n.keys("windows").len(), 3, "seed {seed}");
         }
@@ -258,7 +260,7 @@ fn presence_entries_vanish_with_their_writer() {
         sim.crash(victim, CrashSignal::Eof);
         sim.run_for(Duration::from_millis(100));
         for s in sim.slots() {
-            let n = sim.node(s).expect("runs");
+            let n = sim.node_mut(s).expect("runs");
             assert_eq!(
                 n.counter("running"),
                 4,
@@ -402,7 +404,7 @@ fn bursts_through_joined_jobs_converge() {
         }
         let running: BTreeSet<PeerId> = sim.live_ids().into_iter().collect();
         for s in sim.slots() {
-            let node = sim.node(s).expect("runs");
+            let node = sim.node_mut(s).expect("runs");
             for (writer, channel) in bursts.iter().filter(|(w, _)| running.contains(w)) {
                 let held = node
                     .keys(channel)

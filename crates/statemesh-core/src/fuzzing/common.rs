@@ -95,7 +95,7 @@ pub(super) struct Snapshot {
 
 impl Snapshot {
     /// Reads everything (which also checks that every read works on whatever was accepted).
-    pub(super) fn of(node: &Node, now: Time) -> Self {
+    pub(super) fn of(node: &mut Node, now: Time) -> Self {
         let mut records = Vec::new();
         for channel in node.channels() {
             for key in node.keys(&channel) {

@@ -34,7 +34,7 @@ fn state_load_inner(data: &[u8]) {
 fn load_checked(file: &[u8]) {
     let [_, me, ..] = peer_ids();
     let mut node = new_node(me, Config::default(), 1);
-    let before = Snapshot::of(&node, T0);
+    let before = Snapshot::of(&mut node, T0);
     match node.load(file) {
         Ok(report) => {
             let heads = node.heads();
@@ -59,11 +59,11 @@ fn load_checked(file: &[u8]) {
             );
         }
         Err(e) => {
-            let after = Snapshot::of(&node, T0);
+            let after = Snapshot::of(&mut node, T0);
             before.assert_same(&after, &format_args!("refused file ({e})"));
         }
     }
-    Snapshot::of(&node, T0);
+    Snapshot::of(&mut node, T0);
     let stored = node.replica().max_stored_term();
     assert_usable(&mut node);
     node.handle_settled(T0);

@@ -161,7 +161,7 @@ fn sync_receive_inner(data: &[u8]) {
         _ => Deferred::No,
     };
     let base = node.replica().doc().clone();
-    let state = Snapshot::of(&node, T0);
+    let state = Snapshot::of(&mut node, T0);
     let state = receive_checked(&mut node, peer, data, "raw frame", state, deferred);
     let framed = codec::frame_raw(data);
     let state = receive_checked(&mut node, peer, &framed, "raw payload", state, deferred);

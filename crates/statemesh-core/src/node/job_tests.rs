@@ -184,10 +184,10 @@ fn a_record_written_while_a_job_is_out_is_reported_as_the_document_holds_it() {
     while a.poll_event().is_some() {}
     finish_job(&mut a, Time::ZERO, job);
     let me = a.me().peer;
-    assert_eq!(a.replica().writer("c", "k"), Some(me), "a's write wins");
+    assert_eq!(a.replica_mut().writer("c", "k"), Some(me), "a's write wins");
     assert_reported_once_by(&mut a, "k", me);
     // The records only the job touched are reported as its copy read them.
-    assert_eq!(a.replica().writer("c", "b0"), Some(b.me().peer));
+    assert_eq!(a.replica_mut().writer("c", "b0"), Some(b.me().peer));
 }
 
 /// Local writes left open when a job starts (see `Node::transact`) are not in the job's copy:
@@ -220,6 +220,6 @@ fn a_record_written_before_a_job_and_still_open_is_reported_as_the_document_hold
     job.run();
     finish_job(&mut a, Time::ZERO, job);
     let me = a.me().peer;
-    assert_eq!(a.replica().writer("c", "k"), Some(me), "a's write wins");
+    assert_eq!(a.replica_mut().writer("c", "k"), Some(me), "a's write wins");
     assert_reported_once_by(&mut a, "k", me);
 }

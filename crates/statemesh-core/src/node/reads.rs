@@ -57,20 +57,22 @@ impl Node {
         }
     }
 
-    /// Reads record `key` of `channel`.
-    pub fn get<T: Hydrate>(&self, channel: &str, key: &str) -> Result<Option<T>, ReadError> {
+    /// Reads record `key` of `channel`. Reads of records (this, [`keys`](Self::keys),
+    /// [`channels`](Self::channels)) take the node mutably: they make the new records of
+    /// local writes left open first, so that they see every write made before them.
+    pub fn get<T: Hydrate>(&mut self, channel: &str, key: &str) -> Result<Option<T>, ReadError> {
         let live = self.live_now();
         self.replica.get(channel, key, |p| live.is_live(p))
     }
 
     /// The visible keys of `channel`.
-    pub fn keys(&self, channel: &str) -> Vec<String> {
+    pub fn keys(&mut self, channel: &str) -> Vec<String> {
         let live = self.live_now();
         self.replica.keys(channel, |p| live.is_live(p))
     }
 
     /// Channels holding records.
-    pub fn channels(&self) -> Vec<String> {
+    pub fn channels(&mut self) -> Vec<String> {
         self.replica.channels()
     }
 
@@ -233,6 +235,13 @@ impl Node {
     /// The replicated document (read-only).
     pub fn replica(&self) -> &Replica {
         &self.replica
+    }
+
+    /// The replicated document, for the tests' reads of records (which may make the new
+    /// records of local writes left open).
+    #[cfg(test)]
+    pub(crate) fn replica_mut(&mut self) -> &mut Replica {
+        &mut self.replica
     }
 
     /// The leader record store (read-only).

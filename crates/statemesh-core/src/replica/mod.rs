@@ -342,8 +342,13 @@ impl Replica {
         for _ in 0..MAX_NEW_CHANNEL_RUNS {
             let before = self.doc.get_heads();
             let missing = {
-                let mut tx = Tx::new(self.doc.transaction(), &self.layout, self.me);
-                let result = tx.run(&mut f);
+                let mut tx = Tx::new(
+                    self.doc.transaction(),
+                    &self.layout,
+                    self.me,
+                    tx::Made::default(),
+                );
+                let result = tx.run(false, &mut f);
                 let Tx {
                     tx,
                     missing,
@@ -434,13 +439,16 @@ impl Replica {
     }
 
     /// Reads record `key` of `channel`, hiding presence-scoped records whose writer is not live.
+    /// (Reads of records make the new records of local writes left open first: see
+    /// [`write`](Self::write).)
     pub fn get<T: Hydrate>(
-        &self,
+        &mut self,
         channel: &str,
         key: &str,
         is_live: impl Fn(&PeerId) -> bool,
     ) -> Result<Option<T>, ReadError> {
         let flat = record_key(channel, key).map_err(ReadError::InvalidName)?;
+        self.make_open_records();
         if !self.presence.visible(&flat, &is_live) {
             return Ok(None);
         }
@@ -451,14 +459,16 @@ impl Replica {
     }
 
     /// The writer of record `key` of `channel`.
-    pub fn writer(&self, channel: &str, key: &str) -> Option<PeerId> {
+    pub fn writer(&mut self, channel: &str, key: &str) -> Option<PeerId> {
         let flat = record_key(channel, key).ok()?;
+        self.make_open_records();
         let rec = self.record_obj(&flat)?;
         self.writer_of(&rec)
     }
 
     /// The visible keys of `channel`, in order.
-    pub fn keys(&self, channel: &str, is_live: impl Fn(&PeerId) -> bool) -> Vec<String> {
+    pub fn keys(&mut self, channel: &str, is_live: impl Fn(&PeerId) -> bool) -> Vec<String> {
+        self.make_open_records();
         let Some(ch) = channel_obj(&self.doc, &self.layout.records, channel) else {
             return Vec::new();
         };
@@ -482,7 +492,8 @@ impl Replica {
     }
 
     /// The names of channels holding at least one record, in order.
-    pub fn channels(&self) -> Vec<String> {
+    pub fn channels(&mut self) -> Vec<String> {
+        self.make_open_records();
         self.doc
             .map_range(&self.layout.records, ..)
             .filter(|item| self.doc.length(item.id()) > 0)
@@ -735,5 +746,7 @@ pub fn heads_digest(heads: &[ChangeHash]) -> [u8; 8] {
 mod made_tests;
 #[cfg(test)]
 mod noted_tests;
+#[cfg(test)]
+mod open_tests;
 #[cfg(test)]
 mod tests;

@@ -391,7 +391,7 @@ mod tests {
         // The same changes, so the same document; its saved bytes may differ (a standby brought
         // up to date applied them in another order, and a save keeps that order).
         let heads = a.heads();
-        let content = |r: &Replica| {
+        let content = |r: &mut Replica| {
             let mut all = Vec::new();
             for ch in r.channels() {
                 for k in r.keys(&ch, |_| true) {
@@ -401,12 +401,13 @@ mod tests {
             }
             all
         };
-        let before = content(&a);
+        let before = content(&mut a);
         assert!(
             offer_forged_change(&mut a, &b).is_some(),
             "the forged change was accepted"
         );
-        assert_eq!((a.heads(), content(&a)), (heads, before), "not as it was");
+        let after = content(&mut a);
+        assert_eq!((a.heads(), after), (heads, before), "not as it was");
         assert_lag_walked(&a, "restored after jobs");
         b.transact(|tx| tx.put("ch", "z", &2, Scope::Durable))
             .expect("write");

@@ -313,7 +313,7 @@ proptest! {
                 }
                 Op::Sync { .. } => {}
             }
-            for r in &rs {
+            for r in &mut rs {
                 for w in &writers {
                     prop_assert_eq!(indexed(r, *w), scanned_presence_entries(r, *w));
                 }
@@ -412,7 +412,7 @@ fn a_channel_created_by_two_peers_at_once_is_one_map() {
     assert_eq!(ca.actor_id(), &channel_actor("both"));
     sync(&mut a, &mut b);
     assert_eq!(a.heads(), b.heads());
-    for r in [&a, &b] {
+    for r in [&mut a, &mut b] {
         assert_eq!(
             r.doc
                 .get_all(&r.layout.records, "both")

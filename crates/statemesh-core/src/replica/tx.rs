@@ -24,11 +24,20 @@ pub struct Tx<'a> {
     /// What the writes touched, for the change notification that follows (see [`Noted`]).
     pub(super) noted: Noted,
     /// New records whose maps are made together ([`finish`](Self::finish)) before the next
-    /// other write or when the writes end, in the order written: their channel's map, their
-    /// key and their fields.
-    made: Vec<(ObjId, String, automerge::hydrate::Value)>,
-    /// The flat keys of `made`: a record written again has the maps made first.
-    made_keys: HashSet<String>,
+    /// other write, or when the writes end (for the open change: when it is committed, or
+    /// before a read of records, see [`Replica::write`](super::Replica::write)).
+    made: Made,
+    /// How many of `made`'s records earlier writes of the open change left (see
+    /// [`Made::restore`]).
+    inherited: usize,
+    /// Those records, kept once this transaction made them: a rollback to its start undoes
+    /// their maps too, and they are owed again.
+    made_before: Vec<MadeRecord>,
+    /// Whether this transaction left a new record to be made.
+    pub(super) deferred: bool,
+    /// The operations of earlier writes' records that this transaction made (not its own
+    /// writes: a write of what a record holds changes nothing, even if it made them).
+    pub(super) inherited_ops: usize,
 }
 
 /// The entries a transaction's writes changed, in the order they were first changed, each
@@ -44,9 +53,78 @@ pub(super) struct Noted {
     pub(super) counters: IndexSet<String>,
 }
 
+/// A new record left to be made (see [`Made`]).
+#[derive(Debug)]
+pub(super) struct MadeRecord {
+    /// Its channel's map.
+    map: ObjId,
+    /// Its key.
+    key: String,
+    /// Its flat key.
+    flat: String,
+    /// Its fields.
+    fields: automerge::hydrate::Value,
+}
+
+/// New records left to be made in one batch, in the order written (see [`Tx::finish`]).
+#[derive(Debug, Default)]
+pub(super) struct Made {
+    records: Vec<MadeRecord>,
+    /// Their flat keys: a record written again has the maps made first.
+    keys: HashSet<String>,
+}
+
+impl Made {
+    /// Whether no record is left to be made.
+    pub(super) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// How many records are left to be made.
+    pub(super) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Makes the records in `tx`, each channel's run in one batch (Automerge splices its
+    /// columns twice for the batch, not twice per record: criterion
+    /// `write/transact_100_new_10000_records`), and returns them. On an error they are all
+    /// still owed (the caller undoes what was made).
+    pub(super) fn make(
+        &mut self,
+        tx: &mut impl Transactable,
+    ) -> Result<Vec<MadeRecord>, automerge::AutomergeError> {
+        let made = std::mem::take(&mut self.records);
+        for run in made.chunk_by(|a, b| a.map == b.map) {
+            let entries: Vec<(&str, &automerge::hydrate::Value)> =
+                run.iter().map(|r| (r.key.as_str(), &r.fields)).collect();
+            if let Err(e) = tx.batch_create_objects(&run[0].map, &entries) {
+                self.records = made;
+                return Err(e);
+            }
+        }
+        self.keys.clear();
+        Ok(made)
+    }
+
+    /// Puts `records` (made by a transaction then rolled back) back in front, owed again.
+    pub(super) fn restore(&mut self, mut records: Vec<MadeRecord>) {
+        self.keys.extend(records.iter().map(|r| r.flat.clone()));
+        records.append(&mut self.records);
+        self.records = records;
+    }
+
+    /// Forgets the records after the first `len` (a rolled-back transaction's).
+    pub(super) fn truncate(&mut self, len: usize) {
+        for r in self.records.drain(len.min(self.records.len())..) {
+            self.keys.remove(&r.flat);
+        }
+    }
+}
+
 impl<'a> Tx<'a> {
-    /// A handle writing through `tx`, nothing written or noted yet.
-    pub(super) fn new(tx: Transaction<'a>, layout: &'a Layout, me: PeerId) -> Self {
+    /// A handle writing through `tx`, nothing written or noted yet; `made`: the new records
+    /// earlier writes of the same open change left to be made.
+    pub(super) fn new(tx: Transaction<'a>, layout: &'a Layout, me: PeerId, made: Made) -> Self {
         Self {
             tx,
             layout,
@@ -54,39 +132,61 @@ impl<'a> Tx<'a> {
             missing: BTreeSet::new(),
             written: Vec::new(),
             noted: Noted::default(),
-            made: Vec::new(),
-            made_keys: HashSet::new(),
+            inherited: made.len(),
+            made,
+            made_before: Vec::new(),
+            deferred: false,
+            inherited_ops: 0,
         }
     }
 
     /// Runs `f`'s writes through this handle, then makes what they left for the end (see
-    /// [`finish`](Self::finish)), unless they wrote to channels that have no map yet (the
-    /// transaction is then rolled back and runs again). On an error the caller rolls back.
+    /// [`finish`](Self::finish)) unless `keep_made` (the open change: see
+    /// [`Replica::write`](super::Replica::write)), and unless they wrote to channels that have
+    /// no map yet (the transaction is then rolled back and runs again). On an error the
+    /// caller rolls back.
     pub(super) fn run<R>(
         &mut self,
+        keep_made: bool,
         f: impl FnOnce(&mut Self) -> Result<R, WriteError>,
     ) -> Result<R, WriteError> {
         let r = f(self)?;
-        if self.missing.is_empty() {
+        if self.missing.is_empty() && !keep_made {
             self.finish()?;
         }
         Ok(r)
     }
 
-    /// Makes the maps of the new records written since the last other write, each channel's
-    /// in one batch: Automerge splices its columns twice for the batch, not twice per record
-    /// (criterion `write/transact_100_new_10000_records`). Every other write comes after it,
-    /// so the change's operations keep the writes' order (the change notification read from
-    /// them lists the entries as the writes' notes do).
+    /// Makes the maps of the new records left to be made (see [`Made::make`]). Every other
+    /// write comes after it, so the change's operations keep the writes' order (the change
+    /// notification read from them lists the entries as the writes' notes do).
     fn finish(&mut self) -> Result<(), WriteError> {
-        self.made_keys.clear();
-        let made = std::mem::take(&mut self.made);
-        for run in made.chunk_by(|a, b| a.0 == b.0) {
-            let entries: Vec<(&str, &automerge::hydrate::Value)> =
-                run.iter().map(|(_, k, v)| (k.as_str(), v)).collect();
-            self.tx.batch_create_objects(&run[0].0, &entries)?;
+        if self.made.is_empty() {
+            return Ok(());
+        }
+        let before = self.tx.pending_ops();
+        let mut made = self.made.make(&mut self.tx)?;
+        if self.inherited > 0 {
+            // With this transaction's own new records, if any: `deferred` says it changed.
+            self.inherited_ops += self.tx.pending_ops() - before;
+            // Made within this transaction: a rollback to its start owes them again.
+            made.truncate(self.inherited);
+            self.made_before = made;
+            self.inherited = 0;
         }
         Ok(())
+    }
+
+    /// The new records left to be made, taken out. After a rollback to this transaction's
+    /// start (`rolled_back`): those earlier writes left, owed again, and none of this
+    /// transaction's.
+    pub(super) fn take_made(&mut self, rolled_back: bool) -> Made {
+        if rolled_back {
+            self.made.truncate(self.inherited);
+            self.made.restore(std::mem::take(&mut self.made_before));
+        }
+        self.inherited = 0;
+        std::mem::take(&mut self.made)
     }
 }
 
@@ -100,7 +200,7 @@ impl Tx<'_> {
         scope: Scope,
     ) -> Result<(), WriteError> {
         let flat = record_key(channel, key).map_err(WriteError::InvalidName)?;
-        if self.made_keys.contains(&flat) {
+        if self.made.keys.contains(&flat) {
             self.finish()?;
         }
         let Some(ch) = channel_obj(&self.tx, &self.layout.records, channel) else {
@@ -128,8 +228,14 @@ impl Tx<'_> {
                 if complete && found.is_none() {
                     // No value at the key: made with the new records written next to it (see
                     // `finish`).
-                    self.made.push((ch, key.to_owned(), fields));
-                    self.made_keys.insert(flat.clone());
+                    self.made.keys.insert(flat.clone());
+                    self.made.records.push(MadeRecord {
+                        map: ch,
+                        key: key.to_owned(),
+                        flat: flat.clone(),
+                        fields,
+                    });
+                    self.deferred = true;
                     self.noted.records.insert(flat, Some(presence));
                     return Ok(());
                 }

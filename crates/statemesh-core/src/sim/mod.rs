@@ -247,6 +247,12 @@ impl Sim {
         self.procs.get(&slot).map(|p| &p.node)
     }
 
+    /// The nodes of the running processes, for reads of records (which take a node mutably:
+    /// they may make the records of local writes left open).
+    pub fn nodes_mut(&mut self) -> impl Iterator<Item = &mut Node> {
+        self.procs.values_mut().map(|p| &mut p.node)
+    }
+
     /// The node of a running process, for local writes. Call [`Sim::flush`] after writing.
     pub fn node_mut(&mut self, slot: Slot) -> Option<&mut Node> {
         self.procs.get_mut(&slot).map(|p| &mut p.node)
