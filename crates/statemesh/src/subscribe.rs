@@ -86,11 +86,7 @@ impl ChangeStream {
     /// thread polling once a frame); `None` when there is none now, or the stream ended.
     pub fn try_recv(&mut self) -> Option<Result<EntryChange, Lagged>> {
         match &mut self.state {
-            ChangeState::Idle(r) => match r.values.try_recv() {
-                Ok(c) => Some(Ok(Arc::unwrap_or_clone(c))),
-                Err(broadcast::error::TryRecvError::Lagged(missed)) => Some(Err(Lagged { missed })),
-                Err(_) => None,
-            },
+            ChangeState::Idle(r) => queued(&mut r.values),
             ChangeState::Waiting(_) => {
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 match Pin::new(self).poll_next(&mut cx) {
@@ -100,6 +96,15 @@ impl ChangeStream {
             }
             ChangeState::Done => None,
         }
+    }
+}
+
+/// The next change already queued, if any (see [`ChangeStream::try_recv`]).
+fn queued(values: &mut broadcast::Receiver<Published>) -> Option<Result<EntryChange, Lagged>> {
+    match values.try_recv() {
+        Ok(c) => Some(Ok(Arc::unwrap_or_clone(c))),
+        Err(broadcast::error::TryRecvError::Lagged(missed)) => Some(Err(Lagged { missed })),
+        Err(_) => None,
     }
 }
 
@@ -122,11 +127,7 @@ async fn next_change(
     let item = match received {
         Some(item) => item,
         // Closed: what was published before still comes, then the end.
-        None => match r.values.try_recv() {
-            Ok(c) => Some(Ok(Arc::unwrap_or_clone(c))),
-            Err(broadcast::error::TryRecvError::Lagged(missed)) => Some(Err(Lagged { missed })),
-            Err(_) => None,
-        },
+        None => queued(&mut r.values),
     };
     (item, r)
 }

@@ -153,17 +153,15 @@ impl Replica {
     /// Makes the new records the open change's writes left to be made (see [`Open::made`]),
     /// leaving the change open: a read of records sees every write made before it.
     pub(super) fn make_open_records(&mut self) {
-        let Some(mut open) = self.open.take() else {
-            return;
-        };
-        if open.made.is_empty() {
-            self.open = Some(open);
+        if self.open.as_ref().is_none_or(|o| o.made.is_empty()) {
             return;
         }
-        let mut tx = self.doc.resume(open.tx);
-        make_records(&mut open.made, &mut tx);
-        open.tx = tx.suspend();
-        self.open = Some(open);
+        if let Some(mut open) = self.open.take() {
+            let mut tx = self.doc.resume(open.tx);
+            make_records(&mut open.made, &mut tx);
+            open.tx = tx.suspend();
+            self.open = Some(open);
+        }
     }
 }
 
@@ -171,10 +169,12 @@ impl Replica {
 /// (a write to a channel without one runs again once it is made) and nothing but this
 /// replica's own writes changed the document since (received changes are applied only with
 /// no change open), so Automerge has no cause to refuse them; if it does, they are lost, and
-/// said so, rather than the other writes of the change.
+/// said so, rather than the other writes of the change (and none is made twice: a refused
+/// batch may follow a channel's batch that was made).
 fn make_records(made: &mut Made, tx: &mut automerge::transaction::Transaction<'_>) {
     let owed = made.len();
     if let Err(e) = made.make(tx) {
+        *made = Made::default();
         tracing::error!(records = owed, error = %e, "new records of local writes could not be made");
     }
 }

@@ -11,17 +11,23 @@ fn put(r: &mut Replica, key: &str, v: i64) -> bool {
         .is_some()
 }
 
-/// What the document holds of channel `c`, read as a peer that synced with `r` reads it.
-fn as_a_peer_reads(r: &mut Replica) -> Vec<(String, Option<i64>)> {
+/// Asserts that a peer that synced with `r` reads channel `c` as `want` (keys in order).
+fn assert_a_peer_reads(r: &mut Replica, want: &[(&str, i64)]) {
     let mut peer = replica(9);
     sync(r, &mut peer);
     let keys = peer.keys("c", |_| true);
-    keys.into_iter()
+    let read: Vec<(String, Option<i64>)> = keys
+        .into_iter()
         .map(|k| {
             let v = peer.get::<i64>("c", &k, |_| true).expect("a read");
             (k, v)
         })
-        .collect()
+        .collect();
+    let want: Vec<(String, Option<i64>)> = want
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Some(*v)))
+        .collect();
+    assert_eq!(read, want);
 }
 
 /// New records written one write at a time are made together when the change is committed:
@@ -45,15 +51,7 @@ fn new_records_of_separate_writes_are_made_in_one_batch_at_the_commit() {
     assert_eq!(change.len(), 1);
     // Each record: its map and its three fields.
     assert_eq!(change[0].len(), 3 * 4);
-    assert_eq!(
-        as_a_peer_reads(&mut r),
-        [
-            ("a".to_owned(), Some(1)),
-            ("b".to_owned(), Some(0)),
-            ("c".to_owned(), Some(2)),
-            ("first".to_owned(), Some(0)),
-        ]
-    );
+    assert_a_peer_reads(&mut r, &[("a", 1), ("b", 0), ("c", 2), ("first", 0)]);
 }
 
 /// Reads see every write made before them, its record made or not: a value, the keys, the
@@ -113,15 +111,9 @@ fn other_writes_come_after_the_new_records_left_open() {
         .expect("an add");
     put(&mut r, "e", 5);
     r.settle();
-    assert_eq!(
-        as_a_peer_reads(&mut r),
-        [
-            ("a".to_owned(), Some(10)),
-            ("b".to_owned(), Some(2)),
-            ("d".to_owned(), Some(4)),
-            ("e".to_owned(), Some(5)),
-            ("old".to_owned(), Some(7)),
-        ]
+    assert_a_peer_reads(
+        &mut r,
+        &[("a", 10), ("b", 2), ("d", 4), ("e", 5), ("old", 7)],
     );
     assert_eq!(r.counter("n", |_| true), 2);
 }
@@ -154,13 +146,5 @@ fn a_failed_write_leaves_the_earlier_writes_records_owed() {
     assert_eq!(r.open.as_ref().expect("open").made.len(), 2);
     put(&mut r, "c", 3);
     r.settle();
-    assert_eq!(
-        as_a_peer_reads(&mut r),
-        [
-            ("a".to_owned(), Some(1)),
-            ("b".to_owned(), Some(2)),
-            ("c".to_owned(), Some(3)),
-            ("old".to_owned(), Some(0)),
-        ]
-    );
+    assert_a_peer_reads(&mut r, &[("a", 1), ("b", 2), ("c", 3), ("old", 0)]);
 }
